@@ -1,0 +1,82 @@
+"""The serving-backend interface: start, stop, warmup, generate."""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..records import GenerationRequest, RequestRecord
+
+
+class ServingBackend(abc.ABC):
+    """A running model server the client can stream from.
+
+    ``mode`` is ``"real"`` for the vLLM engine and ``"simulated"`` for the opt-in stand-in; it is
+    stamped into every artifact.
+    """
+
+    mode: str = "real"
+
+    def __init__(self, model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike):
+        self.model = model
+        self.serving = serving
+        self.log_path = Path(log_path)
+
+    @property
+    def served_name(self) -> str:
+        return self.model.get("served_name") or self.model["name"]
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the server and return once it answers; raise EngineStartError if it cannot."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the server and everything it spawned. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def generate(self, req: GenerationRequest, run_t0: float) -> RequestRecord:
+        """Serve one request and measure it."""
+
+    async def warmup(self, requests: list[GenerationRequest]) -> list[RequestRecord]:
+        import time
+
+        t0 = time.perf_counter()
+        return [await self.generate(r, t0) for r in requests]
+
+    def metrics_text(self) -> str | None:
+        """Prometheus exposition text, or None when the backend has none."""
+        return None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def info(self) -> dict[str, Any]:
+        return {"mode": self.mode}
+
+    def __enter__(self) -> "ServingBackend":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def make_backend(model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike) -> ServingBackend:
+    """The backend the (validated) config asks for."""
+    kind = serving.get("backend", "vllm")
+    if kind == "vllm":
+        from .vllm_server import VllmServerBackend
+
+        return VllmServerBackend(model, serving, log_path)
+    if kind == "simulated":
+        from ..config import SIMULATED_OPT_IN_ENV
+        from .simulated import SimulatedBackend
+
+        if os.environ.get(SIMULATED_OPT_IN_ENV) != "1":
+            raise ConfigError(f"serving.backend is 'simulated' but {SIMULATED_OPT_IN_ENV}=1 is not set")
+        return SimulatedBackend(model, serving, log_path)
+    raise ConfigError(f"config key 'serving.backend': unknown backend {kind!r}")

@@ -1,0 +1,130 @@
+"""Async streaming client for vLLM's OpenAI-compatible server, timestamping every token chunk."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from ..records import GenerationRequest, RequestRecord, finalize_timing
+
+
+def build_payload(req: GenerationRequest, model_name: str) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and JSON body for one request."""
+    common: dict[str, Any] = {
+        "model": model_name,
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": req.ignore_eos,
+        # Token ids per chunk, so multi-token chunks and non-printing tokens are counted.
+        "return_token_ids": True,
+    }
+    if req.seed is not None:
+        common["seed"] = req.seed
+    if req.chat:
+        messages = req.prompt if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], dict) \
+            else [{"role": "user", "content": req.prompt}]
+        body = {**common, "messages": messages,
+                "chat_template_kwargs": {"enable_thinking": False}}
+        body.update(req.extra)
+        return "/v1/chat/completions", body
+    body = {**common, "prompt": req.prompt}
+    body.update(req.extra)
+    return "/v1/completions", body
+
+
+def _chunk_content(chunk: dict[str, Any]) -> tuple[int, str, list[int] | None, str | None]:
+    """(new tokens, new text, new token ids, finish_reason) carried by one streamed chunk."""
+    choices = chunk.get("choices") or []
+    if not choices:
+        return 0, "", None, None
+    choice = choices[0]
+    text = choice.get("text")
+    if text is None:
+        text = (choice.get("delta") or {}).get("content") or ""
+    ids = choice.get("token_ids")
+    n = len(ids) if ids is not None else (1 if text else 0)
+    return n, text, ids, choice.get("finish_reason")
+
+
+class StreamingClient:
+    """One aiohttp session against one server; ``generate`` measures one request."""
+
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 900.0):
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "StreamingClient":
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def generate(self, req: GenerationRequest, run_t0: float) -> RequestRecord:
+        assert self._session is not None, "use 'async with StreamingClient(...)'"
+        path, body = build_payload(req, self.model_name)
+        record = RequestRecord(request_id=req.request_id, prompt_tokens_target=req.prompt_tokens_target,
+                               max_tokens=req.max_tokens, scheduled_offset_s=req.scheduled_offset_s)
+        token_times: list[float] = []
+        token_counts: list[int] = []
+        ids: list[int] = []
+        text_parts: list[str] = []
+        saw_ids = False
+        send_t = time.perf_counter()
+        record.start_s = send_t - run_t0
+        try:
+            async with self._session.post(self.base_url + path, json=body) as resp:
+                if resp.status != 200:
+                    detail = (await resp.text())[:500]
+                    record.error = f"HTTP {resp.status}: {detail}"
+                    return record
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    now = time.perf_counter()
+                    chunk = json.loads(data)
+                    if "error" in chunk and not chunk.get("choices"):
+                        record.error = f"server error: {json.dumps(chunk['error'])[:500]}"
+                        return record
+                    n, text, chunk_ids, finish = _chunk_content(chunk)
+                    if chunk_ids is not None:
+                        saw_ids = True
+                        ids.extend(chunk_ids)
+                    if n:
+                        token_times.append(now)
+                        token_counts.append(n)
+                    text_parts.append(text)
+                    if finish:
+                        record.finish_reason = finish
+                    usage = chunk.get("usage")
+                    if usage:
+                        record.prompt_tokens = usage.get("prompt_tokens")
+                        record.output_tokens = usage.get("completion_tokens")
+        except Exception as exc:  # timeouts, disconnects: a failed request is a recorded row
+            record.error = f"{type(exc).__name__}: {exc}"
+            return record
+        record.text = "".join(text_parts)
+        record.token_ids = ids if saw_ids else None
+        if record.output_tokens is None:
+            record.error = "server sent no usage block; token counts unknown"
+            return record
+        if not token_times:
+            record.error = "stream carried no tokens"
+            return record
+        return finalize_timing(record, send_t, token_times, token_counts)

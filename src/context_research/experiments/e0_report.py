@@ -1,0 +1,94 @@
+"""E0 figures, tables and packet section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..io import read_json, write_figure, write_text
+from ..plotting import close, new_figure
+from ..report import provenance_line
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def repeats_frame(summary: dict) -> pd.DataFrame:
+    return pd.DataFrame(summary["variability"]["per_repeat"])
+
+
+def make_figures(results_dir: Path) -> None:
+    summary = read_json(results_dir / "summary.json")
+    meta = read_json(results_dir / "run_metadata.json")
+    frame = repeats_frame(summary)
+    fig, ax = new_figure("E0: mean TTFT and TPOT per repeated run (client-side)", provenance_line(meta))
+    ax.plot(frame["repeat"], frame["ttft_ms_mean"], marker="o", label="TTFT mean (ms)")
+    ax.plot(frame["repeat"], frame["tpot_ms_mean"], marker="s", label="TPOT mean (ms)")
+    ax.set_xlabel("repeat")
+    ax.set_ylabel("ms")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    write_figure(results_dir / "variability.svg", fig)
+    close(fig)
+    write_text(results_dir / "repeats.html", _table_html(summary))
+
+
+def _table_html(summary: dict) -> str:
+    frame = repeats_frame(summary).rename(columns={
+        "repeat": "repeat", "duration_s": "duration (s)", "ok": "ok requests",
+        "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"})
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    s = read_json(results_dir / "summary.json")
+    det, var, strict = s["determinism"], s["variability"], s["strict_backend"]
+    lat, eng = s["latency_client"], s["latency_engine"]
+    thr = var["cv_threshold"]
+    findings = [
+        f"Determinism: {det['ok']}/{det['requests']} identical greedy requests answered; "
+        f"{det['distinct_outputs']} distinct output(s) by {det['compared']} -> "
+        f"{'PASS' if det['all_identical'] else 'FAIL'}.",
+        f"Run-to-run CV of mean TTFT {_pct(var['cv_ttft'])} and of mean TPOT {_pct(var['cv_tpot'])} over "
+        f"{var['repeats']} repeats (criterion <= {thr:.0%}): TTFT "
+        f"{'within' if var['ttft_within_threshold'] else 'OUTSIDE'}, TPOT "
+        f"{'within' if var['tpot_within_threshold'] else 'OUTSIDE'} the criterion.",
+        f"Strict backend: mode {strict['backend_mode']}, server reported vLLM {strict['server_reported_version']}, "
+        f"engine {strict['engine_distribution']} on {strict['engine_device']}.",
+    ]
+    facts = [
+        ("prompt / output tokens", f"{s['workload']['prompt_tokens']} / {s['workload']['max_tokens']}"),
+        ("TTFT p50 / p95 (ms, client)", f"{_fmt(lat['ttft_ms_p50'])} / {_fmt(lat['ttft_ms_p95'])}"),
+        ("TPOT p50 / p95 (ms, client)", f"{_fmt(lat['tpot_ms_p50'])} / {_fmt(lat['tpot_ms_p95'])}"),
+        ("TTFT mean (ms, engine histogram)", _fmt(_ms(eng.get("engine_ttft_mean_s")))),
+        ("failed requests", s["failed_requests"]),
+        ("prompt-length mismatches", len(s["prompt_tokens_mismatch"])),
+    ]
+    frame = repeats_frame(s)
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Repeated runs (client-side means)", "html": _table_html(s),
+                    "markdown": frame.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else frame.to_string()}],
+        "figures": [("Mean TTFT and TPOT of each repeated run; flat lines mean low run-to-run variation.",
+                     "variability.svg")],
+    }
+
+
+def _ms(x):
+    return None if x is None else x * 1000
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False

@@ -1,0 +1,112 @@
+"""One engine start serving every point of an experiment."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any, Iterable
+
+from ..backends.base import ServingBackend
+from ..engine_metrics import MetricsSnapshot, engine_summary
+from ..records import GenerationRequest, RequestRecord
+
+
+class EngineSession:
+    """What an experiment body sees: a started backend, its model, and workload helpers."""
+
+    def __init__(self, backend: ServingBackend, model: dict[str, Any], progress: bool = True):
+        self.backend = backend
+        self.model = model
+        self.progress = progress and sys.stderr.isatty()
+        self._kv_peak: float | None = None
+
+    @property
+    def backend_mode(self) -> str:
+        return self.backend.mode
+
+    def snapshot(self) -> MetricsSnapshot | None:
+        text = self.backend.metrics_text()
+        return MetricsSnapshot.parse(text) if text is not None else None
+
+    async def generate(self, req: GenerationRequest, run_t0: float | None = None) -> RequestRecord:
+        return await self.backend.generate(req, time.perf_counter() if run_t0 is None else run_t0)
+
+    async def run_requests(self, requests: Iterable[GenerationRequest], max_concurrency: int | None = None,
+                           use_schedule: bool = False, desc: str = "requests",
+                           sample_kv_usage: bool = False) -> tuple[list[RequestRecord], float]:
+        """Serve ``requests`` and return their records (in input order) and the wall duration.
+
+        ``max_concurrency`` bounds requests in flight; with ``use_schedule`` each request is sent at
+        its ``scheduled_offset_s`` (an open-loop arrival process) rather than as soon as a slot frees.
+        """
+        reqs = list(requests)
+        sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(reqs), desc=desc, unit="req", leave=False)
+        t0 = time.perf_counter()
+
+        async def one(req: GenerationRequest) -> RequestRecord:
+            if use_schedule and req.scheduled_offset_s:
+                delay = t0 + req.scheduled_offset_s - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if sem is None:
+                rec = await self.backend.generate(req, t0)
+            else:
+                async with sem:
+                    rec = await self.backend.generate(req, t0)
+            if bar is not None:
+                bar.update(1)
+            return rec
+
+        stop_sampler = asyncio.Event()
+        sampler = asyncio.create_task(self._sample_kv(stop_sampler)) if sample_kv_usage else None
+        self._kv_peak = None
+        try:
+            records = await asyncio.gather(*(one(r) for r in reqs))
+        finally:
+            stop_sampler.set()
+            if sampler is not None:
+                await sampler
+            if bar is not None:
+                bar.close()
+        return list(records), time.perf_counter() - t0
+
+    async def _sample_kv(self, stop: asyncio.Event, interval_s: float = 0.25) -> None:
+        """Peak of vllm:kv_cache_usage_perc while a workload runs (the gauge is instantaneous)."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                snap = await loop.run_in_executor(None, self.snapshot)
+                value = snap.total("vllm:kv_cache_usage_perc") if snap else None
+                if value is not None:
+                    self._kv_peak = max(self._kv_peak or 0.0, value)
+            except Exception:
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    @property
+    def kv_usage_peak(self) -> float | None:
+        return self._kv_peak
+
+    async def measure(self, requests: list[GenerationRequest], **kwargs) -> dict[str, Any]:
+        """Run a workload between two /metrics snapshots; returns records, duration and engine view."""
+        before = self.snapshot()
+        records, duration = await self.run_requests(requests, **kwargs)
+        after = self.snapshot()
+        engine = engine_summary(before, after) if before is not None and after is not None else {
+            "measured_on": "engine", "available": False, "reason": "backend exposes no /metrics"}
+        engine["engine_kv_cache_usage_peak"] = self._kv_peak
+        return {"records": records, "duration_s": duration, "engine": engine}
+
+    async def aclose(self) -> None:
+        close = getattr(self.backend, "close_client", None)
+        if close is not None:
+            await close()

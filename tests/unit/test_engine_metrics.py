@@ -1,0 +1,46 @@
+import pytest
+
+from context_research.engine_metrics import MetricsSnapshot, bucket_quantile, engine_summary
+
+BEFORE = """
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_bucket{le="0.5",model_name="m"} 2.0
+vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 2.0
+vllm:time_to_first_token_seconds_count{model_name="m"} 2.0
+vllm:time_to_first_token_seconds_sum{model_name="m"} 0.3
+# TYPE vllm:num_preemptions counter
+vllm:num_preemptions_total{model_name="m"} 1.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{model_name="m"} 0.0
+"""
+AFTER = """
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_bucket{le="0.5",model_name="m"} 6.0
+vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 6.0
+vllm:time_to_first_token_seconds_count{model_name="m"} 6.0
+vllm:time_to_first_token_seconds_sum{model_name="m"} 1.5
+# TYPE vllm:num_preemptions counter
+vllm:num_preemptions_total{model_name="m"} 3.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{model_name="m"} 0.25
+"""
+
+
+def test_engine_summary_is_the_delta_between_snapshots():
+    s = engine_summary(MetricsSnapshot.parse(BEFORE), MetricsSnapshot.parse(AFTER))
+    assert s["engine_ttft_count"] == 4
+    assert s["engine_ttft_mean_s"] == pytest.approx(1.2 / 4)
+    # All 4 new observations fall in (0.1, 0.5]: the median interpolates to 0.1 + 0.4 * 2/4.
+    assert s["engine_ttft_p50_s"] == pytest.approx(0.3)
+    assert s["engine_preemptions"] == 2
+    assert s["measured_on"] == "engine"
+
+
+def test_bucket_quantile_like_prometheus():
+    buckets = {0.1: 10.0, 0.2: 20.0, float("inf"): 20.0}
+    assert bucket_quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert bucket_quantile(buckets, 0.75) == pytest.approx(0.15)
+    assert bucket_quantile({0.1: 0.0, float("inf"): 0.0}, 0.5) is None
+    assert bucket_quantile({0.1: 1.0, float("inf"): 2.0}, 0.99) == pytest.approx(0.1)

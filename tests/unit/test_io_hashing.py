@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from context_research import io
+from context_research.hashing import canonical_json, sha256_file, sha256_obj
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    io.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_canonical_hash_ignores_key_order(tmp_path):
+    assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+    assert sha256_obj({"b": 1, "a": 2}) == sha256_obj({"a": 2, "b": 1})
+    assert sha256_obj({"a": 1}) != sha256_obj({"a": 1.5})
+    f = tmp_path / "x.txt"
+    f.write_bytes(b"abc")
+    assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_figures_are_byte_stable(tmp_path):
+    from context_research.plotting import close, new_figure
+
+    paths = []
+    for i in range(2):
+        fig, ax = new_figure("t", "p")
+        ax.plot([1, 2, 3], [3, 1, 2])
+        paths.append(io.write_figure(tmp_path / f"f{i}.svg", fig))
+        close(fig)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert b"<svg" in paths[0].read_bytes()

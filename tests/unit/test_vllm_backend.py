@@ -1,0 +1,101 @@
+"""Lifecycle of the vLLM server backend, with stand-in processes instead of the engine."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from context_research.backends import vllm_server
+from context_research.backends.vllm_server import VllmServerBackend
+from context_research.errors import EngineStartError
+
+MODEL = {"name": "embedded", "source": "Qwen/x", "path": "Qwen/x", "max_model_len": 2048,
+         "load_format": "dummy", "dtype": "auto"}
+SERVING = {"backend": "vllm", "device": "cpu", "host": "127.0.0.1", "startup_timeout_s": 20,
+           "enable_prefix_caching": False, "extra_args": ["--max-num-seqs", "8"], "env": {"FOO_X": "1"},
+           "cpu_kvcache_space_gib": 1}
+
+
+def test_command_carries_the_config(tmp_path):
+    b = VllmServerBackend(MODEL, SERVING, tmp_path / "engine.log")
+    cmd = b.build_command(1234)
+    assert cmd[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", "Qwen/x"]
+    joined = " ".join(cmd)
+    assert "--port 1234" in joined and "--host 127.0.0.1" in joined
+    assert "--load-format dummy" in joined and "--max-model-len 2048" in joined
+    assert "--no-enable-prefix-caching" in cmd and cmd[-2:] == ["--max-num-seqs", "8"]
+    assert "--gpu-memory-utilization" not in cmd  # CPU engine
+    env = b.build_env()
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["FOO_X"] == "1"
+    assert env["VLLM_CACHE_ROOT"].endswith(os.path.join(".cache", "vllm"))
+    b.stop()
+
+
+def test_missing_vllm_fails_fast_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(vllm_server.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineStartError, match="scripts/bootstrap.sh"):
+        VllmServerBackend(MODEL, SERVING, tmp_path / "engine.log").start()
+
+
+def _fake(tmp_path, monkeypatch, script):
+    backend = VllmServerBackend(MODEL, SERVING, tmp_path / "engine.log")
+    monkeypatch.setattr(vllm_server.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(backend, "build_command", lambda port: [sys.executable, "-c", script])
+    return backend
+
+
+def test_engine_that_dies_reports_its_log(tmp_path, monkeypatch):
+    b = _fake(tmp_path, monkeypatch, "print('ValueError: bad model config', flush=True); raise SystemExit(3)")
+    with pytest.raises(EngineStartError) as err:
+        b.start()
+    assert "exited with code 3" in str(err.value) and "bad model config" in str(err.value)
+    assert b.proc is None
+
+
+def test_stop_leaves_no_orphans(tmp_path, monkeypatch):
+    pidfile = tmp_path / "child.pid"
+    # The "server" spawns a worker (as vLLM's engine core does), then serves /health.
+    script = f"""
+import http.server, subprocess, sys, os
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+open({str(pidfile)!r}, 'w').write(str(child.pid))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+port = int(os.environ['FAKE_PORT'])
+http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()
+"""
+    b = _fake(tmp_path, monkeypatch, script)
+    real_env = b.build_env
+
+    def env_with_port():
+        env = real_env()
+        env["FAKE_PORT"] = str(b.port)
+        return env
+
+    port = vllm_server.free_loopback_port()
+    monkeypatch.setattr(vllm_server, "free_loopback_port", lambda host="127.0.0.1": port)
+    b.port = port
+    monkeypatch.setattr(b, "build_env", env_with_port)
+    b.start()
+    server_pid, child_pid = b.proc.pid, int(pidfile.read_text())
+    b.stop()
+    time.sleep(0.2)
+    for pid in (server_pid, child_pid):
+        assert not _alive(pid), f"process {pid} outlived stop()"
+    b.stop()  # idempotent
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

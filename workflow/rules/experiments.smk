@@ -1,0 +1,43 @@
+# One rule per experiment; each starts the engine once and serves every sweep point with it.
+
+
+rule e0:
+    """Smoke and reproducibility on the real engine."""
+    input:
+        model_inputs,
+    output:
+        summary="results/e0/summary.json",
+        requests="results/e0/requests.csv",
+        metadata="results/e0/run_metadata.json",
+        gpu_stats="results/e0/gpu_stats.json",
+        engine_log="results/e0/engine.log",
+    params:
+        config=CONFIG_JSON,
+        config_hash=config_hash("e0"),
+    log:
+        "logs/e0.log",
+    resources:
+        engine=1,
+    shell:
+        "context-research run e0 --outdir results/e0 --config-json {params.config:q} > {log} 2>&1"
+
+
+rule e0_figures:
+    input:
+        summary="results/e0/summary.json",
+        metadata="results/e0/run_metadata.json",
+    output:
+        variability=report(
+            "results/e0/variability.svg",
+            caption="../report/e0_variability.rst",
+            category="E0 smoke and reproducibility",
+        ),
+        repeats=report(
+            "results/e0/repeats.html",
+            caption="../report/e0_repeats.rst",
+            category="E0 smoke and reproducibility",
+        ),
+    log:
+        "logs/e0_figures.log",
+    shell:
+        "context-research plots e0 --results results/e0 > {log} 2>&1"

@@ -1,0 +1,34 @@
+localrules:
+    e0_figures,
+    experiment_markdown,
+    packet,
+
+
+rule experiment_markdown:
+    input:
+        "results/{experiment}/run_metadata.json",
+        "results/{experiment}/variability.svg",
+    output:
+        "reports/{experiment}.md",
+    wildcard_constraints:
+        experiment="e[0-6]",
+    log:
+        "logs/report_{experiment}.log",
+    shell:
+        "context-research report --experiment {wildcards.experiment} --results results "
+        "--markdown {output} > {log} 2>&1"
+
+
+rule packet:
+    """The evidence packet: one section per experiment, each stating where its numbers came from."""
+    input:
+        expand("reports/{experiment}.md", experiment=REPORT_EXPERIMENTS),
+    output:
+        report("reports/packet.html", caption="../report/packet.rst", category="Evidence packet"),
+    params:
+        experiments=" ".join(REPORT_EXPERIMENTS),
+    log:
+        "logs/packet.log",
+    shell:
+        "context-research report --results results --packet {output} "
+        "--experiments {params.experiments} > {log} 2>&1"
