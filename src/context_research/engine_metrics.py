@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .analysis.latency import histogram_delta_quantile
+
 # Histograms summarized per workload (engine-side latency decomposition).
 ENGINE_HISTOGRAMS = {
     "ttft": "vllm:time_to_first_token_seconds",
@@ -70,25 +72,6 @@ class MetricsSnapshot:
         return out
 
 
-def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
-    """Quantile ``q`` in [0, 1] of a cumulative histogram, interpolated within its bucket
-    (Prometheus ``histogram_quantile`` semantics; the +Inf bucket returns the last finite bound)."""
-    items = sorted(buckets.items())
-    if not items or items[-1][1] <= 0:
-        return None
-    rank = q * items[-1][1]
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in items:
-        if count >= rank:
-            if math.isinf(le):
-                return prev_le
-            if count == prev_count:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return items[-1][0]
-
-
 def histogram_delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str) -> dict[str, Any] | None:
     a = after.histogram(name)
     if a is None:
@@ -109,7 +92,7 @@ def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str,
         out[f"engine_{short}_count"] = d["count"]
         out[f"engine_{short}_mean_s"] = d["sum"] / d["count"]
         for q in (50, 95, 99):
-            out[f"engine_{short}_p{q}_s"] = bucket_quantile(d["buckets"], q / 100)
+            out[f"engine_{short}_p{q}_s"] = histogram_delta_quantile(None, d["buckets"], q / 100)
     for short, name in ENGINE_COUNTERS.items():
         a, b = after.total(name), before.total(name)
         out[f"engine_{short}"] = None if a is None else a - (b or 0.0)

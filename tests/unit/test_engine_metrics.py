@@ -1,6 +1,6 @@
 import pytest
 
-from context_research.engine_metrics import MetricsSnapshot, bucket_quantile, engine_summary
+from context_research.engine_metrics import MetricsSnapshot, engine_summary
 
 BEFORE = """
 # TYPE vllm:time_to_first_token_seconds histogram
@@ -36,11 +36,3 @@ def test_engine_summary_is_the_delta_between_snapshots():
     assert s["engine_ttft_p50_s"] == pytest.approx(0.3)
     assert s["engine_preemptions"] == 2
     assert s["measured_on"] == "engine"
-
-
-def test_bucket_quantile_like_prometheus():
-    buckets = {0.1: 10.0, 0.2: 20.0, float("inf"): 20.0}
-    assert bucket_quantile(buckets, 0.5) == pytest.approx(0.1)
-    assert bucket_quantile(buckets, 0.75) == pytest.approx(0.15)
-    assert bucket_quantile({0.1: 0.0, float("inf"): 0.0}, 0.5) is None
-    assert bucket_quantile({0.1: 1.0, float("inf"): 2.0}, 0.99) == pytest.approx(0.1)

@@ -27,13 +27,12 @@ def test_canonical_hash_ignores_key_order(tmp_path):
 
 
 def test_figures_are_byte_stable(tmp_path):
-    from context_research.plotting import close, new_figure
+    import pandas as pd
 
-    paths = []
-    for i in range(2):
-        fig, ax = new_figure("t", "p")
-        ax.plot([1, 2, 3], [3, 1, 2])
-        paths.append(io.write_figure(tmp_path / f"f{i}.svg", fig))
-        close(fig)
+    from context_research.analysis.plots import line_plot
+
+    frame = pd.DataFrame({"x": [1, 2, 3], "y": [3, 1, 2]})
+    paths = [line_plot(frame, "x", ["y"], tmp_path / f"f{i}.svg", "t", "x", "y", provenance="p") or
+             tmp_path / f"f{i}.svg" for i in range(2)]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert b"<svg" in paths[0].read_bytes()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..io import read_json, write_figure, write_text
-from ..plotting import close, new_figure
+from ..io import read_json, write_text
+from ..analysis.plots import line_plot
 from ..report import provenance_line
 
 
@@ -24,15 +24,9 @@ def make_figures(results_dir: Path) -> None:
     summary = read_json(results_dir / "summary.json")
     meta = read_json(results_dir / "run_metadata.json")
     frame = repeats_frame(summary)
-    fig, ax = new_figure("E0: mean TTFT and TPOT per repeated run (client-side)", provenance_line(meta))
-    ax.plot(frame["repeat"], frame["ttft_ms_mean"], marker="o", label="TTFT mean (ms)")
-    ax.plot(frame["repeat"], frame["tpot_ms_mean"], marker="s", label="TPOT mean (ms)")
-    ax.set_xlabel("repeat")
-    ax.set_ylabel("ms")
-    ax.set_ylim(bottom=0)
-    ax.legend()
-    write_figure(results_dir / "variability.svg", fig)
-    close(fig)
+    line_plot(frame, "repeat", ["ttft_ms_mean", "tpot_ms_mean"], results_dir / "variability.svg",
+              "E0: mean TTFT and TPOT per repeated run", "repeat", "ms",
+              provenance=provenance_line(meta) + ", client-side")
     write_text(results_dir / "repeats.html", _table_html(summary))
 
 

@@ -1,0 +1,179 @@
+"""Latency summaries, goodput, arrival schedules and Prometheus-histogram deltas (E1, E2).
+
+All inputs are seconds (as in ``RequestRecord``); summary columns are milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from context_research.analysis.stats import mean, summarize
+from context_research.records import RequestRecord
+
+_MS = 1000.0
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
+STAT_SUFFIXES = ("mean", "p50", "p95", "p99")
+LATENCY_COLUMNS = (
+    ["n", "n_ok", "n_failed"]
+    + [f"{m}_ms_{s}" for m in LATENCY_METRICS for s in STAT_SUFFIXES]
+    + ["prompt_tokens_mean", "output_tokens_mean"]
+)
+
+
+def latency_row(records: Sequence[RequestRecord], **keys: Any) -> dict[str, Any]:
+    """One summary row: ``keys`` first (e.g. prompt_tokens=4096, config="x"), then LATENCY_COLUMNS.
+
+    Statistics are over successful requests only. ITL pools every inter-chunk gap of every
+    successful request (as ``vllm bench serve`` does). TPOT is None for single-token outputs and
+    such requests are left out of the TPOT statistics. Missing values give None, never a crash.
+    """
+    ok = [r for r in records if r.ok]
+    row: dict[str, Any] = dict(keys)
+    row["n"] = len(records)
+    row["n_ok"] = len(ok)
+    row["n_failed"] = len(records) - len(ok)
+    row.update(summarize([r.ttft_s for r in ok], "ttft_ms", _MS))
+    row.update(summarize([r.tpot_s for r in ok], "tpot_ms", _MS))
+    row.update(summarize([x for r in ok for x in r.itl_s], "itl_ms", _MS))
+    row.update(summarize([r.e2e_s for r in ok], "e2e_ms", _MS))
+    row["prompt_tokens_mean"] = mean([r.prompt_tokens for r in ok])
+    row["output_tokens_mean"] = mean([r.output_tokens for r in ok])
+    return row
+
+
+def meets_slo(record: RequestRecord, ttft_slo_ms: float, tpot_slo_ms: float) -> bool:
+    """True when a request succeeded and met both SLOs (inclusive: ``<=``).
+
+    A failed request, or one without a TTFT, never meets. A request with at most one output
+    token has no TPOT and counts as meeting the TPOT SLO (``vllm bench serve`` records TPOT 0
+    for it); a request with more than one output token but no TPOT counts as NOT meeting.
+    """
+    if not record.ok or record.ttft_s is None:
+        return False
+    if record.ttft_s * _MS > ttft_slo_ms:
+        return False
+    if record.tpot_s is None:
+        return record.output_tokens is None or record.output_tokens <= 1
+    return record.tpot_s * _MS <= tpot_slo_ms
+
+
+def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: float,
+            tpot_slo_ms: float) -> dict[str, Any]:
+    """Goodput as DistServe defines it: requests/s completed within BOTH SLOs.
+
+    Returns goodput_rps (met / duration), slo_attainment (met / requests sent; failed requests
+    count as misses), request_throughput_rps (succeeded / duration), output_throughput_tok_s
+    (output tokens of successful requests / duration), total_token_throughput_tok_s (prompt +
+    output tokens of successful requests / duration), and the counts and SLOs used.
+    """
+    if not duration_s or duration_s <= 0 or math.isnan(duration_s):
+        raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
+    ok = [r for r in records if r.ok]
+    met = sum(meets_slo(r, ttft_slo_ms, tpot_slo_ms) for r in records)
+    out_tokens = sum(r.output_tokens or 0 for r in ok)
+    in_tokens = sum(r.prompt_tokens or 0 for r in ok)
+    n = len(records)
+    return {
+        "n_sent": n,
+        "n_ok": len(ok),
+        "n_failed": n - len(ok),
+        "n_slo_met": met,
+        "duration_s": duration_s,
+        "ttft_slo_ms": ttft_slo_ms,
+        "tpot_slo_ms": tpot_slo_ms,
+        "goodput_rps": met / duration_s,
+        "slo_attainment": met / n if n else None,
+        "request_throughput_rps": len(ok) / duration_s,
+        "output_throughput_tok_s": out_tokens / duration_s,
+        "total_token_throughput_tok_s": (in_tokens + out_tokens) / duration_s,
+    }
+
+
+def poisson_schedule(n: int, rate_per_s: float, seed: int) -> list[float]:
+    """Send offsets (s) of ``n`` requests of a Poisson process at ``rate_per_s``.
+
+    Offsets are cumulative sums of exponential gaps (mean 1/rate) drawn from
+    ``numpy.random.default_rng(seed)``; the first request goes at 0 (as ``vllm bench serve``
+    sends, then sleeps), so offset[i] = sum of the first i gaps. ``rate=inf`` -> all zeros.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n == 0:
+        return []
+    if rate_per_s is None or math.isnan(rate_per_s) or rate_per_s <= 0:
+        raise ValueError(f"rate_per_s must be > 0 (or inf), got {rate_per_s!r}")
+    if math.isinf(rate_per_s):
+        return [0.0] * n
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n - 1)
+    return [0.0] + [float(x) for x in np.cumsum(gaps)]
+
+
+def _buckets(buckets: Mapping[Any, float] | None) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for le, count in (buckets or {}).items():
+        bound = float(str(le).strip()) if not isinstance(le, (int, float)) else float(le)
+        if math.isnan(bound):
+            raise ValueError(f"bad histogram bucket bound {le!r}")
+        out[bound] = out.get(bound, 0.0) + float(count)
+    return out
+
+
+def histogram_delta_quantile(before_buckets: Mapping[Any, float] | None,
+                             after_buckets: Mapping[Any, float], q: float) -> float | None:
+    """Quantile ``q`` (0..1) of the observations added between two scrapes of a Prometheus
+    cumulative histogram (``{le: cumulative count}``; ``le`` a float or a string such as "0.5"
+    or "+Inf"; ``before_buckets`` may be None/empty for "from zero").
+
+    Same algorithm as Prometheus' ``histogram_quantile``: find the first bucket whose cumulative
+    count reaches q x total and interpolate linearly inside it (lower bound 0 for the first
+    bucket); a rank in the +Inf bucket returns the largest finite bound. None when no
+    observation was added. Raises ValueError without a +Inf bucket or on a counter decrease.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    after = _buckets(after_buckets)
+    before = _buckets(before_buckets)
+    if math.inf not in after:
+        raise ValueError("histogram has no '+Inf' bucket")
+    bounds = sorted(after)
+    delta = []
+    for b in bounds:
+        d = after[b] - before.get(b, 0.0)
+        if d < 0:
+            raise ValueError(f"bucket le={b} decreased ({before.get(b)} -> {after[b]}): counter reset?")
+        delta.append(d)
+    # Cumulative counts must be monotone; Prometheus forces this, so do we.
+    for i in range(1, len(delta)):
+        delta[i] = max(delta[i], delta[i - 1])
+    total = delta[-1]
+    if total <= 0:
+        return None
+    if len(bounds) < 2:
+        return None  # only +Inf: nothing to interpolate within (Prometheus returns NaN)
+    rank = q * total
+    idx = next((i for i in range(len(bounds) - 1) if delta[i] >= rank), len(bounds) - 1)
+    if idx == len(bounds) - 1:
+        return bounds[-2]
+    upper = bounds[idx]
+    if idx == 0:
+        if upper <= 0:
+            return upper
+        lower, prev = 0.0, 0.0
+    else:
+        lower, prev = bounds[idx - 1], delta[idx - 1]
+    in_bucket = delta[idx] - prev
+    if in_bucket <= 0:
+        return lower
+    return lower + (upper - lower) * (rank - prev) / in_bucket
+
+
+def histogram_delta_mean(sum_before: float | None, sum_after: float, count_before: float | None,
+                         count_after: float) -> float | None:
+    """Mean of the observations added between two scrapes: Δsum / Δcount; None if Δcount is 0."""
+    d_count = count_after - (count_before or 0.0)
+    if d_count <= 0:
+        return None
+    return (sum_after - (sum_before or 0.0)) / d_count

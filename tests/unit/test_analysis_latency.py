@@ -1,0 +1,105 @@
+import math
+
+import numpy as np
+import pytest
+
+from context_research.analysis.latency import (LATENCY_COLUMNS, goodput, histogram_delta_mean,
+                                               histogram_delta_quantile, latency_row, poisson_schedule)
+from context_research.records import RequestRecord
+
+
+def rec(i, ttft=None, tpot=None, e2e=None, out=None, prompt=100, itl=(), error=None):
+    return RequestRecord(request_id=str(i), prompt_tokens_target=prompt, prompt_tokens=prompt,
+                         output_tokens=out, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, itl_s=list(itl), error=error)
+
+
+RECORDS = [
+    rec(0, ttft=0.100, tpot=0.010, e2e=0.190, out=10, itl=[0.01, 0.01]),
+    rec(1, ttft=0.300, tpot=0.020, e2e=0.480, out=10, itl=[0.02, 0.04]),
+    rec(2, ttft=0.200, tpot=None, e2e=0.200, out=1),
+    rec(3, error="timeout"),
+]
+
+
+def test_latency_row():
+    row = latency_row(RECORDS, prompt_len=100, config="a")
+    assert list(row)[:2] == ["prompt_len", "config"]
+    assert set(LATENCY_COLUMNS) <= set(row)
+    assert (row["n"], row["n_ok"], row["n_failed"]) == (4, 3, 1)
+    assert row["ttft_ms_p50"] == pytest.approx(200.0)
+    assert row["ttft_ms_mean"] == pytest.approx(200.0)
+    assert row["ttft_ms_p95"] == pytest.approx(290.0)  # linear: 200 + 0.9 * 100
+    assert row["tpot_ms_mean"] == pytest.approx(15.0)  # the 1-token request has no TPOT
+    assert row["itl_ms_p50"] == pytest.approx(15.0)  # pooled gaps 10, 10, 20, 40
+    assert row["itl_ms_mean"] == pytest.approx(20.0)
+    assert row["e2e_ms_p99"] == pytest.approx(200 + 0.98 * 280)  # sorted 190, 200, 480; rank 1.98
+    assert row["output_tokens_mean"] == pytest.approx(7.0)
+    assert row["prompt_tokens_mean"] == pytest.approx(100.0)
+
+
+def test_latency_row_all_failed():
+    row = latency_row([rec(0, error="x")])
+    assert row["n_ok"] == 0 and row["ttft_ms_p50"] is None and row["output_tokens_mean"] is None
+
+
+def test_goodput_hand_made():
+    g = goodput(RECORDS, duration_s=2.0, ttft_slo_ms=250, tpot_slo_ms=15)
+    # 0: meets both; 1: TTFT 300 > 250; 2: 1 output token -> TPOT counts as met, TTFT 200 ok; 3 failed
+    assert g["n_slo_met"] == 2
+    assert g["goodput_rps"] == pytest.approx(1.0)
+    assert g["slo_attainment"] == pytest.approx(0.5)
+    assert g["request_throughput_rps"] == pytest.approx(1.5)
+    assert g["output_throughput_tok_s"] == pytest.approx(21 / 2.0)
+    assert g["total_token_throughput_tok_s"] == pytest.approx((21 + 300) / 2.0)
+    strict = goodput(RECORDS, duration_s=2.0, ttft_slo_ms=150, tpot_slo_ms=15)
+    assert strict["n_slo_met"] == 1
+    # boundary is inclusive; a multi-token request without TPOT does not meet
+    assert goodput([rec(0, ttft=0.25, tpot=0.015, out=5)], 1.0, 250, 15)["n_slo_met"] == 1
+    assert goodput([rec(0, ttft=0.1, tpot=None, out=5)], 1.0, 250, 15)["n_slo_met"] == 0
+    with pytest.raises(ValueError):
+        goodput(RECORDS, 0.0, 1, 1)
+
+
+def test_poisson_schedule():
+    a = poisson_schedule(5, 2.0, seed=7)
+    assert a == poisson_schedule(5, 2.0, seed=7)
+    assert a != poisson_schedule(5, 2.0, seed=8)
+    assert a[0] == 0.0 and all(x < y for x, y in zip(a, a[1:]))
+    gaps = np.random.default_rng(7).exponential(0.5, size=4)
+    assert a[1:] == pytest.approx(np.cumsum(gaps).tolist())
+    big = poisson_schedule(20_001, 4.0, seed=0)
+    assert big[-1] / 20_000 == pytest.approx(0.25, rel=0.03)
+    assert poisson_schedule(3, math.inf, seed=0) == [0.0, 0.0, 0.0]
+    assert poisson_schedule(0, 1.0, seed=0) == []
+    with pytest.raises(ValueError):
+        poisson_schedule(3, 0.0, seed=0)
+
+
+BEFORE = {"0.1": 2, "0.5": 4, "1.0": 4, "+Inf": 4}
+AFTER = {"0.1": 12, "0.5": 34, "1.0": 44, "+Inf": 54}  # delta: 10 | 20 | 10 | 10 -> cum 10, 30, 40, 50
+
+
+def test_histogram_delta_quantile():
+    # rank 25 of 50 -> bucket (0.1, 0.5]: 0.1 + 0.4 * (25 - 10) / 20
+    assert histogram_delta_quantile(BEFORE, AFTER, 0.5) == pytest.approx(0.4)
+    # rank 5 -> first bucket, lower bound 0: 0.1 * 5 / 10
+    assert histogram_delta_quantile(BEFORE, AFTER, 0.1) == pytest.approx(0.05)
+    # rank 40 -> exactly the top of (0.5, 1.0]
+    assert histogram_delta_quantile(BEFORE, AFTER, 0.8) == pytest.approx(1.0)
+    # rank 47.5 falls in +Inf -> largest finite bound
+    assert histogram_delta_quantile(BEFORE, AFTER, 0.95) == pytest.approx(1.0)
+    # float keys, no "before"
+    assert histogram_delta_quantile(None, {0.1: 10, 0.5: 30, 1.0: 40, float("inf"): 50}, 0.5) == pytest.approx(0.4)
+    assert histogram_delta_quantile(AFTER, AFTER, 0.5) is None
+    with pytest.raises(ValueError):
+        histogram_delta_quantile(AFTER, BEFORE, 0.5)
+    with pytest.raises(ValueError):
+        histogram_delta_quantile(None, {"0.1": 1}, 0.5)
+    with pytest.raises(ValueError):
+        histogram_delta_quantile(None, AFTER, 1.5)
+
+
+def test_histogram_delta_mean():
+    assert histogram_delta_mean(1.0, 4.0, 10, 16) == pytest.approx(0.5)
+    assert histogram_delta_mean(None, 4.0, None, 8) == pytest.approx(0.5)
+    assert histogram_delta_mean(1.0, 1.0, 5, 5) is None
