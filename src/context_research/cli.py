@@ -10,8 +10,9 @@ from pathlib import Path
 
 from .errors import ContextResearchError
 
-# Experiment name -> module with ``async def run(session, cfg, ctx)``.
-EXPERIMENTS = {"e0": "context_research.experiments.e0"}
+# Experiment eN lives in context_research.experiments.eN (``async def run(session, cfg, ctx)``,
+# or ``def run_standalone(config, outdir)`` for experiments that manage several engines).
+EXPERIMENTS = ("e0", "e1", "e2", "e3", "e4", "e5", "e6")
 
 
 def _config_from_args(args) -> dict:
@@ -26,8 +27,14 @@ def cmd_run(args) -> int:
     from .experiments.runner import run_experiment
 
     config = _config_from_args(args)
-    module = importlib.import_module(EXPERIMENTS[args.experiment])
-    meta = run_experiment(args.experiment, config, args.outdir, module.run)
+    try:
+        module = importlib.import_module(f"context_research.experiments.{args.experiment}")
+    except ModuleNotFoundError:
+        raise ContextResearchError(f"experiment {args.experiment} is not implemented in this version") from None
+    if hasattr(module, "run_standalone"):
+        meta = module.run_standalone(config, args.outdir)
+    else:
+        meta = run_experiment(args.experiment, config, args.outdir, module.run)
     print(json.dumps({"run_id": meta["run_id"], "backend_mode": meta["backend_mode"],
                       "result": meta["result_summary"]}, default=str))
     return 0

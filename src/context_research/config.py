@@ -48,6 +48,42 @@ def _describe(error) -> str:
     return f"config key '{key}': {error.message}"
 
 
+def merged_schema(schema_path: str | os.PathLike = DEFAULT_SCHEMA) -> dict:
+    """The top-level schema with every ``experiments/<eN>.schema.yaml`` merged in.
+
+    Inlined rather than ``$ref``-ed: defaults inside referenced schemas are not filled by
+    ``snakemake.utils.validate``.
+    """
+    top = Path(schema_path)
+    schema = yaml.safe_load(top.read_text(encoding="utf-8"))
+    experiments = schema["properties"]["experiments"].setdefault("properties", {})
+    for part in sorted((top.parent / "experiments").glob("*.schema.yaml")):
+        sub = yaml.safe_load(part.read_text(encoding="utf-8"))
+        sub.pop("$schema", None)
+        sub.setdefault("default", {})
+        experiments[part.name.split(".")[0]] = sub
+    return schema
+
+
+def _merged_schema_file(schema_path: str | os.PathLike) -> str:
+    """Write the merged schema once per process; ``snakemake.utils.validate`` takes a path."""
+    key = str(Path(schema_path).resolve())
+    if key not in _MERGED_SCHEMA_FILES:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="context-research-schema-", suffix=".yaml")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(merged_schema(schema_path), handle, sort_keys=False)
+        _MERGED_SCHEMA_FILES[key] = path
+        import atexit
+
+        atexit.register(lambda p=path: os.path.exists(p) and os.unlink(p))
+    return _MERGED_SCHEMA_FILES[key]
+
+
+_MERGED_SCHEMA_FILES: dict[str, str] = {}
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike = DEFAULT_SCHEMA,
                     source: str = "config/config.yaml") -> dict:
     """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming the key."""
@@ -58,7 +94,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike = DEFAULT_SCHEM
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
     try:
-        validate(config, str(Path(schema_path).resolve()))
+        validate(config, _merged_schema_file(schema_path))
     except WorkflowError as exc:
         cause = next((a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None)
         cause = cause or exc.__cause__ or exc.__context__

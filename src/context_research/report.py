@@ -25,7 +25,6 @@ TITLES = {
     "e5": "E5 — peak-memory decomposition",
     "e6": "E6 — YaRN long-context stress",
 }
-MODULES = {"e0": "context_research.experiments.e0_report"}
 
 
 def _env() -> jinja2.Environment:
@@ -59,21 +58,30 @@ def provenance_line(meta: dict[str, Any]) -> str:
             f"run {p['run_id']}")
 
 
+def _report_module(experiment: str):
+    """context_research.experiments.<eN>_report, or None if that experiment has none yet."""
+    try:
+        return importlib.import_module(f"context_research.experiments.{experiment}_report")
+    except ModuleNotFoundError:
+        return None
+
+
 def experiment_figures(experiment: str, results_dir: Path) -> None:
-    importlib.import_module(MODULES[experiment]).make_figures(results_dir)
+    _report_module(experiment).make_figures(results_dir)
 
 
 def section(experiment: str, results_root: Path) -> dict[str, Any]:
     results_dir = results_root / experiment
     meta_path = results_dir / "run_metadata.json"
-    if experiment not in MODULES:
+    module = _report_module(experiment)
+    if module is None:
         return {"id": experiment, "title": TITLES.get(experiment, experiment), "ran": False,
                 "reason": "not implemented in this version of the workflow"}
     if not meta_path.exists():
         return {"id": experiment, "title": TITLES[experiment], "ran": False,
                 "reason": f"no results at {results_dir} (run its target first)"}
     meta = read_json(meta_path)
-    body = importlib.import_module(MODULES[experiment]).report_section(results_dir)
+    body = module.report_section(results_dir)
     figures = []
     for caption, name in body.get("figures", []):
         svg = (results_dir / name).read_text(encoding="utf-8")

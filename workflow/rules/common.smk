@@ -6,14 +6,16 @@ from context_research.config import experiment_hash, model_profile, validate_con
 from context_research.errors import ConfigError
 
 try:
-    validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    validate_config(config)
 except ConfigError as exc:
     sys.exit(f"context-research: {exc}")
 
 MODEL = model_profile(config)
 EMBEDDED_MANIFEST = "resources/models/embedded-qwen3/manifest.json"
 CONFIG_JSON = json.dumps(config, sort_keys=True)
-REPORT_EXPERIMENTS = config.get("report", {}).get("experiments", ["e0"])
+REPORT_EXPERIMENTS = config["report"]["experiments"]
+# Experiment -> the figure/table files its packet section shows; each rules/eN.smk fills its entry.
+FIGURES = {}
 
 
 def model_inputs(wildcards=None):
@@ -23,3 +25,8 @@ def model_inputs(wildcards=None):
 
 def config_hash(experiment):
     return experiment_hash(config, experiment)
+
+
+def experiment_rule_params(experiment):
+    """The params every engine rule carries: the config (JSON) and the experiment's config hash."""
+    return {"config": CONFIG_JSON, "config_hash": config_hash(experiment)}

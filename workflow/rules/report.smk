@@ -1,13 +1,11 @@
 localrules:
-    e0_figures,
     experiment_markdown,
     packet,
 
 
 rule experiment_markdown:
     input:
-        "results/{experiment}/run_metadata.json",
-        "results/{experiment}/variability.svg",
+        lambda w: ["results/{experiment}/run_metadata.json".format(**w)] + FIGURES[w.experiment],
     output:
         "reports/{experiment}.md",
     wildcard_constraints:

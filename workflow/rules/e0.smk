@@ -1,4 +1,8 @@
-# One rule per experiment; each starts the engine once and serves every sweep point with it.
+# E0: one engine start; determinism and run-to-run variability.
+FIGURES["e0"] = ["results/e0/variability.svg", "results/e0/repeats.html"]
+
+localrules:
+    e0_figures,
 
 
 rule e0:

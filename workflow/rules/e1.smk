@@ -1,0 +1,1 @@
+# E1 prompt-length latency sweep: not implemented yet.

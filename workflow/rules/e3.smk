@@ -1,0 +1,1 @@
+# E3 aggregated vs prefill/decode-disaggregated serving: not implemented yet.

@@ -1,0 +1,1 @@
+# E4 long-context quality: not implemented yet.

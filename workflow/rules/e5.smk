@@ -1,0 +1,1 @@
+# E5 peak-memory decomposition: not implemented yet.

@@ -1,0 +1,1 @@
+# E6 YaRN long-context stress: not implemented yet.
