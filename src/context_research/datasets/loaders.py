@@ -1,0 +1,308 @@
+"""Load LongBench, InfiniteBench and PG19 records and turn them into prompt samples.
+
+A benchmark block of the config (``experiments.e4.benchmarks.<benchmark>``) may hold:
+
+* ``local_dir``: folder with ``<task>.jsonl`` (or ``data/<task>.jsonl``) in the upstream schema;
+  PG19 also accepts ``test.jsonl`` / ``pg19.jsonl``.
+* ``files``: ``{task: path}`` overriding ``local_dir`` for single tasks.
+* ``use_hub`` (default true), ``hub_id``, ``revision``, ``cache_dir``: go through
+  ``datasets.load_dataset`` (hub or local HF cache) when no local file is found.
+* ``seed`` (default 0), ``count`` (default: all records), ``max_input_tokens`` (middle
+  truncation of the whole prompt), PG19 ``window_tokens`` (default 4096).
+
+A local file wins over the hub. If neither yields data, ``ConfigError`` names the dataset,
+the task, the key to set and what to download.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from context_research.datasets import templates as T
+from context_research.errors import ConfigError
+from context_research.hashing import sha256_file, sha256_text
+from context_research.io import read_jsonl
+from context_research.quality.prompting import truncate_middle_text
+from context_research.quality.scorers import choice_references
+
+CountTokens = Callable[[str], int]
+
+BENCHMARKS = ("longbench", "infinitebench", "pg19")
+HUB_IDS = {"longbench": T.LONGBENCH_HUB_ID, "infinitebench": T.INFINITEBENCH_HUB_ID, "pg19": T.PG19_HUB_ID}
+KEY_PREFIX = "experiments.e4.benchmarks"
+
+REQUIRED_FIELDS = {
+    "longbench": ("input", "context", "answers", "_id"),
+    "infinitebench": ("id", "context", "input", "answer"),
+    "pg19": ("short_book_title", "text"),
+}
+
+
+def benchmark_block(benchmark: str, cfg: dict | None) -> dict:
+    """Accept either the benchmark's own block or a dict with ``benchmarks: {name: block}``
+    (e.g. the whole ``experiments.e4`` block; its ``seed`` is the default seed)."""
+    cfg = dict(cfg or {})
+    if isinstance(cfg.get("benchmarks"), dict):
+        block = dict(cfg["benchmarks"].get(benchmark) or {})
+        if "seed" in cfg:
+            block.setdefault("seed", cfg["seed"])
+        return block
+    return cfg
+
+
+def _download_hint(benchmark: str, task: str) -> str:
+    hub = HUB_IDS[benchmark]
+    if benchmark == "longbench":
+        return (f"download data.zip of the hub dataset `{hub}` (e.g. `huggingface-cli download {hub} data.zip "
+                f"--repo-type dataset`), unzip it, and point the key at the folder holding `{task}.jsonl`")
+    if benchmark == "infinitebench":
+        return (f"download `{task}.jsonl` of the hub dataset `{hub}` (e.g. `huggingface-cli download {hub} "
+                f"{task}.jsonl --repo-type dataset --local-dir <dir>`) and point the key at <dir>")
+    return (f"export the test split of the hub dataset `{hub}` to JSONL (fields short_book_title, "
+            f"publication_date, url, text) as `<dir>/{task}.jsonl`, and point the key at <dir>")
+
+
+def _local_candidates(benchmark: str, task: str, block: dict) -> list[Path]:
+    cands: list[Path] = []
+    files = block.get("files") or {}
+    if task in files:
+        cands.append(Path(files[task]))
+    if block.get("local_dir"):
+        d = Path(block["local_dir"])
+        names = [f"{task}.jsonl"]
+        if benchmark == "pg19":
+            names += ["test.jsonl", "pg19.jsonl"]
+        for n in names:
+            cands += [d / n, d / "data" / n]
+    return cands
+
+
+def _check_schema(benchmark: str, task: str, rows: list[dict], where: str) -> None:
+    need = REQUIRED_FIELDS[benchmark]
+    for j, r in enumerate(rows):
+        missing = [k for k in need if k not in r]
+        if missing:
+            raise ConfigError(f"{benchmark}/{task}: record {j} of {where} lacks field(s) {missing}; "
+                              f"expected the upstream schema with {list(need)}")
+
+
+def load_records(benchmark: str, task: str, cfg: dict | None) -> tuple[list[dict], dict]:
+    """Records of one task in the upstream schema, and a description of their source:
+    ``{"kind": "local", "path", "sha256", "revision"}`` or
+    ``{"kind": "hub", "hub_id", "config", "split", "revision", "fingerprint"}``."""
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r} under {KEY_PREFIX}; known: {list(BENCHMARKS)}")
+    block = benchmark_block(benchmark, cfg)
+    key = f"{KEY_PREFIX}.{benchmark}.local_dir"
+    tried: list[str] = []
+    for path in _local_candidates(benchmark, task, block):
+        tried.append(str(path))
+        if path.is_file():
+            try:
+                rows = read_jsonl(path)
+            except ValueError as exc:
+                raise ConfigError(f"{benchmark}/{task}: {path} is not valid JSONL ({exc}); check {key}") from exc
+            _check_schema(benchmark, task, rows, str(path))
+            return rows, {"kind": "local", "path": str(path), "sha256": sha256_file(path),
+                          "revision": block.get("revision")}
+    hub_error = "the hub was not tried (use_hub: false)"
+    if block.get("use_hub", True):
+        hub = block.get("hub_id") or HUB_IDS[benchmark]
+        try:
+            rows, info = _load_hub(benchmark, task, hub, block)
+            _check_schema(benchmark, task, rows, f"hub dataset {hub}")
+            return rows, info
+        except ConfigError:
+            raise
+        except Exception as exc:  # network, missing cache, schema or script errors
+            hub_error = f"datasets.load_dataset({hub!r}) failed: {type(exc).__name__}: {str(exc)[:300]}"
+    where = ", ".join(tried) if tried else f"nothing ({key} is not set)"
+    raise ConfigError(
+        f"{benchmark} task {task!r}: no data. Looked for local JSONL at: {where}; {hub_error}. "
+        f"Set `{key}` (or `{KEY_PREFIX}.{benchmark}.files.{task}`): {_download_hint(benchmark, task)}."
+    )
+
+
+def _load_hub(benchmark: str, task: str, hub: str, block: dict) -> tuple[list[dict], dict]:
+    import datasets  # the Hugging Face package (absolute import)
+
+    kw: dict[str, Any] = {}
+    if block.get("cache_dir"):
+        kw["cache_dir"] = block["cache_dir"]
+    if block.get("revision"):
+        kw["revision"] = block["revision"]
+    if benchmark == "longbench":
+        config, split = task, "test"
+        ds = datasets.load_dataset(hub, task, split="test", **kw)
+    elif benchmark == "infinitebench":
+        config, split = None, task
+        ds = datasets.load_dataset(hub, split=task, **kw)
+    else:
+        config, split = None, "test"
+        ds = datasets.load_dataset(hub, split="test", **kw)
+    rows = [dict(r) for r in ds]
+    return rows, {"kind": "hub", "hub_id": hub, "config": config, "split": split,
+                  "revision": block.get("revision"), "fingerprint": getattr(ds, "_fingerprint", None)}
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def record_id(benchmark: str, record: dict, index: int) -> str:
+    if benchmark == "longbench":
+        return str(record.get("_id", index))
+    if benchmark == "infinitebench":
+        return str(record.get("id", index))
+    url = str(record.get("url") or "")
+    m = re.search(r"(\d+)/?$", url)
+    if m:
+        return f"pg19-{m.group(1)}"
+    slug = re.sub(r"[^a-z0-9]+", "-", str(record.get("short_book_title", "")).lower()).strip("-")
+    return f"pg19-{slug or index}"
+
+
+def select_subset(records: Sequence[dict], ids: Sequence[str], count: int | None, seed: int) -> list[tuple[str, dict]]:
+    """Sort by id, then ``random.Random(seed).sample``; ``count=None`` (or >= len) keeps all,
+    still in the seeded order."""
+    pairs = sorted(zip(ids, records), key=lambda p: p[0])
+    if len({i for i, _ in pairs}) != len(pairs):
+        raise ConfigError("dataset has duplicate record ids; cannot select a stable subset")
+    k = len(pairs) if count is None else min(int(count), len(pairs))
+    if k < 0:
+        raise ConfigError(f"count must be >= 0, got {count}")
+    return random.Random(seed).sample(pairs, k)
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def _maybe_truncate(text: str, block: dict, count_tokens: CountTokens) -> tuple[str, bool]:
+    limit = block.get("max_input_tokens")
+    if limit is None:
+        return text, False
+    return truncate_middle_text(text, int(limit), count_tokens)
+
+
+def longbench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
+    spec = T.LONGBENCH_TASKS.get(task)
+    if spec is None:
+        raise ConfigError(f"longbench: no prompt template for task {task!r}; known: {sorted(T.LONGBENCH_TASKS)}")
+    block = block or {}
+    text = T.render(spec, str(record["context"]), str(record["input"] or ""))
+    text, truncated = _maybe_truncate(text, block, count_tokens)
+    answers = record["answers"]
+    answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
+    return {
+        "id": str(record["_id"]),
+        "benchmark": "longbench",
+        "task": task,
+        "input": text,
+        "outputs": answers,
+        "answer_prefix": "",
+        "metric": spec.metric,
+        "metric_kwargs": {"all_classes": list(record.get("all_classes") or [])},
+        "max_new_tokens": spec.max_new_tokens,
+        "length": int(count_tokens(text)),
+        "truncated": truncated,
+        "source_length": record.get("length"),
+    }
+
+
+def infinitebench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
+    spec = T.INFINITEBENCH_TASKS.get(task)
+    if spec is None:
+        raise ConfigError(f"infinitebench: no prompt template for task {task!r}; known: {sorted(T.INFINITEBENCH_TASKS)}")
+    block = block or {}
+    options = [str(o) for o in (record.get("options") or [])]
+    text = T.render(spec, str(record["context"]), str(record["input"] or ""), options)
+    text, truncated = _maybe_truncate(text, block, count_tokens)
+    answer = record["answer"]
+    answers = [str(answer)] if not isinstance(answer, list) else [str(a) for a in answer]
+    if task in ("longbook_choice_eng", "code_debug") and options:
+        answers = choice_references(answers, options)
+    return {
+        "id": str(record["id"]),
+        "benchmark": "infinitebench",
+        "task": task,
+        "input": text,
+        "outputs": answers,
+        "answer_prefix": "",
+        "metric": spec.metric,
+        "metric_kwargs": {},
+        "max_new_tokens": spec.max_new_tokens,
+        "length": int(count_tokens(text)),
+        "truncated": truncated,
+    }
+
+
+def _fit_words(words: Sequence[str], start: int, budget: int, count_tokens: CountTokens) -> int:
+    """Largest ``w`` with ``count_tokens(" ".join(words[start:start+w])) <= budget``."""
+    avail = len(words) - start
+    if avail <= 0:
+        return 0
+
+    def ok(w: int) -> bool:
+        return count_tokens(" ".join(words[start:start + w])) <= budget
+
+    if ok(avail):
+        return avail
+    lo, hi = 0, avail
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def pg19_sample(sid: str, record: dict, count_tokens: CountTokens, window_tokens: int, seed: int,
+                task: str = "pg19") -> dict:
+    """A window of ``window_tokens`` tokens (by ``count_tokens``) of the book, starting at a
+    seeded word offset; whitespace is normalised to single spaces. A book shorter than the
+    window yields the whole book (``length < window_tokens``)."""
+    if window_tokens <= 0:
+        raise ConfigError(f"{KEY_PREFIX}.pg19.window_tokens must be > 0, got {window_tokens}")
+    words = str(record["text"]).split()
+    w0 = _fit_words(words, 0, window_tokens, count_tokens)
+    rng = random.Random(int(sha256_text(f"{seed}|{task}|{window_tokens}|{sid}")[:16], 16))
+    start = rng.randint(0, max(0, len(words) - w0))
+    n = _fit_words(words, start, window_tokens, count_tokens)
+    text = " ".join(words[start:start + n])
+    return {
+        "id": sid,
+        "benchmark": "pg19",
+        "task": task,
+        "input": text,
+        "outputs": [],
+        "answer_prefix": "",
+        "metric": "perplexity",
+        "metric_kwargs": {},
+        "max_new_tokens": 1,
+        "length": int(count_tokens(text)),
+        "truncated": False,
+        "window": {"start_word": start, "n_words": n, "book_words": len(words)},
+        "title": record.get("short_book_title"),
+        "url": record.get("url"),
+        "publication_date": record.get("publication_date"),
+    }
+
+
+def load_samples(benchmark: str, task: str, cfg: dict | None, count_tokens: CountTokens) -> tuple[list[dict], dict]:
+    """Load, select (seeded) and render samples; returns ``(samples, source_info)``."""
+    block = benchmark_block(benchmark, cfg)
+    records, source = load_records(benchmark, task, cfg)
+    seed = int(block.get("seed", 0))
+    ids = [record_id(benchmark, r, j) for j, r in enumerate(records)]
+    chosen = select_subset(records, ids, block.get("count"), seed)
+    if benchmark == "longbench":
+        samples = [longbench_sample(task, r, count_tokens, block) for _, r in chosen]
+    elif benchmark == "infinitebench":
+        samples = [infinitebench_sample(task, r, count_tokens, block) for _, r in chosen]
+    else:
+        wt = int(block.get("window_tokens", 4096))
+        samples = [pg19_sample(sid, r, count_tokens, wt, seed, task) for sid, r in chosen]
+    return samples, source
