@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
-snakemake --cores "${CORES:-1}" "$@" all
-snakemake --cores 1 "$@" --report reports/snakemake-report.zip all
+snakemake --cores "${CORES:-1}" all "$@"
+snakemake --cores 1 all --report reports/snakemake-report.zip "$@"
 echo "packet: $PWD/reports/packet.html"

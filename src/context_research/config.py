@@ -17,7 +17,13 @@ from .errors import ConfigError
 from .hashing import sha256_obj
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SCHEMA = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+
+def default_schema() -> Path:
+    """The schema of the workflow being run (rules run in its directory), else this checkout's."""
+    here = Path.cwd() / SCHEMA_RELPATH
+    return here if here.exists() else REPO_ROOT / SCHEMA_RELPATH
 SIMULATED_OPT_IN_ENV = "CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND"
 
 
@@ -48,13 +54,13 @@ def _describe(error) -> str:
     return f"config key '{key}': {error.message}"
 
 
-def merged_schema(schema_path: str | os.PathLike = DEFAULT_SCHEMA) -> dict:
+def merged_schema(schema_path: str | os.PathLike | None = None) -> dict:
     """The top-level schema with every ``experiments/<eN>.schema.yaml`` merged in.
 
     Inlined rather than ``$ref``-ed: defaults inside referenced schemas are not filled by
     ``snakemake.utils.validate``.
     """
-    top = Path(schema_path)
+    top = Path(schema_path or default_schema())
     schema = yaml.safe_load(top.read_text(encoding="utf-8"))
     experiments = schema["properties"]["experiments"].setdefault("properties", {})
     for part in sorted((top.parent / "experiments").glob("*.schema.yaml")):
@@ -84,7 +90,7 @@ def _merged_schema_file(schema_path: str | os.PathLike) -> str:
 _MERGED_SCHEMA_FILES: dict[str, str] = {}
 
 
-def validate_config(config: dict, schema_path: str | os.PathLike = DEFAULT_SCHEMA,
+def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
                     source: str = "config/config.yaml") -> dict:
     """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming the key."""
     import jsonschema
@@ -94,7 +100,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike = DEFAULT_SCHEM
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
     try:
-        validate(config, _merged_schema_file(schema_path))
+        validate(config, _merged_schema_file(schema_path or default_schema()))
     except WorkflowError as exc:
         cause = next((a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None)
         cause = cause or exc.__cause__ or exc.__context__
@@ -115,7 +121,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike = DEFAULT_SCHEM
 
 
 def load_config(path: str | os.PathLike, overlays: list[str | os.PathLike] = (),
-                schema_path: str | os.PathLike = DEFAULT_SCHEMA) -> dict:
+                schema_path: str | os.PathLike | None = None) -> dict:
     """Read a YAML config (plus overlays merged on top, like ``--configfile``) and validate it."""
     config: dict = {}
     for p in [path, *overlays]:

@@ -12,25 +12,31 @@ import numpy as np
 def regular_token_range(model: dict[str, Any]) -> tuple[int, int]:
     """[low, high) of ordinary (non-special) token ids of the served model.
 
-    Reads the tokenizer's added tokens when the model is a local directory; otherwise stays
-    below ``bos``/``eos`` ids, which Qwen-style vocabularies put after the regular ones.
+    Special tokens sit either before the regular vocabulary (the embedded tokenizer) or after it
+    (Qwen); the block on the other side is used. Byte-level pieces at the start of a BPE vocab
+    are skipped so prompts look like ordinary text to the model.
     """
     cfg = model.get("hf_config") or {}
     vocab = int(cfg.get("vocab_size") or 32000)
-    high = vocab
+    specials: list[int] = []
+    regular = vocab
     tok_json = Path(str(model.get("tokenizer") or model.get("path", ""))) / "tokenizer.json"
     if tok_json.exists():
         data = json.loads(tok_json.read_text())
-        added = [t["id"] for t in data.get("added_tokens", [])]
-        regular = len(data.get("model", {}).get("vocab", {})) or vocab
-        high = min([regular, vocab, *added]) if added else min(regular, vocab)
-    else:
-        specials = [cfg.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
-        specials = [s for s in specials if isinstance(s, int)]
-        if specials:
-            high = min(high, *specials)
-    # Skip the lowest ids (byte/control pieces) so prompts look like ordinary text to the model.
-    low = min(256, high // 4)
+        specials = [t["id"] for t in data.get("added_tokens", []) if t.get("special", True)]
+        regular = min(vocab, len(data.get("model", {}).get("vocab", {})) or vocab)
+    specials += [cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if isinstance(cfg.get(k), int)]
+    low, high = 0, regular
+    below = [s for s in specials if s < regular // 2]
+    above = [s for s in specials if s >= regular // 2]
+    if below:
+        low = max(below) + 1
+    if above:
+        high = min(above)
+    if high - low > 4 * 256:
+        low += 256
+    if high <= low:
+        raise ValueError(f"no regular token ids in the model's vocabulary (vocab_size={vocab})")
     return low, high
 
 

@@ -20,7 +20,7 @@ SERVING = {"backend": "vllm", "device": "cpu", "host": "127.0.0.1", "startup_tim
 def test_command_carries_the_config(tmp_path):
     b = VllmServerBackend(MODEL, SERVING, tmp_path / "engine.log")
     cmd = b.build_command(1234)
-    assert cmd[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", "Qwen/x"]
+    assert cmd[1:5] == ["-m", "context_research.backends.vllm_cli", "serve", "Qwen/x"]
     joined = " ".join(cmd)
     assert "--port 1234" in joined and "--host 127.0.0.1" in joined
     assert "--load-format dummy" in joined and "--max-model-len 2048" in joined

@@ -4,9 +4,10 @@ import sys
 
 from context_research.config import experiment_hash, model_profile, validate_config
 from context_research.errors import ConfigError
+from context_research.models import dummy_model_dir
 
 try:
-    validate_config(config)
+    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 except ConfigError as exc:
     sys.exit(f"context-research: {exc}")
 
@@ -18,9 +19,22 @@ REPORT_EXPERIMENTS = config["report"]["experiments"]
 FIGURES = {}
 
 
+DUMMY_DIR = dummy_model_dir(MODEL)
+
+# For --sdm conda: the engine build that matches this host (paths relative to rules/).
+from context_research.backends.vllm_server import cuda_visible
+
+ENGINE_ENV = "../../envs/vllm-gpu.yaml" if cuda_visible() else "../../envs/vllm-cpu.yaml"
+
+
 def model_inputs(wildcards=None):
-    """The embedded model's manifest when the profile serves it; nothing for external models."""
-    return [EMBEDDED_MANIFEST] if MODEL["source"] == "embedded" else []
+    """The model folder the workflow builds itself, if any: the embedded model, or a shape-only
+    folder for dummy weights; nothing for a model that is already on disk or in the HF cache."""
+    if MODEL["source"] == "embedded":
+        return [EMBEDDED_MANIFEST]
+    if DUMMY_DIR is not None:
+        return [f"{DUMMY_DIR}/manifest.json"]
+    return []
 
 
 def config_hash(experiment):

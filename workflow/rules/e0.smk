@@ -22,6 +22,8 @@ rule e0:
         "logs/e0.log",
     resources:
         engine=1,
+    conda:
+        ENGINE_ENV
     shell:
         "context-research run e0 --outdir results/e0 --config-json {params.config:q} > {log} 2>&1"
 

@@ -8,5 +8,22 @@ rule embedded_model:
         outdir=lambda w, output: os.path.dirname(output.manifest),
     log:
         "logs/embedded_model.log",
+    conda:
+        ENGINE_ENV
     shell:
         "context-research embedded-model --out {params.outdir} --config-json {params.config:q} > {log} 2>&1"
+
+
+rule dummy_model:
+    """Shape-only model folder (config.json + synthetic word-level tokenizer) for dummy weights."""
+    input:
+        config=lambda w: MODEL["dummy_config"],
+    output:
+        manifest="resources/models/{profile}-dummy/manifest.json",
+    params:
+        outdir=lambda w, output: os.path.dirname(output.manifest),
+    log:
+        "logs/dummy_model_{profile}.log",
+    shell:
+        "python -c 'import sys; from context_research.dummy_model import build_dummy_model; "
+        "build_dummy_model(sys.argv[1], sys.argv[2])' {params.outdir} {input.config} > {log} 2>&1"

