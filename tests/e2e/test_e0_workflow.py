@@ -78,10 +78,15 @@ def test_dry_run_shows_the_dag_from_model_to_packet(workflow_dir, tmp_path):
         assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
 
 
-def test_config_change_reruns_only_what_it_affects(workflow_dir):
-    proc = run_snakemake(workflow_dir, "-n", "all", "--config", 'experiments={"e0": {"max_tokens": 33}}')
+def test_config_change_reruns_only_what_it_affects(workflow_dir, tmp_path):
+    unchanged = run_snakemake(workflow_dir, "-n", "all")
+    assert unchanged.returncode == 0 and "Nothing to be done" in unchanged.stdout + unchanged.stderr
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("experiments:\n  e0:\n    max_tokens: 33\n")
+    proc = run_snakemake(workflow_dir, "-n", "all", "--configfile", "config/config.yaml", str(overlay))
     assert proc.returncode == 0, proc.stderr
-    assert "e0" in proc.stdout and "embedded_model" not in proc.stdout.split("Job stats")[-1]
+    stats = proc.stdout.split("Job stats")[-1]
+    assert "\ne0 " in stats and "embedded_model" not in stats
 
 
 def test_bad_config_fails_with_one_clear_error(tmp_path):
@@ -90,3 +95,16 @@ def test_bad_config_fails_with_one_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "config key 'serving.backend'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_snakemake_report_has_captions_and_figures(workflow_dir):
+    import zipfile
+
+    proc = run_snakemake(workflow_dir, "all", "--report", "reports/snakemake-report.zip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(workflow_dir / "reports/snakemake-report.zip") as archive:
+        names = archive.namelist()
+        assert any(n.endswith("variability.svg") for n in names)
+        assert any(n.endswith("packet.html") for n in names)
+        text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    assert "coefficient of variation" in text  # the E0 figure's caption
