@@ -43,8 +43,11 @@ def cmd_run(args) -> int:
 def cmd_embedded_model(args) -> int:
     from .embedded_model import build_embedded_model
 
-    config = _config_from_args(args)
-    manifest = build_embedded_model(args.out, config.get("embedded_model", {}))
+    if args.model_config_json is not None:
+        block = json.loads(args.model_config_json)
+    else:
+        block = _config_from_args(args).get("embedded_model", {})
+    manifest = build_embedded_model(args.out, block)
     print(json.dumps({"out": args.out, "files": len(manifest.get("files", []))}))
     return 0
 
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("embedded-model", help="build the embedded tiny Qwen3 model"))
     p.add_argument("--out", required=True)
+    p.add_argument("--model-config-json", help="just the validated embedded_model block (what the rule passes)")
     p.set_defaults(func=cmd_embedded_model)
 
     p = with_config(sub.add_parser("validate", help="validate the configuration"))

@@ -157,6 +157,24 @@ def experiment_config(config: dict, experiment: str) -> dict:
         raise ConfigError(f"config key 'experiments.{experiment}' is missing") from None
 
 
+def experiment_view(config: dict, experiment: str) -> dict:
+    """The part of the config one experiment depends on, itself a valid config.
+
+    Rules pass this (not the whole config) to the engine, so that a change elsewhere in the
+    config does not alter the rule's params and does not rerun it.
+    """
+    name = config["model_profile"]
+    view = {
+        "model_profile": name,
+        "models": {name: config["models"][name]},
+        "serving": config["serving"],
+        "experiments": {experiment: experiment_config(config, experiment)},
+    }
+    if config["models"][name]["source"] == "embedded":
+        view["embedded_model"] = config.get("embedded_model", {})
+    return view
+
+
 def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> dict:
     """Everything an experiment's result depends on, as a canonical mapping."""
     model = model_profile(config)

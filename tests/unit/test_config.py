@@ -83,3 +83,14 @@ def test_experiment_hash_tracks_exactly_its_inputs():
     other_model["models"]["qwen3-8b"]["max_model_len"] = 1024  # not the served profile
     assert experiment_hash(other_model, "e0") == h0
     assert experiment_hash(cfg, "e0", dataset_manifest_sha256="ab" * 32) != h0
+
+
+def test_experiment_view_is_a_valid_config_holding_only_the_hashed_inputs():
+    from context_research.config import experiment_view, hash_inputs
+
+    cfg = load_config(DEFAULT)
+    view = experiment_view(cfg, "e0")
+    assert set(view["models"]) == {"embedded"} and set(view["experiments"]) == {"e0"}
+    revalidated = validate_config(copy.deepcopy(view))
+    assert experiment_hash(revalidated, "e0") == experiment_hash(cfg, "e0")
+    assert hash_inputs(revalidated, "e0") == hash_inputs(cfg, "e0")

@@ -2,7 +2,7 @@
 import json
 import sys
 
-from context_research.config import experiment_hash, model_profile, validate_config
+from context_research.config import experiment_hash, experiment_view, model_profile, validate_config
 from context_research.errors import ConfigError
 from context_research.models import dummy_model_dir
 
@@ -13,7 +13,6 @@ except ConfigError as exc:
 
 MODEL = model_profile(config)
 EMBEDDED_MANIFEST = "resources/models/embedded-qwen3/manifest.json"
-CONFIG_JSON = json.dumps(config, sort_keys=True)
 REPORT_EXPERIMENTS = config["report"]["experiments"]
 # Experiment -> the figure/table files its packet section shows; each rules/eN.smk fills its entry.
 FIGURES = {}
@@ -41,6 +40,11 @@ def config_hash(experiment):
     return experiment_hash(config, experiment)
 
 
-def experiment_rule_params(experiment):
-    """The params every engine rule carries: the config (JSON) and the experiment's config hash."""
-    return {"config": CONFIG_JSON, "config_hash": config_hash(experiment)}
+# Transitional: rules still passing the whole config; replaced by experiment_config_json().
+CONFIG_JSON = json.dumps(config, sort_keys=True)
+
+
+def experiment_config_json(experiment):
+    """What an engine rule passes to `context-research run`: only the config its hash covers,
+    so changing another experiment's block leaves this rule's params (and outputs) alone."""
+    return json.dumps(experiment_view(config, experiment), sort_keys=True)

@@ -16,7 +16,7 @@ rule e0:
         gpu_stats="results/e0/gpu_stats.json",
         engine_log="results/e0/engine.log",
     params:
-        config=CONFIG_JSON,
+        config=experiment_config_json("e0"),
         config_hash=config_hash("e0"),
     log:
         "logs/e0.log",

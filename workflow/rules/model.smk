@@ -3,15 +3,14 @@ rule embedded_model:
     output:
         manifest=EMBEDDED_MANIFEST,
     params:
-        config=CONFIG_JSON,
-        config_hash=lambda w: json.dumps(config.get("embedded_model", {}), sort_keys=True),
+        model_config=json.dumps(config["embedded_model"], sort_keys=True),
         outdir=lambda w, output: os.path.dirname(output.manifest),
     log:
         "logs/embedded_model.log",
     conda:
         ENGINE_ENV
     shell:
-        "context-research embedded-model --out {params.outdir} --config-json {params.config:q} > {log} 2>&1"
+        "context-research embedded-model --out {params.outdir} --model-config-json {params.model_config:q} > {log} 2>&1"
 
 
 rule dummy_model:
