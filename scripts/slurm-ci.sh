@@ -7,6 +7,9 @@
 #   scripts/slurm-ci.sh status [DIR]   # exit 0 when every daemon answers
 #   scripts/slurm-ci.sh env [DIR]      # print `export SLURM_CONF=...` for the client commands
 #   scripts/slurm-ci.sh down [DIR]     # cancel jobs, stop the daemons by PID (state stays in DIR)
+#   scripts/slurm-ci.sh purge [DIR]    # down, then delete DIR
+#
+# Exit status 3: the SLURM packages are missing and cannot be installed (callers may skip).
 #
 # All state (config, munge key and socket, database, spool, logs, PID files) lives in DIR
 # (default $SLURM_CI_DIR, else /tmp/context-research-slurm). Clients find the cluster through
@@ -14,12 +17,12 @@
 # AccountingStoragePass), so /etc/munge is not used. One exception: inside a job the Snakemake
 # jobstep plugin strips every SLURM_* variable (SLURM_CONF too) before its nested `srun`, which
 # then only finds /etc/slurm/slurm.conf; `up` links that path to DIR/etc/slurm.conf when it is
-# free (or already such a link) and `down` removes the link again. Node size (SlurmdParameters=config_overrides,
-# so the node may claim more than the host has and jobs sized for a GPU node still fit):
-# SLURM_CI_CPUS (16), SLURM_CI_MEM_MB (131072), SLURM_CI_GPUS (2).
+# free (or already such a link) and `down` removes the link again.
 #
-# Cluster: name "crci"; partitions "cpu" (default) and "gpu" (same node); accounts "root"
-# (default) and "research" (root is a member of both); GPU gres type "fake".
+# Cluster: name "crci"; node "crci-node"; partitions "cpu" (default) and "gpu" on that node;
+# accounts "root" and "research" (root belongs to both); GPU gres type "fake". The node claims
+# SLURM_CI_CPUS (16) CPUs, SLURM_CI_MEM_MB (131072) MB and SLURM_CI_GPUS (2) GPUs whatever the
+# host has (SlurmdParameters=config_overrides), so jobs sized for a GPU node fit unchanged.
 set -euo pipefail
 
 cmd=${1:-up}
@@ -27,6 +30,7 @@ DIR=${2:-${SLURM_CI_DIR:-/tmp/context-research-slurm}}
 CLUSTER=crci
 NODE=crci-node
 ETC_CONF=/etc/slurm/slurm.conf
+SCRIPT_SHA=$(sha256sum "$0" | cut -c1-16)
 PACKAGES=(slurm-wlm munge slurmdbd mariadb-server)
 
 log() { echo "slurm-ci: $*" >&2; }
@@ -42,7 +46,7 @@ install_packages() {
     command -v "$bin" >/dev/null 2>&1 || missing=1
   done
   [ "$missing" = 0 ] && return 0
-  command -v apt-get >/dev/null 2>&1 || die "SLURM is not installed and apt-get is not available"
+  command -v apt-get >/dev/null 2>&1 || { log "SLURM is not installed and apt-get is not available"; exit 3; }
   log "installing ${PACKAGES[*]}"
   # Without a policy-rc.d the postinst scripts would start munge/mariadb/slurm with the
   # system configuration; we start our own instances instead.
@@ -56,7 +60,7 @@ install_packages() {
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
              --no-install-recommends "${PACKAGES[@]}"; }; } >"${TMPDIR:-/tmp}/slurm-ci-apt.log" 2>&1 || rc=$?
   [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
-  [ "$rc" = 0 ] || { tail -20 "${TMPDIR:-/tmp}/slurm-ci-apt.log" >&2; die "apt-get install failed"; }
+  [ "$rc" = 0 ] || { tail -20 "${TMPDIR:-/tmp}/slurm-ci-apt.log" >&2; log "apt-get install failed"; exit 3; }
 }
 
 free_port() {
@@ -65,8 +69,8 @@ free_port() {
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local limit=$1 what=$2; shift 2
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds
+  local limit=$1; shift 2
   local start=$SECONDS
   until "$@" >/dev/null 2>&1; do
     [ $((SECONDS - start)) -lt "$limit" ] || return 1
@@ -79,6 +83,7 @@ node_usable() { sinfo -h -n "$NODE" -o %T 2>/dev/null | grep -Eqx 'idle|mixed|al
 
 is_up() {
   [ -f "$SLURM_CONF" ] || return 1
+  [ "$(cat "$DIR/.slurm-ci" 2>/dev/null)" = "$SCRIPT_SHA" ] || return 1   # built by this version
   [ "$(readlink "$ETC_CONF" 2>/dev/null)" = "$SLURM_CONF" ] || return 1
   local p
   for p in munged mariadbd slurmdbd slurmctld slurmd; do pid_alive "$DIR/run/$p.pid" || return 1; done
@@ -113,8 +118,7 @@ unlink_etc_conf() {
 
 down() {
   if [ -f "$SLURM_CONF" ] && pid_alive "$DIR/run/slurmctld.pid"; then
-    scancel --cluster "$CLUSTER" --full --user root >/dev/null 2>&1 || true
-    scancel --full --user root >/dev/null 2>&1 || true
+    scancel --full --user root >/dev/null 2>&1 || true   # this cluster's jobs only (SLURM_CONF)
   fi
   local p
   for p in slurmd slurmctld slurmdbd mariadbd munged; do stop_pid "$p"; done
@@ -168,6 +172,8 @@ AccountingStoragePort=$dbd_port
 AccountingStoragePass=$DIR/munge/munge.socket.2
 AccountingStorageTRES=gres/gpu,gres/gpu:fake
 JobCompType=jobcomp/none
+# Keep sbatch --comment (the plugin writes rule_<name> there) in the accounting database.
+AccountingStoreFlags=job_comment
 # Finished jobs stay visible to squeue for 5 min (>= 3x the plugin's 40 s first status check).
 MinJobAge=300
 ReturnToService=2
@@ -212,7 +218,7 @@ up() {
   rm -rf "$DIR"
   mkdir -p "$DIR"/{etc,munge,mysql,spool/ctld,spool/d,log,run,gpus}
   chmod 700 "$DIR/munge"
-  : > "$DIR/.slurm-ci"
+  echo "$SCRIPT_SHA" > "$DIR/.slurm-ci"
 
   local ctld_port slurmd_port dbd_port db_port db_pass
   ctld_port=$(free_port); slurmd_port=$(free_port); dbd_port=$(free_port); db_port=$(free_port)
@@ -237,7 +243,7 @@ up() {
   local mysock="$DIR/mysql/mysqld.sock"
   (setsid mariadbd --no-defaults --user=root --datadir="$DIR/mysql/data" --socket="$mysock" \
      --pid-file="$DIR/run/mariadbd.pid" --port="$db_port" --bind-address=127.0.0.1 \
-     --log-error="$DIR/log/mariadb.log" --skip-log-bin --innodb-buffer-pool-size=64M \
+     --log-error="$DIR/log/mariadb.log" --skip-log-bin --innodb-buffer-pool-size=64M --innodb-log-file-size=16M \
      --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 &)
   wait_for 60 mariadb mariadb --no-defaults --socket="$mysock" -uroot -e 'SELECT 1' \
     || { tail -20 "$DIR/log/mariadb.log" >&2; die "mariadbd did not come up"; }
@@ -270,8 +276,12 @@ up() {
 case "$cmd" in
   up) up ;;
   down) require_root; down; log "stopped ($DIR)" ;;
+  purge)
+    require_root; down
+    if [ -f "$DIR/.slurm-ci" ]; then rm -rf "$DIR"; log "stopped and removed $DIR"
+    elif [ -e "$DIR" ]; then die "$DIR was not made by this script; not removing it"; fi ;;
   status) if is_up; then log "up ($DIR)"; else log "down ($DIR)"; exit 1; fi ;;
   env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-  -h|--help) sed -n '2,21p' "$0" ;;
-  *) die "unknown command '$cmd' (up|down|status|env)" ;;
+  -h|--help) sed -n '2,25p' "$0" ;;
+  *) die "unknown command '$cmd' (up|down|purge|status|env)" ;;
 esac
