@@ -1,0 +1,255 @@
+"""E3 figures, table and packet section: does moving the KV cost more than recomputing it?"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..analysis.plots import line_plot  # noqa: E402
+from ..io import read_json, write_figure, write_text  # noqa: E402
+from ..report import provenance_line  # noqa: E402
+
+TABLE_COLUMNS = {
+    "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "mode": "mode", "status": "status",
+    "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95 (ms)", "tpot_ms_p50": "TPOT p50 (ms)",
+    "tpot_ms_p95": "TPOT p95 (ms)", "e2e_ms_p50": "E2E p50 (ms)", "goodput_rps": "goodput (req/s)",
+    "transfer_bytes_per_request": "KV bytes moved / req", "analytical_bytes_per_request": "analytical bytes / req",
+    "bytes_agree": "bytes agree", "store_ms_p50": "store p50 (ms)", "load_ms_p50": "load p50 (ms)",
+    "transfer_ms_p50": "transfer p50 (ms)", "transfer_throughput_mb_s": "transfer MB/s",
+    "stall_ratio_p50": "stall ratio",
+    "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "delta_tpot_ms_p50": "Δ TPOT p50 (ms)", "delta_goodput_rps": "Δ goodput",
+    "reason": "reason",
+}
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
+
+
+def _frame(results_dir: Path) -> pd.DataFrame:
+    frame = pd.read_csv(results_dir / "mode_comparison.csv")
+    frame["series"] = frame["mode"] + " c=" + frame["concurrency"].astype(str)
+    return frame
+
+
+def _provenance(results_dir: Path, summary: dict) -> str:
+    meta = read_json(results_dir / "run_metadata.json")
+    conn = summary.get("connector", {})
+    return f"{provenance_line(meta)}, client-side; connector {conn.get('name')}"
+
+
+def make_figures(results_dir: Path) -> None:
+    results_dir = Path(results_dir)
+    summary = read_json(results_dir / "summary.json")
+    frame = _frame(results_dir)
+    ok = frame[frame["status"] == "ok"]
+    prov = _provenance(results_dir, summary)
+    _latency_figure(ok, results_dir / "latency.svg", prov)
+    line_plot(ok, "prompt_tokens", ["goodput_rps"], results_dir / "goodput.svg",
+              f"E3: goodput (TTFT <= {summary['slo']['ttft_slo_ms']:g} ms and TPOT <= "
+              f"{summary['slo']['tpot_slo_ms']:g} ms), aggregated vs disaggregated",
+              "prompt tokens", "requests/s within both SLOs", provenance=prov, group="series")
+    _transfer_figure(frame, results_dir / "transfer.svg", prov, summary)
+    write_text(results_dir / "mode_comparison.html", _table_html(frame))
+
+
+def _latency_figure(ok: pd.DataFrame, path: Path, provenance: str) -> Path:
+    with matplotlib.rc_context(_RC):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        try:
+            for ax, (col, label) in zip(axes, (("ttft_ms_p50", "TTFT p50 (ms)"), ("tpot_ms_p50", "TPOT p50 (ms)"))):
+                drawn = 0
+                for series, sub in ok.groupby("series", sort=True):
+                    sub = sub[["prompt_tokens", col]].apply(pd.to_numeric, errors="coerce").dropna().sort_values(
+                        "prompt_tokens")
+                    if sub.empty:
+                        continue
+                    style = "-" if series.startswith("aggregated") else "--"
+                    ax.plot(sub["prompt_tokens"], sub[col], style, marker="o", label=series)
+                    drawn += 1
+                if drawn:
+                    ax.legend(fontsize=8)
+                    ax.grid(True, alpha=0.3)
+                else:
+                    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xlabel("prompt tokens")
+                ax.set_ylabel(label)
+            fig.suptitle("E3: user-visible latency, aggregated (solid) vs disaggregated (dashed)")
+            fig.text(0.5, 0.90, provenance, ha="center", fontsize=8, style="italic")
+            fig.tight_layout(rect=(0, 0, 1, 0.9))
+            return write_figure(path, fig)
+        finally:
+            plt.close(fig)
+
+
+def _transfer_figure(frame: pd.DataFrame, path: Path, provenance: str, summary: dict) -> Path:
+    """Per point: the handoff (store + load) next to the aggregated TTFT (recomputing the prefill)."""
+    dis = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
+    agg = frame[(frame["mode"] == "aggregated") & (frame["status"] == "ok")].set_index(["prompt_tokens", "concurrency"])
+    with matplotlib.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(dis) + 3), 4.8))
+        try:
+            if dis.empty:
+                ax.text(0.5, 0.5, "no disaggregated point measured", ha="center", va="center", transform=ax.transAxes)
+            else:
+                xs = range(len(dis))
+                store = pd.to_numeric(dis["store_ms_p50"], errors="coerce").fillna(0.0).clip(lower=0.0).tolist()
+                load = pd.to_numeric(dis["load_ms_p50"], errors="coerce").fillna(0.0).tolist()
+                recompute = [agg["ttft_ms_p50"].get((r.prompt_tokens, r.concurrency), math.nan)
+                             for r in dis.itertuples()]
+                ax.bar([x - 0.2 for x in xs], store, width=0.4, label="store (producer E2E - prefill baseline)")
+                ax.bar([x - 0.2 for x in xs], load, width=0.4, bottom=store, label="load (consumer TTFT)")
+                ax.bar([x + 0.2 for x in xs], recompute, width=0.4, label="aggregated TTFT (recompute)", color="grey")
+                labels = []
+                for r in dis.itertuples():
+                    mb = (r.transfer_bytes_per_request or 0) / 1e6
+                    labels.append(f"{r.prompt_tokens} tok, c={r.concurrency}\n{mb:.3g} MB/req")
+                ax.set_xticks(list(xs))
+                ax.set_xticklabels(labels, fontsize=8)
+                ax.legend(fontsize=8)
+                ax.grid(True, axis="y", alpha=0.3)
+            ax.set_ylabel("ms (p50 per request)")
+            conn = summary.get("connector", {})
+            fig.suptitle(f"E3: KV handoff through {conn.get('name')} vs recomputing the prefill")
+            ax.set_title(provenance, fontsize=8, style="italic")
+            return write_figure(path, fig)
+        finally:
+            plt.close(fig)
+
+
+_INT_COLUMNS = ("transfer_bytes_per_request", "analytical_bytes_per_request")
+
+
+def _cell(value: Any, column: str) -> str:
+    """Display text: blank for missing, yes/no for flags, whole bytes, 3 significant decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if column == "bytes_agree":
+        return "yes" if str(value) in ("True", "1", "1.0") else "NO"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if column in _INT_COLUMNS:
+            return f"{value:,.0f}"
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+    return str(value)
+
+
+def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in TABLE_COLUMNS if c in frame.columns]
+    shown = pd.DataFrame({c: [_cell(v, c) for v in frame[c]] for c in cols})
+    return shown.rename(columns=TABLE_COLUMNS)
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return _table_frame(frame).to_html(index=False, border=0)
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:,.{nd}f}"
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def transfer_verdicts(frame: pd.DataFrame, connector: str) -> list[str]:
+    """One plain sentence per prompt length (lowest measured concurrency): does the handoff pay off?"""
+    out = []
+    dis = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
+    for n, sub in dis.groupby("prompt_tokens", sort=True):
+        row = sub.sort_values("concurrency").iloc[0]
+        delta = _num(row.get("delta_ttft_ms_p50"))
+        if delta is None:
+            continue
+        via = "shared storage" if connector == "ExampleConnector" else connector
+        where = f"at {int(n):,} tokens (concurrency {int(row['concurrency'])})"
+        store = _num(row.get("store_ms_p50"))
+        noise = (" (a store time <= 0 means writing the KV cost less than the prefill's run-to-run noise)"
+                 if store is not None and store <= 0 else "")
+        if delta > 0:
+            out.append(f"Disaggregated TTFT p50 is {delta:,.1f} ms higher than aggregated {where}: the KV transfer "
+                       f"through {via} costs more than recomputing the prefill on this hardware "
+                       f"(handoff p50 {_fmt(_num(row.get('transfer_ms_p50')))} ms = store "
+                       f"{_fmt(store)} + load {_fmt(_num(row.get('load_ms_p50')))} ms{noise}).")
+        else:
+            out.append(f"Disaggregated TTFT p50 is {-delta:,.1f} ms lower than aggregated {where}: moving the KV "
+                       f"through {via} is cheaper than recomputing the prefill here "
+                       f"(handoff p50 {_fmt(_num(row.get('transfer_ms_p50')))} ms = store {_fmt(store)} + load "
+                       f"{_fmt(_num(row.get('load_ms_p50')))} ms{noise}).")
+    return out
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    results_dir = Path(results_dir)
+    s = read_json(results_dir / "summary.json")
+    frame = _frame(results_dir)
+    conn, tr, gpu = s["connector"], s["transfer"], s["gpu_assignment"]
+    findings = transfer_verdicts(frame, conn["name"])
+    dis_ok = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
+    for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
+        err = _num(r.bytes_relative_error_max)
+        verdict = ("agree" if r.bytes_agree is True or r.bytes_agree == "True" else "DISAGREE")
+        findings.append(
+            f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: "
+            f"{_fmt(_num(r.transfer_bytes_per_request), 0)} "
+            f"bytes moved per request vs {_fmt(_num(r.analytical_bytes_per_request), 0)} analytical "
+            f"({_fmt(_num(r.stored_tokens), 0)} stored tokens x {_fmt(_num(r.kv_bytes_per_token), 0)} B): measured and "
+            f"analytical {verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
+            f"{tr['bytes_tolerance']:.0%}); stall ratio {_fmt(_num(r.stall_ratio_p50), 2)}, "
+            f"Δ TPOT p50 {_fmt(_num(r.delta_tpot_ms_p50), 2)} ms, "
+            f"Δ goodput {_fmt(_num(r.delta_goodput_rps), 2)} req/s.")
+    if tr.get("bytes_agree_all") is False:
+        findings.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) differ from the "
+                        "analytical KV size by more than the tolerance (see transfers.csv).")
+    failed = s.get("failed_rows", [])
+    if failed:
+        findings.append(f"{len(failed)} point/mode row(s) not measured: " + "; ".join(
+            f"{f['mode']} {f['prompt_tokens']} tok c={f['concurrency']}: {f['reason']}" for f in failed[:4])
+            + (" ..." if len(failed) > 4 else ""))
+    facts = [
+        ("connector", f"{conn['name']} (prefill kv_producer -> decode kv_consumer)"),
+        ("KV block size / dtype", f"{conn.get('block_size')} tokens ({conn.get('block_size_source')}) / "
+                                  f"{conn.get('kv_dtype')} ({conn.get('kv_dtype_source')})"),
+        ("analytical KV bytes per token", _fmt(conn.get("kv_bytes_per_token"), 0)),
+        ("handoffs (ok / all)", f"{tr['handoffs_ok']} / {tr['handoffs']}"),
+        ("KV bytes moved, all handoffs", _fmt(tr["bytes_moved_total"], 0)),
+        ("shared folder bytes = sum of handoffs", str(tr.get("storage_matches_handoffs"))),
+        ("GPU assignment", "; ".join(gpu.get("notes") or []) or gpu.get("device")),
+        ("max_num_batched_tokens (all engines)", s.get("max_num_batched_tokens")),
+        ("SLOs (client-side)", f"TTFT <= {s['slo']['ttft_slo_ms']:g} ms, TPOT <= {s['slo']['tpot_slo_ms']:g} ms"),
+        ("transfer timing", f"store = {tr['definitions']['store_ms']}; load = {tr['definitions']['load_ms']}; "
+                            f"stall ratio = {tr['definitions']['stall_ratio']}"),
+    ]
+    table = _table_frame(frame)
+    markdown = table.to_markdown(index=False, disable_numparse=True) if _has_tabulate() else table.to_string()
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Aggregated vs disaggregated per point (client-side; Δ = disaggregated - aggregated)",
+                    "html": _table_html(frame),
+                    "markdown": markdown}],
+        "figures": [
+            ("TTFT and TPOT p50 per prompt length, aggregated (solid) vs disaggregated (dashed), per concurrency.",
+             "latency.svg"),
+            ("Goodput (requests/s meeting both SLOs) per prompt length and concurrency, both modes.", "goodput.svg"),
+            ("Per point: the KV handoff (store + load, p50) next to the aggregated TTFT that recomputes the prefill.",
+             "transfer.svg"),
+        ],
+    }
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False

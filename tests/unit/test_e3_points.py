@@ -1,0 +1,144 @@
+"""E3 sweep points: refusals (chunked prefill, context, ExampleConnector blocks), rows, deltas, engine settings."""
+
+import pytest
+
+from context_research.disagg.broker import Handoff
+from context_research.disagg.gpus import assign_gpus
+from context_research.experiments import e3
+from context_research.records import RequestRecord
+
+CFG = {"seed": 0, "prompt_tokens": [256, 1024], "concurrency_levels": [1, 2], "requests_per_point": 2,
+       "max_tokens": 16, "warmup_requests": 1, "ttft_slo_ms": 1000, "tpot_slo_ms": 100,
+       "connector": "ExampleConnector", "kv_connector_extra_config": {}, "max_num_batched_tokens": None,
+       "block_size": None, "bytes_tolerance": 0.02, "prefill_visible_devices": None, "decode_visible_devices": None,
+       "shared_gpu_memory_utilization": 0.4, "p2p_kv_ports": [21001, 22001], "p2p_send_type": "PUT_ASYNC",
+       "p2p_kv_buffer_bytes": 8e9, "nixl_side_channel_port": 5600, "connector_host": "127.0.0.1"}
+
+
+def refuse(n, c=1, mode="disaggregated", budget=2048, max_model_len=2048, block=128, connector="ExampleConnector"):
+    return e3.refusal_reason(e3.Point(0, n, c), mode, max_tokens=16, max_model_len=max_model_len, budget=budget,
+                             connector=connector, block_size=block)
+
+
+def test_sweep_is_lengths_times_concurrency():
+    pts = e3.sweep_points(CFG)
+    assert [(p.prompt_tokens, p.concurrency) for p in pts] == [(256, 1), (256, 2), (1024, 1), (1024, 2)]
+    assert [p.index for p in pts] == [0, 1, 2, 3]
+
+
+def test_default_points_are_accepted():
+    assert all(refuse(p.prompt_tokens, p.concurrency) is None for p in e3.sweep_points(CFG))
+
+
+def test_prompt_longer_than_the_token_budget_is_refused_for_disaggregation_only():
+    reason = refuse(1024, budget=512)
+    assert "max_num_batched_tokens 512" in reason and "first chunk" in reason
+    assert "experiments.e3.max_num_batched_tokens" in reason
+    assert refuse(1024, budget=512, mode="aggregated") is None
+
+
+def test_concurrent_prompts_sharing_the_budget_are_refused():
+    assert refuse(1024, c=2, budget=2048) is None
+    reason = refuse(1024, c=4, budget=2048)
+    assert "4 concurrent prompts" in reason and "chunked" in reason
+
+
+def test_too_long_for_the_context_is_refused_in_both_modes():
+    for mode in e3.MODES:
+        assert "max_model_len 2048" in refuse(2040, mode=mode)
+
+
+@pytest.mark.parametrize("n,block,fragment", [
+    (129, 128, "multiple of the KV block size"),
+    (257, 128, "multiple of the KV block size"),
+    (100, 128, "transfer nothing"),
+    (17, 16, "multiple of the KV block size"),
+])
+def test_example_connector_lengths_it_cannot_hand_over(n, block, fragment):
+    assert fragment in refuse(n, block=block)
+    assert refuse(n, block=block, connector="NixlConnector") is None
+
+
+def test_budget_defaults_to_max_model_len():
+    assert e3.batched_tokens_budget(CFG, 2048) == 2048
+    assert e3.batched_tokens_budget({**CFG, "max_num_batched_tokens": 4096}, 2048) == 4096
+
+
+def rec(i, ttft, tpot, e2e, out=16, error=None):
+    return RequestRecord(request_id=f"r{i}", prompt_tokens_target=256, prompt_tokens=256, output_tokens=out,
+                         ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, error=error)
+
+
+def test_rows_deltas_and_transfer_columns():
+    p = e3.Point(0, 256, 1)
+    agg = e3.empty_row(p, "aggregated", CFG)
+    e3.latency_columns(agg, [rec(0, 0.10, 0.01, 0.25), rec(1, 0.12, 0.01, 0.27)], 1.0, CFG, 0)
+    dis = e3.empty_row(p, "disaggregated", CFG)
+    e3.latency_columns(dis, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.34, 0.012, 0.52)], 2.0, CFG, 0)
+    hs = [Handoff(f"h{i}", f"r{i}", 256, "ExampleConnector", stored_tokens_expected=128, lookup_tokens_expected=128,
+                  analytical_bytes=65536, bytes_moved=65536 + 176, producer_e2e_s=0.2, baseline_prefill_s=0.05,
+                  consumer_ttft_s=0.1 + 0.02 * i, consumer_e2e_s=0.3, ok=True) for i in range(2)]
+    e3.transfer_columns(dis, hs, {"engine_prompt_tokens_by_source": {"external_kv_transfer": 256.0,
+                                                                       "local_compute": 256.0}}, 0.02)
+    rows = [agg, dis]
+    e3.add_deltas(rows)
+    assert agg["status"] == dis["status"] == "ok"
+    assert dis["delta_ttft_ms_p50"] == pytest.approx(dis["ttft_ms_p50"] - agg["ttft_ms_p50"]) == pytest.approx(210.0)
+    assert dis["delta_goodput_rps"] == pytest.approx(1.0 - 2.0)
+    assert agg["delta_ttft_ms_p50"] is None
+    assert dis["transfer_bytes_per_request"] == 65536 + 176 and dis["analytical_bytes_per_request"] == 65536
+    assert dis["bytes_agree"] is True and 0 < dis["bytes_relative_error_max"] < 0.01
+    assert dis["store_ms_p50"] == pytest.approx(150.0)
+    assert dis["load_ms_p50"] == pytest.approx(110.0)
+    assert dis["transfer_ms_p50"] == pytest.approx(260.0)
+    assert dis["stall_ratio_p50"] == pytest.approx(0.11 / 0.3)
+    assert dis["consumer_expected_kv_tokens"] == 256 and dis["consumer_loaded_all"] is True
+    assert set(e3.POINT_COLUMNS) >= set(agg) and set(agg) == set(e3.POINT_COLUMNS)
+
+
+def test_a_failed_request_fails_the_row_with_its_reason():
+    row = e3.empty_row(e3.Point(0, 256, 1), "aggregated", CFG)
+    e3.latency_columns(row, [rec(0, 0.1, 0.01, 0.2), rec(1, None, None, None, error="HTTP 500: boom")], 1.0, CFG, 0)
+    assert row["status"] == "failed" and "1/2 requests failed: HTTP 500: boom" == row["reason"]
+
+
+def test_disagreeing_bytes_are_flagged_on_the_row():
+    row = e3.empty_row(e3.Point(0, 1024, 1), "disaggregated", CFG)
+    hs = [Handoff("h", "r", 1024, "ExampleConnector", analytical_bytes=896 * 512, bytes_moved=512 * 512,
+                  producer_e2e_s=0.1, baseline_prefill_s=0.1, consumer_ttft_s=0.1, consumer_e2e_s=0.2, ok=True)]
+    e3.transfer_columns(row, hs, None, 0.02)
+    assert row["bytes_agree"] is False and row["bytes_relative_error_max"] < -0.4
+
+
+def test_engine_servings_carry_connector_budget_and_devices(tmp_path):
+    config = {"serving": {"backend": "vllm", "extra_args": ["--foo"], "env": {"A": "1"}, "gpu_memory_utilization": 0.9}}
+    model = {"max_model_len": 2048}
+    cpu = e3.engine_servings(config, {**CFG, "block_size": 32}, model,
+                             assign_gpus("cpu", [], CFG, 0.9, cpus=[0, 1]), tmp_path)
+    assert cpu["aggregated"]["max_num_batched_tokens"] == 2048
+    assert cpu["aggregated"]["extra_args"] == ["--foo", "--block-size", "32"]
+    assert "--kv-transfer-config" not in cpu["aggregated"]["extra_args"]
+    for pool, role in (("prefill", "kv_producer"), ("decode", "kv_consumer")):
+        args = cpu[pool]["extra_args"]
+        assert args[:3] == ["--foo", "--block-size", "32"] and args[3] == "--kv-transfer-config"
+        assert f'"kv_role":"{role}"' in args[4] and str(tmp_path) in args[4]
+        assert cpu[pool]["env"] == {"A": "1", "VLLM_CPU_OMP_THREADS_BIND": "0" if pool == "prefill" else "1"}
+    gpu = e3.engine_servings(config, CFG, model, assign_gpus("cuda", ["g0", "g1"], CFG, 0.9), tmp_path)
+    assert gpu["prefill"]["env"] == {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}
+    assert gpu["decode"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+    one = e3.engine_servings(config, CFG, model, assign_gpus("cuda", ["g0"], CFG, 0.9), tmp_path)
+    assert one["prefill"]["gpu_memory_utilization"] == one["decode"]["gpu_memory_utilization"] == 0.4
+    assert one["aggregated"]["gpu_memory_utilization"] == 0.9
+    assert config["serving"]["extra_args"] == ["--foo"]   # the shared config is not mutated
+
+
+def test_prompts_are_distinct_and_identical_across_modes():
+    model = {"hf_config": {"vocab_size": 3072}}
+    ids = e3._PromptIds()
+    pts = e3.sweep_points(CFG)
+    reqs = [r for p in pts for r in e3.build_requests(model, CFG, p, "e3", 3, 16, ids)]
+    assert len({tuple(r.prompt) for r in reqs}) == len(reqs)
+    assert all(len(r.prompt) == r.prompt_tokens_target for r in reqs)
+    fresh = e3._PromptIds()
+    again = [r for p in pts for r in e3.build_requests(model, CFG, p, "e3", 3, 16, fresh)]
+    assert [r.prompt for r in again] == [r.prompt for r in reqs]   # same config -> same workload
