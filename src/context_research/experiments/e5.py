@@ -1,0 +1,439 @@
+"""E5: peak-memory decomposition per prompt length x serving mode.
+
+Per engine start (constant across points), from vLLM's own log: weights, peak activation,
+non-torch memory, CUDA-graph memory and the allocated KV cache (on CPU hosts: the KV space the
+CPU worker reserved). Per point (one long request in flight at a time):
+
+* KV actually used, analytically: bytes/token x tokens held at the request's longest moment
+  (prompt + output - 1: the last sampled token is never written to the cache), exact and rounded
+  up to whole blocks, as vLLM's paged allocator holds them;
+* KV actually used, measured: the peak of ``vllm:kv_cache_usage_perc`` (sampled while the request
+  is in flight) x the allocated KV cache; checked against the block-rounded analytical figure;
+* NVML peak used / total memory during the point (GPU hosts) and the peak RSS of the engine's
+  process tree (psutil; CPU hosts, and GPU hosts for host memory).
+
+``mode`` is a column so disaggregated serving can add its rows: register a measuring coroutine
+in MODE_MEASURERS (for E3's producer/consumer pair: one row per engine role, each from its own
+engine log). Until then a "disaggregated" mode gives recorded ``status="unsupported"`` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from typing import Any, Awaitable, Callable
+
+import pandas as pd
+
+from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
+from ..analysis.model_math import kv_bytes_per_token, weight_bytes
+from ..engine_metrics import MetricsSnapshot
+from ..gpu_stats import NvmlSampler
+from ..io import write_csv, write_json
+from ..prompts import token_id_prompt
+from ..records import GenerationRequest
+from .runner import RunContext
+from .session import EngineSession
+
+# -- engine facts that are not in the memory-profile lines -------------------------------------
+
+_ENGINE_INIT = re.compile(r"Initializing a V1 LLM engine.*", re.IGNORECASE)
+_DTYPE = re.compile(r"(?<![_\w])dtype=(?:torch\.)?(\w+)")
+_KV_DTYPE = re.compile(r"kv_cache_dtype=(\w+)")
+
+
+def engine_dtypes(log_text: str) -> dict[str, str | None]:
+    """Model and KV-cache dtypes as the engine logged its config ("Initializing a V1 LLM engine
+    ... dtype=torch.bfloat16, ... kv_cache_dtype=auto"). vLLM-CPU downcasts float32 checkpoints
+    to bfloat16, so the checkpoint's ``torch_dtype`` is not what the KV cache holds."""
+    line = _ENGINE_INIT.search(log_text or "")
+    text = line.group(0) if line else ""
+    model = _DTYPE.search(text)
+    kv = _KV_DTYPE.search(text)
+    model_dtype = model.group(1) if model else None
+    kv_dtype = kv.group(1) if kv else None
+    effective = model_dtype if kv_dtype in (None, "auto") else kv_dtype
+    return {"model_dtype": model_dtype, "kv_cache_dtype": kv_dtype, "kv_effective_dtype": effective}
+
+
+def cache_config_info(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
+    """Labels of vLLM's ``vllm:cache_config_info`` gauge: block_size, num_gpu_blocks, cache_dtype and
+    kv_cache_memory_bytes (set when the pool size was given explicitly, e.g. by VLLM_CPU_KVCACHE_SPACE)."""
+    if snapshot is None:
+        return {}
+    for (name, labels), _ in snapshot.samples.items():
+        if name == "vllm:cache_config_info":
+            lab = dict(labels)
+            out: dict[str, Any] = {"cache_dtype": lab.get("cache_dtype")}
+            for key in ("block_size", "num_gpu_blocks", "num_cpu_blocks", "kv_cache_memory_bytes"):
+                try:
+                    out[key] = int(lab[key])
+                except (KeyError, TypeError, ValueError):
+                    out[key] = None
+            return out
+    return {}
+
+
+# -- sampling while a request is in flight -----------------------------------------------------
+
+def process_tree_rss_bytes(pid: int | None) -> int | None:
+    """Resident set size summed over ``pid`` and all its descendants (shared pages count once per
+    process, so this is an upper bound of the tree's footprint); None if the process is gone."""
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except Exception:
+        return None
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except Exception:  # a worker can exit between listing and reading
+            continue
+    return total
+
+
+def engine_pid(session: EngineSession) -> int | None:
+    proc = getattr(session.backend, "proc", None)
+    return getattr(proc, "pid", None)
+
+
+class MemoryProbe:
+    """While a workload runs: peak ``vllm:kv_cache_usage_perc``, peak RSS of the engine's process
+    tree and an NVML sampler of its own (so each point gets its own GPU peak)."""
+
+    def __init__(self, session: EngineSession, interval_s: float = 0.05):
+        self.session = session
+        self.interval_s = interval_s
+        self.kv_usage_peak: float | None = None
+        self.kv_samples = 0
+        self.rss_peak_bytes: int | None = None
+        self.nvml: dict[str, Any] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._sampler: NvmlSampler | None = None
+
+    def _sample(self) -> tuple[float | None, int | None]:
+        try:
+            snap = self.session.snapshot()
+            usage = snap.total("vllm:kv_cache_usage_perc") if snap else None
+        except Exception:
+            usage = None
+        return usage, process_tree_rss_bytes(engine_pid(self.session))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            usage, rss = await loop.run_in_executor(None, self._sample)
+            if usage is not None:
+                self.kv_samples += 1
+                self.kv_usage_peak = max(self.kv_usage_peak or 0.0, usage)
+            if rss is not None:
+                self.rss_peak_bytes = max(self.rss_peak_bytes or 0, rss)
+            if self._stop.is_set():
+                return
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def __aenter__(self) -> "MemoryProbe":
+        self._sampler = NvmlSampler(interval_s=self.interval_s).start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        if self._sampler is not None:
+            self.nvml = self._sampler.stop()
+
+    def nvml_peak(self) -> dict[str, Any] | None:
+        return nvml_peak(self.nvml)
+
+
+def nvml_peak(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """NvmlSampler summary -> ``{"peak_used_bytes", "total_bytes"}`` summed over devices; None on
+    hosts without NVML."""
+    if not summary or not summary.get("available"):
+        return None
+    devices = summary.get("devices") or []
+    peaks = [d.get("memory_used_peak_bytes") for d in devices]
+    totals = [d.get("memory_total_bytes") for d in devices]
+    if not devices or any(p is None for p in peaks):
+        return None
+    return {"peak_used_bytes": sum(peaks), "total_bytes": sum(t or 0 for t in totals), "devices": len(devices)}
+
+
+# -- the KV check and the row ------------------------------------------------------------------
+
+def kv_tokens_held(prompt_tokens: int, output_tokens: int) -> int:
+    """Tokens whose K/V sit in the cache at the request's last decode step: the prompt plus every
+    output token but the last (it is sampled, never fed back)."""
+    return prompt_tokens + max(output_tokens - 1, 0)
+
+
+def kv_check(hf_config: dict[str, Any], prompt_tokens: int, output_tokens: int, *, kv_dtype: str | None,
+             block_size: int | None, kv_usage_peak: float | None, allocated_kv_bytes: float | None,
+             tolerance: float = 0.02) -> dict[str, Any]:
+    """Analytical KV bytes of one request vs vLLM's gauge peak x the allocated pool.
+
+    vLLM allocates whole blocks and its gauge counts blocks, so the reference is the
+    block-rounded figure at the request's longest moment. ``kv_check_verdict``:
+
+    * ``agree``: |gauge x pool - block-rounded analytical| <= tolerance (relative);
+    * ``partial``: the peak sample is a whole number of blocks (at the analytical bytes/token)
+      short of the final count: it was taken before the last block was allocated (explained);
+    * ``inconclusive``: a whole number of blocks below the prompt's own: a chunked-prefill sample, or
+      a bytes/token error by a whole factor (e.g. the checkpoint's fp32 instead of the engine's bf16);
+    * ``not_observed``: no sample saw the request (it ran between two scrapes; explained);
+    * ``disagree``: anything else; the analytical model or the pool size is wrong.
+    """
+    held = kv_tokens_held(prompt_tokens, output_tokens)
+    per_token = kv_bytes_per_token(hf_config, kv_dtype)
+    exact = kv_used_bytes(hf_config, held, kv_dtype_bytes=kv_dtype)
+    rounded = kv_used_bytes(hf_config, held, block_size=block_size, kv_dtype_bytes=kv_dtype) if block_size else None
+    final_blocks = math.ceil(held / block_size) if block_size else None
+    out: dict[str, Any] = {
+        "kv_tokens_held": held,
+        "kv_bytes_per_token_analytical": per_token,
+        "kv_used_analytical_bytes": exact,
+        "kv_used_block_rounded_bytes": rounded,
+        "kv_blocks_analytical": final_blocks,
+        "kv_usage_peak": kv_usage_peak,
+        "kv_used_gauge_bytes": None,
+        "kv_blocks_gauge": None,
+        "kv_gauge_relative_error": None,
+        "kv_check_agree": None,
+        "kv_check_verdict": None,
+        "kv_check_tolerance": tolerance,
+        "kv_check_note": None,
+    }
+    if not allocated_kv_bytes:
+        out.update(kv_check_verdict="not_observed", kv_check_note="allocated KV cache size unknown (not in the log)")
+        return out
+    if not kv_usage_peak:
+        out.update(kv_check_verdict="not_observed", kv_check_agree=False,
+                   kv_check_note="no gauge sample saw the request in flight (it ran between two /metrics scrapes)")
+        return out
+    reference = rounded if rounded is not None else exact
+    check = check_kv_usage(reference, kv_usage_peak, allocated_kv_bytes, tolerance)
+    measured = check["measured_bytes"]
+    out.update(kv_used_gauge_bytes=measured, kv_gauge_relative_error=check["relative_error"],
+               kv_check_agree=check["agree"])
+    if block_size:
+        out["kv_blocks_gauge"] = measured / (block_size * per_token)
+    if check["agree"]:
+        out.update(kv_check_verdict="agree", kv_check_note="gauge x pool equals the block-rounded analytical KV"
+                   if rounded is not None else "block size unknown: agrees with unrounded tokens")
+        return out
+    blocks = out["kv_blocks_gauge"]
+    whole = blocks is not None and round(blocks) >= 1 and abs(blocks - round(blocks)) <= tolerance * max(blocks, 1)
+    prompt_blocks = math.ceil(prompt_tokens / block_size) if block_size else None
+    if whole and prompt_blocks <= round(blocks) < final_blocks:
+        out.update(kv_check_verdict="partial", kv_check_note=(
+            f"peak sample = {round(blocks)} whole blocks of {block_size} tokens at {per_token} B/token, between the "
+            f"prompt's {prompt_blocks} and the final {final_blocks}: sampled before the last block was allocated"))
+    elif whole and round(blocks) < prompt_blocks:
+        # A chunked prefill sample, or bytes/token off by a whole factor: cannot tell which.
+        out.update(kv_check_verdict="inconclusive", kv_check_note=(
+            f"peak sample = {round(blocks)} whole blocks, fewer than the prompt's {prompt_blocks}: taken during "
+            f"prefill, or the analytical bytes/token is off by a whole factor"))
+    else:
+        out.update(kv_check_verdict="disagree", kv_check_note=(
+            f"gauge x pool = {measured:.0f} B is neither the analytical {reference:.0f} B nor a whole number of "
+            f"blocks below it"))
+    return out
+
+
+def allocated_kv_bytes(parsed: dict[str, Any], engine: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The KV pool in bytes: vLLM's exact ``kv_cache_memory_bytes`` label when it has one (CPU
+    hosts, or an explicit --kv-cache-memory-bytes), else the log's GiB figure (2 decimals)."""
+    if engine.get("kv_cache_memory_bytes"):
+        return float(engine["kv_cache_memory_bytes"]), "metrics:cache_config_info.kv_cache_memory_bytes"
+    if parsed.get("kv_cache_gib") is not None:
+        return parsed["kv_cache_gib"] * GIB, f"log:{parsed.get('kv_cache_source')}"
+    return None, None
+
+
+def memory_row(*, parsed: dict[str, Any], hf_config: dict[str, Any], engine: dict[str, Any], mode: str,
+               prompt_tokens_target: int, record: dict[str, Any], kv_usage_peak: float | None,
+               nvml: dict[str, Any] | None, rss_peak_bytes: int | None, tolerance: float,
+               stamp: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One E5 CSV row for one served request.
+
+    ``parsed``: parse_vllm_memory_log of the engine log. ``engine``: engine_facts (dtypes, block
+    size, pool, env). ``record``: RequestRecord.as_row(). ``nvml``: nvml_peak() or None (CPU).
+    """
+    kv_dtype = engine.get("kv_effective_dtype")
+    pool_bytes, pool_source = allocated_kv_bytes(parsed, engine)
+    ok = record.get("error") is None
+    prompt = record.get("prompt_tokens") if ok else None
+    output = record.get("output_tokens") if ok else None
+    check = (kv_check(hf_config, prompt, output, kv_dtype=kv_dtype, block_size=engine.get("block_size"),
+                      kv_usage_peak=kv_usage_peak, allocated_kv_bytes=pool_bytes, tolerance=tolerance)
+             if ok and prompt is not None and output is not None else {})
+    row = memory_components_row(parsed, nvml, kv_used_analytical_bytes=check.get("kv_used_analytical_bytes"),
+                                process_rss_bytes=rss_peak_bytes, mode=mode,
+                                status="ok" if ok else "failed", reason=None if ok else record.get("error"),
+                                prompt_tokens_target=prompt_tokens_target, prompt_tokens=prompt,
+                                output_tokens=output)
+    pool_tokens = parsed.get("kv_cache_tokens")
+    log_pool = parsed.get("kv_cache_gib") * GIB if parsed.get("kv_cache_gib") is not None else None
+    row.update({
+        "weights_analytical_gib": _gib(weight_bytes(hf_config, engine["model_dtype"]))
+        if engine.get("model_dtype") else None,
+        "kv_used_block_rounded_gib": _gib(check.get("kv_used_block_rounded_bytes")),
+        "kv_used_gauge_gib": _gib(check.get("kv_used_gauge_bytes")),
+        "kv_usage_peak": kv_usage_peak,
+        "kv_tokens_held": check.get("kv_tokens_held"),
+        "kv_blocks_analytical": check.get("kv_blocks_analytical"),
+        "kv_blocks_gauge": check.get("kv_blocks_gauge"),
+        "kv_gauge_relative_error": check.get("kv_gauge_relative_error"),
+        "kv_check_agree": check.get("kv_check_agree"),
+        "kv_check_verdict": check.get("kv_check_verdict") if ok else "request_failed",
+        "kv_check_tolerance": tolerance,
+        "kv_check_note": check.get("kv_check_note") if ok else "request failed",
+        "kv_pool_bytes": pool_bytes,
+        "kv_pool_source": pool_source,
+        "kv_bytes_per_token_analytical": check.get("kv_bytes_per_token_analytical")
+        if ok else kv_bytes_per_token(hf_config, kv_dtype),
+        # What vLLM's own two log numbers imply: pool bytes / pool tokens (2-decimal GiB rounding).
+        "kv_bytes_per_token_engine": log_pool / pool_tokens if log_pool and pool_tokens else None,
+        "kv_cache_tokens": pool_tokens,
+        "kv_cache_device": parsed.get("kv_cache_device"),
+        "kv_dtype": kv_dtype,
+        "block_size": engine.get("block_size"),
+        "num_kv_blocks": engine.get("num_blocks"),
+        "cpu_kv_cache_gib": parsed.get("cpu_kv_cache_gib"),
+        "cpu_kvcache_space_env_gib": _float((engine.get("env") or {}).get("VLLM_CPU_KVCACHE_SPACE")),
+        "ttft_s": record.get("ttft_s"),
+        "e2e_s": record.get("e2e_s"),
+        **(extra or {}),
+    })
+    row.update(stamp)
+    return row
+
+
+def unsupported_rows(mode: str, lengths: list[int], reason: str, stamp: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"mode": mode, "status": "unsupported", "reason": reason, "prompt_tokens_target": n, **stamp}
+            for n in lengths]
+
+
+def _gib(x: float | None) -> float | None:
+    return None if x is None else x / GIB
+
+
+def _float(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+Measurer = Callable[[EngineSession, dict, RunContext, dict, dict], Awaitable[list[dict]]]
+# Verdicts worth another attempt: the gauge simply missed the request's last block.
+_RETRY_VERDICTS = {"partial", "inconclusive", "not_observed"}
+
+
+async def measure_aggregated(session: EngineSession, cfg: dict, ctx: RunContext, parsed: dict,
+                             engine: dict) -> list[dict]:
+    """One request at a time on the one engine (prefill and decode share it). A point whose gauge
+    missed the last block is re-sent (fresh prompt, same length) up to ``kv_gauge_attempts``
+    times; memory peaks are the maximum over attempts."""
+    rows = []
+    for i, n in enumerate(cfg["prompt_tokens"]):
+        rss_peak, nvml, row = None, None, None
+        for attempt in range(cfg["kv_gauge_attempts"]):
+            req = GenerationRequest(
+                request_id=f"aggregated-{n}-{attempt}",
+                prompt=token_id_prompt(n, cfg["seed"] + 1000 * attempt + i, session.model,
+                                       unique_prefix=1000 * attempt + i),
+                max_tokens=cfg["max_tokens"], prompt_tokens_target=n, temperature=0.0, seed=cfg["seed"])
+            async with MemoryProbe(session, cfg["poll_interval_s"]) as probe:
+                records, _ = await session.run_requests([req], max_concurrency=1, desc=f"E5 {n} tokens")
+            rss_peak = _max(rss_peak, probe.rss_peak_bytes)
+            peak = probe.nvml_peak()
+            if peak is not None and (nvml is None or peak["peak_used_bytes"] > nvml["peak_used_bytes"]):
+                nvml = peak
+            row = memory_row(parsed=parsed, hf_config=session.model["hf_config"], engine=engine,
+                             mode="aggregated", prompt_tokens_target=n, record=records[0].as_row(),
+                             kv_usage_peak=probe.kv_usage_peak, nvml=nvml, rss_peak_bytes=rss_peak,
+                             tolerance=cfg["kv_check_tolerance"], stamp=ctx.stamp(),
+                             extra={"kv_gauge_samples": probe.kv_samples, "attempts": attempt + 1})
+            if row["kv_check_verdict"] not in _RETRY_VERDICTS:
+                break
+        rows.append(row)
+    return rows
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+# E3 registers "disaggregated" here once its prefill/decode engines exist.
+MODE_MEASURERS: dict[str, Measurer] = {"aggregated": measure_aggregated}
+
+
+def engine_facts(session: EngineSession, log_text: str, parsed: dict) -> dict[str, Any]:
+    """dtypes from the engine's config line; block size, block count and exact pool bytes from
+    the ``vllm:cache_config_info`` labels; the engine's environment from the backend."""
+    facts: dict[str, Any] = dict(engine_dtypes(log_text))
+    info = cache_config_info(session.snapshot())
+    facts["block_size"] = info.get("block_size")
+    facts["cache_dtype_label"] = info.get("cache_dtype")
+    facts["kv_cache_memory_bytes"] = info.get("kv_cache_memory_bytes")
+    blocks = info.get("num_gpu_blocks")
+    if not blocks and facts["block_size"] and parsed.get("kv_cache_tokens"):
+        blocks = parsed["kv_cache_tokens"] // facts["block_size"]
+    facts["num_blocks"] = blocks
+    facts["env"] = session.backend.info().get("env", {})
+    return facts
+
+
+async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
+    log_text = session.backend.log_text()
+    parsed = parse_vllm_memory_log(log_text)
+    engine = engine_facts(session, log_text, parsed)
+    if cfg["warmup_requests"]:
+        warm = [GenerationRequest(request_id=f"warmup-{i}", prompt=token_id_prompt(64, 10_007 + i, session.model),
+                                  max_tokens=4, prompt_tokens_target=64) for i in range(cfg["warmup_requests"])]
+        await session.run_requests(warm, max_concurrency=1, desc="warmup")
+    rows: list[dict] = []
+    for mode in cfg["modes"]:
+        measurer = MODE_MEASURERS.get(mode)
+        if measurer is None:
+            rows += unsupported_rows(mode, cfg["prompt_tokens"], f"serving mode {mode!r} is not wired into E5: it "
+                                     "needs E3's producer/consumer engines (a measurer in e5.MODE_MEASURERS)",
+                                     ctx.stamp())
+            continue
+        rows += await measurer(session, cfg, ctx, parsed, engine)
+    frame = pd.DataFrame(rows)
+    write_csv(ctx.outdir / "memory.csv", frame)
+    verdicts = frame["kv_check_verdict"].value_counts().to_dict() if "kv_check_verdict" in frame else {}
+    summary = {
+        **ctx.stamp(),
+        "measured_on": {"components": "engine log (vLLM memory profile)", "kv_usage": "engine /metrics gauge",
+                        "kv_used_analytical": "derived: config.json shapes x engine KV dtype x served token counts",
+                        "nvml": "nvml", "process_rss": "psutil (engine process tree)"},
+        "engine": {k: v for k, v in engine.items() if k != "env"},
+        "engine_env": engine["env"],
+        "parsed_log": parsed,
+        "points": len(frame),
+        "ok_points": int((frame["status"] == "ok").sum()),
+        "kv_check_verdicts": {str(k): int(v) for k, v in verdicts.items()},
+        "workload": {k: cfg[k] for k in ("prompt_tokens", "max_tokens", "modes", "seed", "kv_check_tolerance",
+                                         "kv_gauge_attempts", "poll_interval_s")},
+    }
+    write_json(ctx.outdir / "summary.json", summary)
+    return {"points": summary["points"], "ok_points": summary["ok_points"],
+            "kv_check_verdicts": summary["kv_check_verdicts"], "kv_cache_gib": parsed.get("kv_cache_gib"),
+            "kv_cache_source": parsed.get("kv_cache_source")}

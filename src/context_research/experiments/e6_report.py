@@ -1,0 +1,147 @@
+"""E6 figure, table and packet section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..io import read_json, write_figure, write_text  # noqa: E402
+from ..report import provenance_line  # noqa: E402
+
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
+
+TABLE_COLUMNS = {
+    "target_prompt_tokens": "target tokens", "pass": "engine pass", "kv_cache_dtype": "KV dtype",
+    "status": "status", "failure_kind": "failure", "prompt_tokens": "prompt tokens served",
+    "ttft_s": "TTFT (s, client)", "engine_ttft_s": "TTFT (s, engine)", "tpot_s": "TPOT (s, client)",
+    "engine_itl_s": "ITL (s, engine)", "kv_usage_peak": "KV gauge peak", "kv_used_analytical_gib": "KV held (GiB)",
+    "process_rss_peak_gib": "engine RSS peak (GiB)", "nvml_peak_used_gib": "NVML peak (GiB)", "reason": "reason",
+}
+
+
+def _num(frame: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(frame[col], errors="coerce") if col in frame else pd.Series([float("nan")] * len(frame))
+
+
+def make_figures(results_dir: Path) -> None:
+    frame = pd.read_csv(results_dir / "stress.csv")
+    summary = read_json(results_dir / "summary.json")
+    meta = read_json(results_dir / "run_metadata.json")
+    rope = summary["rope"]
+    ok = frame[frame["status"] == "ok"].sort_values("target_prompt_tokens")
+    bad = frame[frame["status"] != "ok"]
+    with matplotlib.rc_context(_RC):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        try:
+            series = ((left, "ttft_s", "TTFT client", 1.0), (left, "engine_ttft_s", "TTFT engine", 1.0),
+                      (right, "tpot_s", "TPOT client", 1000.0), (right, "engine_itl_s", "ITL engine", 1000.0))
+            for ax, col, label, scale in series:
+                values = _num(ok, col) * scale
+                keep = values.notna()
+                if keep.any():
+                    ax.plot(ok["target_prompt_tokens"][keep], values[keep], marker="o", label=label)
+            for ax, ylabel in ((left, "TTFT (s)"), (right, "TPOT / ITL (ms)")):
+                ax.axvline(summary["native_context"], color="gray", linestyle="--", linewidth=1,
+                           label=f"native {summary['native_context']}")
+                ax.axvline(summary["max_model_len"], color="black", linestyle=":", linewidth=1,
+                           label=f"max_model_len {summary['max_model_len']}")
+                for _, r in bad.iterrows():
+                    ax.plot([r["target_prompt_tokens"]], [0], marker="x", color="red", markersize=10,
+                            clip_on=False)
+                    ax.annotate(f"{r['pass']}: {r['failure_kind']}", (r["target_prompt_tokens"], 0),
+                                textcoords="offset points", xytext=(0, 8), fontsize=7, color="red",
+                                ha="center", rotation=90, va="bottom")
+                ax.set_xlabel("prompt tokens")
+                ax.set_ylabel(ylabel)
+                ax.set_ylim(bottom=0)
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize=7)
+            fig.suptitle(f"E6: {rope['rope_type']} x{rope['factor']:g} "
+                         f"({rope['original_max_position_embeddings']} -> {rope['max_position_embeddings']})")
+            left.set_title(provenance_line(meta) + ", client and engine side", fontsize=8, style="italic", loc="left")
+            write_figure(results_dir / "stress.svg", fig)
+        finally:
+            plt.close(fig)
+    write_text(results_dir / "stress.html", _table(frame).to_html(index=False, border=0, na_rep="n/a",
+                                                                  float_format=lambda v: f"{v:.4f}"))
+
+
+def _table(frame: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in TABLE_COLUMNS if c in frame.columns]
+    return frame[cols].rename(columns=TABLE_COLUMNS)
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    try:
+        return "n/a" if x is None or pd.isna(x) else f"{float(x):.{nd}f}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _ms(seconds: Any) -> float | None:
+    try:
+        return None if seconds is None or pd.isna(seconds) else float(seconds) * 1000
+    except (TypeError, ValueError):
+        return None
+
+
+def _mib(gib: Any) -> float | None:
+    try:
+        return None if gib is None or pd.isna(gib) else float(gib) * 1024
+    except (TypeError, ValueError):
+        return None
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    frame = pd.read_csv(results_dir / "stress.csv")
+    s = read_json(results_dir / "summary.json")
+    rope = s["rope"]
+    findings = [
+        f"Served a derived model folder with {rope['rope_type']} RoPE scaling, factor {rope['factor']:g}: original "
+        f"{rope['original_max_position_embeddings']} x {rope['factor']:g} = max_position_embeddings "
+        f"{rope['max_position_embeddings']}; engine max_model_len {s['max_model_len']} (the profile serves "
+        f"{s['profile_max_model_len']}). Keys written: {', '.join(rope['rope_keys_written'])} with both rope_type and "
+        f"type; requested via {', '.join(rope['requested_type_keys']) or 'default'}.",
+    ]
+    for _, r in frame.iterrows():
+        label = f"{int(r['target_prompt_tokens'])} tokens ({r['pass']})"
+        if r["status"] == "ok":
+            tpot_ms = r["tpot_s"] * 1000 if pd.notna(r.get("tpot_s")) else None
+            nvml = f", NVML peak {_fmt(r['nvml_peak_used_gib'], 2)} GiB" if pd.notna(r.get("nvml_peak_used_gib")) else ""
+            findings.append(
+                f"{label}: served {int(r['prompt_tokens'])} prompt tokens ({r['extension_vs_native']:.2f}x native): "
+                f"TTFT {_fmt(r.get('ttft_s'))} s client / {_fmt(r.get('engine_ttft_s'))} s engine, TPOT "
+                f"{_fmt(tpot_ms, 2)} ms client / ITL {_fmt(_ms(r.get('engine_itl_s')), 2)} ms engine; KV held "
+                f"{_fmt(_mib(r.get('kv_used_analytical_gib')), 2)} MiB (analytical; sampled gauge peak "
+                f"{_fmt(_mib(r.get('kv_used_gauge_gib')), 2)} MiB), engine RSS peak "
+                f"{_fmt(r.get('process_rss_peak_gib'))} GiB{nvml}.")
+        else:
+            findings.append(f"{label}: {str(r['status']).upper()} ({r['failure_kind']}): {r['reason']}")
+    passes = s["passes"]
+    facts = [
+        ("targets", ", ".join(str(t) for t in s["targets"])),
+        ("engine passes", ", ".join(f"{p['pass']} (KV dtype {p['kv_cache_dtype_requested']}, "
+                                    f"{'started' if p.get('started') else 'did not start'})" for p in passes)),
+        ("engine-reported max model len", (passes[0].get("engine") or {}).get("engine_max_model_len")),
+        ("ok / failed / unsupported", " / ".join(str(int((frame["status"] == k).sum()))
+                                                 for k in ("ok", "failed", "unsupported"))),
+    ]
+    table = _table(frame)
+    try:
+        markdown = table.to_markdown(index=False, floatfmt=".4f")
+    except ImportError:
+        markdown = table.to_string(index=False)
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Stress points", "html": table.to_html(index=False, border=0, na_rep="n/a"),
+                    "markdown": markdown}],
+        "figures": [("TTFT and TPOT per target prompt length past the native context; red crosses are failed "
+                     "targets.", "stress.svg")],
+    }
