@@ -21,7 +21,8 @@ done
 mkdir -p /tmp/cr-bin
 printf '#!/usr/bin/env bash\nexec python3 -m context_research.cli "$@"\n' > /tmp/cr-bin/context-research
 chmod +x /tmp/cr-bin/context-research
-export PYTHONPATH="$PWD/src:/tmp/site-extra:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-export PATH="/tmp/cr-bin:/tmp/site-extra/bin:/tmp/site/bin:$PATH"
+# vLLM's bundle (/tmp/site) before the extras, so nothing shadows the versions vLLM pins.
+export PYTHONPATH="$PWD/src:/tmp/site:/tmp/site-extra${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="/tmp/cr-bin:/tmp/site/bin:/tmp/site-extra/bin:$PATH"
 export PYTHONUNBUFFERED=1
-python3 -m snakemake --cores 1 --keep-going "$@"
+python3 -m snakemake --cores 1 --keep-going --rerun-incomplete "$@"

@@ -40,10 +40,6 @@ def config_hash(experiment):
     return experiment_hash(config, experiment)
 
 
-# Transitional: rules still passing the whole config; replaced by experiment_config_json().
-CONFIG_JSON = json.dumps(config, sort_keys=True)
-
-
 def experiment_config_json(experiment):
     """What an engine rule passes to `context-research run`: only the config its hash covers,
     so changing another experiment's block leaves this rule's params (and outputs) alone."""

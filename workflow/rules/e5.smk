@@ -16,7 +16,7 @@ rule e5:
         gpu_stats="results/e5/gpu_stats.json",
         engine_log="results/e5/engine.log",
     params:
-        config=CONFIG_JSON,
+        config=experiment_config_json("e5"),
         config_hash=config_hash("e5"),
     log:
         "logs/e5.log",

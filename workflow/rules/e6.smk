@@ -17,7 +17,7 @@ rule e6:
         engine_log="results/e6/engine.log",
         model_config="results/e6/model/config.json",
     params:
-        config=CONFIG_JSON,
+        config=experiment_config_json("e6"),
         config_hash=config_hash("e6"),
     log:
         "logs/e6.log",

@@ -1,0 +1,165 @@
+"""E1: prompt-length latency sweep (batch 1, one engine start for every length).
+
+For each configured prompt length: ``warmup_requests`` unmeasured requests, then ``trials``
+measured requests sent one at a time, all with exact-length never-shared token-id prompts and
+``max_tokens`` output tokens (``ignore_eos``). Per length, ``results/e1/latency.csv`` gets one
+row: client-side TTFT / TPOT / ITL / E2E (mean, p50, p95, p99), the engine's own view of the same
+requests (``/metrics`` histogram deltas taken around the point), the client-minus-engine TTFT
+gap, the prompt-length and prefix-cache checks, and, where the engine runs on a GPU the datasheet
+table knows, the physical floors (TTFT: prefill FLOPs / peak FLOP/s; TPOT: bytes read per decode
+step / memory bandwidth) with efficiency = floor / measured p50.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..analysis.hardware import lookup_gpu
+from ..analysis.latency import latency_row
+from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
+from ..errors import ConfigError
+from ..io import write_csv, write_json
+from ..records import RequestRecord
+from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
+                        point_status, prompt_length_mismatches, request_rows, ttft_gap_columns)
+from .runner import RunContext
+from .session import EngineSession
+
+_MS = 1000.0
+
+
+def floor_columns(hf_config: dict[str, Any] | None, prompt_tokens: int, gpu_name: str | None,
+                  ttft_ms_p50: float | None, tpot_ms_p50: float | None) -> dict[str, Any]:
+    """Physical floors of one point and efficiency = floor / measured client p50.
+
+    TPOT's floor is taken at the first decode step (KV = the prompt): the step that reads the
+    least, so it is a lower bound for every step of the request. Empty, with a note, when the
+    engine is not on a known GPU or the model's config.json is unavailable.
+    """
+    spec = lookup_gpu(gpu_name)
+    out: dict[str, Any] = {"gpu": gpu_name, "gpu_spec": spec.key if spec else None, "ttft_floor_ms": None,
+                           "ttft_efficiency": None, "tpot_floor_ms": None, "tpot_efficiency": None}
+    if gpu_name is None:
+        out["floor_note"] = "engine not on a GPU: no datasheet floor applies"
+    elif spec is None:
+        out["floor_note"] = f"GPU {gpu_name!r} is not in analysis.hardware.GPU_SPECS"
+    elif not hf_config:
+        out["floor_note"] = "model config.json unavailable: no FLOP/byte count"
+    else:
+        ttft_floor = ttft_floor_s(hf_config, prompt_tokens, spec) * _MS
+        tpot_floor = tpot_floor_s(hf_config, prompt_tokens, spec) * _MS
+        out.update({
+            "ttft_floor_ms": ttft_floor,
+            "ttft_efficiency": efficiency(ttft_floor, ttft_ms_p50),
+            "tpot_floor_ms": tpot_floor,
+            "tpot_efficiency": efficiency(tpot_floor, tpot_ms_p50),
+            "floor_note": f"{spec.name} datasheet ({spec.bf16_dense_tflops:g} TFLOP/s dense BF16, "
+                          f"{spec.mem_bandwidth_gbs:g} GB/s); efficiency = floor / client p50",
+        })
+    return out
+
+
+def point_row(prompt_tokens: int, max_tokens: int, records: Sequence[RequestRecord], engine: dict[str, Any],
+              hf_config: dict[str, Any] | None, gpu_name: str | None, prefix_caching: bool) -> dict[str, Any]:
+    """The latency.csv row of one measured prompt length."""
+    row = latency_row(records, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    eng = engine_columns(engine)
+    status, reason = point_status(records, eng["local_cache_hit_tokens"])
+    ok = [r for r in records if r.ok]
+    row = {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "status": status, "reason": reason,
+           **{k: v for k, v in row.items() if k not in ("prompt_tokens", "max_tokens")}}
+    row["prompt_tokens_min"] = min((r.prompt_tokens for r in ok if r.prompt_tokens is not None), default=None)
+    row["prompt_tokens_max"] = max((r.prompt_tokens for r in ok if r.prompt_tokens is not None), default=None)
+    row["prompt_tokens_mismatches"] = len(prompt_length_mismatches(records))
+    row["prefix_caching"] = prefix_caching
+    row.update(eng)
+    row.update(ttft_gap_columns(row["ttft_ms_mean"], eng["engine_ttft_ms_mean"]))
+    row.update(floor_columns(hf_config, prompt_tokens, gpu_name, row["ttft_ms_p50"], row["tpot_ms_p50"]))
+    row["measured_on"] = "client; engine_* columns: engine /metrics"
+    return row
+
+
+def failed_point_row(prompt_tokens: int, max_tokens: int, reason: str, prefix_caching: bool,
+                     gpu_name: str | None = None) -> dict[str, Any]:
+    """A point that was not (or could not be) measured: same columns, no numbers, the reason."""
+    row = point_row(prompt_tokens, max_tokens, [], {}, None, gpu_name, prefix_caching)
+    row.update({"status": "failed", "reason": reason})
+    return row
+
+
+def latency_frame(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for key, value in stamp.items():
+        frame[key] = value
+    return frame
+
+
+def _check(cfg: dict[str, Any]) -> None:
+    lengths = cfg["prompt_tokens"]
+    if len(set(lengths)) != len(lengths):
+        raise ConfigError("config key 'experiments.e1.prompt_tokens': lengths must be distinct")
+
+
+async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
+    _check(cfg)
+    model = session.model
+    max_len, profile = int(model["max_model_len"]), model.get("name", "<profile>")
+    max_tokens, trials = cfg["max_tokens"], cfg["trials"]
+    prefix_caching = bool(session.backend.serving.get("enable_prefix_caching"))
+    gpu_name = engine_gpu_name(session)
+    factory = PromptFactory(model, cfg["seed"])
+    rows: list[dict] = []
+    requests: list[dict] = []
+    progress = PointProgress("e1", len(cfg["prompt_tokens"]))
+    for n in cfg["prompt_tokens"]:
+        too_long = context_overflow(n, max_tokens, max_len, profile)
+        if too_long:
+            rows.append(failed_point_row(n, max_tokens, too_long, prefix_caching, gpu_name))
+            progress.point(f"{n} prompt tokens", "failed: " + too_long)
+            continue
+        # Standard warmup: the same shape as the measured requests, outside the /metrics window.
+        warm, _ = await session.run_requests(factory.requests(f"warmup-{n}", cfg["warmup_requests"], n, max_tokens),
+                                             max_concurrency=1, desc=f"e1 warmup {n}")
+        requests += request_rows(warm, phase="warmup", prompt_tokens_point=n)
+        measured = await session.measure(factory.requests(f"len{n}", trials, n, max_tokens), max_concurrency=1,
+                                         desc=f"e1 {n} tokens")
+        records = measured["records"]
+        requests += request_rows(records, phase="measured", prompt_tokens_point=n)
+        row = point_row(n, max_tokens, records, measured["engine"], model.get("hf_config"), gpu_name,
+                        prefix_caching)
+        rows.append(row)
+        progress.point(f"{n} prompt tokens", f"{row['status']}, TTFT p50 {_fmt(row['ttft_ms_p50'])} ms, "
+                                             f"TPOT p50 {_fmt(row['tpot_ms_p50'])} ms")
+    frame = latency_frame(rows, ctx.stamp())
+    write_csv(ctx.outdir / "latency.csv", frame)
+    write_csv(ctx.outdir / "requests.csv", latency_frame(requests, ctx.stamp()))
+    ok = [r for r in rows if r["status"] == "ok"]
+    gaps = [r["ttft_client_minus_engine_ms"] for r in rows if r["ttft_client_minus_engine_ms"] is not None]
+    summary = {
+        **ctx.stamp(),
+        "workload": {"seed": cfg["seed"], "prompt_tokens": cfg["prompt_tokens"], "max_tokens": max_tokens,
+                     "trials": trials, "warmup_requests": cfg["warmup_requests"], "max_concurrency": 1,
+                     "max_model_len": max_len, "prompt_kind": "token ids, unique prefix per request"},
+        "prefix_caching": prefix_caching,
+        "gpu": gpu_name,
+        "floor_note": rows[0]["floor_note"] if rows else None,
+        "points": len(rows),
+        "points_ok": len(ok),
+        "failed_points": [{"prompt_tokens": r["prompt_tokens"], "reason": r["reason"]}
+                          for r in rows if r["status"] != "ok"],
+        "prompt_tokens_mismatches": int(sum(r["prompt_tokens_mismatches"] for r in rows)),
+        "local_cache_hit_tokens": (None if all(r["local_cache_hit_tokens"] is None for r in ok)
+                                   else float(sum(r["local_cache_hit_tokens"] or 0 for r in ok))),
+        "ttft_client_minus_engine_ms_mean": sum(gaps) / len(gaps) if gaps else None,
+        "ttft_client_minus_engine_ms_min": min(gaps) if gaps else None,
+        "ttft_client_minus_engine_ms_max": max(gaps) if gaps else None,
+    }
+    write_json(ctx.outdir / "summary.json", summary)
+    return {"points": len(rows), "points_ok": len(ok), "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
+            "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"

@@ -1,0 +1,135 @@
+"""E1 figures, table and packet section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..analysis.plots import line_plot
+from ..io import read_json, write_text
+from ..report import provenance_line
+
+CLIENT = "our HTTP client, send -> first streamed token"
+ENGINE = "vLLM's vllm:time_to_first_token_seconds histogram"
+
+TABLE_COLUMNS = {
+    "prompt_tokens": "prompt tokens", "status": "status", "n_ok": "ok / n",
+    "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95", "ttft_ms_p99": "TTFT p99",
+    "engine_ttft_ms_mean": "engine TTFT mean", "ttft_client_minus_engine_ms": "client - engine TTFT",
+    "tpot_ms_p50": "TPOT p50 (ms)", "tpot_ms_p95": "TPOT p95", "tpot_ms_p99": "TPOT p99",
+    "e2e_ms_p50": "E2E p50 (ms)", "ttft_floor_ms": "TTFT floor", "ttft_efficiency": "TTFT eff.",
+    "tpot_floor_ms": "TPOT floor", "tpot_efficiency": "TPOT eff.", "reason": "reason",
+}
+
+
+def load(results_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(results_dir / "latency.csv", keep_default_na=True)
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    out["n_ok"] = [f"{a}/{b}" for a, b in zip(out["n_ok"], out["n"])]
+    out["reason"] = out["reason"].fillna("")
+    cols = [c for c in TABLE_COLUMNS if c in out.columns]
+    if out[["ttft_floor_ms", "tpot_floor_ms"]].isna().all().all():
+        cols = [c for c in cols if "floor" not in c and "efficiency" not in c]
+    return out[cols].rename(columns=TABLE_COLUMNS)
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return table_frame(frame).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="n/a")
+
+
+def _table_markdown(frame: pd.DataFrame) -> str:
+    t = table_frame(frame)
+    try:
+        return t.to_markdown(index=False, floatfmt=".3f")
+    except ImportError:
+        return t.to_string(index=False)
+
+
+def make_figures(results_dir: Path) -> None:
+    frame = load(results_dir)
+    meta = read_json(results_dir / "run_metadata.json")
+    prov = provenance_line(meta)
+    ok = frame[frame["status"] == "ok"]
+    ttft = pd.DataFrame({
+        "prompt tokens": ok["prompt_tokens"],
+        "client TTFT p50": ok["ttft_ms_p50"], "client TTFT p95": ok["ttft_ms_p95"],
+        "client TTFT p99": ok["ttft_ms_p99"], "engine TTFT mean (histogram)": ok["engine_ttft_ms_mean"],
+        "physical floor (datasheet)": ok["ttft_floor_ms"]})
+    line_plot(ttft, "prompt tokens", [c for c in ttft.columns if c != "prompt tokens"], results_dir / "ttft.svg",
+              "E1: time to first token vs prompt length (batch 1)", "prompt tokens", "TTFT (ms)",
+              provenance=prov + "; client-side percentiles, engine-side mean", logx=True)
+    tpot = pd.DataFrame({
+        "prompt tokens": ok["prompt_tokens"],
+        "client TPOT p50": ok["tpot_ms_p50"], "client TPOT p95": ok["tpot_ms_p95"],
+        "client TPOT p99": ok["tpot_ms_p99"], "engine inter-token latency mean": ok["engine_itl_ms_mean"],
+        "physical floor (datasheet)": ok["tpot_floor_ms"]})
+    line_plot(tpot, "prompt tokens", [c for c in tpot.columns if c != "prompt tokens"], results_dir / "tpot.svg",
+              "E1: time per output token vs prompt length (batch 1)", "prompt tokens", "TPOT (ms)",
+              provenance=prov + "; client-side percentiles, engine-side mean", logx=True)
+    write_text(results_dir / "latency.html", _table_html(frame))
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    s = read_json(results_dir / "summary.json")
+    frame = load(results_dir)
+    ok = frame[frame["status"] == "ok"]
+    w = s["workload"]
+    findings = []
+    if len(ok):
+        lo, hi = ok.iloc[0], ok.iloc[-1]
+        findings.append(
+            f"TTFT p50 grows from {_fmt(lo['ttft_ms_p50'])} ms at {int(lo['prompt_tokens'])} prompt tokens to "
+            f"{_fmt(hi['ttft_ms_p50'])} ms at {int(hi['prompt_tokens'])} ({_fmt(hi['ttft_ms_p50'] / lo['ttft_ms_p50'], 1)}x "
+            f"for {_fmt(hi['prompt_tokens'] / lo['prompt_tokens'], 1)}x the tokens); TPOT p50 goes from "
+            f"{_fmt(lo['tpot_ms_p50'])} to {_fmt(hi['tpot_ms_p50'])} ms.")
+    gap = s.get("ttft_client_minus_engine_ms_mean")
+    if gap is not None:
+        findings.append(
+            f"Client-side TTFT ({CLIENT}) {'exceeds' if gap >= 0 else 'is below'} engine-side TTFT ({ENGINE}, whose clock starts when the API "
+            f"server hands the request to the engine) by {_fmt(abs(gap))} ms on average (range "
+            f"{_fmt(s['ttft_client_minus_engine_ms_min'])} to {_fmt(s['ttft_client_minus_engine_ms_max'])} ms across "
+            f"lengths): the HTTP, request-parsing and streaming path outside the engine's clock. In the figures, "
+            f"'client' lines are client-side percentiles and 'engine' lines are engine-side means (exact: histogram "
+            f"sum / count; the engine percentiles in latency.csv are interpolated inside coarse buckets).")
+    else:
+        findings.append("Engine-side TTFT was not available (no /metrics histogram), so no client/engine gap.")
+    hits = s.get("local_cache_hit_tokens")
+    findings.append(
+        f"Checks: {s['prompt_tokens_mismatches']} prompt-length mismatch(es) between target and server-counted "
+        f"tokens; prefix caching {'on' if s['prefix_caching'] else 'off'} and "
+        f"{'no prompt_tokens_by_source counter' if hits is None else f'{hits:g} local prefix-cache-hit tokens'} "
+        f"(every prompt has its own prefix).")
+    if s["failed_points"]:
+        findings.append("Failed points: " + "; ".join(f"{p['prompt_tokens']} tokens: {p['reason']}"
+                                                      for p in s["failed_points"]) + ".")
+    findings.append(f"Physical floors: {s.get('floor_note') or 'n/a'}.")
+    facts = [
+        ("prompt lengths (tokens)", ", ".join(map(str, w["prompt_tokens"]))),
+        ("output tokens / trials per length / warmup per length",
+         f"{w['max_tokens']} / {w['trials']} / {w['warmup_requests']}"),
+        ("concurrency", "1 (requests sent one at a time)"),
+        ("points ok / configured", f"{s['points_ok']} / {s['points']}"),
+        ("max_model_len", w["max_model_len"]),
+        ("prompts", w["prompt_kind"]),
+    ]
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Latency per prompt length (ms; client-side unless marked engine)",
+                    "html": _table_html(frame), "markdown": _table_markdown(frame)}],
+        "figures": [
+            ("TTFT vs prompt length: client-side p50/p95/p99 (our HTTP client) and the engine-side mean from "
+             "vLLM's TTFT histogram; the datasheet floor where the GPU is known.", "ttft.svg"),
+            ("TPOT vs prompt length: client-side p50/p95/p99 and the engine's mean inter-token latency; the "
+             "bandwidth floor where the GPU is known.", "tpot.svg"),
+        ],
+    }

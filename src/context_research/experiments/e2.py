@@ -1,0 +1,182 @@
+"""E2: concurrency / arrival-rate sweep with SLO goodput (one engine start for every point).
+
+Fixed prompt and output lengths; two kinds of points:
+
+* ``concurrency``: closed loop, at most ``level`` requests in flight, the next one sent as soon
+  as one finishes (``vllm bench serve --max-concurrency``);
+* ``rate``: open loop, requests sent at the offsets of a seeded Poisson process of ``level``
+  requests/s whether or not earlier ones finished (``vllm bench serve --request-rate``).
+
+Per point, ``results/e2/concurrency.csv`` gets request and output-token throughput, client-side
+TTFT / TPOT / E2E (mean, p50, p95, p99), SLO attainment and goodput (requests/s meeting BOTH the
+TTFT and the TPOT SLO, DistServe's definition), the engine's preemptions and peak KV-cache usage,
+and the engine's own TTFT next to the client's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..analysis.latency import goodput, latency_row, meets_slo, poisson_schedule
+from ..io import write_csv, write_json
+from ..records import RequestRecord
+from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, point_status,
+                        prompt_length_mismatches, request_rows, ttft_gap_columns)
+from .runner import RunContext
+from .session import EngineSession
+
+MODES = ("concurrency", "rate")
+
+
+def sweep_points(cfg: dict[str, Any]) -> list[tuple[str, float]]:
+    return [("concurrency", int(c)) for c in cfg["concurrency_levels"]] + \
+           [("rate", float(r)) for r in cfg["request_rates"]]
+
+
+def point_row(mode: str, level: float, records: Sequence[RequestRecord], duration_s: float | None,
+              engine: dict[str, Any], ttft_slo_ms: float, tpot_slo_ms: float, prompt_tokens: int,
+              max_tokens: int, prefix_caching: bool) -> dict[str, Any]:
+    """The concurrency.csv row of one measured point."""
+    eng = engine_columns(engine)
+    status, reason = point_status(records, eng["local_cache_hit_tokens"])
+    row: dict[str, Any] = {"mode": mode, "level": level, "status": status, "reason": reason,
+                           "prompt_tokens": prompt_tokens, "max_tokens": max_tokens}
+    lat = latency_row(records)
+    row.update(lat)
+    if records and duration_s and duration_s > 0:
+        g = goodput(records, duration_s, ttft_slo_ms, tpot_slo_ms)
+        n = len(records)
+        row.update({
+            "duration_s": duration_s,
+            "request_throughput_rps": g["request_throughput_rps"],
+            "output_throughput_tok_s": g["output_throughput_tok_s"],
+            "total_token_throughput_tok_s": g["total_token_throughput_tok_s"],
+            "ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms,
+            "n_slo_met": g["n_slo_met"],
+            "slo_attainment": g["slo_attainment"],
+            "ttft_slo_attainment": sum(meets_slo(r, ttft_slo_ms, math.inf) for r in records) / n,
+            "tpot_slo_attainment": sum(meets_slo(r, math.inf, tpot_slo_ms) for r in records) / n,
+            "goodput_rps": g["goodput_rps"],
+        })
+    else:
+        row.update({k: None for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
+                                      "total_token_throughput_tok_s", "n_slo_met", "slo_attainment",
+                                      "ttft_slo_attainment", "tpot_slo_attainment", "goodput_rps")})
+        row.update({"ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms})
+    row["offered_rate_rps"] = level if mode == "rate" else None
+    row["prompt_tokens_mismatches"] = len(prompt_length_mismatches(records))
+    row["prefix_caching"] = prefix_caching
+    row.update(eng)
+    row.update(ttft_gap_columns(row["ttft_ms_mean"], eng["engine_ttft_ms_mean"]))
+    row["measured_on"] = "client; engine_* columns: engine /metrics"
+    return row
+
+
+def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], prefix_caching: bool) -> dict[str, Any]:
+    row = point_row(mode, level, [], None, {}, cfg["ttft_slo_ms"], cfg["tpot_slo_ms"], cfg["prompt_tokens"],
+                    cfg["max_tokens"], prefix_caching)
+    row.update({"status": "failed", "reason": reason})
+    return row
+
+
+async def measure_point(session: EngineSession, factory: PromptFactory, mode: str, level: float,
+                        cfg: dict[str, Any], point_index: int, prefix_caching: bool,
+                        sample_kv_usage: bool = True) -> tuple[dict[str, Any], list[RequestRecord]]:
+    """Serve one point between two /metrics scrapes and build its row (also used by benchmarks/)."""
+    n = cfg["requests_per_point"]
+    label = f"{mode}={level:g}"
+    if mode == "concurrency":
+        reqs = factory.requests(f"c{level:g}", n, cfg["prompt_tokens"], cfg["max_tokens"])
+        measured = await session.measure(reqs, max_concurrency=int(level), desc=f"e2 {label}",
+                                         sample_kv_usage=sample_kv_usage)
+    elif mode == "rate":
+        offsets = poisson_schedule(n, float(level), cfg["seed"] + point_index)
+        reqs = factory.requests(f"r{level:g}", n, cfg["prompt_tokens"], cfg["max_tokens"], offsets=offsets)
+        measured = await session.measure(reqs, max_concurrency=cfg.get("rate_max_concurrency"), use_schedule=True,
+                                         desc=f"e2 {label}", sample_kv_usage=sample_kv_usage)
+    else:
+        raise ValueError(f"unknown E2 mode {mode!r}")
+    records = measured["records"]
+    row = point_row(mode, level, records, measured["duration_s"], measured["engine"], cfg["ttft_slo_ms"],
+                    cfg["tpot_slo_ms"], cfg["prompt_tokens"], cfg["max_tokens"], prefix_caching)
+    return row, records
+
+
+def stamped(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for key, value in stamp.items():
+        frame[key] = value
+    return frame
+
+
+async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
+    model = session.model
+    prefix_caching = bool(session.backend.serving.get("enable_prefix_caching"))
+    factory = PromptFactory(model, cfg["seed"])
+    points = sweep_points(cfg)
+    rows: list[dict] = []
+    requests: list[dict] = []
+    too_long = context_overflow(cfg["prompt_tokens"], cfg["max_tokens"], int(model["max_model_len"]),
+                                model.get("name", "<profile>"))
+    progress = PointProgress("e2", len(points))
+    if not too_long and cfg["warmup_requests"]:
+        top = max(cfg["concurrency_levels"], default=1)
+        warm, _ = await session.run_requests(
+            factory.requests("warmup", cfg["warmup_requests"], cfg["prompt_tokens"], cfg["max_tokens"]),
+            max_concurrency=top, desc="e2 warmup")
+        requests += request_rows(warm, phase="warmup", mode=None, level=None)
+    for i, (mode, level) in enumerate(points):
+        if too_long:
+            rows.append(failed_point_row(mode, level, too_long, cfg, prefix_caching))
+            progress.point(f"{mode}={level:g}", "failed: " + too_long)
+            continue
+        row, records = await measure_point(session, factory, mode, level, cfg, i, prefix_caching)
+        rows.append(row)
+        requests += request_rows(records, phase="measured", mode=mode, level=level)
+        progress.point(f"{mode}={level:g}", f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, "
+                                            f"goodput {_f(row['goodput_rps'])} req/s, "
+                                            f"TTFT p99 {_f(row['ttft_ms_p99'])} ms")
+    write_csv(ctx.outdir / "concurrency.csv", stamped(rows, ctx.stamp()))
+    write_csv(ctx.outdir / "requests.csv", stamped(requests, ctx.stamp()))
+    ok = [r for r in rows if r["status"] == "ok"]
+    gaps = [r["ttft_client_minus_engine_ms"] for r in rows if r["ttft_client_minus_engine_ms"] is not None]
+    hits = [r["local_cache_hit_tokens"] for r in rows if r["local_cache_hit_tokens"] is not None]
+    summary = {
+        **ctx.stamp(),
+        "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "concurrency_levels", "request_rates",
+                                         "rate_max_concurrency", "requests_per_point", "warmup_requests")},
+        "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client"},
+        "prefix_caching": prefix_caching,
+        "points": len(rows),
+        "points_ok": len(ok),
+        "failed_points": [{"mode": r["mode"], "level": r["level"], "reason": r["reason"]}
+                          for r in rows if r["status"] != "ok"],
+        "prompt_tokens_mismatches": int(sum(r["prompt_tokens_mismatches"] for r in rows)),
+        "local_cache_hit_tokens": float(sum(hits)) if hits else None,
+        "best_goodput": _best(rows, "goodput_rps"),
+        "best_output_throughput": _best(rows, "output_throughput_tok_s"),
+        "ttft_client_minus_engine_ms_mean": sum(gaps) / len(gaps) if gaps else None,
+        "ttft_client_minus_engine_ms_min": min(gaps) if gaps else None,
+        "ttft_client_minus_engine_ms_max": max(gaps) if gaps else None,
+        "total_preemptions": float(sum(r["engine_preemptions"] or 0 for r in rows)),
+        "kv_cache_usage_peak": max((r["engine_kv_cache_usage_peak"] for r in rows
+                                    if r["engine_kv_cache_usage_peak"] is not None), default=None),
+    }
+    write_json(ctx.outdir / "summary.json", summary)
+    return {"points": len(rows), "points_ok": len(ok), "best_goodput": summary["best_goodput"],
+            "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
+
+
+def _best(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    cands = [r for r in rows if r.get(key) is not None]
+    if not cands:
+        return None
+    best = max(cands, key=lambda r: r[key])
+    return {"mode": best["mode"], "level": best["level"], key: best[key]}
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"

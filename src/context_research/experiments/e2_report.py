@@ -1,0 +1,227 @@
+"""E2 figures, table and packet section.
+
+Concurrency points (requests in flight) and rate points (Poisson arrivals/s) have different x
+axes, so each figure has one panel per mode rather than one misleading shared axis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..io import read_json, write_figure, write_text  # noqa: E402
+from ..report import provenance_line  # noqa: E402
+from .e2 import MODES  # noqa: E402
+
+# Same settings as analysis.plots: text stays searchable SVG text, bytes are reproducible.
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
+XLABEL = {"concurrency": "max requests in flight (closed loop)", "rate": "offered Poisson rate (requests/s)"}
+
+TABLE_COLUMNS = {
+    "mode": "mode", "level": "level", "status": "status", "n_ok": "ok / n",
+    "request_throughput_rps": "req/s", "output_throughput_tok_s": "output tok/s",
+    "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95", "ttft_ms_p99": "TTFT p99",
+    "engine_ttft_ms_mean": "engine TTFT mean", "ttft_client_minus_engine_ms": "client - engine TTFT",
+    "tpot_ms_p50": "TPOT p50 (ms)", "tpot_ms_p95": "TPOT p95", "tpot_ms_p99": "TPOT p99",
+    "e2e_ms_p50": "E2E p50 (ms)", "e2e_ms_p99": "E2E p99",
+    "slo_attainment": "SLO attainment", "goodput_rps": "goodput (req/s)",
+    "engine_preemptions": "preemptions", "engine_kv_cache_usage_peak": "peak KV usage", "reason": "reason",
+}
+
+
+def load(results_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(results_dir / "concurrency.csv")
+
+
+def mode_panels(frame: pd.DataFrame, series: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str, *,
+                provenance: str, logy: bool = False, hlines: Sequence[tuple[float, str]] = (),
+                secondary: tuple[str, str, str] | None = None) -> Path:
+    """One panel per mode present in ``frame``: a line per (column, label) in ``series`` vs level.
+
+    ``secondary`` = (column, label, axis label) drawn dashed on a right-hand axis in [0, 1];
+    ``hlines`` = (y, label) pairs drawn as dotted horizontal references (e.g. the SLOs).
+    """
+    if not provenance or not provenance.strip():
+        raise ValueError("every plot needs a non-empty provenance string")
+    present = set(frame["mode"]) if "mode" in frame.columns else set()
+    modes = [m for m in MODES if m in present] or ["concurrency"]
+    with matplotlib.rc_context(_RC):
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 5.0), squeeze=False)
+        try:
+            for ax, mode in zip(axes[0], modes):
+                sub = frame[frame["mode"] == mode].sort_values("level") if mode in present else frame.iloc[0:0]
+                drawn = 0
+                for col, label in series:
+                    if col not in sub.columns:
+                        continue
+                    data = pd.DataFrame({"x": pd.to_numeric(sub["level"], errors="coerce"),
+                                         "y": pd.to_numeric(sub[col], errors="coerce")}).dropna()
+                    if logy:
+                        data = data[data["y"] > 0]
+                    if data.empty:
+                        continue
+                    ax.plot(data["x"], data["y"], marker="o", label=label)
+                    drawn += 1
+                handles = []
+                if drawn:
+                    for y, label in hlines:
+                        ax.axhline(y, color="grey", linestyle=":", linewidth=1.2, label=label)
+                if drawn and secondary is not None and secondary[0] in sub.columns:
+                    data = pd.DataFrame({"x": pd.to_numeric(sub["level"], errors="coerce"),
+                                         "y": pd.to_numeric(sub[secondary[0]], errors="coerce")}).dropna()
+                    if not data.empty:
+                        ax2 = ax.twinx()
+                        ax2.plot(data["x"], data["y"], marker="s", linestyle="--", color="black", label=secondary[1])
+                        ax2.set_ylim(-0.05, 1.05)
+                        ax2.set_ylabel(secondary[2])
+                        handles = ax2.get_legend_handles_labels()[0]
+                if drawn:
+                    levels = sorted(pd.to_numeric(sub["level"], errors="coerce").dropna().unique())
+                    ax.set_xscale("log", base=2)
+                    ax.set_xticks(levels, [f"{v:g}" for v in levels])
+                    ax.minorticks_off()
+                    if logy:
+                        ax.set_yscale("log")
+                    else:
+                        ax.set_ylim(bottom=0)
+                    main = ax.get_legend_handles_labels()[0]
+                    # Below the panel: never on top of a line of either axis.
+                    ax.legend(handles=main + handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                              ncol=2, frameon=False)
+                    ax.grid(True, alpha=0.3)
+                else:
+                    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xlabel(XLABEL[mode])
+                ax.set_ylabel(ylabel)
+                ax.set_title(f"{mode} points", fontsize=9)
+            fig.tight_layout(rect=(0, 0, 1, 0.92))
+            fig.suptitle(title, y=0.995)
+            fig.text(0.5, 0.935, provenance, ha="center", va="bottom", fontsize=7, style="italic")
+            return write_figure(path, fig)
+        finally:
+            plt.close(fig)
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    out["n_ok"] = [f"{a}/{b}" for a, b in zip(out["n_ok"], out["n"])]
+    out["reason"] = out["reason"].fillna("")
+    return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return table_frame(frame).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="n/a")
+
+
+def _table_markdown(frame: pd.DataFrame) -> str:
+    t = table_frame(frame)
+    try:
+        return t.to_markdown(index=False, floatfmt=".3f")
+    except ImportError:
+        return t.to_string(index=False)
+
+
+def make_figures(results_dir: Path) -> None:
+    frame = load(results_dir)
+    meta = read_json(results_dir / "run_metadata.json")
+    summary = read_json(results_dir / "summary.json")
+    prov = provenance_line(meta)
+    slo = summary["slo"]
+    ok = frame[frame["n_ok"] > 0]
+    mode_panels(ok, [("output_throughput_tok_s", "output tokens/s")], results_dir / "throughput.svg",
+                "E2: output-token throughput", "output tokens/s", provenance=prov + "; client-side")
+    mode_panels(ok, [("ttft_ms_p50", "TTFT p50"), ("ttft_ms_p99", "TTFT p99"),
+                     ("engine_ttft_ms_mean", "engine TTFT mean (histogram)"),
+                     ("tpot_ms_p50", "TPOT p50"), ("tpot_ms_p99", "TPOT p99")],
+                results_dir / "latency.svg", "E2: latency under load", "ms (log)", logy=True,
+                hlines=[(slo["ttft_slo_ms"], f"TTFT SLO {slo['ttft_slo_ms']:g} ms"),
+                        (slo["tpot_slo_ms"], f"TPOT SLO {slo['tpot_slo_ms']:g} ms")],
+                provenance=prov + "; client-side percentiles, engine-side mean")
+    mode_panels(ok, [("request_throughput_rps", "request throughput"), ("goodput_rps", "goodput (both SLOs met)")],
+                results_dir / "goodput.svg",
+                f"E2: goodput, SLOs TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= {slo['tpot_slo_ms']:g} ms",
+                "requests/s", provenance=prov + "; client-side",
+                secondary=("slo_attainment", "SLO attainment", "SLO attainment (fraction)"))
+    write_text(results_dir / "concurrency.html", _table_html(frame))
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    s = read_json(results_dir / "summary.json")
+    frame = load(results_dir)
+    w, slo = s["workload"], s["slo"]
+    findings = []
+    conc = frame[(frame["mode"] == "concurrency") & (frame["n_ok"] > 0)].sort_values("level")
+    if len(conc):
+        lo, hi = conc.iloc[0], conc.iloc[-1]
+        findings.append(
+            f"Closed loop: going from {int(lo['level'])} to {int(hi['level'])} requests in flight takes output "
+            f"throughput from {_fmt(lo['output_throughput_tok_s'], 1)} to {_fmt(hi['output_throughput_tok_s'], 1)} "
+            f"tok/s ({_fmt(hi['output_throughput_tok_s'] / lo['output_throughput_tok_s'], 1)}x) while TTFT p99 goes "
+            f"from {_fmt(lo['ttft_ms_p99'])} to {_fmt(hi['ttft_ms_p99'])} ms and TPOT p99 from "
+            f"{_fmt(lo['tpot_ms_p99'])} to {_fmt(hi['tpot_ms_p99'])} ms.")
+    best = s.get("best_goodput")
+    if best:
+        row = frame[(frame["mode"] == best["mode"]) & (frame["level"] == best["level"])].iloc[0]
+        findings.append(
+            f"Best goodput (requests/s meeting BOTH TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= "
+            f"{slo['tpot_slo_ms']:g} ms, DistServe's definition): {_fmt(best['goodput_rps'])} req/s at "
+            f"{best['mode']}={best['level']:g}, where request throughput is {_fmt(row['request_throughput_rps'])} "
+            f"req/s and SLO attainment {_fmt(row['slo_attainment'] * 100, 0)} %.")
+    for _, r in frame[(frame["n_ok"] > 0)].iterrows():
+        if r["slo_attainment"] < 1:
+            findings.append(
+                f"SLOs start to be missed at {r['mode']}={r['level']:g}: attainment {_fmt(r['slo_attainment'] * 100, 0)} % "
+                f"(TTFT alone {_fmt(r['ttft_slo_attainment'] * 100, 0)} %, TPOT alone "
+                f"{_fmt(r['tpot_slo_attainment'] * 100, 0)} %).")
+            break
+    gap = s.get("ttft_client_minus_engine_ms_mean")
+    if gap is not None:
+        findings.append(
+            f"Client-side TTFT (our HTTP client, send -> first streamed token) {'exceeds' if gap >= 0 else 'is below'} engine-side TTFT (vLLM's "
+            f"vllm:time_to_first_token_seconds histogram) by {_fmt(abs(gap))} ms on average across points (range "
+            f"{_fmt(s['ttft_client_minus_engine_ms_min'])} to {_fmt(s['ttft_client_minus_engine_ms_max'])} ms). "
+            f"Under load the gap also holds the time a request waits in the API server (and the client's event "
+            f"loop) before the engine's clock starts, plus the /metrics scrapes that sample KV usage. In "
+            f"latency.svg the 'engine' line is engine-side, every other line client-side.")
+    hits = s.get("local_cache_hit_tokens")
+    findings.append(
+        f"Engine: {s['total_preemptions']:g} preemptions over the sweep; peak KV-cache usage "
+        f"{_fmt(None if s['kv_cache_usage_peak'] is None else s['kv_cache_usage_peak'] * 100, 1)} % (sampled from "
+        f"vllm:kv_cache_usage_perc). Checks: {s['prompt_tokens_mismatches']} prompt-length mismatch(es); prefix "
+        f"caching {'on' if s['prefix_caching'] else 'off'}, "
+        f"{'no prompt_tokens_by_source counter' if hits is None else f'{hits:g} local prefix-cache-hit tokens'}.")
+    if s["failed_points"]:
+        findings.append("Failed points: " + "; ".join(f"{p['mode']}={p['level']:g}: {p['reason']}"
+                                                      for p in s["failed_points"]) + ".")
+    facts = [
+        ("prompt / output tokens", f"{w['prompt_tokens']} / {w['max_tokens']}"),
+        ("concurrency levels", ", ".join(map(str, w["concurrency_levels"])) or "none"),
+        ("Poisson rates (req/s)", ", ".join(f"{r:g}" for r in w["request_rates"]) or "none"),
+        ("requests per point / warmup", f"{w['requests_per_point']} / {w['warmup_requests']}"),
+        ("SLOs (client-side)", f"TTFT <= {slo['ttft_slo_ms']:g} ms, TPOT <= {slo['tpot_slo_ms']:g} ms"),
+        ("points ok / configured", f"{s['points_ok']} / {s['points']}"),
+    ]
+    return {
+        "findings": findings,
+        "facts": facts,
+        "tables": [{"caption": "Per point: throughput, client-side latency (ms), SLO attainment, goodput, engine counters",
+                    "html": _table_html(frame), "markdown": _table_markdown(frame)}],
+        "figures": [
+            ("Output-token throughput per point (client-side: output tokens of successful requests / wall time).",
+             "throughput.svg"),
+            ("Client-side TTFT and TPOT p50/p99 per point, with the engine-side mean TTFT from vLLM's histogram "
+             "(log scale).", "latency.svg"),
+            ("Request throughput vs goodput (requests/s meeting both SLOs) and, dashed on the right axis, "
+             "SLO attainment.", "goodput.svg"),
+        ],
+    }

