@@ -64,7 +64,8 @@ def cmd_report(args) -> int:
     if args.markdown:
         render_experiment_markdown(args.experiment, Path(args.results), Path(args.markdown))
     if args.packet:
-        render_packet(Path(args.results), Path(args.packet), args.experiments)
+        render_packet(Path(args.results), Path(args.packet), args.experiments,
+                      json.loads(args.not_run_reasons))
     return 0
 
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown")
     p.add_argument("--packet")
     p.add_argument("--experiments", nargs="*", default=["e0"])
+    p.add_argument("--not-run-reasons", default="{}", help="JSON {experiment: why it was not run}")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -119,6 +119,11 @@ def git_commit(repo: str | os.PathLike | None = None) -> dict[str, Any]:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
         return {"commit": sha, "dirty": dirty}
     except Exception as exc:
+        # A checkout copied without .git (e.g. onto a GPU host) can name its commit itself.
+        declared = os.environ.get("CONTEXT_RESEARCH_GIT_COMMIT")
+        if declared:
+            return {"commit": declared, "dirty": None,
+                    "source": "CONTEXT_RESEARCH_GIT_COMMIT (copy without .git; cleanliness not checked)"}
         return {"commit": None, "dirty": None, "reason": f"{type(exc).__name__}: {exc}"}
 
 

@@ -96,10 +96,13 @@ def render_experiment_markdown(experiment: str, results_root: Path, out: Path) -
     return write_text(out, _env().get_template("experiment.md.j2").render(s=sec))
 
 
-def render_packet(results_root: Path, out: Path, experiments: list[str]) -> Path:
+def render_packet(results_root: Path, out: Path, experiments: list[str],
+                  not_run_reasons: dict[str, str] | None = None) -> Path:
     sections = [section(e, results_root) for e in experiments]
     listed = set(experiments)
-    sections += [{"id": e, "title": t, "ran": False, "reason": "not selected in report.experiments"}
+    reasons = not_run_reasons or {}
+    sections += [{"id": e, "title": t, "ran": False,
+                  "reason": reasons.get(e, "not selected in report.experiments")}
                  for e, t in TITLES.items() if e not in listed]
     sections.sort(key=lambda s: s["id"])
     ran = [s for s in sections if s["ran"]]

@@ -227,3 +227,11 @@ def test_figures_and_packet_section(tmp_path):
     assert [f for _, f in section["figures"]] == ["ttft.svg", "tpot.svg"]
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e1"]).read_text()
     assert 'id="e1"' in packet and ctx.run_id in packet and packet.count("<svg") >= 2
+
+
+def test_packet_states_why_a_left_out_experiment_was_not_run(tmp_path):
+    packet = render_packet(tmp_path, tmp_path / "packet.html", [],
+                           {"e4": "needs real weights & a <tokenizer>"}).read_text()
+    assert "Not run: needs real weights &amp; a &lt;tokenizer&gt;" in packet
+    # Others fall back to the generic reason; nothing claims to have run.
+    assert packet.count("not selected in report.experiments") == 6

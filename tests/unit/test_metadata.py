@@ -30,3 +30,13 @@ def test_run_metadata_has_required_fields():
     gpu = hw["gpu"]
     assert gpu["available"] or gpu["reason"]  # either real GPUs or an explicit reason
     assert meta["weights"] == "random-embedded"
+
+
+def test_git_commit_of_a_copy_without_git_comes_from_the_environment(tmp_path, monkeypatch):
+    from context_research.metadata import git_commit
+    monkeypatch.delenv("CONTEXT_RESEARCH_GIT_COMMIT", raising=False)
+    bare = git_commit(tmp_path)
+    assert bare["commit"] is None and bare["reason"]
+    monkeypatch.setenv("CONTEXT_RESEARCH_GIT_COMMIT", "abc123")
+    declared = git_commit(tmp_path)
+    assert declared["commit"] == "abc123" and declared["dirty"] is None and "not checked" in declared["source"]

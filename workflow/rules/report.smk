@@ -25,8 +25,9 @@ rule packet:
         report("reports/packet.html", caption="../report/packet.rst", category="Evidence packet"),
     params:
         experiments=" ".join(REPORT_EXPERIMENTS),
+        not_run=json.dumps(config["report"]["not_run_reasons"], sort_keys=True),
     log:
         "logs/packet.log",
     shell:
         "context-research report --results results --packet {output} "
-        "--experiments {params.experiments} > {log} 2>&1"
+        "--experiments {params.experiments} --not-run-reasons {params.not_run:q} > {log} 2>&1"
