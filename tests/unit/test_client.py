@@ -48,7 +48,7 @@ def _server(chunks, delay_s, status=200):
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 2**20)  # a 131K-token prompt is ~1 MB of JSON
     app.router.add_post("/v1/completions", handler)
     return app
 
@@ -91,3 +91,37 @@ def test_missing_usage_is_an_error_not_a_guess():
     chunks = [{"choices": [{"index": 0, "text": "a", "token_ids": [5]}]}]
     rec = asyncio.run(_run(_server(chunks, 0), GenerationRequest("r", [1], 4)))
     assert not rec.ok and "usage" in rec.error
+
+
+def test_first_chunk_echoing_a_131k_token_prompt_is_read():
+    # With return_token_ids vLLM's first chunk repeats every prompt token id: ~1 MB of JSON on
+    # one SSE line for a 131K prompt, past aiohttp's 512 KiB line limit (E6 failed on it).
+    prompt = list(range(100_000, 100_000 + 131_072))
+    chunks = [
+        {"choices": [{"index": 0, "text": "", "prompt_token_ids": prompt}]},
+        {"choices": [{"index": 0, "text": "a", "token_ids": [5]}]},
+        {"choices": [{"index": 0, "text": "b", "token_ids": [6], "finish_reason": "length"}]},
+        {"choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": 2}},
+    ]
+    assert len(json.dumps(chunks[0])) > 2 * 524288
+    rec = asyncio.run(_run(_server(chunks, 0), GenerationRequest("r", prompt, 2, prompt_tokens_target=len(prompt))))
+    assert rec.ok, rec.error
+    assert rec.prompt_tokens == 131_072 and rec.token_ids == [5, 6] and rec.text == "ab"
+
+
+def test_sse_lines_split_across_and_within_chunks():
+    from context_research.backends.client import sse_lines
+
+    class Stream:
+        def __init__(self, parts):
+            self.parts = parts
+
+        async def iter_any(self):
+            for p in self.parts:
+                yield p
+
+    async def collect(parts):
+        return [line async for line in sse_lines(Stream(parts))]
+
+    parts = [b"data: {\"a\"", b": 1}\n\ndata: x\n", b"data: tail-without-newline"]
+    assert asyncio.run(collect(parts)) == [b'data: {"a": 1}', b"", b"data: x", b"data: tail-without-newline"]

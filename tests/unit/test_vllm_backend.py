@@ -99,3 +99,23 @@ def _alive(pid):
             return fh.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_client_drops_idle_connections_long_before_the_server_does(tmp_path):
+    """A reused keep-alive connection that the server closes under a request loses that request
+    ("Server disconnected"): the client's idle keep-alive must be far shorter than the server's."""
+    import asyncio
+
+    from context_research.backends.client import CLIENT_KEEPALIVE_S, http_session
+
+    env = VllmServerBackend(MODEL, {**SERVING, "device": "cuda", "env": {}}, tmp_path / "e.log").build_env()
+    server_keep_alive = float(env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"])
+    # aiohttp sweeps idle connections once per keepalive period: one may live up to twice as long.
+    assert server_keep_alive > 2 * CLIENT_KEEPALIVE_S
+
+    async def keepalive_of_session():
+        async with http_session(5.0) as http:
+            return http.connector._keepalive_timeout, http.connector.limit
+
+    keepalive, limit = asyncio.run(keepalive_of_session())
+    assert keepalive == CLIENT_KEEPALIVE_S and limit == 0

@@ -10,6 +10,21 @@ import aiohttp
 
 from ..records import GenerationRequest, RequestRecord, finalize_timing
 
+# The server closes an idle keep-alive connection after VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds
+# (vLLM's default 5; our launcher raises it, see vllm_server.SERVER_KEEP_ALIVE_S). A client that
+# reuses a connection just as the server drops it loses that request with "Server disconnected"
+# (seen on an H200 at the first request of a sweep point). Idle connections are dropped on the
+# client side well before the server would, so a reused connection is always still open.
+CLIENT_KEEPALIVE_S = 2.0
+
+
+def http_session(timeout_s: float) -> aiohttp.ClientSession:
+    """The aiohttp session every measuring client uses: no connection limit, short keep-alive."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=CLIENT_KEEPALIVE_S),
+    )
+
 
 def build_payload(req: GenerationRequest, model_name: str) -> tuple[str, dict[str, Any]]:
     """The endpoint path and JSON body for one request."""
@@ -51,6 +66,26 @@ def _chunk_content(chunk: dict[str, Any]) -> tuple[int, str, list[int] | None, s
     return n, text, ids, choice.get("finish_reason")
 
 
+async def sse_lines(stream: aiohttp.StreamReader):
+    """The lines of a server-sent-event stream, whatever their length.
+
+    aiohttp's line iterator refuses lines over 512 KiB ("LineTooLong"), and with
+    ``return_token_ids`` vLLM's first chunk echoes every prompt token id: about 7 bytes per
+    token, so prompts past ~75K tokens broke it (E6 on an H200). Splitting raw chunks ourselves
+    has no such limit.
+    """
+    buffer = b""
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            yield line
+    if buffer:
+        yield buffer
+
+
 class StreamingClient:
     """One aiohttp session against one server; ``generate`` measures one request."""
 
@@ -61,10 +96,7 @@ class StreamingClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "StreamingClient":
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
-        )
+        self._session = http_session(self.timeout_s)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -90,7 +122,7 @@ class StreamingClient:
                     detail = (await resp.text())[:500]
                     record.error = f"HTTP {resp.status}: {detail}"
                     return record
-                async for raw in resp.content:
+                async for raw in sse_lines(resp.content):
                     line = raw.strip()
                     if not line.startswith(b"data:"):
                         continue

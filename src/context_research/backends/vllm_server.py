@@ -26,6 +26,9 @@ from ..records import GenerationRequest, RequestRecord
 from .base import ServingBackend
 from .client import StreamingClient
 
+# Server-side keep-alive (s) of the engines we launch; must exceed CLIENT_KEEPALIVE_S.
+SERVER_KEEP_ALIVE_S = 60
+
 _LIVE: set["VllmServerBackend"] = set()
 
 
@@ -126,6 +129,9 @@ class VllmServerBackend(ServingBackend):
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         })
+        # Idle keep-alive connections live this long on the server, far beyond the client's own
+        # keep-alive (client.CLIENT_KEEPALIVE_S), so the server never closes one under a request.
+        env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(SERVER_KEEP_ALIVE_S))
         if self.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.serving.get("cpu_kvcache_space_gib", 1)))
         else:

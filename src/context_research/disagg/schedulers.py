@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import aiohttp
 
-from ..backends.client import build_payload
+from ..backends.client import build_payload, http_session
 from ..io import write_jsonl
 from ..records import GenerationRequest, RequestRecord
 from . import connectors
@@ -167,8 +167,7 @@ class Scheduler(abc.ABC):
 
     async def http(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout),
-                                               connector=aiohttp.TCPConnector(limit=0))
+            self._http = http_session(self._timeout)
         return self._http
 
     @abc.abstractmethod

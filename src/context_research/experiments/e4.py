@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..backends.client import http_session
 from ..errors import ConfigError, ContextResearchError
 from ..hashing import sha256_file, sha256_obj
 from ..io import read_json, read_jsonl, write_csv, write_json, write_jsonl
@@ -599,7 +600,6 @@ async def run(session, cfg: dict, ctx) -> dict:
 async def _run_perplexity(session, items: list[tuple[_Pending, list[int]]], max_concurrency: int) -> float:
     import time
 
-    import aiohttp
 
     if not items:
         return 0.0
@@ -611,7 +611,7 @@ async def _run_perplexity(session, items: list[tuple[_Pending, list[int]]], max_
     sem = asyncio.Semaphore(max_concurrency)
     timeout = float(session.backend.serving.get("request_timeout_s", 900))
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+    async with http_session(timeout) as http:
         async def one(item: _Pending, ids: list[int]) -> None:
             async with sem:
                 got = await fetch_prompt_logprobs(http, base_url, session.backend.served_name, ids)
