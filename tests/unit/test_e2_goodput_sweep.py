@@ -20,7 +20,7 @@ TINY = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num
 MODEL = {"name": "embedded", "hf_config": TINY, "path": "/nonexistent", "max_model_len": 2048}
 CFG = {"seed": 3, "prompt_tokens": 256, "max_tokens": 8, "concurrency_levels": [1, 4], "request_rates": [2.0],
        "rate_max_concurrency": None, "requests_per_point": 4, "warmup_requests": 2, "ttft_slo_ms": 100.0,
-       "tpot_slo_ms": 10.0}
+       "tpot_slo_ms": 10.0, "min_waves": 2}
 
 
 def rec(i, ttft, tpot, out=8, prompt=256, error=None):
@@ -132,7 +132,7 @@ def test_run_body_rows_and_summary(tmp_path):
     asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
     frame = pd.read_csv(tmp_path / "concurrency.csv")
     assert list(zip(frame["mode"], frame["level"])) == [("concurrency", 1), ("concurrency", 4), ("rate", 2.0)]
-    assert (frame["status"] == "ok").all() and (frame["n"] == 4).all()
+    assert (frame["status"] == "ok").all() and list(frame["n"]) == [4, 8, 4]  # c4 x 2 waves = 8
     assert (frame["goodput_rps"] <= frame["request_throughput_rps"] + 1e-12).all()
     assert frame["slo_attainment"].between(0, 1).all()
     # 40 ms x concurrency: c=4 -> TTFT 160 ms misses the 100 ms SLO for every request.
@@ -142,12 +142,12 @@ def test_run_body_rows_and_summary(tmp_path):
     assert kinds == ["run", "measure", "measure", "measure"]              # one standard warmup first
     assert session.calls[0][2]["max_concurrency"] == 4                    # warmup at the top level
     ids = [r.request_id for c in session.calls for r in c[1]]
-    assert len(ids) == len(set(ids)) == 2 + 3 * 4
+    assert len(ids) == len(set(ids)) == 2 + 4 + 8 + 4
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["points_ok"] == 3 and s["best_goodput"]["goodput_rps"] == pytest.approx(4.0)
     assert s["local_cache_hit_tokens"] == 0.0 and s["kv_cache_usage_peak"] == pytest.approx(0.04)
     requests = pd.read_csv(tmp_path / "requests.csv")
-    assert len(requests) == 2 + 3 * 4 and set(requests["phase"]) == {"warmup", "measured"}
+    assert len(requests) == 2 + 4 + 8 + 4 and set(requests["phase"]) == {"warmup", "measured"}
 
 
 def test_run_body_too_long_prompt_fails_every_point_without_sending(tmp_path):
@@ -183,3 +183,12 @@ def test_figures_and_packet_section(tmp_path):
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e2"]).read_text()
     assert 'id="e2"' in packet and packet.count("<svg") >= 3 and ctx.run_id in packet
     assert section["tables"][0]["html"].count("<tr") == 1 + 3             # header + one row per point
+
+
+def test_closed_loop_points_send_several_waves():
+    cfg = {"requests_per_point": 16, "min_waves": 4}
+    assert e2.requests_for_point(cfg, "concurrency", 1) == 16
+    assert e2.requests_for_point(cfg, "concurrency", 8) == 32     # 4 waves of 8, not 2
+    assert e2.requests_for_point(cfg, "concurrency", 64) == 256
+    assert e2.requests_for_point(cfg, "rate", 64.0) == 16          # open loop: the count as configured
+    assert e2.requests_for_point({"requests_per_point": 16, "min_waves": 1}, "concurrency", 64) == 64

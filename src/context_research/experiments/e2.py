@@ -36,6 +36,16 @@ def sweep_points(cfg: dict[str, Any]) -> list[tuple[str, float]]:
            [("rate", float(r)) for r in cfg["request_rates"]]
 
 
+def requests_for_point(cfg: dict[str, Any], mode: str, level: float) -> int:
+    """Requests a point sends: ``requests_per_point``, and for a closed-loop point at least
+    ``min_waves`` times its concurrency. With fewer, every request of the point starts at once and
+    the point measures one lock-step wave (all prefills queued together), not steady state."""
+    n = int(cfg["requests_per_point"])
+    if mode == "concurrency":
+        n = max(n, int(cfg.get("min_waves", 1)) * int(level))
+    return n
+
+
 def point_row(mode: str, level: float, records: Sequence[RequestRecord], duration_s: float | None,
               engine: dict[str, Any], ttft_slo_ms: float, tpot_slo_ms: float, prompt_tokens: int,
               max_tokens: int, prefix_caching: bool) -> dict[str, Any]:
@@ -86,7 +96,7 @@ async def measure_point(session: EngineSession, factory: PromptFactory, mode: st
                         cfg: dict[str, Any], point_index: int, prefix_caching: bool,
                         sample_kv_usage: bool = True) -> tuple[dict[str, Any], list[RequestRecord]]:
     """Serve one point between two /metrics scrapes and build its row (also used by benchmarks/)."""
-    n = cfg["requests_per_point"]
+    n = requests_for_point(cfg, mode, level)
     label = f"{mode}={level:g}"
     if mode == "concurrency":
         reqs = factory.requests(f"c{level:g}", n, cfg["prompt_tokens"], cfg["max_tokens"])
@@ -147,7 +157,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     summary = {
         **ctx.stamp(),
         "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "concurrency_levels", "request_rates",
-                                         "rate_max_concurrency", "requests_per_point", "warmup_requests")},
+                                         "rate_max_concurrency", "requests_per_point", "min_waves", "warmup_requests")},
+        "requests_per_point_sent": {f"{m}={lv:g}": requests_for_point(cfg, m, lv) for m, lv in points},
         "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client"},
         "prefix_caching": prefix_caching,
         "points": len(rows),

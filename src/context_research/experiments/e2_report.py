@@ -207,7 +207,8 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("prompt / output tokens", f"{w['prompt_tokens']} / {w['max_tokens']}"),
         ("concurrency levels", ", ".join(map(str, w["concurrency_levels"])) or "none"),
         ("Poisson rates (req/s)", ", ".join(f"{r:g}" for r in w["request_rates"]) or "none"),
-        ("requests per point / warmup", f"{w['requests_per_point']} / {w['warmup_requests']}"),
+        ("requests per point / warmup", f"{w['requests_per_point']} / {w['warmup_requests']}"
+         + (f" (closed loop: at least {w['min_waves']} x concurrency)" if w.get("min_waves", 1) > 1 else "")),
         ("SLOs (client-side)", f"TTFT <= {slo['ttft_slo_ms']:g} ms, TPOT <= {slo['tpot_slo_ms']:g} ms"),
         ("points ok / configured", f"{s['points_ok']} / {s['points']}"),
     ]
