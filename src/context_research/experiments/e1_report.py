@@ -10,6 +10,7 @@ import pandas as pd
 from ..analysis.plots import line_plot
 from ..io import read_json, write_text
 from ..report import provenance_line
+from ..tables import html_table, markdown_table
 
 CLIENT = "our HTTP client, send -> first streamed token"
 ENGINE = "vLLM's vllm:time_to_first_token_seconds histogram"
@@ -38,18 +39,6 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out[cols].rename(columns=TABLE_COLUMNS)
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    return table_frame(frame).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="n/a")
-
-
-def _table_markdown(frame: pd.DataFrame) -> str:
-    t = table_frame(frame)
-    try:
-        return t.to_markdown(index=False, floatfmt=".3f")
-    except ImportError:
-        return t.to_string(index=False)
-
-
 def make_figures(results_dir: Path) -> None:
     frame = load(results_dir)
     meta = read_json(results_dir / "run_metadata.json")
@@ -71,7 +60,7 @@ def make_figures(results_dir: Path) -> None:
     line_plot(tpot, "prompt tokens", [c for c in tpot.columns if c != "prompt tokens"], results_dir / "tpot.svg",
               "E1: time per output token vs prompt length (batch 1)", "prompt tokens", "TPOT (ms)",
               provenance=prov + "; client-side percentiles, engine-side mean", logx=True)
-    write_text(results_dir / "latency.html", _table_html(frame))
+    write_text(results_dir / "latency.html", html_table(table_frame(frame), 3))
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -125,7 +114,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "findings": findings,
         "facts": facts,
         "tables": [{"caption": "Latency per prompt length (ms; client-side unless marked engine)",
-                    "html": _table_html(frame), "markdown": _table_markdown(frame)}],
+                    "html": html_table(table_frame(frame), 3), "markdown": markdown_table(table_frame(frame), 3)}],
         "figures": [
             ("TTFT vs prompt length: client-side p50/p95/p99 (our HTTP client) and the engine-side mean from "
              "vLLM's TTFT histogram; the datasheet floor where the GPU is known.", "ttft.svg"),

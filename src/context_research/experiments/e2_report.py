@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
+from ..tables import html_table, markdown_table  # noqa: E402
 from .e2 import MODES  # noqa: E402
 
 # Same settings as analysis.plots: text stays searchable SVG text, bytes are reproducible.
@@ -115,18 +116,6 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    return table_frame(frame).to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="n/a")
-
-
-def _table_markdown(frame: pd.DataFrame) -> str:
-    t = table_frame(frame)
-    try:
-        return t.to_markdown(index=False, floatfmt=".3f")
-    except ImportError:
-        return t.to_string(index=False)
-
-
 def make_figures(results_dir: Path) -> None:
     frame = load(results_dir)
     meta = read_json(results_dir / "run_metadata.json")
@@ -148,7 +137,7 @@ def make_figures(results_dir: Path) -> None:
                 f"E2: goodput, SLOs TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= {slo['tpot_slo_ms']:g} ms",
                 "requests/s", provenance=prov + "; client-side",
                 secondary=("slo_attainment", "SLO attainment", "SLO attainment (fraction)"))
-    write_text(results_dir / "concurrency.html", _table_html(frame))
+    write_text(results_dir / "concurrency.html", html_table(table_frame(frame), 3))
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -216,7 +205,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "findings": findings,
         "facts": facts,
         "tables": [{"caption": "Per point: throughput, client-side latency (ms), SLO attainment, goodput, engine counters",
-                    "html": _table_html(frame), "markdown": _table_markdown(frame)}],
+                    "html": html_table(table_frame(frame), 3), "markdown": markdown_table(table_frame(frame), 3)}],
         "figures": [
             ("Output-token throughput per point (client-side: output tokens of successful requests / wall time).",
              "throughput.svg"),

@@ -10,6 +10,7 @@ import pandas as pd
 from ..analysis.plots import line_plot, stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
+from ..tables import html_table, markdown_table
 
 TABLE_COLUMNS = {
     "benchmark": "benchmark", "task": "task", "context_tokens": "context", "n_ok": "ok / n",
@@ -39,18 +40,6 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    return table_frame(frame).to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0, na_rep="n/a")
-
-
-def _table_markdown(frame: pd.DataFrame) -> str:
-    t = table_frame(frame)
-    try:
-        return t.to_markdown(index=False, floatfmt=".2f")
-    except ImportError:
-        return t.to_string(index=False)
-
-
 def _provenance(meta: dict, summary: dict) -> str:
     prov = provenance_line(meta) + "; scored on the client from the served text"
     if not summary.get("meaningful"):
@@ -72,7 +61,7 @@ def make_figures(results_dir: Path) -> None:
     line_plot(ruler, "context_tokens", ["score"], results_dir / "ruler.svg",
               "E4: RULER score vs context length" + title_tail, "context length (tokens)", "score (0-100)",
               provenance=prov, logx=True, group="task")
-    write_text(results_dir / "quality.html", _table_html(frame))
+    write_text(results_dir / "quality.html", html_table(table_frame(frame), 2))
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -123,7 +112,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "findings": findings,
         "facts": facts,
         "tables": [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
-                    "html": _table_html(frame), "markdown": _table_markdown(frame)}],
+                    "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}],
         "figures": [("Score per task (0-100; PG19 perplexity is in the table).", "quality.svg"),
                     ("RULER score per task vs context length.", "ruler.svg")],
     }

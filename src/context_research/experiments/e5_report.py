@@ -10,6 +10,7 @@ import pandas as pd
 from ..analysis.plots import stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
+from ..tables import html_table, markdown_table
 
 # Stacked components (GiB) in drawing order, with the legend label each gets.
 COMPONENTS = {
@@ -66,8 +67,7 @@ def make_figures(results_dir: Path) -> None:
     stacked_bar(bars, "point", list(COMPONENTS.values()), results_dir / "memory.svg",
                 "E5: memory per prompt length (one engine start)", "GiB",
                 provenance=provenance_line(meta) + ", vLLM memory profile + /metrics gauge")
-    write_text(results_dir / "memory.html", _table(frame).to_html(index=False, border=0, na_rep="n/a",
-                                                                  float_format=lambda v: f"{v:.4f}"))
+    write_text(results_dir / "memory.html", html_table(_table(frame), 4))
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -125,14 +125,11 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("NVML peak used (GiB)", _fmt(frame["nvml_peak_used_gib"].max(), 2) if "nvml_peak_used_gib" in frame else "n/a"),
     ]
     table = _table(frame)
-    try:
-        markdown = table.to_markdown(index=False, floatfmt=".4f")
-    except ImportError:
-        markdown = table.to_string(index=False)
+    markdown = markdown_table(table, 4)
     return {
         "findings": findings,
         "facts": facts,
-        "tables": [{"caption": "Memory per point (GiB)", "html": table.to_html(index=False, border=0, na_rep="n/a"),
+        "tables": [{"caption": "Memory per point (GiB)", "html": html_table(table, 4),
                     "markdown": markdown}],
         "figures": [("Memory per prompt length: vLLM's profile components and the KV cache split into used "
                      "and unused.", "memory.svg")],

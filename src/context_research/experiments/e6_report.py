@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
+from ..tables import html_table, markdown_table  # noqa: E402
 
 _RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
 
@@ -68,8 +69,7 @@ def make_figures(results_dir: Path) -> None:
             write_figure(results_dir / "stress.svg", fig)
         finally:
             plt.close(fig)
-    write_text(results_dir / "stress.html", _table(frame).to_html(index=False, border=0, na_rep="n/a",
-                                                                  float_format=lambda v: f"{v:.4f}"))
+    write_text(results_dir / "stress.html", html_table(_table(frame), 4))
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -133,14 +133,11 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                                                  for k in ("ok", "failed", "unsupported"))),
     ]
     table = _table(frame)
-    try:
-        markdown = table.to_markdown(index=False, floatfmt=".4f")
-    except ImportError:
-        markdown = table.to_string(index=False)
+    markdown = markdown_table(table, 4)
     return {
         "findings": findings,
         "facts": facts,
-        "tables": [{"caption": "Stress points", "html": table.to_html(index=False, border=0, na_rep="n/a"),
+        "tables": [{"caption": "Stress points", "html": html_table(table, 4),
                     "markdown": markdown}],
         "figures": [("TTFT and TPOT per target prompt length past the native context; red crosses are failed "
                      "targets.", "stress.svg")],

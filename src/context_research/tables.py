@@ -1,0 +1,17 @@
+"""Report tables: one HTML and one Markdown rendering of a pandas table for every experiment."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def html_table(table: pd.DataFrame, decimals: int = 3) -> str:
+    return table.to_html(index=False, float_format=lambda v: f"{v:.{decimals}f}", border=0, na_rep="n/a")
+
+
+def markdown_table(table: pd.DataFrame, decimals: int = 3) -> str:
+    """Markdown via tabulate (pandas' optional dependency); plain text where it is missing."""
+    try:
+        return table.to_markdown(index=False, floatfmt=f".{decimals}f")
+    except ImportError:
+        return table.to_string(index=False)
