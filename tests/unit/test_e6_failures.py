@@ -25,6 +25,8 @@ CUDA_OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 G
     (OVER_LENGTH, "over_length_limit"), (KV_CAPACITY, "kv_cache_capacity"), (FP8_CPU, "unsupported"),
     (CUDA_OOM, "oom"), ("TimeoutError: request timed out", "timeout"),
     ("HTTP 500: Internal Server Error", "server_error"), ("", "server_error"),
+    # What the H200 run recorded at 98,304 tokens before the SSE fix: a client-side read failure.
+    ("LineTooLong: 400, message:\n  Got more than 524288 bytes when reading: b'data: {\"id\"...'", "client_error"),
 ])
 def test_classify_failure(text, kind):
     assert classify_failure(text) == kind

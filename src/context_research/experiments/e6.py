@@ -8,7 +8,8 @@ original x factor). The engine serves it with ``max_model_len`` = ``experiments.
 
 One request per target prompt length, one at a time, each recording TTFT, TPOT (client and
 engine side) and memory (peak KV gauge, peak RSS of the engine process tree, NVML peak). A point
-that fails (over the length limit, out of memory, engine crash, server error) is a row with
+that fails (over the length limit, out of memory, engine crash, server error, a reply the client
+could not read) is a row with
 ``status="failed"``, a ``failure_kind`` and the engine's reason. When
 ``kv_cache_dtype_fallback`` is set, the targets that failed for memory are retried on a second
 engine started with ``--kv-cache-dtype <fallback>``; a fallback the engine refuses (e.g. fp8 KV
@@ -178,6 +179,8 @@ _FAILURE_PATTERNS = (
                           r"prompt is too long"),
     ("unsupported", r"NotImplementedError|is not supported|not implemented|Unsupported|requires x86 with"),
     ("timeout", r"TimeoutError|timed out"),
+    # The server answered but the client could not read the answer: our side, not the engine's.
+    ("client_error", r"LineTooLong|ClientPayloadError|JSONDecodeError|server sent no usage block"),
 )
 
 
