@@ -25,6 +25,12 @@ class GenerationRequest:
     chat: bool = False  # send through /v1/chat/completions with the chat template
     # Offset (s) from the start of the run at which the scheduler should send it (None = now).
     scheduled_offset_s: float | None = None
+    # Ask vLLM for the generated token ids (``return_token_ids``). Off by default: vLLM then also
+    # echoes every PROMPT token id in the first streamed chunk (~7 bytes per token), which the
+    # client must receive and parse before it can timestamp the first token, so TTFT would grow
+    # with the prompt length for reasons outside the engine. Set it only where ids are compared
+    # (E0's determinism check).
+    return_token_ids: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

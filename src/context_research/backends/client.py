@@ -35,9 +35,11 @@ def build_payload(req: GenerationRequest, model_name: str) -> tuple[str, dict[st
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": req.ignore_eos,
-        # Token ids per chunk, so multi-token chunks and non-printing tokens are counted.
-        "return_token_ids": True,
     }
+    if req.return_token_ids:
+        # Token ids per chunk, so multi-token chunks and non-printing tokens are counted; costs a
+        # first chunk that echoes every prompt token id (see GenerationRequest.return_token_ids).
+        common["return_token_ids"] = True
     if req.seed is not None:
         common["seed"] = req.seed
     if req.chat:
@@ -53,7 +55,14 @@ def build_payload(req: GenerationRequest, model_name: str) -> tuple[str, dict[st
 
 
 def _chunk_content(chunk: dict[str, Any]) -> tuple[int, str, list[int] | None, str | None]:
-    """(new tokens, new text, new token ids, finish_reason) carried by one streamed chunk."""
+    """(new tokens, new text, new token ids, finish_reason) carried by one streamed chunk.
+
+    With token ids (``return_token_ids``) the count is exact. Without them a chunk counts as one
+    token if it carries text and none otherwise: a chunk whose tokens decode to no text (a
+    special token, half of a multi-byte character held back by the detokenizer) is not timed,
+    so ITL and the chunk count are per text-carrying chunk. Output token totals (TPOT) always
+    come from the server's ``usage.completion_tokens``, never from this count.
+    """
     choices = chunk.get("choices") or []
     if not choices:
         return 0, "", None, None
@@ -72,18 +81,21 @@ async def sse_lines(stream: aiohttp.StreamReader):
     aiohttp's line iterator refuses lines over 512 KiB ("LineTooLong"), and with
     ``return_token_ids`` vLLM's first chunk echoes every prompt token id: about 7 bytes per
     token, so prompts past ~75K tokens broke it (E6 on an H200). Splitting raw chunks ourselves
-    has no such limit.
+    has no such limit. The buffer is a bytearray (appended in place, consumed up to the last
+    newline), so a line that arrives in many network chunks costs linear, not quadratic, time.
     """
-    buffer = b""
+    buffer = bytearray()
     async for chunk in stream.iter_any():
         buffer += chunk
         if b"\n" not in chunk:
             continue
-        *lines, buffer = buffer.split(b"\n")
+        end = buffer.rindex(b"\n")
+        lines = bytes(buffer[:end]).split(b"\n")
+        del buffer[:end + 1]
         for line in lines:
             yield line
     if buffer:
-        yield buffer
+        yield bytes(buffer)
 
 
 class StreamingClient:
