@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .metadata import gpu_inventory
 from .prompts import token_id_prompt
@@ -122,6 +122,29 @@ def ttft_gap_columns(client_ttft_ms_mean: float | None, engine_ttft_ms_mean: flo
         return {"ttft_client_minus_engine_ms": None, "ttft_client_over_engine": None}
     return {"ttft_client_minus_engine_ms": client_ttft_ms_mean - engine_ttft_ms_mean,
             "ttft_client_over_engine": client_ttft_ms_mean / engine_ttft_ms_mean if engine_ttft_ms_mean > 0 else None}
+
+
+def sweep_summary(rows: Sequence[dict[str, Any]], point_key: Callable[[dict[str, Any]], dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """The sweep-level fields E1 and E2 both put in ``summary.json``, from their point rows.
+
+    ``point_key(row)`` names a point in ``failed_points`` (e.g. ``{"prompt_tokens": 128}``).
+    ``local_cache_hit_tokens`` sums over EVERY row with a value, failed points included: a point
+    failed for prefix-cache hits must show its hits here (None when no row has a value).
+    """
+    ok = [r for r in rows if r["status"] == "ok"]
+    gaps = [r["ttft_client_minus_engine_ms"] for r in rows if r.get("ttft_client_minus_engine_ms") is not None]
+    hits = [r["local_cache_hit_tokens"] for r in rows if r.get("local_cache_hit_tokens") is not None]
+    return {
+        "points": len(rows),
+        "points_ok": len(ok),
+        "failed_points": [{**point_key(r), "reason": r["reason"]} for r in rows if r["status"] != "ok"],
+        "prompt_tokens_mismatches": int(sum(r["prompt_tokens_mismatches"] for r in rows)),
+        "local_cache_hit_tokens": float(sum(hits)) if hits else None,
+        "ttft_client_minus_engine_ms_mean": sum(gaps) / len(gaps) if gaps else None,
+        "ttft_client_minus_engine_ms_min": min(gaps) if gaps else None,
+        "ttft_client_minus_engine_ms_max": max(gaps) if gaps else None,
+    }
 
 
 def request_rows(records: Sequence[RequestRecord], **keys: Any) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
 from context_research.report import render_packet
 from context_research.workload import (PromptFactory, context_overflow, local_cache_hit_tokens, point_status,
-                                       prompt_length_mismatches)
+                                       prompt_length_mismatches, sweep_summary)
 
 REPO = Path(__file__).resolve().parents[2]
 QWEN3_8B = json.loads((REPO / "config/models/qwen3-8b/config.json").read_text())
@@ -207,6 +207,46 @@ def test_run_body_flags_a_prompt_length_mismatch(tmp_path):
     assert list(frame["status"]) == ["ok", "failed"] and frame.loc[1, "prompt_tokens_mismatches"] == 3
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["prompt_tokens_mismatches"] == 3 and summary["failed_points"][0]["prompt_tokens"] == 256
+
+
+class CacheHitSession(FakeSession):
+    """The engine reports prefix-cache hits for the 256-token point only."""
+
+    async def measure(self, requests, **kwargs):
+        out = await super().measure(requests, **kwargs)
+        if len(requests[0].prompt) == 256:
+            out["engine"]["engine_prompt_tokens_by_source"] = {"local_compute": 700.0, "local_cache_hit": 68.0}
+        return out
+
+
+def test_summary_counts_cache_hits_of_a_failed_point(tmp_path):
+    # A point failed for prefix-cache hits must not vanish from the summary (sums over all rows, as E2).
+    result = asyncio.run(e1.run(CacheHitSession(), {**CFG, "prompt_tokens": [128, 256]}, _ctx(tmp_path, "e1")))
+    frame = pd.read_csv(tmp_path / "latency.csv")
+    assert list(frame["status"]) == ["ok", "failed"] and "68 prompt tokens were prefix-cache hits" in frame.loc[1, "reason"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["local_cache_hit_tokens"] == 68.0 and result["local_cache_hit_tokens"] == 68.0
+    assert summary["points"] == 2 and summary["points_ok"] == 1
+    assert summary["failed_points"] == [{"prompt_tokens": 256, "reason": frame.loc[1, "reason"]}]
+    assert summary["ttft_client_minus_engine_ms_min"] == pytest.approx(2.0)
+
+
+def test_sweep_summary_helper():
+    rows = [{"status": "ok", "reason": "", "k": 1, "prompt_tokens_mismatches": 0, "local_cache_hit_tokens": None,
+             "ttft_client_minus_engine_ms": 1.0},
+            {"status": "failed", "reason": "hits", "k": 2, "prompt_tokens_mismatches": 2,
+             "local_cache_hit_tokens": 5.0, "ttft_client_minus_engine_ms": 3.0}]
+    s = sweep_summary(rows, lambda r: {"k": r["k"]})
+    assert (s["points"], s["points_ok"], s["prompt_tokens_mismatches"], s["local_cache_hit_tokens"]) == (2, 1, 2, 5.0)
+    assert s["failed_points"] == [{"k": 2, "reason": "hits"}]
+    assert (s["ttft_client_minus_engine_ms_mean"], s["ttft_client_minus_engine_ms_min"],
+            s["ttft_client_minus_engine_ms_max"]) == (2.0, 1.0, 3.0)
+    assert sweep_summary([{**rows[0]}], lambda r: {})["local_cache_hit_tokens"] is None
+
+
+def test_failed_point_row_uses_the_model_config_for_the_floor_note():
+    row = e1.failed_point_row(40000, 16, "too long", False, "NVIDIA H200", QWEN3_8B)
+    assert "H200" in row["floor_note"] and row["ttft_floor_ms"] is not None and row["ttft_efficiency"] is None
 
 
 def test_figures_and_packet_section(tmp_path):

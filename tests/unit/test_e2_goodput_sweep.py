@@ -192,3 +192,34 @@ def test_closed_loop_points_send_several_waves():
     assert e2.requests_for_point(cfg, "concurrency", 64) == 256
     assert e2.requests_for_point(cfg, "rate", 64.0) == 16          # open loop: the count as configured
     assert e2.requests_for_point({"requests_per_point": 16, "min_waves": 1}, "concurrency", 64) == 64
+
+
+def test_shared_fmt_is_nan_safe():
+    import numpy as np
+
+    from context_research.tables import fmt
+    assert fmt(None) == fmt(float("nan")) == fmt(np.float32("nan")) == "n/a"
+    assert fmt(1.23456) == "1.23" and fmt(np.float64(2.5), 1) == "2.5" and fmt(3, 0) == "3"
+
+
+def test_run_context_frame_stamps_rows_and_orders_columns(tmp_path):
+    ctx = _ctx(tmp_path)
+    frame = ctx.frame([{"b": 1, "a": 2}, {"a": 3}], columns=["a", "b"])
+    assert list(frame.columns) == ["a", "b", *ctx.stamp()]
+    assert list(frame["a"]) == [2, 3] and (frame["run_id"] == ctx.run_id).all()
+    assert list(ctx.frame([{"x": 1}]).columns) == ["x", *ctx.stamp()]
+    assert len(ctx.frame([])) == 0 and "run_id" in ctx.frame([]).columns
+
+
+def test_summary_sums_cache_hits_over_every_point(tmp_path):
+    class HitSession(FakeSession):
+        async def measure(self, requests, **kwargs):
+            out = await super().measure(requests, **kwargs)
+            if requests[0].request_id.startswith("r"):
+                out["engine"]["engine_prompt_tokens_by_source"] = {"local_compute": 1.0, "local_cache_hit": 32.0}
+            return out
+
+    asyncio.run(e2.run(HitSession(), CFG, _ctx(tmp_path)))
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["local_cache_hit_tokens"] == 32.0 and s["points_ok"] == 2
+    assert s["failed_points"][0]["mode"] == "rate" and "32 prompt tokens" in s["failed_points"][0]["reason"]

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import pandas as pd
-
 from ..analysis.hardware import lookup_gpu
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..errors import ConfigError
 from ..io import write_csv, write_json
 from ..records import RequestRecord
+from ..tables import fmt as _fmt
 from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
-                        point_status, prompt_length_mismatches, request_rows, ttft_gap_columns)
+                        point_status, prompt_length_mismatches, request_rows, sweep_summary,
+                        ttft_gap_columns)
 from .runner import RunContext
 from .session import EngineSession
 
@@ -82,18 +82,14 @@ def point_row(prompt_tokens: int, max_tokens: int, records: Sequence[RequestReco
 
 
 def failed_point_row(prompt_tokens: int, max_tokens: int, reason: str, prefix_caching: bool,
-                     gpu_name: str | None = None) -> dict[str, Any]:
-    """A point that was not (or could not be) measured: same columns, no numbers, the reason."""
-    row = point_row(prompt_tokens, max_tokens, [], {}, None, gpu_name, prefix_caching)
+                     gpu_name: str | None = None, hf_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A point that was not (or could not be) measured: same columns, no numbers, the reason.
+
+    ``hf_config`` is the model's config.json, so the floor note says what a measured point's
+    would (a datasheet floor on a known GPU, not "config.json unavailable")."""
+    row = point_row(prompt_tokens, max_tokens, [], {}, hf_config, gpu_name, prefix_caching)
     row.update({"status": "failed", "reason": reason})
     return row
-
-
-def latency_frame(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for key, value in stamp.items():
-        frame[key] = value
-    return frame
 
 
 def _check(cfg: dict[str, Any]) -> None:
@@ -116,7 +112,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     for n in cfg["prompt_tokens"]:
         too_long = context_overflow(n, max_tokens, max_len, profile)
         if too_long:
-            rows.append(failed_point_row(n, max_tokens, too_long, prefix_caching, gpu_name))
+            rows.append(failed_point_row(n, max_tokens, too_long, prefix_caching, gpu_name, model.get("hf_config")))
             progress.point(f"{n} prompt tokens", "failed: " + too_long)
             continue
         # Standard warmup: the same shape as the measured requests, outside the /metrics window.
@@ -132,11 +128,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         rows.append(row)
         progress.point(f"{n} prompt tokens", f"{row['status']}, TTFT p50 {_fmt(row['ttft_ms_p50'])} ms, "
                                              f"TPOT p50 {_fmt(row['tpot_ms_p50'])} ms")
-    frame = latency_frame(rows, ctx.stamp())
-    write_csv(ctx.outdir / "latency.csv", frame)
-    write_csv(ctx.outdir / "requests.csv", latency_frame(requests, ctx.stamp()))
-    ok = [r for r in rows if r["status"] == "ok"]
-    gaps = [r["ttft_client_minus_engine_ms"] for r in rows if r["ttft_client_minus_engine_ms"] is not None]
+    write_csv(ctx.outdir / "latency.csv", ctx.frame(rows))
+    write_csv(ctx.outdir / "requests.csv", ctx.frame(requests))
     summary = {
         **ctx.stamp(),
         "workload": {"seed": cfg["seed"], "prompt_tokens": cfg["prompt_tokens"], "max_tokens": max_tokens,
@@ -145,21 +138,9 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "prefix_caching": prefix_caching,
         "gpu": gpu_name,
         "floor_note": rows[0]["floor_note"] if rows else None,
-        "points": len(rows),
-        "points_ok": len(ok),
-        "failed_points": [{"prompt_tokens": r["prompt_tokens"], "reason": r["reason"]}
-                          for r in rows if r["status"] != "ok"],
-        "prompt_tokens_mismatches": int(sum(r["prompt_tokens_mismatches"] for r in rows)),
-        "local_cache_hit_tokens": (None if all(r["local_cache_hit_tokens"] is None for r in ok)
-                                   else float(sum(r["local_cache_hit_tokens"] or 0 for r in ok))),
-        "ttft_client_minus_engine_ms_mean": sum(gaps) / len(gaps) if gaps else None,
-        "ttft_client_minus_engine_ms_min": min(gaps) if gaps else None,
-        "ttft_client_minus_engine_ms_max": max(gaps) if gaps else None,
+        **sweep_summary(rows, lambda r: {"prompt_tokens": r["prompt_tokens"]}),
     }
     write_json(ctx.outdir / "summary.json", summary)
-    return {"points": len(rows), "points_ok": len(ok), "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
+    return {"points": summary["points"], "points_ok": summary["points_ok"], "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
             "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}
 
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"

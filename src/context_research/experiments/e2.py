@@ -18,13 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import pandas as pd
-
 from ..analysis.latency import goodput, latency_row, meets_slo, poisson_schedule
 from ..io import write_csv, write_json
 from ..records import RequestRecord
+from ..tables import fmt as _f
 from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, point_status,
-                        prompt_length_mismatches, request_rows, ttft_gap_columns)
+                        prompt_length_mismatches, request_rows, sweep_summary, ttft_gap_columns)
 from .runner import RunContext
 from .session import EngineSession
 
@@ -115,13 +114,6 @@ async def measure_point(session: EngineSession, factory: PromptFactory, mode: st
     return row, records
 
 
-def stamped(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for key, value in stamp.items():
-        frame[key] = value
-    return frame
-
-
 async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     model = session.model
     prefix_caching = bool(session.backend.serving.get("enable_prefix_caching"))
@@ -149,11 +141,9 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         progress.point(f"{mode}={level:g}", f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, "
                                             f"goodput {_f(row['goodput_rps'])} req/s, "
                                             f"TTFT p99 {_f(row['ttft_ms_p99'])} ms")
-    write_csv(ctx.outdir / "concurrency.csv", stamped(rows, ctx.stamp()))
-    write_csv(ctx.outdir / "requests.csv", stamped(requests, ctx.stamp()))
-    ok = [r for r in rows if r["status"] == "ok"]
-    gaps = [r["ttft_client_minus_engine_ms"] for r in rows if r["ttft_client_minus_engine_ms"] is not None]
-    hits = [r["local_cache_hit_tokens"] for r in rows if r["local_cache_hit_tokens"] is not None]
+    write_csv(ctx.outdir / "concurrency.csv", ctx.frame(rows))
+    write_csv(ctx.outdir / "requests.csv", ctx.frame(requests))
+    sweep = sweep_summary(rows, lambda r: {"mode": r["mode"], "level": r["level"]})
     summary = {
         **ctx.stamp(),
         "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "concurrency_levels", "request_rates",
@@ -161,23 +151,18 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "requests_per_point_sent": {f"{m}={lv:g}": requests_for_point(cfg, m, lv) for m, lv in points},
         "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client"},
         "prefix_caching": prefix_caching,
-        "points": len(rows),
-        "points_ok": len(ok),
-        "failed_points": [{"mode": r["mode"], "level": r["level"], "reason": r["reason"]}
-                          for r in rows if r["status"] != "ok"],
-        "prompt_tokens_mismatches": int(sum(r["prompt_tokens_mismatches"] for r in rows)),
-        "local_cache_hit_tokens": float(sum(hits)) if hits else None,
+        **{k: sweep[k] for k in ("points", "points_ok", "failed_points", "prompt_tokens_mismatches",
+                                 "local_cache_hit_tokens")},
         "best_goodput": _best(rows, "goodput_rps"),
         "best_output_throughput": _best(rows, "output_throughput_tok_s"),
-        "ttft_client_minus_engine_ms_mean": sum(gaps) / len(gaps) if gaps else None,
-        "ttft_client_minus_engine_ms_min": min(gaps) if gaps else None,
-        "ttft_client_minus_engine_ms_max": max(gaps) if gaps else None,
+        **{k: sweep[k] for k in ("ttft_client_minus_engine_ms_mean", "ttft_client_minus_engine_ms_min",
+                                 "ttft_client_minus_engine_ms_max")},
         "total_preemptions": float(sum(r["engine_preemptions"] or 0 for r in rows)),
         "kv_cache_usage_peak": max((r["engine_kv_cache_usage_peak"] for r in rows
                                     if r["engine_kv_cache_usage_peak"] is not None), default=None),
     }
     write_json(ctx.outdir / "summary.json", summary)
-    return {"points": len(rows), "points_ok": len(ok), "best_goodput": summary["best_goodput"],
+    return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
             "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
 
 
@@ -188,6 +173,3 @@ def _best(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     best = max(cands, key=lambda r: r[key])
     return {"mode": best["mode"], "level": best["level"], key: best[key]}
 
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"

@@ -6,7 +6,9 @@ import asyncio
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
+
+import pandas as pd
 
 from ..backends.base import make_backend
 from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
@@ -33,6 +35,14 @@ class RunContext:
     def stamp(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "run_id": self.run_id, "config_hash": self.config_hash,
                 "backend_mode": self.backend_mode, "weights": self.weights, "model_id": self.model_id}
+
+    def frame(self, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """``rows`` as a DataFrame (in ``columns`` order when given), every row stamped with the
+        run's identity columns (``stamp()``) after the data columns."""
+        frame = pd.DataFrame(rows, columns=list(columns) if columns is not None else None)
+        for key, value in self.stamp().items():
+            frame[key] = value
+        return frame
 
 
 Body = Callable[[EngineSession, dict, RunContext], Awaitable[dict | None]]
