@@ -1,5 +1,6 @@
 import json
 
+from context_research import prompts
 from context_research.prompts import regular_token_range, token_id_prompt
 
 
@@ -28,3 +29,22 @@ def test_prompts_are_exact_seeded_and_prefix_unique(tmp_path):
     assert all(low <= t < high for t in a)
     p0, p1 = (token_id_prompt(100, 7, model, unique_prefix=i) for i in (0, 1))
     assert p0[:2] != p1[:2] and p0[2:] == p1[2:]
+
+
+def test_tokenizer_json_is_parsed_once_per_file_version(tmp_path, monkeypatch):
+    model = _tok(tmp_path, [0, 1, 2], 3070)
+    reads = []
+    real = prompts.Path.read_text
+
+    def counting(self, *a, **k):
+        reads.append(self.name)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(prompts.Path, "read_text", counting)
+    first = regular_token_range(model)
+    for seed in range(5):
+        token_id_prompt(64, seed, model)
+    assert reads == ["tokenizer.json"] and regular_token_range(model) == first
+    # A changed file is read again.
+    _tok(tmp_path, [0, 1, 2, 3], 3060)
+    assert regular_token_range(model) == (4 + 256, 3060) and reads == ["tokenizer.json"] * 2
