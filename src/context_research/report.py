@@ -30,7 +30,8 @@ TITLES = {
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("context_research", "templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"]) if False else False,
+        # Off: sections hand in pre-rendered HTML tables and SVG; the template escapes text itself.
+        autoescape=False,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+from typing import Any
+
 import pandas as pd
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    """``x`` with ``nd`` decimals; "n/a" for None and NaN (float or numpy), so a missing CSV cell
+    and a missing JSON value print alike."""
+    if x is None or (isinstance(x, Real) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}"
 
 
 def html_table(table: pd.DataFrame, decimals: int = 3) -> str:

@@ -35,6 +35,18 @@ def test_chat_payload_turns_thinking_off():
     assert body["stream"] and body["stream_options"] == {"include_usage": True}
 
 
+def test_payload_asks_for_token_ids_only_when_the_request_does():
+    # Default off: vLLM would echo every prompt token id in the first chunk and inflate client TTFT.
+    _, body = build_payload(GenerationRequest("p", [1, 2, 3], 8), "m")
+    assert "return_token_ids" not in body
+    _, body = build_payload(GenerationRequest("c", "hi", 8, chat=True), "m")
+    assert "return_token_ids" not in body
+    _, body = build_payload(GenerationRequest("p", [1, 2, 3], 8, return_token_ids=True), "m")
+    assert body["return_token_ids"] is True
+    _, body = build_payload(GenerationRequest("c", "hi", 8, chat=True, return_token_ids=True), "m")
+    assert body["return_token_ids"] is True
+
+
 def _server(chunks, delay_s, status=200):
     async def handler(request):
         body = await request.json()
@@ -73,13 +85,28 @@ def test_stream_is_timed_per_chunk_and_counts_come_from_usage():
         {"choices": [{"index": 0, "text": "bc", "token_ids": [7, 8], "finish_reason": "length"}]},
         {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
     ]
-    rec = asyncio.run(_run(_server(chunks, 0.05), GenerationRequest("r", [1, 2, 3], 4, prompt_tokens_target=3)))
+    rec = asyncio.run(_run(_server(chunks, 0.05), GenerationRequest("r", [1, 2, 3], 4, prompt_tokens_target=3,
+                                                                    return_token_ids=True)))
     assert rec.ok, rec.error
     assert rec.token_ids == [5, 6, 7, 8] and rec.text == "abc"
     assert rec.prompt_tokens == 3 and rec.output_tokens == 4 and rec.finish_reason == "length"
     assert len(rec.itl_s) == 2                       # three token-carrying chunks
     assert rec.ttft_s >= 0.05 and rec.e2e_s >= rec.ttft_s + 0.1
     assert rec.tpot_s == pytest.approx((rec.e2e_s - rec.ttft_s) / 3)
+
+
+def test_without_token_ids_chunks_are_counted_by_text_and_totals_by_usage():
+    chunks = [
+        {"choices": [{"index": 0, "text": "a"}]},
+        {"choices": [{"index": 0, "text": ""}]},                     # non-printing: not timed
+        {"choices": [{"index": 0, "text": "bc", "finish_reason": "length"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+    ]
+    rec = asyncio.run(_run(_server(chunks, 0.05), GenerationRequest("r", [1, 2, 3], 4, prompt_tokens_target=3)))
+    assert rec.ok, rec.error
+    assert rec.token_ids is None and rec.text == "abc" and rec.output_tokens == 4
+    assert len(rec.itl_s) == 1                       # two text-carrying chunks
+    assert rec.tpot_s == pytest.approx((rec.e2e_s - rec.ttft_s) / 3)   # usage count, not chunk count
 
 
 def test_http_error_becomes_a_failed_record():
@@ -104,7 +131,8 @@ def test_first_chunk_echoing_a_131k_token_prompt_is_read():
         {"choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": 2}},
     ]
     assert len(json.dumps(chunks[0])) > 2 * 524288
-    rec = asyncio.run(_run(_server(chunks, 0), GenerationRequest("r", prompt, 2, prompt_tokens_target=len(prompt))))
+    rec = asyncio.run(_run(_server(chunks, 0), GenerationRequest("r", prompt, 2, prompt_tokens_target=len(prompt),
+                                                                 return_token_ids=True)))
     assert rec.ok, rec.error
     assert rec.prompt_tokens == 131_072 and rec.token_ids == [5, 6] and rec.text == "ab"
 
@@ -125,3 +153,21 @@ def test_sse_lines_split_across_and_within_chunks():
 
     parts = [b"data: {\"a\"", b": 1}\n\ndata: x\n", b"data: tail-without-newline"]
     assert asyncio.run(collect(parts)) == [b'data: {"a": 1}', b"", b"data: x", b"data: tail-without-newline"]
+
+
+def test_sse_lines_long_line_in_many_pieces():
+    from context_research.backends.client import sse_lines
+
+    class Stream:
+        async def iter_any(self):
+            line = b"data: " + b"7" * 200_000
+            for i in range(0, len(line), 100):
+                yield line[i:i + 100]
+            yield b"\ndata: [DONE]\n"
+
+    async def collect():
+        return [line async for line in sse_lines(Stream())]
+
+    lines = asyncio.run(collect())
+    assert lines == [b"data: " + b"7" * 200_000, b"data: [DONE]"]
+    assert all(type(line) is bytes for line in lines)

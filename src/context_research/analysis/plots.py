@@ -19,13 +19,18 @@ import pandas as pd  # noqa: E402
 
 from context_research.io import write_figure  # noqa: E402
 
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
+# Text stays searchable SVG text, and the bytes are reproducible (fixed hash salt).
+SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
 
 
-def _check_provenance(provenance: str) -> str:
+def check_provenance(provenance: str) -> str:
+    """The stripped provenance line; ValueError when it is empty (every figure must say where its
+    numbers came from)."""
     if not provenance or not str(provenance).strip():
         raise ValueError("every plot needs a non-empty provenance string (where its numbers came from)")
     return str(provenance).strip()
+
+
 
 
 def _titles(fig, ax, title: str, provenance: str) -> None:
@@ -45,8 +50,8 @@ def line_plot(df: pd.DataFrame, x: str, ys: Sequence[str], path: str | os.PathLi
     Non-numeric or missing values are dropped per series; a missing column or an all-missing
     series is skipped; with nothing to draw the figure says "no data" instead of failing.
     """
-    provenance = _check_provenance(provenance)
-    with matplotlib.rc_context(_RC):
+    provenance = check_provenance(provenance)
+    with matplotlib.rc_context(SVG_RC):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
             drawn = 0
@@ -90,8 +95,8 @@ def stacked_bar(df: pd.DataFrame, label_col: str, component_cols: Sequence[str],
     """One bar per row, stacked by ``component_cols``. Missing values count as 0 (and a
     component missing everywhere is left out of the legend); negative components (vLLM can
     report negative non-torch memory) stack downward from 0."""
-    provenance = _check_provenance(provenance)
-    with matplotlib.rc_context(_RC):
+    provenance = check_provenance(provenance)
+    with matplotlib.rc_context(SVG_RC):
         fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(df) + 3), 4.5))
         try:
             labels = [str(v) for v in (df[label_col] if label_col in df.columns else range(len(df)))]

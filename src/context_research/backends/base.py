@@ -57,13 +57,6 @@ class ServingBackend(abc.ABC):
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode}
 
-    def __enter__(self) -> "ServingBackend":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def make_backend(model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike) -> ServingBackend:
     """The backend the (validated) config asks for."""

@@ -10,10 +10,10 @@ import pandas as pd
 from ..io import read_json, write_text
 from ..analysis.plots import line_plot
 from ..report import provenance_line
+from ..tables import fmt as _fmt, html_table, markdown_table
 
-
-def _fmt(x: Any, nd: int = 2) -> str:
-    return "n/a" if x is None else f"{x:.{nd}f}"
+REPEAT_COLUMNS = {"repeat": "repeat", "duration_s": "duration (s)", "ok": "ok requests",
+                  "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"}
 
 
 def repeats_frame(summary: dict) -> pd.DataFrame:
@@ -27,14 +27,11 @@ def make_figures(results_dir: Path) -> None:
     line_plot(frame, "repeat", ["ttft_ms_mean", "tpot_ms_mean"], results_dir / "variability.svg",
               "E0: mean TTFT and TPOT per repeated run", "repeat", "ms",
               provenance=provenance_line(meta) + ", client-side")
-    write_text(results_dir / "repeats.html", _table_html(summary))
+    write_text(results_dir / "repeats.html", html_table(table_frame(summary), 3))
 
 
-def _table_html(summary: dict) -> str:
-    frame = repeats_frame(summary).rename(columns={
-        "repeat": "repeat", "duration_s": "duration (s)", "ok": "ok requests",
-        "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"})
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+def table_frame(summary: dict) -> pd.DataFrame:
+    return repeats_frame(summary).rename(columns=REPEAT_COLUMNS)
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
@@ -61,12 +58,12 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("failed requests", s["failed_requests"]),
         ("prompt-length mismatches", len(s["prompt_tokens_mismatch"])),
     ]
-    frame = repeats_frame(s)
+    table = table_frame(s)
     return {
         "findings": findings,
         "facts": facts,
-        "tables": [{"caption": "Repeated runs (client-side means)", "html": _table_html(s),
-                    "markdown": frame.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else frame.to_string()}],
+        "tables": [{"caption": "Repeated runs (client-side means)", "html": html_table(table, 3),
+                    "markdown": markdown_table(table, 3)}],
         "figures": [("Mean TTFT and TPOT of each repeated run; flat lines mean low run-to-run variation.",
                      "variability.svg")],
     }
@@ -79,10 +76,3 @@ def _ms(x):
 def _pct(x):
     return "n/a" if x is None else f"{x:.1%}"
 
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False

@@ -10,7 +10,7 @@ import pandas as pd
 from ..analysis.plots import line_plot
 from ..io import read_json, write_text
 from ..report import provenance_line
-from ..tables import html_table, markdown_table
+from ..tables import fmt as _fmt, html_table, markdown_table
 
 CLIENT = "our HTTP client, send -> first streamed token"
 ENGINE = "vLLM's vllm:time_to_first_token_seconds histogram"
@@ -61,10 +61,6 @@ def make_figures(results_dir: Path) -> None:
               "E1: time per output token vs prompt length (batch 1)", "prompt tokens", "TPOT (ms)",
               provenance=prov + "; client-side percentiles, engine-side mean", logx=True)
     write_text(results_dir / "latency.html", html_table(table_frame(frame), 3))
-
-
-def _fmt(x: Any, nd: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:

@@ -15,13 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..analysis.plots import SVG_RC, check_provenance  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
-from ..tables import html_table, markdown_table  # noqa: E402
+from ..tables import fmt as _fmt, html_table, markdown_table  # noqa: E402
 from .e2 import MODES  # noqa: E402
 
-# Same settings as analysis.plots: text stays searchable SVG text, bytes are reproducible.
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
 XLABEL = {"concurrency": "max requests in flight (closed loop)", "rate": "offered Poisson rate (requests/s)"}
 
 TABLE_COLUMNS = {
@@ -48,11 +47,10 @@ def mode_panels(frame: pd.DataFrame, series: Sequence[tuple[str, str]], path: Pa
     ``secondary`` = (column, label, axis label) drawn dashed on a right-hand axis in [0, 1];
     ``hlines`` = (y, label) pairs drawn as dotted horizontal references (e.g. the SLOs).
     """
-    if not provenance or not provenance.strip():
-        raise ValueError("every plot needs a non-empty provenance string")
+    provenance = check_provenance(provenance)
     present = set(frame["mode"]) if "mode" in frame.columns else set()
     modes = [m for m in MODES if m in present] or ["concurrency"]
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(SVG_RC):
         fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 5.0), squeeze=False)
         try:
             for ax, mode in zip(axes[0], modes):
@@ -138,10 +136,6 @@ def make_figures(results_dir: Path) -> None:
                 "requests/s", provenance=prov + "; client-side",
                 secondary=("slo_attainment", "SLO attainment", "SLO attainment (fraction)"))
     write_text(results_dir / "concurrency.html", html_table(table_frame(frame), 3))
-
-
-def _fmt(x: Any, nd: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:

@@ -92,10 +92,6 @@ class EngineSession:
             except asyncio.TimeoutError:
                 pass
 
-    @property
-    def kv_usage_peak(self) -> float | None:
-        return self._kv_peak
-
     async def measure(self, requests: list[GenerationRequest], **kwargs) -> dict[str, Any]:
         """Run a workload between two /metrics snapshots; returns records, duration and engine view."""
         before = self.snapshot()
