@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .analysis.latency import histogram_delta_quantile
+from .analysis.latency import histogram_delta_mean, histogram_delta_quantile
 
 # Histograms summarized per workload (engine-side latency decomposition).
 ENGINE_HISTOGRAMS = {
@@ -72,27 +72,50 @@ class MetricsSnapshot:
         return out
 
 
-def histogram_delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str) -> dict[str, Any] | None:
-    a = after.histogram(name)
-    if a is None:
+def safe_snapshot(session: Any) -> MetricsSnapshot | None:
+    """``session.snapshot()`` (/metrics now), or None when the engine no longer answers: a point
+    whose engine died must become a recorded row, not crash the run."""
+    try:
+        return session.snapshot()
+    except Exception:
         return None
-    b = before.histogram(name) or {"buckets": {}, "sum": 0.0, "count": 0.0}
-    buckets = {le: c - b["buckets"].get(le, 0.0) for le, c in a["buckets"].items()}
-    return {"buckets": buckets, "sum": a["sum"] - b["sum"], "count": a["count"] - b["count"]}
+
+
+def cache_config_info(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
+    """Labels of vLLM's ``vllm:cache_config_info`` gauge: block_size, num_gpu_blocks, cache_dtype and
+    kv_cache_memory_bytes (set when the pool size was given explicitly, e.g. by VLLM_CPU_KVCACHE_SPACE)."""
+    if snapshot is None:
+        return {}
+    for (name, labels), _ in snapshot.samples.items():
+        if name == "vllm:cache_config_info":
+            lab = dict(labels)
+            out: dict[str, Any] = {"cache_dtype": lab.get("cache_dtype")}
+            for key in ("block_size", "num_gpu_blocks", "num_cpu_blocks", "kv_cache_memory_bytes"):
+                try:
+                    out[key] = int(lab[key])
+                except (KeyError, TypeError, ValueError):
+                    out[key] = None
+            return out
+    return {}
 
 
 def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, Any]:
     """Engine-side view of the requests served between two snapshots (seconds / counts)."""
     out: dict[str, Any] = {"measured_on": "engine"}
     for short, name in ENGINE_HISTOGRAMS.items():
-        d = histogram_delta(before, after, name)
-        if d is None or d["count"] <= 0:
-            out[f"engine_{short}_count"] = 0 if d is not None else None
+        a = after.histogram(name)
+        if a is None:
+            out[f"engine_{short}_count"] = None
             continue
-        out[f"engine_{short}_count"] = d["count"]
-        out[f"engine_{short}_mean_s"] = d["sum"] / d["count"]
+        b = before.histogram(name) or {"buckets": {}, "sum": 0.0, "count": 0.0}
+        count = a["count"] - b["count"]
+        if count <= 0:
+            out[f"engine_{short}_count"] = 0
+            continue
+        out[f"engine_{short}_count"] = count
+        out[f"engine_{short}_mean_s"] = histogram_delta_mean(b["sum"], a["sum"], b["count"], a["count"])
         for q in (50, 95, 99):
-            out[f"engine_{short}_p{q}_s"] = histogram_delta_quantile(None, d["buckets"], q / 100)
+            out[f"engine_{short}_p{q}_s"] = histogram_delta_quantile(b["buckets"], a["buckets"], q / 100)
     for short, name in ENGINE_COUNTERS.items():
         a, b = after.total(name), before.total(name)
         out[f"engine_{short}"] = None if a is None else a - (b or 0.0)

@@ -7,9 +7,10 @@ import struct
 import numpy as np
 import pytest
 
+from context_research.analysis.model_math import kv_bytes_per_token
 from context_research.disagg.broker import (Handoff, KvBroker, analytical_check, example_connector_folder,
                                             example_connector_lookup_tokens, example_connector_stored_tokens,
-                                            folder_bytes, kv_bytes_per_token_served, served_kv_dtype)
+                                            folder_bytes, served_kv_dtype)
 
 QWEN3_8B = {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
             "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "torch_dtype": "bfloat16",
@@ -76,7 +77,7 @@ def test_folder_bytes_sums_files_and_reads_headers(tmp_path):
 
 
 def test_broker_accounts_each_handoff_against_its_own_folder(tmp_path):
-    per_token = kv_bytes_per_token_served(TINY, "bfloat16")
+    per_token = kv_bytes_per_token(TINY, "bfloat16")
     assert per_token == 2 * 2 * 2 * 32 * 2 == 512
     broker = KvBroker("ExampleConnector", per_token, 128, tmp_path)
     prompts = [[300 + i] + list(range(1000, 1000 + n - 1)) for i, n in enumerate((256, 1024))]
@@ -131,7 +132,7 @@ def test_analytical_check_tolerance_is_configurable():
 
 def test_facts_16k_prompt_on_qwen3_8b():
     """FACTS: 2,413,562,976 bytes stored for 16,368 tokens x 147,456 B (+ 36 headers)."""
-    per_token = kv_bytes_per_token_served(QWEN3_8B, "bfloat16")
+    per_token = kv_bytes_per_token(QWEN3_8B, "bfloat16")
     assert per_token == 147_456
     analytical = example_connector_stored_tokens(16384, 16) * per_token
     check = analytical_check(2_413_562_976, analytical)
@@ -159,7 +160,7 @@ def test_served_kv_dtype_sources():
     dtype, src = served_kv_dtype({"cache_dtype": "auto"}, "... with config: model='m', dtype=torch.float16, x", TINY)
     assert dtype == "float16" and "engine log" in src
     assert served_kv_dtype({}, "", {"torch_dtype": "float32"}) == ("float32", "model config.json")
-    assert kv_bytes_per_token_served(TINY, "fp8") == 256
+    assert kv_bytes_per_token(TINY, "fp8") == 256
 
 
 def test_connectors_without_a_folder_get_only_the_analytical_size(tmp_path):

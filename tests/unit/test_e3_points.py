@@ -99,7 +99,34 @@ def test_rows_deltas_and_transfer_columns():
 def test_a_failed_request_fails_the_row_with_its_reason():
     row = e3.empty_row(e3.Point(0, 256, 1), "aggregated", CFG)
     e3.latency_columns(row, [rec(0, 0.1, 0.01, 0.2), rec(1, None, None, None, error="HTTP 500: boom")], 1.0, CFG, 0)
-    assert row["status"] == "failed" and "1/2 requests failed: HTTP 500: boom" == row["reason"]
+    # Reason worded by workload.point_status, the rule shared with E1/E2.
+    assert row["status"] == "failed" and row["reason"] == "1 of 2 requests failed (first: HTTP 500: boom)"
+
+
+def test_an_empty_point_or_a_length_mismatch_fails_the_row():
+    row = e3.empty_row(e3.Point(0, 256, 1), "aggregated", CFG)
+    e3.latency_columns(row, [], None, CFG, 0)
+    assert row["status"] == "failed" and "no request was sent" in row["reason"]
+    short = rec(0, 0.1, 0.01, 0.2)
+    short.prompt_tokens = 250
+    e3.latency_columns(row, [short], 1.0, CFG, 0)
+    assert row["status"] == "failed" and "prompt length mismatch" in row["reason"]
+
+
+def test_row_agreement_is_unknown_when_bytes_were_not_measured():
+    def handoff(moved):
+        return Handoff("h", "r", 1024, "NixlConnector", analytical_bytes=1024 * 512, bytes_moved=moved,
+                       producer_e2e_s=0.1, baseline_prefill_s=0.1, consumer_ttft_s=0.1, consumer_e2e_s=0.2, ok=True)
+
+    row = e3.empty_row(e3.Point(0, 1024, 1), "disaggregated", CFG)
+    e3.transfer_columns(row, [handoff(None), handoff(None)], None, 0.02)   # NIXL / P2P: no folder to measure
+    assert row["bytes_agree"] is None and row["transfer_bytes_per_request"] is None
+    e3.transfer_columns(row, [handoff(1024 * 512), handoff(None)], None, 0.02)
+    assert row["bytes_agree"] is None                  # one agrees, one unknown: not "all agree"
+    e3.transfer_columns(row, [handoff(1024 * 512), handoff(1)], None, 0.02)
+    assert row["bytes_agree"] is False
+    assert e3.combine_agreement([True, True]) is True and e3.combine_agreement([]) is None
+    assert e3.combine_agreement([None, False]) is False
 
 
 def test_disagreeing_bytes_are_flagged_on_the_row():

@@ -75,6 +75,30 @@ def test_disagreeing_bytes_are_flagged_in_the_section(results):
     assert "1,024 tokens, concurrency 1" in text and "DISAGREE" in text
 
 
+def test_unmeasured_bytes_are_reported_as_not_measured_not_as_disagreement(results):
+    # NIXL / P2P NCCL leave no folder: bytes_agree stays empty (NaN once read back from CSV).
+    frame = pd.read_csv(results / "mode_comparison.csv")
+    dis = frame["mode"] == "disaggregated"
+    frame.loc[dis, ["bytes_agree", "transfer_bytes_per_request", "bytes_relative_error_max"]] = None
+    frame.loc[dis & (frame["prompt_tokens"] == 1024), "store_ms_p50"] = None   # store time missing as well
+    write_csv(results / "mode_comparison.csv", frame)
+    sec = e3_report.report_section(results)
+    text = "\n".join(sec["findings"])
+    assert "DISAGREE" not in text and "measured and analytical agree" not in text
+    assert text.count("bytes moved not measured") == 2
+    # In the table a value never measured is a blank cell, never "NO".
+    assert set(e3_report._table_frame(frame)["bytes agree"]) == {""}
+    e3_report.make_figures(results)                    # a missing store time is left out, not drawn as 0
+    assert "load (consumer TTFT)" in (results / "transfer.svg").read_text()
+
+
+def test_agreement_cell_has_three_outcomes():
+    assert e3_report.agreement(True) is True and e3_report.agreement("True") is True
+    assert e3_report.agreement(False) is False and e3_report.agreement("False") is False
+    assert e3_report.agreement(float("nan")) is None and e3_report.agreement(None) is None
+    assert [e3_report._cell(v, "bytes_agree") for v in (True, False, float("nan"))] == ["yes", "NO", ""]
+
+
 def test_figures_carry_provenance(results):
     e3_report.make_figures(results)
     for name in ("latency.svg", "goodput.svg", "transfer.svg"):

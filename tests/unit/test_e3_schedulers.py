@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from context_research.disagg.broker import KvBroker, example_connector_folder, example_connector_stored_tokens
-from context_research.disagg.schedulers import (POOLS, ROUTE_FIELDS, AggregatedScheduler, DisaggregatedScheduler,
-                                                 RouteLog, combine_records)
+from context_research.disagg.schedulers import (ROUTE_FIELDS, AggregatedScheduler, DisaggregatedScheduler, RouteLog,
+                                                 combine_records)
 from context_research.io import read_jsonl
 from context_research.records import GenerationRequest, RequestRecord, finalize_timing
 
@@ -155,6 +155,37 @@ def test_disaggregated_scheduler_hands_off_and_accounts_bytes(tmp_path):
     assert all(r["concurrency"] == 2 and r["label"] == "measured" for r in rows)
 
 
+def test_bytes_are_accounted_after_every_consumer_request_not_inside_the_timed_path(tmp_path):
+    storage = tmp_path / "kv"
+    storage.mkdir()
+    decoder = FakeBackend(name="m")
+    reqs = requests([100, 300, 200])
+    seen_at_accounting: list[int] = []
+
+    async def main():
+        runner, url = await start_fake_producer(storage, [])
+        try:
+            broker = KvBroker("ExampleConnector", PER_TOKEN, BLOCK, storage)
+            account = broker.account_store
+
+            def spy(h):
+                seen_at_accounting.append(len(decoder.seen))
+                assert h.consumer_e2e_s is not None          # the consumer's request had completed
+                account(h)
+
+            broker.account_store = spy
+            sched = DisaggregatedScheduler(FakeSession(FakeBackend(url)), FakeSession(decoder), broker, {})
+            out = await sched.serve(reqs, 3, baseline_prefill_s=0.001)
+            await sched.aclose()
+            return out
+        finally:
+            await runner.cleanup()
+
+    out = asyncio.run(main())
+    assert seen_at_accounting == [len(reqs)] * len(reqs)   # once per handoff, after all decode requests
+    assert all(h.bytes_moved and h.as_row()["bytes_agree"] is True for h in out.handoffs)
+
+
 def test_failed_prefill_pool_is_a_failed_record_not_a_crash(tmp_path):
     decoder = FakeBackend()
 
@@ -206,7 +237,14 @@ def test_route_log_rejects_unknown_pools_and_phases():
         log.add(request_id="r", pool="gpu0", phase="prefill", t_sent_s=0, t_done_s=1)
     with pytest.raises(ValueError, match="phase"):
         log.add(request_id="r", pool="prefill", phase="mystery", t_sent_s=0, t_done_s=1)
-    assert set(POOLS) == {"aggregated", "prefill", "decode"}
+    assert log.rows == []                      # a rejected row is not logged
+    # Every pool and phase the schedulers route to is accepted.
+    for pool, phase in (("aggregated", "prefill+decode"), ("aggregated", "prefill_baseline"),
+                        ("prefill", "prefill"), ("decode", "decode")):
+        log.add(request_id="r", pool=pool, phase=phase, t_sent_s=0, t_done_s=1)
+    assert [(r["pool"], r["phase"]) for r in log.rows] == [("aggregated", "prefill+decode"),
+                                                           ("aggregated", "prefill_baseline"),
+                                                           ("prefill", "prefill"), ("decode", "decode")]
 
 
 def test_combine_records_measures_from_the_producer_send():

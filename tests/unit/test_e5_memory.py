@@ -194,3 +194,26 @@ def test_process_tree_rss_of_this_process():
 
     assert process_tree_rss_bytes(os.getpid()) > 0
     assert process_tree_rss_bytes(None) is None
+
+
+def test_bar_frame_keeps_calculated_values_out_of_measured_components():
+    import pandas as pd
+
+    from context_research.experiments.e5_report import COMPONENTS, bar_frame
+
+    frame = pd.DataFrame({
+        "mode": ["aggregated", "aggregated"], "prompt_tokens_target": [1024, 4096], "status": ["ok", "ok"],
+        "weights_gib": [None, 1.5], "weights_analytical_gib": [1.4, 1.4],
+        "kv_used_gauge_gib": [0.25, None], "kv_used_block_rounded_gib": [0.24, 0.9],
+        "kv_used_analytical_gib": [0.23, 0.89], "kv_cache_allocated_gib": [2.0, 2.0]})
+    bars = bar_frame(frame).set_index("point")
+    measured, calculated = COMPONENTS["kv_used"], COMPONENTS["kv_used_analytical"]
+    assert "analytical" not in measured and "analytical" in calculated and "analytical" not in COMPONENTS["weights"]
+    # Gauge sampled: drawn as measured. Gauge missed: the block-rounded figure, labelled analytical.
+    assert bars.loc["aggregated 1024", measured] == 0.25 and pd.isna(bars.loc["aggregated 1024", calculated])
+    assert pd.isna(bars.loc["aggregated 4096", measured]) and bars.loc["aggregated 4096", calculated] == 0.9
+    assert bars.loc["aggregated 4096", COMPONENTS["kv_free"]] == pytest.approx(1.1)
+    assert pd.isna(bars.loc["aggregated 1024", COMPONENTS["weights"]])
+    assert bars.loc["aggregated 1024", COMPONENTS["weights_analytical"]] == 1.4
+    assert bars.loc["aggregated 4096", COMPONENTS["weights"]] == 1.5
+    assert pd.isna(bars.loc["aggregated 4096", COMPONENTS["weights_analytical"]])

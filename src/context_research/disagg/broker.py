@@ -3,8 +3,9 @@
 Definitions (all client-side, seconds in fields ending ``_s``):
 
 - ``bytes_moved``: the sizes of the files the connector wrote for this prompt in the shared folder
-  (ExampleConnector: one safetensors file per attention layer, headers included), read right
-  after the producer answered; the consumer reads exactly these files.
+  (ExampleConnector: one safetensors file per attention layer, headers included); the consumer
+  reads exactly these files. They are measured after the consumer's request completed (the
+  folder stays until the run ends), so the accounting is outside every timed window.
 - ``payload_bytes``: the tensor bytes inside those files (from the safetensors headers);
   ``stored_tokens_measured`` is the token dimension of the stored tensors.
 - ``analytical_bytes``: ``kv_bytes_per_token(model config, served KV dtype)`` x the tokens
@@ -35,8 +36,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-
-from ..analysis.model_math import dtype_bytes, kv_bytes_per_token
 
 DEFAULT_TOLERANCE = 0.02
 
@@ -166,16 +165,17 @@ class KvBroker:
     """Hands out handoff ids and measures what each handoff moved.
 
     ``kv_bytes_per_token`` is the analytical per-token KV size of the served model (K and V, all
-    layers, the served KV dtype); ``block_size`` the engines' KV block size.
+    layers, the served KV dtype: ``analysis.model_math.kv_bytes_per_token(config, kv_dtype)``);
+    ``block_size`` the engines' KV block size. The agreement tolerance is applied when a handoff
+    is turned into a row (``Handoff.as_row(tolerance)``).
     """
 
     def __init__(self, connector: str, kv_bytes_per_token: int, block_size: int | None,
-                 storage_dir: Path | None = None, tolerance: float = DEFAULT_TOLERANCE, prefix: str = "handoff"):
+                 storage_dir: Path | None = None, prefix: str = "handoff"):
         self.connector = connector
         self.kv_bytes_per_token = int(kv_bytes_per_token)
         self.block_size = block_size
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
-        self.tolerance = tolerance
         self.prefix = prefix
         self._ids = itertools.count()
         self.handoffs: list[Handoff] = []
@@ -232,8 +232,3 @@ def served_kv_dtype(cache_info: dict[str, str] | None, engine_log: str, hf_confi
     cfg = hf_config or {}
     name = cfg.get("torch_dtype") or cfg.get("dtype")
     return (str(name) if name else None), "model config.json"
-
-
-def kv_bytes_per_token_served(hf_config: dict[str, Any], kv_dtype: str | None) -> int:
-    """Analytical KV bytes per token at the served KV dtype."""
-    return kv_bytes_per_token(hf_config, None if kv_dtype is None else dtype_bytes(kv_dtype))

@@ -10,7 +10,8 @@ prompts) on the real engine:
 2. disaggregated: a prefill engine (``kv_role=kv_producer``) and a decode engine
    (``kv_role=kv_consumer``) joined by a vLLM KV connector (default ``ExampleConnector`` through
    a fresh folder under /dev/shm, removed afterwards). The broker sends each prompt to the
-   producer, measures what the connector wrote, then streams it from the consumer.
+   producer, then streams it from the consumer; what the connector wrote is measured once the
+   point's requests have completed, outside every timed window.
 
 Refused points are rows with ``status="failed"`` and the reason: prompt + output beyond
 max_model_len; for disaggregation, prompts (or concurrent prompts together) longer than
@@ -39,15 +40,16 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..analysis.latency import goodput, latency_row
+from ..analysis.model_math import kv_bytes_per_token
 from ..analysis.stats import mean, percentile
 from ..backends.base import make_backend
 from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
 from ..disagg import connectors
 from ..disagg.broker import (DEFAULT_TOLERANCE, KvBroker, example_connector_lookup_tokens,
-                             example_connector_stored_tokens, kv_bytes_per_token_served, served_kv_dtype)
+                             example_connector_stored_tokens, served_kv_dtype)
 from ..disagg.gpus import GpuAssignment, assign_gpus, discover_gpus
 from ..disagg.schedulers import AggregatedScheduler, DisaggregatedScheduler, RouteLog, ServeResult
-from ..engine_metrics import engine_summary
+from ..engine_metrics import cache_config_info, engine_summary, safe_snapshot
 from ..errors import ConfigError, EngineStartError
 from ..gpu_stats import NvmlSampler
 from ..io import write_csv, write_json, write_text
@@ -55,6 +57,7 @@ from ..metadata import build_run_metadata, make_run_id, utc_now
 from ..models import resolve_model
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord
+from ..workload import point_status
 from .runner import RunContext, _raise_terminated
 from .session import EngineSession
 
@@ -192,16 +195,20 @@ def latency_columns(row: dict[str, Any], records: Sequence[RequestRecord], durat
         row.update({k: g[k] for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
                                        "n_slo_met", "slo_attainment", "goodput_rps")})
         row["goodput_rps_per_gpu"] = g["goodput_rps"] / gpus_used if gpus_used else None
-    failed = [r for r in records if not r.ok]
-    mismatched = [r for r in records if r.ok and r.prompt_tokens != r.prompt_tokens_target]
-    if failed:
-        row["status"], row["reason"] = "failed", f"{len(failed)}/{len(records)} requests failed: {failed[0].error}"
-    elif mismatched:
-        row["status"], row["reason"] = "failed", (f"{len(mismatched)} requests: server counted "
-                                                  f"{mismatched[0].prompt_tokens} prompt tokens, sent "
-                                                  f"{mismatched[0].prompt_tokens_target}")
-    else:
-        row["status"], row["reason"] = "ok", None
+    # Failed requests, prompt-length mismatches and an empty point fail the row (the shared rule
+    # of the latency experiments; E3 has no prefix-cache check: prompts have distinct prefixes).
+    status, reason = point_status(records, None)
+    row["status"], row["reason"] = status, reason or None
+
+
+def combine_agreement(flags: Sequence[bool | None]) -> bool | None:
+    """Byte agreement of several handoffs: False if any disagrees, True only if every one was
+    measured and agrees, None otherwise (bytes not measured, e.g. NIXL / P2P NCCL, or no handoff)."""
+    if any(f is False for f in flags):
+        return False
+    if flags and all(f is True for f in flags):
+        return True
+    return None
 
 
 def transfer_columns(row: dict[str, Any], handoffs: Sequence, decode_engine: dict[str, Any] | None,
@@ -219,8 +226,7 @@ def transfer_columns(row: dict[str, Any], handoffs: Sequence, decode_engine: dic
     row["analytical_bytes_per_request"] = mean(analytical)
     errs = [r["bytes_relative_error"] for r in rows if r["bytes_relative_error"] is not None]
     row["bytes_relative_error_max"] = max(errs, key=abs) if errs else None
-    agree = [r["bytes_agree"] for r in rows if r["bytes_agree"] is not None]
-    row["bytes_agree"] = all(agree) if agree and len(agree) == len(rows) else (False if agree else None)
+    row["bytes_agree"] = combine_agreement([r["bytes_agree"] for r in rows])
     row["baseline_prefill_ms_p50"] = _ms(ok[0].baseline_prefill_s) if ok else None
     row["producer_e2e_ms_p50"] = _ms(percentile([h.producer_e2e_s for h in ok], 50))
     row["store_ms_p50"] = _ms(percentile([h.store_s for h in ok], 50))
@@ -330,25 +336,6 @@ def start_engines(backends: list, parallel: bool) -> dict[str, str]:
     for t in threads:
         t.join()
     return errors
-
-
-def safe_snapshot(session: EngineSession):
-    """/metrics now, or None if the engine does not answer (its requests then fail as rows)."""
-    try:
-        return session.snapshot()
-    except Exception:
-        return None
-
-
-def cache_config_info(session: EngineSession) -> dict[str, str]:
-    """Labels of vLLM's ``vllm:cache_config_info`` gauge (block_size, cache_dtype, ...)."""
-    snap = safe_snapshot(session)
-    if snap is None:
-        return {}
-    for (name, labels), _ in snap.samples.items():
-        if name == "vllm:cache_config_info":
-            return dict(labels)
-    return {}
 
 
 def _first_line(text: str) -> str:
@@ -468,13 +455,13 @@ def run_disaggregated(model, servings, cfg, points, workload, warm_reqs, outdir:
             return outcome
         prefill = EngineSession(prefill_be, model, progress=False)
         decode = EngineSession(decode_be, model, progress=False)
-        info = cache_config_info(decode)
+        info = cache_config_info(safe_snapshot(decode))
         block_size = int(cfg.get("block_size") or info.get("block_size") or 0) or None
         kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
-        per_token = kv_bytes_per_token_served(model["hf_config"], kv_dtype)
+        per_token = kv_bytes_per_token(model["hf_config"], kv_dtype)
         tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
         broker = KvBroker(connector, per_token, block_size,
-                          storage if connector == "ExampleConnector" else None, tolerance)
+                          storage if connector == "ExampleConnector" else None)
         outcome.extra.update({"block_size": block_size, "block_size_source": "config" if cfg.get("block_size") else
                               "engine /metrics cache_config_info", "kv_dtype": kv_dtype,
                               "kv_dtype_source": kv_dtype_source, "kv_bytes_per_token": per_token,
@@ -667,7 +654,6 @@ def _handoff_columns() -> list[str]:
 def build_summary(ctx: RunContext, cfg, rows, agg: ModeOutcome, dis: ModeOutcome, extra, assignment: GpuAssignment,
                   servings, storage: Path | None, handoff_rows, budget: int) -> dict[str, Any]:
     ok_handoffs = [h for h in handoff_rows if h["ok"]]
-    agree = [h["bytes_agree"] for h in ok_handoffs if h["bytes_agree"] is not None]
     moved = sum(h["bytes_moved"] or 0 for h in ok_handoffs)
     all_moved = sum(h["bytes_moved"] or 0 for h in handoff_rows)
     return {
@@ -695,7 +681,7 @@ def build_summary(ctx: RunContext, cfg, rows, agg: ModeOutcome, dis: ModeOutcome
             "storage_matches_handoffs": (extra.get("storage_total_bytes") == all_moved
                                          if extra.get("storage_total_bytes") is not None else None),
             "bytes_tolerance": float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE)),
-            "bytes_agree_all": all(agree) if agree else None,
+            "bytes_agree_all": combine_agreement([h["bytes_agree"] for h in ok_handoffs]),
             "bytes_disagreements": [{"handoff_id": h["handoff_id"], "relative_error": h["bytes_relative_error"]}
                                     for h in ok_handoffs if h["bytes_agree"] is False],
             "definitions": {

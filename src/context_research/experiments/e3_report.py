@@ -12,9 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..analysis.plots import line_plot  # noqa: E402
+from ..analysis.plots import SVG_RC, line_plot  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
+from ..tables import html_table  # noqa: E402
 
 TABLE_COLUMNS = {
     "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "mode": "mode", "status": "status",
@@ -27,7 +28,6 @@ TABLE_COLUMNS = {
     "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "delta_tpot_ms_p50": "Δ TPOT p50 (ms)", "delta_goodput_rps": "Δ goodput",
     "reason": "reason",
 }
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
 
 
 def _frame(results_dir: Path) -> pd.DataFrame:
@@ -58,7 +58,7 @@ def make_figures(results_dir: Path) -> None:
 
 
 def _latency_figure(ok: pd.DataFrame, path: Path, provenance: str) -> Path:
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(SVG_RC):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         try:
             for ax, (col, label) in zip(axes, (("ttft_ms_p50", "TTFT p50 (ms)"), ("tpot_ms_p50", "TPOT p50 (ms)"))):
@@ -90,19 +90,23 @@ def _transfer_figure(frame: pd.DataFrame, path: Path, provenance: str, summary: 
     """Per point: the handoff (store + load) next to the aggregated TTFT (recomputing the prefill)."""
     dis = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
     agg = frame[(frame["mode"] == "aggregated") & (frame["status"] == "ok")].set_index(["prompt_tokens", "concurrency"])
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(SVG_RC):
         fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(dis) + 3), 4.8))
         try:
             if dis.empty:
                 ax.text(0.5, 0.5, "no disaggregated point measured", ha="center", va="center", transform=ax.transAxes)
             else:
                 xs = range(len(dis))
-                store = pd.to_numeric(dis["store_ms_p50"], errors="coerce").fillna(0.0).clip(lower=0.0).tolist()
-                load = pd.to_numeric(dis["load_ms_p50"], errors="coerce").fillna(0.0).tolist()
+                # A time not measured stays NaN (no bar); only the stacking base treats it as 0. A
+                # store within the baseline's noise (< 0) is drawn as 0.
+                store = pd.to_numeric(dis["store_ms_p50"], errors="coerce").clip(lower=0.0)
+                load = pd.to_numeric(dis["load_ms_p50"], errors="coerce")
                 recompute = [agg["ttft_ms_p50"].get((r.prompt_tokens, r.concurrency), math.nan)
                              for r in dis.itertuples()]
-                ax.bar([x - 0.2 for x in xs], store, width=0.4, label="store (producer E2E - prefill baseline)")
-                ax.bar([x - 0.2 for x in xs], load, width=0.4, bottom=store, label="load (consumer TTFT)")
+                ax.bar([x - 0.2 for x in xs], store.tolist(), width=0.4,
+                       label="store (producer E2E - prefill baseline)")
+                ax.bar([x - 0.2 for x in xs], load.tolist(), width=0.4, bottom=store.fillna(0.0).tolist(),
+                       label="load (consumer TTFT)")
                 ax.bar([x + 0.2 for x in xs], recompute, width=0.4, label="aggregated TTFT (recompute)", color="grey")
                 labels = []
                 for r in dis.itertuples():
@@ -129,7 +133,8 @@ def _cell(value: Any, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if column == "bytes_agree":
-        return "yes" if str(value) in ("True", "1", "1.0") else "NO"
+        flag = agreement(value)
+        return "not measured" if flag is None else ("yes" if flag else "NO")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if column in _INT_COLUMNS:
             return f"{value:,.0f}"
@@ -144,13 +149,26 @@ def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    return _table_frame(frame).to_html(index=False, border=0)
+    return html_table(_table_frame(frame))
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x:,.{nd}f}"
+
+
+def agreement(value: Any) -> bool | None:
+    """A ``bytes_agree`` cell as read back from CSV: True, False, or None when the bytes were not
+    measured (NaN/empty: e.g. NIXL / P2P NCCL connectors, which leave no folder to measure)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    if text in ("True", "true", "1", "1.0"):
+        return True
+    if text in ("False", "false", "0", "0.0"):
+        return False
+    return None
 
 
 def _num(x: Any) -> float | None:
@@ -197,13 +215,16 @@ def report_section(results_dir: Path) -> dict[str, Any]:
     dis_ok = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
     for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
         err = _num(r.bytes_relative_error_max)
-        verdict = ("agree" if r.bytes_agree is True or r.bytes_agree == "True" else "DISAGREE")
+        flag = agreement(r.bytes_agree)
+        verdict = {True: "measured and analytical agree", False: "measured and analytical DISAGREE",
+                   None: "bytes moved not measured (no shared folder to measure for this connector), so "
+                         "measured and analytical are not compared"}[flag]
         findings.append(
             f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: "
             f"{_fmt(_num(r.transfer_bytes_per_request), 0)} "
             f"bytes moved per request vs {_fmt(_num(r.analytical_bytes_per_request), 0)} analytical "
-            f"({_fmt(_num(r.stored_tokens), 0)} stored tokens x {_fmt(_num(r.kv_bytes_per_token), 0)} B): measured and "
-            f"analytical {verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
+            f"({_fmt(_num(r.stored_tokens), 0)} stored tokens x {_fmt(_num(r.kv_bytes_per_token), 0)} B): "
+            f"{verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
             f"{tr['bytes_tolerance']:.0%}); stall ratio {_fmt(_num(r.stall_ratio_p50), 2)}, "
             f"Δ TPOT p50 {_fmt(_num(r.delta_tpot_ms_p50), 2)} ms, "
             f"Δ goodput {_fmt(_num(r.delta_goodput_rps), 2)} req/s.")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
-from ..engine_metrics import MetricsSnapshot
+from ..engine_metrics import cache_config_info
 from ..gpu_stats import NvmlSampler
 from ..io import write_csv, write_json
 from ..prompts import token_id_prompt
@@ -55,24 +55,6 @@ def engine_dtypes(log_text: str) -> dict[str, str | None]:
     kv_dtype = kv.group(1) if kv else None
     effective = model_dtype if kv_dtype in (None, "auto") else kv_dtype
     return {"model_dtype": model_dtype, "kv_cache_dtype": kv_dtype, "kv_effective_dtype": effective}
-
-
-def cache_config_info(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
-    """Labels of vLLM's ``vllm:cache_config_info`` gauge: block_size, num_gpu_blocks, cache_dtype and
-    kv_cache_memory_bytes (set when the pool size was given explicitly, e.g. by VLLM_CPU_KVCACHE_SPACE)."""
-    if snapshot is None:
-        return {}
-    for (name, labels), _ in snapshot.samples.items():
-        if name == "vllm:cache_config_info":
-            lab = dict(labels)
-            out: dict[str, Any] = {"cache_dtype": lab.get("cache_dtype")}
-            for key in ("block_size", "num_gpu_blocks", "num_cpu_blocks", "kv_cache_memory_bytes"):
-                try:
-                    out[key] = int(lab[key])
-                except (KeyError, TypeError, ValueError):
-                    out[key] = None
-            return out
-    return {}
 
 
 # -- sampling while a request is in flight -----------------------------------------------------

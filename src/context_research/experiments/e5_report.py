@@ -12,13 +12,17 @@ from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import html_table, markdown_table
 
-# Stacked components (GiB) in drawing order, with the legend label each gets.
+# Stacked components (GiB) in drawing order, with the legend label each gets. A value that was
+# calculated rather than measured has its own component and label, so the legend never shows it
+# as a measurement (a component that is empty everywhere is left out of the legend).
 COMPONENTS = {
-    "weights": "weights",
+    "weights": "weights (vLLM profile)",
+    "weights_analytical": "weights, analytical (not in engine log)",
     "peak_activation_gib": "peak activation",
     "non_torch_gib": "non-torch",
     "cuda_graph_gib": "CUDA graphs",
-    "kv_used": "KV used (gauge x pool)",
+    "kv_used": "KV used, measured (gauge x pool)",
+    "kv_used_analytical": "KV used, analytical (gauge missed)",
     "kv_free": "KV allocated, unused",
     "rss_rest": "rest of engine RSS (CPU hosts)",
 }
@@ -36,26 +40,32 @@ TABLE_COLUMNS = {
 
 def bar_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of the stacked bar: measured KV used when the gauge was sampled, else block-rounded
-    analytical; weights from vLLM's profile, else analytical (vLLM-CPU logs no weight size)."""
+    analytical in a separate component; weights from vLLM's profile, else analytical (vLLM-CPU
+    logs no weight size), also in a separate component."""
     ok = frame[frame["status"] == "ok"].reset_index(drop=True)
     out = pd.DataFrame({"point": [f"{m} {int(n)}" for m, n in zip(ok["mode"], ok["prompt_tokens_target"])]})
 
     def num(col: str) -> pd.Series:
         return pd.to_numeric(ok[col], errors="coerce") if col in ok else pd.Series([float("nan")] * len(ok))
 
-    out["weights"] = num("weights_gib").fillna(num("weights_analytical_gib"))
+    weights = num("weights_gib")
+    out["weights"] = weights
+    out["weights_analytical"] = num("weights_analytical_gib").where(weights.isna())
     for col in ("peak_activation_gib", "non_torch_gib", "cuda_graph_gib"):
         out[col] = num(col)
-    used = num("kv_used_gauge_gib").fillna(num("kv_used_block_rounded_gib")).fillna(num("kv_used_analytical_gib"))
-    out["kv_used"] = used
+    gauge = num("kv_used_gauge_gib")
+    out["kv_used"] = gauge
+    out["kv_used_analytical"] = num("kv_used_block_rounded_gib").fillna(num("kv_used_analytical_gib")).where(
+        gauge.isna())
+    used = gauge.fillna(out["kv_used_analytical"])
     out["kv_free"] = (num("kv_cache_allocated_gib") - used).clip(lower=0)
     # On a CPU host the engine's memory is host memory: what its process tree holds beyond the
     # listed components (Python, torch, three processes' runtimes). Host RSS is not GPU memory,
     # so GPU hosts leave this out.
     cpu = num("nvml_total_gib").isna() & (ok["kv_cache_device"].astype(str) == "CPU" if "kv_cache_device" in ok
                                           else False)
-    listed = out[["weights", "peak_activation_gib", "non_torch_gib", "cuda_graph_gib", "kv_used", "kv_free"]].sum(
-        axis=1, min_count=1)
+    listed = out[["weights", "weights_analytical", "peak_activation_gib", "non_torch_gib", "cuda_graph_gib",
+                  "kv_used", "kv_used_analytical", "kv_free"]].sum(axis=1, min_count=1)
     out["rss_rest"] = (num("process_rss_gib") - listed).clip(lower=0).where(cpu)
     return out.rename(columns=COMPONENTS)
 

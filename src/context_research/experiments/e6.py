@@ -36,7 +36,7 @@ from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..analysis.rope import ROPE_KEYS, normalize_rope_scaling
 from ..backends.base import make_backend
 from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
-from ..engine_metrics import engine_summary
+from ..engine_metrics import engine_summary, safe_snapshot
 from ..errors import ConfigError, ContextResearchError
 from ..gpu_stats import NvmlSampler
 from ..hashing import sha256_file
@@ -46,7 +46,7 @@ from ..models import resolve_model
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
 from .e5 import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
-from .runner import RunContext
+from .runner import RunContext, _raise_terminated
 from .session import EngineSession
 
 KEY = "experiments.e6"
@@ -225,22 +225,6 @@ def failure_row(target: int, reason: str, *, kind: str | None = None, pass_label
 
 # -- one engine, all its points ----------------------------------------------------------------
 
-class _Terminated(BaseException):
-    """SIGTERM in the main thread, so every ``finally`` stops its engine."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated(f"received signal {signum}")
-
-
-def _snapshot(session: EngineSession):
-    """/metrics now, or None when the engine no longer answers (a point must not crash the run)."""
-    try:
-        return session.snapshot()
-    except Exception:
-        return None
-
-
 def _engine_died(session: EngineSession) -> bool:
     proc = getattr(session.backend, "proc", None)
     return proc is not None and proc.poll() is not None
@@ -272,9 +256,9 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
             target, cfg["seed"] + i, session.model, unique_prefix=i), max_tokens=cfg["max_tokens"],
             prompt_tokens_target=target, temperature=0.0, seed=cfg["seed"])
         async with MemoryProbe(session, cfg["poll_interval_s"]) as probe:
-            before = _snapshot(session)
+            before = safe_snapshot(session)
             records, _ = await session.run_requests([req], max_concurrency=1, desc=f"E6 {target} tokens")
-            after = _snapshot(session)
+            after = safe_snapshot(session)
         rec = records[0]
         eng = engine_summary(before, after) if before is not None and after is not None else {}
         nvml = probe.nvml_peak() or {}
@@ -388,7 +372,7 @@ def run_standalone(config: dict, outdir: str | Path) -> dict:
                "max_model_len": cfg["max_model_len"], **ctx.stamp()}
     native = rope["original_max_position_embeddings"]
     started = utc_now()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     sampler = NvmlSampler().start()
     passes = []
     try:

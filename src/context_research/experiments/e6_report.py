@@ -11,11 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..analysis.plots import SVG_RC  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
 from ..tables import html_table, markdown_table  # noqa: E402
 
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "context-research"}
 
 TABLE_COLUMNS = {
     "target_prompt_tokens": "target tokens", "pass": "engine pass", "kv_cache_dtype": "KV dtype",
@@ -37,7 +37,7 @@ def make_figures(results_dir: Path) -> None:
     rope = summary["rope"]
     ok = frame[frame["status"] == "ok"].sort_values("target_prompt_tokens")
     bad = frame[frame["status"] != "ok"]
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(SVG_RC):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
         try:
             series = ((left, "ttft_s", "TTFT client", 1.0), (left, "engine_ttft_s", "TTFT engine", 1.0),
