@@ -9,6 +9,7 @@ import pytest
 from context_research.config import load_config
 from context_research.experiments import e4
 from context_research.hashing import sha256_file, sha256_obj
+from context_research.quality.scorers import score_sample
 
 from .conftest import copy_checkout, run_snakemake
 
@@ -119,7 +120,7 @@ def test_predictions_match_rows_and_are_rescorable(workflow_dir):
             continue
         # the served answer, scored again here, gives the recorded score
         assert isinstance(p["prediction"], str)
-        assert e4.score_prediction(sample, p["prediction"])[0] == pytest.approx(p["score"])
+        assert score_sample(sample, p["prediction"])[0] == pytest.approx(p["score"])
         assert 0 <= p["output_tokens"] <= p["max_new_tokens"]
         assert p["input_tokens"] == p["input_tokens_local"]  # our tokenizer + template == the server's
 

@@ -14,6 +14,7 @@ from context_research.experiments import e4
 from context_research.experiments import e4_report
 from context_research.hashing import sha256_file
 from context_research.io import read_json, read_jsonl, write_json
+from context_research.quality.scorers import score_sample
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,15 +137,15 @@ def test_perplexity_fields():
 # ----------------------------------------------------------------------------- scoring and rows
 
 
-def test_score_prediction_uses_the_sample_metric_and_longbench_first_line():
+def test_score_sample_uses_the_sample_metric_and_longbench_first_line():
     s = {"benchmark": "ruler", "task": "niah_multivalue", "metric": "string_match_all",
          "outputs": ["111", "222"], "metric_kwargs": {}}
-    assert e4.score_prediction(s, "it is 111") == (50.0, 50.0)
+    assert score_sample(s, "it is 111") == (50.0, 50.0)
     lb = {"benchmark": "longbench", "task": "trec", "metric": "classification_score", "outputs": ["Location"],
           "metric_kwargs": {"all_classes": ["Location", "Person"]}}
-    assert e4.score_prediction(lb, "Location\nPerson") == (1.0, 100.0)  # only the first line counts
+    assert score_sample(lb, "Location\nPerson") == (1.0, 100.0)  # only the first line counts
     qa = {"benchmark": "longbench", "task": "qasper", "metric": "qa_f1_score", "outputs": ["red"], "metric_kwargs": {}}
-    assert e4.score_prediction(qa, "red") == (1.0, 100.0)
+    assert score_sample(qa, "red") == (1.0, 100.0)
 
 
 def _pred(status="ok", pct=None, tokens=100, truncated=False, reason=None, **kw):
@@ -353,18 +354,18 @@ def test_materialize_cli_writes_every_dataset(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------- report
 
 
-def _fake_results(tmp_path, weights="random-embedded"):
+def _fake_results(tmp_path, weights="random-embedded", pg19_source="fixture"):
     rows = [
         e4.dataset_row(e4.Dataset("ruler", "vt-512", "vt", 512), "string_match_all", [_pred(pct=40.0)],
                        weights=weights, backend_mode="real", data_source="synthetic"),
         e4.dataset_row(e4.Dataset("ruler", "vt-1024", "vt", 1024), "string_match_all", [_pred(pct=20.0)],
                        weights=weights, backend_mode="real", data_source="synthetic"),
         e4.dataset_row(e4.Dataset("pg19", "pg19", "pg19"), "perplexity", [_pred(nll_sum=8.0, scored_tokens=1)],
-                       weights=weights, backend_mode="real", data_source="fixture"),
+                       weights=weights, backend_mode="real", data_source=pg19_source),
     ]
     rows.append(e4.overall_row(rows))
     pd.DataFrame(rows)[e4.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
-    meaningful, why = e4.meaningful_verdict(weights, "real")
+    meaningful, why = e4.summary_verdict(rows, weights, "real")  # as run() builds the summary
     write_json(tmp_path / "summary.json", {
         "meaningful": meaningful, "meaningful_reason": why, "prompt_tokens_mismatch": [],
         "decoding": {"temperature": 0.0, "prefill_answer_prefix": True, "max_model_len": 2048, "max_input_tokens": None},
@@ -393,7 +394,110 @@ def test_report_marks_random_weights_as_not_meaningful(tmp_path):
 
 
 def test_report_with_real_weights_claims_quality(tmp_path):
-    _fake_results(tmp_path, weights="real")
+    _fake_results(tmp_path, weights="real", pg19_source="hub")
     e4_report.make_figures(tmp_path)
     assert "NOT a quality measurement" not in (tmp_path / "quality.svg").read_text()
     assert not e4_report.report_section(tmp_path)["findings"][0].startswith("NOT")
+
+
+def test_report_with_real_weights_on_fixture_data_is_not_meaningful(tmp_path):
+    rows = _fake_results(tmp_path, weights="real")  # the PG19 row ran on the fixture
+    s = read_json(tmp_path / "summary.json")
+    assert s["meaningful"] is False is rows[-1]["meaningful"] and s["meaningful_reason"] == "fixture data for pg19"
+    assert e4_report.report_section(tmp_path)["findings"][0].startswith("NOT a quality measurement")
+
+
+def test_overall_input_tokens_weights_by_the_samples_the_server_counted():
+    ds = e4.Dataset("ruler", "vt-512", "vt", 512)
+    a = e4.dataset_row(ds, "string_match_all", [_pred(pct=1.0, tokens=100), _pred(status="failed", tokens=None)],
+                       weights="real", backend_mode="real", data_source="synthetic")
+    b = e4.dataset_row(ds, "string_match_all", [_pred(pct=1.0, tokens=400)], weights="real", backend_mode="real",
+                       data_source="synthetic")
+    assert a["mean_input_tokens"] == 100.0 and a["n_input_tokens"] == 1
+    assert e4.overall_row([a, b])["mean_input_tokens"] == pytest.approx(250.0)
+
+
+# ----------------------------------------------------------------------------- run without an engine
+
+
+def _small_config(count=3):
+    cfg = default_config()
+    block = cfg["experiments"]["e4"]
+    block["ruler"].update(tasks=["vt"], context_lengths=[512], count=count)
+    block["benchmarks"] = {"pg19": block["benchmarks"]["pg19"]}
+    return cfg
+
+
+class _Session:
+    """session.measure answers: the first request fails, the second is counted one token longer
+    by the server than by us, the rest agree. No HTTP endpoint, so PG19 cannot run."""
+
+    model = {"path": "word-tokenizer", "max_model_len": 2048}
+    backend = object()
+    backend_mode = "simulated"
+
+    async def measure(self, reqs, max_concurrency, desc):
+        from context_research.records import RequestRecord
+
+        recs = []
+        for j, r in enumerate(reqs):
+            if j == 0:
+                recs.append(RequestRecord(r.request_id, r.prompt_tokens_target, error="HTTP 500: boom"))
+            else:
+                recs.append(RequestRecord(r.request_id, r.prompt_tokens_target, text="answer", output_tokens=1,
+                                          prompt_tokens=r.prompt_tokens_target + (j == 1), finish_reason="stop"))
+        return {"records": recs, "duration_s": 1.0, "engine": {}}
+
+
+def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path, monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.chdir(REPO)
+    cfg = _small_config()
+    e4.materialize_all(e4.dataset_specs(cfg), tmp_path / "data")
+    block = cfg["experiments"]["e4"]
+    loaded = e4.load_materialized(e4.datasets(block), tmp_path / "data")
+    shas = {ds.key: sha256_file(ds.manifest_path(tmp_path / "data")) for ds, _, _ in loaded}
+    ctx = SimpleNamespace(stamp=lambda: {"run_id": "r"}, weights="real", backend_mode="real", outdir=tmp_path / "out")
+    ctx.outdir.mkdir()
+    out = asyncio.run(e4.run(_Session(), block, ctx, loaded=loaded, manifest_sha256=shas))
+    preds = read_jsonl(ctx.outdir / "predictions.jsonl")
+    s = read_json(ctx.outdir / "summary.json")
+    vt = [p for p in preds if p["dataset"] == "vt-512"]
+    pg = [p for p in preds if p["benchmark"] == "pg19"]
+    assert len(vt) == 3 and pg
+    # a failed request has no server count, and none is made up from ours
+    assert vt[0]["status"] == "failed" and vt[0]["input_tokens"] is None and vt[0]["input_tokens_local"]
+    assert all(p["input_tokens"] is None and p["input_tokens_local"] and "no HTTP endpoint" in p["reason"] for p in pg)
+    assert s["prompt_tokens_mismatch"] == [vt[1]["id"]]
+    assert s["perplexity_duration_s"] is None and s["generate_duration_s"] == 1.0
+    vt_row = next(r for r in s["rows"] if r["dataset"] == "vt-512")
+    assert vt_row["mean_input_tokens"] == pytest.approx((vt[1]["input_tokens"] + vt[2]["input_tokens"]) / 2)
+    # synthetic RULER is meaningful with real weights, the PG19 fixture is not, so neither is the run
+    assert vt_row["meaningful"] is True and s["meaningful"] is False is s["rows"][-1]["meaningful"]
+    assert s["meaningful_reason"] == "fixture data for pg19" and out["meaningful"] is False
+    assert s["dataset_manifest_sha256"] == e4.combined_manifest_sha256(
+        {ds.key: ds.manifest_path(tmp_path / "data") for ds, _, _ in loaded})
+    assert s["datasets"]["ruler/vt-512"]["manifest_sha256"] == shas["ruler/vt-512"]
+
+
+def test_run_standalone_loads_and_hashes_the_datasets_once(tmp_path, monkeypatch):
+    from context_research.experiments import runner
+
+    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.chdir(REPO)
+    cfg = _small_config(count=1)
+    e4.materialize_all(e4.dataset_specs(cfg), tmp_path / e4.DATA_ROOT)
+    monkeypatch.chdir(tmp_path)
+    got = {}
+    monkeypatch.setattr(runner, "run_experiment", lambda name, config, outdir, body, **kw: got.update(body=body, **kw))
+    calls = []
+    real_load = e4.load_materialized
+    monkeypatch.setattr(e4, "load_materialized", lambda *a, **k: calls.append(1) or real_load(*a, **k))
+    e4.run_standalone(cfg, tmp_path / "out")
+    dss = e4.datasets(cfg["experiments"]["e4"])
+    assert len(calls) == 1 and got["body"].func is e4.run
+    assert [ds for ds, _, _ in got["body"].keywords["loaded"]] == dss
+    assert got["dataset_manifest_sha256"] == e4.combined_manifest_sha256({ds.key: ds.manifest_path() for ds in dss})

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 from context_research.datasets import loaders
-from context_research.datasets.materialize import default_paths, materialize_subset
+from context_research.datasets import templates as T
+from context_research.datasets.materialize import materialize_subset
 from context_research.errors import ConfigError
+from context_research.experiments.e4 import Dataset
 from context_research.hashing import sha256_file, sha256_obj
 from context_research.io import read_json, read_jsonl
 from context_research.quality import scorers
@@ -31,8 +33,9 @@ def pg(**kw):
     return {"local_dir": str(FIX / "pg19"), "use_hub": False, **kw}
 
 
-@pytest.mark.parametrize("task,n", [("qasper", 4), ("gov_report", 3), ("passage_count", 4)])
-def test_longbench_fixtures_load(task, n):
+@pytest.mark.parametrize("task,n,metric", [("qasper", 4, "qa_f1_score"), ("gov_report", 3, "rouge_score"),
+                                           ("passage_count", 4, "count_score")])
+def test_longbench_fixtures_load(task, n, metric):
     rows, src = loaders.load_records("longbench", task, lb())
     assert len(rows) == n
     assert src["kind"] == "local"
@@ -41,7 +44,7 @@ def test_longbench_fixtures_load(task, n):
     assert len(samples) == n
     for s in samples:
         assert s["benchmark"] == "longbench" and s["task"] == task
-        assert s["metric"] == scorers.LONGBENCH_TASK_METRICS[task]
+        assert s["metric"] == metric == T.LONGBENCH_TASKS[task].metric
         assert s["length"] == ws_count(s["input"]) and not s["truncated"]
         assert s["outputs"]
 
@@ -169,7 +172,8 @@ def _check_manifest(out, man_path, source_file=None):
 def test_materialize_manifest_and_byte_identical(tmp_path, benchmark, task, cfg, source):
     outs = []
     for run in ("a", "b"):
-        out, man = default_paths(benchmark, task, tmp_path / run / "results" / "data")
+        ds = Dataset(benchmark, task, task)
+        out, man = ds.data_path(tmp_path / run / "results" / "data"), ds.manifest_path(tmp_path / run / "results" / "data")
         assert out.as_posix().endswith(f"results/data/{benchmark}/{task}.jsonl")
         returned = materialize_subset(benchmark, task, cfg, ws_count, out, man, tokenizer="whitespace")
         manifest = _check_manifest(out, man, source)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from context_research.datasets import templates as T
 from context_research.errors import ConfigError
 from context_research.quality import scorers as S
 
@@ -62,10 +63,16 @@ def test_code_sim():
     assert S.code_sim_score("abcd", ["abce"]) == pytest.approx(0.75)
 
 
-def test_score_longbench_first_line_rule():
+def _longbench(task, outputs, all_classes=()):
+    return {"benchmark": "longbench", "task": task, "metric": T.LONGBENCH_TASKS[task].metric, "outputs": outputs,
+            "metric_kwargs": {"all_classes": list(all_classes)}}
+
+
+def test_score_sample_longbench_first_line_rule():
     classes = ["Location", "Number"]
-    assert S.score_longbench("trec", "Location\nNumber", ["Location"], classes) == 1.0
-    assert S.score_longbench("qasper", "the cat sat", ["a cat sat down"]) == pytest.approx(0.8)
+    assert S.score_sample(_longbench("trec", ["Location"], classes), "Location\nNumber") == (1.0, 100.0)
+    native, percent = S.score_sample(_longbench("qasper", ["a cat sat down"]), "the cat sat")
+    assert native == pytest.approx(0.8) and percent == pytest.approx(80.0)
 
 
 def test_infinitebench_scorers():
@@ -112,5 +119,5 @@ def test_registry_signature_and_scale():
     assert S.score_percent("string_match_all", "123", ["123"]) == 100.0
     with pytest.raises(ConfigError):
         S.get_scorer("nope")
-    for task, metric in {**S.LONGBENCH_TASK_METRICS, **S.INFINITEBENCH_TASK_METRICS}.items():
-        assert metric in S.METRICS, task
+    for task, spec in {**T.LONGBENCH_TASKS, **T.INFINITEBENCH_TASKS}.items():
+        assert spec.metric in S.METRICS, task

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from context_research.datasets import templates as T
+from context_research.datasets.ruler import sample_seed
 from context_research.errors import ConfigError
-from context_research.hashing import sha256_file, sha256_text
+from context_research.hashing import sha256_file
 from context_research.io import read_jsonl
 from context_research.quality.prompting import truncate_middle_text
 from context_research.quality.scorers import choice_references
@@ -186,61 +187,54 @@ def _maybe_truncate(text: str, block: dict, count_tokens: CountTokens) -> tuple[
     return truncate_middle_text(text, int(limit), count_tokens)
 
 
-def longbench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
-    spec = T.LONGBENCH_TASKS.get(task)
+def _templated_sample(benchmark: str, tasks: dict[str, T.TaskSpec], task: str, record: dict,
+                      count_tokens: CountTokens, block: dict | None, options: list[str] | None = None) -> dict:
+    """The fields a LongBench or InfiniteBench sample shares: the task's template filled with the
+    record, middle-truncated to ``max_input_tokens``, its metric and generation length."""
+    spec = tasks.get(task)
     if spec is None:
-        raise ConfigError(f"longbench: no prompt template for task {task!r}; known: {sorted(T.LONGBENCH_TASKS)}")
-    block = block or {}
-    text = T.render(spec, str(record["context"]), str(record["input"] or ""))
-    text, truncated = _maybe_truncate(text, block, count_tokens)
-    answers = record["answers"]
-    answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
+        raise ConfigError(f"{benchmark}: no prompt template for task {task!r}; known: {sorted(tasks)}")
+    text = T.render(spec, str(record["context"]), str(record["input"] or ""), options)
+    text, truncated = _maybe_truncate(text, block or {}, count_tokens)
     return {
-        "id": str(record["_id"]),
-        "benchmark": "longbench",
+        "benchmark": benchmark,
         "task": task,
         "input": text,
-        "outputs": answers,
         "answer_prefix": "",
         "metric": spec.metric,
-        "metric_kwargs": {"all_classes": list(record.get("all_classes") or [])},
         "max_new_tokens": spec.max_new_tokens,
         "length": int(count_tokens(text)),
         "truncated": truncated,
+    }
+
+
+def longbench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
+    sample = _templated_sample("longbench", T.LONGBENCH_TASKS, task, record, count_tokens, block)
+    answers = record["answers"]
+    return {
+        **sample,
+        "id": str(record["_id"]),
+        "outputs": [answers] if isinstance(answers, str) else [str(a) for a in answers],
+        "metric_kwargs": {"all_classes": list(record.get("all_classes") or [])},
         "source_length": record.get("length"),
     }
 
 
 def infinitebench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
-    spec = T.INFINITEBENCH_TASKS.get(task)
-    if spec is None:
-        raise ConfigError(f"infinitebench: no prompt template for task {task!r}; known: {sorted(T.INFINITEBENCH_TASKS)}")
-    block = block or {}
     options = [str(o) for o in (record.get("options") or [])]
-    text = T.render(spec, str(record["context"]), str(record["input"] or ""), options)
-    text, truncated = _maybe_truncate(text, block, count_tokens)
+    sample = _templated_sample("infinitebench", T.INFINITEBENCH_TASKS, task, record, count_tokens, block, options)
     answer = record["answer"]
     answers = [str(answer)] if not isinstance(answer, list) else [str(a) for a in answer]
     if task in ("longbook_choice_eng", "code_debug") and options:
         answers = choice_references(answers, options)
-    return {
-        "id": str(record["id"]),
-        "benchmark": "infinitebench",
-        "task": task,
-        "input": text,
-        "outputs": answers,
-        "answer_prefix": "",
-        "metric": spec.metric,
-        "metric_kwargs": {},
-        "max_new_tokens": spec.max_new_tokens,
-        "length": int(count_tokens(text)),
-        "truncated": truncated,
-    }
+    return {**sample, "id": str(record["id"]), "outputs": answers, "metric_kwargs": {}}
 
 
 def _fit_words(words: Sequence[str], start: int, budget: int, count_tokens: CountTokens) -> int:
-    """Largest ``w`` with ``count_tokens(" ".join(words[start:start+w])) <= budget``."""
-    avail = len(words) - start
+    """Largest ``w`` with ``count_tokens(" ".join(words[start:start+w])) <= budget``. Every word
+    takes at least one token, so no more than ``budget`` words are tried (a long book is not
+    tokenized whole)."""
+    avail = min(len(words) - start, budget)
     if avail <= 0:
         return 0
 
@@ -268,7 +262,7 @@ def pg19_sample(sid: str, record: dict, count_tokens: CountTokens, window_tokens
         raise ConfigError(f"{KEY_PREFIX}.pg19.window_tokens must be > 0, got {window_tokens}")
     words = str(record["text"]).split()
     w0 = _fit_words(words, 0, window_tokens, count_tokens)
-    rng = random.Random(int(sha256_text(f"{seed}|{task}|{window_tokens}|{sid}")[:16], 16))
+    rng = random.Random(sample_seed(seed, task, window_tokens, sid))
     start = rng.randint(0, max(0, len(words) - w0))
     n = _fit_words(words, start, window_tokens, count_tokens)
     text = " ".join(words[start:start + n])

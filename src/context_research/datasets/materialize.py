@@ -19,12 +19,6 @@ CountTokens = Callable[[str], int]
 MANIFEST_VERSION = 1
 
 
-def default_paths(benchmark: str, task: str, root: str | os.PathLike = "results/data") -> tuple[Path, Path]:
-    """``(results/data/{benchmark}/{task}.jsonl, results/data/{benchmark}/{task}.manifest.json)``."""
-    base = Path(root) / benchmark
-    return base / f"{task}.jsonl", base / f"{task}.manifest.json"
-
-
 def _ruler_samples(task: str, block: dict, count_tokens: CountTokens) -> tuple[list[dict], dict]:
     key = f"{loaders.KEY_PREFIX}.ruler"
     if "context_tokens" not in block:
@@ -33,7 +27,7 @@ def _ruler_samples(task: str, block: dict, count_tokens: CountTokens) -> tuple[l
     if "reserve_tokens" in block:
         params.setdefault("reserve_tokens", int(block["reserve_tokens"]))
     source: dict = {"kind": "synthetic", "generator": f"context_research.datasets.ruler:{task}", "params": dict(params)}
-    if task == "qa" or ruler.GENERATORS.get(task) is ruler.qa:
+    if ruler.GENERATORS.get(task) is ruler.qa:
         path = block.get("qa_records")
         if not path or not Path(path).is_file():
             raise ConfigError(

@@ -24,7 +24,6 @@ depend on ``PYTHONHASHSEED`` or on the other samples.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 import string
 import uuid
@@ -33,6 +32,7 @@ from importlib.resources import files
 from typing import Any, Callable, Sequence
 
 from context_research.errors import ConfigError
+from context_research.hashing import sha256_text
 
 CountTokens = Callable[[str], int]
 Builder = Callable[[int], dict]
@@ -73,10 +73,9 @@ def wordlists() -> dict[str, tuple[str, ...]]:
     return {"nouns": nouns, "adjectives": adjs, "verbs": verbs, "all": allw}
 
 
-def sample_seed(seed: int, task: str, context_tokens: int, index: int) -> int:
+def sample_seed(seed: int, task: str, context_tokens: int, index: int | str) -> int:
     """A per-sample integer seed, stable across processes and Python versions."""
-    digest = hashlib.sha256(f"{seed}|{task}|{context_tokens}|{index}".encode()).hexdigest()
-    return int(digest[:16], 16)
+    return int(sha256_text(f"{seed}|{task}|{context_tokens}|{index}")[:16], 16)
 
 
 class _Stream:
@@ -698,6 +697,4 @@ def generate(task: str, n_samples: int, context_tokens: int, count_tokens: Count
         fn = GENERATORS[task]
     except KeyError:
         raise ConfigError(f"RULER: unknown task {task!r}; known: {sorted(GENERATORS)}") from None
-    if fn in (niah_single, niah_multikey, niah_multivalue, niah_multiquery):
-        params.setdefault("task_name", task)
     return fn(n_samples, context_tokens, count_tokens, seed, **params)

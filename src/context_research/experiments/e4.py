@@ -25,6 +25,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,6 +33,8 @@ from ..backends.client import http_session
 from ..errors import ConfigError, ContextResearchError
 from ..hashing import sha256_file, sha256_obj
 from ..io import read_json, read_jsonl, write_csv, write_json, write_jsonl
+from ..quality.scorers import score_sample
+from ..workload import prompt_length_mismatches
 
 DATA_ROOT = Path("results/data")
 BENCHMARKS = ("ruler", "longbench", "infinitebench", "pg19")
@@ -180,7 +183,12 @@ def data_source_kind(manifest: dict) -> str:
 
 def combined_manifest_sha256(manifests: dict[str, str | Path]) -> str:
     """One hash over every dataset manifest ({dataset key: manifest path}), order-independent."""
-    return sha256_obj({key: sha256_file(path) for key, path in sorted(manifests.items())})
+    return combine_manifest_digests({key: sha256_file(path) for key, path in manifests.items()})
+
+
+def combine_manifest_digests(digests: dict[str, str]) -> str:
+    """``combined_manifest_sha256`` from manifests already hashed ({dataset key: sha256})."""
+    return sha256_obj(dict(sorted(digests.items())))
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -386,19 +394,6 @@ async def fetch_prompt_logprobs(http, base_url: str, model_name: str, token_ids:
     return {"logprobs": logprobs, "prompt_tokens": (data.get("usage") or {}).get("prompt_tokens")}
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-def score_prediction(sample: dict, prediction: str) -> tuple[float, float]:
-    """(native score, 0-100 score) of one generated answer with the sample's metric."""
-    from ..quality import scorers
-
-    if sample.get("benchmark") == "longbench" and sample.get("task") in scorers.LONGBENCH_FIRST_LINE:
-        prediction = prediction.lstrip("\n").split("\n")[0]  # LongBench scores only the first line
-    value = scorers.score(sample["metric"], prediction, sample["outputs"], **(sample.get("metric_kwargs") or {}))
-    return value, value * scorers.METRIC_SCALE[sample["metric"]]
-
-
 def perplexity_fields(logprobs: Sequence[float | None]) -> dict:
     from ..quality.scorers import perplexity
 
@@ -415,6 +410,16 @@ def meaningful_verdict(weights: str, backend_mode: str, data_source: str | None 
     if data_source == "fixture":
         return False, "fixture data (tests/fixtures/e4), not the benchmark"
     return True, "real weights, real engine"
+
+
+def summary_verdict(rows: list[dict], weights: str, backend_mode: str) -> tuple[bool, str]:
+    """The run's ``meaningful`` flag, the overall row's (the last of ``rows``), and why."""
+    meaningful = bool(rows) and bool(rows[-1]["meaningful"])
+    ok, why = meaningful_verdict(weights, backend_mode)
+    if ok and not meaningful:
+        fixture = [r["dataset"] for r in rows[:-1] if r["data_source"] == "fixture"]
+        why = f"fixture data for {', '.join(fixture)}" if fixture else "no dataset row is meaningful"
+    return meaningful, why
 
 
 def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, backend_mode: str,
@@ -438,6 +443,7 @@ def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, ba
         "benchmark": ds.benchmark, "task": ds.task, "context_tokens": ds.context_tokens, "dataset": ds.name,
         "n": len(preds), "n_ok": len(ok), "n_failed": len(failed), "metric": metric, "score": score,
         "score_scale": scale, "mean_input_tokens": mean([p.get("input_tokens") for p in preds]),
+        "n_input_tokens": sum(1 for p in preds if p.get("input_tokens") is not None),
         "truncated": sum(1 for p in preds if p.get("truncated")), "status": status, "reason": reason[:500],
         "meaningful": meaningful, "data_source": data_source,
     }
@@ -445,19 +451,22 @@ def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, ba
 
 def overall_row(rows: list[dict]) -> dict:
     """Macro mean of the 0-100 task scores (perplexity rows are on another scale and are left
-    out of the score); sample counts, truncation and input length over every row."""
+    out of the score); sample counts, truncation and input length over every row (the mean
+    input length over the samples the server counted, ``n_input_tokens`` of each row)."""
     from ..analysis.stats import mean
 
     percent = [r["score"] for r in rows if r["score_scale"] == PERCENT]
     n = sum(r["n"] for r in rows)
-    tokens = sum((r["mean_input_tokens"] or 0) * r["n"] for r in rows if r["mean_input_tokens"] is not None)
-    counted = sum(r["n"] for r in rows if r["mean_input_tokens"] is not None)
+    measured = [(r["mean_input_tokens"], r.get("n_input_tokens", r["n"])) for r in rows
+                if r["mean_input_tokens"] is not None]
+    tokens = sum(m * k for m, k in measured)
+    counted = sum(k for _, k in measured)
     statuses = {r["status"] for r in rows}
     return {
         "benchmark": OVERALL, "task": OVERALL, "context_tokens": None, "dataset": OVERALL,
         "n": n, "n_ok": sum(r["n_ok"] for r in rows), "n_failed": sum(r["n_failed"] for r in rows),
         "metric": "macro_mean_percent", "score": mean(percent), "score_scale": PERCENT,
-        "mean_input_tokens": tokens / counted if counted else None,
+        "mean_input_tokens": tokens / counted if counted else None, "n_input_tokens": counted,
         "truncated": sum(r["truncated"] for r in rows),
         "status": "ok" if statuses <= {"ok"} and rows else ("failed" if statuses <= {"failed"} else "partial"),
         "reason": "; ".join(f"{r['benchmark']}/{r['dataset']}: {r['status']}" for r in rows if r["status"] != "ok")[:500],
@@ -490,11 +499,16 @@ def _base_line(ds: Dataset, sample: dict, stamp: dict) -> dict:
             "output_tokens": None, "finish_reason": None, "status": "failed", "reason": None, **stamp}
 
 
-async def run(session, cfg: dict, ctx) -> dict:
+async def run(session, cfg: dict, ctx, loaded: list[tuple[Dataset, dict, list[dict]]] | None = None,
+              manifest_sha256: dict[str, str] | None = None) -> dict:
+    """``loaded`` (``load_materialized``) and ``manifest_sha256`` ({dataset key: sha256 of its
+    manifest}) come from ``run_standalone``, which checked them before the engine started."""
     from ..records import GenerationRequest
 
-    dss = datasets(cfg)
-    loaded = load_materialized(dss)
+    if loaded is None:
+        loaded = load_materialized(datasets(cfg))
+    if manifest_sha256 is None:
+        manifest_sha256 = {ds.key: sha256_file(ds.manifest_path()) for ds, _, _ in loaded}
     model = session.model
     tok = load_tokenizer(str(model.get("tokenizer") or model["path"]))
     prompter = ChatPrompter(tok, cfg.get("system_prompt"), cfg.get("prefill_answer_prefix", True))
@@ -541,14 +555,10 @@ async def run(session, cfg: dict, ctx) -> dict:
             line["reason"] = rec.error
             continue
         line["prediction"] = rec.text
-        line["score"], line["score_percent"] = score_prediction(item.sample, rec.text)
+        line["score"], line["score_percent"] = score_sample(item.sample, rec.text)
         line["status"] = "ok"
 
     ppl_duration = await _run_perplexity(session, perplexity, int(cfg["max_concurrency"]))
-
-    for item in (i for items in lines_by_ds.values() for i in items):
-        if item.line["input_tokens"] is None and item.line["status"] != "ok":
-            item.line["input_tokens"] = item.line["input_tokens_local"]
 
     rows, predictions = [], []
     for ds, manifest, samples in loaded:
@@ -561,20 +571,18 @@ async def run(session, cfg: dict, ctx) -> dict:
     rows.append(overall_row(rows))
     _write_outputs(ctx, rows, predictions)
 
-    meaningful, why = meaningful_verdict(ctx.weights, ctx.backend_mode)
-    fixture_rows = [r["dataset"] for r in rows[:-1] if r["data_source"] == "fixture"]
-    mismatch = [p["id"] for p in predictions if p["status"] == "ok" and p["metric"] != PERPLEXITY
-                and p["input_tokens"] != p["input_tokens_local"]]
+    meaningful, why = summary_verdict(rows, ctx.weights, ctx.backend_mode)
+    by_request = {req.request_id: item for item, req in generate}
+    mismatch = [by_request[r.request_id].line["id"] for r in prompt_length_mismatches(measured["records"])]
     summary = {
         **stamp,
-        "meaningful": meaningful and not fixture_rows,
-        "meaningful_reason": why if not meaningful else (
-            f"fixture data for {', '.join(fixture_rows)}" if fixture_rows else why),
+        "meaningful": meaningful,
+        "meaningful_reason": why,
         "rows": rows,
-        "datasets": {ds.key: {"manifest": str(ds.manifest_path()), "manifest_sha256": sha256_file(ds.manifest_path()),
+        "datasets": {ds.key: {"manifest": str(ds.manifest_path()), "manifest_sha256": manifest_sha256[ds.key],
                               "file_sha256": m["file"]["sha256"], "count": m["count"], "source": m["source"],
                               "seed": m["seed"], "tokenizer": m.get("tokenizer")} for ds, m, _ in loaded},
-        "dataset_manifest_sha256": combined_manifest_sha256({ds.key: ds.manifest_path() for ds, _, _ in loaded}),
+        "dataset_manifest_sha256": combine_manifest_digests(manifest_sha256),
         "decoding": {"chat_template": prompter.chat, "enable_thinking": False, "temperature": 0.0, "ignore_eos": False,
                      "seed": seed, "prefill_answer_prefix": bool(cfg.get("prefill_answer_prefix", True)),
                      "system_prompt": cfg.get("system_prompt"), "max_new_tokens": "per task (sample max_new_tokens)",
@@ -597,17 +605,17 @@ async def run(session, cfg: dict, ctx) -> dict:
             "overall_score": overall["score"], "meaningful": summary["meaningful"]}
 
 
-async def _run_perplexity(session, items: list[tuple[_Pending, list[int]]], max_concurrency: int) -> float:
+async def _run_perplexity(session, items: list[tuple[_Pending, list[int]]], max_concurrency: int) -> float | None:
+    """Wall time of the prompt-logprob requests; None when none was sent (the report prints n/a)."""
     import time
 
-
     if not items:
-        return 0.0
+        return None
     base_url = getattr(session.backend, "base_url", None)
     if base_url is None:
         for item, _ in items:
             item.line["reason"] = f"backend {session.backend_mode} has no HTTP endpoint for prompt logprobs"
-        return 0.0
+        return None
     sem = asyncio.Semaphore(max_concurrency)
     timeout = float(session.backend.serving.get("request_timeout_s", 900))
     t0 = time.perf_counter()
@@ -646,10 +654,10 @@ def run_standalone(config: dict, outdir: str | Path) -> dict:
     """One engine start (``runner.run_experiment``) with the datasets' manifests in the config hash."""
     from .runner import run_experiment
 
-    dss = datasets(config["experiments"]["e4"])
-    load_materialized(dss)  # fail before the engine starts
-    digest = combined_manifest_sha256({ds.key: ds.manifest_path() for ds in dss})
-    return run_experiment("e4", config, outdir, run, dataset_manifest_sha256=digest)
+    loaded = load_materialized(datasets(config["experiments"]["e4"]))  # fail before the engine starts
+    manifest_sha256 = {ds.key: sha256_file(ds.manifest_path()) for ds, _, _ in loaded}
+    body = partial(run, loaded=loaded, manifest_sha256=manifest_sha256)
+    return run_experiment("e4", config, outdir, body, dataset_manifest_sha256=combine_manifest_digests(manifest_sha256))
 
 
 # ----------------------------------------------------------------------------- CLI

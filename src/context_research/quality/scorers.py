@@ -164,33 +164,6 @@ def code_sim_score(prediction: str, references: Sequence[str], **_: object) -> f
 # LongBench evaluates only the first line of the prediction for these datasets
 LONGBENCH_FIRST_LINE = frozenset({"trec", "triviaqa", "samsum", "lsht"})
 
-LONGBENCH_TASK_METRICS: dict[str, str] = {
-    "narrativeqa": "qa_f1_score",
-    "qasper": "qa_f1_score",
-    "multifieldqa_en": "qa_f1_score",
-    "hotpotqa": "qa_f1_score",
-    "2wikimqa": "qa_f1_score",
-    "musique": "qa_f1_score",
-    "gov_report": "rouge_score",
-    "qmsum": "rouge_score",
-    "multi_news": "rouge_score",
-    "trec": "classification_score",
-    "triviaqa": "qa_f1_score",
-    "samsum": "rouge_score",
-    "passage_count": "count_score",
-    "passage_retrieval_en": "retrieval_score",
-    "lcc": "code_sim_score",
-    "repobench-p": "code_sim_score",
-}
-
-
-def score_longbench(task: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None = None) -> float:
-    """LongBench per-sample score (0-1) with its per-dataset metric and first-line rule."""
-    metric = LONGBENCH_TASK_METRICS[task]
-    if task in LONGBENCH_FIRST_LINE:
-        prediction = prediction.lstrip("\n").split("\n")[0]
-    return METRICS[metric](prediction, list(answers), all_classes=list(all_classes or []))
-
 
 # ----------------------------------------------------------------------------- InfiniteBench
 
@@ -306,16 +279,6 @@ def longbook_qa_f1_score(prediction: str, references: Sequence[str], **_: object
     return qa_f1_score(prediction, references)
 
 
-INFINITEBENCH_TASK_METRICS: dict[str, str] = {
-    "passkey": "passkey",
-    "number_string": "number_string",
-    "kv_retrieval": "kv_retrieval",
-    "longbook_choice_eng": "longbook_choice_eng",
-    "longbook_qa_eng": "longbook_qa_eng",
-    "math_find": "math_find",
-    "code_debug": "code_debug",
-}
-
 # ----------------------------------------------------------------------------- PG19
 
 
@@ -371,3 +334,13 @@ def score(metric: str, prediction: str, references: Sequence[str], **kw: object)
 def score_percent(metric: str, prediction: str, references: Sequence[str], **kw: object) -> float:
     """The metric on a 0-100 scale."""
     return score(metric, prediction, references, **kw) * METRIC_SCALE[metric]
+
+
+def score_sample(sample: dict, prediction: str) -> tuple[float, float]:
+    """(native score, 0-100 score) of one answer to a materialized sample, with the sample's
+    ``metric``, ``outputs`` and ``metric_kwargs`` (each task's metric is its
+    ``datasets.templates`` TaskSpec's) and LongBench's first-line rule."""
+    if sample.get("benchmark") == "longbench" and sample.get("task") in LONGBENCH_FIRST_LINE:
+        prediction = prediction.lstrip("\n").split("\n")[0]
+    value = score(sample["metric"], prediction, sample["outputs"], **(sample.get("metric_kwargs") or {}))
+    return value, value * METRIC_SCALE[sample["metric"]]
