@@ -188,22 +188,26 @@ def main(argv=None) -> int:
         "weights": model["weights"], "server_command": backend.command, "measured_on": "client",
         "runs": runs, "medians": summary, "ratios_ours_over_vllm_bench": ratios,
         "throughput_ratio_target": THROUGHPUT_RATIO_TARGET,
-        "throughput_target_met": ratios["ours"]["output_throughput_ratio"] >= THROUGHPUT_RATIO_TARGET,
+        # None when no repeat produced a ratio (a client failed every run): not met, and said so.
+        "throughput_target_met": (ratios["ours"]["output_throughput_ratio"] or 0.0) >= THROUGHPUT_RATIO_TARGET,
         "wall_s": time.perf_counter() - t0,
     }
     write_json(out, result)
-    r = ratios["ours"]
+    r, n = ({k: ("n/a" if v is None else v) for k, v in d.items()} for d in (ratios["ours"], ratios["ours_no_kv_sampling"]))
     spread = ", ".join(f"{x:.2f}" for x in r["output_throughput_ratio_per_repeat"])
-    print(f"output throughput ratio (ours / vllm bench): {r['output_throughput_ratio']:.3f} "
+    print(f"output throughput ratio (ours / vllm bench): {_f(r['output_throughput_ratio'])} "
           f"(target >= {THROUGHPUT_RATIO_TARGET}: {'met' if result['throughput_target_met'] else 'NOT met'}; "
-          f"per repeat {spread}; ratio of medians {r['output_throughput_ratio_of_medians']:.3f})")
-    print(f"mean TTFT ratio (ours / vllm bench): {r['mean_ttft_ratio']:.3f} "
-          f"(ratio of medians {r['mean_ttft_ratio_of_medians']:.3f})")
-    n = ratios["ours_no_kv_sampling"]
-    print(f"without KV-usage sampling: throughput ratio {n['output_throughput_ratio']:.3f}, "
-          f"mean TTFT ratio {n['mean_ttft_ratio']:.3f}")
+          f"per repeat {spread or 'none'}; ratio of medians {_f(r['output_throughput_ratio_of_medians'])})")
+    print(f"mean TTFT ratio (ours / vllm bench): {_f(r['mean_ttft_ratio'])} "
+          f"(ratio of medians {_f(r['mean_ttft_ratio_of_medians'])})")
+    print(f"without KV-usage sampling: throughput ratio {_f(n['output_throughput_ratio'])}, "
+          f"mean TTFT ratio {_f(n['mean_ttft_ratio'])}")
     print(f"details: {out}")
     return 0
+
+
+def _f(x) -> str:
+    return x if isinstance(x, str) else f"{x:.3f}"
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 #
 #   scripts/gpu-host-run.sh WHEEL_DIR... -- SNAKEMAKE_TARGETS_AND_FLAGS...
 #
-# Each WHEEL_DIR's *.whl is installed (no deps, no index) into /tmp/site-extra unless already
-# done; vLLM itself is expected in /tmp/site (the staged bundle's install.sh). The package
+# Each WHEEL_DIR's *.whl is installed (no deps, no index) into /tmp/site-extra on every call
+# (pip --upgrade; a few seconds); vLLM itself is expected in /tmp/site (the staged bundle's install.sh). The package
 # is used from src/ and the `context-research` command is a shim over `python3 -m`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
