@@ -15,13 +15,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
-include: "workflow/rules/e0.smk"
-include: "workflow/rules/e1.smk"
-include: "workflow/rules/e2.smk"
-include: "workflow/rules/e3.smk"
+include: "workflow/rules/experiments.smk"
 include: "workflow/rules/e4.smk"
-include: "workflow/rules/e5.smk"
-include: "workflow/rules/e6.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
 from .errors import ContextResearchError
-
-# Experiment eN lives in context_research.experiments.eN (``async def run(session, cfg, ctx)``,
-# or ``def run_standalone(config, outdir)`` for experiments that manage several engines).
-EXPERIMENTS = ("e0", "e1", "e2", "e3", "e4", "e5", "e6")
 
 
 def _config_from_args(args) -> dict:
@@ -24,17 +19,11 @@ def _config_from_args(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .experiments.runner import run_experiment
+    from .experiments.catalog import get
+    from .experiments.runner import run_declared
 
-    config = _config_from_args(args)
-    try:
-        module = importlib.import_module(f"context_research.experiments.{args.experiment}")
-    except ModuleNotFoundError:
-        raise ContextResearchError(f"experiment {args.experiment} is not implemented in this version") from None
-    if hasattr(module, "run_standalone"):
-        meta = module.run_standalone(config, args.outdir)
-    else:
-        meta = run_experiment(args.experiment, config, args.outdir, module.run)
+    experiment = get(args.experiment)
+    meta = run_declared(experiment, _config_from_args(args), args.outdir)
     print(json.dumps({"run_id": meta["run_id"], "backend_mode": meta["backend_mode"],
                       "result": meta["result_summary"]}, default=str))
     return 0
@@ -49,6 +38,19 @@ def cmd_embedded_model(args) -> int:
         block = _config_from_args(args).get("embedded_model", {})
     manifest = build_embedded_model(args.out, block)
     print(json.dumps({"out": args.out, "files": len(manifest.get("files", []))}))
+    return 0
+
+
+def cmd_materialize(args) -> int:
+    from .datasets.materialize import materialize_command
+
+    try:
+        lines = materialize_command(json.loads(args.specs_json), args.root)
+    except ContextResearchError as exc:
+        # one line: rule e4_data prints the log's last line as its error
+        raise ContextResearchError(" ".join(str(exc).split())) from None
+    for line in lines:
+        print(json.dumps(line))
     return 0
 
 
@@ -87,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="config YAML plus overlays merged in order")
         return p
 
-    p = with_config(sub.add_parser("run", help="run one experiment against one engine start"))
-    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p = with_config(sub.add_parser("run", help="run one experiment (its engines start and stop with it)"))
+    p.add_argument("experiment", help="an experiment of the catalog (e0 ... e6)")
     p.add_argument("--outdir", required=True)
     p.set_defaults(func=cmd_run)
 
@@ -96,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--model-config-json", help="just the validated embedded_model block (what the rule passes)")
     p.set_defaults(func=cmd_embedded_model)
+
+    p = sub.add_parser("materialize", help="write E4's datasets as JSONL plus manifests (rule e4_data)")
+    p.add_argument("--specs-json", required=True, help="a list of dataset specs as JSON (what the rule passes)")
+    p.add_argument("--root", default="results/data")
+    p.set_defaults(func=cmd_materialize)
 
     p = with_config(sub.add_parser("validate", help="validate the configuration"))
     p.set_defaults(func=cmd_validate)
@@ -117,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .experiments.runner import Terminated
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -126,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("context-research: interrupted; the engine was stopped", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"context-research: {exc}; the engine was stopped", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

@@ -20,10 +20,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_RELPATH = Path("workflow") / "schemas" / "config.schema.yaml"
 
 
+def workflow_file(*parts: str) -> Path:
+    """A file of the workflow being run (rules run in its directory), else this checkout's."""
+    here = Path.cwd().joinpath(*parts)
+    return here if here.exists() else REPO_ROOT.joinpath(*parts)
+
+
 def default_schema() -> Path:
-    """The schema of the workflow being run (rules run in its directory), else this checkout's."""
-    here = Path.cwd() / SCHEMA_RELPATH
-    return here if here.exists() else REPO_ROOT / SCHEMA_RELPATH
+    return workflow_file(*SCHEMA_RELPATH.parts)
+
 SIMULATED_OPT_IN_ENV = "CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND"
 
 
@@ -60,14 +65,25 @@ def merged_schema(schema_path: str | os.PathLike | None = None) -> dict:
     Inlined rather than ``$ref``-ed: defaults inside referenced schemas are not filled by
     ``snakemake.utils.validate``.
     """
+    from .experiments.catalog import EXPERIMENTS
+
     top = Path(schema_path or default_schema())
     schema = yaml.safe_load(top.read_text(encoding="utf-8"))
     experiments = schema["properties"]["experiments"].setdefault("properties", {})
-    for part in sorted((top.parent / "experiments").glob("*.schema.yaml")):
-        sub = yaml.safe_load(part.read_text(encoding="utf-8"))
+    for name in EXPERIMENTS:
+        part = top.parent / "experiments" / f"{name}.schema.yaml"
+        try:
+            sub = yaml.safe_load(part.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"experiment {name} has no config schema: {part} is missing") from None
         sub.pop("$schema", None)
         sub.setdefault("default", {})
-        experiments[part.name.split(".")[0]] = sub
+        experiments[name] = sub
+    report = schema["properties"]["report"]["properties"]
+    names = list(EXPERIMENTS)
+    report["experiments"]["items"]["enum"] = names
+    report["experiments"]["default"] = names
+    report["not_run_reasons"]["propertyNames"]["enum"] = names
     return schema
 
 

@@ -1,31 +1,21 @@
 """Figures, per-experiment markdown and the Jinja-rendered evidence packet.
 
-Each experiment module provides ``make_figures(results_dir)`` and
-``report_section(results_dir) -> dict`` (title, facts, tables, figures, findings); this module
-only renders them, stamped with the run's hardware, backend mode, weights and run_id.
+Each experiment's declaration names its report module (``make_figures(results_dir)`` and
+``report_section(results_dir) -> dict`` of findings, facts and tables) and its figures with
+their caption files; this module only renders them, stamped with the run's hardware, backend
+mode, weights and run_id.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from .config import workflow_file
 from .io import read_json, write_text
-
-TITLES = {
-    "e0": "E0 — smoke and reproducibility",
-    "e1": "E1 — prompt-length latency sweep",
-    "e2": "E2 — concurrency / arrival-rate sweep with SLO goodput",
-    "e3": "E3 — aggregated vs prefill/decode-disaggregated serving",
-    "e4": "E4 — long-context quality",
-    "e5": "E5 — peak-memory decomposition",
-    "e6": "E6 — YaRN long-context stress",
-}
-
 
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
@@ -59,36 +49,37 @@ def provenance_line(meta: dict[str, Any]) -> str:
             f"run {p['run_id']}")
 
 
-def _report_module(experiment: str):
-    """context_research.experiments.<eN>_report, or None if that experiment has none yet."""
-    try:
-        return importlib.import_module(f"context_research.experiments.{experiment}_report")
-    except ModuleNotFoundError:
-        return None
+def _catalog():
+    # Imported when used: the experiment modules import this one for provenance_line.
+    from .experiments import catalog
+
+    return catalog
+
+
+def caption_text(caption_file: str) -> str:
+    """A figure's caption, from the same ``workflow/report/`` file Snakemake's report shows."""
+    return " ".join(workflow_file("workflow", "report", caption_file).read_text(encoding="utf-8").split())
 
 
 def experiment_figures(experiment: str, results_dir: Path) -> None:
-    _report_module(experiment).make_figures(results_dir)
+    _catalog().get(experiment).report.make_figures(results_dir)
 
 
 def section(experiment: str, results_root: Path) -> dict[str, Any]:
-    results_dir = results_root / experiment
-    meta_path = results_dir / "run_metadata.json"
-    module = _report_module(experiment)
-    if module is None:
-        return {"id": experiment, "title": TITLES.get(experiment, experiment), "ran": False,
-                "reason": "not implemented in this version of the workflow"}
+    exp = _catalog().get(experiment)
+    results_dir = results_root / exp.name
+    meta_path = exp.path(results_dir, "metadata")
     if not meta_path.exists():
-        return {"id": experiment, "title": TITLES[experiment], "ran": False,
+        return {"id": exp.name, "title": exp.title, "ran": False,
                 "reason": f"no results at {results_dir} (run its target first)"}
     meta = read_json(meta_path)
-    body = module.report_section(results_dir)
+    body = exp.report.report_section(results_dir)
     figures = []
-    for caption, name in body.get("figures", []):
-        svg = (results_dir / name).read_text(encoding="utf-8")
+    for fig in (f for f in exp.figures if f.is_svg):
+        svg = (results_dir / fig.file).read_text(encoding="utf-8")
         svg = svg[svg.find("<svg"):]  # inline: drop the XML prolog
-        figures.append({"caption": caption, "svg": svg, "name": name})
-    return {"id": experiment, "title": TITLES[experiment], "ran": True, "provenance": provenance(meta),
+        figures.append({"caption": caption_text(fig.caption), "svg": svg, "name": fig.file})
+    return {"id": exp.name, "title": exp.title, "ran": True, "provenance": provenance(meta),
             "simulated": meta.get("backend_mode") != "real", **body, "figures": figures}
 
 
@@ -102,9 +93,9 @@ def render_packet(results_root: Path, out: Path, experiments: list[str],
     sections = [section(e, results_root) for e in experiments]
     listed = set(experiments)
     reasons = not_run_reasons or {}
-    sections += [{"id": e, "title": t, "ran": False,
-                  "reason": reasons.get(e, "not selected in report.experiments")}
-                 for e, t in TITLES.items() if e not in listed]
+    sections += [{"id": x.name, "title": x.title, "ran": False,
+                  "reason": reasons.get(x.name, "not selected in report.experiments")}
+                 for x in _catalog().EXPERIMENTS.values() if x.name not in listed]
     sections.sort(key=lambda s: s["id"])
     ran = [s for s in sections if s["ran"]]
     modes = sorted({s["provenance"]["backend_mode"] for s in ran})

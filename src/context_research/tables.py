@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 
-def fmt(x: Any, nd: int = 2) -> str:
-    """``x`` with ``nd`` decimals; "n/a" for None and NaN (float or numpy), so a missing CSV cell
-    and a missing JSON value print alike."""
+def fmt(x: Any, nd: int = 2, grouped: bool = False) -> str:
+    """``x`` with ``nd`` decimals (and thousands separators when ``grouped``); "n/a" for None and
+    NaN (float or numpy), so a missing CSV cell and a missing JSON value print alike."""
     if x is None or (isinstance(x, Real) and math.isnan(x)):
         return "n/a"
-    return f"{x:.{nd}f}"
+    return f"{x:,.{nd}f}" if grouped else f"{x:.{nd}f}"
 
 
 def html_table(table: pd.DataFrame, decimals: int = 3) -> str:

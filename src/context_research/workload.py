@@ -14,11 +14,10 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from .analysis.stats import ms
 from .metadata import gpu_inventory
 from .prompts import token_id_prompt
 from .records import GenerationRequest, RequestRecord
-
-_MS = 1000.0
 
 
 class PromptFactory:
@@ -89,24 +88,20 @@ def point_status(records: Sequence[RequestRecord], cache_hits: float | None) -> 
     return ("failed", "; ".join(reasons)) if reasons else ("ok", "")
 
 
-def _ms(x: float | None) -> float | None:
-    return None if x is None else x * _MS
-
-
 def engine_columns(engine: dict[str, Any]) -> dict[str, Any]:
     """Engine-side view of one point, from vLLM's /metrics deltas (ms; percentiles are
     interpolated inside histogram buckets, the means are exact: sum / count)."""
     return {
         "engine_requests": engine.get("engine_ttft_count"),
-        "engine_ttft_ms_mean": _ms(engine.get("engine_ttft_mean_s")),
-        "engine_ttft_ms_p50": _ms(engine.get("engine_ttft_p50_s")),
-        "engine_ttft_ms_p95": _ms(engine.get("engine_ttft_p95_s")),
-        "engine_ttft_ms_p99": _ms(engine.get("engine_ttft_p99_s")),
-        "engine_itl_ms_mean": _ms(engine.get("engine_itl_mean_s")),
-        "engine_e2e_ms_mean": _ms(engine.get("engine_e2e_mean_s")),
-        "engine_queue_ms_mean": _ms(engine.get("engine_queue_mean_s")),
-        "engine_prefill_ms_mean": _ms(engine.get("engine_prefill_mean_s")),
-        "engine_decode_ms_mean": _ms(engine.get("engine_decode_mean_s")),
+        "engine_ttft_ms_mean": ms(engine.get("engine_ttft_mean_s")),
+        "engine_ttft_ms_p50": ms(engine.get("engine_ttft_p50_s")),
+        "engine_ttft_ms_p95": ms(engine.get("engine_ttft_p95_s")),
+        "engine_ttft_ms_p99": ms(engine.get("engine_ttft_p99_s")),
+        "engine_itl_ms_mean": ms(engine.get("engine_itl_mean_s")),
+        "engine_e2e_ms_mean": ms(engine.get("engine_e2e_mean_s")),
+        "engine_queue_ms_mean": ms(engine.get("engine_queue_mean_s")),
+        "engine_prefill_ms_mean": ms(engine.get("engine_prefill_mean_s")),
+        "engine_decode_ms_mean": ms(engine.get("engine_decode_mean_s")),
         "engine_preemptions": engine.get("engine_preemptions"),
         "engine_prompt_tokens": engine.get("engine_prompt_tokens"),
         "engine_generation_tokens": engine.get("engine_generation_tokens"),

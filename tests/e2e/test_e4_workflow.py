@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from context_research.config import load_config
-from context_research.experiments import e4
+from context_research.datasets import specs
 from context_research.hashing import sha256_file, sha256_obj
 from context_research.quality.scorers import score_sample
 
@@ -21,7 +21,7 @@ def _config(workflow_dir):
 
 
 def _datasets(workflow_dir):
-    return e4.datasets(_config(workflow_dir)["experiments"]["e4"])
+    return specs.datasets(_config(workflow_dir)["experiments"]["e4"])
 
 
 def _quality(workflow_dir):
@@ -129,7 +129,7 @@ def test_run_metadata_hashes_the_dataset_manifests(workflow_dir):
     meta = json.loads((workflow_dir / "results/e4/run_metadata.json").read_text())
     summary = json.loads((workflow_dir / "results/e4/summary.json").read_text())
     dss = _datasets(workflow_dir)
-    digest = e4.combined_manifest_sha256({ds.key: workflow_dir / ds.manifest_path() for ds in dss})
+    digest = specs.combined_manifest_sha256({ds.key: workflow_dir / ds.manifest_path() for ds in dss})
     assert meta["config"]["dataset_manifest_sha256"] == digest == summary["dataset_manifest_sha256"]
     assert meta["config_hash"] == summary["config_hash"] and meta["run_id"] == summary["run_id"]
     assert "--no-enable-prefix-caching" in meta["engine"]["command"]

@@ -13,7 +13,7 @@ from context_research.analysis.model_math import tpot_floor_s, ttft_floor_s
 from context_research.experiments import e1, e1_report
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
-from context_research.report import render_packet
+from context_research.report import render_packet, section as report_section_of
 from context_research.workload import (PromptFactory, context_overflow, local_cache_hit_tokens, point_status,
                                        prompt_length_mismatches, sweep_summary)
 
@@ -264,7 +264,10 @@ def test_figures_and_packet_section(tmp_path):
     text = " ".join(section["findings"])
     assert "exceeds engine-side TTFT" in text and "2.00 ms" in text
     assert "0 prompt-length mismatch" in text and "4096 tokens" in text
-    assert [f for _, f in section["figures"]] == ["ttft.svg", "tpot.svg"]
+    # the packet's figures and captions come from the declaration, in its order
+    packet_section = report_section_of("e1", tmp_path)
+    assert [f["name"] for f in packet_section["figures"]] == ["ttft.svg", "tpot.svg"]
+    assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e1"]).read_text()
     assert 'id="e1"' in packet and ctx.run_id in packet and packet.count("<svg") >= 2
 

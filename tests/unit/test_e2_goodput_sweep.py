@@ -11,7 +11,7 @@ from context_research.analysis.latency import goodput, poisson_schedule
 from context_research.experiments import e2, e2_report
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
-from context_research.report import render_packet
+from context_research.report import render_packet, section as report_section_of
 from context_research.workload import PromptFactory
 
 TINY = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -179,7 +179,10 @@ def test_figures_and_packet_section(tmp_path):
     text = " ".join(section["findings"])
     assert "DistServe" in text and "SLOs start to be missed at concurrency=4" in text
     assert "exceeds engine-side TTFT" in text and "5.00 ms" in text
-    assert [f for _, f in section["figures"]] == ["throughput.svg", "latency.svg", "goodput.svg"]
+    # the packet's figures and captions come from the declaration, in its order
+    packet_section = report_section_of("e2", tmp_path)
+    assert [f["name"] for f in packet_section["figures"]] == ["throughput.svg", "latency.svg", "goodput.svg"]
+    assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e2"]).read_text()
     assert 'id="e2"' in packet and packet.count("<svg") >= 3 and ctx.run_id in packet
     assert section["tables"][0]["html"].count("<tr") == 1 + 3             # header + one row per point

@@ -4,7 +4,11 @@ import pytest
 
 from context_research.disagg.broker import Handoff
 from context_research.disagg.gpus import assign_gpus
-from context_research.experiments import e3
+from context_research.disagg.phases import engine_servings
+from context_research.disagg.plan import (Point, PromptIds, batched_tokens_budget, build_requests, refusal_reason,
+                                          sweep_points)
+from context_research.disagg.rows import (MODES, POINT_COLUMNS, add_deltas, combine_agreement, empty_row,
+                                          latency_columns, transfer_columns)
 from context_research.records import RequestRecord
 
 CFG = {"seed": 0, "prompt_tokens": [256, 1024], "concurrency_levels": [1, 2], "requests_per_point": 2,
@@ -16,18 +20,18 @@ CFG = {"seed": 0, "prompt_tokens": [256, 1024], "concurrency_levels": [1, 2], "r
 
 
 def refuse(n, c=1, mode="disaggregated", budget=2048, max_model_len=2048, block=128, connector="ExampleConnector"):
-    return e3.refusal_reason(e3.Point(0, n, c), mode, max_tokens=16, max_model_len=max_model_len, budget=budget,
+    return refusal_reason(Point(0, n, c), mode, max_tokens=16, max_model_len=max_model_len, budget=budget,
                              connector=connector, block_size=block)
 
 
 def test_sweep_is_lengths_times_concurrency():
-    pts = e3.sweep_points(CFG)
+    pts = sweep_points(CFG)
     assert [(p.prompt_tokens, p.concurrency) for p in pts] == [(256, 1), (256, 2), (1024, 1), (1024, 2)]
     assert [p.index for p in pts] == [0, 1, 2, 3]
 
 
 def test_default_points_are_accepted():
-    assert all(refuse(p.prompt_tokens, p.concurrency) is None for p in e3.sweep_points(CFG))
+    assert all(refuse(p.prompt_tokens, p.concurrency) is None for p in sweep_points(CFG))
 
 
 def test_prompt_longer_than_the_token_budget_is_refused_for_disaggregation_only():
@@ -44,7 +48,7 @@ def test_concurrent_prompts_sharing_the_budget_are_refused():
 
 
 def test_too_long_for_the_context_is_refused_in_both_modes():
-    for mode in e3.MODES:
+    for mode in MODES:
         assert "max_model_len 2048" in refuse(2040, mode=mode)
 
 
@@ -60,8 +64,8 @@ def test_example_connector_lengths_it_cannot_hand_over(n, block, fragment):
 
 
 def test_budget_defaults_to_max_model_len():
-    assert e3.batched_tokens_budget(CFG, 2048) == 2048
-    assert e3.batched_tokens_budget({**CFG, "max_num_batched_tokens": 4096}, 2048) == 4096
+    assert batched_tokens_budget(CFG, 2048) == 2048
+    assert batched_tokens_budget({**CFG, "max_num_batched_tokens": 4096}, 2048) == 4096
 
 
 def rec(i, ttft, tpot, e2e, out=16, error=None):
@@ -70,18 +74,18 @@ def rec(i, ttft, tpot, e2e, out=16, error=None):
 
 
 def test_rows_deltas_and_transfer_columns():
-    p = e3.Point(0, 256, 1)
-    agg = e3.empty_row(p, "aggregated", CFG)
-    e3.latency_columns(agg, [rec(0, 0.10, 0.01, 0.25), rec(1, 0.12, 0.01, 0.27)], 1.0, CFG, 0)
-    dis = e3.empty_row(p, "disaggregated", CFG)
-    e3.latency_columns(dis, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.34, 0.012, 0.52)], 2.0, CFG, 0)
+    p = Point(0, 256, 1)
+    agg = empty_row(p, "aggregated", CFG)
+    latency_columns(agg, [rec(0, 0.10, 0.01, 0.25), rec(1, 0.12, 0.01, 0.27)], 1.0, CFG, 0)
+    dis = empty_row(p, "disaggregated", CFG)
+    latency_columns(dis, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.34, 0.012, 0.52)], 2.0, CFG, 0)
     hs = [Handoff(f"h{i}", f"r{i}", 256, "ExampleConnector", stored_tokens_expected=128, lookup_tokens_expected=128,
                   analytical_bytes=65536, bytes_moved=65536 + 176, producer_e2e_s=0.2, baseline_prefill_s=0.05,
                   consumer_ttft_s=0.1 + 0.02 * i, consumer_e2e_s=0.3, ok=True) for i in range(2)]
-    e3.transfer_columns(dis, hs, {"engine_prompt_tokens_by_source": {"external_kv_transfer": 256.0,
+    transfer_columns(dis, hs, {"engine_prompt_tokens_by_source": {"external_kv_transfer": 256.0,
                                                                        "local_compute": 256.0}}, 0.02)
     rows = [agg, dis]
-    e3.add_deltas(rows)
+    add_deltas(rows)
     assert agg["status"] == dis["status"] == "ok"
     assert dis["delta_ttft_ms_p50"] == pytest.approx(dis["ttft_ms_p50"] - agg["ttft_ms_p50"]) == pytest.approx(210.0)
     assert dis["delta_goodput_rps"] == pytest.approx(1.0 - 2.0)
@@ -93,23 +97,23 @@ def test_rows_deltas_and_transfer_columns():
     assert dis["transfer_ms_p50"] == pytest.approx(260.0)
     assert dis["stall_ratio_p50"] == pytest.approx(0.11 / 0.3)
     assert dis["consumer_expected_kv_tokens"] == 256 and dis["consumer_loaded_all"] is True
-    assert set(e3.POINT_COLUMNS) >= set(agg) and set(agg) == set(e3.POINT_COLUMNS)
+    assert set(POINT_COLUMNS) >= set(agg) and set(agg) == set(POINT_COLUMNS)
 
 
 def test_a_failed_request_fails_the_row_with_its_reason():
-    row = e3.empty_row(e3.Point(0, 256, 1), "aggregated", CFG)
-    e3.latency_columns(row, [rec(0, 0.1, 0.01, 0.2), rec(1, None, None, None, error="HTTP 500: boom")], 1.0, CFG, 0)
+    row = empty_row(Point(0, 256, 1), "aggregated", CFG)
+    latency_columns(row, [rec(0, 0.1, 0.01, 0.2), rec(1, None, None, None, error="HTTP 500: boom")], 1.0, CFG, 0)
     # Reason worded by workload.point_status, the rule shared with E1/E2.
     assert row["status"] == "failed" and row["reason"] == "1 of 2 requests failed (first: HTTP 500: boom)"
 
 
 def test_an_empty_point_or_a_length_mismatch_fails_the_row():
-    row = e3.empty_row(e3.Point(0, 256, 1), "aggregated", CFG)
-    e3.latency_columns(row, [], None, CFG, 0)
+    row = empty_row(Point(0, 256, 1), "aggregated", CFG)
+    latency_columns(row, [], None, CFG, 0)
     assert row["status"] == "failed" and "no request was sent" in row["reason"]
     short = rec(0, 0.1, 0.01, 0.2)
     short.prompt_tokens = 250
-    e3.latency_columns(row, [short], 1.0, CFG, 0)
+    latency_columns(row, [short], 1.0, CFG, 0)
     assert row["status"] == "failed" and "prompt length mismatch" in row["reason"]
 
 
@@ -118,29 +122,29 @@ def test_row_agreement_is_unknown_when_bytes_were_not_measured():
         return Handoff("h", "r", 1024, "NixlConnector", analytical_bytes=1024 * 512, bytes_moved=moved,
                        producer_e2e_s=0.1, baseline_prefill_s=0.1, consumer_ttft_s=0.1, consumer_e2e_s=0.2, ok=True)
 
-    row = e3.empty_row(e3.Point(0, 1024, 1), "disaggregated", CFG)
-    e3.transfer_columns(row, [handoff(None), handoff(None)], None, 0.02)   # NIXL / P2P: no folder to measure
+    row = empty_row(Point(0, 1024, 1), "disaggregated", CFG)
+    transfer_columns(row, [handoff(None), handoff(None)], None, 0.02)   # NIXL / P2P: no folder to measure
     assert row["bytes_agree"] is None and row["transfer_bytes_per_request"] is None
-    e3.transfer_columns(row, [handoff(1024 * 512), handoff(None)], None, 0.02)
+    transfer_columns(row, [handoff(1024 * 512), handoff(None)], None, 0.02)
     assert row["bytes_agree"] is None                  # one agrees, one unknown: not "all agree"
-    e3.transfer_columns(row, [handoff(1024 * 512), handoff(1)], None, 0.02)
+    transfer_columns(row, [handoff(1024 * 512), handoff(1)], None, 0.02)
     assert row["bytes_agree"] is False
-    assert e3.combine_agreement([True, True]) is True and e3.combine_agreement([]) is None
-    assert e3.combine_agreement([None, False]) is False
+    assert combine_agreement([True, True]) is True and combine_agreement([]) is None
+    assert combine_agreement([None, False]) is False
 
 
 def test_disagreeing_bytes_are_flagged_on_the_row():
-    row = e3.empty_row(e3.Point(0, 1024, 1), "disaggregated", CFG)
+    row = empty_row(Point(0, 1024, 1), "disaggregated", CFG)
     hs = [Handoff("h", "r", 1024, "ExampleConnector", analytical_bytes=896 * 512, bytes_moved=512 * 512,
                   producer_e2e_s=0.1, baseline_prefill_s=0.1, consumer_ttft_s=0.1, consumer_e2e_s=0.2, ok=True)]
-    e3.transfer_columns(row, hs, None, 0.02)
+    transfer_columns(row, hs, None, 0.02)
     assert row["bytes_agree"] is False and row["bytes_relative_error_max"] < -0.4
 
 
 def test_engine_servings_carry_connector_budget_and_devices(tmp_path):
     config = {"serving": {"backend": "vllm", "extra_args": ["--foo"], "env": {"A": "1"}, "gpu_memory_utilization": 0.9}}
     model = {"max_model_len": 2048}
-    cpu = e3.engine_servings(config, {**CFG, "block_size": 32}, model,
+    cpu = engine_servings(config, {**CFG, "block_size": 32}, model,
                              assign_gpus("cpu", [], CFG, 0.9, cpus=[0, 1]), tmp_path)
     assert cpu["aggregated"]["max_num_batched_tokens"] == 2048
     assert cpu["aggregated"]["extra_args"] == ["--foo", "--block-size", "32"]
@@ -150,10 +154,10 @@ def test_engine_servings_carry_connector_budget_and_devices(tmp_path):
         assert args[:3] == ["--foo", "--block-size", "32"] and args[3] == "--kv-transfer-config"
         assert f'"kv_role":"{role}"' in args[4] and str(tmp_path) in args[4]
         assert cpu[pool]["env"] == {"A": "1", "VLLM_CPU_OMP_THREADS_BIND": "0" if pool == "prefill" else "1"}
-    gpu = e3.engine_servings(config, CFG, model, assign_gpus("cuda", ["g0", "g1"], CFG, 0.9), tmp_path)
+    gpu = engine_servings(config, CFG, model, assign_gpus("cuda", ["g0", "g1"], CFG, 0.9), tmp_path)
     assert gpu["prefill"]["env"] == {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}
     assert gpu["decode"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"
-    one = e3.engine_servings(config, CFG, model, assign_gpus("cuda", ["g0"], CFG, 0.9), tmp_path)
+    one = engine_servings(config, CFG, model, assign_gpus("cuda", ["g0"], CFG, 0.9), tmp_path)
     assert one["prefill"]["gpu_memory_utilization"] == one["decode"]["gpu_memory_utilization"] == 0.4
     assert one["aggregated"]["gpu_memory_utilization"] == 0.9
     assert config["serving"]["extra_args"] == ["--foo"]   # the shared config is not mutated
@@ -161,11 +165,11 @@ def test_engine_servings_carry_connector_budget_and_devices(tmp_path):
 
 def test_prompts_are_distinct_and_identical_across_modes():
     model = {"hf_config": {"vocab_size": 3072}}
-    ids = e3._PromptIds()
-    pts = e3.sweep_points(CFG)
-    reqs = [r for p in pts for r in e3.build_requests(model, CFG, p, "e3", 3, 16, ids)]
+    ids = PromptIds()
+    pts = sweep_points(CFG)
+    reqs = [r for p in pts for r in build_requests(model, CFG, p, "e3", 3, 16, ids)]
     assert len({tuple(r.prompt) for r in reqs}) == len(reqs)
     assert all(len(r.prompt) == r.prompt_tokens_target for r in reqs)
-    fresh = e3._PromptIds()
-    again = [r for p in pts for r in e3.build_requests(model, CFG, p, "e3", 3, 16, fresh)]
+    fresh = PromptIds()
+    again = [r for p in pts for r in build_requests(model, CFG, p, "e3", 3, 16, fresh)]
     assert [r.prompt for r in again] == [r.prompt for r in reqs]   # same config -> same workload

@@ -3,6 +3,9 @@
 import pandas as pd
 import pytest
 
+from context_research.config import REPO_ROOT
+from context_research.disagg.plan import Point
+from context_research.disagg.rows import POINT_COLUMNS, add_deltas, empty_row, failed_row
 from context_research.experiments import e3, e3_report
 from context_research.io import write_csv, write_json
 
@@ -10,7 +13,7 @@ CFG = {"max_tokens": 16, "ttft_slo_ms": 1000, "tpot_slo_ms": 100}
 
 
 def row(n, c, mode, ttft, tpot, goodput, **extra):
-    r = e3.empty_row(e3.Point(0, n, c), mode, CFG)
+    r = empty_row(Point(0, n, c), mode, CFG)
     r.update({"status": "ok", "ttft_ms_p50": ttft, "ttft_ms_p95": ttft * 1.2, "tpot_ms_p50": tpot,
               "tpot_ms_p95": tpot * 1.1, "e2e_ms_p50": ttft + 15 * tpot, "e2e_ms_p95": ttft + 20 * tpot,
               "goodput_rps": goodput, **extra})
@@ -31,9 +34,9 @@ def results(tmp_path):
             analytical_bytes_per_request=458752, store_ms_p50=-3.0, load_ms_p50=31.0, transfer_ms_p50=28.0,
             **transfer),
     ]
-    rows.append(e3.failed_row(e3.Point(0, 2040, 1), "disaggregated", CFG, "prompt 2040 + max_tokens 16 exceed"))
-    e3.add_deltas(rows)
-    write_csv(tmp_path / "mode_comparison.csv", pd.DataFrame(rows, columns=e3.POINT_COLUMNS))
+    rows.append(failed_row(Point(0, 2040, 1), "disaggregated", CFG, "prompt 2040 + max_tokens 16 exceed"))
+    add_deltas(rows)
+    write_csv(tmp_path / "mode_comparison.csv", pd.DataFrame(rows, columns=POINT_COLUMNS))
     write_json(tmp_path / "summary.json", {
         "slo": {"ttft_slo_ms": 1000, "tpot_slo_ms": 100}, "max_num_batched_tokens": 2048,
         "connector": {"name": "ExampleConnector", "block_size": 128, "block_size_source": "engine",
@@ -62,7 +65,11 @@ def test_verdicts_say_plainly_whether_the_transfer_pays_off(results):
     assert "1 point/mode row(s) not measured" in text and "too long" in text
     facts = dict(sec["facts"])
     assert facts["analytical KV bytes per token"] == "512"
-    assert [f for _, f in sec["figures"]] == ["latency.svg", "goodput.svg", "transfer.svg"]
+    # The packet takes the figures and their captions from the declaration, not from the section.
+    assert "figures" not in sec
+    svgs = [f for f in e3.EXPERIMENT.figures if f.is_svg]
+    assert [f.file for f in svgs] == ["latency.svg", "goodput.svg", "transfer.svg"]
+    assert all((REPO_ROOT / "workflow" / "report" / f.caption).read_text().strip() for f in svgs)
     md = sec["tables"][0]["markdown"]
     assert "65,712" in md and "yes" in md
 

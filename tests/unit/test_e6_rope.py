@@ -7,7 +7,7 @@ import pytest
 
 from context_research.config import validate_config
 from context_research.errors import ConfigError
-from context_research.experiments.e6 import derive_rope_config, requested_rope_type, write_derived_model
+from context_research.experiments.e6_model import derive_rope_config, requested_rope_type, write_derived_model
 
 TINY = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,

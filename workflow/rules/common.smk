@@ -4,6 +4,7 @@ import sys
 
 from context_research.config import experiment_hash, experiment_view, model_profile, validate_config
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
 
 try:
@@ -14,8 +15,6 @@ except ConfigError as exc:
 MODEL = model_profile(config)
 EMBEDDED_MANIFEST = "resources/models/embedded-qwen3/manifest.json"
 REPORT_EXPERIMENTS = config["report"]["experiments"]
-# Experiment -> the figure/table files its packet section shows; each rules/eN.smk fills its entry.
-FIGURES = {}
 
 
 DUMMY_DIR = dummy_model_dir(MODEL)
@@ -44,3 +43,21 @@ def experiment_config_json(experiment):
     """What an engine rule passes to `context-research run`: only the config its hash covers,
     so changing another experiment's block leaves this rule's params (and outputs) alone."""
     return json.dumps(experiment_view(config, experiment), sort_keys=True)
+
+
+def data_inputs(experiment):
+    """Files an experiment's run reads besides the model (E4: its materialized datasets)."""
+    return experiment.data_inputs(config) if experiment.data_inputs else []
+
+
+def figure_outputs(experiment):
+    """The figures rule's outputs, each shown in Snakemake's report with its caption file."""
+    paths = experiment.figure_paths()
+    return {fig.key: report(paths[fig.key], caption=f"../report/{fig.caption}", category=experiment.category)
+            for fig in experiment.figures}
+
+
+def report_inputs(wildcards):
+    """What an experiment's markdown section shows: its run metadata and its figures."""
+    return [getattr(rules, wildcards.experiment).output.metadata,
+            *getattr(rules, f"{wildcards.experiment}_figures").output]

@@ -5,11 +5,11 @@ localrules:
 
 rule experiment_markdown:
     input:
-        lambda w: ["results/{experiment}/run_metadata.json".format(**w)] + FIGURES[w.experiment],
+        report_inputs,
     output:
         "reports/{experiment}.md",
     wildcard_constraints:
-        experiment="e[0-6]",
+        experiment="|".join(EXPERIMENTS),
     log:
         "logs/report_{experiment}.log",
     shell:

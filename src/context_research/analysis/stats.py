@@ -14,6 +14,11 @@ def clean(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
+def ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds; None stays None (a value that was not measured)."""
+    return None if seconds is None else seconds * 1000.0
+
+
 def percentile(values: Sequence[float | None], q: float) -> float | None:
     """Linear-interpolated percentile (numpy's default, as ``vllm bench serve`` uses); None if empty."""
     data = clean(values)

@@ -58,6 +58,19 @@ class ServingBackend(abc.ABC):
         return {"mode": self.mode}
 
 
+BACKEND_MODES = {"vllm": "real", "simulated": "simulated"}
+
+
+def backend_mode(serving: dict[str, Any]) -> str:
+    """``real`` or ``simulated``: what every artifact of a run with these settings is stamped with."""
+    kind = serving.get("backend", "vllm")
+    try:
+        return BACKEND_MODES[kind]
+    except KeyError:
+        raise ConfigError(f"config key 'serving.backend': unknown backend {kind!r}; "
+                          f"known: {', '.join(BACKEND_MODES)}") from None
+
+
 def make_backend(model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike) -> ServingBackend:
     """The backend the (validated) config asks for."""
     kind = serving.get("backend", "vllm")

@@ -1,1 +1,1 @@
-"""Long-context quality data: RULER generators, LongBench/InfiniteBench/PG19 loaders, materialization."""
+"""Long-context quality data: which datasets E4 runs (specs), RULER generators, LongBench/InfiniteBench/PG19 loaders, materialization."""

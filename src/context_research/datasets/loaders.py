@@ -66,7 +66,8 @@ def _download_hint(benchmark: str, task: str) -> str:
             f"publication_date, url, text) as `<dir>/{task}.jsonl`, and point the key at <dir>")
 
 
-def _local_candidates(benchmark: str, task: str, block: dict) -> list[Path]:
+def local_candidates(benchmark: str, task: str, block: dict) -> list[Path]:
+    """The local files ``load_samples`` tries for ``task``, in order (``files`` first)."""
     cands: list[Path] = []
     files = block.get("files") or {}
     if task in files:
@@ -99,7 +100,7 @@ def load_records(benchmark: str, task: str, cfg: dict | None) -> tuple[list[dict
     block = benchmark_block(benchmark, cfg)
     key = f"{KEY_PREFIX}.{benchmark}.local_dir"
     tried: list[str] = []
-    for path in _local_candidates(benchmark, task, block):
+    for path in local_candidates(benchmark, task, block):
         tried.append(str(path))
         if path.is_file():
             try:

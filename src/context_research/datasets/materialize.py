@@ -2,24 +2,34 @@
 
 The output is a pure function of the source data, the config block and ``count_tokens``:
 no timestamps, no absolute output paths, sorted JSON keys, so two runs are byte-identical.
+
+``materialize_subset`` takes a token counter; ``materialize`` / ``materialize_all`` take
+``dataset_spec``s and the served model's tokenizer (rule ``e4_data``, through
+``context-research materialize``: ``materialize_command``); ``load_materialized`` reads them
+back, checked against their manifests, before E4's engine starts.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from context_research.datasets import loaders, ruler
+from context_research.datasets.specs import DATA_ROOT, Dataset, spec_dataset
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file, sha256_obj
-from context_research.io import read_jsonl, write_json, write_jsonl
+from context_research.io import read_json, read_jsonl, write_json, write_jsonl
+from context_research.quality.prompting import ChatPrompter, load_tokenizer, token_counter
 
 CountTokens = Callable[[str], int]
 MANIFEST_VERSION = 1
+# Headroom of the automatic RULER reserve: templated lengths differ by a token or two between
+# samples (the answer prefix names different keys), and the reserve is measured on one of them.
+RULER_RESERVE_SLACK = 8
 
 
-def _ruler_samples(task: str, block: dict, count_tokens: CountTokens) -> tuple[list[dict], dict]:
+def ruler_samples(task: str, block: dict, count_tokens: CountTokens) -> tuple[list[dict], dict]:
     key = f"{loaders.KEY_PREFIX}.ruler"
     if "context_tokens" not in block:
         raise ConfigError(f"ruler task {task!r}: set `{key}.context_tokens` (the target prompt length in tokens)")
@@ -64,7 +74,7 @@ def materialize_subset(
     block = loaders.benchmark_block(benchmark, cfg)
     seed = int(block.get("seed", 0))
     if benchmark == "ruler":
-        samples, source = _ruler_samples(task, block, count_tokens)
+        samples, source = ruler_samples(task, block, count_tokens)
     else:
         samples, source = loaders.load_samples(benchmark, task, cfg, count_tokens)
     out_jsonl = Path(out_jsonl)
@@ -87,3 +97,69 @@ def materialize_subset(
     }
     write_json(manifest_path, manifest)
     return manifest
+
+
+# ----------------------------------------------------------------------------- from dataset specs
+
+
+def ruler_auto_reserve(task: str, block: dict, count_tokens: CountTokens, prompter: ChatPrompter) -> int:
+    """Chat template + answer prefix + the task's max_new_tokens, measured on one probe sample,
+    so templated prompt + answer fit the context length as RULER counts it."""
+    probe, _ = ruler_samples(task, {**block, "count": 1, "reserve_tokens": 0}, count_tokens)
+    sample = probe[0]
+    messages, cont = prompter.messages(sample)
+    overhead = prompter.count(messages, cont) - int(sample["length"])
+    return max(0, overhead) + int(sample["max_new_tokens"]) + RULER_RESERVE_SLACK
+
+
+def materialize(spec: dict, out: str | Path, manifest_path: str | Path, tokenizer=None) -> dict:
+    """Materialize one dataset described by ``dataset_spec``; returns its manifest."""
+    tok = tokenizer if tokenizer is not None else load_tokenizer(spec["tokenizer"])
+    count = token_counter(tok)
+    block = dict(spec["block"])
+    if spec["benchmark"] == "ruler" and block.get("reserve_tokens") is None:
+        chat = spec.get("chat") or {}
+        prompter = ChatPrompter(tok, chat.get("system_prompt"), chat.get("prefill_answer", True))
+        block["reserve_tokens"] = ruler_auto_reserve(spec["task"], block, count, prompter)
+    return materialize_subset(spec["benchmark"], spec["task"], block, count, out, manifest_path,
+                              tokenizer=spec["tokenizer"])
+
+
+def materialize_all(specs: Sequence[dict], root: str | Path = DATA_ROOT) -> list[dict]:
+    """Materialize every dataset (``dataset_spec`` each) under ``root``; one tokenizer load each."""
+    tokenizers: dict[str, Any] = {}
+    manifests = []
+    for spec in specs:
+        if spec["tokenizer"] not in tokenizers:
+            tokenizers[spec["tokenizer"]] = load_tokenizer(spec["tokenizer"])
+        ds = spec_dataset(spec)
+        manifests.append(materialize(spec, ds.data_path(root), ds.manifest_path(root),
+                                     tokenizer=tokenizers[spec["tokenizer"]]))
+    return manifests
+
+
+def materialize_command(specs: list[dict], root: str | Path = DATA_ROOT) -> list[dict]:
+    """``context-research materialize``: ``materialize_all``, then one line per dataset to print
+    (as JSON): its key, sample count, source kind and tokenizer."""
+    manifests = materialize_all(specs, root)
+    return [{"dataset": f"{spec['benchmark']}/{spec['name']}", "count": manifest["count"],
+             "source": manifest["source"].get("kind"), "tokenizer": manifest["tokenizer"]}
+            for spec, manifest in zip(specs, manifests)]
+
+
+def load_materialized(dss: Sequence[Dataset], root: str | Path = DATA_ROOT) -> list[tuple[Dataset, dict, list[dict]]]:
+    """Each dataset's manifest and samples, checked against each other."""
+    out = []
+    for ds in dss:
+        data, man = ds.data_path(root), ds.manifest_path(root)
+        if not data.is_file() or not man.is_file():
+            raise ConfigError(f"E4 dataset {ds.key} is not materialized ({data}); run "
+                              f"`snakemake --cores 1 {data}` (rule e4_data) first")
+        manifest = read_json(man)
+        if manifest.get("file", {}).get("sha256") != sha256_file(data):
+            raise ConfigError(f"{data} does not match the sha256 in {man}; rematerialize it (rule e4_data)")
+        samples = read_jsonl(data)
+        if len(samples) != manifest.get("count"):
+            raise ConfigError(f"{data} holds {len(samples)} samples, its manifest says {manifest.get('count')}")
+        out.append((ds, manifest, samples))
+    return out

@@ -12,13 +12,14 @@ import json
 import urllib.request
 from typing import Any
 
-from ..analysis.stats import coefficient_of_variation, mean, summarize
+from ..analysis.stats import coefficient_of_variation, mean, ms, summarize
 from ..hashing import sha256_obj
-from ..io import write_csv, write_json
+from ..io import write_json
 from ..metadata import engine_distribution
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord
 from ..workload import prompt_length_mismatches
+from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
 
@@ -104,8 +105,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         all_repeat_records += records
         per_repeat.append({
             "repeat": k, "duration_s": duration, "ok": sum(r.ok for r in records),
-            "ttft_ms_mean": _ms(mean([r.ttft_s for r in records])),
-            "tpot_ms_mean": _ms(mean([r.tpot_s for r in records])),
+            "ttft_ms_mean": ms(mean([r.ttft_s for r in records])),
+            "tpot_ms_mean": ms(mean([r.tpot_s for r in records])),
         })
     after = session.snapshot()
     from ..engine_metrics import engine_summary
@@ -142,11 +143,20 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "passed": bool(determinism["all_identical"] and not prompt_mismatch
                        and session.backend_mode == "real"),
     }
-    write_csv(ctx.outdir / "requests.csv", ctx.frame(rows))
-    write_json(ctx.outdir / "summary.json", summary)
+    ctx.write_table("requests", ctx.frame(rows))
+    write_json(ctx.path("summary"), summary)
     return {"passed": summary["passed"], "all_identical": determinism["all_identical"],
             "cv_ttft": cv_ttft, "cv_tpot": cv_tpot}
 
 
-def _ms(x: float | None) -> float | None:
-    return None if x is None else x * 1000
+from . import e0_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+
+EXPERIMENT = Experiment(
+    name="e0", title="E0 — smoke and reproducibility", category="E0 smoke and reproducibility",
+    engines=ONE_ENGINE, body=run,
+    outputs={"summary": "summary.json", "requests": "requests.csv", "engine_log": "engine.log"},
+    figures=(Figure("variability", "variability.svg", "e0_variability.rst"),
+             Figure("repeats", "repeats.html", "e0_repeats.rst")),
+    report=e0_report,
+    analysis_keys=("cv_threshold",),
+)

@@ -9,7 +9,9 @@ import pandas as pd
 
 from ..io import read_json, write_text
 from ..analysis.plots import line_plot
+from ..analysis.stats import ms
 from ..report import provenance_line
+from . import e0  # the declaration (bottom-imported by e0; resolved at call time)
 from ..tables import fmt as _fmt, html_table, markdown_table
 
 REPEAT_COLUMNS = {"repeat": "repeat", "duration_s": "duration (s)", "ok": "ok requests",
@@ -21,13 +23,13 @@ def repeats_frame(summary: dict) -> pd.DataFrame:
 
 
 def make_figures(results_dir: Path) -> None:
-    summary = read_json(results_dir / "summary.json")
-    meta = read_json(results_dir / "run_metadata.json")
+    summary = read_json(e0.EXPERIMENT.path(results_dir, "summary"))
+    meta = read_json(e0.EXPERIMENT.path(results_dir, "metadata"))
     frame = repeats_frame(summary)
-    line_plot(frame, "repeat", ["ttft_ms_mean", "tpot_ms_mean"], results_dir / "variability.svg",
+    line_plot(frame, "repeat", ["ttft_ms_mean", "tpot_ms_mean"], e0.EXPERIMENT.figure_path(results_dir, "variability"),
               "E0: mean TTFT and TPOT per repeated run", "repeat", "ms",
               provenance=provenance_line(meta) + ", client-side")
-    write_text(results_dir / "repeats.html", html_table(table_frame(summary), 3))
+    write_text(e0.EXPERIMENT.figure_path(results_dir, "repeats"), html_table(table_frame(summary), 3))
 
 
 def table_frame(summary: dict) -> pd.DataFrame:
@@ -35,7 +37,7 @@ def table_frame(summary: dict) -> pd.DataFrame:
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
-    s = read_json(results_dir / "summary.json")
+    s = read_json(e0.EXPERIMENT.path(results_dir, "summary"))
     det, var, strict = s["determinism"], s["variability"], s["strict_backend"]
     lat, eng = s["latency_client"], s["latency_engine"]
     thr = var["cv_threshold"]
@@ -54,7 +56,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("prompt / output tokens", f"{s['workload']['prompt_tokens']} / {s['workload']['max_tokens']}"),
         ("TTFT p50 / p95 (ms, client)", f"{_fmt(lat['ttft_ms_p50'])} / {_fmt(lat['ttft_ms_p95'])}"),
         ("TPOT p50 / p95 (ms, client)", f"{_fmt(lat['tpot_ms_p50'])} / {_fmt(lat['tpot_ms_p95'])}"),
-        ("TTFT mean (ms, engine histogram)", _fmt(_ms(eng.get("engine_ttft_mean_s")))),
+        ("TTFT mean (ms, engine histogram)", _fmt(ms(eng.get("engine_ttft_mean_s")))),
         ("failed requests", s["failed_requests"]),
         ("prompt-length mismatches", len(s["prompt_tokens_mismatch"])),
     ]
@@ -64,13 +66,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "facts": facts,
         "tables": [{"caption": "Repeated runs (client-side means)", "html": html_table(table, 3),
                     "markdown": markdown_table(table, 3)}],
-        "figures": [("Mean TTFT and TPOT of each repeated run; flat lines mean low run-to-run variation.",
-                     "variability.svg")],
     }
-
-
-def _ms(x):
-    return None if x is None else x * 1000
 
 
 def _pct(x):

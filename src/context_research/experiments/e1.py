@@ -18,12 +18,13 @@ from ..analysis.hardware import lookup_gpu
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..errors import ConfigError
-from ..io import write_csv, write_json
+from ..io import write_json
 from ..records import RequestRecord
 from ..tables import fmt as _fmt
 from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
                         point_status, prompt_length_mismatches, request_rows, sweep_summary,
                         ttft_gap_columns)
+from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
 
@@ -128,8 +129,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         rows.append(row)
         progress.point(f"{n} prompt tokens", f"{row['status']}, TTFT p50 {_fmt(row['ttft_ms_p50'])} ms, "
                                              f"TPOT p50 {_fmt(row['tpot_ms_p50'])} ms")
-    write_csv(ctx.outdir / "latency.csv", ctx.frame(rows))
-    write_csv(ctx.outdir / "requests.csv", ctx.frame(requests))
+    ctx.write_table("latency", ctx.frame(rows))
+    ctx.write_table("requests", ctx.frame(requests))
     summary = {
         **ctx.stamp(),
         "workload": {"seed": cfg["seed"], "prompt_tokens": cfg["prompt_tokens"], "max_tokens": max_tokens,
@@ -140,7 +141,20 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "floor_note": rows[0]["floor_note"] if rows else None,
         **sweep_summary(rows, lambda r: {"prompt_tokens": r["prompt_tokens"]}),
     }
-    write_json(ctx.outdir / "summary.json", summary)
+    write_json(ctx.path("summary"), summary)
     return {"points": summary["points"], "points_ok": summary["points_ok"], "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
             "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}
 
+
+
+from . import e1_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+
+EXPERIMENT = Experiment(
+    name="e1", title="E1 — prompt-length latency sweep", category="E1 prompt-length latency",
+    engines=ONE_ENGINE, body=run,
+    outputs={"latency": "latency.csv", "requests": "requests.csv", "summary": "summary.json",
+             "engine_log": "engine.log"},
+    figures=(Figure("ttft", "ttft.svg", "e1_ttft.rst"), Figure("tpot", "tpot.svg", "e1_tpot.rst"),
+             Figure("table", "latency.html", "e1_latency.rst")),
+    report=e1_report,
+)

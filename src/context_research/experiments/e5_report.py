@@ -10,7 +10,8 @@ import pandas as pd
 from ..analysis.plots import stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
-from ..tables import html_table, markdown_table
+from ..tables import fmt, html_table, markdown_table
+from . import e5  # the declaration (e5 imports this module at its bottom; read at call time)
 
 # Stacked components (GiB) in drawing order, with the legend label each gets. A value that was
 # calculated rather than measured has its own component and label, so the legend never shows it
@@ -71,13 +72,14 @@ def bar_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def make_figures(results_dir: Path) -> None:
-    frame = pd.read_csv(results_dir / "memory.csv")
-    meta = read_json(results_dir / "run_metadata.json")
+    ex = e5.EXPERIMENT
+    frame = pd.read_csv(ex.path(results_dir, "memory"))
+    meta = read_json(ex.path(results_dir, "metadata"))
     bars = bar_frame(frame)
-    stacked_bar(bars, "point", list(COMPONENTS.values()), results_dir / "memory.svg",
+    stacked_bar(bars, "point", list(COMPONENTS.values()), ex.figure_path(results_dir, "memory"),
                 "E5: memory per prompt length (one engine start)", "GiB",
                 provenance=provenance_line(meta) + ", vLLM memory profile + /metrics gauge")
-    write_text(results_dir / "memory.html", html_table(_table(frame), 4))
+    write_text(ex.figure_path(results_dir, "table"), html_table(_table(frame), 4))
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -85,54 +87,46 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[cols].rename(columns=TABLE_COLUMNS)
 
 
-def _fmt(x: Any, nd: int = 3) -> str:
-    try:
-        if x is None or pd.isna(x):
-            return "n/a"
-        return f"{float(x):.{nd}f}"
-    except (TypeError, ValueError):
-        return str(x)
-
-
 def report_section(results_dir: Path) -> dict[str, Any]:
-    frame = pd.read_csv(results_dir / "memory.csv")
-    s = read_json(results_dir / "summary.json")
+    frame = pd.read_csv(e5.EXPERIMENT.path(results_dir, "memory"))
+    s = read_json(e5.EXPERIMENT.path(results_dir, "summary"))
     parsed, engine = s["parsed_log"], s["engine"]
     ok = frame[frame["status"] == "ok"]
     findings = []
     if parsed.get("weights_gib") is not None:
         findings.append(
-            f"vLLM's memory profile: weights {_fmt(parsed['weights_gib'], 2)} GiB, peak activation "
-            f"{_fmt(parsed.get('peak_activation_gib'), 2)} GiB, non-torch {_fmt(parsed.get('non_torch_gib'), 2)} GiB, "
-            f"CUDA graphs {_fmt(parsed.get('cuda_graph_gib'), 2)} GiB; KV cache {_fmt(parsed.get('kv_cache_gib'), 2)} "
+            f"vLLM's memory profile: weights {fmt(parsed['weights_gib'], 2)} GiB, peak activation "
+            f"{fmt(parsed.get('peak_activation_gib'), 2)} GiB, non-torch {fmt(parsed.get('non_torch_gib'), 2)} GiB, "
+            f"CUDA graphs {fmt(parsed.get('cuda_graph_gib'), 2)} GiB; KV cache {fmt(parsed.get('kv_cache_gib'), 2)} "
             f"GiB ({parsed.get('kv_cache_tokens')} tokens).")
     else:
         findings.append(
             f"The {parsed.get('kv_cache_device') or 'engine'} log has no weight/activation profile (vLLM-CPU logs only "
-            f"its KV reservation): KV cache {_fmt(parsed.get('kv_cache_gib'), 2)} GiB "
+            f"its KV reservation): KV cache {fmt(parsed.get('kv_cache_gib'), 2)} GiB "
             f"({parsed.get('kv_cache_source')}), {parsed.get('kv_cache_tokens')} tokens; weights shown are analytical "
             f"at the engine's dtype {engine.get('model_dtype')}.")
     for _, r in ok.iterrows():
         verdict = r.get("kv_check_verdict")
+        held = int(r["kv_tokens_held"]) if pd.notna(r.get("kv_tokens_held")) else "n/a"
         findings.append(
-            f"{r['mode']} {int(r['prompt_tokens_target'])} tokens: KV held {_fmt(r.get('kv_used_block_rounded_gib'), 5)} "
-            f"GiB block-rounded ({int(r['kv_tokens_held']) if pd.notna(r.get('kv_tokens_held')) else 'n/a'} tokens) vs "
-            f"{_fmt(r.get('kv_used_gauge_gib'), 5)} GiB from the gauge x pool -> {str(verdict).upper()} "
+            f"{r['mode']} {int(r['prompt_tokens_target'])} tokens: KV held "
+            f"{fmt(r.get('kv_used_block_rounded_gib'), 5)} GiB block-rounded ({held} tokens) vs "
+            f"{fmt(r.get('kv_used_gauge_gib'), 5)} GiB from the gauge x pool -> {str(verdict).upper()} "
             f"({r.get('kv_check_note')}).")
     failed = frame[frame["status"] != "ok"]
     for _, r in failed.iterrows():
         findings.append(f"{r['mode']} {int(r['prompt_tokens_target'])} tokens: {r['status']}: {r.get('reason')}")
     facts = [
-        ("KV bytes/token (analytical, engine dtype)", _fmt(ok["kv_bytes_per_token_analytical"].iloc[0], 0)
+        ("KV bytes/token (analytical, engine dtype)", fmt(ok["kv_bytes_per_token_analytical"].iloc[0], 0)
          if len(ok) else "n/a"),
-        ("KV bytes/token (engine log: pool bytes / pool tokens)", _fmt(ok["kv_bytes_per_token_engine"].iloc[0], 1)
+        ("KV bytes/token (engine log: pool bytes / pool tokens)", fmt(ok["kv_bytes_per_token_engine"].iloc[0], 1)
          if len(ok) else "n/a"),
         ("KV dtype / block size / blocks", f"{engine.get('kv_effective_dtype')} / {engine.get('block_size')} / "
                                            f"{engine.get('num_blocks')}"),
         ("KV check verdicts", ", ".join(f"{k}: {v}" for k, v in sorted(s["kv_check_verdicts"].items())) or "n/a"),
-        ("engine RSS peak (GiB, process tree)", _fmt(frame["process_rss_gib"].max(), 3)
+        ("engine RSS peak (GiB, process tree)", fmt(frame["process_rss_gib"].max(), 3)
          if "process_rss_gib" in frame else "n/a"),
-        ("NVML peak used (GiB)", _fmt(frame["nvml_peak_used_gib"].max(), 2) if "nvml_peak_used_gib" in frame else "n/a"),
+        ("NVML peak used (GiB)", fmt(frame["nvml_peak_used_gib"].max(), 2) if "nvml_peak_used_gib" in frame else "n/a"),
     ]
     table = _table(frame)
     markdown = markdown_table(table, 4)
@@ -141,6 +135,4 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "facts": facts,
         "tables": [{"caption": "Memory per point (GiB)", "html": html_table(table, 4),
                     "markdown": markdown}],
-        "figures": [("Memory per prompt length: vLLM's profile components and the KV cache split into used "
-                     "and unused.", "memory.svg")],
     }

@@ -1,6 +1,6 @@
 """E6: YaRN long-context stress past the model's native context length.
 
-The served model is a derived folder (``<outdir>/model``): relative symlinks to the model's own
+The served model is a derived folder (``<outdir>/model``, built by ``e6_model``): relative symlinks to the model's own
 files plus a rewritten ``config.json`` whose RoPE block is YaRN-scaled by
 ``analysis.rope.normalize_rope_scaling`` (both the ``rope_type`` and the legacy ``type`` key,
 ``factor``, ``original_max_position_embeddings``; top-level ``max_position_embeddings`` =
@@ -15,157 +15,33 @@ could not read) is a row with
 engine started with ``--kv-cache-dtype <fallback>``; a fallback the engine refuses (e.g. fp8 KV
 on a CPU without AVX-512) gives ``status="unsupported"`` rows with vLLM's reason.
 
-Several engine starts, so this module provides ``run_standalone(config, outdir)``.
+Several engine starts (SEVERAL_ENGINES): the body asks the run for each engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
-import os
 import re
-import shutil
-import signal
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
-from ..analysis.rope import ROPE_KEYS, normalize_rope_scaling
-from ..backends.base import make_backend
-from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
+from ..backends.base import ServingBackend
 from ..engine_metrics import engine_summary, safe_snapshot
-from ..errors import ConfigError, ContextResearchError
-from ..gpu_stats import NvmlSampler
-from ..hashing import sha256_file
-from ..io import write_csv, write_json, write_text
-from ..metadata import build_run_metadata, make_run_id, utc_now
-from ..models import resolve_model
+from ..errors import ContextResearchError
+from ..io import write_json
+from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
-from .e5 import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
-from .runner import RunContext, _raise_terminated
+from .declaration import SEVERAL_ENGINES, Experiment, Figure
+from .e6_model import derive_rope_config, model_source_dir, write_derived_model
+from .runner import ExperimentRun
 from .session import EngineSession
 
-KEY = "experiments.e6"
 # Failure kinds a smaller KV cache can fix: these are retried with kv_cache_dtype_fallback.
 MEMORY_FAILURES = {"oom", "kv_cache_capacity", "engine_died"}
-YARN_EXTRA_KEYS = ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")
-
-
-# -- the YaRN config ---------------------------------------------------------------------------
-
-def requested_rope_type(block: dict[str, Any]) -> tuple[str, list[str]]:
-    """The scaling type asked for under ``rope_type`` and/or the legacy ``type`` (default yarn),
-    and which of the two keys were given. Both given and different -> ConfigError naming both."""
-    given = [k for k in ("rope_type", "type") if block.get(k) is not None]
-    if len(given) == 2 and block["rope_type"] != block["type"]:
-        raise ConfigError(f"config keys '{KEY}.rope_scaling.rope_type' ({block['rope_type']!r}) and the legacy "
-                          f"'{KEY}.rope_scaling.type' ({block['type']!r}) disagree; give one, or the same value")
-    return (block[given[0]] if given else "yarn"), given
-
-
-def native_context(hf_config: dict[str, Any]) -> tuple[int, str]:
-    """The model's pre-scaling context: an existing RoPE block's original_max_position_embeddings,
-    else config.json's max_position_embeddings."""
-    for key in ROPE_KEYS:
-        block = hf_config.get(key)
-        if isinstance(block, dict) and block.get("original_max_position_embeddings"):
-            return int(block["original_max_position_embeddings"]), f"config.json {key}.original_max_position_embeddings"
-    if not hf_config.get("max_position_embeddings"):
-        raise ConfigError(f"the model's config.json has no max_position_embeddings: set "
-                          f"'{KEY}.rope_scaling.original_max_position_embeddings'")
-    return int(hf_config["max_position_embeddings"]), "config.json max_position_embeddings"
-
-
-def derive_rope_config(cfg: dict[str, Any], hf_config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(new_hf_config, effective)`` for the E6 config block; ConfigError names the key when
-    factor, original/maximum positions and max_model_len are inconsistent."""
-    if not hf_config:
-        raise ConfigError("models.<profile>.source: E6 needs the model's config.json (a local folder or the HF "
-                          "cache) to derive a YaRN config")
-    block = dict(cfg["rope_scaling"])
-    rope_type, keys_given = requested_rope_type(block)
-    factor = block.get("factor")
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
-        raise ConfigError(f"config key '{KEY}.rope_scaling.factor' must be a number > 1, got {factor!r}")
-    if block.get("original_max_position_embeddings"):
-        original, original_source = int(block["original_max_position_embeddings"]), \
-            f"{KEY}.rope_scaling.original_max_position_embeddings"
-    else:
-        original, original_source = native_context(hf_config)
-    scaled = int(original * factor)
-    max_pos = cfg.get("max_position_embeddings")
-    if max_pos is not None and max_pos != scaled:
-        raise ConfigError(
-            f"config key '{KEY}.max_position_embeddings' = {max_pos} must equal original_max_position_embeddings x "
-            f"'{KEY}.rope_scaling.factor' = {original} x {factor:g} = {scaled} (or be left out)")
-    max_len = cfg["max_model_len"]
-    if max_len > scaled:
-        raise ConfigError(
-            f"config key '{KEY}.max_model_len' = {max_len} exceeds original_max_position_embeddings x "
-            f"'{KEY}.rope_scaling.factor' = {original} x {factor:g} = {scaled}")
-    try:
-        new_cfg, effective = normalize_rope_scaling(hf_config, float(factor), original, max_len, rope_type)
-    except ConfigError as exc:
-        raise ConfigError(f"config key '{KEY}.rope_scaling': {exc}") from None
-    extras = {k: block[k] for k in YARN_EXTRA_KEYS if block.get(k) is not None}
-    for key in effective["rope_keys_written"]:
-        new_cfg[key].update(extras)
-    effective.update({
-        "requested_type_keys": keys_given,
-        "original_max_position_embeddings_source": original_source,
-        "native_context": native_context(hf_config)[0],
-        "extra_parameters": extras,
-        "rope_blocks_written": {k: new_cfg[k] for k in effective["rope_keys_written"]},
-    })
-    return new_cfg, effective
-
-
-def model_source_dir(model: dict[str, Any]) -> Path:
-    """A local folder holding the served model's files (the HF cache snapshot for a hub id)."""
-    local = Path(str(model["path"]))
-    if local.is_dir():
-        return local
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(model["source"]), local_files_only=True))
-    except Exception as exc:
-        raise ConfigError(f"models.{model.get('name')}.source: E6 needs the model's files on disk to derive a "
-                          f"YaRN folder; {model['source']!r} is neither a folder nor in the HF cache ({exc})") from None
-
-
-def write_derived_model(source_dir: Path, hf_config: dict[str, Any], dest: Path,
-                        effective: dict[str, Any]) -> dict[str, Any]:
-    """Build ``dest``: relative symlinks to ``source_dir``'s files, the rewritten config.json, a
-    tokenizer_config.json whose model_max_length covers the new length, and derived_from.json.
-    Built beside ``dest`` and renamed into place, so a reader never sees half a folder."""
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    linked = []
-    for entry in sorted(source_dir.iterdir()):
-        if entry.name in ("config.json", "tokenizer_config.json", "manifest.json", "derived_from.json"):
-            continue
-        (tmp / entry.name).symlink_to(os.path.relpath(entry.resolve(), dest.resolve().parent / dest.name))
-        linked.append(entry.name)
-    write_text(tmp / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-    tok_cfg = source_dir / "tokenizer_config.json"
-    if tok_cfg.exists():
-        tok = json.loads(tok_cfg.read_text())
-        if int(tok.get("model_max_length") or 0) < effective["max_position_embeddings"]:
-            tok["model_max_length"] = effective["max_position_embeddings"]
-        write_text(tmp / "tokenizer_config.json", json.dumps(tok, indent=2, sort_keys=True) + "\n")
-    info = {"source_dir": str(source_dir.resolve()), "linked_files": linked, "rope": effective,
-            "config_sha256": sha256_file(tmp / "config.json")}
-    write_json(tmp / "derived_from.json", info)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return info
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -295,13 +171,12 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
     return rows, engine
 
 
-def serve_pass(served: dict, serving: dict, cfg: dict, targets: list[int], *, outdir: Path, log_name: str,
-               pass_label: str, context: dict[str, Any], native: int) -> dict[str, Any]:
-    """Start one engine, measure ``targets`` on it, always stop it. A start that fails turns every
-    target into a failure row with the engine's reason."""
-    backend = make_backend(served, serving, outdir / log_name)
-    requested_kv = _kv_dtype_arg(serving)
-    out: dict[str, Any] = {"pass": pass_label, "log": log_name, "kv_cache_dtype_requested": requested_kv,
+def serve_pass(backend: ServingBackend, cfg: dict, targets: list[int], *, pass_label: str,
+               context: dict[str, Any], native: int) -> dict[str, Any]:
+    """Start ``backend`` (not yet started, on the served model), measure ``targets`` on it, always
+    stop it. A start that fails turns every target into a failure row with the engine's reason."""
+    requested_kv = _kv_dtype_arg(backend.serving)
+    out: dict[str, Any] = {"pass": pass_label, "log": backend.log_path.name, "kv_cache_dtype_requested": requested_kv,
                            "targets": list(targets), "backend_mode": backend.mode}
     try:
         backend.start()
@@ -316,7 +191,7 @@ def serve_pass(served: dict, serving: dict, cfg: dict, targets: list[int], *, ou
                                               "extension_vs_native": t / native}) for t in targets])
         return out
     try:
-        session = EngineSession(backend, served)
+        session = EngineSession(backend, backend.model)
 
         async def main():
             try:
@@ -348,22 +223,17 @@ def fallback_targets(rows: list[dict]) -> list[int]:
 
 # -- the experiment ----------------------------------------------------------------------------
 
-def run_standalone(config: dict, outdir: str | Path) -> dict:
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    cfg = experiment_config(config, "e6")
-    base = resolve_model(model_profile(config))
+def run(run: ExperimentRun) -> dict:
+    """Write the derived model, serve every target on it, retry memory failures with the fallback
+    KV dtype; the run's metadata records the served (derived) model and both passes."""
+    cfg, ctx, base = run.cfg, run.ctx, run.model
     new_cfg, rope = derive_rope_config(cfg, base.get("hf_config"))
-    derived = write_derived_model(model_source_dir(base), new_cfg, outdir / "model", rope)
-    served = {**base, "path": str((outdir / "model").resolve()), "hf_config": new_cfg,
+    model_dir = ctx.path("model_config").parent
+    derived = write_derived_model(model_source_dir(base), new_cfg, model_dir, rope)
+    served = {**base, "path": str(model_dir.resolve()), "hf_config": new_cfg,
               "max_model_len": cfg["max_model_len"], "derived_from": base["path"]}
-    chash = experiment_hash(config, "e6")
-    run_id = make_run_id(chash)
-    serving = copy.deepcopy(config["serving"])
-    ctx = RunContext(experiment="e6", run_id=run_id, config_hash=chash,
-                     backend_mode=make_backend(served, serving, outdir / "engine.log").mode,
-                     weights=base["weights"], model_id=base["source"], outdir=outdir)
-    ctx.notes.append(f"served a derived model folder {outdir / 'model'}: {rope['rope_type']} factor "
+    serving = copy.deepcopy(run.serving)
+    ctx.notes.append(f"served a derived model folder {model_dir}: {rope['rope_type']} factor "
                      f"{rope['factor']:g} x original {rope['original_max_position_embeddings']} = "
                      f"max_position_embeddings {rope['max_position_embeddings']}, max_model_len {cfg['max_model_len']} "
                      f"(profile's {base.get('max_model_len')})")
@@ -371,59 +241,43 @@ def run_standalone(config: dict, outdir: str | Path) -> dict:
                "original_max_position_embeddings": rope["original_max_position_embeddings"],
                "max_model_len": cfg["max_model_len"], **ctx.stamp()}
     native = rope["original_max_position_embeddings"]
-    started = utc_now()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    sampler = NvmlSampler().start()
-    passes = []
-    try:
-        passes.append(serve_pass(served, serving, cfg, cfg["targets"], outdir=outdir, log_name="engine.log",
-                                 pass_label="primary", context=context, native=native))
-        retry = fallback_targets(passes[0]["rows"])
-        fallback = cfg["kv_cache_dtype_fallback"]
-        if retry and fallback:
-            ctx.notes.append(f"retrying {retry} with --kv-cache-dtype {fallback} after memory failures")
-            fb_serving = {**serving, "extra_args": [*serving.get("extra_args", []), "--kv-cache-dtype", fallback]}
-            passes.append(serve_pass(served, fb_serving, cfg, retry, outdir=outdir, log_name="engine_fallback.log",
-                                     pass_label=f"fallback-{fallback}", context=context, native=native))
-    finally:
-        gpu = sampler.stop()
-        signal.signal(signal.SIGTERM, previous)
+    passes = [serve_pass(run.backend(served, serving, "engine_log"), cfg, cfg["targets"], pass_label="primary",
+                         context=context, native=native)]
+    retry = fallback_targets(passes[0]["rows"])
+    fallback = cfg["kv_cache_dtype_fallback"]
+    if retry and fallback:
+        ctx.notes.append(f"retrying {retry} with --kv-cache-dtype {fallback} after memory failures")
+        fb_serving = {**serving, "extra_args": [*serving.get("extra_args", []), "--kv-cache-dtype", fallback]}
+        passes.append(serve_pass(run.backend(served, fb_serving, "engine_fallback"), cfg, retry, pass_label=f"fallback-{fallback}", context=context,
+                                 native=native))
     rows = [r for p in passes for r in p["rows"]]
-    frame = pd.DataFrame(rows)
-    write_csv(outdir / "stress.csv", frame)
-    write_json(outdir / "gpu_stats.json", {**ctx.stamp(), "nvml": gpu})
+    ctx.write_table("stress", pd.DataFrame(rows))
     final = final_outcomes(rows)
-    summary = {
+    engine_passes = [{k: v for k, v in p.items() if k != "rows"} for p in passes]
+    derived_model = {"path": str(model_dir), **{k: v for k, v in derived.items() if k != "rope"}}
+    write_json(ctx.path("summary"), {
         **ctx.stamp(),
         "rope": rope,
-        "derived_model": {"path": str(outdir / "model"), **{k: v for k, v in derived.items() if k != "rope"}},
+        "derived_model": derived_model,
         "native_context": native,
         "max_model_len": cfg["max_model_len"],
         "profile_max_model_len": base.get("max_model_len"),
         "targets": cfg["targets"],
         "final_outcome": final,
-        "passes": [{k: v for k, v in p.items() if k != "rows"} for p in passes],
+        "passes": engine_passes,
         "measured_on": {"ttft_s/tpot_s/e2e_s": "client", "engine_*": "engine /metrics histograms",
                         "kv_usage_peak": "engine /metrics gauge (sampled)", "process_rss_peak_gib": "psutil",
                         "nvml_*": "nvml", "kv_used_analytical_gib": "derived from config.json and token counts"},
         "workload": {k: cfg[k] for k in ("targets", "max_tokens", "seed", "poll_interval_s",
                                          "kv_cache_dtype_fallback")},
-    }
-    write_json(outdir / "summary.json", summary)
-    primary = passes[0]
-    meta = build_run_metadata(
-        experiment="e6", config_hash=chash, hash_inputs=hash_inputs(config, "e6"),
-        model={k: v for k, v in served.items() if k != "hf_config"}, backend_mode=primary["backend_mode"],
-        engine=primary["info"], notes=ctx.notes, started_at=started, finished_at=utc_now(), run_id=run_id)
-    meta["model_config"] = new_cfg
-    meta["rope"] = rope
-    meta["derived_model"] = summary["derived_model"]
-    meta["engine_passes"] = [{k: v for k, v in p.items() if k != "rows"} for p in passes]
-    meta["result_summary"] = {"final_outcome": final, "rope_type": rope["rope_type"], "factor": rope["factor"],
-                              "max_position_embeddings": rope["max_position_embeddings"],
-                              "max_model_len": cfg["max_model_len"], "passes": [p["pass"] for p in passes]}
-    write_json(outdir / "run_metadata.json", meta)
-    return meta
+    })
+    run.engine_info = passes[0]["info"]
+    run.metadata_model = served
+    run.model_config = new_cfg
+    run.metadata_extra = {"rope": rope, "derived_model": derived_model, "engine_passes": engine_passes}
+    return {"final_outcome": final, "rope_type": rope["rope_type"], "factor": rope["factor"],
+            "max_position_embeddings": rope["max_position_embeddings"], "max_model_len": cfg["max_model_len"],
+            "passes": [p["pass"] for p in passes]}
 
 
 def final_outcomes(rows: list[dict]) -> dict[str, dict[str, Any]]:
@@ -434,3 +288,19 @@ def final_outcomes(rows: list[dict]) -> dict[str, dict[str, Any]]:
                                                "failure_kind": r.get("failure_kind")}
     return out
 
+
+from . import e6_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+
+EXPERIMENT = Experiment(
+    name="e6", title="E6 — YaRN long-context stress", category="E6 YaRN long-context stress",
+    engines=SEVERAL_ENGINES, body=run,
+    outputs={"stress": "stress.csv", "summary": "summary.json", "engine_log": "engine.log",
+             "model_config": "model/config.json"},
+    # written only when a fallback pass runs, so no rule output
+    optional_outputs={"engine_fallback": "engine_fallback.log"},
+    figures=(Figure("stress", "stress.svg", "e6_stress.rst"),
+             Figure("table", "stress.html", "e6_stress_table.rst")),
+    report=e6_report,
+    # Every experiments.e6 key shapes the derived model or what is served: none is analysis-only.
+    analysis_keys=(),
+)

@@ -14,7 +14,8 @@ import pandas as pd  # noqa: E402
 from ..analysis.plots import SVG_RC  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
-from ..tables import html_table, markdown_table  # noqa: E402
+from ..tables import fmt, html_table, markdown_table  # noqa: E402
+from . import e6  # noqa: E402  (the declaration: e6 imports this module at its bottom; read at call time)
 
 
 TABLE_COLUMNS = {
@@ -31,9 +32,10 @@ def _num(frame: pd.DataFrame, col: str) -> pd.Series:
 
 
 def make_figures(results_dir: Path) -> None:
-    frame = pd.read_csv(results_dir / "stress.csv")
-    summary = read_json(results_dir / "summary.json")
-    meta = read_json(results_dir / "run_metadata.json")
+    ex = e6.EXPERIMENT
+    frame = pd.read_csv(ex.path(results_dir, "stress"))
+    summary = read_json(ex.path(results_dir, "summary"))
+    meta = read_json(ex.path(results_dir, "metadata"))
     rope = summary["rope"]
     ok = frame[frame["status"] == "ok"].sort_values("target_prompt_tokens")
     bad = frame[frame["status"] != "ok"]
@@ -66,22 +68,15 @@ def make_figures(results_dir: Path) -> None:
             fig.suptitle(f"E6: {rope['rope_type']} x{rope['factor']:g} "
                          f"({rope['original_max_position_embeddings']} -> {rope['max_position_embeddings']})")
             left.set_title(provenance_line(meta) + ", client and engine side", fontsize=8, style="italic", loc="left")
-            write_figure(results_dir / "stress.svg", fig)
+            write_figure(ex.figure_path(results_dir, "stress"), fig)
         finally:
             plt.close(fig)
-    write_text(results_dir / "stress.html", html_table(_table(frame), 4))
+    write_text(ex.figure_path(results_dir, "table"), html_table(_table(frame), 4))
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in TABLE_COLUMNS if c in frame.columns]
     return frame[cols].rename(columns=TABLE_COLUMNS)
-
-
-def _fmt(x: Any, nd: int = 3) -> str:
-    try:
-        return "n/a" if x is None or pd.isna(x) else f"{float(x):.{nd}f}"
-    except (TypeError, ValueError):
-        return str(x)
 
 
 def _ms(seconds: Any) -> float | None:
@@ -99,8 +94,8 @@ def _mib(gib: Any) -> float | None:
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
-    frame = pd.read_csv(results_dir / "stress.csv")
-    s = read_json(results_dir / "summary.json")
+    frame = pd.read_csv(e6.EXPERIMENT.path(results_dir, "stress"))
+    s = read_json(e6.EXPERIMENT.path(results_dir, "summary"))
     rope = s["rope"]
     findings = [
         f"Served a derived model folder with {rope['rope_type']} RoPE scaling, factor {rope['factor']:g}: original "
@@ -113,14 +108,14 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         label = f"{int(r['target_prompt_tokens'])} tokens ({r['pass']})"
         if r["status"] == "ok":
             tpot_ms = r["tpot_s"] * 1000 if pd.notna(r.get("tpot_s")) else None
-            nvml = f", NVML peak {_fmt(r['nvml_peak_used_gib'], 2)} GiB" if pd.notna(r.get("nvml_peak_used_gib")) else ""
+            nvml = f", NVML peak {fmt(r['nvml_peak_used_gib'], 2)} GiB" if pd.notna(r.get("nvml_peak_used_gib")) else ""
             findings.append(
                 f"{label}: served {int(r['prompt_tokens'])} prompt tokens ({r['extension_vs_native']:.2f}x native): "
-                f"TTFT {_fmt(r.get('ttft_s'))} s client / {_fmt(r.get('engine_ttft_s'))} s engine, TPOT "
-                f"{_fmt(tpot_ms, 2)} ms client / ITL {_fmt(_ms(r.get('engine_itl_s')), 2)} ms engine; KV held "
-                f"{_fmt(_mib(r.get('kv_used_analytical_gib')), 2)} MiB (analytical; sampled gauge peak "
-                f"{_fmt(_mib(r.get('kv_used_gauge_gib')), 2)} MiB), engine RSS peak "
-                f"{_fmt(r.get('process_rss_peak_gib'))} GiB{nvml}.")
+                f"TTFT {fmt(r.get('ttft_s'), 3)} s client / {fmt(r.get('engine_ttft_s'), 3)} s engine, TPOT "
+                f"{fmt(tpot_ms, 2)} ms client / ITL {fmt(_ms(r.get('engine_itl_s')), 2)} ms engine; KV held "
+                f"{fmt(_mib(r.get('kv_used_analytical_gib')), 2)} MiB (analytical; sampled gauge peak "
+                f"{fmt(_mib(r.get('kv_used_gauge_gib')), 2)} MiB), engine RSS peak "
+                f"{fmt(r.get('process_rss_peak_gib'), 3)} GiB{nvml}.")
         else:
             findings.append(f"{label}: {str(r['status']).upper()} ({r['failure_kind']}): {r['reason']}")
     passes = s["passes"]
@@ -139,6 +134,4 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "facts": facts,
         "tables": [{"caption": "Stress points", "html": html_table(table, 4),
                     "markdown": markdown}],
-        "figures": [("TTFT and TPOT per target prompt length past the native context; red crosses are failed "
-                     "targets.", "stress.svg")],
     }

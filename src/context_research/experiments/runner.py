@@ -1,4 +1,10 @@
-"""Generic experiment runner: one engine start per experiment, metadata and GPU stats around it."""
+"""One lifecycle for every experiment, whatever its number of engines.
+
+``ExperimentRun`` is a context manager around an experiment's body: it turns SIGTERM and SIGHUP
+into an exception (so every ``finally`` runs), samples NVML over the whole run, stops every
+engine the body started, and on success writes ``run_metadata.json`` and ``gpu_stats.json``.
+``run_declared`` is what ``context-research run`` calls.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,24 @@ import asyncio
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from ..backends.base import make_backend
+from ..columns import write_table
+from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
 from ..metadata import build_run_metadata, make_run_id, utc_now
 from ..models import resolve_model
+from .declaration import ONE_ENGINE, Experiment, Prepared
 from .session import EngineSession
 
 
 @dataclass
 class RunContext:
-    """What every artifact of a run is stamped with."""
+    """What every artifact of a run is stamped with, and where its files go."""
 
     experiment: str
     run_id: str
@@ -31,10 +39,30 @@ class RunContext:
     model_id: str
     outdir: Path
     notes: list[str] = field(default_factory=list)
+    # output key -> file name; by default the catalog's declaration of ``experiment``
+    files: Mapping[str, str] | None = None
 
     def stamp(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "run_id": self.run_id, "config_hash": self.config_hash,
                 "backend_mode": self.backend_mode, "weights": self.weights, "model_id": self.model_id}
+
+    def path(self, key: str) -> Path:
+        """The declared output ``key`` of this run (e.g. ``ctx.path("latency")``)."""
+        if self.files is None:
+            from .catalog import get
+
+            self.files = get(self.experiment).all_files
+        try:
+            return self.outdir / self.files[key]
+        except KeyError:
+            raise KeyError(f"{self.experiment} declares no output {key!r}; it declares {', '.join(self.files)}") from None
+
+    def write_table(self, key: str, frame: pd.DataFrame) -> Path:
+        """Write the declared CSV output ``key``, checked against its column declarations."""
+        from ..result_tables import table_for
+
+        path = self.path(key)
+        return write_table(path, frame, table_for(self.experiment, path.name))
 
     def frame(self, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> pd.DataFrame:
         """``rows`` as a DataFrame (in ``columns`` order when given), every row stamped with the
@@ -46,55 +74,119 @@ class RunContext:
 
 
 Body = Callable[[EngineSession, dict, RunContext], Awaitable[dict | None]]
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-class _Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so every ``finally`` (engine stop) runs."""
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM/SIGHUP so every ``finally`` (engine stop) runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def _raise_terminated(signum, frame):
-    raise _Terminated(f"received signal {signum}")
+    raise Terminated(signum)
 
 
-def run_experiment(name: str, config: dict, outdir: str | Path, body: Body, *,
-                   dataset_manifest_sha256: str | None = None, serving_overrides: dict | None = None) -> dict:
-    """Start the engine once, run ``body`` against it, always stop it, then write
-    ``run_metadata.json`` and ``gpu_stats.json`` into ``outdir``. Returns the metadata."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    model = resolve_model(model_profile(config))
-    serving = {**config["serving"], **(serving_overrides or {})}
-    cfg = experiment_config(config, name)
-    chash = experiment_hash(config, name, dataset_manifest_sha256)
-    run_id = make_run_id(chash)
-    backend = make_backend(model, serving, outdir / "engine.log")
-    ctx = RunContext(experiment=name, run_id=run_id, config_hash=chash, backend_mode=backend.mode,
-                     weights=model["weights"], model_id=model["source"], outdir=outdir)
-    started = utc_now()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    sampler = NvmlSampler().start()
-    result: dict | None = None
-    try:
+class ExperimentRun:
+    """Everything around an experiment's body: engines, signals, NVML, metadata.
+
+    A body may set ``engine_info`` (the metadata's ``engine`` block), ``model_config``,
+    ``metadata_extra`` and ``gpu_stats_extra``; by default the engine block is the one engine's
+    ``info()``, or ``{"engines": {log name: info}}`` for several.
+    """
+
+    def __init__(self, experiment: Experiment, config: dict, outdir: str | Path, *,
+                 dataset_manifest_sha256: str | None = None):
+        self.experiment = experiment
+        self.config = config
+        self.outdir = Path(outdir)
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.cfg = experiment_config(config, experiment.name)
+        self.serving: dict[str, Any] = config["serving"]
+        self.model = resolve_model(model_profile(config))
+        self._dataset_sha = dataset_manifest_sha256
+        chash = experiment_hash(config, experiment.name, dataset_manifest_sha256)
+        self.ctx = RunContext(experiment=experiment.name, run_id=make_run_id(chash), config_hash=chash,
+                              backend_mode=backend_mode(self.serving), weights=self.model["weights"],
+                              model_id=self.model["source"], outdir=self.outdir, files=experiment.all_files)
+        self.backends: list[ServingBackend] = []
+        self.engine_info: dict[str, Any] | None = None
+        self.metadata_model: dict[str, Any] | None = None  # the model actually served, if not the profile's
+        self.model_config: dict[str, Any] | None = None
+        self.metadata_extra: dict[str, Any] = {}
+        self.gpu_stats_extra: dict[str, Any] = {}
+        self.result_summary: Any = None
+        self.metadata: dict[str, Any] | None = None
+
+    def backend(self, model: dict[str, Any], serving: dict[str, Any], log_key: str = "engine_log") -> ServingBackend:
+        """A (not yet started) engine whose log is the declared output ``log_key``; stopped on exit."""
+        b = make_backend(model, serving, self.ctx.path(log_key))
+        self.backends.append(b)
+        return b
+
+    def serve_one(self, body: Body, **kwargs) -> Any:
+        """Start one engine on the profile's model, run the async ``body`` against it."""
+        backend = self.backend(self.model, self.serving)
         backend.start()
-        session = EngineSession(backend, model)
+        session = EngineSession(backend, self.model)
 
         async def main():
             try:
-                return await body(session, cfg, ctx)
+                return await body(session, self.cfg, self.ctx, **kwargs)
             finally:
                 await session.aclose()
 
-        result = asyncio.run(main())
-    finally:
-        backend.stop()
-        gpu = sampler.stop()
-        signal.signal(signal.SIGTERM, previous)
-    write_json(outdir / "gpu_stats.json", {**ctx.stamp(), "nvml": gpu})
-    meta = build_run_metadata(experiment=name, config_hash=chash, hash_inputs=hash_inputs(
-        config, name, dataset_manifest_sha256), model={k: v for k, v in model.items() if k != "hf_config"},
-        backend_mode=backend.mode, engine=backend.info(), notes=ctx.notes, started_at=started,
-        finished_at=utc_now(), run_id=run_id)
-    meta["model_config"] = model.get("hf_config")
-    meta["result_summary"] = result
-    write_json(outdir / "run_metadata.json", meta)
-    return meta
+        return asyncio.run(main())
+
+    def __enter__(self) -> "ExperimentRun":
+        self._previous = {s: signal.signal(s, _raise_terminated) for s in HANDLED_SIGNALS}
+        self._sampler = NvmlSampler().start()
+        self._started = utc_now()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            for b in self.backends:
+                b.stop()
+            gpu = self._sampler.stop()
+        finally:
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
+        if exc_type is None:
+            self._write(gpu)
+        return False
+
+    def _default_engine_info(self) -> dict[str, Any]:
+        if len(self.backends) == 1:
+            return self.backends[0].info()
+        return {"engines": {b.log_path.stem: b.info() for b in self.backends}}
+
+    def _write(self, gpu: dict[str, Any]) -> None:
+        ctx, name = self.ctx, self.experiment.name
+        write_json(ctx.path("gpu_stats"), {**ctx.stamp(), "nvml": gpu, **self.gpu_stats_extra})
+        model = self.metadata_model or self.model
+        meta = build_run_metadata(
+            experiment=name, config_hash=ctx.config_hash,
+            hash_inputs=hash_inputs(self.config, name, self._dataset_sha),
+            model={k: v for k, v in model.items() if k != "hf_config"}, backend_mode=ctx.backend_mode,
+            engine=self.engine_info if self.engine_info is not None else self._default_engine_info(),
+            notes=ctx.notes, started_at=self._started, finished_at=utc_now(), run_id=ctx.run_id)
+        meta["model_config"] = self.model_config if self.model_config is not None else model.get("hf_config")
+        meta.update(self.metadata_extra)
+        meta["result_summary"] = self.result_summary
+        write_json(ctx.path("metadata"), meta)
+        self.metadata = meta
+
+
+def run_declared(experiment: Experiment, config: dict, outdir: str | Path) -> dict:
+    """Run one declared experiment; returns its run metadata."""
+    prepared = experiment.prepare(config) if experiment.prepare else Prepared()
+    with ExperimentRun(experiment, config, outdir,
+                       dataset_manifest_sha256=prepared.dataset_manifest_sha256) as run:
+        if experiment.engines == ONE_ENGINE:
+            run.result_summary = run.serve_one(experiment.body, **prepared.body_kwargs)
+        else:
+            run.result_summary = experiment.body(run, **prepared.body_kwargs)
+    return run.metadata

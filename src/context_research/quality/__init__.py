@@ -1,1 +1,1 @@
-"""Answer scoring and prompt helpers for the E4 long-context quality experiment."""
+"""E4 long-context quality: answer scoring, prompt fitting, perplexity from prompt logprobs, and quality rows and verdicts."""

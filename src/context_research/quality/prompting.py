@@ -1,9 +1,13 @@
-"""Prompt-side helpers: middle truncation (LongBench/InfiniteBench style) and chat messages."""
+"""Prompt-side helpers: middle truncation (LongBench/InfiniteBench style), chat messages, the
+served model's tokenizer, and fitting a sample's chat prompt into the window (``ChatPrompter``)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
+
+from ..errors import ConfigError
 
 T = TypeVar("T")
 
@@ -73,3 +77,113 @@ def build_chat_messages(sample: dict, system_prompt: str | None = None, prefill_
     if prefill_answer and prefix:
         messages.append({"role": "assistant", "content": prefix})
     return messages
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(source: str):
+    """The served model's tokenizer (``tokenizer_source``), or a ``ConfigError`` naming the key."""
+    from transformers import AutoTokenizer  # heavy (torch): only when a tokenizer is needed
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise ConfigError(f"cannot load the served model's tokenizer from {source!r} (models.<profile>.tokenizer "
+                          f"or .source): {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+
+def token_counter(tokenizer) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return count
+
+
+# ----------------------------------------------------------------------------- fitted prompts
+
+
+@dataclass
+class FittedPrompt:
+    """The prompt actually sent (chat messages, or text without a chat template) and what
+    fitting it cost."""
+
+    prompt: list[dict] | str
+    continue_final: bool
+    prompt_tokens: int | None          # templated length by our tokenizer
+    original_tokens: int | None        # before truncation
+    truncated: bool = False
+    error: str | None = None
+
+
+class ChatPrompter:
+    """Chat messages for a sample (``build_chat_messages``), their templated length with
+    thinking off, and middle truncation of the user content to a token budget.
+
+    A tokenizer without a chat template (the synthetic one of a shape-only dummy model) gets a
+    plain-text prompt for ``/v1/completions`` instead: system prompt, input, answer prefix."""
+
+    def __init__(self, tokenizer, system_prompt: str | None = None, prefill_answer: bool = True):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.prefill_answer = prefill_answer
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+
+    def messages(self, sample: dict, text: str | None = None) -> tuple[list[dict] | str, bool]:
+        s = sample if text is None else {**sample, "input": text}
+        cont = bool(self.prefill_answer and s.get("answer_prefix"))
+        if not self.chat:
+            parts = [self.system_prompt or "", s["input"], s["answer_prefix"] if cont else ""]
+            return "\n\n".join(p for p in parts if p), cont
+        return build_chat_messages(s, self.system_prompt, prefill_answer=cont), cont
+
+    def render(self, prompt: list[dict] | str, continue_final: bool) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=not continue_final,
+            continue_final_message=continue_final, enable_thinking=False)
+
+    def count(self, prompt: list[dict] | str, continue_final: bool) -> int:
+        # vLLM renders the template to text, then tokenizes it without adding special tokens.
+        return len(self.tokenizer.encode(self.render(prompt, continue_final), add_special_tokens=False))
+
+    def request_fields(self, fitted: FittedPrompt) -> dict:
+        """``GenerationRequest`` keyword arguments for a fitted prompt."""
+        if not self.chat:
+            return {"prompt": fitted.prompt, "chat": False}
+        return {"prompt": fitted.prompt, "chat": True,
+                "extra": {"add_generation_prompt": not fitted.continue_final,
+                          "continue_final_message": fitted.continue_final}}
+
+    def fit(self, sample: dict, limit: int, max_rounds: int = 8) -> FittedPrompt:
+        """A prompt whose templated length is ``<= limit``: unchanged if it fits, else the user
+        content keeps its first and last tokens (``truncate_middle``); decoding and re-encoding
+        at the cut can merge tokens differently, so the budget shrinks until it fits."""
+        prompt, cont = self.messages(sample)
+        full = self.count(prompt, cont)
+        if full <= limit:
+            return FittedPrompt(prompt, cont, full, full)
+        content = self.tokenizer.encode(sample["input"], add_special_tokens=False)
+        overhead = full - len(content)
+        budget = limit - overhead
+        for _ in range(max_rounds):
+            if budget <= 0:
+                break
+            kept, _ = truncate_middle(content, budget)
+            prompt, cont = self.messages(sample, self.tokenizer.decode(kept))
+            n = self.count(prompt, cont)
+            if n <= limit:
+                return FittedPrompt(prompt, cont, n, full, truncated=True)
+            budget -= n - limit
+        return FittedPrompt(prompt, cont, None, full, truncated=True,
+                            error=f"prompt does not fit: {full} tokens, budget {limit}, template and question "
+                                  f"alone take ~{overhead}")
+
+
+def prompt_budget(max_model_len: int, max_new_tokens: int, max_input_tokens: int | None = None) -> int:
+    """Tokens a prompt may take: the window minus the answer, optionally capped lower."""
+    budget = int(max_model_len) - int(max_new_tokens)
+    if max_input_tokens is not None:
+        budget = min(budget, int(max_input_tokens))
+    return budget

@@ -22,6 +22,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Callable, Iterable, Sequence
 
+from context_research.errors import ConfigError
+
 Scorer = Callable[..., float]
 
 # ----------------------------------------------------------------------------- RULER
@@ -318,8 +320,6 @@ METRIC_SCALE: dict[str, float] = {name: (1.0 if name.startswith("string_match") 
 
 
 def get_scorer(name: str) -> Scorer:
-    from context_research.errors import ConfigError
-
     try:
         return METRICS[name]
     except KeyError:

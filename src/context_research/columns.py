@@ -1,0 +1,96 @@
+"""Result-table column declarations: each column's name, unit, where it was measured, meaning.
+
+Like a metric declaration in AIPerf, a ``Column`` says once what a CSV column is; a ``Table``
+lists a result file's columns. ``write_table`` refuses a frame with a column its table does not
+declare, the reports read units and sources from here, and ``docs/columns.md`` (the README's
+column glossary) is rendered from the same declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .errors import ContextResearchError
+from .io import write_csv
+
+# Where a value comes from, and what each source means (the glossary prints this table).
+SOURCE_MEANINGS = {
+    "client": "measured or counted by our own client: perf_counter timings of the HTTP requests, what it sent",
+    "engine": "the engine's own view: /metrics counters, gauges and histograms, the usage block and "
+              "finish_reason of its replies, its log, its cache_config_info labels",
+    "derived": "computed from measured values (the meaning says of which)",
+    "analytical": "computed from config.json shapes, dtypes and token counts, or a datasheet; never measured",
+    "files": "sizes and headers of files the engine wrote (E3's KV connector folder), read by our code",
+    "nvml": "NVML samples of the GPUs (all devices NVML sees)",
+    "process": "psutil samples of the engine's process tree",
+    "config": "an input setting (config key, workload target, engine argument)",
+    "label": "identity, status, a reason or a note",
+}
+SOURCES = tuple(SOURCE_MEANINGS)
+
+# Units a column may declare ("" = none: a label, an id, free text, or a mixed unit the meaning explains).
+UNITS = ("", "ms", "s", "tokens", "count", "blocks", "bytes", "bytes/token", "bytes/s", "MB/s", "GiB",
+         "req/s", "tok/s", "ratio", "%", "bool")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    unit: str  # one of UNITS: "ms", "s", "tokens", "bytes", "GiB", "req/s", "tok/s", "ratio", "count", "" ...
+    source: str  # one of SOURCES
+    meaning: str  # one line: what the code computes, not what the name suggests
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"column {self.name!r}: source must be one of {SOURCES}, not {self.source!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"column {self.name!r}: unit must be one of {UNITS}, not {self.unit!r}")
+        if not self.meaning.strip() or "\n" in self.meaning:
+            raise ValueError(f"column {self.name!r}: meaning must be one non-empty line")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One result file's columns, in the order they are written."""
+
+    file: str  # e.g. "e1/latency.csv"
+    columns: tuple[Column, ...]
+    description: str = ""  # what one row is
+
+    def __post_init__(self):
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{self.file}: columns declared twice: {', '.join(dupes)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.file} declares no column {name!r}")
+
+    def undeclared(self, columns: Iterable[str]) -> list[str]:
+        known = set(self.names)
+        return [c for c in columns if c not in known]
+
+
+class UndeclaredColumnError(ContextResearchError):
+    pass
+
+
+def write_table(path: str | Path, frame: pd.DataFrame, table: Table) -> Path:
+    """Write ``frame`` as CSV after checking that ``table`` declares every one of its columns."""
+    extra = table.undeclared(frame.columns)
+    if extra:
+        raise UndeclaredColumnError(
+            f"{path}: column(s) {', '.join(extra)} are not declared in the {table.file} table "
+            "(context_research.result_tables); declare them with their unit and source")
+    return write_csv(path, frame)

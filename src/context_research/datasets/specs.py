@@ -1,0 +1,162 @@
+"""Which E4 datasets the config asks for, and everything each one's materialization depends on.
+
+RULER datasets are named ``{task}-{context_tokens}``; the others by their task. Each lives at
+``results/data/{benchmark}/{name}.jsonl`` plus a manifest (``datasets.materialize``); a spec
+(``dataset_spec``) is the ``e4_data`` rule's params, so only what a dataset depends on reruns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import model_profile
+from ..errors import ConfigError
+from ..hashing import sha256_file, sha256_obj
+from ..models import dummy_model_dir
+from .loaders import local_candidates
+
+DATA_ROOT = Path("results/data")
+BENCHMARKS = ("ruler", "longbench", "infinitebench", "pg19")
+EMBEDDED_TOKENIZER = "resources/models/embedded-qwen3"
+FIXTURES_DIR = "tests/fixtures/e4"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One materialized task: ``results/data/{benchmark}/{name}.jsonl`` and its manifest."""
+
+    benchmark: str
+    name: str
+    task: str
+    context_tokens: int | None = None
+
+    def data_path(self, root: str | Path = DATA_ROOT) -> Path:
+        return Path(root) / self.benchmark / f"{self.name}.jsonl"
+
+    def manifest_path(self, root: str | Path = DATA_ROOT) -> Path:
+        return Path(root) / self.benchmark / f"{self.name}.manifest.json"
+
+    @property
+    def key(self) -> str:
+        return f"{self.benchmark}/{self.name}"
+
+
+def datasets(e4: dict) -> list[Dataset]:
+    """Every configured dataset, in a fixed order (RULER by task then length, then the others)."""
+    out = []
+    ruler = e4.get("ruler") or {}
+    for task in ruler.get("tasks") or []:
+        for ctx in ruler.get("context_lengths") or []:
+            out.append(Dataset("ruler", f"{task}-{int(ctx)}", task, int(ctx)))
+    for bench in BENCHMARKS[1:]:
+        for task in (e4.get("benchmarks") or {}).get(bench, {}).get("tasks") or []:
+            out.append(Dataset(bench, task, task))
+    return out
+
+
+def find_dataset(e4: dict, benchmark: str, name: str) -> Dataset:
+    for ds in datasets(e4):
+        if ds.benchmark == benchmark and ds.name == name:
+            return ds
+    known = ", ".join(d.key for d in datasets(e4)) or "none"
+    raise ConfigError(f"results/data/{benchmark}/{name}.jsonl is not a configured E4 dataset "
+                      f"(experiments.e4.ruler / experiments.e4.benchmarks.*.tasks); configured: {known}")
+
+
+def _drop_none(block: dict) -> dict:
+    """The library applies its own defaults to absent keys; null in our config means 'default'."""
+    return {k: v for k, v in block.items() if v is not None and v != {}}
+
+
+def dataset_block(e4: dict, ds: Dataset) -> dict:
+    """The block ``materialize_subset`` gets for one dataset: seeds resolved, no task list."""
+    if ds.benchmark == "ruler":
+        ruler = e4.get("ruler") or {}
+        seed = ruler.get("seed")
+        block = {"context_tokens": ds.context_tokens, "count": ruler.get("count", 2),
+                 "seed": int(e4.get("seed", 0) if seed is None else seed),
+                 "reserve_tokens": ruler.get("reserve_tokens"),
+                 "task_params": {ds.task: dict((ruler.get("task_params") or {}).get(ds.task) or {})},
+                 "qa_records": ruler.get("qa_records")}
+        return _drop_none(block)
+    block = dict((e4.get("benchmarks") or {}).get(ds.benchmark) or {})
+    block.pop("tasks", None)
+    if block.get("seed") is None:
+        block["seed"] = int(e4.get("seed", 0))
+    files = block.get("files") or {}
+    block["files"] = {ds.task: files[ds.task]} if ds.task in files else {}
+    return _drop_none(block)
+
+
+def tokenizer_source(config: dict) -> str:
+    """What AutoTokenizer loads, the tokenizer the engine serves: the profile's ``tokenizer``, the
+    embedded model's folder (relative, so manifests do not depend on where the checkout lives),
+    a dummy model's shape-only folder, or ``source``."""
+    profile = model_profile(config)
+    if profile.get("tokenizer"):
+        return str(profile["tokenizer"])
+    if profile["source"] == "embedded":
+        return EMBEDDED_TOKENIZER
+    dummy = dummy_model_dir(profile)  # shape-only folder with the synthetic tokenizer the engine serves
+    return dummy.as_posix() if dummy is not None else str(profile["source"])
+
+
+def dataset_spec(config: dict, benchmark: str, name: str) -> dict:
+    """Everything one dataset's materialization depends on (the ``e4_data`` rule's params)."""
+    e4 = config["experiments"]["e4"]
+    ds = find_dataset(e4, benchmark, name)
+    spec = {"benchmark": ds.benchmark, "name": ds.name, "task": ds.task, "context_tokens": ds.context_tokens,
+            "block": dataset_block(e4, ds), "tokenizer": tokenizer_source(config)}
+    if ds.benchmark == "ruler" and "reserve_tokens" not in spec["block"]:
+        # the automatic reserve is measured through the chat template the engine run will use
+        spec["chat"] = {"system_prompt": e4.get("system_prompt"), "prefill_answer": e4.get("prefill_answer_prefix", True)}
+    return spec
+
+
+def dataset_specs(config: dict) -> list[dict]:
+    return [dataset_spec(config, ds.benchmark, ds.name) for ds in datasets(config["experiments"]["e4"])]
+
+
+def spec_dataset(spec: dict) -> Dataset:
+    """The ``Dataset`` a ``dataset_spec`` describes."""
+    return Dataset(spec["benchmark"], spec["name"], spec["task"], spec.get("context_tokens"))
+
+
+def source_inputs(config: dict) -> list[str]:
+    """Local files the datasets read (so editing one reruns the materialization)."""
+    found: list[str] = []
+    for spec in dataset_specs(config):
+        block = spec["block"]
+        if spec["benchmark"] == "ruler":
+            paths = [Path(block["qa_records"])] if block.get("qa_records") else []
+        else:
+            paths = local_candidates(spec["benchmark"], spec["task"], block)
+        hit = next((str(p) for p in paths if p.is_file()), None)
+        if hit is not None and hit not in found:
+            found.append(hit)
+    return found
+
+
+def data_source_kind(manifest: dict) -> str:
+    """``synthetic`` (RULER), ``fixture`` (the project's test fixtures), ``local`` or ``hub``."""
+    source = manifest.get("source") or {}
+    kind = source.get("kind", "unknown")
+    if kind == "local":
+        path = Path(str(source.get("path", "")))
+        parts = path.as_posix()
+        if parts.startswith(FIXTURES_DIR) or f"/{FIXTURES_DIR}/" in parts:
+            return "fixture"
+    if kind.startswith("synthetic"):
+        return "synthetic"
+    return kind
+
+
+def combined_manifest_sha256(manifests: dict[str, str | Path]) -> str:
+    """One hash over every dataset manifest ({dataset key: manifest path}), order-independent."""
+    return combine_manifest_digests({key: sha256_file(path) for key, path in manifests.items()})
+
+
+def combine_manifest_digests(digests: dict[str, str]) -> str:
+    """``combined_manifest_sha256`` from manifests already hashed ({dataset key: sha256})."""
+    return sha256_obj(dict(sorted(digests.items())))

@@ -1,0 +1,303 @@
+"""E3's two phases on real engines: aggregated serving, then prefill/decode disaggregation.
+
+1. ``run_aggregated``: one engine (no connector) serves every prompt length's isolated prefill
+   baseline and every point's workload; it is stopped before phase 2 starts.
+2. ``run_disaggregated``: a prefill (``kv_producer``) and a decode (``kv_consumer``) engine
+   joined by the KV connector; the broker accounts every handoff.
+
+Engines come from ``new_engine(model, serving, log_key)`` (``ExperimentRun.backend``: the run
+stops every engine it made, whatever happens); each phase also stops its own engines when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..analysis.model_math import kv_bytes_per_token
+from ..analysis.stats import ms, percentile
+from ..backends.base import ServingBackend
+from ..engine_metrics import cache_config_info, engine_summary, safe_snapshot
+from ..errors import ConfigError, EngineStartError
+from ..experiments.session import EngineSession
+from ..io import write_text
+from ..tables import fmt
+from . import connectors
+from .broker import DEFAULT_TOLERANCE, KvBroker, served_kv_dtype
+from .gpus import GpuAssignment
+from .plan import Point, Workload, batched_tokens_budget, refusal_reason, warmup_point
+from .rows import empty_row, failed_row, latency_columns, request_rows, transfer_columns
+from .schedulers import AggregatedScheduler, DisaggregatedScheduler, RouteLog, ServeResult
+
+# Each engine's log: the experiment's declared output key.
+ENGINE_LOGS = {"aggregated": "engine_aggregated", "prefill": "engine_prefill", "decode": "engine_decode"}
+NewEngine = Callable[[dict[str, Any], dict[str, Any], str], ServingBackend]
+
+
+# -- engine settings ----------------------------------------------------------------------------
+def merge_serving(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """``serving`` with overrides: ``env`` dicts merge, ``extra_args`` lists append, the rest replace."""
+    out = dict(base)
+    out["env"] = dict(base.get("env") or {})
+    out["extra_args"] = list(base.get("extra_args") or [])
+    for o in overrides:
+        for k, v in o.items():
+            if k == "env":
+                out["env"].update({kk: str(vv) for kk, vv in v.items() if vv is not None})
+            elif k == "extra_args":
+                out["extra_args"] += [str(a) for a in v]
+            else:
+                out[k] = v
+    return out
+
+
+def engine_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any], assignment: GpuAssignment,
+                    storage: Path | None) -> dict[str, dict[str, Any]]:
+    """``serving`` dicts of the aggregated, prefill and decode engines (the last two also carry
+    their ``_kv_transfer_config``, for the summary; ``without_private_keys`` drops it)."""
+    common: dict[str, Any] = {"max_num_batched_tokens": batched_tokens_budget(cfg, int(model["max_model_len"]))}
+    if cfg.get("block_size"):
+        common["extra_args"] = ["--block-size", str(cfg["block_size"])]
+    base = merge_serving(config["serving"], common)
+    out = {"aggregated": merge_serving(base, assignment.engine_settings("aggregated"))}
+    connector = cfg["connector"]
+    for pool in ("prefill", "decode"):
+        transfer = connectors.kv_transfer_config(connector, pool, cfg, storage)
+        out[pool] = merge_serving(base, assignment.engine_settings(pool),
+                                  {"extra_args": connectors.kv_transfer_args(transfer),
+                                   "env": connectors.connector_env(connector, pool, cfg)})
+        out[pool]["_kv_transfer_config"] = transfer
+    return out
+
+
+def without_private_keys(serving: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in serving.items() if not k.startswith("_")}
+
+
+def require_installed_connector(cfg: dict[str, Any]) -> None:
+    """Refuse, before any engine starts, a connector (or a field of its config) the installed vLLM lacks."""
+    connector = cfg["connector"]
+    probe = connectors.kv_transfer_config(connector, "decode", cfg, "/nonexistent")
+    unsupported = connectors.installed_support(connector, probe)
+    if unsupported:
+        raise ConfigError(f"config key 'experiments.e3.connector': {unsupported}; choose one the installed "
+                          f"vLLM provides (ExampleConnector works everywhere)")
+
+
+def start_engines(engines: Mapping[str, ServingBackend], parallel: bool) -> dict[str, str]:
+    """Start engines (in threads when ``parallel``); returns {name: error} of those that failed."""
+    errors: dict[str, str] = {}
+
+    def start(name: str, b: ServingBackend) -> None:
+        try:
+            b.start()
+        except EngineStartError as exc:
+            errors[name] = str(exc)
+        except Exception as exc:  # a start that crashes is a recorded failure too
+            errors[name] = f"{type(exc).__name__}: {exc}"
+
+    if not parallel:
+        for name, b in engines.items():
+            start(name, b)
+            if errors:
+                break
+        return errors
+    threads = [threading.Thread(target=start, args=item, daemon=True) for item in engines.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "unknown error"
+
+
+def log(msg: str) -> None:
+    print(f"e3: {msg}", file=sys.stderr, flush=True)
+
+
+# -- the two phases -----------------------------------------------------------------------------
+@dataclass
+class ModeOutcome:
+    rows: list[dict[str, Any]]
+    requests: list[dict[str, Any]]
+    route_log: RouteLog
+    engines: dict[str, Any]  # engine name -> info()
+    start_error: str | None = None
+    # Disaggregated only: block size, KV dtype, bytes per token (with their sources) and the
+    # shared folder's total bytes; the broker holds every handoff.
+    transfer_setup: dict[str, Any] = field(default_factory=dict)
+    broker: KvBroker | None = None
+
+
+def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[str, Any], cfg: dict[str, Any],
+                   workload: Workload, assignment: GpuAssignment,
+                   budget: int) -> tuple[ModeOutcome, dict[int, float | None]]:
+    """Phase 1: one engine; each prompt length's isolated prefill baseline and every point's workload.
+    Returns the outcome and the baselines (median prefill-only E2E in seconds, by prompt length)."""
+    points, warm_reqs = workload.points, workload.warmup
+    route_log = RouteLog("aggregated")
+    backend = new_engine(model, serving, ENGINE_LOGS["aggregated"])
+    outcome = ModeOutcome(rows=[], requests=[], route_log=route_log, engines={})
+    baselines: dict[int, float | None] = {}
+    gpus = assignment.gpus_used("aggregated")
+    try:
+        log("starting the aggregated engine")
+        errors = start_engines({"aggregated": backend}, parallel=False)
+        if errors:
+            outcome.start_error = "aggregated engine did not start: " + first_line(errors["aggregated"])
+            outcome.rows = [failed_row(p, "aggregated", cfg, outcome.start_error, gpus) for p in points]
+            return outcome, baselines
+        session = EngineSession(backend, model, progress=False)
+        sched = AggregatedScheduler(session, route_log, float(serving.get("request_timeout_s", 900)))
+        real = backend.mode == "real"
+
+        async def main() -> None:
+            try:
+                if warm_reqs:
+                    warm = await sched.serve(warm_reqs, max(cfg["concurrency_levels"]), warmup_point(warm_reqs),
+                                             label="warmup")
+                    outcome.requests.extend(request_rows(warm.records, "aggregated", None, "warmup"))
+                    if real:
+                        await sched.prefill_baseline(warm_reqs[:1], 1, warmup_point(warm_reqs), label="warmup")
+                for p in points:
+                    reason = refusal_reason(p, "aggregated", max_tokens=cfg["max_tokens"],
+                                            max_model_len=int(model["max_model_len"]), budget=budget)
+                    if reason:
+                        outcome.rows.append(failed_row(p, "aggregated", cfg, reason, gpus))
+                        continue
+                    if real and p.prompt_tokens not in baselines:
+                        # Isolated prefills (one in flight): the prefill cost without any queueing.
+                        base = await sched.prefill_baseline(workload.baselines[p.prompt_tokens], 1,
+                                                            {"prompt_tokens": p.prompt_tokens, "concurrency": 1})
+                        baselines[p.prompt_tokens] = percentile([b.e2e_s for b in base if b.ok], 50)
+                    before = safe_snapshot(session)
+                    served = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict())
+                    after = safe_snapshot(session)
+                    row = empty_row(p, "aggregated", cfg)
+                    latency_columns(row, served.records, served.duration_s, cfg, gpus)
+                    if before is not None and after is not None:
+                        row["engine_ttft_ms_mean"] = ms(engine_summary(before, after).get("engine_ttft_mean_s"))
+                    outcome.rows.append(row)
+                    outcome.requests.extend(request_rows(served.records, "aggregated", p, "measured"))
+                    log(f"aggregated {p.label}: {row['status']}, TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, "
+                        f"TPOT p50 {fmt(row['tpot_ms_p50'], 1)} ms")
+            finally:
+                await sched.aclose()
+                await session.aclose()
+
+        asyncio.run(main())
+    finally:
+        backend.stop()  # before phase 2: its engines need this one's memory
+        outcome.engines["aggregated"] = backend.info()
+    return outcome, baselines
+
+
+def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: dict[str, dict[str, Any]],
+                      cfg: dict[str, Any], workload: Workload, assignment: GpuAssignment, budget: int,
+                      storage: Path | None, baselines: dict[int, float | None]) -> ModeOutcome:
+    """Phase 2: a prefill (producer) and a decode (consumer) engine joined by the KV connector."""
+    connector = cfg["connector"]
+    points, warm_reqs = workload.points, workload.warmup
+    route_log = RouteLog("disaggregated")
+    outcome = ModeOutcome(rows=[], requests=[], route_log=route_log, engines={})
+    gpus = assignment.gpus_used("disaggregated")
+    engines = {pool: new_engine(model, without_private_keys(servings[pool]), ENGINE_LOGS[pool])
+               for pool in ("prefill", "decode")}
+    prefill_be, decode_be = engines["prefill"], engines["decode"]
+    if prefill_be.mode != "real":
+        reason = f"the {prefill_be.mode} backend has no KV connector: disaggregation needs the real engine"
+        outcome.start_error = reason
+        outcome.rows = [failed_row(p, "disaggregated", cfg, reason, gpus) for p in points]
+        for b in engines.values():
+            write_text(b.log_path, f"# not started: {reason}\n")
+        return outcome
+    try:
+        # Two engines on one GPU start one after the other: vLLM's memory profiling of one start
+        # would otherwise count the other's allocations.
+        parallel = not assignment.shared_gpu
+        log(f"starting the prefill and decode engines ({'in parallel' if parallel else 'one after the other'}), "
+            f"connector {connector}")
+        errors = start_engines(engines, parallel=parallel)
+        if errors:
+            name, err = next(iter(errors.items()))
+            outcome.start_error = f"{name} engine did not start: {first_line(err)}"
+            outcome.rows = [failed_row(p, "disaggregated", cfg, outcome.start_error, gpus) for p in points]
+            for b in engines.values():
+                if not b.log_path.exists():
+                    write_text(b.log_path, f"# not started: {outcome.start_error}\n")
+            return outcome
+        prefill = EngineSession(prefill_be, model, progress=False)
+        decode = EngineSession(decode_be, model, progress=False)
+        info = cache_config_info(safe_snapshot(decode))
+        block_size = int(cfg.get("block_size") or info.get("block_size") or 0) or None
+        kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
+        per_token = kv_bytes_per_token(model["hf_config"], kv_dtype)
+        tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
+        broker = KvBroker(connector, per_token, block_size,
+                          storage if connector == "ExampleConnector" else None)
+        outcome.broker = broker
+        outcome.transfer_setup.update({
+            "block_size": block_size,
+            "block_size_source": "config" if cfg.get("block_size") else "engine /metrics cache_config_info",
+            "kv_dtype": kv_dtype, "kv_dtype_source": kv_dtype_source, "kv_bytes_per_token": per_token,
+            "cache_config_info": info})
+        sched = DisaggregatedScheduler(prefill, decode, broker, cfg, route_log,
+                                       float(servings["decode"].get("request_timeout_s", 900)))
+        common = {"connector": connector, "block_size": block_size, "kv_dtype": kv_dtype,
+                  "kv_bytes_per_token": per_token}
+
+        def refused(p: Point) -> str | None:
+            return refusal_reason(p, "disaggregated", max_tokens=cfg["max_tokens"],
+                                  max_model_len=int(model["max_model_len"]), budget=budget, connector=connector,
+                                  block_size=block_size)
+
+        async def main() -> None:
+            try:
+                valid_warm = [r for r in warm_reqs if not refused(Point(-1, r.prompt_tokens_target, 1))]
+                if valid_warm:
+                    warm = await sched.serve(valid_warm, 1, warmup_point(valid_warm), label="warmup")
+                    outcome.requests.extend(request_rows(warm.records, "disaggregated", None, "warmup", warm.handoffs))
+                for p in points:
+                    reason = refused(p)
+                    if reason:
+                        row = failed_row(p, "disaggregated", cfg, reason, gpus)
+                        row.update(common)
+                        outcome.rows.append(row)
+                        continue
+                    d_before = safe_snapshot(decode)
+                    served: ServeResult = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict(),
+                                                            baseline_prefill_s=baselines.get(p.prompt_tokens))
+                    d_after = safe_snapshot(decode)
+                    d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
+                    row = empty_row(p, "disaggregated", cfg)
+                    row.update(common)
+                    latency_columns(row, served.records, served.duration_s, cfg, gpus)
+                    transfer_columns(row, served.handoffs, d_eng, tolerance)
+                    if d_eng:
+                        row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
+                    outcome.rows.append(row)
+                    outcome.requests.extend(request_rows(served.records, "disaggregated", p, "measured",
+                                                         served.handoffs))
+                    log(f"disaggregated {p.label}: {row['status']}, TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, "
+                        f"{fmt(row['transfer_bytes_per_request'], 0)} B/request moved "
+                        f"(analytical {fmt(row['analytical_bytes_per_request'], 0)}), "
+                        f"transfer p50 {fmt(row['transfer_ms_p50'], 1)} ms")
+            finally:
+                await sched.aclose()
+                await prefill.aclose()
+                await decode.aclose()
+
+        asyncio.run(main())
+        outcome.transfer_setup["storage_total_bytes"] = broker.storage_total_bytes()
+    finally:
+        for b in engines.values():
+            b.stop()
+        outcome.engines.update({pool: b.info() for pool, b in engines.items()})
+    return outcome

@@ -1,0 +1,138 @@
+"""E3's result rows: one per point and mode (``POINT_COLUMNS``), one per request, one per handoff.
+
+A point row carries the client-side latency and goodput columns of both modes; a disaggregated
+row adds the transfer accounting of its handoffs and, once both modes are
+measured, the disaggregated - aggregated deltas (``add_deltas``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..analysis.latency import goodput, latency_row
+from ..analysis.stats import mean, ms, percentile
+from ..records import RequestRecord
+from ..result_tables import data_columns
+from ..workload import point_status
+from .broker import Handoff
+from .plan import Point
+
+MODES = ("aggregated", "disaggregated")
+# Columns compared between the modes: disaggregated - aggregated.
+DELTA_METRICS = ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
+                 "goodput_rps")
+# Column order of mode_comparison.csv, declared once in result_tables.
+POINT_COLUMNS = data_columns("e3/mode_comparison.csv")
+
+
+def empty_row(point: Point, mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    row = {c: None for c in POINT_COLUMNS}
+    row.update({"prompt_tokens": point.prompt_tokens, "concurrency": point.concurrency, "mode": mode,
+                "max_tokens": cfg["max_tokens"], "ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"],
+                "measured_on": "client; consumer_* and engine_* columns: engine /metrics; bytes: shared folder"})
+    return row
+
+
+def failed_row(point: Point, mode: str, cfg: dict[str, Any], reason: str,
+               gpus_used: int | None = None) -> dict[str, Any]:
+    row = empty_row(point, mode, cfg)
+    row.update({"status": "failed", "reason": reason, "gpus_used": gpus_used})
+    return row
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By prompt length, then concurrency, the aggregated row before the disaggregated one."""
+    return sorted(rows, key=lambda r: (r["prompt_tokens"], r["concurrency"], MODES.index(r["mode"])))
+
+
+def latency_columns(row: dict[str, Any], records: Sequence[RequestRecord], duration_s: float | None,
+                    cfg: dict[str, Any], gpus_used: int) -> None:
+    row.update(latency_row(records))
+    row["gpus_used"] = gpus_used
+    if records and duration_s and duration_s > 0:
+        g = goodput(records, duration_s, cfg["ttft_slo_ms"], cfg["tpot_slo_ms"])
+        row.update({k: g[k] for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
+                                       "n_slo_met", "slo_attainment", "goodput_rps")})
+        row["goodput_rps_per_gpu"] = g["goodput_rps"] / gpus_used if gpus_used else None
+    # Failed requests, prompt-length mismatches and an empty point fail the row (the shared rule
+    # of the latency experiments; E3 has no prefix-cache check: prompts have distinct prefixes).
+    status, reason = point_status(records, None)
+    row["status"], row["reason"] = status, reason or None
+
+
+def combine_agreement(flags: Sequence[bool | None]) -> bool | None:
+    """Byte agreement of several handoffs: False if any disagrees, True only if every one was
+    measured and agrees, None otherwise (bytes not measured, e.g. NIXL / P2P NCCL, or no handoff)."""
+    if any(f is False for f in flags):
+        return False
+    if flags and all(f is True for f in flags):
+        return True
+    return None
+
+
+def transfer_columns(row: dict[str, Any], handoffs: Sequence[Handoff], decode_engine: dict[str, Any] | None,
+                     tolerance: float) -> None:
+    """Per-point transfer accounting of a disaggregated row (medians over the point's handoffs)."""
+    hs = list(handoffs)
+    ok = [h for h in hs if h.ok]
+    rows = [h.as_row(tolerance) for h in ok]
+    row["handoffs"], row["handoffs_ok"] = len(hs), len(ok)
+    moved = [h.bytes_moved for h in ok if h.bytes_moved is not None]
+    analytical = [h.analytical_bytes for h in ok if h.analytical_bytes is not None]
+    row["stored_tokens"] = ok[0].stored_tokens_expected if ok else None
+    row["transfer_bytes_per_request"] = mean(moved)
+    row["transfer_bytes_total"] = sum(moved) if moved else None
+    row["analytical_bytes_per_request"] = mean(analytical)
+    errs = [r["bytes_relative_error"] for r in rows if r["bytes_relative_error"] is not None]
+    row["bytes_relative_error_max"] = max(errs, key=abs) if errs else None
+    row["bytes_agree"] = combine_agreement([r["bytes_agree"] for r in rows])
+    row["baseline_prefill_ms_p50"] = ms(ok[0].baseline_prefill_s) if ok else None
+    row["producer_e2e_ms_p50"] = ms(percentile([h.producer_e2e_s for h in ok], 50))
+    row["store_ms_p50"] = ms(percentile([h.store_s for h in ok], 50))
+    row["load_ms_p50"] = ms(percentile([h.load_s for h in ok], 50))
+    row["transfer_ms_p50"] = ms(percentile([h.transfer_s for h in ok], 50))
+    row["transfer_ms_mean"] = ms(mean([h.transfer_s for h in ok]))
+    tp = percentile([h.throughput_bytes_per_s for h in ok], 50)
+    row["transfer_throughput_mb_s"] = None if tp is None else tp / 1e6
+    row["stall_ratio_p50"] = percentile([h.stall_ratio for h in ok], 50)
+    row["stall_ratio_mean"] = mean([h.stall_ratio for h in ok])
+    expected = [h.lookup_tokens_expected for h in ok if h.lookup_tokens_expected is not None]
+    row["consumer_expected_kv_tokens"] = sum(expected) if expected else None
+    by_source = (decode_engine or {}).get("engine_prompt_tokens_by_source") or {}
+    if by_source:
+        row["consumer_external_kv_tokens"] = by_source.get("external_kv_transfer")
+        row["consumer_local_compute_tokens"] = by_source.get("local_compute")
+        if expected and row["consumer_external_kv_tokens"] is not None:
+            row["consumer_loaded_all"] = row["consumer_external_kv_tokens"] >= sum(expected)
+
+
+def add_deltas(rows: list[dict[str, Any]]) -> None:
+    """On each ok disaggregated row: disaggregated - aggregated of DELTA_METRICS at the same point."""
+    agg = {(r["prompt_tokens"], r["concurrency"]): r for r in rows if r["mode"] == "aggregated" and r["status"] == "ok"}
+    for r in rows:
+        if r["mode"] != "disaggregated" or r["status"] != "ok":
+            continue
+        a = agg.get((r["prompt_tokens"], r["concurrency"]))
+        for m in DELTA_METRICS:
+            r[f"delta_{m}"] = (r[m] - a[m]) if a is not None and r[m] is not None and a[m] is not None else None
+
+
+def request_rows(records: Sequence[RequestRecord], mode: str, point: Point | None, label: str,
+                 handoffs: Sequence[Handoff] = ()) -> list[dict[str, Any]]:
+    """One row per request: its mode, label (measured / warmup), point, record and handoff."""
+    by_id = {h.request_id: h for h in handoffs}
+    out = []
+    for r in records:
+        row = {"mode": mode, "label": label, "point_prompt_tokens": point.prompt_tokens if point else None,
+               "concurrency": point.concurrency if point else None, **r.as_row()}
+        h = by_id.get(r.request_id)
+        row["handoff_id"] = h.handoff_id if h else None
+        row["producer_e2e_s"] = h.producer_e2e_s if h else None
+        row["consumer_ttft_s"] = h.consumer_ttft_s if h else None
+        out.append(row)
+    return out
+
+
+def handoff_columns() -> list[str]:
+    """Columns of one handoff row (``Handoff.as_row``), so an empty handoff table keeps its header."""
+    return list(Handoff("h", "r", 0, "c").as_row())

@@ -1,0 +1,80 @@
+"""E3's ``summary.json`` and the run's result summary: workload, connector setup, transfer
+accounting over every handoff (warmups included), and the rows that could not be measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .broker import DEFAULT_TOLERANCE
+from .gpus import GpuAssignment
+from .phases import ModeOutcome
+from .rows import combine_agreement
+
+DEFINITIONS = {
+    "bytes_moved": "sum of the connector's files for the prompt in the shared folder (headers included)",
+    "analytical_bytes": "kv_bytes_per_token(config.json, served KV dtype) x ((n-1)//block)*block tokens",
+    "store_ms": ("producer E2E (max_tokens=1, KV written) - median aggregated prefill-only E2E of the "
+                 "same prompt length, one request in flight (at concurrency > 1 the producer's "
+                 "queueing counts as store time)"),
+    "load_ms": ("consumer TTFT: files read and injected, untransferred tail computed, first token "
+                "(upper bound)"),
+    "transfer_ms": "store_ms + load_ms",
+    "stall_ratio": "load_ms / consumer E2E",
+}
+
+
+def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[str, Any]], agg: ModeOutcome,
+                  dis: ModeOutcome, assignment: GpuAssignment, servings: dict[str, dict[str, Any]],
+                  storage: Path | None, handoff_rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+    setup = dis.transfer_setup
+    ok_handoffs = [h for h in handoff_rows if h["ok"]]
+    moved = sum(h["bytes_moved"] or 0 for h in ok_handoffs)
+    all_moved = sum(h["bytes_moved"] or 0 for h in handoff_rows)
+    return {
+        **stamp,
+        "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "concurrency_levels", "requests_per_point",
+                                         "max_tokens", "warmup_requests")},
+        "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client"},
+        "max_num_batched_tokens": budget,
+        "gpu_assignment": assignment.as_dict(),
+        "connector": {
+            "name": cfg["connector"],
+            "kv_transfer_config": {pool: servings.get(pool, {}).get("_kv_transfer_config")
+                                   for pool in ("prefill", "decode")},
+            "shared_storage": str(storage) if storage else None,
+            "shared_storage_removed": bool(storage) and not storage.exists(),
+            **{k: setup.get(k) for k in ("block_size", "block_size_source", "kv_dtype", "kv_dtype_source",
+                                         "kv_bytes_per_token", "cache_config_info")},
+        },
+        "transfer": {
+            "handoffs": len(handoff_rows),
+            "handoffs_ok": len(ok_handoffs),
+            "bytes_moved_total": moved,
+            "storage_total_bytes": setup.get("storage_total_bytes"),
+            # Every file in the shared folder belongs to a handoff (warmups included).
+            "storage_matches_handoffs": (setup.get("storage_total_bytes") == all_moved
+                                         if setup.get("storage_total_bytes") is not None else None),
+            "bytes_tolerance": float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE)),
+            "bytes_agree_all": combine_agreement([h["bytes_agree"] for h in ok_handoffs]),
+            "bytes_disagreements": [{"handoff_id": h["handoff_id"], "relative_error": h["bytes_relative_error"]}
+                                    for h in ok_handoffs if h["bytes_agree"] is False],
+            "definitions": dict(DEFINITIONS),
+        },
+        "modes": {
+            "aggregated": {"start_error": agg.start_error, "engines": list(agg.engines)},
+            "disaggregated": {"start_error": dis.start_error, "engines": list(dis.engines)},
+        },
+        "failed_rows": [{"mode": r["mode"], "prompt_tokens": r["prompt_tokens"], "concurrency": r["concurrency"],
+                         "reason": r["reason"]} for r in rows if r["status"] != "ok"],
+        "rows": len(rows),
+        "rows_ok": sum(r["status"] == "ok" for r in rows),
+    }
+
+
+def result_summary(points: int, rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """What ``run_metadata.json`` and the CLI report of the run: points, rows, byte agreement."""
+    return {"points": points, "rows_ok": sum(r["status"] == "ok" for r in rows),
+            "rows_failed": sum(r["status"] != "ok" for r in rows),
+            "bytes_agree": summary["transfer"]["bytes_agree_all"],
+            "handoffs": summary["transfer"]["handoffs"]}

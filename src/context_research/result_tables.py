@@ -1,0 +1,621 @@
+"""The columns of every result table an experiment writes, declared once.
+
+``TABLES`` maps ``"<experiment>/<file>.csv"`` to its ``columns.Table``: every column's name, unit,
+source (``columns.SOURCES``) and a one-line meaning that says what the code computes (a stand-in
+or a proxy says so). Columns are listed in the order the code writes them; a conditional
+column (E0's ``token_ids``, E5's rows of an unsupported mode) is declared too, and a frame may
+lack any declared column. ``RunContext.write_table`` refuses a frame with an undeclared column
+(``table_for``), and ``docs/columns.md`` is ``glossary_markdown()``:
+
+    python -m context_research.result_tables > docs/columns.md
+
+Column groups several tables share (the run stamp, request records, latency statistics, the
+engine's /metrics view, goodput) come from the helpers below, not retyped per table.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Sequence
+
+from .analysis.latency import LATENCY_METRICS, STAT_SUFFIXES
+from .columns import SOURCE_MEANINGS, Column, Table
+from .errors import ContextResearchError
+
+C = Column
+
+
+class UnknownTableError(ContextResearchError):
+    pass
+
+
+# -- shared column groups ------------------------------------------------------------------------
+
+def stamp_columns() -> tuple[Column, ...]:
+    """``RunContext.stamp()``: the run identity every row of every table carries."""
+    return (
+        C("experiment", "", "label", "experiment name (e0 ... e6)"),
+        C("run_id", "", "label", "UTC start time of the run that wrote the row plus 8 hex digits of a hash of (config "
+                                 "hash, time, pid)"),
+        C("config_hash", "", "label", "sha256 of the experiment's config block, model profile, serving settings (and "
+                                      "E4's dataset manifests)"),
+        C("backend_mode", "", "label", "real (a vLLM engine answered) or simulated (no engine: numbers are not "
+                                       "measurements)"),
+        C("weights", "", "label", "real, dummy or random-embedded weights: only real weights make quality scores "
+                                  "meaningful"),
+        C("model_id", "", "label", "the model profile's source: a Hugging Face id or 'embedded'"),
+    )
+
+
+def request_record_columns(*, token_ids: bool = False, **meaning: str) -> tuple[Column, ...]:
+    """``RequestRecord.as_row()``: one request as the client measured it; ``meaning`` overrides a
+    column's meaning where an experiment composes the record differently (E3's disaggregated mode).
+    ``token_ids`` adds E0's conditional column (written last: only rows kept with their tokens have it)."""
+    cols = [
+        C("request_id", "", "label", "request id (phase or point, then the request's index)"),
+        C("prompt_tokens_target", "tokens", "config", "prompt length the workload asked for"),
+        C("prompt_tokens", "tokens", "engine", "prompt tokens the server counted (usage.prompt_tokens)"),
+        C("output_tokens", "tokens", "engine", "generated tokens the server counted (usage.completion_tokens)"),
+        C("max_tokens", "tokens", "config", "output token limit sent with the request"),
+        C("start_s", "s", "client", "send time relative to the start of the request's batch (its point or phase), not "
+                                    "of the whole run"),
+        C("ttft_s", "s", "client", "time to first token: send to the first streamed chunk (HTTP, SSE parsing and API "
+                                   "server included)"),
+        C("e2e_s", "s", "client", "send to the last streamed chunk"),
+        C("tpot_s", "s", "client", "(e2e_s - ttft_s) / (output_tokens - 1); empty for one output token"),
+        C("itl_s", "s", "client", "comma-separated gaps between successive streamed chunks (a chunk may carry more "
+                                  "than one token)"),
+        C("text", "", "engine", "generated text as streamed"),
+        C("finish_reason", "", "engine", "the server's finish_reason (length, stop, ...)"),
+        C("error", "", "label", "why the request failed; empty when it succeeded"),
+        C("scheduled_offset_s", "s", "config", "planned send offset of an open-loop (Poisson) schedule after the batch "
+                                               "start; empty = sent when a slot was free"),
+        C("ok", "bool", "label", "true when the request has no error"),
+    ]
+    if token_ids:
+        cols.append(C("token_ids", "", "engine", "space-separated generated token ids the server returned "
+                                                 "(return_token_ids); only on rows kept with tokens"))
+    return _override(cols, meaning)
+
+
+_METRIC_MEANING = {
+    "ttft": "TTFT (send to first streamed chunk)",
+    "tpot": "TPOT ((E2E - TTFT) / (output tokens - 1); requests with one output token left out)",
+    "itl": "inter-chunk gaps, pooled over every request (a chunk may carry more than one token)",
+    "e2e": "E2E latency (send to last streamed chunk)",
+}
+_STAT_MEANING = {"mean": "mean", "p50": "median", "p95": "95th percentile", "p99": "99th percentile"}
+
+
+def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column, ...]:
+    """``analysis.latency.latency_row``: request counts, then the client-side latency statistics
+    of a point's successful requests (percentiles: numpy's linear interpolation), then token means."""
+    cols = [
+        C("n", "count", "client", "requests sent for the point"),
+        C("n_ok", "count", "client", "requests that succeeded"),
+        C("n_failed", "count", "client", "requests that failed (n - n_ok)"),
+    ]
+    for metric in LATENCY_METRICS:
+        for stat in STAT_SUFFIXES:
+            text = f"{_STAT_MEANING[stat]} of the successful requests' {_METRIC_MEANING[metric]}"
+            if metric == "ttft" and ttft_note:
+                text += f"; {ttft_note}"
+            cols.append(C(f"{metric}_ms_{stat}", "ms", "client", text))
+    cols += [
+        C("prompt_tokens_mean", "tokens", "engine", "mean server-counted prompt tokens of the successful requests"),
+        C("output_tokens_mean", "tokens", "engine", "mean server-counted output tokens of the successful requests"),
+    ]
+    return _override(cols, meaning)
+
+
+def _histogram(metric: str) -> str:
+    return f"Δsum / Δcount of vLLM's {metric} histogram between /metrics scrapes around the point"
+
+
+def engine_point_columns() -> tuple[Column, ...]:
+    """``workload.engine_columns``: the engine's /metrics deltas around one point (E1, E2)."""
+    cols = [
+        C("engine_requests", "count", "engine", "Δcount of vllm:time_to_first_token_seconds: requests whose first "
+                                                "token the engine recorded during the point"),
+        C("engine_ttft_ms_mean", "ms", "engine",
+          _histogram("vllm:time_to_first_token_seconds") + " (the engine's own TTFT clock)"),
+    ]
+    cols += [C(f"engine_ttft_ms_{q}", "ms", "engine",
+               f"{_STAT_MEANING[q]} of the engine's TTFT, interpolated inside histogram buckets (Prometheus "
+               f"histogram_quantile; coarse)")
+             for q in ("p50", "p95", "p99")]
+    for short, metric in (("itl", "vllm:inter_token_latency_seconds"),
+                          ("e2e", "vllm:e2e_request_latency_seconds"),
+                          ("queue", "vllm:request_queue_time_seconds"),
+                          ("prefill", "vllm:request_prefill_time_seconds"),
+                          ("decode", "vllm:request_decode_time_seconds")):
+        cols.append(C(f"engine_{short}_ms_mean", "ms", "engine", _histogram(metric)))
+    cols += [
+        C("engine_preemptions", "count", "engine", "Δ vllm:num_preemptions_total over the point"),
+        C("engine_prompt_tokens", "tokens", "engine", "Δ vllm:prompt_tokens_total over the point"),
+        C("engine_generation_tokens", "tokens", "engine", "Δ vllm:generation_tokens_total over the point"),
+        C("engine_kv_cache_usage_peak", "ratio", "engine", "peak of the vllm:kv_cache_usage_perc gauge (a fraction "
+                                                           "0-1) sampled every 0.25 s during the point; empty where "
+                                                           "not sampled (always in E1)"),
+        C("local_cache_hit_tokens", "tokens", "engine",
+          "Δ vllm:prompt_tokens_by_source_total{source=local_cache_hit}: prefix-cache hits, must be 0; empty when "
+          "the engine exports no such counter"),
+    ]
+    return tuple(cols)
+
+
+def ttft_gap_columns() -> tuple[Column, ...]:
+    """``workload.ttft_gap_columns``: client TTFT next to the engine's."""
+    return (
+        C("ttft_client_minus_engine_ms", "ms", "derived", "ttft_ms_mean - engine_ttft_ms_mean: HTTP, SSE streaming and "
+                                                          "API-server time outside the engine's TTFT clock"),
+        C("ttft_client_over_engine", "ratio", "derived", "ttft_ms_mean / engine_ttft_ms_mean"),
+    )
+
+
+def goodput_columns(names: Sequence[str]) -> tuple[Column, ...]:
+    """``analysis.latency.goodput`` and the per-SLO attainments, in the order ``names`` lists them."""
+    pool = {c.name: c for c in (
+        C("duration_s", "s", "client", "wall time of the point: first send to last completion"),
+        C("request_throughput_rps", "req/s", "derived", "successful requests / duration_s"),
+        C("output_throughput_tok_s", "tok/s", "derived", "server-counted output tokens of the successful requests / "
+                                                         "duration_s"),
+        C("total_token_throughput_tok_s", "tok/s", "derived", "server-counted prompt + output tokens of the successful "
+                                                              "requests / duration_s"),
+        C("ttft_slo_ms", "ms", "config", "TTFT SLO (client TTFT <= it meets)"),
+        C("tpot_slo_ms", "ms", "config", "TPOT SLO (client TPOT <= it meets; one output token always meets)"),
+        C("n_slo_met", "count", "derived", "requests that succeeded and met both SLOs"),
+        C("slo_attainment", "ratio", "derived", "n_slo_met / requests sent (failed requests count as misses)"),
+        C("ttft_slo_attainment", "ratio", "derived", "share of the requests sent that succeeded within the TTFT SLO "
+                                                     "alone"),
+        C("tpot_slo_attainment", "ratio", "derived", "share of the requests sent that succeeded within the TPOT SLO "
+                                                     "alone"),
+        C("goodput_rps", "req/s", "derived", "n_slo_met / duration_s (DistServe's goodput: requests/s meeting both "
+                                             "SLOs)"),
+    )}
+    return tuple(pool[n] for n in names)
+
+
+def point_check_columns() -> tuple[Column, ...]:
+    """The prompt-length and prefix-cache settings E1 and E2 check a point against."""
+    return (
+        C("prompt_tokens_mismatches", "count", "derived", "successful requests whose server-counted prompt length "
+                                                          "differs from the target (any fails the point)"),
+        C("prefix_caching", "bool", "config", "serving.enable_prefix_caching of the engine (prompts have unique "
+                                              "prefixes either way)"),
+    )
+
+
+def measured_on_column(text: str) -> Column:
+    return C("measured_on", "", "label", f"where the row's numbers come from ({text})")
+
+
+def _override(cols: Iterable[Column], meaning: dict[str, str]) -> tuple[Column, ...]:
+    cols = tuple(cols)
+    unknown = set(meaning) - {c.name for c in cols}
+    if unknown:
+        raise ValueError(f"meaning overrides for undeclared columns: {sorted(unknown)}")
+    return tuple(C(c.name, c.unit, c.source, meaning[c.name]) if c.name in meaning else c for c in cols)
+
+
+def _status(what: str = "point") -> tuple[Column, ...]:
+    return (
+        C("status", "", "label", f"ok or failed (a failed {what} keeps its numbers for inspection)"),
+        C("reason", "", "label", f"why the {what} failed; empty when ok"),
+    )
+
+
+# -- E0 ------------------------------------------------------------------------------------------
+
+E0_REQUESTS = Table("e0/requests.csv", (
+    C("phase", "", "label", "warmup, identical (the determinism check) or repeat-<k> (the variability repeats)"),
+    *request_record_columns(token_ids=True),
+    *stamp_columns(),
+), "one row per request")
+
+# -- E1 ------------------------------------------------------------------------------------------
+
+E1_LATENCY = Table("e1/latency.csv", (
+    C("prompt_tokens", "tokens", "config", "the point's prompt length (exact token-id prompts)"),
+    C("max_tokens", "tokens", "config", "output tokens per request (ignore_eos)"),
+    *_status(),
+    *latency_stat_columns(),
+    C("prompt_tokens_min", "tokens", "engine", "smallest server-counted prompt length among the successful requests"),
+    C("prompt_tokens_max", "tokens", "engine", "largest server-counted prompt length among the successful requests"),
+    *point_check_columns(),
+    *engine_point_columns(),
+    *ttft_gap_columns(),
+    C("gpu", "", "label", "NVML name of GPU index 0 of the host when the engine runs on CUDA (not read from the "
+                          "engine's own device); empty on CPU"),
+    C("gpu_spec", "", "label", "analysis.hardware.GPU_SPECS entry matched to gpu (datasheet figures the floors use)"),
+    C("ttft_floor_ms", "ms", "analytical", "prefill FLOPs of the prompt (config.json) / the datasheet's dense BF16 "
+                                           "peak: a lower bound, never measured"),
+    C("ttft_efficiency", "ratio", "derived", "ttft_floor_ms / ttft_ms_p50 (client TTFT, HTTP included)"),
+    C("tpot_floor_ms", "ms", "analytical", "bytes of the first decode step (all weights + the prompt's KV) / datasheet "
+                                           "memory bandwidth"),
+    C("tpot_efficiency", "ratio", "derived", "tpot_floor_ms / tpot_ms_p50 (client TPOT)"),
+    C("floor_note", "", "label", "datasheet used for the floors, or why there is none"),
+    measured_on_column("client; engine_* columns: engine /metrics"),
+    *stamp_columns(),
+), "one row per prompt length, batch 1")
+
+E1_REQUESTS = Table("e1/requests.csv", (
+    C("phase", "", "label", "warmup (unmeasured, outside the /metrics window) or measured"),
+    C("prompt_tokens_point", "tokens", "config", "prompt length of the point the request belongs to"),
+    *request_record_columns(),
+    C("prompt_tokens_match", "bool", "derived", "server-counted prompt tokens == target; empty for a failed request"),
+    *stamp_columns(),
+), "one row per request")
+
+# -- E2 ------------------------------------------------------------------------------------------
+
+E2_CONCURRENCY = Table("e2/concurrency.csv", (
+    C("mode", "", "config", "concurrency (closed loop, at most level requests in flight) or rate (open-loop Poisson "
+                            "arrivals)"),
+    C("level", "", "config", "concurrency cap (mode concurrency, requests) or arrival rate (mode rate, req/s)"),
+    *_status(),
+    C("prompt_tokens", "tokens", "config", "prompt length of every request (experiments.e2.prompt_tokens)"),
+    C("max_tokens", "tokens", "config", "output tokens per request (ignore_eos)"),
+    *latency_stat_columns(),
+    *goodput_columns(("duration_s", "request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s",
+                      "ttft_slo_ms", "tpot_slo_ms", "n_slo_met", "slo_attainment", "ttft_slo_attainment",
+                      "tpot_slo_attainment", "goodput_rps")),
+    C("offered_rate_rps", "req/s", "config", "the Poisson arrival rate of a rate point; empty for a concurrency point"),
+    *point_check_columns(),
+    *engine_point_columns(),
+    *ttft_gap_columns(),
+    measured_on_column("client; engine_* columns: engine /metrics"),
+    *stamp_columns(),
+), "one row per sweep point (mode, level)")
+
+E2_REQUESTS = Table("e2/requests.csv", (
+    C("phase", "", "label", "warmup (unmeasured) or measured"),
+    C("mode", "", "config", "the point's mode (concurrency or rate); empty for warmup"),
+    C("level", "", "config", "the point's level (concurrency cap or req/s); empty for warmup"),
+    *request_record_columns(),
+    C("prompt_tokens_match", "bool", "derived", "server-counted prompt tokens == target; empty for a failed request"),
+    *stamp_columns(),
+), "one row per request")
+
+# -- E3 ------------------------------------------------------------------------------------------
+
+_E3_TTFT = "disaggregated rows: producer send to the consumer's first token"
+_DELTA = ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "e2e_ms_p95", "goodput_rps")
+_DELTA_UNIT = {"goodput_rps": "req/s"}
+
+E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
+    C("prompt_tokens", "tokens", "config", "the point's prompt length"),
+    C("concurrency", "count", "config", "requests in flight at most"),
+    C("mode", "", "config", "aggregated (one engine) or disaggregated (prefill producer + decode consumer joined by a "
+                            "KV connector)"),
+    *_status("row"),
+    C("max_tokens", "tokens", "config", "output tokens per request"),
+    C("gpus_used", "count", "config", "GPUs the mode's engines are pinned to (union of CUDA_VISIBLE_DEVICES); 0 on "
+                                      "CPU; 1 when both engines share a GPU"),
+    *latency_stat_columns(
+        ttft_note=_E3_TTFT,
+        **{f"tpot_ms_{s}": f"{_STAT_MEANING[s]} of the successful requests' TPOT (disaggregated rows: the consumer's)"
+           for s in STAT_SUFFIXES},
+        **{f"itl_ms_{s}": f"{_STAT_MEANING[s]} of the inter-chunk gaps pooled over every request (disaggregated rows: "
+                          f"the consumer's stream)"
+           for s in STAT_SUFFIXES},
+        **{f"e2e_ms_{s}": f"{_STAT_MEANING[s]} of the successful requests' E2E ({_E3_TTFT.replace('first', 'last')})"
+           for s in STAT_SUFFIXES}),
+    *goodput_columns(("duration_s", "request_throughput_rps", "output_throughput_tok_s", "ttft_slo_ms", "tpot_slo_ms",
+                      "n_slo_met", "slo_attainment", "goodput_rps")),
+    C("goodput_rps_per_gpu", "req/s", "derived", "goodput_rps / gpus_used; empty on CPU"),
+    C("engine_ttft_ms_mean", "ms", "engine", "mean vLLM TTFT histogram delta: aggregated rows the one engine's; "
+                                             "disaggregated rows the DECODE engine's only (KV load + first token, no "
+                                             "producer prefill)"),
+    C("connector", "", "config", "vLLM KV connector of the disaggregated engines (experiments.e3.connector)"),
+    C("block_size", "tokens", "engine", "KV block size: experiments.e3.block_size, else the decode engine's "
+                                        "cache_config_info"),
+    C("kv_dtype", "", "engine", "KV dtype served: cache_config_info.cache_dtype, else the model dtype in the engine "
+                                "log, else config.json"),
+    C("kv_bytes_per_token", "bytes/token", "analytical", "2 x layers x kv_heads x head_dim x kv_dtype bytes "
+                                                         "(config.json)"),
+    C("stored_tokens", "tokens", "analytical", "tokens the connector is EXPECTED to store for this prompt length "
+                                               "(ExampleConnector: ((n-1)//block)*block; others: n); not measured"),
+    C("handoffs", "count", "client", "KV handoffs the broker opened for the point"),
+    C("handoffs_ok", "count", "client", "handoffs whose consumer request succeeded"),
+    C("transfer_bytes_per_request", "bytes", "files", "mean size of the connector's files per ok handoff (headers "
+                                                      "included); empty for connectors without a folder (NIXL, P2P "
+                                                      "NCCL)"),
+    C("transfer_bytes_total", "bytes", "files", "sum of the connector's file sizes over the point's ok handoffs"),
+    C("analytical_bytes_per_request", "bytes", "analytical", "mean over ok handoffs of kv_bytes_per_token x expected "
+                                                             "stored tokens"),
+    C("bytes_relative_error_max", "ratio", "derived", "signed (measured - analytical) / analytical of the handoff with "
+                                                      "the largest magnitude"),
+    C("bytes_agree", "bool", "derived", "every ok handoff's bytes within experiments.e3.bytes_tolerance of analytical; "
+                                        "empty when bytes were not measured"),
+    C("baseline_prefill_ms_p50", "ms", "client", "median E2E of isolated max_tokens=1 non-streamed prefills of this "
+                                                 "length on the AGGREGATED engine (store-time baseline)"),
+    C("producer_e2e_ms_p50", "ms", "client", "median E2E of the producer requests (max_tokens=1, non-streamed, KV "
+                                             "written by the connector)"),
+    C("store_ms_p50", "ms", "derived", "median of producer E2E - baseline_prefill (another engine's median prefill): a "
+                                       "stand-in for the store time, not a measurement; includes producer queueing at "
+                                       "concurrency > 1, may be negative"),
+    C("load_ms_p50", "ms", "client", "median consumer TTFT (client): KV files read and injected, untransferred tail "
+                                     "computed, first token and HTTP; an upper bound on the load, not the load"),
+    C("transfer_ms_p50", "ms", "derived", "median over handoffs of store stand-in + consumer TTFT (store_s + load_s)"),
+    C("transfer_ms_mean", "ms", "derived", "mean over handoffs of store_s + load_s"),
+    C("transfer_throughput_mb_s", "MB/s", "derived", "median of bytes moved / (store_s + load_s), 1 MB = 1e6 bytes: "
+                                                     "prefill and first-token compute included, not a link or disk "
+                                                     "bandwidth"),
+    C("stall_ratio_p50", "ratio", "derived", "median of consumer TTFT / consumer E2E (share of the decode request "
+                                             "spent before its first token)"),
+    C("stall_ratio_mean", "ratio", "derived", "mean of consumer TTFT / consumer E2E"),
+    C("consumer_expected_kv_tokens", "tokens", "analytical", "sum over ok handoffs of the tokens the consumer should "
+                                                             "look up (ExampleConnector: ((n-2)//block)*block)"),
+    C("consumer_external_kv_tokens", "tokens", "engine",
+      "Δ decode engine's vllm:prompt_tokens_by_source_total{source=external_kv_transfer} over the point"),
+    C("consumer_local_compute_tokens", "tokens", "engine",
+      "Δ decode engine's vllm:prompt_tokens_by_source_total{source=local_compute} over the point"),
+    C("consumer_loaded_all", "bool", "derived", "consumer_external_kv_tokens >= consumer_expected_kv_tokens"),
+    *(C(f"delta_{m}", _DELTA_UNIT.get(m, "ms"), "derived",
+        f"disaggregated {m} - aggregated {m} at the same point (ok disaggregated rows only)") for m in _DELTA),
+    measured_on_column("client; consumer_* and engine_* columns: engine /metrics; "
+                       "bytes: the connector's shared folder"),
+    *stamp_columns(),
+), "one row per point (prompt length, concurrency) and mode")
+
+E3_REQUESTS = Table("e3/requests.csv", (
+    C("mode", "", "config", "aggregated or disaggregated"),
+    C("label", "", "label", "warmup or measured"),
+    C("point_prompt_tokens", "tokens", "config", "prompt length of the request's point; empty for warmup"),
+    C("concurrency", "count", "config", "concurrency of the request's point; empty for warmup"),
+    *request_record_columns(
+        start_s="send time relative to the start of the point's batch (disaggregated: the producer send)",
+        ttft_s=f"time to first token, client ({_E3_TTFT}; aggregated: send to first streamed chunk)",
+        e2e_s="send to the last streamed chunk (disaggregated: producer send to the consumer's last chunk)",
+        tpot_s="(E2E - TTFT) / (output_tokens - 1) (disaggregated: the consumer's own); empty for one output token",
+        itl_s="comma-separated gaps between successive streamed chunks (disaggregated: the consumer's stream)",
+        prompt_tokens="prompt tokens the server counted (disaggregated: the consumer's usage block)"),
+    C("handoff_id", "", "label", "the KV handoff of a disaggregated request (transfers.csv); empty otherwise"),
+    C("producer_e2e_s", "s", "client", "the producer request's E2E (max_tokens=1, non-streamed)"),
+    C("consumer_ttft_s", "s", "client", "the consumer request's own TTFT, from its send"),
+    *stamp_columns(),
+), "one row per request of both modes")
+
+E3_TRANSFERS = Table("e3/transfers.csv", (
+    C("handoff_id", "", "label", "handoff id"),
+    C("request_id", "", "label", "the request it carried (requests.csv)"),
+    C("prompt_tokens", "tokens", "client", "tokens of the prompt the broker sent"),
+    C("connector", "", "config", "vLLM KV connector"),
+    C("storage_key", "", "label", "ExampleConnector's folder name for the prompt (md5 of the stored token ids)"),
+    C("stored_tokens_expected", "tokens", "analytical", "tokens the connector should store (ExampleConnector: "
+                                                        "((n-1)//block)*block; others: n)"),
+    C("lookup_tokens_expected", "tokens", "analytical", "tokens the consumer should look up (ExampleConnector: "
+                                                        "((n-2)//block)*block)"),
+    C("analytical_bytes", "bytes", "analytical", "kv_bytes_per_token x stored_tokens_expected"),
+    C("bytes_moved", "bytes", "files", "total size of the connector's files for the prompt (headers included), read "
+                                       "after the point's requests completed"),
+    C("payload_bytes", "bytes", "files", "tensor bytes inside those files (safetensors headers' data offsets)"),
+    C("header_bytes", "bytes", "files", "bytes_moved - payload_bytes"),
+    C("files", "count", "files", "files in the prompt's folder (one per attention layer)"),
+    C("stored_dtypes", "", "files", "comma-separated dtypes of the stored tensors"),
+    C("stored_tokens_measured", "tokens", "files", "comma-separated token dimensions of the stored tensors"),
+    C("producer_e2e_s", "s", "client", "producer request E2E (max_tokens=1, non-streamed, KV written)"),
+    C("baseline_prefill_s", "s", "client", "median E2E of isolated max_tokens=1 prefills of this length on the "
+                                           "aggregated engine (the same for every handoff of a length)"),
+    C("consumer_ttft_s", "s", "client", "consumer request TTFT from its own send"),
+    C("consumer_e2e_s", "s", "client", "consumer request E2E from its own send"),
+    C("ok", "bool", "label", "the consumer request succeeded"),
+    C("error", "", "label", "which pool failed and why"),
+    C("store_s", "s", "derived", "producer_e2e_s - baseline_prefill_s: a stand-in for the KV store time (two engines' "
+                                 "request times), not a measurement; may be negative"),
+    C("load_s", "s", "client", "= consumer_ttft_s: KV read and injected, tail computed, first token, HTTP; an upper "
+                               "bound on the load"),
+    C("transfer_s", "s", "derived", "store_s + load_s"),
+    C("throughput_bytes_per_s", "bytes/s", "derived", "bytes_moved / transfer_s (compute included; empty when "
+                                                      "transfer_s <= 0)"),
+    C("stall_ratio", "ratio", "derived", "load_s / consumer_e2e_s"),
+    C("bytes_relative_error", "ratio", "derived", "(bytes_moved - analytical_bytes) / analytical_bytes"),
+    C("bytes_agree", "bool", "derived", "|bytes_relative_error| <= experiments.e3.bytes_tolerance; empty when bytes "
+                                        "were not measured"),
+    *stamp_columns(),
+), "one row per KV handoff (warmups included)")
+
+# -- E4 ------------------------------------------------------------------------------------------
+
+E4_QUALITY = Table("e4/quality.csv", (
+    C("benchmark", "", "label", "ruler, longbench, infinitebench, pg19, or overall"),
+    C("task", "", "label", "the benchmark's task"),
+    C("context_tokens", "tokens", "config", "RULER context length; empty for the other benchmarks"),
+    C("n", "count", "client", "samples of the dataset"),
+    C("metric", "", "label", "the task's metric (perplexity, a scorer name, or macro_mean_percent on the overall row)"),
+    C("score", "", "derived", "percent rows: mean 0-100 score of the ok samples (client-side scorers on the served "
+                              "text); perplexity rows: exp(total NLL / scored tokens) from prompt logprobs; overall: "
+                              "macro mean of the percent rows"),
+    C("mean_input_tokens", "tokens", "engine", "mean server-counted prompt tokens over the samples the server counted"),
+    C("truncated", "count", "derived", "samples truncated (at materialization or to fit max_model_len)"),
+    C("status", "", "label", "ok, partial (some samples failed) or failed"),
+    C("meaningful", "bool", "derived", "true only with real weights, the real engine and non-fixture data"),
+    C("n_ok", "count", "client", "samples answered and scored"),
+    C("n_failed", "count", "client", "samples not answered or not fitted"),
+    C("score_scale", "", "label", "percent (0-100) or perplexity: the unit of score"),
+    C("data_source", "", "label", "synthetic, fixture, local or hub (overall: every source, +-joined)"),
+    C("dataset", "", "label", "materialized dataset name (RULER: task-length)"),
+    C("reason", "", "label", "distinct failure reasons of the samples (overall: the datasets not ok)"),
+    *stamp_columns(),
+), "one row per dataset, then an overall row")
+
+# -- E5 ------------------------------------------------------------------------------------------
+
+_LOG = "engine log (vLLM's memory profile, 2-decimal GiB)"
+
+E5_MEMORY = Table("e5/memory.csv", (
+    C("mode", "", "config", "serving mode (aggregated; disaggregated rows are status unsupported)"),
+    C("status", "", "label", "ok, failed (the request failed) or unsupported (mode not wired)"),
+    C("reason", "", "label", "why the row is not ok"),
+    C("prompt_tokens_target", "tokens", "config", "prompt length asked for"),
+    C("prompt_tokens", "tokens", "engine", "server-counted prompt tokens of the (last) attempt"),
+    C("output_tokens", "tokens", "engine", "server-counted output tokens of the (last) attempt"),
+    C("weights_gib", "GiB", "engine", f"model weights: the '... for weight' figure, else 'Model loading took X GiB' "
+                                      f"({_LOG}; weights_source says which)"),
+    C("peak_activation_gib", "GiB", "engine", f"peak activation memory of the profiling run ({_LOG})"),
+    C("non_torch_gib", "GiB", "engine", f"non-torch memory ({_LOG}; vLLM >= 0.27: the consumed figure minus weights)"),
+    C("cuda_graph_gib", "GiB", "engine", f"CUDA-graph memory: profile figure, else graph pool (actual), else capture "
+                                         f"size ({_LOG})"),
+    C("kv_cache_allocated_gib", "GiB", "engine", f"KV pool: 'Current kv cache memory in use', else 'Available KV cache "
+                                                 f"memory', else the CPU worker's KV space ({_LOG})"),
+    C("kv_used_analytical_gib", "GiB", "analytical", "KV bytes/token (config.json, engine KV dtype) x tokens held "
+                                                     "(prompt + output - 1), not block-rounded"),
+    C("nvml_peak_used_gib", "GiB", "nvml", "sum over EVERY GPU NVML sees of its peak used memory during the point "
+                                           "(other processes included; max over attempts); empty on CPU"),
+    C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees"),
+    C("process_rss_gib", "GiB", "process", "PEAK resident set size of the engine's process tree during the point (max "
+                                           "over attempts; shared pages counted per process)"),
+    C("weights_plus_non_torch_gib", "GiB", "engine",
+      f"vLLM >= 0.27's 'consumed memory (weights + non-torch)' ({_LOG})"),
+    C("cpu_non_kv_gib", "GiB", "engine", "vLLM-CPU's 'memory was consumed by non-kv usages' (engine log)"),
+    C("weights_source", "", "label", "profile or model_loading: the log line weights_gib came from"),
+    C("kv_cache_source", "", "label", "the log line kv_cache_allocated_gib came from"),
+    C("weights_analytical_gib", "GiB", "analytical", "parameter count (config.json) x bytes of the engine's model "
+                                                     "dtype"),
+    C("kv_used_block_rounded_gib", "GiB", "analytical", "kv_used_analytical rounded up to whole KV blocks, as the "
+                                                        "paged allocator holds them"),
+    C("kv_used_gauge_gib", "GiB", "derived", "kv_usage_peak x kv_pool_bytes"),
+    C("kv_usage_peak", "ratio", "engine", "peak of vllm:kv_cache_usage_perc (a fraction 0-1) sampled every "
+                                          "poll_interval_s while the request ran"),
+    C("kv_tokens_held", "tokens", "derived", "server-counted prompt + output - 1 (the last sampled token is never "
+                                             "cached)"),
+    C("kv_blocks_analytical", "blocks", "analytical", "ceil(kv_tokens_held / block_size)"),
+    C("kv_blocks_gauge", "blocks", "derived", "gauge bytes / (block_size x analytical bytes/token)"),
+    C("kv_gauge_relative_error", "ratio", "derived", "(gauge bytes - block-rounded analytical) / block-rounded "
+                                                     "analytical (unrounded when the block size is unknown)"),
+    C("kv_check_agree", "bool", "derived", "|kv_gauge_relative_error| <= kv_check_tolerance"),
+    C("kv_check_verdict", "", "derived", "agree, partial, inconclusive, not_observed, disagree or request_failed "
+                                         "(kv_check_note explains)"),
+    C("kv_check_tolerance", "ratio", "config", "experiments.e5.kv_check_tolerance"),
+    C("kv_check_note", "", "label", "the verdict's explanation"),
+    C("kv_pool_bytes", "bytes", "engine", "KV pool: cache_config_info kv_cache_memory_bytes when exported (exact), "
+                                          "else the log's GiB x 2^30"),
+    C("kv_pool_source", "", "label", "where kv_pool_bytes came from"),
+    C("kv_bytes_per_token_analytical", "bytes/token", "analytical", "2 x layers x kv_heads x head_dim x KV dtype bytes "
+                                                                    "(config.json, engine KV dtype)"),
+    C("kv_bytes_per_token_engine", "bytes/token", "derived", "the log's KV pool GiB / the log's KV cache tokens "
+                                                             "(2-decimal GiB rounding)"),
+    C("kv_cache_tokens", "tokens", "engine", "'KV cache size: N tokens' from the engine log"),
+    C("kv_cache_device", "", "engine", "device word of that log line (GPU, CPU, ...)"),
+    C("kv_dtype", "", "engine", "effective KV dtype from the engine's config log line (kv_cache_dtype, or the model "
+                                "dtype when auto)"),
+    C("block_size", "tokens", "engine", "KV block size (cache_config_info)"),
+    C("num_kv_blocks", "blocks", "engine", "cache_config_info num_gpu_blocks, else kv_cache_tokens // block_size"),
+    C("cpu_kv_cache_gib", "GiB", "engine", "vLLM-CPU's KV space 'set (X/Y) GiB for KV cache' (engine log)"),
+    C("cpu_kvcache_space_env_gib", "GiB", "config", "VLLM_CPU_KVCACHE_SPACE the engine was started with"),
+    C("ttft_s", "s", "client", "TTFT of the (last) attempt's request"),
+    C("e2e_s", "s", "client", "E2E of the (last) attempt's request"),
+    C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the (last) attempt"),
+    C("attempts", "count", "client", "requests sent for the point (a gauge that missed the last block is retried)"),
+    *stamp_columns(),
+), "one row per prompt length and mode (one request in flight)")
+
+# -- E6 ------------------------------------------------------------------------------------------
+
+E6_STRESS = Table("e6/stress.csv", (
+    C("target_prompt_tokens", "tokens", "config", "prompt length asked for"),
+    C("pass", "", "label", "primary, or fallback-<dtype> (retry of memory failures with a smaller KV dtype)"),
+    C("kv_cache_dtype", "", "engine", "kv_cache_dtype from the engine's config log line (auto = model dtype); the "
+                                      "requested value when the engine did not start"),
+    C("status", "", "label", "ok, failed, or unsupported (the engine refused the configuration)"),
+    C("failure_kind", "", "label", "kv_cache_capacity, oom, over_length_limit, unsupported, timeout, client_error, "
+                                   "engine_died or server_error"),
+    C("reason", "", "label", "the request's error and the engine's error lines"),
+    C("rope_type", "", "config", "RoPE scaling written into the derived config.json (yarn)"),
+    C("rope_factor", "ratio", "config", "RoPE scaling factor"),
+    C("original_max_position_embeddings", "tokens", "config", "the model's native (pre-scaling) context"),
+    C("max_model_len", "tokens", "config", "max_model_len the engine was started with (experiments.e6.max_model_len)"),
+    *stamp_columns(),
+    C("beyond_native", "bool", "derived", "target_prompt_tokens > original_max_position_embeddings"),
+    C("extension_vs_native", "ratio", "derived", "target_prompt_tokens / original_max_position_embeddings"),
+    C("prompt_tokens", "tokens", "engine", "server-counted prompt tokens"),
+    C("output_tokens", "tokens", "engine", "server-counted output tokens"),
+    C("ttft_s", "s", "client", "time to first token, send to first streamed chunk"),
+    C("tpot_s", "s", "client", "(E2E - TTFT) / (output tokens - 1)"),
+    C("e2e_s", "s", "client", "send to last streamed chunk"),
+    C("engine_ttft_s", "s", "engine", "vLLM TTFT histogram mean over the point (its one request)"),
+    C("engine_prefill_s", "s", "engine", "vLLM request prefill-time histogram mean over the point"),
+    C("engine_itl_s", "s", "engine", "vLLM inter-token-latency histogram mean over the point"),
+    C("engine_decode_s", "s", "engine", "vLLM request decode-time histogram mean over the point"),
+    C("kv_used_analytical_gib", "GiB", "analytical", "KV bytes/token (derived config.json, engine KV dtype) x (prompt "
+                                                     "+ output - 1), not block-rounded"),
+    C("kv_usage_peak", "ratio", "engine", "peak of vllm:kv_cache_usage_perc (a fraction 0-1) sampled while the request "
+                                          "ran"),
+    C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the request"),
+    C("kv_used_gauge_gib", "GiB", "derived", "kv_usage_peak x KV pool"),
+    C("kv_pool_gib", "GiB", "engine", "KV pool: cache_config_info kv_cache_memory_bytes, else the engine log's figure"),
+    C("process_rss_peak_gib", "GiB", "process", "peak resident set size of the engine's process tree (shared pages "
+                                                "counted per process)"),
+    C("nvml_peak_used_gib", "GiB", "nvml", "sum over every GPU NVML sees of its peak used memory during the request; "
+                                           "empty on CPU"),
+    C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees"),
+), "one row per target length and engine pass (one request each)")
+
+# -- the registry --------------------------------------------------------------------------------
+
+TABLES: dict[str, Table] = {t.file: t for t in (
+    E0_REQUESTS, E1_LATENCY, E1_REQUESTS, E2_CONCURRENCY, E2_REQUESTS, E3_MODE_COMPARISON, E3_REQUESTS,
+    E3_TRANSFERS, E4_QUALITY, E5_MEMORY, E6_STRESS)}
+
+
+def table_for(experiment: str, filename: str) -> Table:
+    """The declared table of ``results/<experiment>/<filename>``."""
+    key = f"{experiment}/{filename}"
+    try:
+        return TABLES[key]
+    except KeyError:
+        raise UnknownTableError(
+            f"no column declaration for {key!r}; declared tables: {', '.join(TABLES)} "
+            "(declare it in context_research.result_tables.TABLES)") from None
+
+
+def data_columns(key: str) -> list[str]:
+    """A table's columns without the run stamp (``RunContext.frame`` appends that): the column
+    order the code builds its rows in."""
+    stamp = {c.name for c in stamp_columns()}
+    return [name for name in TABLES[key].names if name not in stamp]
+
+
+# -- the glossary --------------------------------------------------------------------------------
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def glossary_markdown() -> str:
+    """``docs/columns.md``: every table's columns with unit, source and meaning."""
+    out = [
+        "<!-- Generated from src/context_research/result_tables.py; do not edit by hand. Regenerate with:",
+        "     python -m context_research.result_tables > docs/columns.md -->",
+        "",
+        "# Result table columns",
+        "",
+        "Every CSV an experiment writes under `results/<experiment>/`, column by column, in the order they",
+        "are written. A column may be absent from a given run (a conditional column, or a table whose",
+        "rows all failed). `context_research.columns.write_table` refuses a column declared nowhere.",
+        "",
+        "Sources:",
+        "",
+        "| source | meaning |",
+        "|---|---|",
+        *(f"| {s} | {_cell(m)} |" for s, m in SOURCE_MEANINGS.items()),
+        "",
+        "Tables: " + ", ".join(f"[`{key}`](#{_anchor(key)})" for key in TABLES),
+    ]
+    for key, table in TABLES.items():
+        out += ["", f"## {key}", ""]
+        if table.description:
+            out += [f"{table.description[0].upper()}{table.description[1:]}; {len(table.columns)} columns.", ""]
+        out += ["| column | unit | source | meaning |", "|---|---|---|---|"]
+        out += [f"| `{c.name}` | {c.unit} | {c.source} | {_cell(c.meaning)} |" for c in table.columns]
+    return "\n".join(out) + "\n"
+
+
+def _anchor(key: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation but '-' and '_' dropped, spaces to '-'."""
+    return "".join(ch for ch in key.lower() if ch.isalnum() or ch in "-_ ").replace(" ", "-")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(glossary_markdown())

@@ -1,0 +1,157 @@
+"""E3 through the shared lifecycle (``run_declared``), engines simulated or faked: every declared
+file in its shape, placeholder logs for engines that never started, every engine stopped."""
+
+import json
+import signal
+
+import pandas as pd
+import pytest
+
+from context_research.backends.base import ServingBackend
+from context_research.config import validate_config
+from context_research.disagg import connectors
+from context_research.disagg.rows import POINT_COLUMNS, handoff_columns
+from context_research.errors import EngineStartError
+from context_research.experiments import e3, runner
+from context_research.experiments.runner import Terminated, run_declared
+
+STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({
+        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
+        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
+    (src / "tokenizer.json").write_text("{}")
+    return src
+
+
+def _config(src, backend, **e3cfg):
+    return validate_config({"model_profile": "m", "models": {"m": {"source": str(src), "max_model_len": 2048}},
+                            "serving": {"backend": backend, "device": "cpu"},
+                            "experiments": {"e3": {"prompt_tokens": [256, 2040], "concurrency_levels": [1, 2],
+                                                   "requests_per_point": 2, **e3cfg}}})
+
+
+@pytest.fixture
+def shared_folders(tmp_path, monkeypatch):
+    """ExampleConnector's per-run KV folders, made under tmp_path (so the test sees them go)."""
+    made = []
+    real = connectors.make_shared_storage
+
+    def make(cfg, run_id):
+        made.append(real({**cfg, "shared_storage_root": str(tmp_path)}, run_id))
+        return made[-1]
+
+    monkeypatch.setattr(connectors, "make_shared_storage", make)
+    return made
+
+
+def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_path, monkeypatch, shared_folders):
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    out = tmp_path / "e3"
+    meta = run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated"), out)
+    for key in e3.EXPERIMENT.files:
+        assert e3.EXPERIMENT.path(out, key).exists(), key
+    assert sorted(p.name for p in out.iterdir()) == sorted(e3.EXPERIMENT.files.values())
+
+    comparison = pd.read_csv(e3.EXPERIMENT.path(out, "comparison"))
+    assert list(comparison.columns) == POINT_COLUMNS + STAMP
+    assert len(comparison) == 8 and list(comparison["mode"][:2]) == ["aggregated", "disaggregated"]
+    assert set(comparison.loc[comparison["mode"] == "aggregated", "status"]) == {"ok", "failed"}   # 2040: too long
+    assert set(comparison.loc[comparison["mode"] == "disaggregated", "status"]) == {"failed"}
+    assert list(pd.read_csv(e3.EXPERIMENT.path(out, "transfers")).columns) == handoff_columns() + STAMP
+    requests = pd.read_csv(e3.EXPERIMENT.path(out, "requests"))
+    assert list(requests.columns[:4]) == ["mode", "label", "point_prompt_tokens", "concurrency"]
+    assert list(requests.columns[-len(STAMP) - 3:]) == ["handoff_id", "producer_e2e_s", "consumer_ttft_s"] + STAMP
+
+    for key in ("engine_prefill", "engine_decode"):
+        assert e3.EXPERIMENT.path(out, key).read_text().startswith(
+            "# not started: the simulated backend has no KV connector")
+
+    # run_metadata.json: the E3 engine block, then model_config, gpu_assignment, result_summary.
+    assert list(meta["engine"]) == ["mode", "device", "engines", "startup_s"]
+    assert meta["engine"]["mode"] == "simulated" and list(meta["engine"]["engines"]) == ["aggregated"]
+    assert list(meta)[-3:] == ["model_config", "gpu_assignment", "result_summary"]
+    assert meta["model_config"]["hidden_size"] == 64
+    assert meta["result_summary"] == {"points": 4, "rows_ok": 2, "rows_failed": 6, "bytes_agree": None,
+                                      "handoffs": 0}
+    assert any(n.startswith("CPU engines, no GPU") for n in meta["notes"])
+    assert json.loads(e3.EXPERIMENT.path(out, "metadata").read_text())["run_id"] == meta["run_id"]
+    gpu = json.loads(e3.EXPERIMENT.path(out, "gpu_stats").read_text())
+    assert set(gpu) == set(STAMP) | {"nvml", "gpu_assignment"} and gpu["gpu_assignment"] == meta["gpu_assignment"]
+
+    summary = json.loads(e3.EXPERIMENT.path(out, "summary").read_text())
+    assert summary["run_id"] == meta["run_id"] and summary["rows"] == 8 and summary["rows_ok"] == 2
+    assert "simulated backend has no KV connector" in summary["modes"]["disaggregated"]["start_error"]
+    assert summary["connector"]["shared_storage_removed"] is True
+    assert shared_folders and not any(p.exists() for p in shared_folders)
+
+
+class FakeEngine(ServingBackend):
+    """A 'real' engine that never starts (``fail``: an EngineStartError or a BaseException)."""
+
+    mode = "real"
+    made: list["FakeEngine"] = []
+    fail: BaseException = EngineStartError("cannot start\nsecond line")
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.stops = 0
+        FakeEngine.made.append(self)
+
+    def start(self):
+        if "prefill" in self.log_path.name:
+            self.log_path.write_text("the prefill engine's own log\n")
+        raise FakeEngine.fail
+
+    def stop(self):
+        self.stops += 1
+
+    async def generate(self, req, run_t0):
+        raise AssertionError("never started")
+
+    def info(self):
+        return {"mode": self.mode, "startup_s": None}
+
+
+@pytest.fixture
+def fake_engines(monkeypatch):
+    FakeEngine.made = []
+    monkeypatch.setattr(runner, "make_backend", FakeEngine)
+    monkeypatch.setattr(connectors, "installed_support", lambda *a: None)   # whatever vLLM is installed
+    return FakeEngine
+
+
+def test_engines_that_never_start_get_placeholder_logs_and_failed_rows(tiny_model, tmp_path, fake_engines,
+                                                                       shared_folders):
+    out = tmp_path / "e3"
+    meta = run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", concurrency_levels=[1]), out)
+    assert e3.EXPERIMENT.path(out, "engine_aggregated").read_text() == "# engine not started\n"
+    assert e3.EXPERIMENT.path(out, "engine_prefill").read_text() == "the prefill engine's own log\n"   # kept
+    assert e3.EXPERIMENT.path(out, "engine_decode").read_text().startswith("# not started: ")
+    rows = pd.read_csv(e3.EXPERIMENT.path(out, "comparison"))
+    assert (rows["status"] == "failed").all()
+    assert rows.loc[rows["mode"] == "aggregated", "reason"].str.startswith(
+        "aggregated engine did not start: cannot start").all()
+    assert rows.loc[rows["mode"] == "disaggregated", "reason"].str.contains("engine did not start: cannot start").all()
+    assert "second line" not in " ".join(rows["reason"])
+    assert list(meta["engine"]["engines"]) == ["aggregated", "prefill", "decode"]
+    assert meta["result_summary"]["rows_failed"] == len(rows) == 4
+    assert len(fake_engines.made) == 3 and all(e.stops >= 1 for e in fake_engines.made)
+    assert not any(p.exists() for p in shared_folders)
+
+
+def test_a_terminated_run_stops_every_engine_and_writes_no_metadata(tiny_model, tmp_path, fake_engines,
+                                                                   shared_folders, monkeypatch):
+    monkeypatch.setattr(fake_engines, "fail", Terminated(signal.SIGTERM))   # SIGTERM while the engine starts
+    out = tmp_path / "e3"
+    with pytest.raises(Terminated):
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm"), out)
+    assert len(fake_engines.made) == 1 and fake_engines.made[0].stops >= 1
+    assert not e3.EXPERIMENT.path(out, "metadata").exists()
+    assert not any(p.exists() for p in shared_folders)

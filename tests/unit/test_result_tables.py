@@ -1,0 +1,178 @@
+"""Declared result-table columns: real runs' CSVs, the code's row builders and the glossary agree."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from context_research import result_tables
+from context_research.analysis.latency import LATENCY_COLUMNS
+from context_research.analysis.memory import MEMORY_COLUMNS
+from context_research.columns import SOURCES, UNITS, Column, Table, UndeclaredColumnError, write_table
+from context_research.disagg.broker import Handoff
+from context_research.records import RequestRecord
+from context_research.result_tables import TABLES, UnknownTableError, glossary_markdown, table_for
+from context_research.workload import engine_columns, request_rows, ttft_gap_columns
+
+REPO = Path(__file__).resolve().parents[2]
+EVIDENCE = REPO / "docs" / "evidence"
+EVIDENCE_CSVS = sorted(EVIDENCE.rglob("*.csv"))
+STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
+
+
+def _experiment_of(path: Path) -> str:
+    """Every result CSV is stamped with its experiment; under results/<eN>/ the folder must agree."""
+    frame = pd.read_csv(path, nrows=1)
+    assert "experiment" in frame.columns, f"{path}: no experiment column"
+    experiment = str(frame["experiment"].iloc[0])
+    if path.parent.parent.name == "results":
+        assert path.parent.name == experiment, f"{path}: stamped {experiment!r}"
+    return experiment
+
+
+def test_evidence_has_result_csvs():
+    assert any(p.parent.parent.name == "results" for p in EVIDENCE_CSVS), "no docs/evidence/*/results/*/*.csv"
+
+
+@pytest.mark.parametrize("path", EVIDENCE_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
+def test_every_evidence_column_is_declared(path):
+    table = table_for(_experiment_of(path), path.name)
+    columns = list(pd.read_csv(path, nrows=0).columns)
+    assert table.undeclared(columns) == [], f"{path.relative_to(REPO)}: undeclared columns"
+
+
+def test_tables_cover_every_experiment_csv():
+    assert sorted(TABLES) == ["e0/requests.csv", "e1/latency.csv", "e1/requests.csv", "e2/concurrency.csv",
+                              "e2/requests.csv", "e3/mode_comparison.csv", "e3/requests.csv", "e3/transfers.csv",
+                              "e4/quality.csv", "e5/memory.csv", "e6/stress.csv"]
+    for key, table in TABLES.items():
+        assert table.file == key
+        assert set(STAMP) <= set(table.names), f"{key} lacks the run stamp"
+        for c in table.columns:
+            assert c.source in SOURCES and c.unit in UNITS and c.meaning.strip()
+
+
+def test_glossary_file_is_current():
+    text = (REPO / "docs" / "columns.md").read_text(encoding="utf-8")
+    assert text == glossary_markdown(), \
+        "docs/columns.md is stale: python -m context_research.result_tables > docs/columns.md"
+
+
+def test_glossary_lists_every_column():
+    text = glossary_markdown()
+    for key, table in TABLES.items():
+        section = text.split(f"## {key}\n", 1)[1].split("\n## ", 1)[0]
+        for c in table.columns:
+            assert f"| `{c.name}` | {c.unit} | {c.source} |" in section
+
+
+def test_unknown_table_names_the_declared_ones():
+    with pytest.raises(UnknownTableError) as err:
+        table_for("e9", "latency.csv")
+    msg = str(err.value)
+    assert "'e9/latency.csv'" in msg
+    for key in TABLES:
+        assert key in msg
+    with pytest.raises(UnknownTableError):
+        table_for("e1", "summary.json")
+
+
+def test_write_table_refuses_undeclared_and_writes_atomically(tmp_path):
+    table = table_for("e1", "requests.csv")
+    target = tmp_path / "e1" / "requests.csv"
+    good = pd.DataFrame({"phase": ["measured"], "request_id": ["len16-0"], "ttft_s": [0.01], "experiment": ["e1"]})
+    assert write_table(target, good, table) == target
+    assert pd.read_csv(target).columns.tolist() == ["phase", "request_id", "ttft_s", "experiment"]
+    before = target.read_bytes()
+    bad = good.assign(ttft_ms=[10.0], surprise=[1])
+    with pytest.raises(UndeclaredColumnError, match="ttft_ms, surprise"):
+        write_table(target, bad, table)
+    assert target.read_bytes() == before  # the refused frame left the file as it was
+    assert sorted(p.name for p in target.parent.iterdir()) == ["requests.csv"]  # no temp file left behind
+
+
+def test_column_and_table_declarations_are_checked():
+    with pytest.raises(ValueError, match="source"):
+        Column("x", "ms", "guess", "meaning")
+    with pytest.raises(ValueError, match="unit"):
+        Column("x", "furlongs", "client", "meaning")
+    with pytest.raises(ValueError, match="one non-empty line"):
+        Column("x", "ms", "client", "two\nlines")
+    with pytest.raises(ValueError, match="declared twice"):
+        Table("t.csv", (Column("x", "", "label", "a"), Column("x", "", "label", "b")))
+
+
+# -- the code's own row builders write only declared columns ---------------------------------------
+
+def _rec(i=0, error=None):
+    if error:
+        return RequestRecord(request_id=f"r{i}", prompt_tokens_target=16, error=error)
+    return RequestRecord(request_id=f"r{i}", prompt_tokens_target=16, prompt_tokens=16, output_tokens=4,
+                         max_tokens=4, start_s=0.0, ttft_s=0.01, e2e_s=0.04, tpot_s=0.01, itl_s=[0.01] * 3)
+
+
+def test_shared_groups_match_the_code():
+    stamp_names = [c.name for c in result_tables.stamp_columns()]
+    from context_research.experiments.runner import RunContext
+
+    ctx = RunContext(experiment="e1", run_id="r", config_hash="h", backend_mode="real", weights="real",
+                     model_id="m", outdir=Path("."))
+    assert stamp_names == list(ctx.stamp()) == STAMP
+    assert [c.name for c in result_tables.latency_stat_columns()] == list(LATENCY_COLUMNS)
+    assert [c.name for c in result_tables.engine_point_columns()] == list(engine_columns({}))
+    assert [c.name for c in result_tables.ttft_gap_columns()] == list(ttft_gap_columns(None, None))
+    record_names = [c.name for c in result_tables.request_record_columns()]
+    assert record_names == list(_rec().as_row())
+    assert [c.name for c in result_tables.request_record_columns(token_ids=True)] == record_names + ["token_ids"]
+
+
+def _requests_rows(key):
+    """The per-request rows each experiment builds (E3's as its request_rows does, module in motion)."""
+    records = [_rec(0), _rec(1, error="boom")]
+    if key == "e0/requests.csv":
+        return [{"phase": "warmup", **records[0].as_row()}, {"phase": "identical", **_rec(2).as_row(keep_tokens=True)}]
+    if key == "e1/requests.csv":
+        return request_rows(records, phase="measured", prompt_tokens_point=16)
+    if key == "e2/requests.csv":
+        return request_rows(records, phase="measured", mode="rate", level=2.0)
+    return [{"mode": "disaggregated", "label": "measured", "point_prompt_tokens": 16, "concurrency": 1, **r.as_row(),
+             "handoff_id": "h", "producer_e2e_s": 0.1, "consumer_ttft_s": 0.05} for r in records]
+
+
+@pytest.mark.parametrize("key", ["e0/requests.csv", "e1/requests.csv", "e2/requests.csv", "e3/requests.csv"])
+def test_request_rows_are_declared_in_order(key):
+    columns = list(pd.DataFrame(_requests_rows(key)).columns)
+    assert TABLES[key].names == columns + STAMP
+
+
+def test_e1_and_e2_point_rows_are_declared():
+    from context_research.experiments import e1, e2
+
+    engine = {"engine_ttft_count": 2, "engine_ttft_mean_s": 0.009, "engine_ttft_p50_s": 0.009,
+              "engine_prompt_tokens_by_source": {"local_compute": 32.0}, "engine_kv_cache_usage_peak": 0.1}
+    e1_rows = [e1.point_row(16, 4, [_rec(0), _rec(1)], engine, None, None, False),
+               e1.failed_point_row(4096, 4, "too long", False)]
+    assert TABLES["e1/latency.csv"].undeclared(pd.DataFrame(e1_rows).columns) == []
+    cfg = {"ttft_slo_ms": 100, "tpot_slo_ms": 10, "prompt_tokens": 16, "max_tokens": 4}
+    e2_rows = [e2.point_row("rate", 2.0, [_rec(0), _rec(1, error="x")], 1.0, engine, 100, 10, 16, 4, False),
+               e2.failed_point_row("concurrency", 4, "too long", cfg, False)]
+    assert TABLES["e2/concurrency.csv"].undeclared(pd.DataFrame(e2_rows).columns) == []
+
+
+def test_transfer_rows_are_declared():
+    row = Handoff("handoff-00000", "r0", 17, "ExampleConnector", producer_e2e_s=0.2, baseline_prefill_s=0.1,
+                  consumer_ttft_s=0.05, consumer_e2e_s=0.5, bytes_moved=100, analytical_bytes=100).as_row()
+    assert TABLES["e3/transfers.csv"].names == list(row) + STAMP
+
+
+def test_memory_components_are_declared():
+    assert set(MEMORY_COLUMNS) <= set(TABLES["e5/memory.csv"].names)
+
+
+def test_code_column_orders_come_from_the_declarations():
+    """Where the code fixes a table's column order, it takes it from the declaration."""
+    from context_research.disagg.rows import POINT_COLUMNS
+    from context_research.quality.verdicts import QUALITY_COLUMNS
+
+    assert POINT_COLUMNS + STAMP == TABLES["e3/mode_comparison.csv"].names
+    assert QUALITY_COLUMNS + STAMP == TABLES["e4/quality.csv"].names
