@@ -5,11 +5,10 @@
 
 for _exp in EXPERIMENTS.values():
 
+    # No `message:` here: Snakemake would print it instead of the rule's resources (SLURM dry runs).
     rule:
         name:
             _exp.name
-        message:
-            _exp.title
         input:
             model_inputs,
             data_inputs(_exp),
