@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def cmd_materialize(args) -> int:
         raise ContextResearchError(" ".join(str(exc).split())) from None
     for line in lines:
         print(json.dumps(line))
+    return 0
+
+
+def cmd_recheck(args) -> int:
+    from .recheck import recheck
+
+    changes = recheck(args.results)
+    print("\n".join(changes) if changes else "no judgement changed")
+    print(f"written: {Path(args.results) / 'RECHECKED.md'}")
     return 0
 
 
@@ -104,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="results/data")
     p.set_defaults(func=cmd_materialize)
 
+    p = sub.add_parser("recheck", help="re-judge saved results with today's integrity checks and verdicts")
+    p.add_argument("results", help="a results root (holding e0/, e1/, ...), e.g. docs/evidence/<run>/results")
+    p.set_defaults(func=cmd_recheck)
+
     p = with_config(sub.add_parser("validate", help="validate the configuration"))
     p.set_defaults(func=cmd_validate)
 
@@ -124,9 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``context-research`` command. As a process's entry point (``argv`` None) it never
+    outlives the process that started it, normally a Snakemake rule's shell: once that is gone
+    it stops as on SIGTERM (``watchdog.die_with_parent``), so a failed job writes nothing more."""
     from .experiments.runner import Terminated
+    from .watchdog import Orphaned
 
     args = build_parser().parse_args(argv)
+    if argv is None:
+        from .watchdog import die_with_parent
+
+        die_with_parent()
     try:
         return args.func(args)
     except ContextResearchError as exc:
@@ -138,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"context-research: {exc}; the engine was stopped", file=sys.stderr)
         return 128 + exc.signum
+    except Orphaned as exc:
+        print(f"context-research: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

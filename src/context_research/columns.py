@@ -87,10 +87,11 @@ class UndeclaredColumnError(ContextResearchError):
 
 
 def write_table(path: str | Path, frame: pd.DataFrame, table: Table) -> Path:
-    """Write ``frame`` as CSV after checking that ``table`` declares every one of its columns."""
+    """Write ``frame`` as CSV, its columns in their declared order, after checking that ``table``
+    declares every one of them."""
     extra = table.undeclared(frame.columns)
     if extra:
         raise UndeclaredColumnError(
             f"{path}: column(s) {', '.join(extra)} are not declared in the {table.file} table "
             "(context_research.result_tables); declare them with their unit and source")
-    return write_csv(path, frame)
+    return write_csv(path, frame[[c for c in table.names if c in frame.columns]])

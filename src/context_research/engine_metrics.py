@@ -1,7 +1,10 @@
 """Engine-side measurements from vLLM's Prometheus ``/metrics`` endpoint.
 
 A snapshot is taken before and after a workload; histogram and counter deltas give the
-engine's own view of the same requests the client timed.
+engine's own view of the same requests the client timed. A histogram serves its exact mean
+(Δsum / Δcount) and count only: a percentile interpolated inside its coarse buckets is not a
+measured percentile, so none is computed. Per-request engine percentiles come from vLLM's
+per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``engine_request_percentiles``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .analysis.latency import histogram_delta_mean, histogram_delta_quantile
+from .analysis.latency import histogram_delta_mean
+from .analysis.stats import percentile
 
 # Histograms summarized per workload (engine-side latency decomposition).
 ENGINE_HISTOGRAMS = {
@@ -100,7 +104,8 @@ def cache_config_info(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
 
 
 def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, Any]:
-    """Engine-side view of the requests served between two snapshots (seconds / counts)."""
+    """Engine-side view of the requests served between two snapshots (seconds / counts): per
+    histogram its Δcount and exact mean (Δsum / Δcount), per counter its Δ. No percentiles."""
     out: dict[str, Any] = {"measured_on": "engine"}
     for short, name in ENGINE_HISTOGRAMS.items():
         a = after.histogram(name)
@@ -113,9 +118,8 @@ def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str,
             out[f"engine_{short}_count"] = 0
             continue
         out[f"engine_{short}_count"] = count
+        out[f"engine_{short}_sum_s"] = a["sum"] - b["sum"]
         out[f"engine_{short}_mean_s"] = histogram_delta_mean(b["sum"], a["sum"], b["count"], a["count"])
-        for q in (50, 95, 99):
-            out[f"engine_{short}_p{q}_s"] = histogram_delta_quantile(b["buckets"], a["buckets"], q / 100)
     for short, name in ENGINE_COUNTERS.items():
         a, b = after.total(name), before.total(name)
         out[f"engine_{short}"] = None if a is None else a - (b or 0.0)
@@ -123,4 +127,33 @@ def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str,
     by_source_before = before.label_values("vllm:prompt_tokens_by_source_total", "source")
     out["engine_prompt_tokens_by_source"] = {k: v - by_source_before.get(k, 0.0)
                                              for k, v in by_source_after.items()}
+    return out
+
+
+# Per-request engine fields of RequestRecord (vLLM's --enable-per-request-metrics), in ms.
+PER_REQUEST_FIELDS = ("engine_ttft_ms", "engine_queue_ms", "engine_generation_ms", "engine_itl_ms")
+NO_PER_REQUEST_METRICS = ("no per-request engine metrics in the replies (server without "
+                          "--enable-per-request-metrics, vLLM < 0.26, or the simulated backend): engine "
+                          "percentiles are left empty; histograms give means only")
+
+
+def engine_request_percentiles(records, field: str = "engine_ttft_ms",
+                               qs: tuple[int, ...] = (50, 95, 99)) -> dict[int, float | None]:
+    """Percentiles (numpy's linear interpolation between requests, as for the client's) of one
+    per-request engine field over the successful records that carry it; None where none does."""
+    values = [getattr(r, field) for r in records if r.ok and getattr(r, field, None) is not None]
+    return {q: percentile(values, q) for q in qs}
+
+
+def per_request_summary(records) -> dict[str, Any]:
+    """The engine's per-request timings of ``records`` (ok ones with metrics): for each field its
+    mean, p50, p95 and p99 in ms, and how many requests carried metrics (0: see ``note``)."""
+    from .analysis.stats import summarize
+
+    carried = [r for r in records if r.ok and r.engine_ttft_ms is not None]
+    out: dict[str, Any] = {"requests_with_metrics": len(carried), "measured_on": "engine (per request)"}
+    for name in PER_REQUEST_FIELDS:
+        out.update(summarize([getattr(r, name) for r in carried], name))
+    if not carried:
+        out["note"] = NO_PER_REQUEST_METRICS
     return out

@@ -11,3 +11,7 @@ class ConfigError(ContextResearchError):
 
 class EngineStartError(ContextResearchError):
     """The real engine could not be started; the message says why and what to do."""
+
+
+class EngineDiedError(ContextResearchError):
+    """The engine exited while a run still had points to measure; measured points were kept."""

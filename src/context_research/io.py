@@ -5,22 +5,44 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
+
+from . import watchdog
+
+
+def _new_temp_file(target: Path) -> Path:
+    """An empty, new file beside ``target`` with ordinary permissions (0o666 less the umask, as
+    ``open(path, "w")`` gives), unlike ``tempfile.mkstemp``'s 0o600."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {target}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    The file gets the permissions of a file opened normally (0o644 under umask 022).
+
+    A command whose rule's shell is gone (``watchdog.orphaned()``: Snakemake has marked the job
+    failed and removed its outputs) takes the renamed file back and raises ``watchdog.Orphaned``;
+    checked after the rename, so a shell that dies during the write is seen too."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp_file(target)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+        if watchdog.orphaned():
+            target.unlink(missing_ok=True)
+            raise watchdog.Orphaned(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 
 from .config import workflow_file
 from .io import read_json, write_text
+from .tables import fmt
 
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
@@ -65,6 +67,32 @@ def experiment_figures(experiment: str, results_dir: Path) -> None:
     _catalog().get(experiment).report.make_figures(results_dir)
 
 
+def row_health(exp, results_dir: Path) -> dict[str, int]:
+    """Rows of the experiment's point tables (CSV outputs with a ``status`` column) by status."""
+    counts = {"rows": 0, "ok": 0, "failed": 0, "implausible": 0}
+    for key, name in exp.outputs.items():
+        path = exp.path(results_dir, key)
+        if not name.endswith(".csv") or not path.exists():
+            continue
+        frame = pd.read_csv(path)
+        if "status" not in frame.columns:
+            continue
+        counts["rows"] += len(frame)
+        for status, n in frame["status"].value_counts().items():
+            counts[str(status)] = counts.get(str(status), 0) + int(n)
+    return counts
+
+
+def verdict_line(health: dict[str, int], passed: bool | None = None) -> str:
+    """PASS/FAIL for experiments with a criterion (E0), else whether every row is ok."""
+    bad = health.get("failed", 0) + health.get("implausible", 0)
+    if passed is not None:
+        return "PASS" if passed and not bad else "FAIL"
+    if not health["rows"]:
+        return "no point rows"
+    return "all rows ok" if not bad else f"{bad} of {health['rows']} rows not ok"
+
+
 def section(experiment: str, results_root: Path) -> dict[str, Any]:
     exp = _catalog().get(experiment)
     results_dir = results_root / exp.name
@@ -74,13 +102,17 @@ def section(experiment: str, results_root: Path) -> dict[str, Any]:
                 "reason": f"no results at {results_dir} (run its target first)"}
     meta = read_json(meta_path)
     body = exp.report.report_section(results_dir)
+    health = row_health(exp, results_dir)
+    headline = exp.report.headline(results_dir)
     figures = []
     for fig in (f for f in exp.figures if f.is_svg):
         svg = (results_dir / fig.file).read_text(encoding="utf-8")
         svg = svg[svg.find("<svg"):]  # inline: drop the XML prolog
         figures.append({"caption": caption_text(fig.caption), "svg": svg, "name": fig.file})
     return {"id": exp.name, "title": exp.title, "ran": True, "provenance": provenance(meta),
-            "simulated": meta.get("backend_mode") != "real", **body, "figures": figures}
+            "simulated": meta.get("backend_mode") != "real", **body, "figures": figures,
+            "health": health, "key_figures": headline["figures"],
+            "verdict": verdict_line(health, headline.get("passed"))}
 
 
 def render_experiment_markdown(experiment: str, results_root: Path, out: Path) -> Path:

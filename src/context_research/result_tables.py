@@ -18,7 +18,8 @@ from __future__ import annotations
 import sys
 from typing import Iterable, Sequence
 
-from .analysis.latency import LATENCY_METRICS, STAT_SUFFIXES
+from .analysis.latency import CI_SUFFIXES, LATENCY_METRICS, STAT_SUFFIXES, THROUGHPUT_CI_METRICS
+from .analysis.stats import BOOTSTRAP_RESAMPLES, MIN_POOLED_GROUPS, MIN_SAMPLES
 from .columns import SOURCE_MEANINGS, Column, Table
 from .errors import ContextResearchError
 
@@ -47,6 +48,27 @@ def stamp_columns() -> tuple[Column, ...]:
     )
 
 
+_TPOT = ("decode time per output token: (last chunk - anchor chunk) / (output tokens after the anchor); the anchor "
+         "is the second token-carrying chunk or, after an opening burst (opening_burst_tokens > 0), the first chunk "
+         "after it, so a late first chunk does not shorten it (records.finalize_timing); empty when no token "
+         "followed the anchor or the per-chunk counts were not exact")
+
+
+def per_request_engine_columns(**meaning: str) -> tuple[Column, ...]:
+    """``RequestRecord``'s engine fields: the ``metrics`` object vLLM puts on a stream's final usage
+    chunk when served with --enable-per-request-metrics (engine-core timestamps)."""
+    empty = "; empty when the server sent no per-request metrics"
+    return _override((
+        C("engine_ttft_ms", "ms", "engine", "vLLM per-request time_to_first_token_ms: first token - scheduled "
+                                            "(queue excluded)" + empty),
+        C("engine_queue_ms", "ms", "engine", "vLLM per-request queue_time_ms: scheduled - queued" + empty),
+        C("engine_generation_ms", "ms", "engine", "vLLM per-request generation_time_ms: last token - first token"
+          + empty),
+        C("engine_itl_ms", "ms", "engine", "vLLM per-request mean_itl_ms: generation_time_ms / (output tokens - 1)"
+          + empty),
+    ), meaning)
+
+
 def request_record_columns(*, token_ids: bool = False, **meaning: str) -> tuple[Column, ...]:
     """``RequestRecord.as_row()``: one request as the client measured it; ``meaning`` overrides a
     column's meaning where an experiment composes the record differently (E3's disaggregated mode).
@@ -59,10 +81,10 @@ def request_record_columns(*, token_ids: bool = False, **meaning: str) -> tuple[
         C("max_tokens", "tokens", "config", "output token limit sent with the request"),
         C("start_s", "s", "client", "send time relative to the start of the request's batch (its point or phase), not "
                                     "of the whole run"),
-        C("ttft_s", "s", "client", "time to first token: send to the first streamed chunk (HTTP, SSE parsing and API "
-                                   "server included)"),
-        C("e2e_s", "s", "client", "send to the last streamed chunk"),
-        C("tpot_s", "s", "client", "(e2e_s - ttft_s) / (output_tokens - 1); empty for one output token"),
+        C("ttft_s", "s", "client", "time to first token: send to the first token-carrying streamed chunk (HTTP, SSE "
+                                   "parsing and API server included)"),
+        C("e2e_s", "s", "client", "send to the last token-carrying streamed chunk"),
+        C("tpot_s", "s", "client", _TPOT),
         C("itl_s", "s", "client", "comma-separated gaps between successive streamed chunks (a chunk may carry more "
                                   "than one token)"),
         C("text", "", "engine", "generated text as streamed"),
@@ -70,6 +92,14 @@ def request_record_columns(*, token_ids: bool = False, **meaning: str) -> tuple[
         C("error", "", "label", "why the request failed; empty when it succeeded"),
         C("scheduled_offset_s", "s", "config", "planned send offset of an open-loop (Poisson) schedule after the batch "
                                                "start; empty = sent when a slot was free"),
+        C("first_chunk_tokens", "tokens", "engine", "tokens the first token-carrying chunk brought (its cumulative "
+                                                    "usage.completion_tokens, continuous_usage_stats); >1 when vLLM "
+                                                    "merged outputs the API server had not streamed yet"),
+        C("opening_burst_tokens", "tokens", "derived",
+          "tokens of the stream's opening burst: the first chunk and the chunks right behind it that carry more "
+          "than one token or arrive less than half the stream's typical per-token gap, or 1 ms, apart (tokens "
+          "decoded while vLLM's API server detokenized the prompt at the first token); 0 when none"),
+        *per_request_engine_columns(),
         C("ok", "bool", "label", "true when the request has no error"),
     ]
     if token_ids:
@@ -80,16 +110,30 @@ def request_record_columns(*, token_ids: bool = False, **meaning: str) -> tuple[
 
 _METRIC_MEANING = {
     "ttft": "TTFT (send to first streamed chunk)",
-    "tpot": "TPOT ((E2E - TTFT) / (output tokens - 1); requests with one output token left out)",
+    "tpot": "TPOT ((last chunk - anchor chunk) / (output tokens after it), the anchor being the second chunk or "
+            "the first after an opening burst; requests without a token after the anchor left out)",
     "itl": "inter-chunk gaps, pooled over every request (a chunk may carry more than one token)",
     "e2e": "E2E latency (send to last streamed chunk)",
 }
 _STAT_MEANING = {"mean": "mean", "p50": "median", "p95": "95th percentile", "p99": "99th percentile"}
 
 
+_CI_BOUND = {"ci_low": "lower", "ci_high": "upper"}
+_CI_METHOD = f"scipy percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples, fixed seed"
+
+
+def _ci_columns(metric: Column, resampled: str, empty: str = "") -> tuple[Column, ...]:
+    """``<metric>_ci_low`` / ``_ci_high``: the 95 % bootstrap CI of a statistic (analysis.stats)."""
+    return tuple(C(f"{metric.name}_{b}", metric.unit, "derived",
+                   f"{_CI_BOUND[b]} bound of the 95% bootstrap CI of {metric.name} from the per-request records "
+                   f"({_CI_METHOD}; {resampled}); empty when {metric.name} is{empty}")
+                 for b in CI_SUFFIXES)
+
+
 def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column, ...]:
     """``analysis.latency.latency_row``: request counts, then the client-side latency statistics
-    of a point's successful requests (percentiles: numpy's linear interpolation), then token means."""
+    of a point's successful requests (percentiles: numpy's linear interpolation), each followed by
+    its 95 % bootstrap CI, then the small-sample note and the token means."""
     cols = [
         C("n", "count", "client", "requests sent for the point"),
         C("n_ok", "count", "client", "requests that succeeded"),
@@ -101,11 +145,25 @@ def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column
             if metric == "ttft" and ttft_note:
                 text += f"; {ttft_note}"
             cols.append(C(f"{metric}_ms_{stat}", "ms", "client", text))
+    rule = ", ".join(f"{s} {n}" for s, n in MIN_SAMPLES.items())
     cols += [
+        C("stats_note", "", "label", f"which statistics (and CIs) are empty because too few samples: minimum n {rule} "
+                                     f"(ITL: gaps, from at least {MIN_POOLED_GROUPS} requests); empty when all are "
+                                     f"stated"),
         C("prompt_tokens_mean", "tokens", "engine", "mean server-counted prompt tokens of the successful requests"),
         C("output_tokens_mean", "tokens", "engine", "mean server-counted output tokens of the successful requests"),
     ]
-    return _override(cols, meaning)
+    out: list[Column] = []
+    for c in _override(cols, meaning):
+        metric, _, stat = c.name.partition("_ms_")
+        if metric not in LATENCY_METRICS or stat not in STAT_SUFFIXES:
+            out.append(c)
+            continue
+        need = f"{MIN_SAMPLES[stat]} gaps or {MIN_POOLED_GROUPS} requests" if metric == "itl" else \
+            f"{MIN_SAMPLES[stat]} requests"
+        out.append(C(c.name, c.unit, c.source, f"{c.meaning}; empty with fewer than {need} (stats_note)"))
+        out += _ci_columns(c, "requests resampled with all their gaps" if metric == "itl" else "requests resampled")
+    return tuple(out)
 
 
 def _histogram(metric: str) -> str:
@@ -118,12 +176,18 @@ def engine_point_columns() -> tuple[Column, ...]:
         C("engine_requests", "count", "engine", "Δcount of vllm:time_to_first_token_seconds: requests whose first "
                                                 "token the engine recorded during the point"),
         C("engine_ttft_ms_mean", "ms", "engine",
-          _histogram("vllm:time_to_first_token_seconds") + " (the engine's own TTFT clock)"),
+          _histogram("vllm:time_to_first_token_seconds") + " (API-server arrival to the first token's output "
+                                                            "there, queue included)"),
+        C("engine_per_request_metrics", "count", "engine", "successful requests of the point whose reply carried "
+                                                           "vLLM's per-request metrics (engine_ttft_ms)"),
     ]
     cols += [C(f"engine_ttft_ms_{q}", "ms", "engine",
-               f"{_STAT_MEANING[q]} of the engine's TTFT, interpolated inside histogram buckets (Prometheus "
-               f"histogram_quantile; coarse)")
+               f"{_STAT_MEANING[q]} over the point's successful requests of their per-request engine_ttft_ms "
+               f"(vLLM's --enable-per-request-metrics: first token - scheduled, queue excluded; numpy linear "
+               f"interpolation between requests); empty without per-request metrics. Not from the histogram")
              for q in ("p50", "p95", "p99")]
+    cols.append(C("engine_percentile_note", "", "label", "why the engine_ttft_ms percentiles are empty; empty when "
+                                                         "they are filled"))
     for short, metric in (("itl", "vllm:inter_token_latency_seconds"),
                           ("e2e", "vllm:e2e_request_latency_seconds"),
                           ("queue", "vllm:request_queue_time_seconds"),
@@ -154,7 +218,8 @@ def ttft_gap_columns() -> tuple[Column, ...]:
 
 
 def goodput_columns(names: Sequence[str]) -> tuple[Column, ...]:
-    """``analysis.latency.goodput`` and the per-SLO attainments, in the order ``names`` lists them."""
+    """``analysis.latency.goodput`` and the per-SLO attainments, in the order ``names`` lists them;
+    each rate of ``THROUGHPUT_CI_METRICS`` is followed by its bootstrap CI columns."""
     pool = {c.name: c for c in (
         C("duration_s", "s", "client", "wall time of the point: first send to last completion"),
         C("request_throughput_rps", "req/s", "derived", "successful requests / duration_s"),
@@ -173,7 +238,15 @@ def goodput_columns(names: Sequence[str]) -> tuple[Column, ...]:
         C("goodput_rps", "req/s", "derived", "n_slo_met / duration_s (DistServe's goodput: requests/s meeting both "
                                              "SLOs)"),
     )}
-    return tuple(pool[n] for n in names)
+    out: list[Column] = []
+    for n in names:
+        out.append(pool[n])
+        if n in THROUGHPUT_CI_METRICS:  # analysis.latency.throughput_ci
+            out += _ci_columns(pool[n], "the requests sent resampled, duration held fixed: request-to-request "
+                                        "variation only, not run-to-run; zero width when every request contributed "
+                                        "alike",
+                               f" or fewer than {MIN_SAMPLES['mean']} requests were sent")
+    return tuple(out)
 
 
 def point_check_columns() -> tuple[Column, ...]:
@@ -190,6 +263,13 @@ def measured_on_column(text: str) -> Column:
     return C("measured_on", "", "label", f"where the row's numbers come from ({text})")
 
 
+def integrity_note_column() -> Column:
+    """``analysis.integrity.apply_status``'s note, for a table whose rows go through the checks."""
+    return C("integrity_note", "", "label", "what analysis.integrity checked on the row (client TPOT vs engine ITL, "
+                                            "client TTFT vs engine TTFT, physical floors), what it could not check "
+                                            "and why, and what it found")
+
+
 def _override(cols: Iterable[Column], meaning: dict[str, str]) -> tuple[Column, ...]:
     cols = tuple(cols)
     unknown = set(meaning) - {c.name for c in cols}
@@ -200,8 +280,10 @@ def _override(cols: Iterable[Column], meaning: dict[str, str]) -> tuple[Column, 
 
 def _status(what: str = "point") -> tuple[Column, ...]:
     return (
-        C("status", "", "label", f"ok or failed (a failed {what} keeps its numbers for inspection)"),
-        C("reason", "", "label", f"why the {what} failed; empty when ok"),
+        C("status", "", "label", f"ok, failed (a failed {what} keeps its numbers for inspection) or implausible "
+                                 "(measured, but a number breaks a physical floor or disagrees with the engine's own "
+                                 "view beyond the stated tolerance: analysis.integrity)"),
+        C("reason", "", "label", f"why the {what} failed or is implausible; empty when ok"),
     )
 
 
@@ -235,6 +317,7 @@ E1_LATENCY = Table("e1/latency.csv", (
                                            "memory bandwidth"),
     C("tpot_efficiency", "ratio", "derived", "tpot_floor_ms / tpot_ms_p50 (client TPOT)"),
     C("floor_note", "", "label", "datasheet used for the floors, or why there is none"),
+    integrity_note_column(),
     measured_on_column("client; engine_* columns: engine /metrics"),
     *stamp_columns(),
 ), "one row per prompt length, batch 1")
@@ -264,6 +347,7 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
     *point_check_columns(),
     *engine_point_columns(),
     *ttft_gap_columns(),
+    integrity_note_column(),
     measured_on_column("client; engine_* columns: engine /metrics"),
     *stamp_columns(),
 ), "one row per sweep point (mode, level)")
@@ -354,6 +438,7 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     C("consumer_loaded_all", "bool", "derived", "consumer_external_kv_tokens >= consumer_expected_kv_tokens"),
     *(C(f"delta_{m}", _DELTA_UNIT.get(m, "ms"), "derived",
         f"disaggregated {m} - aggregated {m} at the same point (ok disaggregated rows only)") for m in _DELTA),
+    integrity_note_column(),
     measured_on_column("client; consumer_* and engine_* columns: engine /metrics; "
                        "bytes: the connector's shared folder"),
     *stamp_columns(),
@@ -368,7 +453,13 @@ E3_REQUESTS = Table("e3/requests.csv", (
         start_s="send time relative to the start of the point's batch (disaggregated: the producer send)",
         ttft_s=f"time to first token, client ({_E3_TTFT}; aggregated: send to first streamed chunk)",
         e2e_s="send to the last streamed chunk (disaggregated: producer send to the consumer's last chunk)",
-        tpot_s="(E2E - TTFT) / (output_tokens - 1) (disaggregated: the consumer's own); empty for one output token",
+        tpot_s=_TPOT + " (disaggregated: the consumer's own)",
+        first_chunk_tokens="tokens the first token-carrying chunk brought (cumulative usage); disaggregated rows: "
+                           "empty (combine_records does not carry it)",
+        opening_burst_tokens="tokens of the stream's opening burst (records.finalize_timing); disaggregated rows: "
+                             "empty (combine_records does not carry it)",
+        **{name: f"{col.meaning}; disaggregated rows: empty (combine_records does not carry the consumer's)"
+           for name, col in ((c.name, c) for c in per_request_engine_columns())},
         itl_s="comma-separated gaps between successive streamed chunks (disaggregated: the consumer's stream)",
         prompt_tokens="prompt tokens the server counted (disaggregated: the consumer's usage block)"),
     C("handoff_id", "", "label", "the KV handoff of a disaggregated request (transfers.csv); empty otherwise"),
@@ -446,7 +537,8 @@ _LOG = "engine log (vLLM's memory profile, 2-decimal GiB)"
 
 E5_MEMORY = Table("e5/memory.csv", (
     C("mode", "", "config", "serving mode (aggregated; disaggregated rows are status unsupported)"),
-    C("status", "", "label", "ok, failed (the request failed) or unsupported (mode not wired)"),
+    C("status", "", "label", "ok, failed (the request failed), unsupported (mode not wired) or implausible (a "
+                             "latency breaks a floor or disagrees with the engine: analysis.integrity)"),
     C("reason", "", "label", "why the row is not ok"),
     C("prompt_tokens_target", "tokens", "config", "prompt length asked for"),
     C("prompt_tokens", "tokens", "engine", "server-counted prompt tokens of the (last) attempt"),
@@ -508,6 +600,7 @@ E5_MEMORY = Table("e5/memory.csv", (
     C("e2e_s", "s", "client", "E2E of the (last) attempt's request"),
     C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the (last) attempt"),
     C("attempts", "count", "client", "requests sent for the point (a gauge that missed the last block is retried)"),
+    integrity_note_column(),
     *stamp_columns(),
 ), "one row per prompt length and mode (one request in flight)")
 
@@ -518,7 +611,8 @@ E6_STRESS = Table("e6/stress.csv", (
     C("pass", "", "label", "primary, or fallback-<dtype> (retry of memory failures with a smaller KV dtype)"),
     C("kv_cache_dtype", "", "engine", "kv_cache_dtype from the engine's config log line (auto = model dtype); the "
                                       "requested value when the engine did not start"),
-    C("status", "", "label", "ok, failed, or unsupported (the engine refused the configuration)"),
+    C("status", "", "label", "ok, failed, unsupported (the engine refused the configuration) or implausible (client "
+                             "TPOT/TTFT disagree with the engine's own view or break a floor: analysis.integrity)"),
     C("failure_kind", "", "label", "kv_cache_capacity, oom, over_length_limit, unsupported, timeout, client_error, "
                                    "engine_died or server_error"),
     C("reason", "", "label", "the request's error and the engine's error lines"),
@@ -531,9 +625,9 @@ E6_STRESS = Table("e6/stress.csv", (
     C("extension_vs_native", "ratio", "derived", "target_prompt_tokens / original_max_position_embeddings"),
     C("prompt_tokens", "tokens", "engine", "server-counted prompt tokens"),
     C("output_tokens", "tokens", "engine", "server-counted output tokens"),
-    C("ttft_s", "s", "client", "time to first token, send to first streamed chunk"),
-    C("tpot_s", "s", "client", "(E2E - TTFT) / (output tokens - 1)"),
-    C("e2e_s", "s", "client", "send to last streamed chunk"),
+    C("ttft_s", "s", "client", "time to first token, send to first token-carrying streamed chunk"),
+    C("tpot_s", "s", "client", _TPOT),
+    C("e2e_s", "s", "client", "send to last token-carrying streamed chunk"),
     C("engine_ttft_s", "s", "engine", "vLLM TTFT histogram mean over the point (its one request)"),
     C("engine_prefill_s", "s", "engine", "vLLM request prefill-time histogram mean over the point"),
     C("engine_itl_s", "s", "engine", "vLLM inter-token-latency histogram mean over the point"),
@@ -550,6 +644,7 @@ E6_STRESS = Table("e6/stress.csv", (
     C("nvml_peak_used_gib", "GiB", "nvml", "sum over every GPU NVML sees of its peak used memory during the request; "
                                            "empty on CPU"),
     C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees"),
+    integrity_note_column(),
 ), "one row per target length and engine pass (one request each)")
 
 # -- the registry --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from .analysis.stats import ms
+from .engine_metrics import NO_PER_REQUEST_METRICS, engine_request_percentiles
 from .metadata import gpu_inventory
 from .prompts import token_id_prompt
 from .records import GenerationRequest, RequestRecord
@@ -88,15 +89,32 @@ def point_status(records: Sequence[RequestRecord], cache_hits: float | None) -> 
     return ("failed", "; ".join(reasons)) if reasons else ("ok", "")
 
 
-def engine_columns(engine: dict[str, Any]) -> dict[str, Any]:
-    """Engine-side view of one point, from vLLM's /metrics deltas (ms; percentiles are
-    interpolated inside histogram buckets, the means are exact: sum / count)."""
+def engine_columns(engine: dict[str, Any], records: Sequence[RequestRecord] | None = None) -> dict[str, Any]:
+    """Engine-side view of one point (ms).
+
+    The ``*_mean`` columns are vLLM's /metrics histograms over the point: Δsum / Δcount, exact
+    means (no percentile is read from a histogram: interpolating inside its buckets is not a
+    measurement). The TTFT percentiles come from the engine's per-request metrics of the point's
+    successful ``records`` (``RequestRecord.engine_ttft_ms``, vLLM's --enable-per-request-metrics:
+    first token - scheduled, queue excluded); they are empty, and ``engine_percentile_note`` says
+    why, when no record carries them (an older vLLM, the simulated backend, or no ``records``).
+    """
+    with_metrics = [r for r in (records or ()) if r.ok and r.engine_ttft_ms is not None]
+    pct = engine_request_percentiles(with_metrics, "engine_ttft_ms")
+    if records is None:
+        note = "the point's requests were not given to engine_columns: engine percentiles left empty"
+    elif not with_metrics:
+        note = NO_PER_REQUEST_METRICS
+    else:
+        note = None
     return {
         "engine_requests": engine.get("engine_ttft_count"),
         "engine_ttft_ms_mean": ms(engine.get("engine_ttft_mean_s")),
-        "engine_ttft_ms_p50": ms(engine.get("engine_ttft_p50_s")),
-        "engine_ttft_ms_p95": ms(engine.get("engine_ttft_p95_s")),
-        "engine_ttft_ms_p99": ms(engine.get("engine_ttft_p99_s")),
+        "engine_per_request_metrics": len(with_metrics),
+        "engine_ttft_ms_p50": pct[50],
+        "engine_ttft_ms_p95": pct[95],
+        "engine_ttft_ms_p99": pct[99],
+        "engine_percentile_note": note,
         "engine_itl_ms_mean": ms(engine.get("engine_itl_mean_s")),
         "engine_e2e_ms_mean": ms(engine.get("engine_e2e_mean_s")),
         "engine_queue_ms_mean": ms(engine.get("engine_queue_mean_s")),

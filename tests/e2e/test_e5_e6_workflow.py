@@ -103,14 +103,17 @@ def test_e6_stress_has_a_row_per_target(wf):
     assert (ok["prompt_tokens"] == ok["target_prompt_tokens"]).all()
     assert (ok["output_tokens"] == cfg["max_tokens"]).all()
     assert (ok["target_prompt_tokens"] > native).any(), "no target was served past the native length"
-    # Client TPOT can be ~0 when a starved API server flushes all tokens at once; the engine's
-    # inter-token histogram cannot.
+    # A stream a starved API server flushed all at once has no client TPOT (records.finalize_timing);
+    # the engine's inter-token histogram always has one.
     assert (ok["ttft_s"] > 0).all() and (ok["engine_ttft_s"] > 0).all() and (ok["engine_itl_s"] > 0).all()
-    assert (ok["tpot_s"] >= 0).all() and (ok["engine_prefill_s"] > 0).all()
+    assert (ok["tpot_s"].dropna() > 0).all() and (ok["engine_prefill_s"] > 0).all()
     assert (ok["kv_used_analytical_gib"] > 0).all()
     assert (ok["process_rss_peak_gib"] > 0).all() or (ok["nvml_peak_used_gib"] > 0).all()
-    failed = frame[frame["status"] != "ok"]
+    failed = frame[frame["status"] == "failed"]
     assert failed["reason"].str.len().gt(0).all() and failed["failure_kind"].notna().all()
+    # a served row the integrity checks rejected says why
+    implausible = frame[frame["status"] == "implausible"]
+    assert implausible["reason"].str.len().gt(0).all() and implausible["integrity_note"].notna().all()
     too_long = primary[primary["target_prompt_tokens"] + cfg["max_tokens"] > cfg["max_model_len"]]
     assert (too_long["status"] == "failed").all() and (too_long["failure_kind"] == "over_length_limit").all()
     assert too_long["reason"].str.contains("maximum context length").all()

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from context_research.analysis.latency import (LATENCY_COLUMNS, goodput, histogram_delta_mean,
-                                               histogram_delta_quantile, latency_row, poisson_schedule)
+from context_research.analysis.latency import (LATENCY_COLUMNS, THROUGHPUT_CI_METRICS, goodput, histogram_delta_mean,
+                                               histogram_delta_quantile, latency_row, poisson_schedule, throughput_ci)
 from context_research.records import RequestRecord
 
 
@@ -24,22 +24,44 @@ RECORDS = [
 def test_latency_row():
     row = latency_row(RECORDS, prompt_len=100, config="a")
     assert list(row)[:2] == ["prompt_len", "config"]
-    assert set(LATENCY_COLUMNS) <= set(row)
+    assert list(row)[2:] == LATENCY_COLUMNS
     assert (row["n"], row["n_ok"], row["n_failed"]) == (4, 3, 1)
     assert row["ttft_ms_p50"] == pytest.approx(200.0)
     assert row["ttft_ms_mean"] == pytest.approx(200.0)
-    assert row["ttft_ms_p95"] == pytest.approx(290.0)  # linear: 200 + 0.9 * 100
+    assert row["ttft_ms_mean_ci_low"] <= 200.0 <= row["ttft_ms_mean_ci_high"]
     assert row["tpot_ms_mean"] == pytest.approx(15.0)  # the 1-token request has no TPOT
+    assert row["tpot_ms_p50"] is None  # two TPOTs: a median needs 3
     assert row["itl_ms_p50"] == pytest.approx(15.0)  # pooled gaps 10, 10, 20, 40
     assert row["itl_ms_mean"] == pytest.approx(20.0)
-    assert row["e2e_ms_p99"] == pytest.approx(200 + 0.98 * 280)  # sorted 190, 200, 480; rank 1.98
     assert row["output_tokens_mean"] == pytest.approx(7.0)
     assert row["prompt_tokens_mean"] == pytest.approx(100.0)
+    # 3 successful requests: p95 / p99 would only describe the slowest one; left empty, with the reason
+    for col in ("ttft_ms_p95", "ttft_ms_p99", "e2e_ms_p99", "tpot_ms_p95", "itl_ms_p99"):
+        assert row[col] is None and row[f"{col}_ci_low"] is None and row[f"{col}_ci_high"] is None
+    assert "ttft p95, p99 (n=3)" in row["stats_note"]
+    assert "tpot p50, p95, p99 (n=2)" in row["stats_note"]
+    assert "itl p95, p99 (n=4 gaps from 2 requests)" in row["stats_note"]
+
+
+def test_latency_row_states_every_percentile_with_enough_requests():
+    rng = np.random.default_rng(3)
+    records = [rec(i, ttft=float(t), tpot=float(p), e2e=float(t + 9 * p), out=10, itl=[float(p)] * 9)
+               for i, (t, p) in enumerate(zip(rng.uniform(0.05, 0.15, 120), rng.uniform(0.004, 0.006, 120)))]
+    row = latency_row(records)
+    assert row["stats_note"] is None
+    ttft_ms = [r.ttft_s * 1000 for r in records]
+    for q in (50, 95, 99):
+        value = row[f"ttft_ms_p{q}"]
+        assert value == pytest.approx(np.percentile(ttft_ms, q))
+        assert row[f"ttft_ms_p{q}_ci_low"] <= value <= row[f"ttft_ms_p{q}_ci_high"]
+    assert latency_row(records) == row  # fixed seed: the same CIs every time
 
 
 def test_latency_row_all_failed():
     row = latency_row([rec(0, error="x")])
     assert row["n_ok"] == 0 and row["ttft_ms_p50"] is None and row["output_tokens_mean"] is None
+    assert row["ttft_ms_mean_ci_low"] is None
+    assert "ttft mean, p50, p95, p99 (n=0)" in row["stats_note"]
 
 
 def test_goodput_hand_made():
@@ -58,6 +80,24 @@ def test_goodput_hand_made():
     assert goodput([rec(0, ttft=0.1, tpot=None, out=5)], 1.0, 250, 15)["n_slo_met"] == 0
     with pytest.raises(ValueError):
         goodput(RECORDS, 0.0, 1, 1)
+
+
+def test_throughput_ci_resamples_the_requests_sent_with_the_duration_fixed():
+    records = [rec(i, ttft=0.1 + 0.01 * (i % 5), tpot=0.010 + 0.002 * (i % 4), out=10 + i % 7)
+               for i in range(40)] + [rec(99, error="timeout")]
+    g = goodput(records, duration_s=4.0, ttft_slo_ms=130, tpot_slo_ms=14)
+    for m in THROUGHPUT_CI_METRICS:
+        assert g[f"{m}_ci_low"] <= g[m] <= g[f"{m}_ci_high"], m
+        assert g[f"{m}_ci_low"] < g[f"{m}_ci_high"], m
+    # the rate can never exceed every request succeeding / meeting within the duration
+    assert g["request_throughput_rps_ci_high"] <= len(records) / 4.0
+    assert g["goodput_rps_ci_high"] <= g["request_throughput_rps_ci_high"]
+    assert throughput_ci(records, 4.0, 130, 14) == {k: g[k] for k in g if "_ci_" in k}
+    # every request alike: zero width (documented: the bootstrap cannot see misses that did not happen)
+    same = goodput([rec(i, ttft=0.1, tpot=0.01, out=10) for i in range(10)], 2.0, 1000, 1000)
+    assert same["goodput_rps_ci_low"] == same["goodput_rps_ci_high"] == pytest.approx(5.0)
+    # fewer than two requests: no CI
+    assert all(v is None for v in throughput_ci(records[:1], 1.0, 100, 10).values())
 
 
 def test_poisson_schedule():

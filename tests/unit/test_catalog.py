@@ -51,6 +51,7 @@ def test_declarations_are_complete():
     for name, exp in EXPERIMENTS.items():
         assert exp.name == name
         assert callable(exp.report.make_figures) and callable(exp.report.report_section)
+        assert callable(exp.report.headline), f"{name}: the packet summary needs its key figures"
         if exp.engines == ONE_ENGINE:
             assert inspect.iscoroutinefunction(exp.body), f"{name}: a one-engine body is async (session, cfg, ctx)"
         else:

@@ -45,8 +45,10 @@ def test_point_row_from_hand_made_records():
     assert (row["prompt_tokens"], row["max_tokens"], row["status"], row["reason"]) == (128, 16, "ok", "")
     assert (row["n"], row["n_ok"], row["n_failed"]) == (4, 4, 0)
     assert row["ttft_ms_p50"] == pytest.approx(25.0)
-    assert row["ttft_ms_p95"] == pytest.approx(38.5)          # numpy linear: 30 + 0.85 * 10
-    assert row["ttft_ms_p50"] <= row["ttft_ms_p95"] <= row["ttft_ms_p99"]
+    # 4 requests: a p95 or p99 would only restate the maximum, so neither is stated, and the row says why
+    assert row["ttft_ms_p95"] is None and row["ttft_ms_p99"] is None
+    assert "ttft p95, p99 (n=4)" in row["stats_note"]
+    assert row["ttft_ms_p50_ci_low"] <= row["ttft_ms_p50"] <= row["ttft_ms_p50_ci_high"]
     assert row["tpot_ms_p50"] == pytest.approx(4.0)
     assert row["e2e_ms_mean"] == pytest.approx(25.0 + 15 * 4.0)
     assert (row["prompt_tokens_min"], row["prompt_tokens_max"], row["prompt_tokens_mismatches"]) == (128, 128, 0)
@@ -137,11 +139,24 @@ class FakeBackend:
 class FakeSession:
     """Answers like an engine whose TTFT grows with the prompt; one point can be sabotaged."""
 
-    def __init__(self, mismatch_at=None):
+    def __init__(self, mismatch_at=None, dies_after_points=None):
         self.model = MODEL
         self.backend = FakeBackend()
         self.mismatch_at = mismatch_at
+        self.dies_after_points = dies_after_points
         self.calls = []
+
+    def exit_reason(self):
+        measured = sum(1 for c in self.calls if c[0] == "measure")
+        if self.dies_after_points is not None and measured >= self.dies_after_points:
+            return "engine died (exit code -9); last log line: Killed"
+        return None
+
+    def raise_if_died(self):
+        from context_research.errors import EngineDiedError
+
+        if self.exit_reason():
+            raise EngineDiedError(self.exit_reason())
 
     def _records(self, requests):
         out = []
@@ -270,6 +285,10 @@ def test_figures_and_packet_section(tmp_path):
     assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e1"]).read_text()
     assert 'id="e1"' in packet and ctx.run_id in packet and packet.count("<svg") >= 2
+    # one-screen summary first: verdict, key figures, failed and implausible rows
+    summary = packet[packet.index('id="summary"'):packet.index("<nav>")]
+    assert "TTFT p50 at 128 tokens (ms)" in summary and "TPOT p50 at 256 tokens (ms)" in summary
+    assert packet_section["verdict"] == "1 of 3 rows not ok" and packet_section["health"]["failed"] == 1
 
 
 def test_packet_states_why_a_left_out_experiment_was_not_run(tmp_path):
@@ -277,4 +296,21 @@ def test_packet_states_why_a_left_out_experiment_was_not_run(tmp_path):
                            {"e4": "needs real weights & a <tokenizer>"}).read_text()
     assert "Not run: needs real weights &amp; a &lt;tokenizer&gt;" in packet
     # Others fall back to the generic reason; nothing claims to have run.
-    assert packet.count("not selected in report.experiments") == 6
+    sections = packet[packet.index("<nav>"):]  # the summary table at the top repeats each reason once
+    assert sections.count("not selected in report.experiments") == 6
+
+
+def test_engine_death_keeps_measured_points_and_fails_the_rest(tmp_path):
+    """The engine dies after the first point: its row stays, later points are failed rows with the
+    reason, both CSVs are written, and then the run fails."""
+    from context_research.errors import EngineDiedError
+
+    ctx = _ctx(tmp_path / "e1", "e1")
+    ctx.outdir.mkdir()
+    cfg = {**CFG, "prompt_tokens": [128, 256, 512]}
+    with pytest.raises(EngineDiedError, match="engine died"):
+        asyncio.run(e1.run(FakeSession(dies_after_points=1), cfg, ctx))
+    frame = pd.read_csv(ctx.outdir / "latency.csv")
+    assert list(frame["status"]) == ["ok", "failed", "failed"]
+    assert all(frame["reason"][1:].str.startswith("engine died (exit code -9)"))
+    assert (ctx.outdir / "requests.csv").exists() and (ctx.outdir / "summary.json").exists()

@@ -76,9 +76,11 @@ def rec(i, ttft, tpot, e2e, out=16, error=None):
 def test_rows_deltas_and_transfer_columns():
     p = Point(0, 256, 1)
     agg = empty_row(p, "aggregated", CFG)
-    latency_columns(agg, [rec(0, 0.10, 0.01, 0.25), rec(1, 0.12, 0.01, 0.27)], 1.0, CFG, 0)
+    # three requests per mode: the fewest for which a p50 is stated (analysis.stats.MIN_SAMPLES)
+    latency_columns(agg, [rec(0, 0.10, 0.01, 0.25), rec(1, 0.11, 0.01, 0.26), rec(2, 0.12, 0.01, 0.27)], 1.5, CFG, 0)
     dis = empty_row(p, "disaggregated", CFG)
-    latency_columns(dis, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.34, 0.012, 0.52)], 2.0, CFG, 0)
+    latency_columns(dis, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.32, 0.012, 0.50), rec(2, 0.34, 0.012, 0.52)], 3.0,
+                    CFG, 0)
     hs = [Handoff(f"h{i}", f"r{i}", 256, "ExampleConnector", stored_tokens_expected=128, lookup_tokens_expected=128,
                   analytical_bytes=65536, bytes_moved=65536 + 176, producer_e2e_s=0.2, baseline_prefill_s=0.05,
                   consumer_ttft_s=0.1 + 0.02 * i, consumer_e2e_s=0.3, ok=True) for i in range(2)]

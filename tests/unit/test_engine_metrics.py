@@ -1,6 +1,9 @@
 import pytest
 
-from context_research.engine_metrics import MetricsSnapshot, engine_summary, safe_snapshot
+from context_research.engine_metrics import (MetricsSnapshot, engine_request_percentiles, engine_summary,
+                                             per_request_summary, safe_snapshot)
+from context_research.records import RequestRecord
+from context_research.workload import engine_columns
 
 BEFORE = """
 # TYPE vllm:time_to_first_token_seconds histogram
@@ -32,8 +35,9 @@ def test_engine_summary_is_the_delta_between_snapshots():
     s = engine_summary(MetricsSnapshot.parse(BEFORE), MetricsSnapshot.parse(AFTER))
     assert s["engine_ttft_count"] == 4
     assert s["engine_ttft_mean_s"] == pytest.approx(1.2 / 4)
-    # All 4 new observations fall in (0.1, 0.5]: the median interpolates to 0.1 + 0.4 * 2/4.
-    assert s["engine_ttft_p50_s"] == pytest.approx(0.3)
+    assert s["engine_ttft_sum_s"] == pytest.approx(1.2)
+    # A histogram serves its count, sum and exact mean only: no bucket-interpolated percentile.
+    assert not [k for k in s if k.startswith("engine_ttft_p")]
     assert s["engine_preemptions"] == 2
     assert s["measured_on"] == "engine"
 
@@ -57,3 +61,45 @@ def test_safe_snapshot_is_none_when_the_engine_does_not_answer():
 
     assert safe_snapshot(Dead()) is None
     assert safe_snapshot(Alive()).total("vllm:num_preemptions_total") == 3.0
+
+
+def _rec(i, ttft_ms=None, queue_ms=None, itl_ms=None, error=None):
+    return RequestRecord(request_id=f"r{i}", prompt_tokens_target=16, prompt_tokens=16, output_tokens=4,
+                         ttft_s=0.01, e2e_s=0.04, tpot_s=0.01, error=error, engine_ttft_ms=ttft_ms,
+                         engine_queue_ms=queue_ms, engine_generation_ms=None if itl_ms is None else 3 * itl_ms,
+                         engine_itl_ms=itl_ms)
+
+
+def test_engine_percentiles_come_from_the_requests_own_metrics():
+    # Ten requests whose engine TTFTs are 10, 20, ..., 100 ms, one failed request (left out) and
+    # a histogram whose buckets would have interpolated to something else entirely.
+    records = [_rec(i, ttft_ms=10.0 * (i + 1), queue_ms=1.0, itl_ms=2.0) for i in range(10)]
+    records.append(_rec(99, ttft_ms=5000.0, error="HTTP 500: boom"))
+    engine = engine_summary(MetricsSnapshot.parse(BEFORE), MetricsSnapshot.parse(AFTER))
+    cols = engine_columns(engine, records)
+    assert cols["engine_per_request_metrics"] == 10
+    assert cols["engine_ttft_ms_p50"] == pytest.approx(55.0)          # numpy linear, between requests
+    assert cols["engine_ttft_ms_p95"] == pytest.approx(95.5)
+    assert cols["engine_ttft_ms_p99"] == pytest.approx(99.1)
+    assert cols["engine_percentile_note"] is None
+    assert cols["engine_ttft_ms_mean"] == pytest.approx(300.0)         # the histogram: a mean only
+    assert engine_request_percentiles(records, "engine_itl_ms") == {50: 2.0, 95: 2.0, 99: 2.0}
+
+
+def test_without_per_request_metrics_the_percentiles_are_empty_and_say_why():
+    engine = engine_summary(MetricsSnapshot.parse(BEFORE), MetricsSnapshot.parse(AFTER))
+    cols = engine_columns(engine, [_rec(0), _rec(1)])                 # an old server / simulated backend
+    assert cols["engine_per_request_metrics"] == 0
+    assert cols["engine_ttft_ms_p50"] is None and cols["engine_ttft_ms_p99"] is None
+    assert "per-request" in cols["engine_percentile_note"]
+    assert cols["engine_ttft_ms_mean"] == pytest.approx(300.0)         # the histogram mean stays
+    assert "not given" in engine_columns(engine)["engine_percentile_note"]
+
+
+def test_per_request_summary_of_e0():
+    s = per_request_summary([_rec(i, ttft_ms=10.0 * (i + 1), queue_ms=0.5, itl_ms=2.0) for i in range(4)])
+    assert s["requests_with_metrics"] == 4 and "note" not in s
+    assert s["engine_ttft_ms_mean"] == pytest.approx(25.0) and s["engine_ttft_ms_p50"] == pytest.approx(25.0)
+    assert s["engine_itl_ms_p99"] == pytest.approx(2.0) and s["engine_generation_ms_mean"] == pytest.approx(6.0)
+    empty = per_request_summary([_rec(0)])
+    assert empty["requests_with_metrics"] == 0 and empty["engine_ttft_ms_p50"] is None and empty["note"]

@@ -10,17 +10,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from context_research.analysis.stats import mean, summarize
+from context_research.analysis.stats import (MIN_SAMPLES, bootstrap_interval, mean, small_sample_note,
+                                              small_sample_part, summarize_pooled_with_ci, summarize_with_ci)
 from context_research.records import RequestRecord
 
 _MS = 1000.0
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 STAT_SUFFIXES = ("mean", "p50", "p95", "p99")
+CI_SUFFIXES = ("ci_low", "ci_high")
 LATENCY_COLUMNS = (
     ["n", "n_ok", "n_failed"]
-    + [f"{m}_ms_{s}" for m in LATENCY_METRICS for s in STAT_SUFFIXES]
-    + ["prompt_tokens_mean", "output_tokens_mean"]
+    + [c for m in LATENCY_METRICS for s in STAT_SUFFIXES
+       for c in (f"{m}_ms_{s}", *(f"{m}_ms_{s}_{b}" for b in CI_SUFFIXES))]
+    + ["stats_note", "prompt_tokens_mean", "output_tokens_mean"]
 )
+# goodput()'s rates that get a bootstrap CI (``<rate>_ci_low`` / ``<rate>_ci_high``).
+THROUGHPUT_CI_METRICS = ("request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s",
+                         "goodput_rps")
 
 
 def latency_row(records: Sequence[RequestRecord], **keys: Any) -> dict[str, Any]:
@@ -29,16 +35,32 @@ def latency_row(records: Sequence[RequestRecord], **keys: Any) -> dict[str, Any]
     Statistics are over successful requests only. ITL pools every inter-chunk gap of every
     successful request (as ``vllm bench serve`` does). TPOT is None for single-token outputs and
     such requests are left out of the TPOT statistics. Missing values give None, never a crash.
+
+    Every statistic is followed by its 95 % bootstrap CI (``_ci_low``, ``_ci_high``; see
+    ``analysis.stats``: percentile method, requests resampled, fixed seed). A statistic with fewer
+    samples than ``stats.MIN_SAMPLES`` asks for is None together with its CI, and ``stats_note``
+    lists every such statistic with its n (None when all are stated). The token means have no CI:
+    they are server counts of lengths the workload fixes, not estimates.
     """
     ok = [r for r in records if r.ok]
     row: dict[str, Any] = dict(keys)
     row["n"] = len(records)
     row["n_ok"] = len(ok)
     row["n_failed"] = len(records) - len(ok)
-    row.update(summarize([r.ttft_s for r in ok], "ttft_ms", _MS))
-    row.update(summarize([r.tpot_s for r in ok], "tpot_ms", _MS))
-    row.update(summarize([x for r in ok for x in r.itl_s], "itl_ms", _MS))
-    row.update(summarize([r.e2e_s for r in ok], "e2e_ms", _MS))
+    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+    tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
+    itl = [list(r.itl_s) for r in ok if r.itl_s]
+    e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
+    row.update(summarize_with_ci(ttft, "ttft_ms", _MS))
+    row.update(summarize_with_ci(tpot, "tpot_ms", _MS))
+    row.update(summarize_pooled_with_ci(itl, "itl_ms", _MS))
+    row.update(summarize_with_ci(e2e, "e2e_ms", _MS))
+    row["stats_note"] = small_sample_note([
+        small_sample_part("ttft", len(ttft)),
+        small_sample_part("tpot", len(tpot)),
+        small_sample_part("itl", sum(len(g) for g in itl), len(itl), "gaps"),
+        small_sample_part("e2e", len(e2e)),
+    ])
     row["prompt_tokens_mean"] = mean([r.prompt_tokens for r in ok])
     row["output_tokens_mean"] = mean([r.output_tokens for r in ok])
     return row
@@ -67,7 +89,8 @@ def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: fl
     Returns goodput_rps (met / duration), slo_attainment (met / requests sent; failed requests
     count as misses), request_throughput_rps (succeeded / duration), output_throughput_tok_s
     (output tokens of successful requests / duration), total_token_throughput_tok_s (prompt +
-    output tokens of successful requests / duration), and the counts and SLOs used.
+    output tokens of successful requests / duration), and the counts and SLOs used; then, per
+    rate of THROUGHPUT_CI_METRICS, its bootstrap CI (``throughput_ci``).
     """
     if not duration_s or duration_s <= 0 or math.isnan(duration_s):
         raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
@@ -89,7 +112,42 @@ def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: fl
         "request_throughput_rps": len(ok) / duration_s,
         "output_throughput_tok_s": out_tokens / duration_s,
         "total_token_throughput_tok_s": (in_tokens + out_tokens) / duration_s,
+        **throughput_ci(records, duration_s, ttft_slo_ms, tpot_slo_ms),
     }
+
+
+def throughput_ci(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: float,
+                  tpot_slo_ms: float) -> dict[str, float | None]:
+    """95 % bootstrap CIs of goodput()'s rates: ``<rate>_ci_low`` / ``<rate>_ci_high`` for each of
+    THROUGHPUT_CI_METRICS.
+
+    A throughput of one run is one number: (sum over the requests sent of what each contributed)
+    / duration. The CI resamples the REQUESTS SENT with replacement (what each contributed: 1 if
+    it succeeded; its output tokens; its prompt + output tokens; 1 if it met both SLOs) and keeps
+    the duration fixed, i.e. rate = n / duration x mean contribution, with the percentile
+    bootstrap CI of that mean. It shows how much the rate depends on which requests happened to
+    be in the run; it does NOT cover run-to-run variation of the duration or of the arrival
+    process (an approximation, stated in the column meaning). A rate every request contributed
+    alike to (all met the SLOs) gets a zero-width CI: the bootstrap cannot see misses that did
+    not happen. None with fewer than MIN_SAMPLES["mean"] requests sent.
+    """
+    out: dict[str, float | None] = {f"{m}_{b}": None for m in THROUGHPUT_CI_METRICS for b in CI_SUFFIXES}
+    n = len(records)
+    if n < MIN_SAMPLES["mean"] or not duration_s or duration_s <= 0 or math.isnan(duration_s):
+        return out
+    contrib = np.array([[1.0 if r.ok else 0.0,
+                         float(r.output_tokens or 0) if r.ok else 0.0,
+                         float((r.prompt_tokens or 0) + (r.output_tokens or 0)) if r.ok else 0.0,
+                         1.0 if meets_slo(r, ttft_slo_ms, tpot_slo_ms) else 0.0] for r in records])
+
+    def mean_contribution(idx, axis=-1):  # (..., requests) indices -> (4, ...) means
+        return np.moveaxis(contrib[np.moveaxis(idx, axis, -1)].mean(axis=-2), -1, 0)
+
+    low, high = bootstrap_interval(n, mean_contribution, elements_per_resample=contrib.size)
+    scale = n / duration_s
+    for i, m in enumerate(THROUGHPUT_CI_METRICS):
+        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = float(low[i]) * scale, float(high[i]) * scale
+    return out
 
 
 def poisson_schedule(n: int, rate_per_s: float, seed: int) -> list[float]:

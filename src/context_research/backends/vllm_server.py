@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import EngineStartError
 from ..records import GenerationRequest, RequestRecord
+from ..watchdog import DRIVER_PID_ENV, ENGINE_TMPDIR_ENV
 from .base import ServingBackend
 from .client import StreamingClient
 
@@ -70,6 +71,21 @@ def cache_root() -> Path:
     return Path(root).resolve()
 
 
+def _vllm_has_cli_arg(dest: str) -> bool:
+    """Whether some ``vllm/entrypoints/**/cli_args.py`` of the installed vLLM declares ``dest``."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for root in spec.submodule_search_locations:
+        for path in (Path(root) / "entrypoints").rglob("cli_args.py"):
+            try:
+                if dest in path.read_text(encoding="utf-8", errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 class VllmServerBackend(ServingBackend):
     mode = "real"
 
@@ -91,6 +107,13 @@ class VllmServerBackend(ServingBackend):
         return f"http://{self.host}:{self.port}"
 
     # -- process lifecycle -------------------------------------------------------------
+    @staticmethod
+    def supports_per_request_metrics() -> bool:
+        """Whether the installed vLLM's server has ``--enable-per-request-metrics`` (vLLM >= 0.26:
+        the final usage chunk of a stream then carries the engine's TTFT, queue time, generation
+        time and mean ITL of the request). Read from its CLI-argument source, without importing vLLM."""
+        return _vllm_has_cli_arg("enable_per_request_metrics")
+
     def build_command(self, port: int) -> list[str]:
         m, s = self.model, self.serving
         cmd = [sys.executable, "-m", "context_research.backends.vllm_cli", "serve", str(m["path"]),
@@ -112,7 +135,13 @@ class VllmServerBackend(ServingBackend):
             cmd += ["--max-num-seqs", str(s["max_num_seqs"])]
         if s.get("max_num_batched_tokens"):
             cmd += ["--max-num-batched-tokens", str(s["max_num_batched_tokens"])]
-        cmd += [str(a) for a in s.get("extra_args", [])]
+        extra = [str(a) for a in s.get("extra_args", [])]
+        # Per-request engine timings on every streamed reply (records.RequestRecord.engine_*_ms).
+        # vLLM refuses the flag together with --disable-log-stats, which it needs.
+        self.per_request_metrics = self.supports_per_request_metrics() and "--disable-log-stats" not in extra
+        if self.per_request_metrics:
+            cmd.append("--enable-per-request-metrics")
+        cmd += extra
         return cmd
 
     def build_env(self) -> dict[str, str]:
@@ -128,6 +157,10 @@ class VllmServerBackend(ServingBackend):
             "PYTHONUNBUFFERED": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            # The server stops its process group once this driver is gone, even after a SIGKILL
+            # (vllm_cli.watch_driver); it then removes the temp folder too.
+            DRIVER_PID_ENV: str(os.getpid()),
+            ENGINE_TMPDIR_ENV: self._tmpdir,
         })
         # Idle keep-alive connections live this long on the server, far beyond the client's own
         # keep-alive (client.CLIENT_KEEPALIVE_S), so the server never closes one under a request.
@@ -249,10 +282,17 @@ class VllmServerBackend(ServingBackend):
             await self._client.__aexit__(None, None, None)
             self._client = None
 
+    def exit_reason(self) -> str | None:
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        last = [line.strip() for line in self.log_text().splitlines() if line.strip()][-1:]
+        return f"engine died (exit code {self.proc.returncode}); last log line: {last[0] if last else 'none'}"
+
     def metrics_text(self) -> str | None:
         with urllib.request.urlopen(self.base_url + "/metrics", timeout=30) as resp:
             return resp.read().decode("utf-8", errors="replace")
 
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "device": self.device, "command": self.command, "port": self.port,
-                "startup_s": self.startup_s, "env": self.engine_env, "log": str(self.log_path)}
+                "startup_s": self.startup_s, "env": self.engine_env, "log": str(self.log_path),
+                "per_request_metrics": getattr(self, "per_request_metrics", None)}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.model_math import kv_bytes_per_token
 from ..analysis.stats import ms, percentile
 from ..backends.base import ServingBackend
@@ -26,6 +27,7 @@ from ..errors import ConfigError, EngineStartError
 from ..experiments.session import EngineSession
 from ..io import write_text
 from ..tables import fmt
+from ..workload import engine_gpu_name
 from . import connectors
 from .broker import DEFAULT_TOLERANCE, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment
@@ -155,6 +157,7 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
             outcome.rows = [failed_row(p, "aggregated", cfg, outcome.start_error, gpus) for p in points]
             return outcome, baselines
         session = EngineSession(backend, model, progress=False)
+        gpu_name = engine_gpu_name(session)
         sched = AggregatedScheduler(session, route_log, float(serving.get("request_timeout_s", 900)))
         real = backend.mode == "real"
 
@@ -184,6 +187,7 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
                     latency_columns(row, served.records, served.duration_s, cfg, gpus)
                     if before is not None and after is not None:
                         row["engine_ttft_ms_mean"] = ms(engine_summary(before, after).get("engine_ttft_mean_s"))
+                    apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))
                     outcome.rows.append(row)
                     outcome.requests.extend(request_rows(served.records, "aggregated", p, "measured"))
                     log(f"aggregated {p.label}: {row['status']}, TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, "
@@ -235,6 +239,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
             return outcome
         prefill = EngineSession(prefill_be, model, progress=False)
         decode = EngineSession(decode_be, model, progress=False)
+        gpu_name = engine_gpu_name(decode)
         info = cache_config_info(safe_snapshot(decode))
         block_size = int(cfg.get("block_size") or info.get("block_size") or 0) or None
         kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
@@ -282,6 +287,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                     transfer_columns(row, served.handoffs, d_eng, tolerance)
                     if d_eng:
                         row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
+                    apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))
                     outcome.rows.append(row)
                     outcome.requests.extend(request_rows(served.records, "disaggregated", p, "measured",
                                                          served.handoffs))

@@ -53,6 +53,7 @@ def latency_columns(row: dict[str, Any], records: Sequence[RequestRecord], durat
         g = goodput(records, duration_s, cfg["ttft_slo_ms"], cfg["tpot_slo_ms"])
         row.update({k: g[k] for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
                                        "n_slo_met", "slo_attainment", "goodput_rps")})
+        row.update({k: v for k, v in g.items() if k.endswith(("_ci_low", "_ci_high")) and k in row})
         row["goodput_rps_per_gpu"] = g["goodput_rps"] / gpus_used if gpus_used else None
     # Failed requests, prompt-length mismatches and an empty point fail the row (the shared rule
     # of the latency experiments; E3 has no prefix-cache check: prompts have distinct prefixes).

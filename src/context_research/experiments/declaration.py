@@ -61,8 +61,9 @@ class Experiment:
     # Keys of experiments.<name> used only to analyse saved records (SLOs, tolerances, thresholds).
     analysis_keys: tuple[str, ...] = ()
     prepare: Callable[[dict], Prepared] | None = None
-    # Files a run writes only sometimes (E6's fallback engine log): addressable by key, but not
-    # rule outputs, since Snakemake would call a run that skipped them failed.
+    # Files a run writes only sometimes or in a configured number (E6's fallback engine log, E0's
+    # restart logs, a name with "{}" filled by ``path(key, n)``): addressable by key, but not rule
+    # outputs, since Snakemake would call a run that skipped them failed.
     optional_outputs: dict[str, str] = field(default_factory=dict)
     # Files the run reads besides the model (E4: its materialized datasets), from the config.
     data_inputs: Callable[[dict], list[str]] | None = None
@@ -85,9 +86,9 @@ class Experiment:
         """``files`` plus the optional outputs: every file a run may write, by key."""
         return {**self.files, **self.optional_outputs}
 
-    def path(self, results_dir: str | Path, key: str) -> Path:
+    def path(self, results_dir: str | Path, key: str, *name_args: Any) -> Path:
         try:
-            return Path(results_dir) / self.all_files[key]
+            return Path(results_dir) / self.all_files[key].format(*name_args)
         except KeyError:
             raise KeyError(f"{self.name} declares no output {key!r}; it declares {', '.join(self.all_files)}") from None
 

@@ -2,25 +2,29 @@
 
 * N identical greedy requests must return identical tokens.
 * Repeated short runs give the coefficient of variation of mean TTFT and TPOT across runs,
-  judged against the exit criterion (default CV <= 5%).
+  judged against the exit criterion (default CV <= 5%), within one engine start and across
+  ``engine_starts`` starts serving the same requests; ``passed`` needs all of them.
 * Strict-backend checks: which engine answered, and that it was not the simulated one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from typing import Any
 
-from ..analysis.stats import coefficient_of_variation, mean, ms, summarize
+from ..analysis.integrity import check_records
+from ..analysis.stats import (coefficient_of_variation, mean, ms, small_sample_note, small_sample_part,
+                              summarize_with_ci)
 from ..hashing import sha256_obj
 from ..io import write_json
 from ..metadata import engine_distribution
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord
 from ..workload import prompt_length_mismatches
-from .declaration import ONE_ENGINE, Experiment, Figure
-from .runner import RunContext
+from .declaration import SEVERAL_ENGINES, Experiment, Figure
+from .runner import ExperimentRun
 from .session import EngineSession
 
 
@@ -59,14 +63,56 @@ def _output_key(rec: RequestRecord) -> str:
     return sha256_obj(rec.token_ids if rec.token_ids is not None else rec.text)
 
 
-async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
+def _repeat_requests(cfg: dict, model: dict, repeat: int, prefix: str = "") -> list[GenerationRequest]:
+    """Repeat ``repeat``'s requests: the same prompts in every repeat and every engine start."""
     seed = cfg["seed"]
-    rows: list[dict] = []
+    return [GenerationRequest(request_id=f"{prefix}repeat{repeat}-{i}",
+                              prompt=token_id_prompt(cfg["prompt_tokens"], seed + 10 + i, model),
+                              max_tokens=cfg["max_tokens"], prompt_tokens_target=cfg["prompt_tokens"],
+                              temperature=0.0, seed=seed)
+            for i in range(cfg["requests_per_repeat"])]
 
-    def keep(phase: str, records: list[RequestRecord]) -> None:
-        for r in records:
-            rows.append({"phase": phase, **r.as_row(keep_tokens=phase == "identical")})
 
+def _repeat_summary(k: int, records: list[RequestRecord], duration: float) -> dict[str, Any]:
+    return {"repeat": k, "duration_s": duration, "ok": sum(r.ok for r in records),
+            "ttft_ms_mean": ms(mean([r.ttft_s for r in records])),
+            "tpot_ms_mean": ms(mean([r.tpot_s for r in records]))}
+
+
+def cv_block(ttft_means: list[float | None], tpot_means: list[float | None], threshold: float) -> dict[str, Any]:
+    """CVs of per-repeat (or per-start) mean TTFT and TPOT, judged against ``threshold``."""
+    cv_ttft = coefficient_of_variation(ttft_means)
+    cv_tpot = coefficient_of_variation(tpot_means)
+    return {"cv_ttft": cv_ttft, "cv_tpot": cv_tpot, "cv_threshold": threshold,
+            "ttft_within_threshold": cv_ttft is not None and cv_ttft <= threshold,
+            "tpot_within_threshold": cv_tpot is not None and cv_tpot <= threshold}
+
+
+def verdict(determinism: dict, variability: dict, prompt_mismatch: list, backend_mode: str) -> tuple[bool, list[str]]:
+    """E0 passes only if outputs are identical, prompts have their lengths, the engine is real and
+    both CVs are within the criterion, within one engine start and across restarts."""
+    reasons = []
+    if not determinism["all_identical"]:
+        reasons.append(f"{determinism['distinct_outputs']} distinct outputs from identical greedy requests")
+    if prompt_mismatch:
+        reasons.append(f"{len(prompt_mismatch)} prompt-length mismatch(es)")
+    if backend_mode != "real":
+        reasons.append(f"backend is {backend_mode}, not the real engine")
+    across = variability.get("across_restarts") or {}
+    for label, block in (("within one engine start", variability), ("across engine restarts", across)):
+        if not block:
+            continue
+        for metric in ("ttft", "tpot"):
+            if not block[f"{metric}_within_threshold"]:
+                cv = block[f"cv_{metric}"]
+                reasons.append(f"{metric.upper()} CV {'n/a' if cv is None else f'{cv:.1%}'} {label} exceeds "
+                               f"{block['cv_threshold']:.0%}")
+    return not reasons, reasons
+
+
+async def first_start(session: EngineSession, cfg: dict, keep) -> dict[str, Any]:
+    """Warmup, the determinism check and the timed repeats on the first engine start."""
+    seed = cfg["seed"]
     warm_prompt = token_id_prompt(cfg["prompt_tokens"], seed + 1_000_003, session.model)
     warm, _ = await session.run_requests(_requests("warmup", cfg["warmup_requests"], warm_prompt, cfg, seed),
                                          max_concurrency=1, desc="warmup")
@@ -95,66 +141,143 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     all_repeat_records: list[RequestRecord] = []
     before = session.snapshot()
     for k in range(cfg["repeats"]):
-        reqs = [GenerationRequest(request_id=f"repeat{k}-{i}",
-                                  prompt=token_id_prompt(cfg["prompt_tokens"], seed + 10 + i, session.model),
-                                  max_tokens=cfg["max_tokens"], prompt_tokens_target=cfg["prompt_tokens"],
-                                  temperature=0.0, seed=seed)
-                for i in range(cfg["requests_per_repeat"])]
-        records, duration = await session.run_requests(reqs, max_concurrency=1, desc=f"repeat {k}")
+        records, duration = await session.run_requests(_repeat_requests(cfg, session.model, k), max_concurrency=1,
+                                                       desc=f"repeat {k}")
         keep(f"repeat-{k}", records)
         all_repeat_records += records
-        per_repeat.append({
-            "repeat": k, "duration_s": duration, "ok": sum(r.ok for r in records),
-            "ttft_ms_mean": ms(mean([r.ttft_s for r in records])),
-            "tpot_ms_mean": ms(mean([r.tpot_s for r in records])),
-        })
+        per_repeat.append(_repeat_summary(k, records, duration))
     after = session.snapshot()
-    from ..engine_metrics import engine_summary
+    return {"identical": identical, "determinism": determinism, "per_repeat": per_repeat,
+            "records": all_repeat_records, "before": before, "after": after,
+            "strict_backend": strict_backend_checks(session)}
 
-    cv_ttft = coefficient_of_variation([p["ttft_ms_mean"] for p in per_repeat])
-    cv_tpot = coefficient_of_variation([p["tpot_ms_mean"] for p in per_repeat])
+
+async def restart_pass(session: EngineSession, cfg: dict, start: int, keep) -> list[RequestRecord]:
+    """A later engine start: the same warmup and the same repeat requests as the first."""
+    warm_prompt = token_id_prompt(cfg["prompt_tokens"], cfg["seed"] + 1_000_003, session.model)
+    warm, _ = await session.run_requests(_requests(f"start{start}-warmup", cfg["warmup_requests"], warm_prompt, cfg,
+                                                   cfg["seed"]), max_concurrency=1, desc=f"start {start} warmup")
+    keep(f"start{start}-warmup", warm)
+    records: list[RequestRecord] = []
+    for k in range(cfg["repeats"]):
+        recs, _ = await session.run_requests(_repeat_requests(cfg, session.model, k, f"start{start}-"),
+                                             max_concurrency=1, desc=f"start {start} repeat {k}")
+        keep(f"start{start}-repeat-{k}", recs)
+        records += recs
+    return records
+
+
+def _serve(run: ExperimentRun, backend, body):
+    backend.start()
+    session = EngineSession(backend, run.model)
+
+    async def main():
+        try:
+            return await body(session)
+        finally:
+            await session.aclose()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        backend.stop()  # before the next start: two engines would share the device
+
+
+def _start_summary(start: int, records: list[RequestRecord], startup_s: float | None) -> dict[str, Any]:
+    return {"start": start, "ok": sum(r.ok for r in records), "startup_s": startup_s,
+            "ttft_ms_mean": ms(mean([r.ttft_s for r in records])),
+            "tpot_ms_mean": ms(mean([r.tpot_s for r in records]))}
+
+
+def run(run: ExperimentRun) -> dict:
+    """``engine_starts`` engine starts serving the same repeat requests; the first also checks
+    determinism. Run-to-run variation is reported within one start and across starts."""
+    cfg, ctx = run.cfg, run.ctx
+    rows: list[dict] = []
+
+    def keep(phase: str, records: list[RequestRecord]) -> None:
+        for r in records:
+            rows.append({"phase": phase, **r.as_row(keep_tokens=phase == "identical")})
+
+    first = run.backend(run.model, run.serving)
+    measured = _serve(run, first, lambda session: first_start(session, cfg, keep))
+    per_start = [_start_summary(0, measured["records"], first.info().get("startup_s"))]
+    restart_records: list[RequestRecord] = []
+    for start in range(1, cfg["engine_starts"]):
+        backend = run.backend(run.model, run.serving, "engine_restart", start)
+        records = _serve(run, backend, lambda session, s=start: restart_pass(session, cfg, s, keep))
+        restart_records += records
+        per_start.append(_start_summary(start, records, backend.info().get("startup_s")))
+    run.engine_info = {**first.info(), "restarts": [b.info() for b in run.backends[1:]]} if len(run.backends) > 1 \
+        else first.info()
+
+    from ..engine_metrics import engine_summary, per_request_summary
+
+    before, after = measured["before"], measured["after"]
+    determinism, per_repeat = measured["determinism"], measured["per_repeat"]
+    all_repeat_records = measured["records"]
     threshold = cfg["cv_threshold"]
     variability = {
         "repeats": cfg["repeats"],
         "requests_per_repeat": cfg["requests_per_repeat"],
         "per_repeat": per_repeat,
-        "cv_ttft": cv_ttft,
-        "cv_tpot": cv_tpot,
-        "cv_threshold": threshold,
-        "ttft_within_threshold": cv_ttft is not None and cv_ttft <= threshold,
-        "tpot_within_threshold": cv_tpot is not None and cv_tpot <= threshold,
+        **cv_block([p["ttft_ms_mean"] for p in per_repeat], [p["tpot_ms_mean"] for p in per_repeat], threshold),
+        "scope": "repeats within the first engine start",
         "measured_on": "client",
+        "across_restarts": {
+            "engine_starts": cfg["engine_starts"],
+            "requests_per_start": cfg["repeats"] * cfg["requests_per_repeat"],
+            "per_start": per_start,
+            **(cv_block([p["ttft_ms_mean"] for p in per_start], [p["tpot_ms_mean"] for p in per_start], threshold)
+               if len(per_start) > 1 else {}),
+            "measured_on": "client",
+        },
     }
-    prompt_mismatch = [r.request_id for r in prompt_length_mismatches(identical + all_repeat_records)]
+    identical = measured["identical"]
+    prompt_mismatch = [r.request_id for r in
+                       prompt_length_mismatches(identical + all_repeat_records + restart_records)]
+    integrity = check_records([*all_repeat_records, *restart_records])
+    passed, reasons = verdict(determinism, variability, prompt_mismatch, ctx.backend_mode)
+    if integrity.reasons:
+        passed, reasons = False, [*reasons, *("implausible: " + r for r in integrity.reasons)]
     summary = {
         **ctx.stamp(),
-        "strict_backend": strict_backend_checks(session),
+        "strict_backend": measured["strict_backend"],
         "determinism": determinism,
         "variability": variability,
-        "latency_client": {**summarize([r.ttft_s for r in all_repeat_records], "ttft_ms", 1000),
-                           **summarize([r.tpot_s for r in all_repeat_records], "tpot_ms", 1000),
-                           **summarize([r.e2e_s for r in all_repeat_records], "e2e_ms", 1000),
+        "latency_client": {**summarize_with_ci([r.ttft_s for r in all_repeat_records], "ttft_ms", 1000),
+                           **summarize_with_ci([r.tpot_s for r in all_repeat_records], "tpot_ms", 1000),
+                           **summarize_with_ci([r.e2e_s for r in all_repeat_records], "e2e_ms", 1000),
+                           "stats_note": small_sample_note(small_sample_part(m, len(all_repeat_records))
+                                                           for m in ("ttft", "tpot", "e2e")),
                            "measured_on": "client"},
-        "latency_engine": engine_summary(before, after) if before and after else {"available": False},
+        # Histograms: counts, sums and exact means only; percentiles from vLLM's per-request metrics.
+        "latency_engine": {**(engine_summary(before, after) if before and after else {"available": False}),
+                           "per_request": per_request_summary(all_repeat_records)},
+        "integrity": {"implausible": integrity.reasons, "note": integrity.note()},
         "prompt_tokens_mismatch": prompt_mismatch,
         "failed_requests": sum(1 for r in rows if not r["ok"]),
         "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "warmup_requests",
-                                         "identical_requests", "repeats", "requests_per_repeat")},
-        "passed": bool(determinism["all_identical"] and not prompt_mismatch
-                       and session.backend_mode == "real"),
+                                         "identical_requests", "repeats", "requests_per_repeat", "engine_starts")},
+        "passed": passed,
+        "failed_because": reasons,
     }
     ctx.write_table("requests", ctx.frame(rows))
     write_json(ctx.path("summary"), summary)
-    return {"passed": summary["passed"], "all_identical": determinism["all_identical"],
-            "cv_ttft": cv_ttft, "cv_tpot": cv_tpot}
+    across = variability["across_restarts"]
+    return {"passed": passed, "all_identical": determinism["all_identical"],
+            "cv_ttft": variability["cv_ttft"], "cv_tpot": variability["cv_tpot"],
+            "cv_ttft_across_restarts": across.get("cv_ttft"), "cv_tpot_across_restarts": across.get("cv_tpot")}
 
 
 from . import e0_report  # noqa: E402  (bottom import: the report reads this module's declaration)
 
 EXPERIMENT = Experiment(
     name="e0", title="E0 — smoke and reproducibility", category="E0 smoke and reproducibility",
-    engines=ONE_ENGINE, body=run,
+    engines=SEVERAL_ENGINES, body=run,
     outputs={"summary": "summary.json", "requests": "requests.csv", "engine_log": "engine.log"},
+    # engine_starts - 1 restarts, each with its own log
+    optional_outputs={"engine_restart": "engine_restart{}.log"},
     figures=(Figure("variability", "variability.svg", "e0_variability.rst"),
              Figure("repeats", "repeats.html", "e0_repeats.rst")),
     report=e0_report,

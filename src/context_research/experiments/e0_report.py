@@ -9,13 +9,17 @@ import pandas as pd
 
 from ..io import read_json, write_text
 from ..analysis.plots import line_plot
-from ..analysis.stats import ms
+from ..analysis.stats import format_with_ci, ms
 from ..report import provenance_line
 from . import e0  # the declaration (bottom-imported by e0; resolved at call time)
 from ..tables import fmt as _fmt, html_table, markdown_table
 
 REPEAT_COLUMNS = {"repeat": "repeat", "duration_s": "duration (s)", "ok": "ok requests",
                   "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"}
+
+
+START_COLUMNS = {"start": "engine start", "startup_s": "startup (s)", "ok": "ok requests",
+                 "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"}
 
 
 def repeats_frame(summary: dict) -> pd.DataFrame:
@@ -52,23 +56,51 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         f"Strict backend: mode {strict['backend_mode']}, server reported vLLM {strict['server_reported_version']}, "
         f"engine {strict['engine_distribution']} on {strict['engine_device']}.",
     ]
+    across = var.get("across_restarts") or {}
+    if "cv_ttft" in across:
+        findings.insert(2, (
+            f"Across {across['engine_starts']} engine starts serving the same {across['requests_per_start']} requests: "
+            f"CV of mean TTFT {_pct(across['cv_ttft'])}, of mean TPOT {_pct(across['cv_tpot'])} (criterion <= "
+            f"{thr:.0%}): TTFT {'within' if across['ttft_within_threshold'] else 'OUTSIDE'}, TPOT "
+            f"{'within' if across['tpot_within_threshold'] else 'OUTSIDE'} the criterion."))
+    elif across:
+        findings.insert(2, "One engine start only (experiments.e0.engine_starts = 1): variation across restarts "
+                           "was not measured.")
+    findings.insert(0, "Verdict: PASS." if s["passed"] else
+                    "Verdict: FAIL: " + "; ".join(s.get("failed_because") or ["see below"]) + ".")
     facts = [
         ("prompt / output tokens", f"{s['workload']['prompt_tokens']} / {s['workload']['max_tokens']}"),
-        ("TTFT p50 / p95 (ms, client)", f"{_fmt(lat['ttft_ms_p50'])} / {_fmt(lat['ttft_ms_p95'])}"),
-        ("TPOT p50 / p95 (ms, client)", f"{_fmt(lat['tpot_ms_p50'])} / {_fmt(lat['tpot_ms_p95'])}"),
+        ("TTFT p50 / p95 (ms, client, 95% CI)",
+         f"{format_with_ci(lat, 'ttft_ms_p50')} / {format_with_ci(lat, 'ttft_ms_p95')}"),
+        ("TPOT p50 / p95 (ms, client, 95% CI)",
+         f"{format_with_ci(lat, 'tpot_ms_p50', 3)} / {format_with_ci(lat, 'tpot_ms_p95', 3)}"),
         ("TTFT mean (ms, engine histogram)", _fmt(ms(eng.get("engine_ttft_mean_s")))),
         ("failed requests", s["failed_requests"]),
         ("prompt-length mismatches", len(s["prompt_tokens_mismatch"])),
     ]
     table = table_frame(s)
+    starts = pd.DataFrame(across.get("per_start") or []).rename(columns=START_COLUMNS)
     return {
         "findings": findings,
         "facts": facts,
-        "tables": [{"caption": "Repeated runs (client-side means)", "html": html_table(table, 3),
-                    "markdown": markdown_table(table, 3)}],
+        "tables": [{"caption": "Repeated runs within the first engine start (client-side means)",
+                    "html": html_table(table, 3), "markdown": markdown_table(table, 3)}]
+        + ([{"caption": "Engine starts serving the same requests (client-side means)",
+             "html": html_table(starts, 3), "markdown": markdown_table(starts, 3)}] if len(starts) else []),
     }
 
 
 def _pct(x):
     return "n/a" if x is None else f"{x:.1%}"
 
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures and verdict."""
+    s = read_json(e0.EXPERIMENT.path(results_dir, "summary"))
+    var = s["variability"]
+    across = var.get("across_restarts") or {}
+    figures = [("TTFT / TPOT CV within a start", f"{_pct(var['cv_ttft'])} / {_pct(var['cv_tpot'])}")]
+    if "cv_ttft" in across:
+        figures.append((f"CV across {across['engine_starts']} starts", f"{_pct(across['cv_ttft'])} / {_pct(across['cv_tpot'])}"))
+    figures.append(("identical outputs", "yes" if s["determinism"]["all_identical"] else "NO"))
+    return {"figures": figures, "passed": s["passed"]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..analysis.hardware import lookup_gpu
+from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..errors import ConfigError
@@ -66,7 +67,7 @@ def point_row(prompt_tokens: int, max_tokens: int, records: Sequence[RequestReco
               hf_config: dict[str, Any] | None, gpu_name: str | None, prefix_caching: bool) -> dict[str, Any]:
     """The latency.csv row of one measured prompt length."""
     row = latency_row(records, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    eng = engine_columns(engine)
+    eng = engine_columns(engine, records)
     status, reason = point_status(records, eng["local_cache_hit_tokens"])
     ok = [r for r in records if r.ok]
     row = {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "status": status, "reason": reason,
@@ -79,7 +80,7 @@ def point_row(prompt_tokens: int, max_tokens: int, records: Sequence[RequestReco
     row.update(ttft_gap_columns(row["ttft_ms_mean"], eng["engine_ttft_ms_mean"]))
     row.update(floor_columns(hf_config, prompt_tokens, gpu_name, row["ttft_ms_p50"], row["tpot_ms_p50"]))
     row["measured_on"] = "client; engine_* columns: engine /metrics"
-    return row
+    return apply_status(row, check_point_row(row, gpu_name, hf_config, records))
 
 
 def failed_point_row(prompt_tokens: int, max_tokens: int, reason: str, prefix_caching: bool,
@@ -111,10 +112,11 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     requests: list[dict] = []
     progress = PointProgress("e1", len(cfg["prompt_tokens"]))
     for n in cfg["prompt_tokens"]:
-        too_long = context_overflow(n, max_tokens, max_len, profile)
-        if too_long:
-            rows.append(failed_point_row(n, max_tokens, too_long, prefix_caching, gpu_name, model.get("hf_config")))
-            progress.point(f"{n} prompt tokens", "failed: " + too_long)
+        not_measurable = context_overflow(n, max_tokens, max_len, profile) or session.exit_reason()
+        if not_measurable:
+            rows.append(failed_point_row(n, max_tokens, not_measurable, prefix_caching, gpu_name,
+                                         model.get("hf_config")))
+            progress.point(f"{n} prompt tokens", "failed: " + not_measurable)
             continue
         # Standard warmup: the same shape as the measured requests, outside the /metrics window.
         warm, _ = await session.run_requests(factory.requests(f"warmup-{n}", cfg["warmup_requests"], n, max_tokens),
@@ -142,6 +144,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         **sweep_summary(rows, lambda r: {"prompt_tokens": r["prompt_tokens"]}),
     }
     write_json(ctx.path("summary"), summary)
+    session.raise_if_died()
     return {"points": summary["points"], "points_ok": summary["points_ok"], "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
             "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..analysis.stats import format_with_ci
 from ..analysis.plots import line_plot
 from ..io import read_json, write_text
+from ..records import TPOT_DEFINITION
 from ..report import provenance_line
 from . import e1  # the declaration (bottom-imported by e1; resolved at call time)
 from ..tables import fmt as _fmt, html_table, markdown_table
@@ -76,7 +78,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
             f"TTFT p50 grows from {_fmt(lo['ttft_ms_p50'])} ms at {int(lo['prompt_tokens'])} prompt tokens to "
             f"{_fmt(hi['ttft_ms_p50'])} ms at {int(hi['prompt_tokens'])} ({_fmt(hi['ttft_ms_p50'] / lo['ttft_ms_p50'], 1)}x "
             f"for {_fmt(hi['prompt_tokens'] / lo['prompt_tokens'], 1)}x the tokens); TPOT p50 goes from "
-            f"{_fmt(lo['tpot_ms_p50'])} to {_fmt(hi['tpot_ms_p50'])} ms.")
+            f"{_fmt(lo['tpot_ms_p50'])} to {_fmt(hi['tpot_ms_p50'])} ms ({TPOT_DEFINITION}).")
     gap = s.get("ttft_client_minus_engine_ms_mean")
     if gap is not None:
         findings.append(
@@ -85,7 +87,9 @@ def report_section(results_dir: Path) -> dict[str, Any]:
             f"{_fmt(s['ttft_client_minus_engine_ms_min'])} to {_fmt(s['ttft_client_minus_engine_ms_max'])} ms across "
             f"lengths): the HTTP, request-parsing and streaming path outside the engine's clock. In the figures, "
             f"'client' lines are client-side percentiles and 'engine' lines are engine-side means (exact: histogram "
-            f"sum / count; the engine percentiles in latency.csv are interpolated inside coarse buckets).")
+            f"sum / count). The engine TTFT percentiles in latency.csv are over the requests' own per-request "
+            f"engine TTFTs (vLLM --enable-per-request-metrics: first token - scheduled), never interpolated from "
+            f"histogram buckets; empty where the server sent no per-request metrics.")
     else:
         findings.append("Engine-side TTFT was not available (no /metrics histogram), so no client/engine gap.")
     hits = s.get("local_cache_hit_tokens")
@@ -113,3 +117,15 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "tables": [{"caption": "Latency per prompt length (ms; client-side unless marked engine)",
                     "html": html_table(table_frame(frame), 3), "markdown": markdown_table(table_frame(frame), 3)}],
     }
+
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures: TTFT and TPOT p50 at the shortest and longest ok length."""
+    ok = load(results_dir)
+    ok = ok[ok["status"] == "ok"]
+    figures = []
+    for _, row in (ok.iloc[[0, -1]] if len(ok) > 1 else ok).iterrows():
+        n = int(row["prompt_tokens"])
+        figures.append((f"TTFT p50 at {n} tokens (ms)", format_with_ci(row, "ttft_ms_p50", 1)))
+        figures.append((f"TPOT p50 at {n} tokens (ms)", format_with_ci(row, "tpot_ms_p50", 2)))
+    return {"figures": figures}

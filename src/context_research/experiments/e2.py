@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..analysis.latency import goodput, latency_row, meets_slo, poisson_schedule
+from ..analysis.integrity import apply_status, check_point_row
+from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
 from ..io import write_json
 from ..records import RequestRecord
 from ..tables import fmt as _f
-from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, point_status,
-                        prompt_length_mismatches, request_rows, sweep_summary, ttft_gap_columns)
+from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
+                        point_status, prompt_length_mismatches, request_rows, sweep_summary, ttft_gap_columns)
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
@@ -48,9 +49,11 @@ def requests_for_point(cfg: dict[str, Any], mode: str, level: float) -> int:
 
 def point_row(mode: str, level: float, records: Sequence[RequestRecord], duration_s: float | None,
               engine: dict[str, Any], ttft_slo_ms: float, tpot_slo_ms: float, prompt_tokens: int,
-              max_tokens: int, prefix_caching: bool) -> dict[str, Any]:
-    """The concurrency.csv row of one measured point."""
-    eng = engine_columns(engine)
+              max_tokens: int, prefix_caching: bool, gpu_name: str | None = None,
+              hf_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The concurrency.csv row of one measured point, checked for plausibility (client against
+    engine, both against the physical floors where the GPU is known)."""
+    eng = engine_columns(engine, records)
     status, reason = point_status(records, eng["local_cache_hit_tokens"])
     row: dict[str, Any] = {"mode": mode, "level": level, "status": status, "reason": reason,
                            "prompt_tokens": prompt_tokens, "max_tokens": max_tokens}
@@ -70,11 +73,13 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
             "ttft_slo_attainment": sum(meets_slo(r, ttft_slo_ms, math.inf) for r in records) / n,
             "tpot_slo_attainment": sum(meets_slo(r, math.inf, tpot_slo_ms) for r in records) / n,
             "goodput_rps": g["goodput_rps"],
+            **{k: v for k, v in g.items() if k.endswith(("_ci_low", "_ci_high"))},
         })
     else:
         row.update({k: None for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
                                       "total_token_throughput_tok_s", "n_slo_met", "slo_attainment",
                                       "ttft_slo_attainment", "tpot_slo_attainment", "goodput_rps")})
+        row.update({f"{m}_ci_{side}": None for m in THROUGHPUT_CI_METRICS for side in ("low", "high")})
         row.update({"ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms})
     row["offered_rate_rps"] = level if mode == "rate" else None
     row["prompt_tokens_mismatches"] = len(prompt_length_mismatches(records))
@@ -82,7 +87,7 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
     row.update(eng)
     row.update(ttft_gap_columns(row["ttft_ms_mean"], eng["engine_ttft_ms_mean"]))
     row["measured_on"] = "client; engine_* columns: engine /metrics"
-    return row
+    return apply_status(row, check_point_row(row, gpu_name, hf_config, records))
 
 
 def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], prefix_caching: bool) -> dict[str, Any]:
@@ -94,7 +99,7 @@ def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], 
 
 async def measure_point(session: EngineSession, factory: PromptFactory, mode: str, level: float,
                         cfg: dict[str, Any], point_index: int, prefix_caching: bool,
-                        sample_kv_usage: bool = True) -> tuple[dict[str, Any], list[RequestRecord]]:
+                        sample_kv_usage: bool = True, gpu_name: str | None = None) -> tuple[dict[str, Any], list[RequestRecord]]:
     """Serve one point between two /metrics scrapes and build its row (also used by benchmarks/)."""
     n = requests_for_point(cfg, mode, level)
     label = f"{mode}={level:g}"
@@ -111,13 +116,15 @@ async def measure_point(session: EngineSession, factory: PromptFactory, mode: st
         raise ValueError(f"unknown E2 mode {mode!r}")
     records = measured["records"]
     row = point_row(mode, level, records, measured["duration_s"], measured["engine"], cfg["ttft_slo_ms"],
-                    cfg["tpot_slo_ms"], cfg["prompt_tokens"], cfg["max_tokens"], prefix_caching)
+                    cfg["tpot_slo_ms"], cfg["prompt_tokens"], cfg["max_tokens"], prefix_caching, gpu_name,
+                    session.model.get("hf_config"))
     return row, records
 
 
 async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     model = session.model
     prefix_caching = bool(session.backend.serving.get("enable_prefix_caching"))
+    gpu_name = engine_gpu_name(session)
     factory = PromptFactory(model, cfg["seed"])
     points = sweep_points(cfg)
     rows: list[dict] = []
@@ -132,11 +139,12 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
             max_concurrency=top, desc="e2 warmup")
         requests += request_rows(warm, phase="warmup", mode=None, level=None)
     for i, (mode, level) in enumerate(points):
-        if too_long:
-            rows.append(failed_point_row(mode, level, too_long, cfg, prefix_caching))
-            progress.point(f"{mode}={level:g}", "failed: " + too_long)
+        not_measurable = too_long or session.exit_reason()
+        if not_measurable:
+            rows.append(failed_point_row(mode, level, not_measurable, cfg, prefix_caching))
+            progress.point(f"{mode}={level:g}", "failed: " + not_measurable)
             continue
-        row, records = await measure_point(session, factory, mode, level, cfg, i, prefix_caching)
+        row, records = await measure_point(session, factory, mode, level, cfg, i, prefix_caching, gpu_name=gpu_name)
         rows.append(row)
         requests += request_rows(records, phase="measured", mode=mode, level=level)
         progress.point(f"{mode}={level:g}", f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, "
@@ -163,6 +171,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
                                     if r["engine_kv_cache_usage_peak"] is not None), default=None),
     }
     write_json(ctx.path("summary"), summary)
+    session.raise_if_died()
     return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
             "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
 

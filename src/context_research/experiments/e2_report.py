@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..analysis.stats import format_with_ci
 from ..analysis.plots import SVG_RC, check_provenance  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line
@@ -202,3 +203,17 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "tables": [{"caption": "Per point: throughput, client-side latency (ms), SLO attainment, goodput, engine counters",
                     "html": html_table(table_frame(frame), 3), "markdown": markdown_table(table_frame(frame), 3)}],
     }
+
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures: the best goodput point and its throughput."""
+    s = read_json(e2.EXPERIMENT.path(results_dir, "summary"))
+    frame = load(results_dir)
+    best = s.get("best_goodput")
+    if not best:
+        return {"figures": [("goodput", "no point met both SLOs")]}
+    row = frame[(frame["mode"] == best["mode"]) & (frame["level"] == best["level"])].iloc[0]
+    where = f"{best['mode']}={best['level']:g}"
+    return {"figures": [(f"best goodput, {where} (req/s)", format_with_ci(row, "goodput_rps", 2)),
+                        (f"output throughput, {where} (tok/s)", format_with_ci(row, "output_throughput_tok_s", 1)),
+                        (f"TTFT p50, {where} (ms)", format_with_ci(row, "ttft_ms_p50", 1))]}

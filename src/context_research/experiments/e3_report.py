@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..analysis.stats import format_with_ci
 from ..analysis.plots import SVG_RC, line_plot  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
@@ -262,3 +263,17 @@ def _has_tabulate() -> bool:
         return True
     except ImportError:
         return False
+
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures: TTFT p50 of both modes at the largest ok point."""
+    frame = pd.read_csv(e3.EXPERIMENT.path(results_dir, "comparison"))
+    ok = frame[frame["status"] == "ok"].sort_values(["prompt_tokens", "concurrency"])
+    figures = []
+    for mode in ("aggregated", "disaggregated"):
+        rows = ok[ok["mode"] == mode]
+        if len(rows):
+            row = rows.iloc[-1]
+            figures.append((f"{mode} TTFT p50 at {int(row['prompt_tokens'])} tokens, c={int(row['concurrency'])} (ms)",
+                            format_with_ci(row, "ttft_ms_p50", 1)))
+    return {"figures": figures or [("points", "no ok point")]}

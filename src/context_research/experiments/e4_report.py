@@ -10,7 +10,7 @@ import pandas as pd
 from ..analysis.plots import line_plot, stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
-from ..tables import html_table, markdown_table
+from ..tables import fmt, html_table, markdown_table
 from . import e4  # the declaration (bottom-imported by e4; resolved at call time)
 
 TABLE_COLUMNS = {
@@ -115,3 +115,13 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "tables": [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
                     "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}],
     }
+
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures: the overall score, flagged when not meaningful."""
+    s = read_json(e4.EXPERIMENT.path(results_dir, "summary"))
+    frame = load(results_dir)
+    overall = frame[frame["benchmark"] == "overall"]
+    score = fmt(overall.iloc[0]["score"], 1) if len(overall) else "n/a"
+    return {"figures": [("overall score (0-100)", score),
+                        ("meaningful", "yes" if s["meaningful"] else f"no: {s['meaningful_reason']}")]}

@@ -26,12 +26,14 @@ from typing import Any, Awaitable, Callable
 
 import pandas as pd
 
+from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
 from ..io import write_json
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
+from ..workload import engine_gpu_name
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
@@ -200,6 +202,7 @@ async def measure_aggregated(session: EngineSession, cfg: dict, ctx: RunContext,
     missed the last block is re-sent (fresh prompt, same length) up to ``kv_gauge_attempts``
     times; memory peaks are the maximum over attempts."""
     rows = []
+    gpu_name = engine_gpu_name(session)
     for i, n in enumerate(cfg["prompt_tokens"]):
         rss_peak, nvml, row = None, None, None
         for attempt in range(cfg["kv_gauge_attempts"]):
@@ -221,7 +224,7 @@ async def measure_aggregated(session: EngineSession, cfg: dict, ctx: RunContext,
                              extra={"kv_gauge_samples": probe.kv_samples, "attempts": attempt + 1})
             if row["kv_check_verdict"] not in _RETRY_VERDICTS:
                 break
-        rows.append(row)
+        rows.append(apply_status(row, check_request_row(row, gpu_name, session.model["hf_config"])))
     return rows
 
 
@@ -268,6 +271,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
                                          "kv_gauge_attempts", "poll_interval_s")},
     }
     write_json(ctx.path("summary"), summary)
+    session.raise_if_died()
     return {"points": summary["points"], "ok_points": summary["ok_points"],
             "kv_check_verdicts": summary["kv_check_verdicts"], "kv_cache_gib": parsed.get("kv_cache_gib"),
             "kv_cache_source": parsed.get("kv_cache_source")}

@@ -136,3 +136,13 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "tables": [{"caption": "Memory per point (GiB)", "html": html_table(table, 4),
                     "markdown": markdown}],
     }
+
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures: the engine's memory split and the KV checks."""
+    s = read_json(e5.EXPERIMENT.path(results_dir, "summary"))
+    parsed = s["parsed_log"]
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(s["kv_check_verdicts"].items())) or "none"
+    return {"figures": [("weights / KV pool (GiB, engine log)",
+                         f"{fmt(parsed.get('weights_gib'))} / {fmt(parsed.get('kv_cache_gib'))}"),
+                        ("KV gauge vs analytical", verdicts)]}

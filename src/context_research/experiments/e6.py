@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..backends.base import ServingBackend
 from ..engine_metrics import engine_summary, safe_snapshot
@@ -35,6 +36,7 @@ from ..io import write_json
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
+from ..workload import engine_gpu_name
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .e6_model import derive_rope_config, model_source_dir, write_derived_model
 from .runner import ExperimentRun
@@ -121,6 +123,7 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
             64, 7_919 + i, session.model), max_tokens=4, prompt_tokens_target=64)], desc="warmup")
     rows = []
     hf = session.model["hf_config"]
+    gpu_name = engine_gpu_name(session)
     for i, target in enumerate(targets):
         point = {**context, "beyond_native": target > native, "extension_vs_native": target / native}
         if _engine_died(session):
@@ -158,7 +161,7 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
                                     kv_cache_dtype=engine.get("kv_cache_dtype"), context={**point, **memory}))
             continue
         held = kv_tokens_held(rec.prompt_tokens, rec.output_tokens)
-        rows.append({
+        row = {
             "target_prompt_tokens": target, "pass": pass_label, "kv_cache_dtype": engine.get("kv_cache_dtype"),
             "status": "ok", "failure_kind": None, "reason": None, **point,
             "prompt_tokens": rec.prompt_tokens, "output_tokens": rec.output_tokens,
@@ -167,7 +170,8 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
             "engine_itl_s": eng.get("engine_itl_mean_s"), "engine_decode_s": eng.get("engine_decode_mean_s"),
             "kv_used_analytical_gib": kv_used_bytes(hf, held, kv_dtype_bytes=kv_dtype) / GIB if kv_dtype else None,
             **memory,
-        })
+        }
+        rows.append(apply_status(row, check_request_row(row, gpu_name, hf)))
     return rows, engine
 
 

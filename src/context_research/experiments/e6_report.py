@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from ..analysis.plots import SVG_RC  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
+from ..records import TPOT_DEFINITION  # noqa: E402
 from ..report import provenance_line  # noqa: E402
 from ..tables import fmt, html_table, markdown_table  # noqa: E402
 from . import e6  # noqa: E402  (the declaration: e6 imports this module at its bottom; read at call time)
@@ -103,6 +104,8 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         f"{rope['max_position_embeddings']}; engine max_model_len {s['max_model_len']} (the profile serves "
         f"{s['profile_max_model_len']}). Keys written: {', '.join(rope['rope_keys_written'])} with both rope_type and "
         f"type; requested via {', '.join(rope['requested_type_keys']) or 'default'}.",
+        f"Decode speed: {TPOT_DEFINITION}. The engine's ITL is its own mean inter-token latency of the one "
+        f"request (vLLM histogram sum / count over the point).",
     ]
     for _, r in frame.iterrows():
         label = f"{int(r['target_prompt_tokens'])} tokens ({r['pass']})"
@@ -135,3 +138,13 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         "tables": [{"caption": "Stress points", "html": html_table(table, 4),
                     "markdown": markdown}],
     }
+
+
+def headline(results_dir: Path) -> dict[str, Any]:
+    """The packet summary's key figures: which target lengths were served."""
+    s = read_json(e6.EXPERIMENT.path(results_dir, "summary"))
+    final = s["final_outcome"]
+    served = sorted(int(k) for k, v in final.items() if v["status"] == "ok")
+    failed = sorted(int(k) for k, v in final.items() if v["status"] != "ok")
+    return {"figures": [("served (tokens)", ", ".join(map(str, served)) or "none"),
+                        ("not served", ", ".join(f"{k} ({final[str(k)]['failure_kind']})" for k in failed) or "none")]}

@@ -9,7 +9,9 @@ engine the body started, and on success writes ``run_metadata.json`` and ``gpu_s
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
@@ -46,14 +48,15 @@ class RunContext:
         return {"experiment": self.experiment, "run_id": self.run_id, "config_hash": self.config_hash,
                 "backend_mode": self.backend_mode, "weights": self.weights, "model_id": self.model_id}
 
-    def path(self, key: str) -> Path:
-        """The declared output ``key`` of this run (e.g. ``ctx.path("latency")``)."""
+    def path(self, key: str, *name_args: Any) -> Path:
+        """The declared output ``key`` of this run (e.g. ``ctx.path("latency")``); ``name_args``
+        fill a numbered optional output's name (``ctx.path("engine_restart", 2)``)."""
         if self.files is None:
             from .catalog import get
 
             self.files = get(self.experiment).all_files
         try:
-            return self.outdir / self.files[key]
+            return self.outdir / self.files[key].format(*name_args)
         except KeyError:
             raise KeyError(f"{self.experiment} declares no output {key!r}; it declares {', '.join(self.files)}") from None
 
@@ -120,9 +123,10 @@ class ExperimentRun:
         self.result_summary: Any = None
         self.metadata: dict[str, Any] | None = None
 
-    def backend(self, model: dict[str, Any], serving: dict[str, Any], log_key: str = "engine_log") -> ServingBackend:
+    def backend(self, model: dict[str, Any], serving: dict[str, Any], log_key: str = "engine_log",
+                *log_name_args: Any) -> ServingBackend:
         """A (not yet started) engine whose log is the declared output ``log_key``; stopped on exit."""
-        b = make_backend(model, serving, self.ctx.path(log_key))
+        b = make_backend(model, serving, self.ctx.path(log_key, *log_name_args))
         self.backends.append(b)
         return b
 
@@ -156,7 +160,35 @@ class ExperimentRun:
                 signal.signal(s, previous)
         if exc_type is None:
             self._write(gpu)
+        else:
+            self._keep_partial(exc)
         return False
+
+    def partial_dir(self) -> Path:
+        """Where a failed run's files are kept: Snakemake deletes a failed job's outputs."""
+        return self.outdir.with_name(f"{self.outdir.name}.partial") / self.ctx.run_id
+
+    def _keep_partial(self, exc: BaseException) -> None:
+        """Copy what a failed run wrote (rows measured so far, engine logs) where Snakemake leaves
+        it, and say where, so a late failure never loses measured data or the log that explains it."""
+        # The declared files only: a run folder may also hold large things (E6's derived model).
+        written = [p for name in self.experiment.all_files.values()
+                   for p in sorted(self.outdir.glob(name.replace("{}", "*"))) if p.is_file()]
+        if not written:
+            return
+        dest = self.partial_dir()
+        try:
+            for p in written:
+                target = dest / p.relative_to(self.outdir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, target)
+            (dest / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+        except OSError as copy_error:
+            print(f"context-research: could not keep the failed run's files in {dest}: {copy_error}",
+                  file=sys.stderr)
+            return
+        print(f"context-research: the run failed; what it had written (measured rows, engine logs) is kept in "
+              f"{dest}", file=sys.stderr)
 
     def _default_engine_info(self) -> dict[str, Any]:
         if len(self.backends) == 1:
@@ -176,8 +208,28 @@ class ExperimentRun:
         meta["model_config"] = self.model_config if self.model_config is not None else model.get("hf_config")
         meta.update(self.metadata_extra)
         meta["result_summary"] = self.result_summary
-        write_json(ctx.path("metadata"), meta)
+        _commit_last_output(ctx.path("metadata"), meta)
         self.metadata = meta
+
+
+def _commit_last_output(path: Path, obj: Any) -> None:
+    """Write the run's last output, ``run_metadata.json``, so that a job Snakemake has already
+    marked failed (its shell died, its outputs were removed) is never taken as done.
+
+    ``io.atomic_path`` takes the file back when the driver's parent is gone by the end of the
+    write (``watchdog.Orphaned``); a SIGTERM/SIGHUP meanwhile (the watchdog's, or anyone's) takes
+    it back too instead of killing the process with the file in place. A parent that dies after
+    that check dies after the write, so Snakemake's own cleanup removes the file.
+    """
+    previous = {s: signal.signal(s, _raise_terminated) for s in HANDLED_SIGNALS}
+    try:
+        write_json(path, obj)
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_declared(experiment: Experiment, config: dict, outdir: str | Path) -> dict:

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from ..backends.base import ServingBackend
 from ..engine_metrics import MetricsSnapshot, engine_summary
+from ..errors import EngineDiedError
 from ..records import GenerationRequest, RequestRecord
 
 
@@ -20,14 +21,33 @@ class EngineSession:
         self.model = model
         self.progress = progress and sys.stderr.isatty()
         self._kv_peak: float | None = None
+        self.scrape_error: str | None = None
 
     @property
     def backend_mode(self) -> str:
         return self.backend.mode
 
     def snapshot(self) -> MetricsSnapshot | None:
-        text = self.backend.metrics_text()
+        """The engine's /metrics now; None if it has none or the scrape failed (an engine that
+        died mid-sweep must not cost the points already measured): ``scrape_error`` says why."""
+        try:
+            text = self.backend.metrics_text()
+        except OSError as exc:  # URLError, connection refused, timeout
+            self.scrape_error = f"/metrics scrape failed: {exc}"
+            return None
+        self.scrape_error = None if text is not None else "backend exposes no /metrics"
         return MetricsSnapshot.parse(text) if text is not None else None
+
+    def exit_reason(self) -> str | None:
+        """None while the engine runs; once it has exited, why."""
+        return self.backend.exit_reason()
+
+    def raise_if_died(self) -> None:
+        """After a sweep has written its rows: fail the run if the engine died along the way."""
+        reason = self.exit_reason()
+        if reason:
+            raise EngineDiedError(f"{reason}. The points measured before that were written; the points after it "
+                                  "are failed rows with this reason.")
 
     async def generate(self, req: GenerationRequest, run_t0: float | None = None) -> RequestRecord:
         return await self.backend.generate(req, time.perf_counter() if run_t0 is None else run_t0)
@@ -98,7 +118,7 @@ class EngineSession:
         records, duration = await self.run_requests(requests, **kwargs)
         after = self.snapshot()
         engine = engine_summary(before, after) if before is not None and after is not None else {
-            "measured_on": "engine", "available": False, "reason": "backend exposes no /metrics"}
+            "measured_on": "engine", "available": False, "reason": self.scrape_error or "no /metrics snapshot"}
         engine["engine_kv_cache_usage_peak"] = self._kv_peak
         return {"records": records, "duration_s": duration, "engine": engine}
 

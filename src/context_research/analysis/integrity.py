@@ -1,0 +1,343 @@
+"""Plausibility checks of latency numbers: the client against the engine, both against physics.
+
+Pure functions, no I/O. A check compares numbers that must agree within a stated tolerance (or
+respect a bound); a check that cannot run (a value missing, the GPU unknown) is recorded as NOT
+checked, with why: a row is never silently "ok". ``apply_status`` turns an ``ok`` row with a
+finding into ``implausible`` with the finding appended to its ``reason``.
+
+What is compared, and why these statistics:
+
+* **Client TPOT vs engine ITL** (both per output token). The row's client ``tpot_ms_mean`` against
+  the engine's ``engine_itl_ms_mean`` (Δsum / Δcount of vLLM's inter-token-latency histogram): the
+  engine exports exact means, while its percentiles are bucket interpolations, so mean against
+  mean over the same requests is the like-for-like comparison; with the fixed output lengths of
+  our workloads (``ignore_eos``) the mean of per-request TPOTs equals the pooled per-token mean the
+  histogram gives. Per request (``records``): ``tpot_s`` against vLLM's per-request
+  ``engine_itl_ms``.
+* **Client TTFT vs engine TTFT.** The client's clock starts before the engine's (send, HTTP, API
+  server) and stops after it (SSE, parsing), so the client may not be *below* the engine beyond
+  clock noise; far *above* it means the client measured something other than the engine (a
+  stalled client, a prompt echo). Row: ``ttft_ms_mean`` vs ``engine_ttft_ms_mean`` (histogram:
+  API-server arrival to first token, queue included). Per request: ``ttft_s`` vs
+  ``engine_queue_ms + engine_ttft_ms`` (vLLM's per-request metrics: queued -> scheduled ->
+  first token, engine-core clock, strictly inside the client's interval).
+* **Physical floors** (``model_math.ttft_floor_s`` / ``tpot_floor_s`` with the datasheet of
+  ``hardware.lookup_gpu``): prefill FLOPs / peak FLOP/s and bytes of one decode step / memory
+  bandwidth. Both are optimistic by construction (datasheet peaks; only matmuls and weight + KV
+  bytes counted), so nothing measured may fall below them. The TPOT floor is the batch-1 step at
+  the prompt's context: the smallest step of any request of the point, at any concurrency (a
+  step of a batch reads at least as much and yields one token per request). Checked: every
+  stated client statistic (mean, p50; with ``records`` every request) and the engine's means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .hardware import lookup_gpu
+from .model_math import tpot_floor_s, ttft_floor_s
+
+# -- tolerances ----------------------------------------------------------------------------------
+# Client TPOT may undercut the engine's ITL by at most 20 %: the client sees the same tokens, later,
+# so it can only be slower, except that its first-to-last-chunk span and the histogram's per-token
+# intervals are bounded differently (measured on the H200 run: client / engine 0.96-1.00 at
+# 1K-32K). 0.8x is the repository's stop-hook threshold; 2.6 ms against 7.5 ms (0.35x) is not noise.
+TPOT_UNDER_ITL_RATIO = 0.8
+# ... and may exceed it by at most 50 % + 1 ms: beyond that the time per token is mostly outside
+# the engine (an API server or client that cannot keep up), and the row no longer measures the
+# engine. (H200 run: 0.96-1.00x at concurrency 1-64.) The 1 ms covers tiny models whose ITL is
+# comparable to the per-chunk HTTP cost.
+TPOT_OVER_ITL_RATIO = 1.5
+TPOT_OVER_ITL_MS = 1.0
+# Client TTFT may be below the engine's TTFT by at most 2 ms + 5 %: the client interval contains
+# the engine's, so only timer resolution and histogram/request-set edge effects can put it below.
+TTFT_UNDER_ENGINE_MS = 2.0
+TTFT_UNDER_ENGINE_REL = 0.05
+# ... and above it by at most 100 ms + 50 %: HTTP, SSE and the API server cost 3.6-51 ms on the
+# H200 run (E1 1K-32K, E2 up to 64 concurrent, prompt-id echo included); more means the client
+# clock measured something else. Not applied where the engine's TTFT does not cover the client's
+# (E3 disaggregated rows: the decode engine's TTFT has no producer prefill).
+TTFT_OVER_ENGINE_MS = 100.0
+TTFT_OVER_ENGINE_REL = 0.5
+# A measured value may fall below its physical floor by at most 5 %: the floor is already optimistic
+# (datasheet peak, matmul FLOPs / weight + KV bytes only); the margin absorbs datasheet rounding.
+FLOOR_MARGIN = 0.05
+
+NOTE_COLUMN = "integrity_note"
+IMPLAUSIBLE = "implausible"
+_MS = 1000.0
+
+
+@dataclass
+class Findings:
+    """What the checks of one row found: ``reasons`` make it implausible; ``checked`` and
+    ``not_checked`` (each "what: why") say what was and was not compared."""
+
+    reasons: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    not_checked: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return IMPLAUSIBLE if self.reasons else "ok"
+
+    def merge(self, other: "Findings") -> "Findings":
+        for mine, theirs in ((self.reasons, other.reasons), (self.checked, other.checked),
+                             (self.not_checked, other.not_checked)):
+            mine.extend(x for x in theirs if x not in mine)
+        return self
+
+    def note(self) -> str:
+        """One line for the row: what was checked, what was not and why, what failed."""
+        parts = []
+        if self.reasons:
+            parts.append("implausible: " + "; ".join(self.reasons))
+        parts.append("checked: " + (", ".join(self.checked) if self.checked else "nothing"))
+        if self.not_checked:
+            parts.append("not checked: " + "; ".join(self.not_checked))
+        return " | ".join(parts)
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None (None, NaN, '', a non-number)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if x == x and x not in (float("inf"), float("-inf")) else None
+
+
+def _f(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _check_tpot_vs_itl(f: Findings, client: float | None, engine: float | None, what: str) -> None:
+    name = f"client TPOT vs engine ITL ({what})"
+    if client is None or engine is None:
+        f.not_checked.append(f"{name}: {'client TPOT' if client is None else 'engine ITL'} missing")
+        return
+    f.checked.append(name)
+    if client < TPOT_UNDER_ITL_RATIO * engine:
+        f.reasons.append(f"client TPOT {_f(client)} ms is below {TPOT_UNDER_ITL_RATIO:g} x engine ITL "
+                         f"{_f(engine)} ms ({what}): the client cannot see tokens faster than the engine makes them")
+    elif client > TPOT_OVER_ITL_RATIO * engine + TPOT_OVER_ITL_MS:
+        f.reasons.append(f"client TPOT {_f(client)} ms exceeds {TPOT_OVER_ITL_RATIO:g} x engine ITL {_f(engine)} ms "
+                         f"+ {TPOT_OVER_ITL_MS:g} ms ({what}): most of the time per token is outside the engine")
+
+
+def _check_ttft_vs_engine(f: Findings, client: float | None, engine: float | None, what: str,
+                          upper: bool = True) -> None:
+    name = f"client TTFT vs engine TTFT ({what})"
+    if client is None or engine is None:
+        f.not_checked.append(f"{name}: {'client TTFT' if client is None else 'engine TTFT'} missing")
+        return
+    f.checked.append(name)
+    if client < engine - (TTFT_UNDER_ENGINE_MS + TTFT_UNDER_ENGINE_REL * engine):
+        f.reasons.append(f"client TTFT {_f(client)} ms is below engine TTFT {_f(engine)} ms by more than "
+                         f"{TTFT_UNDER_ENGINE_MS:g} ms + {TTFT_UNDER_ENGINE_REL:.0%} ({what}): the client's clock "
+                         f"starts before the engine's and stops after it")
+    elif upper and client > engine + TTFT_OVER_ENGINE_MS + TTFT_OVER_ENGINE_REL * engine:
+        f.reasons.append(f"client TTFT {_f(client)} ms exceeds engine TTFT {_f(engine)} ms by more than "
+                         f"{TTFT_OVER_ENGINE_MS:g} ms + {TTFT_OVER_ENGINE_REL:.0%} ({what}): the client measured "
+                         f"something outside the engine")
+
+
+def _check_floor(f: Findings, kind: str, floor: float | None, measured: Mapping[str, float | None],
+                 why_no_floor: str | None) -> None:
+    """Every value of ``measured`` ({label: ms}) against the floor (ms), less FLOOR_MARGIN."""
+    name = f"{kind} floor"
+    if floor is None:
+        f.not_checked.append(f"{name}: {why_no_floor or 'no floor'}")
+        return
+    values = {k: v for k, v in measured.items() if v is not None}
+    if not values:
+        f.not_checked.append(f"{name}: no measured {kind}")
+        return
+    f.checked.append(f"{name} ({', '.join(values)})")
+    limit = (1.0 - FLOOR_MARGIN) * floor
+    below = [f"{k} {_f(v)} ms" for k, v in values.items() if v < limit]
+    if below:
+        f.reasons.append(f"{', '.join(below)} below the physical {kind} floor {_f(floor)} ms (less "
+                         f"{FLOOR_MARGIN:.0%}): faster than the GPU's datasheet peak allows")
+
+
+def check_latency(*, client_ttft_ms: float | None = None, client_tpot_ms: float | None = None,
+                  engine_ttft_ms: float | None = None, engine_itl_ms: float | None = None,
+                  ttft_floor_ms: float | None = None, tpot_floor_ms: float | None = None,
+                  why_no_floor: str | None = None, what: str = "mean",
+                  engine_ttft_covers_client: bool = True) -> Findings:
+    """The checks of one set of latency numbers (ms). ``what`` names the statistic compared (it
+    goes into the reasons). Missing inputs give a ``not_checked`` entry, never a pass.
+    ``engine_ttft_covers_client=False`` (E3 disaggregated: the decode engine's TTFT lacks the
+    producer's prefill) keeps only the lower TTFT bound and no engine TTFT floor."""
+    f = Findings()
+    _check_tpot_vs_itl(f, _num(client_tpot_ms), _num(engine_itl_ms), what)
+    _check_ttft_vs_engine(f, _num(client_ttft_ms), _num(engine_ttft_ms), what, upper=engine_ttft_covers_client)
+    ttft = {f"client TTFT {what}": _num(client_ttft_ms)}
+    if engine_ttft_covers_client:
+        ttft["engine TTFT mean"] = _num(engine_ttft_ms)
+    _check_floor(f, "TTFT", _num(ttft_floor_ms), ttft, why_no_floor)
+    _check_floor(f, "TPOT", _num(tpot_floor_ms), {f"client TPOT {what}": _num(client_tpot_ms),
+                                                  "engine ITL mean": _num(engine_itl_ms)}, why_no_floor)
+    return f
+
+
+def floors_ms(hf_config: Mapping[str, Any] | None, prompt_tokens: Any,
+              gpu_name: str | None) -> tuple[float | None, float | None, str | None]:
+    """(ttft_floor_ms, tpot_floor_ms, why not) of a prompt length on a GPU, as E1's floor columns
+    compute them (datasheet peaks; TPOT at the first decode step, batch 1)."""
+    n = _num(prompt_tokens)
+    if not gpu_name:
+        return None, None, "engine not on a known GPU (no gpu name)"
+    spec = lookup_gpu(gpu_name)
+    if spec is None:
+        return None, None, f"GPU {gpu_name!r} is not in analysis.hardware.GPU_SPECS"
+    if not hf_config:
+        return None, None, "model config.json unavailable"
+    if n is None or n <= 0:
+        return None, None, "prompt length unknown"
+    cfg = dict(hf_config)
+    return ttft_floor_s(cfg, int(n), spec) * _MS, tpot_floor_s(cfg, int(n), spec) * _MS, None
+
+
+def _row_floors(row: Mapping[str, Any], gpu_name: str | None, hf_config: Mapping[str, Any] | None,
+                prompt_key: str) -> tuple[float | None, float | None, str | None]:
+    ttft_floor, tpot_floor = _num(row.get("ttft_floor_ms")), _num(row.get("tpot_floor_ms"))
+    if ttft_floor is not None or tpot_floor is not None:
+        return ttft_floor, tpot_floor, None
+    computed = floors_ms(hf_config, row.get(prompt_key), gpu_name or row.get("gpu"))
+    if computed[2] and row.get("floor_note"):
+        return None, None, str(row["floor_note"])
+    return computed
+
+
+def check_records(records: Sequence[Any], ttft_floor_ms: float | None = None, tpot_floor_ms: float | None = None,
+                  why_no_floor: str | None = None, engine_ttft_covers_client: bool = True) -> Findings:
+    """Per-request checks of successful ``RequestRecord``s (or objects with the same fields):
+    client ``ttft_s`` vs ``engine_queue_ms + engine_ttft_ms``, client ``tpot_s`` vs
+    ``engine_itl_ms`` (vLLM's per-request metrics), and every request against the floors.
+    A finding names how many requests broke the check and the first of them."""
+    f = Findings()
+    ok = [r for r in records if getattr(r, "error", None) is None]
+    if not ok:
+        f.not_checked.append("per-request checks: no successful request")
+        return f
+    ttft_bad, tpot_bad = [], []
+    n_ttft = n_tpot = 0
+    for r in ok:
+        rid = getattr(r, "request_id", "?")
+        client_ttft = _num(getattr(r, "ttft_s", None))
+        client_tpot = _num(getattr(r, "tpot_s", None))
+        e_ttft, e_queue = _num(getattr(r, "engine_ttft_ms", None)), _num(getattr(r, "engine_queue_ms", None))
+        e_itl = _num(getattr(r, "engine_itl_ms", None))
+        if client_ttft is not None and e_ttft is not None:
+            n_ttft += 1
+            one = Findings()
+            _check_ttft_vs_engine(one, client_ttft * _MS, e_ttft + (e_queue or 0.0), f"request {rid}",
+                                  upper=engine_ttft_covers_client)
+            ttft_bad += one.reasons
+        if client_tpot is not None and e_itl is not None:
+            n_tpot += 1
+            one = Findings()
+            _check_tpot_vs_itl(one, client_tpot * _MS, e_itl, f"request {rid}")
+            tpot_bad += one.reasons
+    for kind, n, bad in (("client TTFT vs engine TTFT", n_ttft, ttft_bad), ("client TPOT vs engine ITL", n_tpot,
+                                                                          tpot_bad)):
+        if not n:
+            f.not_checked.append(f"{kind} (per request): no request carried vLLM's per-request metrics")
+            continue
+        f.checked.append(f"{kind} (per request, {n} requests)")
+        if bad:
+            f.reasons.append(f"{len(bad)} of {n} requests: {bad[0]}" if len(bad) > 1 else bad[0])
+    ttfts = [x * _MS for x in (_num(getattr(r, "ttft_s", None)) for r in ok) if x is not None]
+    tpots = [x * _MS for x in (_num(getattr(r, "tpot_s", None)) for r in ok) if x is not None]
+    _check_floor(f, "TTFT", _num(ttft_floor_ms), {"fastest request's client TTFT": min(ttfts, default=None)},
+                 why_no_floor)
+    _check_floor(f, "TPOT", _num(tpot_floor_ms), {"fastest request's client TPOT": min(tpots, default=None)},
+                 why_no_floor)
+    return f
+
+
+def check_point_row(row: Mapping[str, Any], gpu_name: str | None = None, hf_config: Mapping[str, Any] | None = None,
+                    records: Sequence[Any] | None = None) -> Findings:
+    """The checks of one latency point row (E1, E2, E3: ``latency_row`` columns plus the engine's
+    /metrics columns). Reads ttft_ms_mean, tpot_ms_mean, ttft_ms_p50, tpot_ms_p50,
+    engine_ttft_ms_mean, engine_itl_ms_mean, engine_requests, n_ok, and ttft_floor_ms /
+    tpot_floor_ms (E1), else computes the floors from ``gpu_name`` (or the row's ``gpu``),
+    ``hf_config`` and the row's prompt_tokens. With ``records`` (the point's requests) the
+    per-request checks run too. E3 disaggregated rows (``mode == "disaggregated"``) skip the
+    checks the decode engine's TTFT cannot support.
+    """
+    disagg = row.get("mode") == "disaggregated"
+    ttft_floor, tpot_floor, why = _row_floors(row, gpu_name, hf_config, "prompt_tokens")
+    engine_ttft, engine_itl = _num(row.get("engine_ttft_ms_mean")), _num(row.get("engine_itl_ms_mean"))
+    f = Findings()
+    engine_n, n_ok = _num(row.get("engine_requests")), _num(row.get("n_ok"))
+    if (engine_ttft is not None or engine_itl is not None) and engine_n is not None and n_ok is not None \
+            and engine_n != n_ok and not disagg:
+        f.not_checked.append(f"engine means: the engine's histograms counted {engine_n:g} requests, the client "
+                             f"{n_ok:g} successful ones (different request sets)")
+        engine_ttft = engine_itl = None
+    ttft_mean, tpot_mean = _num(row.get("ttft_ms_mean")), _num(row.get("tpot_ms_mean"))
+    _check_tpot_vs_itl(f, tpot_mean, engine_itl, "mean")
+    _check_ttft_vs_engine(f, ttft_mean, engine_ttft, "mean", upper=not disagg)
+    # Every stated client statistic against the floors (a median can sit below a mean that does not).
+    ttft = {"client TTFT mean": ttft_mean, "client TTFT p50": _num(row.get("ttft_ms_p50"))}
+    if not disagg:
+        ttft["engine TTFT mean"] = engine_ttft
+    _check_floor(f, "TTFT", ttft_floor, ttft, why)
+    _check_floor(f, "TPOT", tpot_floor, {"client TPOT mean": tpot_mean, "client TPOT p50": _num(row.get("tpot_ms_p50")),
+                                         "engine ITL mean": engine_itl}, why)
+    if records is not None:
+        f.merge(check_records(records, ttft_floor, tpot_floor, why, engine_ttft_covers_client=not disagg))
+    return f
+
+
+def check_request_row(row: Mapping[str, Any], gpu_name: str | None = None,
+                      hf_config: Mapping[str, Any] | None = None) -> Findings:
+    """The checks of a one-request row in seconds (E6 stress rows: ttft_s, tpot_s, engine_ttft_s,
+    engine_itl_s; E5 memory rows: ttft_s only), plus vLLM's per-request engine_ttft_ms /
+    engine_queue_ms / engine_itl_ms where the row carries them. Floors from ``gpu_name``,
+    ``hf_config`` and the row's prompt_tokens (else prompt_tokens_target / target_prompt_tokens)."""
+    def ms(key: str) -> float | None:
+        v = _num(row.get(key))
+        return None if v is None else v * _MS
+
+    prompt_key = next((k for k in ("prompt_tokens", "prompt_tokens_target", "target_prompt_tokens")
+                       if _num(row.get(k)) is not None), "prompt_tokens")
+    ttft_floor, tpot_floor, why = _row_floors(row, gpu_name, hf_config, prompt_key)
+    f = check_latency(client_ttft_ms=ms("ttft_s"), client_tpot_ms=ms("tpot_s"), engine_ttft_ms=ms("engine_ttft_s"),
+                      engine_itl_ms=ms("engine_itl_s"), ttft_floor_ms=ttft_floor, tpot_floor_ms=tpot_floor,
+                      why_no_floor=why, what="of the request")
+    if _num(row.get("engine_ttft_ms")) is not None or _num(row.get("engine_itl_ms")) is not None:
+        per = Findings()
+        e_ttft = _num(row.get("engine_ttft_ms"))
+        if e_ttft is not None:
+            _check_ttft_vs_engine(per, ms("ttft_s"), e_ttft + (_num(row.get("engine_queue_ms")) or 0.0),
+                                  "per-request metrics")
+        if _num(row.get("engine_itl_ms")) is not None:
+            _check_tpot_vs_itl(per, ms("tpot_s"), _num(row.get("engine_itl_ms")), "per-request metrics")
+        f.merge(per)
+    return f
+
+
+def apply_status(row: dict[str, Any], findings: Findings, note_column: str | None = NOTE_COLUMN) -> dict[str, Any]:
+    """Put ``findings`` on ``row`` (in place; returned too).
+
+    An ``ok`` row with a finding becomes ``implausible`` and its ``reason`` gets the findings
+    appended ("; "-joined). A ``failed`` (or any other non-ok) row keeps its status and reason.
+    ``note_column`` (default ``integrity_note``; None for no note) gets ``findings.note()``: what
+    was checked, what was not and why, and the findings, on every row, failed ones included.
+    """
+    status = row.get("status", "ok")
+    if findings.reasons and status == "ok":
+        row["status"] = IMPLAUSIBLE
+        previous = row.get("reason")
+        keep = [previous.strip()] if isinstance(previous, str) and previous.strip() else []  # not None / NaN
+        row["reason"] = "; ".join(keep + findings.reasons)
+    if note_column:
+        row[note_column] = findings.note()
+    return row

@@ -1,0 +1,99 @@
+"""Re-judge saved results with today's checks: ``context-research recheck RESULTS_ROOT``.
+
+The checks of ``analysis.integrity`` and E0's verdict are functions of saved records, so results
+measured before they existed (an older evidence packet, say) can be judged by them without
+measuring again. Only judgements change (``status``, ``reason``, ``integrity_note``; E0's
+``passed`` and ``failed_because``); every measured number stays as it was. A ``RECHECKED.md``
+beside the results says which rows changed and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from .analysis.integrity import NOTE_COLUMN, apply_status, check_point_row, check_request_row
+from .io import read_json, write_csv, write_json, write_text
+from .metadata import git_commit
+
+# (experiment, table file, row check): the point tables whose rows the integrity checks judge.
+ROW_CHECKS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
+    ("e1", "latency.csv", check_point_row),
+    ("e2", "concurrency.csv", check_point_row),
+    ("e3", "mode_comparison.csv", check_point_row),
+    ("e5", "memory.csv", check_request_row),
+    ("e6", "stress.csv", check_request_row),
+)
+
+
+def _gpu_and_config(results_dir: Path) -> tuple[str | None, dict | None]:
+    meta_path = results_dir / "run_metadata.json"
+    if not meta_path.exists():
+        return None, None
+    meta = read_json(meta_path)
+    device = (meta.get("engine") or {}).get("device")
+    gpus = ((meta.get("hardware") or {}).get("gpu") or {}).get("gpus") or []
+    gpu = gpus[0]["name"] if device == "cuda" and gpus else None
+    return gpu, meta.get("model_config")
+
+
+def _plain(value: Any) -> Any:
+    return None if isinstance(value, float) and value != value else value
+
+
+def recheck_table(path: Path, check: Callable[..., Any], gpu: str | None, hf_config: dict | None) -> list[str]:
+    """Apply ``check`` to every row of ``path`` (in place); returns one line per changed row."""
+    # Numbers for the checks; the text of every cell, untouched, for writing back.
+    values = pd.read_csv(path, float_precision="round_trip")
+    text = pd.read_csv(path, dtype=str, keep_default_na=False)
+    changes = []
+    for i, raw in enumerate(values.to_dict("records")):
+        row = {k: _plain(v) for k, v in raw.items()}
+        before = row.get("status")
+        apply_status(row, check(row, gpu, hf_config))
+        for key in ("status", "reason", NOTE_COLUMN):
+            text.loc[i, key] = "" if row.get(key) is None else str(row[key])
+        if row.get("status") != before:
+            changes.append(f"{path.parent.name}/{path.name} row {i}: {before} -> {row['status']}: {row['reason']}")
+    write_csv(path, text)
+    return changes
+
+
+def recheck_e0(results_dir: Path) -> list[str]:
+    from .experiments.e0 import verdict
+
+    path = results_dir / "summary.json"
+    summary = read_json(path)
+    variability = summary["variability"]
+    # A run from before restarts were measured has no across-restart block: nothing to judge there.
+    passed, reasons = verdict(summary["determinism"], variability, summary.get("prompt_tokens_mismatch") or [],
+                              summary.get("backend_mode", "real"))
+    changes = []
+    if passed != summary.get("passed"):
+        changes.append(f"e0/summary.json: passed {summary.get('passed')} -> {passed}: {'; '.join(reasons)}")
+    summary.update(passed=passed, failed_because=reasons)
+    write_json(path, summary)
+    return changes
+
+
+def recheck(results_root: str | Path) -> list[str]:
+    """Re-judge every experiment folder under ``results_root``; write RECHECKED.md there."""
+    root = Path(results_root)
+    changes: list[str] = []
+    if (root / "e0" / "summary.json").exists():
+        changes += recheck_e0(root / "e0")
+    for experiment, name, check in ROW_CHECKS:
+        path = root / experiment / name
+        if path.exists():
+            gpu, hf_config = _gpu_and_config(root / experiment)
+            changes += recheck_table(path, check, gpu, hf_config)
+    commit = git_commit().get("commit")
+    lines = [f"# Re-judged at commit {commit}", "",
+             "`context-research recheck` applied the integrity checks (`analysis/integrity.py`) and E0's verdict "
+             "to these saved results. No number was measured again or changed; only `status`, `reason`, "
+             "`integrity_note` and E0's `passed` / `failed_because` are new.", ""]
+    lines += [f"- {c}" for c in changes] or ["- no judgement changed"]
+    write_text(root / "RECHECKED.md", "\n".join(lines) + "\n")
+    return changes

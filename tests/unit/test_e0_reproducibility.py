@@ -1,0 +1,113 @@
+"""E0's verdict honours its criterion, and reproducibility is measured across engine restarts."""
+
+import json
+
+import pytest
+
+from context_research.config import validate_config
+from context_research.experiments import e0
+from context_research.experiments.runner import run_declared
+
+DETERMINISTIC = {"all_identical": True, "distinct_outputs": 1}
+
+
+def _variability(cv_ttft, cv_tpot, across_ttft=None, across_tpot=None, threshold=0.05):
+    block = e0.cv_block([100.0, 100.0 * (1 + cv_ttft), 100.0 * (1 - cv_ttft)],
+                        [10.0, 10.0 * (1 + cv_tpot), 10.0 * (1 - cv_tpot)], threshold)
+    across = {}
+    if across_ttft is not None:
+        across = e0.cv_block([100.0, 100.0 * (1 + across_ttft), 100.0 * (1 - across_ttft)],
+                             [10.0, 10.0 * (1 + across_tpot), 10.0 * (1 - across_tpot)], threshold)
+    return {**block, "across_restarts": across}
+
+
+def test_cv_block_measures_the_spread_of_means():
+    block = e0.cv_block([100.0, 100.0, 100.0], [10.0, 11.0, 9.0], 0.05)
+    assert block["cv_ttft"] == 0.0 and block["ttft_within_threshold"]
+    assert block["cv_tpot"] == pytest.approx(0.1) and not block["tpot_within_threshold"]
+
+
+def test_passes_only_when_every_criterion_holds():
+    passed, reasons = e0.verdict(DETERMINISTIC, _variability(0.01, 0.01, 0.02, 0.02), [], "real")
+    assert passed and reasons == []
+
+
+def test_ttft_cv_above_the_criterion_fails_the_verdict():
+    # the H200 case at commit 20cd3ba: TTFT CV 7.2% against 5%, yet "passed: true"
+    passed, reasons = e0.verdict(DETERMINISTIC, _variability(0.072, 0.0006, 0.01, 0.01), [], "real")
+    assert not passed
+    assert reasons == ["TTFT CV 7.2% within one engine start exceeds 5%"]
+
+
+def test_variation_across_restarts_counts_too():
+    passed, reasons = e0.verdict(DETERMINISTIC, _variability(0.01, 0.01, 0.01, 0.09), [], "real")
+    assert not passed and reasons == ["TPOT CV 9.0% across engine restarts exceeds 5%"]
+
+
+def test_determinism_mismatch_and_simulated_backend_each_fail():
+    passed, reasons = e0.verdict({"all_identical": False, "distinct_outputs": 2}, _variability(0.0, 0.0), ["r1"],
+                                 "simulated")
+    assert not passed
+    assert reasons == ["2 distinct outputs from identical greedy requests", "1 prompt-length mismatch(es)",
+                       "backend is simulated, not the real engine"]
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({
+        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
+        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
+    return src
+
+
+def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
+                              "serving": {"backend": "simulated", "device": "cpu"},
+                              "experiments": {"e0": {"engine_starts": 3, "repeats": 2, "requests_per_repeat": 2}}})
+    out = tmp_path / "e0"
+    meta = run_declared(e0.EXPERIMENT, config, out)
+    summary = json.loads((out / "summary.json").read_text())
+    across = summary["variability"]["across_restarts"]
+    assert across["engine_starts"] == 3 and [s["start"] for s in across["per_start"]] == [0, 1, 2]
+    assert all(s["ok"] == 4 for s in across["per_start"])
+    assert "cv_ttft" in across and "cv_tpot" in across
+    # the simulated backend never passes, and says why
+    assert summary["passed"] is False and "backend is simulated, not the real engine" in summary["failed_because"]
+    for start in (1, 2):
+        assert (out / f"engine_restart{start}.log").exists()
+    assert len(meta["engine"]["restarts"]) == 2 and meta["engine"]["mode"] == "simulated"
+    phases = (out / "requests.csv").read_text()
+    assert "start2-repeat-1" in phases and "identical" in phases
+    section = e0.e0_report.report_section(out)
+    assert section["findings"][0].startswith("Verdict: FAIL: backend is simulated")
+    assert any(f.startswith("Across 3 engine starts serving the same 4 requests") for f in section["findings"])
+    assert [t["caption"] for t in section["tables"]][1].startswith("Engine starts")
+
+
+def test_a_failed_run_keeps_what_it_wrote_where_snakemake_does_not_delete_it(tiny_model, tmp_path, monkeypatch):
+    """Snakemake deletes a failed job's outputs; the run copies its declared files aside first."""
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
+                              "serving": {"backend": "simulated", "device": "cpu"},
+                              "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1}}})
+    real_write_json = e0.write_json
+
+    def fail_on_summary(path, obj):
+        if path.name == "summary.json":
+            raise OSError(28, "No space left on device", str(path))
+        return real_write_json(path, obj)
+
+    monkeypatch.setattr(e0, "write_json", fail_on_summary)
+    out = tmp_path / "results" / "e0"
+    with pytest.raises(OSError):
+        run_declared(e0.EXPERIMENT, config, out)
+    kept = list((tmp_path / "results" / "e0.partial").iterdir())
+    assert len(kept) == 1
+    names = sorted(p.name for p in kept[0].iterdir())
+    assert names == ["FAILED.txt", "engine.log", "engine_restart1.log", "requests.csv"]
+    assert "No space left on device" in (kept[0] / "FAILED.txt").read_text()
+    assert not (out / "run_metadata.json").exists()

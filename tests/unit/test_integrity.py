@@ -1,0 +1,194 @@
+"""Plausibility checks on recorded latency values (H200 runs of Qwen3-8B shapes, docs/evidence)."""
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from context_research.analysis import integrity
+from context_research.analysis.integrity import (Findings, apply_status, check_latency, check_point_row,
+                                                 check_records, check_request_row, floors_ms)
+
+REPO = Path(__file__).resolve().parents[2]
+QWEN3_8B = json.loads((REPO / "config" / "models" / "qwen3-8b" / "config.json").read_text())
+H200 = "NVIDIA H200"
+
+# docs/evidence/2026-11-23-h200/results/e1/latency.csv, 1024 and 32000 tokens (3 trials each).
+E1_1K = {"prompt_tokens": 1024, "status": "ok", "reason": "", "n_ok": 3, "ttft_ms_mean": 41.135684,
+         "ttft_ms_p50": 41.619233, "tpot_ms_mean": 5.157901, "tpot_ms_p50": 5.156413,
+         "engine_ttft_ms_mean": 37.569920, "engine_itl_ms_mean": 5.169868, "engine_requests": 3.0,
+         "ttft_floor_ms": 14.697387, "tpot_floor_ms": 3.184961}
+E1_32K = {"prompt_tokens": 32000, "status": "ok", "reason": "", "n_ok": 3, "ttft_ms_mean": 1231.838814,
+          "ttft_ms_p50": 1228.464271, "tpot_ms_mean": 6.062069, "tpot_ms_p50": 6.077219,
+          "engine_ttft_ms_mean": 1192.727009, "engine_itl_ms_mean": 6.293273, "engine_requests": 3.0,
+          "ttft_floor_ms": 754.832846, "tpot_floor_ms": 4.136544}
+# e2/concurrency.csv, concurrency 64 (no floor columns: computed from the GPU and config.json).
+E2_C64 = {"mode": "concurrency", "level": 64.0, "prompt_tokens": 1024, "status": "ok", "reason": "", "n_ok": 64,
+          "ttft_ms_mean": 1043.630371, "tpot_ms_mean": 11.643156, "engine_ttft_ms_mean": 991.959237,
+          "engine_itl_ms_mean": 11.708091, "engine_requests": 64.0}
+
+
+def _floors(n):
+    ttft, tpot, why = floors_ms(QWEN3_8B, n, H200)
+    assert why is None
+    return ttft, tpot
+
+
+def test_recorded_consistent_rows_are_ok_and_say_what_was_checked():
+    for row in (E1_1K, E1_32K):
+        f = check_point_row(row)
+        assert f.status == "ok", f.reasons
+        assert f.not_checked == []
+        assert "client TPOT vs engine ITL (mean)" in f.checked and "client TTFT vs engine TTFT (mean)" in f.checked
+        assert any(c.startswith("TTFT floor (client TTFT mean, client TTFT p50, engine TTFT mean)") for c in f.checked)
+    f = check_point_row(E2_C64, gpu_name=H200, hf_config=QWEN3_8B)
+    assert f.status == "ok" and f.not_checked == []
+    assert any(c.startswith("TPOT floor") for c in f.checked)
+
+
+def test_h200_e6_client_tpot_far_below_engine_itl_is_implausible():
+    """The real case: 65,536 tokens on an H200, client TPOT 2.6 ms against the engine's 7.5 ms."""
+    row = {"target_prompt_tokens": 65536, "prompt_tokens": 65536, "status": "ok", "reason": "", "ttft_s": 3.54962,
+           "tpot_s": 0.0026, "e2e_s": 3.59, "engine_ttft_s": 3.483964, "engine_itl_s": 0.0075}
+    f = check_request_row(row, H200, QWEN3_8B)
+    assert f.status == "implausible"
+    assert any("client TPOT 2.6 ms is below 0.8 x engine ITL 7.5 ms" in r for r in f.reasons)
+    # ... and below the bandwidth floor of a 65,536-token decode step (weights + KV / 4.8 TB/s ~ 5.17 ms)
+    _, tpot_floor = _floors(65536)
+    assert tpot_floor == pytest.approx(5.17, abs=0.01)
+    assert any("below the physical TPOT floor" in r for r in f.reasons)
+    # The same comparison with the bare function, no GPU known: the ITL check alone fires, the
+    # floors are recorded as not checked.
+    bare = check_latency(client_tpot_ms=2.6, engine_itl_ms=7.5)
+    assert bare.status == "implausible" and len(bare.reasons) == 1
+    assert any(n.startswith("TPOT floor: ") for n in bare.not_checked)
+    # the evidence run's own row (client 4.50 ms against 7.44 ms) fails the same way
+    recorded = dict(row, tpot_s=0.004498, engine_itl_s=0.007443)
+    assert check_request_row(recorded, H200, QWEN3_8B).status == "implausible"
+
+
+def test_a_row_below_the_ttft_floor_is_implausible():
+    ttft_floor, tpot_floor = _floors(32000)
+    assert ttft_floor == pytest.approx(754.8, abs=0.5)
+    row = dict(E1_32K, ttft_ms_mean=520.0, ttft_ms_p50=500.0, engine_ttft_ms_mean=495.0)
+    f = check_point_row(row)
+    assert f.status == "implausible"
+    floor_reasons = [r for r in f.reasons if "TTFT floor" in r]
+    assert len(floor_reasons) == 1 and "client TTFT p50 500 ms" in floor_reasons[0]
+    assert "engine TTFT mean 495 ms" in floor_reasons[0]
+    # within the 5 % margin: still ok
+    near = dict(E1_32K, ttft_ms_mean=0.96 * ttft_floor, ttft_ms_p50=0.96 * ttft_floor,
+                engine_ttft_ms_mean=0.955 * ttft_floor)
+    assert check_point_row(near).status == "ok"
+
+
+def test_missing_engine_values_are_ok_with_a_not_checked_note():
+    row = {k: v for k, v in E1_1K.items() if not k.startswith("engine_")}
+    f = check_point_row(row)
+    assert f.status == "ok" and f.reasons == []
+    assert "client TPOT vs engine ITL (mean): engine ITL missing" in f.not_checked
+    assert "client TTFT vs engine TTFT (mean): engine TTFT missing" in f.not_checked
+    assert "not checked: client TPOT vs engine ITL (mean): engine ITL missing" in f.note()
+    out = apply_status(dict(row), f)
+    assert out["status"] == "ok" and out["reason"] == ""
+    assert "not checked" in out[integrity.NOTE_COLUMN]
+    # nothing at all: still a note, never a silent pass
+    empty = check_point_row({"status": "ok"})
+    assert empty.status == "ok" and empty.checked == []
+    assert empty.note().startswith("checked: nothing | not checked: ")
+    assert any("TTFT floor: engine not on a known GPU" in n for n in empty.not_checked)
+
+
+def test_unknown_gpu_or_config_leaves_the_floors_unchecked_with_why():
+    row = {k: v for k, v in E2_C64.items()}
+    assert any("'Tesla T1000' is not in analysis.hardware.GPU_SPECS" in n
+               for n in check_point_row(row, "Tesla T1000", QWEN3_8B).not_checked)
+    assert any("config.json unavailable" in n for n in check_point_row(row, H200, None).not_checked)
+    # an E1 row says why it has no floors in floor_note: that reason is used
+    e1 = dict(E1_1K, ttft_floor_ms=None, tpot_floor_ms=None, floor_note="engine not on a GPU: no datasheet floor")
+    assert "TTFT floor: engine not on a GPU: no datasheet floor" in check_point_row(e1).not_checked
+
+
+def test_client_ttft_against_engine_ttft_both_ways():
+    below = check_latency(client_ttft_ms=30.0, engine_ttft_ms=37.6)
+    assert below.status == "implausible" and "below engine TTFT 37.6 ms" in below.reasons[0]
+    # clock noise: 2 ms + 5 % of the engine's TTFT
+    assert check_latency(client_ttft_ms=37.6 - 2.0 - 0.05 * 37.6 + 0.01, engine_ttft_ms=37.6).status == "ok"
+    above = check_latency(client_ttft_ms=400.0, engine_ttft_ms=100.0)
+    assert above.status == "implausible" and "exceeds engine TTFT 100 ms" in above.reasons[0]
+    assert check_latency(client_ttft_ms=240.0, engine_ttft_ms=100.0).status == "ok"
+    # E3 disaggregated: the decode engine's TTFT has no producer prefill; only the lower bound holds
+    dis = {"mode": "disaggregated", "prompt_tokens": 4096, "n_ok": 4, "ttft_ms_mean": 651.379301,
+           "tpot_ms_mean": 5.066177, "engine_ttft_ms_mean": 186.432719, "engine_requests": 4}
+    f = check_point_row(dis, H200, QWEN3_8B)
+    assert f.status == "ok", f.reasons
+    assert check_point_row(dict(dis, ttft_ms_mean=150.0), H200, QWEN3_8B).status == "implausible"
+
+
+def test_client_tpot_far_above_engine_itl_is_implausible():
+    f = check_latency(client_tpot_ms=20.0, engine_itl_ms=5.2)
+    assert f.status == "implausible" and "exceeds 1.5 x engine ITL" in f.reasons[0]
+    assert check_latency(client_tpot_ms=8.5, engine_itl_ms=5.2).status == "ok"  # 1.5 x 5.2 + 1
+
+
+def test_engine_means_of_a_different_request_set_are_not_compared():
+    row = dict(E1_1K, engine_requests=5.0, engine_itl_ms_mean=20.0)
+    f = check_point_row(row)
+    assert f.status == "ok"
+    assert any("counted 5 requests, the client 3" in n for n in f.not_checked)
+
+
+def _req(i, ttft_s, tpot_s, engine_ttft_ms=None, engine_queue_ms=None, engine_itl_ms=None, error=None):
+    return SimpleNamespace(request_id=f"len1024-{i}", ttft_s=ttft_s, tpot_s=tpot_s, error=error,
+                           engine_ttft_ms=engine_ttft_ms, engine_queue_ms=engine_queue_ms, engine_itl_ms=engine_itl_ms)
+
+
+def test_per_request_checks_use_vllms_per_request_metrics():
+    ttft_floor, tpot_floor = _floors(1024)
+    good = [_req(i, 0.0411, 0.00516, engine_ttft_ms=37.0, engine_queue_ms=0.02, engine_itl_ms=5.17) for i in range(3)]
+    f = check_records(good, ttft_floor, tpot_floor)
+    assert f.status == "ok" and f.not_checked == []
+    assert "client TPOT vs engine ITL (per request, 3 requests)" in f.checked
+    bad = good + [_req(3, 0.0411, 0.0026, engine_ttft_ms=37.0, engine_queue_ms=0.02, engine_itl_ms=7.5),
+                  _req(4, 0.0411, 0.0020, engine_ttft_ms=37.0, engine_queue_ms=0.02, engine_itl_ms=7.5)]
+    f = check_records(bad, ttft_floor, tpot_floor)
+    assert f.status == "implausible"
+    assert any(r.startswith("2 of 5 requests: client TPOT 2.6 ms is below") and "request len1024-3" in r
+               for r in f.reasons)
+    assert any("fastest request's client TPOT 2 ms below the physical TPOT floor" in r for r in f.reasons)
+    # queue time counts on the engine's side: client TTFT 20 ms < queue 30 + TTFT 10 ms
+    queued = check_records([_req(0, 0.020, None, engine_ttft_ms=10.0, engine_queue_ms=30.0)])
+    assert queued.status == "implausible" and "below engine TTFT 40 ms" in queued.reasons[0]
+    # no per-request metrics (older vLLM): said, not passed
+    none = check_records([_req(0, 0.0411, 0.00516)], ttft_floor, tpot_floor)
+    assert none.status == "ok"
+    assert any("no request carried vLLM's per-request metrics" in n for n in none.not_checked)
+    # failed requests are not checked; none left is said
+    assert check_records([_req(0, None, None, error="boom")]).not_checked == [
+        "per-request checks: no successful request"]
+    # wired through the point row
+    assert check_point_row(E1_1K, records=bad).status == "implausible"
+
+
+def test_apply_status():
+    bad = check_latency(client_tpot_ms=2.6, engine_itl_ms=7.5)
+    row = apply_status({"status": "ok", "reason": ""}, bad)
+    assert row["status"] == "implausible" and row["reason"] == bad.reasons[0]
+    assert row[integrity.NOTE_COLUMN].startswith("implausible: client TPOT 2.6 ms")
+    kept = apply_status({"status": "ok", "reason": "earlier remark"}, bad)
+    assert kept["reason"] == "earlier remark; " + bad.reasons[0]
+    assert apply_status({"status": "ok", "reason": math.nan}, bad)["reason"] == bad.reasons[0]
+    failed = apply_status({"status": "failed", "reason": "1 of 3 requests failed"}, bad)
+    assert failed["status"] == "failed" and failed["reason"] == "1 of 3 requests failed"
+    assert "implausible" in failed[integrity.NOTE_COLUMN]
+    ok = apply_status({"status": "ok", "reason": ""}, check_point_row(E1_1K), note_column=None)
+    assert ok == {"status": "ok", "reason": ""}
+
+
+def test_findings_merge_and_tolerances_are_named():
+    a = Findings(reasons=["x"], checked=["c1"])
+    a.merge(Findings(reasons=["x", "y"], checked=["c1", "c2"], not_checked=["n"]))
+    assert (a.reasons, a.checked, a.not_checked) == (["x", "y"], ["c1", "c2"], ["n"])
+    assert integrity.TPOT_UNDER_ITL_RATIO == 0.8 and integrity.FLOOR_MARGIN == 0.05

@@ -1,0 +1,35 @@
+"""`context-research recheck` re-judges saved results with today's checks and changes no number."""
+
+import csv
+import json
+import shutil
+
+from context_research.cli import main
+from context_research.config import REPO_ROOT
+
+H200 = REPO_ROOT / "docs" / "evidence" / "2026-11-23-h200" / "results"
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_h200_packet_rejudged(tmp_path, capsys):
+    """The first H200 packet said ok to an E6 TPOT below the engine's ITL and passed an E0 whose TTFT
+    CV was over its criterion; today's checks say otherwise, and leave every measured cell alone."""
+    root = tmp_path / "results"
+    shutil.copytree(H200, root)
+    assert main(["recheck", str(root)]) == 0
+    e6 = _rows(root / "e6" / "stress.csv")
+    assert e6[0]["status"] == "implausible" and "below 0.8 x engine ITL" in e6[0]["reason"]
+    summary = json.loads((root / "e0" / "summary.json").read_text())
+    assert summary["passed"] is False and summary["failed_because"][0].startswith("TTFT CV")
+    for table in ("e1/latency.csv", "e2/concurrency.csv", "e3/mode_comparison.csv", "e5/memory.csv", "e6/stress.csv"):
+        before, after = _rows(H200 / table), _rows(root / table)
+        assert len(before) == len(after)
+        for old, new in zip(before, after):
+            assert {k: v for k, v in old.items() if k not in ("status", "reason")} == \
+                   {k: v for k, v in new.items() if k not in ("status", "reason", "integrity_note")}
+    report = (root / "RECHECKED.md").read_text()
+    assert "e6/stress.csv row 0: ok -> implausible" in report and "e0/summary.json: passed True -> False" in report
