@@ -52,15 +52,6 @@ def test_determinism_mismatch_and_simulated_backend_each_fail():
                        "backend is simulated, not the real engine"]
 
 
-@pytest.fixture
-def tiny_model(tmp_path):
-    src = tmp_path / "model"
-    src.mkdir()
-    (src / "config.json").write_text(json.dumps({
-        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
-        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
-    return src
 
 
 def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monkeypatch):

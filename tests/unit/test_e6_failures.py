@@ -79,16 +79,6 @@ def test_final_outcome_is_the_last_pass():
     assert out["2048"]["status"] == "ok"
 
 
-@pytest.fixture
-def tiny_model(tmp_path):
-    src = tmp_path / "model"
-    src.mkdir()
-    (src / "config.json").write_text(json.dumps({
-        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
-        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
-    (src / "tokenizer.json").write_text("{}")
-    return src
 
 
 def _config(src, **e6cfg):
