@@ -76,15 +76,6 @@ class MetricsSnapshot:
         return out
 
 
-def safe_snapshot(session: Any) -> MetricsSnapshot | None:
-    """``session.snapshot()`` (/metrics now), or None when the engine no longer answers: a point
-    whose engine died must become a recorded row, not crash the run."""
-    try:
-        return session.snapshot()
-    except Exception:
-        return None
-
-
 def cache_config_info(snapshot: MetricsSnapshot | None) -> dict[str, Any]:
     """Labels of vLLM's ``vllm:cache_config_info`` gauge: block_size, num_gpu_blocks, cache_dtype and
     kv_cache_memory_bytes (set when the pool size was given explicitly, e.g. by VLLM_CPU_KVCACHE_SPACE)."""

@@ -1,7 +1,7 @@
 import pytest
 
 from context_research.engine_metrics import (MetricsSnapshot, engine_request_percentiles, engine_summary,
-                                             per_request_summary, safe_snapshot)
+                                             per_request_summary)
 from context_research.records import RequestRecord
 from context_research.workload import engine_columns
 
@@ -50,17 +50,27 @@ def test_a_histogram_new_since_before_counts_from_zero():
     assert engine_summary(MetricsSnapshot.parse(AFTER), MetricsSnapshot.parse(AFTER))["engine_ttft_count"] == 0
 
 
-def test_safe_snapshot_is_none_when_the_engine_does_not_answer():
-    class Dead:
-        def snapshot(self):
-            raise ConnectionError("refused")
+def test_a_scrape_of_a_dead_engine_is_none_and_says_why():
+    """A point whose engine died must become a recorded row, not crash the run."""
+    import urllib.error
 
-    class Alive:
-        def snapshot(self):
-            return MetricsSnapshot.parse(AFTER)
+    from context_research.experiments.session import EngineSession
 
-    assert safe_snapshot(Dead()) is None
-    assert safe_snapshot(Alive()).total("vllm:num_preemptions_total") == 3.0
+    class Backend:
+        mode = "real"
+
+        def __init__(self, text):
+            self.text = text
+
+        def metrics_text(self):
+            if self.text is None:
+                raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+            return self.text
+
+    dead = EngineSession(Backend(None), {})
+    assert dead.snapshot() is None and "Connection refused" in dead.scrape_error
+    alive = EngineSession(Backend(AFTER), {})
+    assert alive.snapshot().total("vllm:num_preemptions_total") == 3.0 and alive.scrape_error is None
 
 
 def _rec(i, ttft_ms=None, queue_ms=None, itl_ms=None, error=None):

@@ -22,7 +22,7 @@ from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.model_math import kv_bytes_per_token
 from ..analysis.stats import ms, percentile
 from ..backends.base import ServingBackend
-from ..engine_metrics import cache_config_info, engine_summary, safe_snapshot
+from ..engine_metrics import cache_config_info, engine_summary
 from ..errors import ConfigError, EngineStartError
 from ..experiments.session import EngineSession
 from ..io import write_text
@@ -180,9 +180,9 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
                         base = await sched.prefill_baseline(workload.baselines[p.prompt_tokens], 1,
                                                             {"prompt_tokens": p.prompt_tokens, "concurrency": 1})
                         baselines[p.prompt_tokens] = percentile([b.e2e_s for b in base if b.ok], 50)
-                    before = safe_snapshot(session)
+                    before = session.snapshot()
                     served = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict())
-                    after = safe_snapshot(session)
+                    after = session.snapshot()
                     row = empty_row(p, "aggregated", cfg)
                     latency_columns(row, served.records, served.duration_s, cfg, gpus)
                     if before is not None and after is not None:
@@ -240,7 +240,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
         prefill = EngineSession(prefill_be, model, progress=False)
         decode = EngineSession(decode_be, model, progress=False)
         gpu_name = engine_gpu_name(decode)
-        info = cache_config_info(safe_snapshot(decode))
+        info = cache_config_info(decode.snapshot())
         block_size = int(cfg.get("block_size") or info.get("block_size") or 0) or None
         kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
         per_token = kv_bytes_per_token(model["hf_config"], kv_dtype)
@@ -276,10 +276,10 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                         row.update(common)
                         outcome.rows.append(row)
                         continue
-                    d_before = safe_snapshot(decode)
+                    d_before = decode.snapshot()
                     served: ServeResult = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict(),
                                                             baseline_prefill_s=baselines.get(p.prompt_tokens))
-                    d_after = safe_snapshot(decode)
+                    d_after = decode.snapshot()
                     d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
                     row = empty_row(p, "disaggregated", cfg)
                     row.update(common)

@@ -30,7 +30,7 @@ import pandas as pd
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..backends.base import ServingBackend
-from ..engine_metrics import engine_summary, safe_snapshot
+from ..engine_metrics import engine_summary
 from ..errors import ContextResearchError
 from ..io import write_json
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
@@ -103,10 +103,6 @@ def failure_row(target: int, reason: str, *, kind: str | None = None, pass_label
 
 # -- one engine, all its points ----------------------------------------------------------------
 
-def _engine_died(session: EngineSession) -> bool:
-    proc = getattr(session.backend, "proc", None)
-    return proc is not None and proc.poll() is not None
-
 
 async def measure_points(session: EngineSession, cfg: dict, targets: list[int], *, pass_label: str,
                          context: dict[str, Any], native: int) -> tuple[list[dict], dict[str, Any]]:
@@ -126,7 +122,7 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
     gpu_name = engine_gpu_name(session)
     for i, target in enumerate(targets):
         point = {**context, "beyond_native": target > native, "extension_vs_native": target / native}
-        if _engine_died(session):
+        if session.exit_reason():
             rows.append(failure_row(target, "engine process exited before this point: "
                                     + engine_error_lines(session.backend.log_text()), kind="engine_died",
                                     pass_label=pass_label, kv_cache_dtype=engine.get("kv_cache_dtype"), context=point))
@@ -135,9 +131,9 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
             target, cfg["seed"] + i, session.model, unique_prefix=i), max_tokens=cfg["max_tokens"],
             prompt_tokens_target=target, temperature=0.0, seed=cfg["seed"])
         async with MemoryProbe(session, cfg["poll_interval_s"]) as probe:
-            before = safe_snapshot(session)
+            before = session.snapshot()
             records, _ = await session.run_requests([req], max_concurrency=1, desc=f"E6 {target} tokens")
-            after = safe_snapshot(session)
+            after = session.snapshot()
         rec = records[0]
         eng = engine_summary(before, after) if before is not None and after is not None else {}
         nvml = probe.nvml_peak() or {}
@@ -152,7 +148,7 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
             "nvml_total_gib": nvml["total_bytes"] / GIB if nvml else None,
         }
         if not rec.ok:
-            died = _engine_died(session)
+            died = session.exit_reason() is not None
             reason = rec.error + (" | engine exited: " + engine_error_lines(session.backend.log_text()) if died else "")
             kind = classify_failure(reason)
             if died and kind not in MEMORY_FAILURES:
