@@ -3,8 +3,8 @@
 The checks of ``analysis.integrity`` and E0's verdict are functions of saved records, so results
 measured before they existed (an older evidence packet, say) can be judged by them without
 measuring again. Only judgements change (``status``, ``reason``, ``integrity_note``; E0's
-``passed`` and ``failed_because``); every measured number stays as it was. A ``RECHECKED.md``
-beside the results says which rows changed and why.
+``passed`` and ``failed_because``); every measured number stays as it was. ``RECHECKED.md``
+beside the results gets a section per re-judgement: which rows changed and why.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from .analysis.integrity import NOTE_COLUMN, apply_status, check_point_row, check_request_row
 from .io import read_json, write_csv, write_json, write_text
-from .metadata import git_commit
+from .metadata import git_commit, utc_now
 
 # (experiment, table file, row check): the point tables whose rows the integrity checks judge.
 ROW_CHECKS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
@@ -90,10 +90,13 @@ def recheck(results_root: str | Path) -> list[str]:
             gpu, hf_config = _gpu_and_config(root / experiment)
             changes += recheck_table(path, check, gpu, hf_config)
     commit = git_commit().get("commit")
-    lines = [f"# Re-judged at commit {commit}", "",
+    lines = [f"## Re-judged at commit {commit} ({utc_now()})", "",
              "`context-research recheck` applied the integrity checks (`analysis/integrity.py`) and E0's verdict "
              "to these saved results. No number was measured again or changed; only `status`, `reason`, "
-             "`integrity_note` and E0's `passed` / `failed_because` are new.", ""]
+             "`integrity_note` and E0's `passed` / `failed_because` may differ.", ""]
     lines += [f"- {c}" for c in changes] or ["- no judgement changed"]
-    write_text(root / "RECHECKED.md", "\n".join(lines) + "\n")
+    # Appended, so that every re-judgement of the folder stays on record.
+    log = root / "RECHECKED.md"
+    previous = log.read_text(encoding="utf-8") + "\n" if log.exists() else ""
+    write_text(log, previous + "\n".join(lines) + "\n")
     return changes

@@ -46,7 +46,8 @@ def test_both_modes_have_a_row_for_every_point(e3):
     assert (rows["n_ok"] == cfg["requests_per_point"]).all()
     assert (rows["backend_mode"] == "real").all() and (rows["weights"] == "random-embedded").all()
     assert (rows["ttft_ms_p50"] > 0).all() and (rows["tpot_ms_p50"] >= 0).all()
-    assert (rows["ttft_ms_p50"] <= rows["ttft_ms_p95"]).all()
+    stated = rows.dropna(subset=["ttft_ms_p95"])
+    assert (stated["ttft_ms_p50"] <= stated["ttft_ms_p95"]).all()
 
 
 def test_measured_kv_bytes_match_the_analytical_size(e3):
@@ -125,6 +126,9 @@ def test_deltas_are_disaggregated_minus_aggregated(e3):
             continue
         a = rows.loc[(n, c, "aggregated")]
         for m in ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "goodput_rps"):
+            if pd.isna(r[m]) or pd.isna(a[m]):  # a percentile too few requests could state
+                assert pd.isna(r[f"delta_{m}"]) and "p95" in str(r["stats_note"]) + str(a["stats_note"]), m
+                continue
             assert r[f"delta_{m}"] == pytest.approx(r[m] - a[m], rel=1e-9, abs=1e-9), m
 
 

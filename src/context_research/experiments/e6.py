@@ -98,7 +98,8 @@ def failure_row(target: int, reason: str, *, kind: str | None = None, pass_label
     kind = kind or classify_failure(reason)
     return {"target_prompt_tokens": target, "pass": pass_label, "kv_cache_dtype": kv_cache_dtype,
             "status": "unsupported" if kind == "unsupported" else "failed", "failure_kind": kind,
-            "reason": (reason or "").strip()[:1000] or kind, **(context or {})}
+            "reason": (reason or "").strip()[:1000] or kind, **(context or {}),
+            "integrity_note": "not checked: no request was served"}
 
 
 # -- one engine, all its points ----------------------------------------------------------------
