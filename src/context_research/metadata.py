@@ -105,6 +105,12 @@ def hardware_label(hw: dict[str, Any]) -> str:
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> dict[str, Any]:
+    # A declared commit wins: a copied tree can carry a stale .git (seen on the GPU host, whose
+    # copy of the tree came with the session's original .git).
+    declared = os.environ.get("CONTEXT_RESEARCH_GIT_COMMIT")
+    if declared:
+        return {"commit": declared, "dirty": None,
+                "source": "CONTEXT_RESEARCH_GIT_COMMIT (declared by whoever copied the tree; cleanliness not checked)"}
     cwd = str(repo or Path(__file__).resolve().parents[2])
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
@@ -113,12 +119,8 @@ def git_commit(repo: str | os.PathLike | None = None) -> dict[str, Any]:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
         return {"commit": sha, "dirty": dirty}
     except Exception as exc:
-        # A checkout copied without .git (e.g. onto a GPU host) can name its commit itself.
-        declared = os.environ.get("CONTEXT_RESEARCH_GIT_COMMIT")
-        if declared:
-            return {"commit": declared, "dirty": None,
-                    "source": "CONTEXT_RESEARCH_GIT_COMMIT (copy without .git; cleanliness not checked)"}
-        return {"commit": None, "dirty": None, "reason": f"{type(exc).__name__}: {exc}"}
+        return {"commit": None, "dirty": None,
+                "reason": f"{type(exc).__name__}: {exc} (a copy without .git can declare CONTEXT_RESEARCH_GIT_COMMIT)"}
 
 
 def weights_mode(model: dict[str, Any]) -> str:

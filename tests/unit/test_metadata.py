@@ -40,3 +40,12 @@ def test_git_commit_of_a_copy_without_git_comes_from_the_environment(tmp_path, m
     monkeypatch.setenv("CONTEXT_RESEARCH_GIT_COMMIT", "abc123")
     declared = git_commit(tmp_path)
     assert declared["commit"] == "abc123" and declared["dirty"] is None and "not checked" in declared["source"]
+
+
+def test_a_declared_commit_wins_over_a_stale_git_in_the_copy(monkeypatch):
+    """A copied tree can carry an old .git (the GPU host's copy did): the declaration is what ran."""
+    from context_research.config import REPO_ROOT
+    from context_research.metadata import git_commit
+
+    monkeypatch.setenv("CONTEXT_RESEARCH_GIT_COMMIT", "07b665b")
+    assert git_commit(REPO_ROOT)["commit"] == "07b665b"
