@@ -30,6 +30,56 @@ def default_schema() -> Path:
     return workflow_file(*SCHEMA_RELPATH.parts)
 
 SIMULATED_OPT_IN_ENV = "CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND"
+# The key a server bound to a non-loopback address requires (vLLM --api-key); clients send it.
+API_KEY_ENV = "CONTEXT_RESEARCH_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and ``localhost``; anything else reaches
+    other machines (``0.0.0.0`` and ``::`` bind every interface)."""
+    import ipaddress
+
+    name = str(host).strip().lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return bool(addr.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def exposure_error(serving: dict) -> str | None:
+    """Why ``serving`` may not be used as is: a non-loopback host without ``allow_remote``."""
+    host = serving.get("host", "127.0.0.1")
+    if is_loopback(host) or serving.get("allow_remote") is True:
+        return None
+    return (f"config key 'serving.host' is {host!r}, which is not a loopback address (127.0.0.0/8, "
+            f"localhost, ::1): vLLM's server would accept requests from other machines. Set "
+            f"'serving.allow_remote: true' as well (the server then requires the API key in "
+            f"{API_KEY_ENV}), or use host 127.0.0.1")
+
+
+def missing_api_key_error(serving: dict) -> str | None:
+    """Why a non-loopback server cannot start: ``CONTEXT_RESEARCH_API_KEY`` is unset or empty."""
+    host = serving.get("host", "127.0.0.1")
+    if is_loopback(host) or os.environ.get(API_KEY_ENV, "").strip():
+        return None
+    return (f"serving.host {host!r} with serving.allow_remote: true needs an API key: set the environment "
+            f"variable {API_KEY_ENV} (the server then requires it and every client sends it)")
+
+
+def api_key_for(serving: dict) -> str | None:
+    """The API key the server must require: from ``CONTEXT_RESEARCH_API_KEY`` when the host is not
+    loopback (``allow_remote``), else None. Refuses a non-loopback host without the opt-in or
+    without the key."""
+    why = exposure_error(serving) or missing_api_key_error(serving)
+    if why is not None:
+        raise ConfigError(f"Invalid configuration: {why}")
+    if is_loopback(serving.get("host", "127.0.0.1")):
+        return None
+    return os.environ[API_KEY_ENV].strip()
 
 
 def _key_path(error) -> str:
@@ -106,9 +156,43 @@ def _merged_schema_file(schema_path: str | os.PathLike) -> str:
 _MERGED_SCHEMA_FILES: dict[str, str] = {}
 
 
+def record_origins(origins: dict[str, str], data: dict, origin: str, prefix: str = "") -> dict[str, str]:
+    """Note in ``origins`` ({dotted key: file}) that ``origin`` sets every key of ``data``, the way
+    ``deep_update`` merges it: a mapping merges key by key, anything else replaces the whole
+    subtree (and forgets where the replaced keys came from)."""
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if not isinstance(value, dict):
+            for known in [k for k in origins if k.startswith(path + ".")]:
+                del origins[known]
+        origins[path] = origin
+        if isinstance(value, dict):
+            record_origins(origins, value, origin, path + ".")
+    return origins
+
+
+def origin_of(key: str, origins: dict[str, str] | None) -> str | None:
+    """The file that set ``key`` (or the closest enclosing key that a file set)."""
+    if not origins:
+        return None
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        hit = origins.get(".".join(parts[:n]))
+        if hit is not None:
+            return hit
+    return None
+
+
+def _where(source: str, key: str | None, origins: dict[str, str] | None) -> str:
+    """The file named in an error about ``key``: the one that set it, else every file read."""
+    return (origin_of(key, origins) if key else None) or source
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
-                    source: str = "config/config.yaml") -> dict:
-    """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming the key."""
+                    source: str = "config/config.yaml", origins: dict[str, str] | None = None) -> dict:
+    """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming the key
+    and the file it came from (``origins``: {dotted key: file}, see ``record_origins``; else
+    ``source``)."""
     import jsonschema
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -121,18 +205,33 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
         cause = next((a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None)
         cause = cause or exc.__cause__ or exc.__context__
         if isinstance(cause, jsonschema.ValidationError):
-            raise ConfigError(f"Invalid configuration ({source}): {_describe(cause)}") from None
+            where = _where(source, _key_path(cause), origins)
+            raise ConfigError(f"Invalid configuration ({where}): {_describe(cause)}") from None
         raise ConfigError(f"Invalid configuration ({source}): {exc}") from None
     profile = config["model_profile"]
     if profile not in config["models"]:
         raise ConfigError(
-            f"Invalid configuration ({source}): config key 'model_profile': {profile!r} is not one of "
-            f"the entries of 'models' ({', '.join(sorted(config['models']))})")
+            f"Invalid configuration ({_where(source, 'model_profile', origins)}): config key 'model_profile': "
+            f"{profile!r} is not one of the entries of 'models' ({', '.join(sorted(config['models']))})")
     if config["serving"]["backend"] == "simulated" and os.environ.get(SIMULATED_OPT_IN_ENV) != "1":
         raise ConfigError(
-            f"Invalid configuration ({source}): config key 'serving.backend' is 'simulated', which needs "
-            f"the explicit opt-in {SIMULATED_OPT_IN_ENV}=1 in the environment as well. Use backend: vllm "
-            "for real measurements.")
+            f"Invalid configuration ({_where(source, 'serving.backend', origins)}): config key 'serving.backend' "
+            f"is 'simulated', which needs the explicit opt-in {SIMULATED_OPT_IN_ENV}=1 in the environment as "
+            "well. Use backend: vllm for real measurements.")
+    exposed = exposure_error(config["serving"]) or missing_api_key_error(config["serving"])
+    if exposed is not None:
+        raise ConfigError(f"Invalid configuration ({_where(source, 'serving.host', origins)}): {exposed}")
+    if "VLLM_API_KEY" in (config["serving"].get("env") or {}):
+        raise ConfigError(
+            f"Invalid configuration ({_where(source, 'serving.env.VLLM_API_KEY', origins)}): config key "
+            f"'serving.env.VLLM_API_KEY': a key does not belong in the config (it would be hashed and stored); "
+            f"set serving.allow_remote: true and the environment variable {API_KEY_ENV} instead")
+    e4 = (config.get("experiments") or {}).get("e4")
+    if e4:
+        from .datasets.specs import explicit_file_problems  # E4's data files: never a silent fixture
+
+        for key, problem in explicit_file_problems(e4):
+            raise ConfigError(f"Invalid configuration ({_where(source, key, origins)}): {problem}")
     return config
 
 
@@ -140,15 +239,62 @@ def load_config(path: str | os.PathLike, overlays: list[str | os.PathLike] = (),
                 schema_path: str | os.PathLike | None = None) -> dict:
     """Read a YAML config (plus overlays merged on top, like ``--configfile``) and validate it."""
     config: dict = {}
+    origins: dict[str, str] = {}
     for p in [path, *overlays]:
-        try:
-            data = yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        data = _read_config_file(p)
         deep_update(config, data)
-    return validate_config(config, schema_path, source=", ".join(map(str, [path, *overlays])))
+        record_origins(origins, data, str(p))
+    return validate_config(config, schema_path, source=", ".join(map(str, [path, *overlays])), origins=origins)
+
+
+def _read_config_file(p: str | os.PathLike) -> dict:
+    try:
+        data = yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: the configuration must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _shown_path(path: str | os.PathLike) -> str:
+    """A config file as a user would name it: relative to the working directory when inside it
+    (Snakemake makes --configfile paths absolute), else normalised."""
+    p = os.path.normpath(str(path))
+    if os.path.isabs(p):
+        rel = os.path.relpath(p, os.getcwd())
+        if not rel.startswith(".."):
+            return rel
+    return p
+
+
+def snakemake_config_origins(workflow) -> tuple[str, dict[str, str]]:
+    """For ``common.smk``: which file set each key of Snakemake's merged ``config``, and the list
+    of files for keys none of them set. Snakemake applies the Snakefile's ``configfile:`` first,
+    then every ``--configfile`` in order, then ``--config KEY=VALUE``; the last one to set a key
+    is where its value came from."""
+    settings = getattr(workflow, "config_settings", None)
+    cli_files = [_shown_path(f) for f in (getattr(workflow, "overwrite_configfiles", None) or [])]
+    loaded = [_shown_path(f) for f in (getattr(workflow, "configfiles", None) or [])]
+    # workflow.configfiles = the --configfile list, then each file a configfile: directive loaded
+    directive = loaded[len(cli_files):] if loaded[:len(cli_files)] == cli_files \
+        else [f for f in loaded if f not in cli_files]
+    if getattr(settings, "replace_workflow_config", False):
+        directive = []
+    files = [*directive, *cli_files]
+    origins: dict[str, str] = {}
+    for f in files:
+        try:
+            record_origins(origins, _read_config_file(f), f)
+        except ConfigError:
+            continue  # Snakemake read it already; a file we cannot re-read attributes nothing
+    command_line = getattr(settings, "config", None)
+    if isinstance(command_line, dict) and command_line:
+        record_origins(origins, command_line, "--config on the command line")
+    source = ", ".join(files) if files else "config/config.yaml or an overlay given with --configfile"
+    return source, origins
 
 
 def deep_update(base: dict, new: dict) -> dict:

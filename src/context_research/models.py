@@ -11,6 +11,11 @@ from .metadata import weights_mode
 
 EMBEDDED_DIR = Path("resources/models/embedded-qwen3")
 DUMMY_DIR = Path("resources/models")
+# Files any tokenizer transformers (and so vLLM) can load is made of: a fast tokenizer, a
+# tokenizer config naming a class, sentencepiece / tiktoken models, or BPE/WordPiece vocabularies.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "tekken.json")
+TOKENIZER_GLOBS = ("*.tiktoken",)
 
 
 def source_available(source: str) -> bool:
@@ -49,8 +54,41 @@ def resolve_model(profile: dict[str, Any], embedded_dir: str | Path = EMBEDDED_D
         local = Path(source).expanduser()
         model["path"] = str(local.resolve()) if local.exists() else source
     model["hf_config"] = load_hf_config(model["path"], source)
+    check_tokenizer(model)
     model["weights"] = weights_mode(model)
     return model
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    d = Path(folder)
+    return any((d / name).is_file() for name in TOKENIZER_FILES) or any(
+        next(d.glob(pattern), None) is not None for pattern in TOKENIZER_GLOBS)
+
+
+def require_tokenizer(folder: str | Path, key: str, tokenizer_key: str | None = None) -> None:
+    """Refuse a local folder with no tokenizer file, in our words, before anything loads it (vLLM's
+    own error then suggests installing sentencepiece or tiktoken, which is not the problem).
+    A hub id (not a local folder) is left to the engine: it may be in the HF cache."""
+    d = Path(folder).expanduser()
+    if not d.is_dir() or has_tokenizer(d):
+        return
+    raise ConfigError(
+        f"model folder {d} ({key}) has no tokenizer: none of {', '.join(TOKENIZER_FILES + TOKENIZER_GLOBS)} "
+        f"is in it. Copy the model's tokenizer files into the folder, or point "
+        f"{tokenizer_key or key.rsplit('.', 1)[0] + '.tokenizer'} at a folder or hub id that has them.")
+
+
+def check_tokenizer(model: dict[str, Any]) -> None:
+    """The tokenizer the engine will load (``--tokenizer`` if the profile sets one, else the model
+    folder) exists, checked before any engine starts. A folder that is not built yet (the embedded
+    model, a dummy-weights folder) is the workflow's business, not checked here."""
+    name = model.get("name", "<profile>")
+    if model.get("tokenizer"):
+        require_tokenizer(model["tokenizer"], f"models.{name}.tokenizer")
+        return
+    path = Path(str(model["path"]))
+    if (path / "config.json").is_file():
+        require_tokenizer(path, f"models.{name}.source")
 
 
 def load_hf_config(path: str, source: str) -> dict[str, Any] | None:

@@ -14,3 +14,10 @@ def tiny_model(tmp_path):
         "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
     (src / "tokenizer.json").write_text("{}")
     return src
+
+
+@pytest.fixture(autouse=True)
+def private_lock_dir(tmp_path_factory, monkeypatch):
+    """Engine locks of unit tests live in a folder of their own: a test that builds a real backend
+    must neither wait for nor block an engine running on the host."""
+    monkeypatch.setenv("CONTEXT_RESEARCH_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))

@@ -32,6 +32,8 @@ def test_default_config_is_valid_and_defaults_are_filled():
     (lambda c: c["models"]["embedded"].pop("source"), "models.embedded.source"),
     (lambda c: c.update(model_profile="nope"), "model_profile"),
     (lambda c: c["serving"].update(gpu_memory_utilization=1.5), "serving.gpu_memory_utilization"),
+    (lambda c: c["serving"].update(host="0.0.0.0"), "serving.host"),          # needs serving.allow_remote
+    (lambda c: c["serving"].update(allow_remote="yes"), "serving.allow_remote"),
 ])
 def test_bad_config_names_the_key(mutate, key):
     cfg = base()
@@ -67,6 +69,14 @@ def test_overlay_merges_deeply(tmp_path):
     cfg = load_config(DEFAULT, [overlay])
     assert cfg["serving"]["enforce_eager"] is True
     assert cfg["serving"]["backend"] == "vllm"
+
+
+def test_overlay_error_names_the_overlay_not_the_base(tmp_path):
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("serving:\n  enforce_eager: maybe\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT, [overlay])
+    assert str(err.value).startswith(f"Invalid configuration ({overlay}): config key 'serving.enforce_eager'")
 
 
 def test_experiment_hash_tracks_exactly_its_inputs():

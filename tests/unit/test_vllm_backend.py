@@ -26,7 +26,9 @@ def test_command_carries_the_config(tmp_path):
     assert "--load-format dummy" in joined and "--max-model-len 2048" in joined
     assert "--no-enable-prefix-caching" in cmd and cmd[-2:] == ["--max-num-seqs", "8"]
     assert "--gpu-memory-utilization" not in cmd  # CPU engine
+    assert "--api-key" not in cmd and b.api_key is None  # loopback: no key (see test_bad_input for remote)
     env = b.build_env()
+    assert "VLLM_API_KEY" not in env
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["FOO_X"] == "1"
     assert env["VLLM_CACHE_ROOT"].endswith(os.path.join(".cache", "vllm"))
     b.stop()
@@ -119,3 +121,11 @@ def test_client_drops_idle_connections_long_before_the_server_does(tmp_path):
 
     keepalive, limit = asyncio.run(keepalive_of_session())
     assert keepalive == CLIENT_KEEPALIVE_S and limit == 0
+
+
+def test_a_cpu_engine_leaves_a_core_to_the_api_server_and_the_client():
+    from context_research.backends.vllm_server import cpu_binding_leaving_a_core
+
+    assert cpu_binding_leaving_a_core([0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
+    assert cpu_binding_leaving_a_core([4, 2, 3, 5]) == {"VLLM_CPU_OMP_THREADS_BIND": "2,3,4"}
+    assert cpu_binding_leaving_a_core([0]) == {}

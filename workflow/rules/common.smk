@@ -2,13 +2,18 @@
 import json
 import sys
 
-from context_research.config import experiment_hash, experiment_view, model_profile, validate_config
+from context_research.config import (experiment_hash, experiment_view, model_profile, snakemake_config_origins,
+                                     validate_config)
 from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
 
 try:
-    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+    # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
+    # names the file that set the bad key last (the schema's defaults belong to no file).
+    _CONFIG_SOURCE, _CONFIG_ORIGINS = snakemake_config_origins(workflow)
+    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+                    source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS)
 except ConfigError as exc:
     sys.exit(f"context-research: {exc}")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 import aiohttp
 
+from ..config import API_KEY_ENV
 from ..records import GenerationRequest, RequestRecord, finalize_timing
 
 # The server closes an idle keep-alive connection after VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds
@@ -18,11 +20,29 @@ from ..records import GenerationRequest, RequestRecord, finalize_timing
 CLIENT_KEEPALIVE_S = 2.0
 
 
-def http_session(timeout_s: float) -> aiohttp.ClientSession:
-    """The aiohttp session every measuring client uses: no connection limit, short keep-alive."""
+# A server bound to a non-loopback address (serving.allow_remote) requires the key in API_KEY_ENV
+# (vLLM --api-key, see config.api_key_for); every request to it carries it as a bearer token.
+_FROM_ENV: Any = object()
+
+
+def api_key_from_env() -> str | None:
+    return os.environ.get(API_KEY_ENV, "").strip() or None
+
+
+def auth_headers(api_key: str | None = _FROM_ENV) -> dict[str, str]:
+    """``Authorization: Bearer <key>`` (the key from ``CONTEXT_RESEARCH_API_KEY`` unless given), or
+    nothing without a key. vLLM checks it on /v1/*; other routes ignore it."""
+    key = api_key_from_env() if api_key is _FROM_ENV else api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def http_session(timeout_s: float, api_key: str | None = _FROM_ENV) -> aiohttp.ClientSession:
+    """The aiohttp session every measuring client uses: no connection limit, short keep-alive, and
+    the server's API key on every request when there is one (``auth_headers``)."""
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=CLIENT_KEEPALIVE_S),
+        headers=auth_headers(api_key),
     )
 
 
@@ -123,14 +143,20 @@ async def sse_lines(stream: aiohttp.StreamReader):
 class StreamingClient:
     """One aiohttp session against one server; ``generate`` measures one request."""
 
-    def __init__(self, base_url: str, model_name: str, timeout_s: float = 900.0):
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 900.0, api_key: str | None = _FROM_ENV):
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
+        self.api_key = api_key
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request of this client carries besides aiohttp's own headers."""
+        return auth_headers(self.api_key)
+
     async def __aenter__(self) -> "StreamingClient":
-        self._session = http_session(self.timeout_s)
+        self._session = http_session(self.timeout_s, self.api_key)
         return self
 
     async def __aexit__(self, *exc) -> None:

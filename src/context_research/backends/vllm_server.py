@@ -21,14 +21,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..config import api_key_for
 from ..errors import EngineStartError
 from ..records import GenerationRequest, RequestRecord
 from ..watchdog import DRIVER_PID_ENV, ENGINE_TMPDIR_ENV
 from .base import ServingBackend
-from .client import StreamingClient
+from .client import StreamingClient, auth_headers
 
 # Server-side keep-alive (s) of the engines we launch; must exceed CLIENT_KEEPALIVE_S.
 SERVER_KEEP_ALIVE_S = 60
+# vLLM's own name for its --api-key; what is stored or logged shows REDACTED instead of the key.
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+REDACTED = "<redacted: $CONTEXT_RESEARCH_API_KEY>"
 
 _LIVE: set["VllmServerBackend"] = set()
 
@@ -42,9 +46,45 @@ atexit.register(_stop_all_at_exit)
 
 
 def free_loopback_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+    """A port free on ``host`` (the address the server binds: loopback unless serving.allow_remote)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host.strip("[]"), 0))
         return s.getsockname()[1]
+
+
+def connect_host(host: str) -> str:
+    """Where our own clients reach a server bound to ``host``: the wildcard addresses through
+    loopback, IPv6 literals in brackets."""
+    host = host.strip("[]")
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def redact_command(cmd: list[str]) -> list[str]:
+    """``cmd`` as it may be logged or stored: the value of an ``--api-key`` (e.g. one given in
+    serving.extra_args) replaced."""
+    out = list(cmd)
+    for i, arg in enumerate(out):
+        if arg == "--api-key" and i + 1 < len(out):
+            out[i + 1] = REDACTED
+        elif arg.startswith("--api-key="):
+            out[i] = f"--api-key={REDACTED}"
+    return out
+
+
+def cpu_binding_leaving_a_core(cpus: list[int] | None = None) -> dict[str, str]:
+    """VLLM_CPU_OMP_THREADS_BIND for a CPU engine: every usable core but the last, which stays with
+    vLLM's API server and our measuring client. vLLM's automatic binding takes every core, and on a
+    2-core host the API server then stalls for tens of ms and flushes a request's tokens at once
+    (seen in E1 on CI: a client TPOT of 0.01 ms against the engine's 1.7 ms). Empty on one core."""
+    from ..disagg.gpus import usable_cpus
+
+    cpus = usable_cpus() if cpus is None else sorted(cpus)
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus[:-1]))} if len(cpus) >= 2 else {}
 
 
 def cuda_visible() -> bool:
@@ -92,6 +132,9 @@ class VllmServerBackend(ServingBackend):
     def __init__(self, model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike):
         super().__init__(model, serving, log_path)
         self.host = serving.get("host", "127.0.0.1")
+        # None on loopback; a non-loopback host needs serving.allow_remote and the key in
+        # CONTEXT_RESEARCH_API_KEY (ConfigError naming the keys or the variable otherwise).
+        self.api_key = api_key_for(serving)
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.device = resolve_device(serving)
@@ -104,7 +147,7 @@ class VllmServerBackend(ServingBackend):
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{connect_host(self.host)}:{self.port}"
 
     # -- process lifecycle -------------------------------------------------------------
     @staticmethod
@@ -146,6 +189,9 @@ class VllmServerBackend(ServingBackend):
 
     def build_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # The engine's API key is only ever ours (serving.allow_remote, set below): a stray
+        # VLLM_API_KEY in the shell would lock out our own clients.
+        env.pop(VLLM_API_KEY_ENV, None)
         root = cache_root()
         self._tmpdir = tempfile.mkdtemp(prefix="cr-engine-")
         env.update({
@@ -171,7 +217,15 @@ class VllmServerBackend(ServingBackend):
             # FlashInfer's sampler JIT adds ~110 s to a cold start and nothing to what we measure.
             env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         env.update({k: str(v) for k, v in self.serving.get("env", {}).items()})
-        self.engine_env = {k: env[k] for k in sorted(env) if k.startswith(("VLLM_", "CUDA_VISIBLE", "NCCL_", "TORCH"))}
+        if self.device == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            env.update(cpu_binding_leaving_a_core())
+        if self.api_key:
+            # vLLM's --api-key, given through its environment variable rather than the command line:
+            # argv is readable by every local user (ps) and goes to engine.log and run_metadata.json.
+            # vLLM then answers /v1/* only with "Authorization: Bearer <key>", which our clients send.
+            env[VLLM_API_KEY_ENV] = self.api_key
+        self.engine_env = {k: (REDACTED if k == VLLM_API_KEY_ENV else env[k])
+                           for k in sorted(env) if k.startswith(("VLLM_", "CUDA_VISIBLE", "NCCL_", "TORCH"))}
         return env
 
     def start(self) -> None:
@@ -190,7 +244,7 @@ class VllmServerBackend(ServingBackend):
         self._log_handle = open(self.log_path, "w", encoding="utf-8")
         self.port = free_loopback_port(self.host)
         self.command = self.build_command(self.port)
-        self._log_handle.write("# " + " ".join(self.command) + "\n")
+        self._log_handle.write("# " + " ".join(redact_command(self.command)) + "\n")
         self._log_handle.flush()
         t0 = time.perf_counter()
         # A new session makes the server and its engine workers one process group we can kill.
@@ -214,7 +268,7 @@ class VllmServerBackend(ServingBackend):
                     f"Last lines of {self.log_path}:\n{self._log_tail()}\n"
                     f"{self._hint()}")
             try:
-                with urllib.request.urlopen(self.base_url + "/health", timeout=2) as resp:
+                with urllib.request.urlopen(self._request("/health"), timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
@@ -273,7 +327,7 @@ class VllmServerBackend(ServingBackend):
     async def generate(self, req: GenerationRequest, run_t0: float) -> RequestRecord:
         if self._client is None:
             self._client = StreamingClient(self.base_url, self.served_name,
-                                           float(self.serving.get("request_timeout_s", 900)))
+                                           float(self.serving.get("request_timeout_s", 900)), api_key=self.api_key)
             await self._client.__aenter__()
         return await self._client.generate(req, run_t0)
 
@@ -288,11 +342,16 @@ class VllmServerBackend(ServingBackend):
         last = [line.strip() for line in self.log_text().splitlines() if line.strip()][-1:]
         return f"engine died (exit code {self.proc.returncode}); last log line: {last[0] if last else 'none'}"
 
+    def _request(self, path: str) -> urllib.request.Request:
+        """A GET of ``path`` on this server, carrying its API key if it has one (vLLM checks the
+        key only on /v1/*; sending it everywhere keeps working if a version guards more)."""
+        return urllib.request.Request(self.base_url + path, headers=auth_headers(self.api_key))
+
     def metrics_text(self) -> str | None:
-        with urllib.request.urlopen(self.base_url + "/metrics", timeout=30) as resp:
+        with urllib.request.urlopen(self._request("/metrics"), timeout=30) as resp:
             return resp.read().decode("utf-8", errors="replace")
 
     def info(self) -> dict[str, Any]:
-        return {"mode": self.mode, "device": self.device, "command": self.command, "port": self.port,
+        return {"mode": self.mode, "device": self.device, "command": redact_command(self.command), "port": self.port,
                 "startup_s": self.startup_s, "env": self.engine_env, "log": str(self.log_path),
                 "per_request_metrics": getattr(self, "per_request_metrics", None)}

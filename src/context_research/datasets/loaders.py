@@ -4,18 +4,21 @@ A benchmark block of the config (``experiments.e4.benchmarks.<benchmark>``) may 
 
 * ``local_dir``: folder with ``<task>.jsonl`` (or ``data/<task>.jsonl``) in the upstream schema;
   PG19 also accepts ``test.jsonl`` / ``pg19.jsonl``.
-* ``files``: ``{task: path}`` overriding ``local_dir`` for single tasks.
+* ``files``: ``{task: path}`` overriding ``local_dir`` for single tasks. A file named here must
+  exist: it is never replaced by ``local_dir`` (whose default is the project's fixtures) or the hub.
 * ``use_hub`` (default true), ``hub_id``, ``revision``, ``cache_dir``: go through
   ``datasets.load_dataset`` (hub or local HF cache) when no local file is found.
 * ``seed`` (default 0), ``count`` (default: all records), ``max_input_tokens`` (middle
   truncation of the whole prompt), PG19 ``window_tokens`` (default 4096).
 
 A local file wins over the hub. If neither yields data, ``ConfigError`` names the dataset,
-the task, the key to set and what to download.
+the task, the key to set and what to download. A malformed file is a ``ConfigError`` naming the
+file, its line (1-based, as an editor counts) and the config key that points at it.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -25,7 +28,6 @@ from context_research.datasets import templates as T
 from context_research.datasets.ruler import sample_seed
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file
-from context_research.io import read_jsonl
 from context_research.quality.prompting import truncate_middle_text
 from context_research.quality.scorers import choice_references
 
@@ -66,12 +68,40 @@ def _download_hint(benchmark: str, task: str) -> str:
             f"publication_date, url, text) as `<dir>/{task}.jsonl`, and point the key at <dir>")
 
 
-def local_candidates(benchmark: str, task: str, block: dict) -> list[Path]:
-    """The local files ``load_samples`` tries for ``task``, in order (``files`` first)."""
-    cands: list[Path] = []
+def files_key(benchmark: str, task: str) -> str:
+    return f"{KEY_PREFIX}.{benchmark}.files.{task}"
+
+
+def explicit_file_problem(benchmark: str, task: str, block: dict) -> str | None:
+    """Why the file ``files.<task>`` names cannot be read (it does not exist, or is a folder)."""
     files = block.get("files") or {}
-    if task in files:
-        cands.append(Path(files[task]))
+    if task not in files:
+        return None
+    path = Path(str(files[task])).expanduser()
+    if path.is_file():
+        return None
+    what = "is a folder, not a file" if path.is_dir() else "does not exist"
+    return (f"config key '{files_key(benchmark, task)}': {path} {what} (resolved against {Path.cwd()}). "
+            f"Fix the path, or remove the key to use {KEY_PREFIX}.{benchmark}.local_dir")
+
+
+def explicit_file(benchmark: str, task: str, block: dict) -> Path | None:
+    """The file ``files.<task>`` names, if it does; a ``ConfigError`` naming the key and the path
+    if that file does not exist (never a silent fall back to ``local_dir`` or the fixtures)."""
+    problem = explicit_file_problem(benchmark, task, block)
+    if problem is not None:
+        raise ConfigError(problem)
+    files = block.get("files") or {}
+    return Path(str(files[task])).expanduser() if task in files else None
+
+
+def local_candidates(benchmark: str, task: str, block: dict) -> list[Path]:
+    """The local files ``load_samples`` tries for ``task``, in order: only ``files.<task>`` when it
+    is set (and it must exist, see ``explicit_file``), else ``local_dir``'s candidates."""
+    explicit = explicit_file(benchmark, task, block)
+    if explicit is not None:
+        return [explicit]
+    cands: list[Path] = []
     if block.get("local_dir"):
         d = Path(block["local_dir"])
         names = [f"{task}.jsonl"]
@@ -82,12 +112,41 @@ def local_candidates(benchmark: str, task: str, block: dict) -> list[Path]:
     return cands
 
 
-def _check_schema(benchmark: str, task: str, rows: list[dict], where: str) -> None:
+def read_records(path: str | Path, key: str) -> tuple[list[dict], list[int]]:
+    """The JSON objects of a JSONL file and the line (1-based, blank lines counted) of each. A line
+    that is not a JSON object is a ``ConfigError`` naming the file, that line, and ``key``."""
+    rows: list[dict] = []
+    lines: list[int] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} (config key '{key}') is not UTF-8 text: {exc}") from None
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {n}, column {exc.colno}: not valid JSON ({exc.msg}); "
+                              f"config key '{key}' points at this file, which must be JSONL "
+                              f"(one JSON object per line)") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}, line {n}: a JSON {type(row).__name__}, not an object; config key "
+                              f"'{key}' points at this file, which must be JSONL (one JSON object per line)")
+        rows.append(row)
+        lines.append(n)
+    return rows, lines
+
+
+def _check_schema(benchmark: str, task: str, rows: list[dict], where: str, lines: list[int] | None = None,
+                  key: str | None = None) -> None:
     need = REQUIRED_FIELDS[benchmark]
     for j, r in enumerate(rows):
         missing = [k for k in need if k not in r]
         if missing:
-            raise ConfigError(f"{benchmark}/{task}: record {j} of {where} lacks field(s) {missing}; "
+            at = f"line {lines[j]} of {where}" if lines else f"record {j} of {where}"
+            via = f" (config key '{key}')" if key else ""
+            raise ConfigError(f"{benchmark}/{task}: {at}{via} lacks field(s) {missing}; "
                               f"expected the upstream schema with {list(need)}")
 
 
@@ -99,15 +158,14 @@ def load_records(benchmark: str, task: str, cfg: dict | None) -> tuple[list[dict
         raise ConfigError(f"unknown benchmark {benchmark!r} under {KEY_PREFIX}; known: {list(BENCHMARKS)}")
     block = benchmark_block(benchmark, cfg)
     key = f"{KEY_PREFIX}.{benchmark}.local_dir"
+    # the key that names the file read: files.<task> when set, else local_dir
+    source_key = files_key(benchmark, task) if task in (block.get("files") or {}) else key
     tried: list[str] = []
     for path in local_candidates(benchmark, task, block):
         tried.append(str(path))
         if path.is_file():
-            try:
-                rows = read_jsonl(path)
-            except ValueError as exc:
-                raise ConfigError(f"{benchmark}/{task}: {path} is not valid JSONL ({exc}); check {key}") from exc
-            _check_schema(benchmark, task, rows, str(path))
+            rows, lines = read_records(path, source_key)
+            _check_schema(benchmark, task, rows, str(path), lines, source_key)
             return rows, {"kind": "local", "path": str(path), "sha256": sha256_file(path),
                           "revision": block.get("revision")}
     hub_error = "the hub was not tried (use_hub: false)"

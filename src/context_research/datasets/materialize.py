@@ -20,6 +20,7 @@ from context_research.datasets.specs import DATA_ROOT, Dataset, spec_dataset
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file, sha256_obj
 from context_research.io import read_json, read_jsonl, write_json, write_jsonl
+from context_research.models import require_tokenizer
 from context_research.quality.prompting import ChatPrompter, load_tokenizer, token_counter
 
 CountTokens = Callable[[str], int]
@@ -27,24 +28,29 @@ MANIFEST_VERSION = 1
 # Headroom of the automatic RULER reserve: templated lengths differ by a token or two between
 # samples (the answer prefix names different keys), and the reserve is measured on one of them.
 RULER_RESERVE_SLACK = 8
+RULER_KEY = "experiments.e4.ruler"  # RULER's block sits beside `benchmarks`, not in it
 
 
 def ruler_samples(task: str, block: dict, count_tokens: CountTokens) -> tuple[list[dict], dict]:
-    key = f"{loaders.KEY_PREFIX}.ruler"
+    key = RULER_KEY
     if "context_tokens" not in block:
-        raise ConfigError(f"ruler task {task!r}: set `{key}.context_tokens` (the target prompt length in tokens)")
+        raise ConfigError(f"ruler task {task!r}: no target length (context_tokens); set `{key}.context_lengths` "
+                          f"(the target prompt lengths in tokens)")
     params = dict((block.get("task_params") or {}).get(task) or {})
     if "reserve_tokens" in block:
         params.setdefault("reserve_tokens", int(block["reserve_tokens"]))
     source: dict = {"kind": "synthetic", "generator": f"context_research.datasets.ruler:{task}", "params": dict(params)}
     if ruler.GENERATORS.get(task) is ruler.qa:
         path = block.get("qa_records")
-        if not path or not Path(path).is_file():
+        if not path:
             raise ConfigError(
                 f"ruler task {task!r} needs SQuAD-style records: set `{key}.qa_records` to a JSONL file with "
                 f"question/context/answers (e.g. exported from the hub dataset `rajpurkar/squad`), or drop the task"
             )
-        params["records"] = read_jsonl(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"config key '{key}.qa_records': {path} does not exist (resolved against "
+                              f"{Path.cwd()}); ruler task {task!r} reads SQuAD-style records from it")
+        params["records"], _ = loaders.read_records(path, f"{key}.qa_records")
         source.update(kind="synthetic+local", path=str(path), sha256=sha256_file(path))
     samples = ruler.generate(task, int(block.get("count", 10)), int(block["context_tokens"]), count_tokens,
                              int(block.get("seed", 0)), **params)
@@ -112,9 +118,17 @@ def ruler_auto_reserve(task: str, block: dict, count_tokens: CountTokens, prompt
     return max(0, overhead) + int(sample["max_new_tokens"]) + RULER_RESERVE_SLACK
 
 
+def served_tokenizer(source: str):
+    """The served model's tokenizer (``specs.tokenizer_source``); a local folder without tokenizer
+    files is refused in our words first (transformers' error would point at sentencepiece)."""
+    require_tokenizer(source, "models.<profile>.tokenizer, else models.<profile>.source",
+                      tokenizer_key="models.<profile>.tokenizer")
+    return load_tokenizer(source)
+
+
 def materialize(spec: dict, out: str | Path, manifest_path: str | Path, tokenizer=None) -> dict:
     """Materialize one dataset described by ``dataset_spec``; returns its manifest."""
-    tok = tokenizer if tokenizer is not None else load_tokenizer(spec["tokenizer"])
+    tok = tokenizer if tokenizer is not None else served_tokenizer(spec["tokenizer"])
     count = token_counter(tok)
     block = dict(spec["block"])
     if spec["benchmark"] == "ruler" and block.get("reserve_tokens") is None:
@@ -131,7 +145,7 @@ def materialize_all(specs: Sequence[dict], root: str | Path = DATA_ROOT) -> list
     manifests = []
     for spec in specs:
         if spec["tokenizer"] not in tokenizers:
-            tokenizers[spec["tokenizer"]] = load_tokenizer(spec["tokenizer"])
+            tokenizers[spec["tokenizer"]] = served_tokenizer(spec["tokenizer"])
         ds = spec_dataset(spec)
         manifests.append(materialize(spec, ds.data_path(root), ds.manifest_path(root),
                                      tokenizer=tokenizers[spec["tokenizer"]]))

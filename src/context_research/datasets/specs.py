@@ -14,7 +14,7 @@ from ..config import model_profile
 from ..errors import ConfigError
 from ..hashing import sha256_file, sha256_obj
 from ..models import dummy_model_dir
-from .loaders import local_candidates
+from .loaders import explicit_file_problem, local_candidates
 
 DATA_ROOT = Path("results/data")
 BENCHMARKS = ("ruler", "longbench", "infinitebench", "pg19")
@@ -123,15 +123,46 @@ def spec_dataset(spec: dict) -> Dataset:
     return Dataset(spec["benchmark"], spec["name"], spec["task"], spec.get("context_tokens"))
 
 
+def qa_records_problem(e4: dict) -> str | None:
+    """Why RULER's ``qa`` task cannot read the ``qa_records`` file the config names."""
+    ruler = e4.get("ruler") or {}
+    path = ruler.get("qa_records")
+    if "qa" not in (ruler.get("tasks") or []) or not path or Path(path).is_file():
+        return None
+    return (f"config key 'experiments.e4.ruler.qa_records': {path} does not exist (resolved against "
+            f"{Path.cwd()}); ruler task 'qa' reads SQuAD-style records from it")
+
+
+def explicit_file_problems(e4: dict) -> list[tuple[str, str]]:
+    """(config key, message) for every file the E4 config names explicitly that cannot be read:
+    ``benchmarks.<b>.files.<task>`` of a configured task, RULER's ``qa_records`` for its ``qa``
+    task. Never replaced by the fixtures; ``config.validate_config`` refuses them up front."""
+    out: list[tuple[str, str]] = []
+    qa = qa_records_problem(e4)
+    if qa is not None and (e4.get("ruler") or {}).get("context_lengths"):
+        out.append(("experiments.e4.ruler.qa_records", qa))
+    for ds in datasets(e4):
+        if ds.benchmark != "ruler":
+            problem = explicit_file_problem(ds.benchmark, ds.task, dataset_block(e4, ds))
+            if problem is not None:
+                out.append((f"experiments.e4.benchmarks.{ds.benchmark}.files.{ds.task}", problem))
+    return out
+
+
 def source_inputs(config: dict) -> list[str]:
-    """Local files the datasets read (so editing one reruns the materialization)."""
+    """Local files the datasets read (so editing one reruns the materialization). A file the config
+    names explicitly (``files.<task>``, RULER's ``qa_records`` for its ``qa`` task) must exist: a
+    missing one is a ``ConfigError`` naming the key, before any rule runs."""
     found: list[str] = []
     for spec in dataset_specs(config):
         block = spec["block"]
         if spec["benchmark"] == "ruler":
             paths = [Path(block["qa_records"])] if block.get("qa_records") else []
+            problem = qa_records_problem(config["experiments"]["e4"]) if spec["task"] == "qa" else None
+            if problem is not None:
+                raise ConfigError(problem)
         else:
-            paths = local_candidates(spec["benchmark"], spec["task"], block)
+            paths = local_candidates(spec["benchmark"], spec["task"], block)  # raises for a missing files.<task>
         hit = next((str(p) for p in paths if p.is_file()), None)
         if hit is not None and hit not in found:
             found.append(hit)

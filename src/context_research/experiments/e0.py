@@ -17,6 +17,7 @@ from typing import Any
 from ..analysis.integrity import check_records
 from ..analysis.stats import (coefficient_of_variation, mean, ms, small_sample_note, small_sample_part,
                               summarize_with_ci)
+from ..backends.client import auth_headers
 from ..hashing import sha256_obj
 from ..io import write_json
 from ..metadata import engine_distribution
@@ -40,8 +41,10 @@ def server_version(session: EngineSession) -> str | None:
     base = getattr(session.backend, "base_url", None)
     if base is None:
         return None
+    # /version is open in vLLM; the key (serving.allow_remote) goes along in case a version guards it
+    request = urllib.request.Request(base + "/version", headers=auth_headers(getattr(session.backend, "api_key", None)))
     try:
-        with urllib.request.urlopen(base + "/version", timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read()).get("version")
     except Exception:
         return None

@@ -1,8 +1,10 @@
 """One lifecycle for every experiment, whatever its number of engines.
 
 ``ExperimentRun`` is a context manager around an experiment's body: it turns SIGTERM and SIGHUP
-into an exception (so every ``finally`` runs), samples NVML over the whole run, stops every
-engine the body started, and on success writes ``run_metadata.json`` and ``gpu_stats.json``.
+into an exception (so every ``finally`` runs), samples NVML over the whole run, holds the
+host-wide lock of every device its real engines use (``device_lock``: one engine-starting run per
+device, across Snakemake invocations), stops every engine the body started, and on success writes
+``run_metadata.json`` (with what else ran on the device) and ``gpu_stats.json``.
 ``run_declared`` is what ``context-research run`` calls.
 """
 
@@ -21,6 +23,7 @@ import pandas as pd
 from ..columns import write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
+from ..device_lock import RunDeviceGuard
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
 from ..metadata import build_run_metadata, make_run_id, utc_now
@@ -122,13 +125,24 @@ class ExperimentRun:
         self.gpu_stats_extra: dict[str, Any] = {}
         self.result_summary: Any = None
         self.metadata: dict[str, Any] | None = None
+        # The run's device locks and contention record (device_lock.py); taken by backend().
+        self.device_guard = RunDeviceGuard(self.serving, experiment=experiment.name, run_id=self.ctx.run_id)
 
     def backend(self, model: dict[str, Any], serving: dict[str, Any], log_key: str = "engine_log",
                 *log_name_args: Any) -> ServingBackend:
         """A (not yet started) engine whose log is the declared output ``log_key``; stopped on exit."""
         b = make_backend(model, serving, self.ctx.path(log_key, *log_name_args))
+        self._hold_device(b, serving)
         self.backends.append(b)
         return b
+
+    def _hold_device(self, backend: ServingBackend, serving: dict[str, Any]) -> None:
+        """Before a real engine can start: its devices' host-wide locks (waits or fails as
+        ``serving.device_lock`` says; released on exit) and a look at what already runs there."""
+        from ..backends.vllm_server import VllmServerBackend
+
+        if isinstance(backend, VllmServerBackend):
+            self.device_guard.engine(backend.device, serving)
 
     def serve_one(self, body: Body, **kwargs) -> Any:
         """Start one engine on the profile's model, run the async ``body`` against it."""
@@ -152,13 +166,17 @@ class ExperimentRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            for b in self.backends:
-                b.stop()
-            gpu = self._sampler.stop()
+            try:
+                for b in self.backends:
+                    b.stop()
+                gpu = self._sampler.stop()
+            finally:
+                self.device_guard.close()  # every engine has stopped: the next run may take the device
         finally:
             for s, previous in self._previous.items():
                 signal.signal(s, previous)
         if exc_type is None:
+            self.ctx.notes.extend(self.device_guard.notes())
             self._write(gpu)
         else:
             self._keep_partial(exc)
@@ -205,6 +223,7 @@ class ExperimentRun:
             model={k: v for k, v in model.items() if k != "hf_config"}, backend_mode=ctx.backend_mode,
             engine=self.engine_info if self.engine_info is not None else self._default_engine_info(),
             notes=ctx.notes, started_at=self._started, finished_at=utc_now(), run_id=ctx.run_id)
+        meta.update(self.device_guard.metadata())  # device_lock, contention
         meta["model_config"] = self.model_config if self.model_config is not None else model.get("hf_config")
         meta.update(self.metadata_extra)
         meta["result_summary"] = self.result_summary
