@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     except Orphaned as exc:
         print(f"context-research: {exc}", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except OSError as exc:  # a read-only or full disk, a missing folder: one line naming the path
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"context-research: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

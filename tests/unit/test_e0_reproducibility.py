@@ -102,3 +102,32 @@ def test_a_failed_run_keeps_what_it_wrote_where_snakemake_does_not_delete_it(tin
     assert names == ["FAILED.txt", "engine.log", "engine_restart1.log", "requests.csv"]
     assert "No space left on device" in (kept[0] / "FAILED.txt").read_text()
     assert not (out / "run_metadata.json").exists()
+
+
+def test_records_that_cannot_be_written_go_to_the_partial_folder_and_the_error_names_both(
+        tiny_model, tmp_path, monkeypatch):
+    """A results folder that turned read-only (or full) after the engine started: the records
+    survive, and the one-line error names the path that failed and where the records went."""
+    from context_research import columns
+    from context_research.errors import ContextResearchError
+
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
+                              "serving": {"backend": "simulated", "device": "cpu"},
+                              "experiments": {"e0": {"engine_starts": 1, "repeats": 2, "requests_per_repeat": 1}}})
+    out = tmp_path / "results" / "e0"
+    real_write_csv = columns.write_csv
+
+    def read_only_results(path, frame):
+        if path.parent == out:
+            raise OSError(30, "Read-only file system", str(path))
+        return real_write_csv(path, frame)
+
+    monkeypatch.setattr(columns, "write_csv", read_only_results)
+    with pytest.raises(ContextResearchError) as err:
+        run_declared(e0.EXPERIMENT, config, out)
+    message = str(err.value)
+    assert f"could not write {out / 'requests.csv'} (Read-only file system)" in message
+    kept = next((tmp_path / "results" / "e0.partial").iterdir()) / "requests.csv"
+    # header + 2 warmup + 8 identical + 2 repeats x 1 request
+    assert str(kept) in message and len(kept.read_text().splitlines()) == 1 + 2 + 8 + 2

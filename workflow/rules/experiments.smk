@@ -25,7 +25,10 @@ for _exp in EXPERIMENTS.values():
         conda:
             ENGINE_ENV
         shell:
-            "context-research run {rule} --outdir {params.outdir} --config-json {params.config:q} > {log} 2>&1"
+            # On failure the log's end (the reason, the engine log's tail, where the measured rows
+            # and engine logs were kept) goes to the console: Snakemake deletes the outputs.
+            "context-research run {rule} --outdir {params.outdir} --config-json {params.config:q} > {log} 2>&1 "
+            "|| {{ tail -n 30 {log} >&2; exit 1; }}"
 
     rule:
         name:

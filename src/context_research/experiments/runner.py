@@ -24,6 +24,7 @@ from ..columns import write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
 from ..device_lock import RunDeviceGuard
+from ..errors import ContextResearchError
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
 from ..metadata import build_run_metadata, make_run_id, utc_now
@@ -68,7 +69,22 @@ class RunContext:
         from ..result_tables import table_for
 
         path = self.path(key)
-        return write_table(path, frame, table_for(self.experiment, path.name))
+        table = table_for(self.experiment, path.name)
+        try:
+            return write_table(path, frame, table)
+        except OSError as err:  # a read-only or full results folder: the records must survive
+            fallback = self.partial_dir() / path.name
+            try:
+                write_table(fallback, frame, table)
+            except OSError:
+                raise ContextResearchError(f"could not write {path} ({err.strerror or err}), nor the records' "
+                                           f"fallback {fallback}: the run's records are lost") from err
+            raise ContextResearchError(f"could not write {path} ({err.strerror or err}); its {len(frame)} measured "
+                                       f"rows were written to {fallback} instead") from err
+
+    def partial_dir(self) -> Path:
+        """Where a failed run's files are kept: Snakemake deletes a failed job's outputs."""
+        return self.outdir.with_name(f"{self.outdir.name}.partial") / self.run_id
 
     def frame(self, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> pd.DataFrame:
         """``rows`` as a DataFrame (in ``columns`` order when given), every row stamped with the
@@ -183,8 +199,7 @@ class ExperimentRun:
         return False
 
     def partial_dir(self) -> Path:
-        """Where a failed run's files are kept: Snakemake deletes a failed job's outputs."""
-        return self.outdir.with_name(f"{self.outdir.name}.partial") / self.ctx.run_id
+        return self.ctx.partial_dir()
 
     def _keep_partial(self, exc: BaseException) -> None:
         """Copy what a failed run wrote (rows measured so far, engine logs) where Snakemake leaves
