@@ -426,7 +426,10 @@ def own_tree(root: int | None = None) -> list[Any]:
     processes."""
     import psutil
 
-    me = psutil.Process(root)
+    try:
+        me = psutil.Process(root)
+    except psutil.Error:  # ``root`` has exited: it has no tree left
+        return []
     try:
         return [me, *me.children(recursive=True)]
     except psutil.Error:
