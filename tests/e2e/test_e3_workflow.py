@@ -45,7 +45,9 @@ def test_both_modes_have_a_row_for_every_point(e3):
     assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", ["mode", "reason"]].to_string()
     assert (rows["n_ok"] == cfg["requests_per_point"]).all()
     assert (rows["backend_mode"] == "real").all() and (rows["weights"] == "random-embedded").all()
-    assert (rows["ttft_ms_p50"] > 0).all() and (rows["tpot_ms_p50"] >= 0).all()
+    assert (rows["ttft_ms_p50"] > 0).all() and (rows["tpot_ms_p50"].dropna() >= 0).all()
+    # a TPOT p50 left empty: too few of the point's requests had a decode pace the client could see
+    assert rows.loc[rows["tpot_ms_p50"].isna(), "stats_note"].str.contains("tpot").all()
     stated = rows.dropna(subset=["ttft_ms_p95"])
     assert (stated["ttft_ms_p50"] <= stated["ttft_ms_p95"]).all()
 
