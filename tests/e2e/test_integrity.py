@@ -31,7 +31,10 @@ def test_no_ok_point_row_has_client_tpot_below_the_engine_itl(workflow_dir, tabl
     both = ok.dropna(subset=["tpot_ms_mean", "engine_itl_ms_mean"])
     assert len(both), f"{table}: no ok row carries both a client TPOT and the engine's ITL"
     ratio = both["tpot_ms_mean"] / both["engine_itl_ms_mean"]
-    assert (ratio >= integrity.TPOT_UNDER_ITL_RATIO).all(), both[["tpot_ms_mean", "engine_itl_ms_mean"]]
+    # the tolerance of requests served alone, and the looser one where they overlapped
+    bound = [integrity.TPOT_UNDER_ITL_RATIO if integrity.one_at_a_time(r) else
+             integrity.TPOT_UNDER_ITL_RATIO_UNDER_LOAD for _, r in both.iterrows()]
+    assert (ratio >= bound).all(), both[["tpot_ms_mean", "engine_itl_ms_mean"]]
 
 
 def test_no_ok_e6_row_has_client_tpot_below_the_engine_itl(workflow_dir):
