@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from context_research.analysis.latency import (LATENCY_COLUMNS, THROUGHPUT_CI_METRICS, goodput, histogram_delta_mean,
-                                               histogram_delta_quantile, latency_row, poisson_schedule, throughput_ci)
+                                               latency_row, poisson_schedule, throughput_ci)
 from context_research.records import RequestRecord
 
 
@@ -113,30 +113,6 @@ def test_poisson_schedule():
     assert poisson_schedule(0, 1.0, seed=0) == []
     with pytest.raises(ValueError):
         poisson_schedule(3, 0.0, seed=0)
-
-
-BEFORE = {"0.1": 2, "0.5": 4, "1.0": 4, "+Inf": 4}
-AFTER = {"0.1": 12, "0.5": 34, "1.0": 44, "+Inf": 54}  # delta: 10 | 20 | 10 | 10 -> cum 10, 30, 40, 50
-
-
-def test_histogram_delta_quantile():
-    # rank 25 of 50 -> bucket (0.1, 0.5]: 0.1 + 0.4 * (25 - 10) / 20
-    assert histogram_delta_quantile(BEFORE, AFTER, 0.5) == pytest.approx(0.4)
-    # rank 5 -> first bucket, lower bound 0: 0.1 * 5 / 10
-    assert histogram_delta_quantile(BEFORE, AFTER, 0.1) == pytest.approx(0.05)
-    # rank 40 -> exactly the top of (0.5, 1.0]
-    assert histogram_delta_quantile(BEFORE, AFTER, 0.8) == pytest.approx(1.0)
-    # rank 47.5 falls in +Inf -> largest finite bound
-    assert histogram_delta_quantile(BEFORE, AFTER, 0.95) == pytest.approx(1.0)
-    # float keys, no "before"
-    assert histogram_delta_quantile(None, {0.1: 10, 0.5: 30, 1.0: 40, float("inf"): 50}, 0.5) == pytest.approx(0.4)
-    assert histogram_delta_quantile(AFTER, AFTER, 0.5) is None
-    with pytest.raises(ValueError):
-        histogram_delta_quantile(AFTER, BEFORE, 0.5)
-    with pytest.raises(ValueError):
-        histogram_delta_quantile(None, {"0.1": 1}, 0.5)
-    with pytest.raises(ValueError):
-        histogram_delta_quantile(None, AFTER, 1.5)
 
 
 def test_histogram_delta_mean():

@@ -6,7 +6,7 @@ All inputs are seconds (as in ``RequestRecord``); summary columns are millisecon
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -167,65 +167,6 @@ def poisson_schedule(n: int, rate_per_s: float, seed: int) -> list[float]:
         return [0.0] * n
     gaps = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n - 1)
     return [0.0] + [float(x) for x in np.cumsum(gaps)]
-
-
-def _buckets(buckets: Mapping[Any, float] | None) -> dict[float, float]:
-    out: dict[float, float] = {}
-    for le, count in (buckets or {}).items():
-        bound = float(str(le).strip()) if not isinstance(le, (int, float)) else float(le)
-        if math.isnan(bound):
-            raise ValueError(f"bad histogram bucket bound {le!r}")
-        out[bound] = out.get(bound, 0.0) + float(count)
-    return out
-
-
-def histogram_delta_quantile(before_buckets: Mapping[Any, float] | None,
-                             after_buckets: Mapping[Any, float], q: float) -> float | None:
-    """Quantile ``q`` (0..1) of the observations added between two scrapes of a Prometheus
-    cumulative histogram (``{le: cumulative count}``; ``le`` a float or a string such as "0.5"
-    or "+Inf"; ``before_buckets`` may be None/empty for "from zero").
-
-    Same algorithm as Prometheus' ``histogram_quantile``: find the first bucket whose cumulative
-    count reaches q x total and interpolate linearly inside it (lower bound 0 for the first
-    bucket); a rank in the +Inf bucket returns the largest finite bound. None when no
-    observation was added. Raises ValueError without a +Inf bucket or on a counter decrease.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must be in [0, 1], got {q}")
-    after = _buckets(after_buckets)
-    before = _buckets(before_buckets)
-    if math.inf not in after:
-        raise ValueError("histogram has no '+Inf' bucket")
-    bounds = sorted(after)
-    delta = []
-    for b in bounds:
-        d = after[b] - before.get(b, 0.0)
-        if d < 0:
-            raise ValueError(f"bucket le={b} decreased ({before.get(b)} -> {after[b]}): counter reset?")
-        delta.append(d)
-    # Cumulative counts must be monotone; Prometheus forces this, so do we.
-    for i in range(1, len(delta)):
-        delta[i] = max(delta[i], delta[i - 1])
-    total = delta[-1]
-    if total <= 0:
-        return None
-    if len(bounds) < 2:
-        return None  # only +Inf: nothing to interpolate within (Prometheus returns NaN)
-    rank = q * total
-    idx = next((i for i in range(len(bounds) - 1) if delta[i] >= rank), len(bounds) - 1)
-    if idx == len(bounds) - 1:
-        return bounds[-2]
-    upper = bounds[idx]
-    if idx == 0:
-        if upper <= 0:
-            return upper
-        lower, prev = 0.0, 0.0
-    else:
-        lower, prev = bounds[idx - 1], delta[idx - 1]
-    in_bucket = delta[idx] - prev
-    if in_bucket <= 0:
-        return lower
-    return lower + (upper - lower) * (rank - prev) / in_bucket
 
 
 def histogram_delta_mean(sum_before: float | None, sum_after: float, count_before: float | None,
