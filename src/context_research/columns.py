@@ -33,7 +33,7 @@ SOURCE_MEANINGS = {
 SOURCES = tuple(SOURCE_MEANINGS)
 
 # Units a column may declare ("" = none: a label, an id, free text, or a mixed unit the meaning explains).
-UNITS = ("", "ms", "s", "tokens", "count", "blocks", "bytes", "bytes/token", "bytes/s", "MB/s", "GiB",
+UNITS = ("", "ms", "s", "tokens", "count", "blocks", "bytes", "bytes/token", "bytes/s", "MB/s", "GB/s", "GiB",
          "req/s", "tok/s", "ratio", "%", "bool")
 
 
@@ -60,6 +60,8 @@ class Table:
     file: str  # e.g. "e1/latency.csv"
     columns: tuple[Column, ...]
     description: str = ""  # what one row is
+    # Columns earlier evidence carries that are no longer written: name -> why, and what replaced it.
+    retired: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         names = [c.name for c in self.columns]
@@ -77,8 +79,10 @@ class Table:
                 return c
         raise KeyError(f"{self.file} declares no column {name!r}")
 
-    def undeclared(self, columns: Iterable[str]) -> list[str]:
-        known = set(self.names)
+    def undeclared(self, columns: Iterable[str], allow_retired: bool = False) -> list[str]:
+        """Columns this table does not declare (``allow_retired``: retired ones count as declared,
+        for reading earlier evidence; a new table never writes them)."""
+        known = set(self.names) | ({name for name, _ in self.retired} if allow_retired else set())
         return [c for c in columns if c not in known]
 
 

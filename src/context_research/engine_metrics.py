@@ -148,3 +148,32 @@ def per_request_summary(records) -> dict[str, Any]:
     if not carried:
         out["note"] = NO_PER_REQUEST_METRICS
     return out
+
+
+# NIXL's own transfer telemetry (vLLM's NixlPromMetrics), read as deltas over a workload.
+NIXL_HISTOGRAMS = {"bytes": "vllm:nixl_bytes_transferred", "xfer": "vllm:nixl_xfer_time_seconds"}
+NIXL_FAILED = "vllm:nixl_num_failed_transfers"
+
+
+def nixl_telemetry(before: MetricsSnapshot | None, after: MetricsSnapshot | None) -> dict[str, Any]:
+    """Bytes NIXL transferred, its transfers and their mean duration, and failed transfers, between
+    two snapshots; every value None where the engine exports no ``vllm:nixl_*`` metric."""
+    out: dict[str, Any] = {"nixl_bytes_transferred": None, "nixl_transfers": None, "nixl_xfer_ms_mean": None,
+                           "nixl_failed_transfers": None}
+    if before is None or after is None:
+        return out
+    empty = {"buckets": {}, "sum": 0.0, "count": 0.0}
+    moved = after.histogram(NIXL_HISTOGRAMS["bytes"])
+    if moved is not None:
+        b = before.histogram(NIXL_HISTOGRAMS["bytes"]) or empty
+        out["nixl_bytes_transferred"] = moved["sum"] - b["sum"]
+        out["nixl_transfers"] = moved["count"] - b["count"]
+    xfer = after.histogram(NIXL_HISTOGRAMS["xfer"])
+    if xfer is not None:
+        b = before.histogram(NIXL_HISTOGRAMS["xfer"]) or empty
+        mean_s = histogram_delta_mean(b["sum"], xfer["sum"], b["count"], xfer["count"])
+        out["nixl_xfer_ms_mean"] = mean_s * 1000.0 if mean_s is not None else None
+    failed = after.total(NIXL_FAILED)
+    if failed is not None:
+        out["nixl_failed_transfers"] = failed - (before.total(NIXL_FAILED) or 0.0)
+    return out

@@ -367,6 +367,8 @@ _E3_TTFT = "disaggregated rows: producer send to the consumer's first token"
 _DELTA = ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "e2e_ms_p95", "goodput_rps")
 _DELTA_UNIT = {"goodput_rps": "req/s"}
 
+_STAND_IN = "a stand-in, not a timing"
+
 E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     C("prompt_tokens", "tokens", "config", "the point's prompt length"),
     C("concurrency", "count", "config", "requests in flight at most"),
@@ -402,47 +404,72 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
                                                "(ExampleConnector: ((n-1)//block)*block; others: n); not measured"),
     C("handoffs", "count", "client", "KV handoffs the broker opened for the point"),
     C("handoffs_ok", "count", "client", "handoffs whose consumer request succeeded"),
+    C("handoffs_kv_moved", "count", "derived", "handoffs whose KV moved (transfers.csv kv_moved)"),
     C("transfer_bytes_per_request", "bytes", "files", "mean size of the connector's files per ok handoff (headers "
                                                       "included); empty for connectors without a folder (NIXL, P2P "
                                                       "NCCL)"),
     C("transfer_bytes_total", "bytes", "files", "sum of the connector's file sizes over the point's ok handoffs"),
+    C("kv_bytes_loaded_per_request", "bytes", "engine", "mean over ok handoffs of the consumer's loaded tokens x its "
+                                                        "KV-cache bytes per token (measuring connector)"),
     C("analytical_bytes_per_request", "bytes", "analytical", "mean over ok handoffs of kv_bytes_per_token x expected "
                                                              "stored tokens"),
+    C("bytes_source", "", "label", "what bytes_agree compared: files (the connector's folder) or engine "
+                                   "(kv_bytes_loaded)"),
     C("bytes_relative_error_max", "ratio", "derived", "signed (measured - analytical) / analytical of the handoff with "
                                                       "the largest magnitude"),
     C("bytes_agree", "bool", "derived", "every ok handoff's bytes within experiments.e3.bytes_tolerance of analytical; "
                                         "empty when bytes were not measured"),
     C("baseline_prefill_ms_p50", "ms", "client", "median E2E of isolated max_tokens=1 non-streamed prefills of this "
-                                                 "length on the AGGREGATED engine (store-time baseline)"),
+                                                 "length on the AGGREGATED engine (what the prefill costs alone)"),
     C("producer_e2e_ms_p50", "ms", "client", "median E2E of the producer requests (max_tokens=1, non-streamed, KV "
                                              "written by the connector)"),
-    C("store_ms_p50", "ms", "derived", "median of producer E2E - baseline_prefill (another engine's median prefill): a "
-                                       "stand-in for the store time, not a measurement; includes producer queueing at "
-                                       "concurrency > 1, may be negative"),
-    C("load_ms_p50", "ms", "client", "median consumer TTFT (client): KV files read and injected, untransferred tail "
-                                     "computed, first token and HTTP; an upper bound on the load, not the load"),
-    C("transfer_ms_p50", "ms", "derived", "median over handoffs of store stand-in + consumer TTFT (store_s + load_s)"),
-    C("transfer_ms_mean", "ms", "derived", "mean over handoffs of store_s + load_s"),
-    C("transfer_throughput_mb_s", "MB/s", "derived", "median of bytes moved / (store_s + load_s), 1 MB = 1e6 bytes: "
-                                                     "prefill and first-token compute included, not a link or disk "
-                                                     "bandwidth"),
-    C("stall_ratio_p50", "ratio", "derived", "median of consumer TTFT / consumer E2E (share of the decode request "
-                                             "spent before its first token)"),
-    C("stall_ratio_mean", "ratio", "derived", "mean of consumer TTFT / consumer E2E"),
+    C("consumer_ttft_ms_p50", "ms", "client", "median TTFT of the consumer requests from their own send"),
+    C("kv_save_ms_p50", "ms", "engine", "median over handoffs of the producer's time inside save_kv_layer and "
+                                        "wait_for_save (measuring connector, per step)"),
+    C("kv_load_ms_p50", "ms", "engine", "median over handoffs of the consumer's load: time inside start_load_kv and "
+                                        "wait_for_layer_load; asynchronous loads: read issued to receive done"),
+    C("kv_wait_ms_p50", "ms", "engine", "median over handoffs of the consumer's first KV lookup to its first "
+                                        "scheduling"),
+    C("kv_stall_ms_p50", "ms", "engine", "median over handoffs of the consumer's first KV lookup to KV in place"),
+    C("kv_stall_ratio_p50", "ratio", "derived", "median of kv_stall_ms / consumer_engine_ms (the decode side's wait "
+                                                "for KV over its request time, both engine-timed)"),
+    C("kv_load_gb_s_derived_p50", "GB/s", "derived", "median of kv_bytes_loaded / kv_load_ms (1 GB = 1e9 bytes)"),
+    C("kv_timing_source", "", "label", "who timed the kv_* columns (the measuring connector and the connector it "
+                                       "wraps), or why they were not measured"),
     C("consumer_expected_kv_tokens", "tokens", "analytical", "sum over ok handoffs of the tokens the consumer should "
-                                                             "look up (ExampleConnector: ((n-2)//block)*block)"),
+                                                             "load (ExampleConnector: ((n-2)//block)*block; NIXL: n)"),
+    C("external_kv_tokens", "tokens", "engine", "sum over ok handoffs of the tokens the consumer's connector loaded "
+                                                "(measuring connector, per request)"),
     C("consumer_external_kv_tokens", "tokens", "engine",
       "Δ decode engine's vllm:prompt_tokens_by_source_total{source=external_kv_transfer} over the point"),
     C("consumer_local_compute_tokens", "tokens", "engine",
       "Δ decode engine's vllm:prompt_tokens_by_source_total{source=local_compute} over the point"),
-    C("consumer_loaded_all", "bool", "derived", "consumer_external_kv_tokens >= consumer_expected_kv_tokens"),
+    C("kv_moved", "bool", "derived", "every handoff moved its KV (bytes agree, expected tokens loaded) and the engine's "
+                                     "external_kv_transfer count equals consumer_expected_kv_tokens; false fails the "
+                                     "row (disagg.verdict)"),
+    C("nixl_bytes_transferred", "bytes", "engine", "Δ decode engine's vllm:nixl_bytes_transferred sum over the point "
+                                                   "(NIXL's own telemetry); empty for other connectors"),
+    C("nixl_transfers", "count", "engine", "Δ vllm:nixl_bytes_transferred count over the point"),
+    C("nixl_xfer_ms_mean", "ms", "engine", "mean of vllm:nixl_xfer_time_seconds over the point (Δsum / Δcount)"),
+    C("nixl_failed_transfers", "count", "engine", "Δ vllm:nixl_num_failed_transfers over the point"),
+    C("nixl_bytes_over_loaded", "ratio", "derived", "nixl_bytes_transferred / (kv_bytes_loaded_per_request x "
+                                                    "handoffs_ok): NIXL's telemetry against the measuring connector"),
     *(C(f"delta_{m}", _DELTA_UNIT.get(m, "ms"), "derived",
         f"disaggregated {m} - aggregated {m} at the same point (ok disaggregated rows only)") for m in _DELTA),
     integrity_note_column(),
-    measured_on_column("client; consumer_* and engine_* columns: engine /metrics; "
-                       "bytes: the connector's shared folder"),
+    measured_on_column("client; kv_* columns: engine (measuring connector); consumer_* and engine_* and "
+                       "nixl_* columns: engine /metrics; bytes: shared folder"),
     *stamp_columns(),
-), "one row per point (prompt length, concurrency) and mode")
+), "one row per point (prompt length, concurrency) and mode", retired=(
+    ("store_ms_p50", f"producer E2E minus another engine's prefill: {_STAND_IN}; see kv_save_ms_p50"),
+    ("load_ms_p50", f"the consumer's TTFT: {_STAND_IN}; see kv_load_ms_p50 and consumer_ttft_ms_p50"),
+    ("transfer_ms_p50", f"store + load stand-ins; see kv_save_ms_p50, kv_wait_ms_p50, kv_load_ms_p50"),
+    ("transfer_ms_mean", "store + load stand-ins"),
+    ("transfer_throughput_mb_s", "bytes over the stand-ins (compute included); see kv_load_gb_s_derived_p50"),
+    ("stall_ratio_p50", "consumer TTFT / E2E, which max_tokens decides; see kv_stall_ratio_p50"),
+    ("stall_ratio_mean", "as stall_ratio_p50"),
+    ("consumer_loaded_all", "external tokens >= expected; see kv_moved (equality, per request and per point)"),
+))
 
 E3_REQUESTS = Table("e3/requests.csv", (
     C("mode", "", "config", "aggregated or disaggregated"),
@@ -455,16 +482,19 @@ E3_REQUESTS = Table("e3/requests.csv", (
         e2e_s="send to the last streamed chunk (disaggregated: producer send to the consumer's last chunk)",
         tpot_s=_TPOT + " (disaggregated: the consumer's own)",
         first_chunk_tokens="tokens the first token-carrying chunk brought (cumulative usage); disaggregated rows: "
-                           "empty (combine_records does not carry it)",
+                           "the consumer's stream",
         opening_burst_tokens="tokens of the stream's opening burst (records.finalize_timing); disaggregated rows: "
-                             "empty (combine_records does not carry it)",
-        **{name: f"{col.meaning}; disaggregated rows: empty (combine_records does not carry the consumer's)"
+                             "the consumer's stream",
+        **{name: f"{col.meaning}; disaggregated rows: the consumer engine's"
            for name, col in ((c.name, c) for c in per_request_engine_columns())},
         itl_s="comma-separated gaps between successive streamed chunks (disaggregated: the consumer's stream)",
         prompt_tokens="prompt tokens the server counted (disaggregated: the consumer's usage block)"),
     C("handoff_id", "", "label", "the KV handoff of a disaggregated request (transfers.csv); empty otherwise"),
     C("producer_e2e_s", "s", "client", "the producer request's E2E (max_tokens=1, non-streamed)"),
     C("consumer_ttft_s", "s", "client", "the consumer request's own TTFT, from its send"),
+    C("kv_wait_ms", "ms", "engine", "the consumer's first KV lookup to its first scheduling (transfers.csv)"),
+    C("kv_load_ms", "ms", "engine", "the consumer's KV load (transfers.csv)"),
+    C("external_kv_tokens", "tokens", "engine", "tokens the consumer's connector loaded for the request"),
     *stamp_columns(),
 ), "one row per request of both modes")
 
@@ -473,11 +503,13 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
     C("request_id", "", "label", "the request it carried (requests.csv)"),
     C("prompt_tokens", "tokens", "client", "tokens of the prompt the broker sent"),
     C("connector", "", "config", "vLLM KV connector"),
+    C("label", "", "label", "warmup or measured"),
+    C("concurrency", "count", "config", "concurrency of the handoff's point; empty for warmup"),
     C("storage_key", "", "label", "ExampleConnector's folder name for the prompt (md5 of the stored token ids)"),
     C("stored_tokens_expected", "tokens", "analytical", "tokens the connector should store (ExampleConnector: "
                                                         "((n-1)//block)*block; others: n)"),
-    C("lookup_tokens_expected", "tokens", "analytical", "tokens the consumer should look up (ExampleConnector: "
-                                                        "((n-2)//block)*block)"),
+    C("expected_external_kv_tokens", "tokens", "analytical", "tokens the consumer should load instead of computing "
+                                                             "(ExampleConnector: ((n-2)//block)*block; NIXL: n)"),
     C("analytical_bytes", "bytes", "analytical", "kv_bytes_per_token x stored_tokens_expected"),
     C("bytes_moved", "bytes", "files", "total size of the connector's files for the prompt (headers included), read "
                                        "after the point's requests completed"),
@@ -493,19 +525,49 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
     C("consumer_e2e_s", "s", "client", "consumer request E2E from its own send"),
     C("ok", "bool", "label", "the consumer request succeeded"),
     C("error", "", "label", "which pool failed and why"),
-    C("store_s", "s", "derived", "producer_e2e_s - baseline_prefill_s: a stand-in for the KV store time (two engines' "
-                                 "request times), not a measurement; may be negative"),
-    C("load_s", "s", "client", "= consumer_ttft_s: KV read and injected, tail computed, first token, HTTP; an upper "
-                               "bound on the load"),
-    C("transfer_s", "s", "derived", "store_s + load_s"),
-    C("throughput_bytes_per_s", "bytes/s", "derived", "bytes_moved / transfer_s (compute included; empty when "
-                                                      "transfer_s <= 0)"),
-    C("stall_ratio", "ratio", "derived", "load_s / consumer_e2e_s"),
-    C("bytes_relative_error", "ratio", "derived", "(bytes_moved - analytical_bytes) / analytical_bytes"),
+    C("kv_save_ms", "ms", "engine", "producer: time inside the connector's save_kv_layer calls and wait_for_save, "
+                                    "summed over the steps that computed the prompt (requests of one step share it)"),
+    C("kv_save_window_ms", "ms", "engine", "producer: first layer saved to wait_for_save done, summed over those "
+                                           "steps (the layers' compute in between included)"),
+    C("kv_load_ms", "ms", "engine", "consumer: time inside start_load_kv and wait_for_layer_load of the loading "
+                                    "step; asynchronous loads (kv_load_async): read issued to receive reported done"),
+    C("kv_load_async", "bool", "engine", "the connector loads asynchronously, between engine steps (NIXL)"),
+    C("kv_wait_ms", "ms", "engine", "consumer: first KV lookup by the scheduler to the step in which the request "
+                                    "was first scheduled to compute"),
+    C("kv_stall_ms", "ms", "engine", "consumer: first KV lookup to the KV in place (load end or receive done)"),
+    C("consumer_engine_ms", "ms", "engine", "consumer: first KV lookup to the request's end in the scheduler"),
+    C("kv_stall_ratio", "ratio", "derived", "kv_stall_ms / consumer_engine_ms"),
+    C("producer_engine_ms", "ms", "engine", "producer: first KV lookup to the request's end in the scheduler"),
+    C("external_kv_tokens", "tokens", "engine", "tokens the consumer's connector loaded (allocated as external)"),
+    C("kv_bytes_loaded", "bytes", "engine", "external_kv_tokens x bytes per token of the consumer's registered KV "
+                                            "cache tensors"),
+    C("kv_send_done_ms", "ms", "engine", "producer: request end to its KV reported sent (asynchronous connectors; "
+                                         "empty otherwise)"),
+    C("kv_timing_source", "", "label", "who timed the kv_* columns, or what the ledger lacked"),
+    C("kv_load_gb_s_derived", "GB/s", "derived", "kv_bytes_loaded / kv_load_ms (1 GB = 1e9 bytes)"),
+    C("bytes_source", "", "label", "bytes the check compares: files, engine (kv_bytes_loaded) or not measured"),
+    C("bytes_relative_error", "ratio", "derived", "(measured bytes - analytical_bytes) / analytical_bytes"),
     C("bytes_agree", "bool", "derived", "|bytes_relative_error| <= experiments.e3.bytes_tolerance; empty when bytes "
                                         "were not measured"),
+    C("kv_moved", "bool", "derived", "consumer ok, bytes agree and external_kv_tokens == expected_external_kv_tokens "
+                                     "(disagg.verdict)"),
+    C("kv_check", "", "label", "why kv_moved is what it is"),
+    C("waterfall_producer_frontend_ms", "ms", "derived", "producer send (client) to its first KV lookup (engine)"),
+    C("waterfall_producer_engine_ms", "ms", "engine", "producer's first KV lookup to its end (queue, prefill, save)"),
+    C("waterfall_producer_reply_ms", "ms", "derived", "producer's end (engine) to its reply received (client)"),
+    C("waterfall_broker_ms", "ms", "client", "producer reply received to consumer send"),
+    C("waterfall_consumer_frontend_ms", "ms", "derived", "consumer send (client) to its first KV lookup (engine)"),
+    C("waterfall_kv_wait_load_ms", "ms", "engine", "consumer's first KV lookup to the KV in place"),
+    C("waterfall_first_token_ms", "ms", "derived", "KV in place (engine) to the consumer's first token (client)"),
     *stamp_columns(),
-), "one row per KV handoff (warmups included)")
+), "one row per KV handoff (warmups included)", retired=(
+    ("lookup_tokens_expected", "renamed expected_external_kv_tokens (defined for NIXL too)"),
+    ("store_s", f"producer E2E minus another engine's prefill: {_STAND_IN}; see kv_save_ms"),
+    ("load_s", f"the consumer's TTFT: {_STAND_IN}; see kv_load_ms"),
+    ("transfer_s", "store_s + load_s"),
+    ("throughput_bytes_per_s", "bytes over the stand-ins; see kv_load_gb_s_derived"),
+    ("stall_ratio", "consumer TTFT / E2E; see kv_stall_ratio"),
+))
 
 # -- E4 ------------------------------------------------------------------------------------------
 
@@ -704,6 +766,10 @@ def glossary_markdown() -> str:
             out += [f"{table.description[0].upper()}{table.description[1:]}; {len(table.columns)} columns.", ""]
         out += ["| column | unit | source | meaning |", "|---|---|---|---|"]
         out += [f"| `{c.name}` | {c.unit} | {c.source} | {_cell(c.meaning)} |" for c in table.columns]
+        if table.retired:
+            out += ["", "Retired (earlier evidence carries them; no longer written):", "",
+                    "| column | why, and what replaced it |", "|---|---|"]
+            out += [f"| `{name}` | {_cell(why)} |" for name, why in table.retired]
     return "\n".join(out) + "\n"
 
 

@@ -41,8 +41,12 @@ def test_both_modes_have_a_row_for_every_point(e3):
                                                            ("aggregated", "disaggregated"))}
     assert set(zip(rows["prompt_tokens"], rows["concurrency"], rows["mode"])) == expected
     assert len(rows) == len(expected)
-    # The CPU-sized defaults are all measurable: no refused or failed point.
-    assert (rows["status"] == "ok").all(), rows.loc[rows["status"] != "ok", ["mode", "reason"]].to_string()
+    # The CPU-sized defaults are all measurable: no refused or failed point. On a 2-core host a
+    # stream can stall (every token in one burst): the integrity check calls that point implausible
+    # and says why (client TPOT below the engine's ITL); it never fails it.
+    assert rows["status"].isin(["ok", "implausible"]).all(), \
+        rows.loc[~rows["status"].isin(["ok", "implausible"]), ["mode", "reason"]].to_string()
+    assert rows.loc[rows["status"] == "implausible", "reason"].str.contains("engine ITL").all()
     assert (rows["n_ok"] == cfg["requests_per_point"]).all()
     assert (rows["backend_mode"] == "real").all() and (rows["weights"] == "random-embedded").all()
     assert (rows["ttft_ms_p50"] > 0).all() and (rows["tpot_ms_p50"].dropna() >= 0).all()
@@ -83,14 +87,39 @@ def test_every_handoff_is_accounted_and_the_shared_folder_is_gone(e3):
     # Every byte in the shared folder belongs to one handoff (nothing stored twice or elsewhere).
     assert s["transfer"]["storage_matches_handoffs"] is True
     assert s["connector"]["shared_storage"] and s["connector"]["shared_storage_removed"] is True
-    assert (t["store_s"].notna() | t["request_id"].str.startswith("warmup")).all()
-    assert (t["load_s"] > 0).all() and ((t["stall_ratio"] > 0) & (t["stall_ratio"] <= 1)).all()
+
+
+
+def test_every_transfer_timing_is_measured_inside_the_engines(e3):
+    t, dis = e3["transfers"], e3["rows"][e3["rows"]["mode"] == "disaggregated"]
+    assert (t["kv_timing_source"] == "engine: measuring connector around ExampleConnector").all()
+    for col in ("kv_save_ms", "kv_load_ms", "kv_wait_ms", "kv_stall_ms", "consumer_engine_ms", "producer_engine_ms"):
+        assert (t[col] >= 0).all(), col
+    assert (t["kv_save_window_ms"] >= t["kv_save_ms"] - 1e-6).all()   # the time inside the calls lies in the window
+    assert ((t["kv_stall_ratio"] > 0) & (t["kv_stall_ratio"] <= 1)).all()
+    assert not (t["kv_load_async"].astype(bool)).any()           # ExampleConnector loads synchronously
+    # The waterfall's segments add up to the user's TTFT (producer send to the consumer's first token).
+    wf = t[[c for c in t.columns if c.startswith("waterfall_")]]
+    assert len(wf.columns) == 7 and wf.notna().all().all()
+    for col in ("kv_save_ms_p50", "kv_load_ms_p50", "kv_wait_ms_p50", "kv_stall_ratio_p50"):
+        assert dis[col].notna().all(), col
+    # The raw engine events are kept beside the tables.
+    ledger = [json.loads(x) for x in (e3["dir"] / "kv_ledger.jsonl").read_text().splitlines()]
+    assert {e["label"] for e in ledger} == {"prefill", "decode"}
+    assert {"lookup", "alloc", "scheduled", "load", "save", "finished", "layout"} <= {e["event"] for e in ledger}
 
 
 def test_the_decode_engine_loaded_the_kv_instead_of_recomputing(e3):
-    dis = e3["rows"][e3["rows"]["mode"] == "disaggregated"]
-    assert (dis["consumer_external_kv_tokens"] >= dis["consumer_expected_kv_tokens"]).all()
-    assert (dis["consumer_expected_kv_tokens"] > 0).all() and dis["consumer_loaded_all"].astype(bool).all()
+    t, dis = e3["transfers"], e3["rows"][e3["rows"]["mode"] == "disaggregated"]
+    assert (t["external_kv_tokens"] == t["expected_external_kv_tokens"]).all()
+    assert t["kv_moved"].astype(bool).all() and (t["kv_check"].str.startswith("KV moved")).all()
+    # Per request (the connector) and per point (the engine's prompt-token counter) agree.
+    assert (dis["consumer_external_kv_tokens"] == dis["consumer_expected_kv_tokens"]).all()
+    assert (dis["external_kv_tokens"] == dis["consumer_expected_kv_tokens"]).all()
+    assert (dis["consumer_expected_kv_tokens"] > 0).all() and dis["kv_moved"].astype(bool).all()
+    # The engine's loaded bytes (tokens x its KV-cache bytes per token) equal the files' payload.
+    measured = t[t["ok"]]
+    assert (measured["kv_bytes_loaded"] == measured["payload_bytes"]).all()
 
 
 def test_route_logs_cover_both_pools(e3):
@@ -127,6 +156,9 @@ def test_deltas_are_disaggregated_minus_aggregated(e3):
             assert pd.isna(r["delta_ttft_ms_p50"])
             continue
         a = rows.loc[(n, c, "aggregated")]
+        if r["status"] != "ok" or a["status"] != "ok":   # no delta of a number that failed its checks
+            assert pd.isna(r["delta_ttft_ms_p50"])
+            continue
         for m in ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "goodput_rps"):
             if pd.isna(r[m]) or pd.isna(a[m]):  # a percentile too few requests could state
                 assert pd.isna(r[f"delta_{m}"]) and "p95" in str(r["stats_note"]) + str(a["stats_note"]), m
@@ -155,8 +187,10 @@ def test_packet_section_says_whether_the_transfer_pays_off(e3):
     assert e3["meta"]["run_id"] in md
     dis = e3["rows"][e3["rows"]["mode"] == "disaggregated"]
     first = dis.sort_values(["prompt_tokens", "concurrency"]).iloc[0]
-    word = "higher" if first["delta_ttft_ms_p50"] > 0 else "lower"
-    assert f"Disaggregated TTFT p50 is {abs(first['delta_ttft_ms_p50']):,.1f} ms {word} than aggregated" in md
+    if pd.notna(first["delta_ttft_ms_p50"]):
+        word = "higher" if first["delta_ttft_ms_p50"] > 0 else "lower"
+        assert f"disaggregated TTFT p50 is {abs(first['delta_ttft_ms_p50']):,.1f} ms {word} than aggregated" in md
+    assert "consumer engine: KV wait + load" in md      # the waterfall sentence of a measured request
     for fig in ("latency.svg", "goodput.svg", "transfer.svg"):
         svg = (e3["dir"] / fig).read_text()
         assert "<svg" in svg and e3["meta"]["run_id"] in svg

@@ -10,7 +10,8 @@ import pytest
 from context_research.analysis.model_math import kv_bytes_per_token
 from context_research.disagg.broker import (Handoff, KvBroker, analytical_check, example_connector_folder,
                                             example_connector_lookup_tokens, example_connector_stored_tokens,
-                                            folder_bytes, served_kv_dtype)
+                                            expected_external_kv_tokens, folder_bytes, served_kv_dtype)
+from context_research.disagg.ledger import KvTiming
 
 QWEN3_8B = {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
             "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "torch_dtype": "bfloat16",
@@ -139,19 +140,46 @@ def test_facts_16k_prompt_on_qwen3_8b():
     assert check["bytes_agree"] and 0 < check["bytes_relative_error"] < 1e-5
 
 
-def test_handoff_timing_definitions():
-    h = Handoff("h", "r", 1024, "ExampleConnector", bytes_moved=1_000_000, producer_e2e_s=0.30,
-                baseline_prefill_s=0.10, consumer_ttft_s=0.05, consumer_e2e_s=0.25, ok=True)
-    assert h.store_s == pytest.approx(0.20)
-    assert h.load_s == pytest.approx(0.05)
-    assert h.transfer_s == pytest.approx(0.25)
-    assert h.throughput_bytes_per_s == pytest.approx(4_000_000)
-    assert h.stall_ratio == pytest.approx(0.2)
-    # A store faster than the baseline's noise: no throughput rather than a negative one.
-    fast = Handoff("h", "r", 1, "c", bytes_moved=10, producer_e2e_s=0.1, baseline_prefill_s=0.2,
-                   consumer_ttft_s=0.05, consumer_e2e_s=0.1)
-    assert fast.transfer_s == pytest.approx(-0.05) and fast.throughput_bytes_per_s is None
-    assert Handoff("h", "r", 1, "c").store_s is None and Handoff("h", "r", 1, "c").stall_ratio is None
+def test_handoff_row_takes_its_timings_from_the_engine_ledger():
+    timing = KvTiming(kv_save_ms=2.0, kv_load_ms=4.0, kv_wait_ms=0.25, external_kv_tokens=896,
+                      kv_bytes_loaded=896 * 1024.0, source="engine: measuring connector around ExampleConnector",
+                      t_producer_lookup=10.002, t_producer_finished=10.050, t_consumer_lookup=10.054,
+                      t_consumer_kv_ready=10.060)
+    h = Handoff("h", "r", 1024, "ExampleConnector", stored_tokens_expected=896, expected_external_kv_tokens=896,
+                analytical_bytes=896 * 1024, bytes_moved=896 * 1024 + 36, consumer_ttft_s=0.02, ok=True,
+                timing=timing, t_producer_sent=10.000, t_producer_replied=10.051, t_consumer_sent=10.052,
+                t_consumer_first_token=10.072)
+    row = h.as_row()
+    assert row["kv_save_ms"] == 2.0 and row["kv_load_ms"] == 4.0 and row["kv_wait_ms"] == 0.25
+    assert row["kv_timing_source"] == "engine: measuring connector around ExampleConnector"
+    assert row["kv_load_gb_s_derived"] == pytest.approx(896 * 1024 / 4.0 / 1e6)
+    assert row["bytes_source"] == "files" and row["bytes_agree"] is True
+    assert row["kv_moved"] is True and row["kv_check"].startswith("KV moved")
+    # The waterfall: consecutive segments from the producer send to the consumer's first token.
+    wf = {k: v for k, v in row.items() if k.startswith("waterfall_")}
+    assert wf == pytest.approx({"waterfall_producer_frontend_ms": 2.0, "waterfall_producer_engine_ms": 48.0,
+                                "waterfall_producer_reply_ms": 1.0, "waterfall_broker_ms": 1.0,
+                                "waterfall_consumer_frontend_ms": 2.0, "waterfall_kv_wait_load_ms": 6.0,
+                                "waterfall_first_token_ms": 12.0})
+    assert sum(wf.values()) == pytest.approx(72.0)   # = consumer first token - producer send
+    assert not any(k.startswith("t_") or k == "timing" for k in row)
+
+
+def test_without_files_the_engine_bytes_are_checked_and_without_a_ledger_nothing_is():
+    nixl = Handoff("h", "r", 1024, "NixlConnector", stored_tokens_expected=1024, expected_external_kv_tokens=1024,
+                   analytical_bytes=1024 * 1024, ok=True,
+                   timing=KvTiming(external_kv_tokens=1024, kv_bytes_loaded=1024 * 1024.0))
+    assert nixl.measured_bytes() == (1024 * 1024.0, "engine") and nixl.as_row()["bytes_agree"] is True
+    bare = Handoff("h", "r", 1024, "NixlConnector", analytical_bytes=1024, ok=True)
+    row = bare.as_row()
+    assert row["bytes_source"] == "not measured" and row["bytes_agree"] is None
+    assert row["kv_timing_source"] == "not measured: no ledger joined" and row["kv_moved"] is False
+
+
+def test_expected_external_tokens_per_connector():
+    assert expected_external_kv_tokens("ExampleConnector", 1024, 16) == 1008   # ((n-2)//16)*16
+    assert expected_external_kv_tokens("NixlConnector", 1024, 16) == 1024
+    assert expected_external_kv_tokens("P2pNcclConnector", 1024, 16) is None
 
 
 def test_served_kv_dtype_sources():

@@ -4,6 +4,7 @@ import pytest
 
 from context_research.disagg.broker import Handoff
 from context_research.disagg.gpus import assign_gpus
+from context_research.disagg.ledger import KvTiming
 from context_research.disagg.phases import engine_servings
 from context_research.disagg.plan import (Point, PromptIds, batched_tokens_budget, build_requests, refusal_reason,
                                           sweep_points)
@@ -81,9 +82,7 @@ def test_rows_deltas_and_transfer_columns():
     dis = empty_row(p, "disaggregated", CFG)
     latency_columns(dis, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.32, 0.012, 0.50), rec(2, 0.34, 0.012, 0.52)], 3.0,
                     CFG, 0)
-    hs = [Handoff(f"h{i}", f"r{i}", 256, "ExampleConnector", stored_tokens_expected=128, lookup_tokens_expected=128,
-                  analytical_bytes=65536, bytes_moved=65536 + 176, producer_e2e_s=0.2, baseline_prefill_s=0.05,
-                  consumer_ttft_s=0.1 + 0.02 * i, consumer_e2e_s=0.3, ok=True) for i in range(2)]
+    hs = [handoff(i) for i in range(2)]
     transfer_columns(dis, hs, {"engine_prompt_tokens_by_source": {"external_kv_transfer": 256.0,
                                                                        "local_compute": 256.0}}, 0.02)
     rows = [agg, dis]
@@ -93,13 +92,48 @@ def test_rows_deltas_and_transfer_columns():
     assert dis["delta_goodput_rps"] == pytest.approx(1.0 - 2.0)
     assert agg["delta_ttft_ms_p50"] is None
     assert dis["transfer_bytes_per_request"] == 65536 + 176 and dis["analytical_bytes_per_request"] == 65536
-    assert dis["bytes_agree"] is True and 0 < dis["bytes_relative_error_max"] < 0.01
-    assert dis["store_ms_p50"] == pytest.approx(150.0)
-    assert dis["load_ms_p50"] == pytest.approx(110.0)
-    assert dis["transfer_ms_p50"] == pytest.approx(260.0)
-    assert dis["stall_ratio_p50"] == pytest.approx(0.11 / 0.3)
-    assert dis["consumer_expected_kv_tokens"] == 256 and dis["consumer_loaded_all"] is True
+    assert dis["bytes_agree"] is True and 0 < dis["bytes_relative_error_max"] < 0.01 and dis["bytes_source"] == "files"
+    # Medians of the engine-timed columns (two handoffs: the mean of the two middle values).
+    assert dis["kv_save_ms_p50"] == pytest.approx(3.5) and dis["kv_load_ms_p50"] == pytest.approx(10.5)
+    assert dis["kv_wait_ms_p50"] == pytest.approx(0.5) and dis["kv_stall_ratio_p50"] == pytest.approx(0.1)
+    assert dis["kv_load_gb_s_derived_p50"] == pytest.approx(65536 / 10.0 / 1e6 * 0.5 + 65536 / 11.0 / 1e6 * 0.5)
+    assert dis["kv_timing_source"] == "engine: measuring connector around ExampleConnector"
+    assert dis["consumer_expected_kv_tokens"] == 256 == dis["external_kv_tokens"] and dis["kv_moved"] is True
+    assert dis["consumer_ttft_ms_p50"] == pytest.approx(110.0) and dis["handoffs_kv_moved"] == 2
     assert set(POINT_COLUMNS) >= set(agg) and set(agg) == set(POINT_COLUMNS)
+
+
+def handoff(i, loaded=128, ok=True):
+    timing = KvTiming(kv_save_ms=3.0 + i, kv_load_ms=10.0 + i, kv_wait_ms=0.5, kv_stall_ratio=0.1,
+                      external_kv_tokens=loaded, kv_bytes_loaded=loaded * 512.0,
+                      source="engine: measuring connector around ExampleConnector")
+    return Handoff(f"h{i}", f"r{i}", 256, "ExampleConnector", stored_tokens_expected=128,
+                   expected_external_kv_tokens=128, analytical_bytes=65536, bytes_moved=65536 + 176,
+                   producer_e2e_s=0.2, consumer_ttft_s=0.1 + 0.02 * i, consumer_e2e_s=0.3, ok=ok, timing=timing)
+
+
+def _served_row():
+    row = empty_row(Point(0, 256, 1), "disaggregated", CFG)
+    latency_columns(row, [rec(0, 0.30, 0.012, 0.48), rec(1, 0.32, 0.012, 0.50), rec(2, 0.34, 0.012, 0.52)], 3.0,
+                    CFG, 0)
+    assert row["status"] == "ok"
+    return row
+
+
+def test_a_point_whose_consumer_recomputed_fails_with_the_reason():
+    row = _served_row()
+    transfer_columns(row, [handoff(0), handoff(1, loaded=0)], None, 0.02)
+    assert row["status"] == "failed" and row["kv_moved"] is False and row["handoffs_kv_moved"] == 1
+    assert row["reason"] == ("1 of 2 handoffs did not move the KV: the consumer recomputed the prompt instead of "
+                             "loading 128 tokens")
+
+
+def test_a_point_whose_engine_counter_disagrees_fails():
+    row = _served_row()
+    transfer_columns(row, [handoff(0), handoff(1)], {"engine_prompt_tokens_by_source": {
+        "external_kv_transfer": 128.0, "local_compute": 384.0}}, 0.02)
+    assert row["status"] == "failed"
+    assert row["reason"] == "the decode engine counted 128 external-KV prompt tokens, 256 expected"
 
 
 def test_a_failed_request_fails_the_row_with_its_reason():

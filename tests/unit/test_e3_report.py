@@ -20,30 +20,47 @@ def row(n, c, mode, ttft, tpot, goodput, **extra):
     return r
 
 
+WATERFALL = {  # one handoff per point, ms
+    256: dict(waterfall_producer_frontend_ms=2.0, waterfall_producer_engine_ms=20.0, waterfall_producer_reply_ms=1.0,
+              waterfall_broker_ms=0.5, waterfall_consumer_frontend_ms=2.0, waterfall_kv_wait_load_ms=55.0,
+              waterfall_first_token_ms=14.5),
+    1024: dict(waterfall_producer_frontend_ms=2.0, waterfall_producer_engine_ms=90.0, waterfall_producer_reply_ms=1.0,
+               waterfall_broker_ms=0.5, waterfall_consumer_frontend_ms=2.0, waterfall_kv_wait_load_ms=40.0,
+               waterfall_first_token_ms=14.5),
+}
+
+
 @pytest.fixture()
 def results(tmp_path):
     transfer = dict(connector="ExampleConnector", block_size=128, kv_bytes_per_token=512, bytes_agree=True,
-                    bytes_relative_error_max=0.0027, stall_ratio_p50=0.3)
+                    bytes_relative_error_max=0.0027, kv_stall_ratio_p50=0.3, kv_moved=True, bytes_source="files")
     rows = [
         row(256, 1, "aggregated", 25.0, 3.0, 15.0),
         row(256, 1, "disaggregated", 95.0, 7.0, 5.0, stored_tokens=128, transfer_bytes_per_request=65712,
-            analytical_bytes_per_request=65536, store_ms_p50=30.0, load_ms_p50=33.0, transfer_ms_p50=63.0,
-            **transfer),
+            analytical_bytes_per_request=65536, kv_save_ms_p50=4.0, kv_wait_ms_p50=0.3, kv_load_ms_p50=50.0,
+            external_kv_tokens=128, consumer_expected_kv_tokens=128, **transfer),
         row(1024, 1, "aggregated", 190.0, 3.0, 6.0),
         row(1024, 1, "disaggregated", 150.0, 6.0, 4.0, stored_tokens=896, transfer_bytes_per_request=458928,
-            analytical_bytes_per_request=458752, store_ms_p50=-3.0, load_ms_p50=31.0, transfer_ms_p50=28.0,
-            **transfer),
+            analytical_bytes_per_request=458752, kv_save_ms_p50=9.0, kv_wait_ms_p50=0.2, kv_load_ms_p50=35.0,
+            external_kv_tokens=896, consumer_expected_kv_tokens=896, **transfer),
     ]
     rows.append(failed_row(Point(0, 2040, 1), "disaggregated", CFG, "prompt 2040 + max_tokens 16 exceed"))
     add_deltas(rows)
     write_csv(tmp_path / "mode_comparison.csv", pd.DataFrame(rows, columns=POINT_COLUMNS))
+    handoffs = [{"handoff_id": f"handoff-0000{i}", "prompt_tokens": n, "concurrency": 1, "label": "measured",
+                 "ok": True, "consumer_ttft_s": 0.07, **WATERFALL[n]} for i, n in enumerate((256, 1024))]
+    handoffs.append({"handoff_id": "handoff-00009", "prompt_tokens": 256, "concurrency": 1, "label": "warmup",
+                     "ok": True, "consumer_ttft_s": 0.01, **WATERFALL[256]})
+    write_csv(tmp_path / "transfers.csv", pd.DataFrame(handoffs))
     write_json(tmp_path / "summary.json", {
         "slo": {"ttft_slo_ms": 1000, "tpot_slo_ms": 100}, "max_num_batched_tokens": 2048,
         "connector": {"name": "ExampleConnector", "block_size": 128, "block_size_source": "engine",
                       "kv_dtype": "bfloat16", "kv_dtype_source": "engine log", "kv_bytes_per_token": 512},
         "transfer": {"handoffs": 8, "handoffs_ok": 8, "bytes_moved_total": 2_098_560, "storage_matches_handoffs": True,
                      "bytes_tolerance": 0.02, "bytes_agree_all": True, "bytes_disagreements": [],
-                     "definitions": {"store_ms": "s", "load_ms": "l", "stall_ratio": "r"}},
+                     "handoffs_kv_moved": 8, "kv_not_moved": [],
+                     "kv_timing_sources": ["engine: measuring connector around ExampleConnector"],
+                     "definitions": {"kv_save_ms": "s", "kv_load_ms": "l", "kv_wait_ms": "w", "kv_stall_ratio": "r"}},
         "gpu_assignment": {"device": "cpu", "notes": ["CPU engines, no GPU: prefill on cores 0, decode on cores 1"]},
         "failed_rows": [{"mode": "disaggregated", "prompt_tokens": 2040, "concurrency": 1, "reason": "too long"}],
     })
@@ -56,15 +73,22 @@ def results(tmp_path):
 def test_verdicts_say_plainly_whether_the_transfer_pays_off(results):
     sec = e3_report.report_section(results)
     text = "\n".join(sec["findings"])
-    assert ("Disaggregated TTFT p50 is 70.0 ms higher than aggregated at 256 tokens (concurrency 1): the KV transfer "
-            "through shared storage costs more than recomputing the prefill on this hardware") in text
-    assert "Disaggregated TTFT p50 is 40.0 ms lower than aggregated at 1,024 tokens" in text
-    assert "store time <= 0" in text                       # the -3 ms store is called noise, not a gain
-    assert "65,712 bytes moved per request vs 65,536 analytical (128 stored tokens x 512 B)" in text
+    assert ("The handoff costs more than it saves at 256 tokens (concurrency 1): disaggregated TTFT p50 is 70.0 ms "
+            "higher than aggregated through shared storage (engine-timed p50: KV save 4.00 ms on the producer, "
+            "KV wait 0.30 ms and load 50.00 ms on the consumer)") in text
+    assert "The handoff saves more than it costs at 1,024 tokens (concurrency 1): disaggregated TTFT p50 is 40.0 ms" in text
+    assert "65,712 bytes moved per request (files) vs 65,536 analytical (128 stored tokens x 512 B)" in text
+    assert "the consumer loaded 128 of 128 expected tokens" in text
     assert "agree" in text and "DISAGREE" not in text
     assert "1 point/mode row(s) not measured" in text and "too long" in text
+    # The waterfall sentence of the measured (not the warmup) handoff, its largest segment named.
+    assert ("256 tokens, c=1 (handoff handoff-00000): producer: HTTP + tokenize 2.0 ms, producer engine: queue + "
+            "prefill + KV save 20.0 ms") in text
+    assert "largest: consumer engine: KV wait + load (58% of 95.0 ms)" in text and "handoff-00009" not in text
     facts = dict(sec["facts"])
     assert facts["analytical KV bytes per token"] == "512"
+    assert facts["handoffs whose KV moved"] == "8 / 8"
+    assert facts["transfer timing"] == "engine: measuring connector around ExampleConnector"
     # The packet takes the figures and their captions from the declaration, not from the section.
     assert "figures" not in sec
     svgs = [f for f in e3.EXPERIMENT.figures if f.is_svg]
@@ -83,11 +107,10 @@ def test_disagreeing_bytes_are_flagged_in_the_section(results):
 
 
 def test_unmeasured_bytes_are_reported_as_not_measured_not_as_disagreement(results):
-    # NIXL / P2P NCCL leave no folder: bytes_agree stays empty (NaN once read back from CSV).
+    # A row whose bytes were not measured: bytes_agree stays empty (NaN once read back from CSV).
     frame = pd.read_csv(results / "mode_comparison.csv")
     dis = frame["mode"] == "disaggregated"
     frame.loc[dis, ["bytes_agree", "transfer_bytes_per_request", "bytes_relative_error_max"]] = None
-    frame.loc[dis & (frame["prompt_tokens"] == 1024), "store_ms_p50"] = None   # store time missing as well
     write_csv(results / "mode_comparison.csv", frame)
     sec = e3_report.report_section(results)
     text = "\n".join(sec["findings"])
@@ -95,8 +118,17 @@ def test_unmeasured_bytes_are_reported_as_not_measured_not_as_disagreement(resul
     assert text.count("bytes moved not measured") == 2
     # In the table a value never measured is a blank cell, never "NO".
     assert set(e3_report._table_frame(frame)["bytes agree"]) == {""}
-    e3_report.make_figures(results)                    # a missing store time is left out, not drawn as 0
-    assert "load (consumer TTFT)" in (results / "transfer.svg").read_text()
+
+
+def test_handoffs_whose_kv_did_not_move_are_named(results):
+    import json
+
+    summary = json.loads((results / "summary.json").read_text())
+    summary["transfer"]["kv_not_moved"] = [{"handoff_id": "handoff-00004",
+                                            "reason": "the consumer recomputed the prompt instead of loading 128 tokens"}]
+    write_json(results / "summary.json", summary)
+    text = "\n".join(e3_report.report_section(results)["findings"])
+    assert "KV NOT MOVED for 1 handoff(s)" in text and "recomputed the prompt" in text
 
 
 def test_agreement_cell_has_three_outcomes():
@@ -104,6 +136,7 @@ def test_agreement_cell_has_three_outcomes():
     assert e3_report.agreement(False) is False and e3_report.agreement("False") is False
     assert e3_report.agreement(float("nan")) is None and e3_report.agreement(None) is None
     assert [e3_report._cell(v, "bytes_agree") for v in (True, False, float("nan"))] == ["yes", "NO", ""]
+    assert [e3_report._cell(v, "kv_moved") for v in (True, False)] == ["yes", "NO"]
 
 
 def test_figures_carry_provenance(results):
@@ -112,7 +145,7 @@ def test_figures_carry_provenance(results):
         svg = (results / name).read_text()
         assert "<svg" in svg and "RUN123" in svg and "ExampleConnector" in svg
     transfer = (results / "transfer.svg").read_text()
-    assert "load (consumer TTFT)" in transfer and "aggregated TTFT (recompute)" in transfer
-    assert "0.459 MB/req" in transfer and "2040" not in transfer   # refused points are not drawn
+    assert "consumer engine: KV wait + load" in transfer and "aggregated TTFT p50 (recompute)" in transfer
+    assert "1024 tok, c=1" in transfer and "2040" not in transfer   # refused points are not drawn
     html = (results / "mode_comparison.html").read_text()
     assert "<table" in html and "65,712" in html

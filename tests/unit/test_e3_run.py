@@ -57,7 +57,8 @@ def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_p
     assert list(pd.read_csv(e3.EXPERIMENT.path(out, "transfers")).columns) == handoff_columns() + STAMP
     requests = pd.read_csv(e3.EXPERIMENT.path(out, "requests"))
     assert list(requests.columns[:4]) == ["mode", "label", "point_prompt_tokens", "concurrency"]
-    assert list(requests.columns[-len(STAMP) - 3:]) == ["handoff_id", "producer_e2e_s", "consumer_ttft_s"] + STAMP
+    assert list(requests.columns[-len(STAMP) - 6:]) == ["handoff_id", "producer_e2e_s", "consumer_ttft_s", "kv_wait_ms",
+                                                        "kv_load_ms", "external_kv_tokens"] + STAMP
 
     for key in ("engine_prefill", "engine_decode"):
         assert e3.EXPERIMENT.path(out, key).read_text().startswith(
@@ -69,7 +70,7 @@ def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_p
     assert list(meta)[-3:] == ["model_config", "gpu_assignment", "result_summary"]
     assert meta["model_config"]["hidden_size"] == 64
     assert meta["result_summary"] == {"points": 4, "rows_ok": 2, "rows_failed": 6, "bytes_agree": None,
-                                      "handoffs": 0}
+                                      "handoffs": 0, "handoffs_kv_moved": 0}
     assert any(n.startswith("CPU engines, no GPU") for n in meta["notes"])
     assert json.loads(e3.EXPERIMENT.path(out, "metadata").read_text())["run_id"] == meta["run_id"]
     gpu = json.loads(e3.EXPERIMENT.path(out, "gpu_stats").read_text())

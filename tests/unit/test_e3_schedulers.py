@@ -136,7 +136,11 @@ def test_disaggregated_scheduler_hands_off_and_accounts_bytes(tmp_path):
         assert h.bytes_moved == sum(p.stat().st_size for p in folder.iterdir())
         assert h.payload_bytes == stored * PER_TOKEN == h.analytical_bytes
         assert h.as_row()["bytes_agree"] is True
-        assert h.store_s is not None and h.load_s > 0 and 0 < h.stall_ratio <= 1
+        assert h.t_producer_sent < h.t_producer_replied <= h.t_consumer_sent < h.t_consumer_first_token
+        assert h.label == "measured" and h.concurrency == 2
+    # Both requests carry the handoff id as their request id: the engines' ledgers are joined on it.
+    assert sorted(b["request_id"] for b in bodies) == sorted(h.handoff_id for h in out.handoffs)
+    assert sorted(r.extra["request_id"] for r in decoder.seen) == sorted(h.handoff_id for h in out.handoffs)
     # User-visible TTFT covers the producer's time too.
     for rec, pre in zip(out.records, out.prefill):
         assert rec.ttft_s >= pre.e2e_s

@@ -1,28 +1,27 @@
 """KV handoffs between the prefill and the decode pool: ids, bytes moved, timings, cross-checks.
 
-Definitions (all client-side, seconds in fields ending ``_s``):
+Every timing of the transfer is measured inside the engines by the measuring connector
+(``measuring_connector``; definitions in ``ledger``) and joined to the handoff by its id. The
+client adds what only it sees: the producer's and consumer's request times, and the waterfall of
+one handoff on the shared monotonic clock. Bytes (all measured after the point's requests
+completed, outside every timed window):
 
 - ``bytes_moved``: the sizes of the files the connector wrote for this prompt in the shared folder
   (ExampleConnector: one safetensors file per attention layer, headers included); the consumer
-  reads exactly these files. They are measured after the consumer's request completed (the
-  folder stays until the run ends), so the accounting is outside every timed window.
+  reads exactly these files. Connectors without a folder (NIXL, P2P NCCL) leave it empty.
 - ``payload_bytes``: the tensor bytes inside those files (from the safetensors headers);
   ``stored_tokens_measured`` is the token dimension of the stored tensors.
-- ``analytical_bytes``: ``kv_bytes_per_token(model config, served KV dtype)`` x the tokens
-  ExampleConnector stores for an n-token prompt, ``((n - 1) // block) * block`` (whole blocks,
-  never the last token; e.g. 16,368 of 16,384 with 16-token blocks). ``bytes_agree`` is
-  ``|bytes_moved - analytical| / analytical <= tolerance`` (default 2%).
-- ``store_s``: producer request E2E (prefill with ``max_tokens=1``, KV written) minus the median
-  E2E of isolated prefills of the same length on the aggregated engine (``max_tokens=1``, one in
-  flight, nothing written). At concurrency > 1 any queueing on the producer counts as store
-  time; on a quiet engine a store cheaper than the baseline's noise comes out slightly negative.
-- ``load_s``: the consumer request's TTFT: reading the files, writing them into the paged KV
-  cache, computing the prompt tokens not transferred and sampling the first token. An upper
-  bound on the load itself.
-- ``transfer_s = store_s + load_s``; ``throughput_bytes_per_s = bytes_moved / transfer_s``
-  (None when transfer_s <= 0, i.e. the store cost was within the baseline's noise).
-- ``stall_ratio = load_s / consumer E2E``: the share of the decode engine's request time spent
-  waiting for the KV before it can decode.
+- ``kv_bytes_loaded`` (engine): the tokens the consumer's connector loaded x the bytes per token of
+  the consumer's registered KV cache.
+- ``analytical_bytes``: ``kv_bytes_per_token(model config, served KV dtype)`` x the tokens the
+  connector should store for an n-token prompt (ExampleConnector: ``((n - 1) // block) * block``,
+  whole blocks, never the last token; NIXL: n). ``bytes_agree`` compares the measured bytes
+  (``bytes_source``: the files where there are files, else ``kv_bytes_loaded``) with it:
+  ``|measured - analytical| / analytical <= tolerance`` (default 2%).
+- ``expected_external_kv_tokens``: the prompt tokens the consumer should load rather than compute
+  (ExampleConnector: ``((n - 2) // block) * block``; NIXL: n). ``kv_moved`` is true only when the
+  consumer succeeded, the bytes agree and the consumer's connector loaded exactly that many
+  tokens (``verdict.handoff_verdict``).
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .ledger import KvTiming
+
 DEFAULT_TOLERANCE = 0.02
 
 
@@ -48,6 +49,17 @@ def example_connector_stored_tokens(n_tokens: int, block_size: int) -> int:
 def example_connector_lookup_tokens(n_tokens: int, block_size: int) -> int:
     """Tokens the consumer looks up for the same prompt (``align_to_block_size(n - 1)``)."""
     return max(0, (n_tokens - 2) // block_size * block_size)
+
+
+def expected_external_kv_tokens(connector: str, n_tokens: int, block_size: int | None) -> int | None:
+    """Prompt tokens the consumer should load instead of computing: ExampleConnector looks up
+    ``((n-2)//block)*block``; NixlConnector pulls every prompt block (vLLM's remote-prefill count,
+    no back-off for a dense model); other connectors: unknown (None)."""
+    if connector == "ExampleConnector":
+        return example_connector_lookup_tokens(n_tokens, block_size) if block_size else None
+    if connector == "NixlConnector":
+        return n_tokens
+    return None
 
 
 def example_connector_folder(token_ids: Sequence[int], block_size: int) -> str:
@@ -99,6 +111,22 @@ def analytical_check(measured_bytes: float | None, analytical_bytes: float | Non
     return {"bytes_relative_error": err, "bytes_agree": abs(err) <= tolerance}
 
 
+# The waterfall of one handoff: consecutive segments on the shared monotonic clock, each from a
+# measured time to the next (client: send / reply / first token; engine: the ledger's events).
+WATERFALL = (
+    ("waterfall_producer_frontend_ms", "t_producer_sent", "t_producer_lookup"),
+    ("waterfall_producer_engine_ms", "t_producer_lookup", "t_producer_finished"),
+    ("waterfall_producer_reply_ms", "t_producer_finished", "t_producer_replied"),
+    ("waterfall_broker_ms", "t_producer_replied", "t_consumer_sent"),
+    ("waterfall_consumer_frontend_ms", "t_consumer_sent", "t_consumer_lookup"),
+    ("waterfall_kv_wait_load_ms", "t_consumer_lookup", "t_consumer_kv_ready"),
+    ("waterfall_first_token_ms", "t_consumer_kv_ready", "t_consumer_first_token"),
+)
+TIMING_COLUMNS = ("kv_save_ms", "kv_save_window_ms", "kv_load_ms", "kv_load_async", "kv_wait_ms", "kv_stall_ms",
+                  "consumer_engine_ms", "kv_stall_ratio", "producer_engine_ms", "external_kv_tokens",
+                  "kv_bytes_loaded", "kv_send_done_ms")
+
+
 @dataclass
 class Handoff:
     """One KV handoff from the prefill pool to the decode pool."""
@@ -107,9 +135,11 @@ class Handoff:
     request_id: str
     prompt_tokens: int
     connector: str
+    label: str = "measured"
+    concurrency: int | None = None
     storage_key: str | None = None
     stored_tokens_expected: int | None = None
-    lookup_tokens_expected: int | None = None
+    expected_external_kv_tokens: int | None = None
     analytical_bytes: int | None = None
     bytes_moved: int | None = None
     payload_bytes: int | None = None
@@ -123,41 +153,46 @@ class Handoff:
     consumer_e2e_s: float | None = None
     ok: bool = False
     error: str | None = None
+    timing: KvTiming | None = None
+    # Client times on the monotonic clock (perf_counter), for the waterfall.
+    t_producer_sent: float | None = None
+    t_producer_replied: float | None = None
+    t_consumer_sent: float | None = None
+    t_consumer_first_token: float | None = None
 
-    @property
-    def store_s(self) -> float | None:
-        if self.producer_e2e_s is None or self.baseline_prefill_s is None:
-            return None
-        return self.producer_e2e_s - self.baseline_prefill_s
+    def measured_bytes(self) -> tuple[float | None, str]:
+        """The bytes the agreement check uses, and where they come from."""
+        if self.bytes_moved is not None:
+            return self.bytes_moved, "files"
+        if self.timing is not None and self.timing.kv_bytes_loaded is not None:
+            return self.timing.kv_bytes_loaded, "engine"
+        return None, "not measured"
 
-    @property
-    def load_s(self) -> float | None:
-        return self.consumer_ttft_s
-
-    @property
-    def transfer_s(self) -> float | None:
-        if self.store_s is None or self.load_s is None:
-            return None
-        return self.store_s + self.load_s
-
-    @property
-    def throughput_bytes_per_s(self) -> float | None:
-        t = self.transfer_s
-        return self.bytes_moved / t if self.bytes_moved is not None and t and t > 0 else None
-
-    @property
-    def stall_ratio(self) -> float | None:
-        if self.load_s is None or not self.consumer_e2e_s:
-            return None
-        return self.load_s / self.consumer_e2e_s
+    def waterfall(self) -> dict[str, float | None]:
+        times = {**{k: getattr(self, k) for k in ("t_producer_sent", "t_producer_replied", "t_consumer_sent",
+                                                    "t_consumer_first_token")},
+                 **({k: v for k, v in self.timing.as_dict().items() if k.startswith("t_")} if self.timing else {})}
+        out: dict[str, float | None] = {}
+        for name, start, end in WATERFALL:
+            a, b = times.get(start), times.get(end)
+            out[name] = (b - a) * 1000.0 if a is not None and b is not None else None
+        return out
 
     def as_row(self, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-        row = asdict(self)
+        from .verdict import handoff_verdict
+
+        row = {k: v for k, v in asdict(self).items() if k != "timing" and not k.startswith("t_")}
         row["stored_dtypes"] = ",".join(self.stored_dtypes)
         row["stored_tokens_measured"] = ",".join(map(str, self.stored_tokens_measured))
-        row.update({"store_s": self.store_s, "load_s": self.load_s, "transfer_s": self.transfer_s,
-                    "throughput_bytes_per_s": self.throughput_bytes_per_s, "stall_ratio": self.stall_ratio})
-        row.update(analytical_check(self.bytes_moved, self.analytical_bytes, tolerance))
+        timing = self.timing.as_dict() if self.timing else {}
+        row.update({k: timing.get(k) for k in TIMING_COLUMNS})
+        row["kv_timing_source"] = timing.get("source") or "not measured: no ledger joined"
+        loaded, load_ms = row["kv_bytes_loaded"], row["kv_load_ms"]
+        row["kv_load_gb_s_derived"] = loaded / load_ms / 1e6 if loaded is not None and load_ms else None
+        measured, row["bytes_source"] = self.measured_bytes()
+        row.update(analytical_check(measured, self.analytical_bytes, tolerance))
+        row["kv_moved"], row["kv_check"] = handoff_verdict(row)
+        row.update(self.waterfall())
         return row
 
 
@@ -186,12 +221,12 @@ class KvBroker:
                     connector=self.connector)
         if self.connector == "ExampleConnector" and self.block_size and not isinstance(prompt, str):
             h.stored_tokens_expected = example_connector_stored_tokens(n, self.block_size)
-            h.lookup_tokens_expected = example_connector_lookup_tokens(n, self.block_size)
             h.storage_key = example_connector_folder(prompt, self.block_size)
         elif self.connector != "ExampleConnector":
-            # NIXL / P2P NCCL send the KV of every prompt token; there is no folder to measure, so
-            # only the analytical size is known (bytes_moved stays None, agreement unknown).
+            # NIXL / P2P NCCL send the KV of every prompt token; there is no folder to measure: the
+            # engine's loaded bytes (the ledger) are checked instead.
             h.stored_tokens_expected = n
+        h.expected_external_kv_tokens = expected_external_kv_tokens(self.connector, n, self.block_size)
         if h.stored_tokens_expected is not None:
             h.analytical_bytes = h.stored_tokens_expected * self.kv_bytes_per_token
         self.handoffs.append(h)

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .measuring_connector import LABEL_KEY, LEDGER_DIR_KEY
 
+MEASURING_MODULE = "context_research.disagg.measuring_connector"
 CONNECTORS = ("ExampleConnector", "NixlConnector", "P2pNcclConnector")
 ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
 # P2pNccl: the producer needs no receive buffer in PUT/PUT_ASYNC mode (vLLM's design doc).
@@ -46,12 +48,25 @@ def _role(pool: str) -> str:
 
 
 def kv_transfer_config(connector: str, pool: str, cfg: dict[str, Any],
-                       shared_storage_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                       shared_storage_path: str | os.PathLike | None = None,
+                       ledger_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The ``--kv-transfer-config`` object of the ``pool`` ("prefill" | "decode") engine.
 
     ``cfg`` is the E3 config block (keys ``kv_connector_extra_config``, ``p2p_kv_ports``,
-    ``p2p_send_type``, ``p2p_kv_buffer_bytes``); config-level mistakes raise ConfigError.
+    ``p2p_send_type``, ``p2p_kv_buffer_bytes``); config-level mistakes raise ConfigError. With a
+    ``ledger_dir`` the engine loads the connector through ``measuring_connector`` (same name,
+    timed per request, events written to that folder).
     """
+    out = _plain_transfer_config(connector, pool, cfg, shared_storage_path)
+    if ledger_dir is not None:
+        out["kv_connector_module_path"] = MEASURING_MODULE
+        out["kv_connector_extra_config"] = {**out["kv_connector_extra_config"], LEDGER_DIR_KEY: str(ledger_dir),
+                                            LABEL_KEY: pool}
+    return out
+
+
+def _plain_transfer_config(connector: str, pool: str, cfg: dict[str, Any],
+                           shared_storage_path: str | os.PathLike | None) -> dict[str, Any]:
     role = _role(pool)
     extra = dict(cfg.get("kv_connector_extra_config") or {})
     if connector == "ExampleConnector":

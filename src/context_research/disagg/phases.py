@@ -22,14 +22,15 @@ from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.model_math import kv_bytes_per_token
 from ..analysis.stats import ms, percentile
 from ..backends.base import ServingBackend
-from ..engine_metrics import cache_config_info, engine_summary
+from ..engine_metrics import cache_config_info, engine_summary, nixl_telemetry
 from ..errors import ConfigError, EngineStartError
 from ..experiments.session import EngineSession
 from ..io import write_text
 from ..tables import fmt
 from ..workload import engine_gpu_name
 from . import connectors
-from .broker import DEFAULT_TOLERANCE, KvBroker, served_kv_dtype
+from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
+from .ledger import Ledger
 from .gpus import GpuAssignment
 from .plan import Point, Workload, batched_tokens_budget, refusal_reason, warmup_point
 from .rows import empty_row, failed_row, latency_columns, request_rows, transfer_columns
@@ -58,9 +59,10 @@ def merge_serving(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str,
 
 
 def engine_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any], assignment: GpuAssignment,
-                    storage: Path | None) -> dict[str, dict[str, Any]]:
+                    storage: Path | None, ledger_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """``serving`` dicts of the aggregated, prefill and decode engines (the last two also carry
-    their ``_kv_transfer_config``, for the summary; ``without_private_keys`` drops it)."""
+    their ``_kv_transfer_config``, for the summary; ``without_private_keys`` drops it). With a
+    ``ledger_dir`` the two connectors are loaded through the measuring connector."""
     common: dict[str, Any] = {"max_num_batched_tokens": batched_tokens_budget(cfg, int(model["max_model_len"]))}
     if cfg.get("block_size"):
         common["extra_args"] = ["--block-size", str(cfg["block_size"])]
@@ -68,7 +70,7 @@ def engine_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str
     out = {"aggregated": merge_serving(base, assignment.engine_settings("aggregated"))}
     connector = cfg["connector"]
     for pool in ("prefill", "decode"):
-        transfer = connectors.kv_transfer_config(connector, pool, cfg, storage)
+        transfer = connectors.kv_transfer_config(connector, pool, cfg, storage, ledger_dir)
         out[pool] = merge_serving(base, assignment.engine_settings(pool),
                                   {"extra_args": connectors.kv_transfer_args(transfer),
                                    "env": connectors.connector_env(connector, pool, cfg)})
@@ -88,6 +90,13 @@ def require_installed_connector(cfg: dict[str, Any]) -> None:
     if unsupported:
         raise ConfigError(f"config key 'experiments.e3.connector': {unsupported}; choose one the installed "
                           f"vLLM provides (ExampleConnector works everywhere)")
+
+
+def join_ledger(handoffs: list[Handoff], ledger_dir: Path | None) -> None:
+    """Attach to each handoff what the engines' measuring connectors recorded about it."""
+    ledger = Ledger.from_folder(ledger_dir)
+    for h in handoffs:
+        h.timing = ledger.timing(h.handoff_id)
 
 
 def start_engines(engines: Mapping[str, ServingBackend], parallel: bool) -> dict[str, str]:
@@ -205,8 +214,10 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
 
 def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: dict[str, dict[str, Any]],
                       cfg: dict[str, Any], workload: Workload, assignment: GpuAssignment, budget: int,
-                      storage: Path | None, baselines: dict[int, float | None]) -> ModeOutcome:
-    """Phase 2: a prefill (producer) and a decode (consumer) engine joined by the KV connector."""
+                      storage: Path | None, baselines: dict[int, float | None],
+                      ledger_dir: Path | None = None) -> ModeOutcome:
+    """Phase 2: a prefill (producer) and a decode (consumer) engine joined by the KV connector;
+    each handoff is joined to what the measuring connector recorded in ``ledger_dir``."""
     connector = cfg["connector"]
     points, warm_reqs = workload.points, workload.warmup
     route_log = RouteLog("disaggregated")
@@ -268,6 +279,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                 valid_warm = [r for r in warm_reqs if not refused(Point(-1, r.prompt_tokens_target, 1))]
                 if valid_warm:
                     warm = await sched.serve(valid_warm, 1, warmup_point(valid_warm), label="warmup")
+                    join_ledger(warm.handoffs, ledger_dir)
                     outcome.requests.extend(request_rows(warm.records, "disaggregated", None, "warmup", warm.handoffs))
                 for p in points:
                     reason = refused(p)
@@ -281,20 +293,22 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                                                             baseline_prefill_s=baselines.get(p.prompt_tokens))
                     d_after = decode.snapshot()
                     d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
+                    join_ledger(served.handoffs, ledger_dir)
                     row = empty_row(p, "disaggregated", cfg)
                     row.update(common)
                     latency_columns(row, served.records, served.duration_s, cfg, gpus)
-                    transfer_columns(row, served.handoffs, d_eng, tolerance)
+                    transfer_columns(row, served.handoffs, d_eng, tolerance, nixl_telemetry(d_before, d_after))
                     if d_eng:
                         row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
                     apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))
                     outcome.rows.append(row)
                     outcome.requests.extend(request_rows(served.records, "disaggregated", p, "measured",
                                                          served.handoffs))
-                    log(f"disaggregated {p.label}: {row['status']}, TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, "
-                        f"{fmt(row['transfer_bytes_per_request'], 0)} B/request moved "
-                        f"(analytical {fmt(row['analytical_bytes_per_request'], 0)}), "
-                        f"transfer p50 {fmt(row['transfer_ms_p50'], 1)} ms")
+                    log(f"disaggregated {p.label}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}"
+                        f", TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, KV save / wait / load p50 "
+                        f"{fmt(row['kv_save_ms_p50'], 2)} / {fmt(row['kv_wait_ms_p50'], 2)} / "
+                        f"{fmt(row['kv_load_ms_p50'], 2)} ms, {fmt(row['external_kv_tokens'], 0)} of "
+                        f"{fmt(row['consumer_expected_kv_tokens'], 0)} tokens loaded")
             finally:
                 await sched.aclose()
                 await prefill.aclose()
@@ -302,6 +316,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
 
         asyncio.run(main())
         outcome.transfer_setup["storage_total_bytes"] = broker.storage_total_bytes()
+        outcome.transfer_setup["consumer_kv_layout"] = Ledger.from_folder(ledger_dir).consumer_layout
     finally:
         for b in engines.values():
             b.stop()

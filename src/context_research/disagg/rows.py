@@ -16,11 +16,14 @@ from ..result_tables import data_columns
 from ..workload import point_status
 from .broker import Handoff
 from .plan import Point
+from .verdict import point_verdict
 
 MODES = ("aggregated", "disaggregated")
 # Columns compared between the modes: disaggregated - aggregated.
 DELTA_METRICS = ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
                  "goodput_rps")
+# The connector's own telemetry (NIXL's vllm:nixl_* histograms), Δ over the point on the decode engine.
+NIXL_COLUMNS = ("nixl_bytes_transferred", "nixl_transfers", "nixl_xfer_ms_mean", "nixl_failed_transfers")
 # Column order of mode_comparison.csv, declared once in result_tables.
 POINT_COLUMNS = data_columns("e3/mode_comparison.csv")
 
@@ -29,7 +32,8 @@ def empty_row(point: Point, mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
     row = {c: None for c in POINT_COLUMNS}
     row.update({"prompt_tokens": point.prompt_tokens, "concurrency": point.concurrency, "mode": mode,
                 "max_tokens": cfg["max_tokens"], "ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"],
-                "measured_on": "client; consumer_* and engine_* columns: engine /metrics; bytes: shared folder"})
+                "measured_on": "client; kv_* columns: engine (measuring connector); consumer_* and engine_* and "
+                               "nixl_* columns: engine /metrics; bytes: shared folder"})
     return row
 
 
@@ -72,39 +76,46 @@ def combine_agreement(flags: Sequence[bool | None]) -> bool | None:
 
 
 def transfer_columns(row: dict[str, Any], handoffs: Sequence[Handoff], decode_engine: dict[str, Any] | None,
-                     tolerance: float) -> None:
-    """Per-point transfer accounting of a disaggregated row (medians over the point's handoffs)."""
+                     tolerance: float, telemetry: dict[str, Any] | None = None) -> None:
+    """Per-point transfer accounting of a disaggregated row (medians over the point's handoffs whose
+    consumer succeeded), then the transfer verdict: a point whose KV did not move is ``failed``."""
     hs = list(handoffs)
     ok = [h for h in hs if h.ok]
-    rows = [h.as_row(tolerance) for h in ok]
+    rows = [h.as_row(tolerance) for h in hs]
+    ok_rows = [r for r in rows if r["ok"]]
     row["handoffs"], row["handoffs_ok"] = len(hs), len(ok)
+    row["handoffs_kv_moved"] = sum(bool(r["kv_moved"]) for r in rows)
     moved = [h.bytes_moved for h in ok if h.bytes_moved is not None]
-    analytical = [h.analytical_bytes for h in ok if h.analytical_bytes is not None]
     row["stored_tokens"] = ok[0].stored_tokens_expected if ok else None
     row["transfer_bytes_per_request"] = mean(moved)
     row["transfer_bytes_total"] = sum(moved) if moved else None
-    row["analytical_bytes_per_request"] = mean(analytical)
-    errs = [r["bytes_relative_error"] for r in rows if r["bytes_relative_error"] is not None]
+    row["kv_bytes_loaded_per_request"] = mean([r["kv_bytes_loaded"] for r in ok_rows])
+    row["analytical_bytes_per_request"] = mean([h.analytical_bytes for h in ok if h.analytical_bytes is not None])
+    row["bytes_source"] = ",".join(sorted({r["bytes_source"] for r in ok_rows})) or None
+    errs = [r["bytes_relative_error"] for r in ok_rows if r["bytes_relative_error"] is not None]
     row["bytes_relative_error_max"] = max(errs, key=abs) if errs else None
-    row["bytes_agree"] = combine_agreement([r["bytes_agree"] for r in rows])
+    row["bytes_agree"] = combine_agreement([r["bytes_agree"] for r in ok_rows])
     row["baseline_prefill_ms_p50"] = ms(ok[0].baseline_prefill_s) if ok else None
     row["producer_e2e_ms_p50"] = ms(percentile([h.producer_e2e_s for h in ok], 50))
-    row["store_ms_p50"] = ms(percentile([h.store_s for h in ok], 50))
-    row["load_ms_p50"] = ms(percentile([h.load_s for h in ok], 50))
-    row["transfer_ms_p50"] = ms(percentile([h.transfer_s for h in ok], 50))
-    row["transfer_ms_mean"] = ms(mean([h.transfer_s for h in ok]))
-    tp = percentile([h.throughput_bytes_per_s for h in ok], 50)
-    row["transfer_throughput_mb_s"] = None if tp is None else tp / 1e6
-    row["stall_ratio_p50"] = percentile([h.stall_ratio for h in ok], 50)
-    row["stall_ratio_mean"] = mean([h.stall_ratio for h in ok])
-    expected = [h.lookup_tokens_expected for h in ok if h.lookup_tokens_expected is not None]
+    row["consumer_ttft_ms_p50"] = ms(percentile([h.consumer_ttft_s for h in ok], 50))
+    for name in ("kv_save_ms", "kv_load_ms", "kv_wait_ms", "kv_stall_ms", "kv_stall_ratio", "kv_load_gb_s_derived"):
+        row[f"{name}_p50"] = percentile([r[name] for r in ok_rows], 50)
+    row["kv_timing_source"] = "; ".join(sorted({r["kv_timing_source"] for r in ok_rows})) or None
+    expected = [r["expected_external_kv_tokens"] for r in ok_rows if r["expected_external_kv_tokens"] is not None]
     row["consumer_expected_kv_tokens"] = sum(expected) if expected else None
+    loaded = [r["external_kv_tokens"] for r in ok_rows if r["external_kv_tokens"] is not None]
+    row["external_kv_tokens"] = sum(loaded) if loaded else None
     by_source = (decode_engine or {}).get("engine_prompt_tokens_by_source") or {}
     if by_source:
         row["consumer_external_kv_tokens"] = by_source.get("external_kv_transfer")
         row["consumer_local_compute_tokens"] = by_source.get("local_compute")
-        if expected and row["consumer_external_kv_tokens"] is not None:
-            row["consumer_loaded_all"] = row["consumer_external_kv_tokens"] >= sum(expected)
+    row.update({k: (telemetry or {}).get(k) for k in NIXL_COLUMNS})
+    if row["nixl_bytes_transferred"] is not None and row["kv_bytes_loaded_per_request"] and ok:
+        row["nixl_bytes_over_loaded"] = row["nixl_bytes_transferred"] / (row["kv_bytes_loaded_per_request"] * len(ok))
+    moved_ok, reason = point_verdict(rows, row.get("consumer_external_kv_tokens") if by_source else None)
+    row["kv_moved"] = moved_ok
+    if row.get("status") == "ok" and not moved_ok:
+        row["status"], row["reason"] = "failed", reason
 
 
 def add_deltas(rows: list[dict[str, Any]]) -> None:
@@ -130,6 +141,9 @@ def request_rows(records: Sequence[RequestRecord], mode: str, point: Point | Non
         row["handoff_id"] = h.handoff_id if h else None
         row["producer_e2e_s"] = h.producer_e2e_s if h else None
         row["consumer_ttft_s"] = h.consumer_ttft_s if h else None
+        timing = h.timing if h else None
+        for name in ("kv_wait_ms", "kv_load_ms", "external_kv_tokens"):
+            row[name] = getattr(timing, name) if timing else None
         out.append(row)
     return out
 

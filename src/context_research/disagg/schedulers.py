@@ -25,6 +25,7 @@ import abc
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,7 +127,8 @@ def combine_records(producer: PrefillResult, consumer: RequestRecord, request_id
     """The user's view of a disaggregated request: from the producer send to the consumer's tokens.
 
     Both ``start_s`` are relative to the same run_t0, so TTFT = consumer first token - producer
-    send; TPOT and ITL are the consumer's (decode happens only there).
+    send; TPOT, ITL, the stream's burst counts and the engine's per-request metrics are the
+    consumer's (decode happens only there).
     """
     rec = RequestRecord(request_id=request_id, prompt_tokens_target=consumer.prompt_tokens_target,
                         prompt_tokens=consumer.prompt_tokens, output_tokens=consumer.output_tokens,
@@ -143,6 +145,10 @@ def combine_records(producer: PrefillResult, consumer: RequestRecord, request_id
     rec.ttft_s = offset + consumer.ttft_s if consumer.ttft_s is not None else None
     rec.e2e_s = offset + consumer.e2e_s if consumer.e2e_s is not None else None
     rec.tpot_s = consumer.tpot_s
+    # The engine's per-request view is the consumer's: it decoded every token the user saw.
+    for name in ("first_chunk_tokens", "opening_burst_tokens", "engine_ttft_ms", "engine_queue_ms",
+                 "engine_generation_ms", "engine_itl_ms"):
+        setattr(rec, name, getattr(consumer, name))
     return rec
 
 
@@ -263,9 +269,13 @@ class DisaggregatedScheduler(Scheduler):
             async with sem:
                 h = self.broker.open(req.request_id, req.prompt)
                 h.baseline_prefill_s = baseline_prefill_s
+                h.label, h.concurrency = label, (point or {}).get("concurrency")
                 handoffs.append(h)
-                p2p_id = connectors.p2p_request_id(self.cfg) if self.connector == "P2pNcclConnector" else None
-                preq = replace(req, extra={**req.extra, **connectors.producer_request_extra(
+                # The handoff id rides in both requests' ids: the engines' ledgers are joined on it.
+                p2p_id = (connectors.p2p_request_id(self.cfg, f"{h.handoff_id}_{uuid.uuid4().hex}")
+                          if self.connector == "P2pNcclConnector" else None)
+                ids = {"request_id": p2p_id or h.handoff_id}
+                preq = replace(req, extra={**req.extra, **ids, **connectors.producer_request_extra(
                     self.connector, self.cfg, p2p_id)})
                 sent = self.route_log.now()
                 pre = await prefill_request(http, _base_url(self.prefill), prefill_name, preq, t0)
@@ -276,6 +286,9 @@ class DisaggregatedScheduler(Scheduler):
                                    engine_url=_base_url(self.prefill), point=point, label=label,
                                    output_tokens=pre.output_tokens, ok=pre.ok, error=pre.error)
                 h.producer_e2e_s = pre.e2e_s
+                if pre.start_s is not None:
+                    h.t_producer_sent = t0 + pre.start_s
+                    h.t_producer_replied = h.t_producer_sent + pre.e2e_s if pre.e2e_s is not None else None
                 if not pre.ok:
                     h.error = f"prefill pool: {pre.error}"
                     return combine_records(pre, RequestRecord(req.request_id, req.prompt_tokens_target,
@@ -288,7 +301,7 @@ class DisaggregatedScheduler(Scheduler):
                     rec = RequestRecord(req.request_id, req.prompt_tokens_target, max_tokens=req.max_tokens,
                                         error=str(exc))
                     return combine_records(pre, rec, req.request_id)
-                dreq = replace(req, extra={**req.extra, **extra})
+                dreq = replace(req, extra={**req.extra, **ids, **extra})
                 dsent = self.route_log.now()
                 rec = await self.decode.generate(dreq, t0)
                 self.route_log.add(request_id=req.request_id, handoff_id=h.handoff_id, pool="decode",
@@ -298,6 +311,9 @@ class DisaggregatedScheduler(Scheduler):
                                    engine_url=_base_url(self.decode), point=point, label=label,
                                    output_tokens=rec.output_tokens, ok=rec.ok, error=rec.error)
                 h.consumer_ttft_s, h.consumer_e2e_s = rec.ttft_s, rec.e2e_s
+                if rec.start_s is not None:
+                    h.t_consumer_sent = t0 + rec.start_s
+                    h.t_consumer_first_token = h.t_consumer_sent + rec.ttft_s if rec.ttft_s is not None else None
                 h.ok = rec.ok
                 h.error = None if rec.ok else f"decode pool: {rec.error}"
                 return combine_records(pre, rec, req.request_id)

@@ -13,14 +13,15 @@ from .rows import combine_agreement
 
 DEFINITIONS = {
     "bytes_moved": "sum of the connector's files for the prompt in the shared folder (headers included)",
-    "analytical_bytes": "kv_bytes_per_token(config.json, served KV dtype) x ((n-1)//block)*block tokens",
-    "store_ms": ("producer E2E (max_tokens=1, KV written) - median aggregated prefill-only E2E of the "
-                 "same prompt length, one request in flight (at concurrency > 1 the producer's "
-                 "queueing counts as store time)"),
-    "load_ms": ("consumer TTFT: files read and injected, untransferred tail computed, first token "
-                "(upper bound)"),
-    "transfer_ms": "store_ms + load_ms",
-    "stall_ratio": "load_ms / consumer E2E",
+    "kv_bytes_loaded": "tokens the consumer's connector loaded x bytes per token of the consumer's KV cache tensors",
+    "analytical_bytes": "kv_bytes_per_token(config.json, served KV dtype) x the tokens the connector should store",
+    "kv_save_ms": "producer engine: time inside save_kv_layer and wait_for_save over the request's steps",
+    "kv_load_ms": ("consumer engine: time inside start_load_kv and wait_for_layer_load of the loading step; "
+                   "asynchronous loads: start_load_kv to the receive reported done"),
+    "kv_wait_ms": "consumer engine: first KV lookup to the step in which the request was first scheduled",
+    "kv_stall_ratio": "consumer engine: (first lookup to KV in place) / (first lookup to request end)",
+    "kv_moved": ("consumer succeeded, bytes agree with the analytical count and the consumer loaded exactly the "
+                 "expected external tokens (disagg.verdict)"),
 }
 
 
@@ -59,6 +60,11 @@ def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[st
             "bytes_agree_all": combine_agreement([h["bytes_agree"] for h in ok_handoffs]),
             "bytes_disagreements": [{"handoff_id": h["handoff_id"], "relative_error": h["bytes_relative_error"]}
                                     for h in ok_handoffs if h["bytes_agree"] is False],
+            "handoffs_kv_moved": sum(bool(h["kv_moved"]) for h in handoff_rows),
+            "kv_not_moved": [{"handoff_id": h["handoff_id"], "reason": h["kv_check"]}
+                             for h in handoff_rows if not h["kv_moved"]],
+            "kv_timing_sources": sorted({h["kv_timing_source"] for h in handoff_rows}),
+            "consumer_kv_layout": setup.get("consumer_kv_layout"),
             "definitions": dict(DEFINITIONS),
         },
         "modes": {
@@ -77,4 +83,5 @@ def result_summary(points: int, rows: list[dict[str, Any]], summary: dict[str, A
     return {"points": points, "rows_ok": sum(r["status"] == "ok" for r in rows),
             "rows_failed": sum(r["status"] != "ok" for r in rows),
             "bytes_agree": summary["transfer"]["bytes_agree_all"],
-            "handoffs": summary["transfer"]["handoffs"]}
+            "handoffs": summary["transfer"]["handoffs"],
+            "handoffs_kv_moved": summary["transfer"]["handoffs_kv_moved"]}

@@ -9,9 +9,11 @@ prompts) on the real engine:
    next phase.
 2. disaggregated: a prefill engine (``kv_role=kv_producer``) and a decode engine
    (``kv_role=kv_consumer``) joined by a vLLM KV connector (default ``ExampleConnector`` through
-   a fresh folder under /dev/shm, removed afterwards). The broker sends each prompt to the
-   producer, then streams it from the consumer; what the connector wrote is measured once the
-   point's requests have completed, outside every timed window.
+   a fresh folder under /dev/shm, removed afterwards), loaded through the measuring connector
+   (``disagg.measuring_connector``), which times saves, loads and waits inside the engines per
+   request. The broker sends each prompt to the producer, then streams it from the consumer;
+   what the connector wrote is measured once the point's requests have completed, outside every
+   timed window. A point is ``ok`` only if the KV really moved (``disagg.verdict``).
 
 Refused points are rows with ``status="failed"`` and the reason: prompt + output beyond
 max_model_len; for disaggregation, prompts (or concurrent prompts together) longer than
@@ -22,25 +24,29 @@ consumer disagree on the folder name).
 
 Artifacts (``EXPERIMENT.outputs``): the mode comparison (one row per point and mode, with the
 disaggregated - aggregated deltas), one row per request, one row per handoff, both modes' route
-logs, a summary and the three engines' logs. The pieces live in ``context_research.disagg``:
+logs, the engines' KV ledger, a summary and the three engines' logs. The pieces live in ``context_research.disagg``:
 ``plan`` (points, refusals, prompts), ``phases`` (the engines and the two phases), ``rows`` and
 ``summary``; timing definitions of the transfer are in ``disagg.broker``.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from ..disagg import connectors
 from ..disagg.broker import DEFAULT_TOLERANCE
 from ..disagg.gpus import assign_gpus, discover_gpus
+from ..disagg.ledger import read_events
 from ..disagg.phases import (ENGINE_LOGS, engine_servings, require_installed_connector, run_aggregated,
                              run_disaggregated, without_private_keys)
 from ..disagg.plan import batched_tokens_budget, plan_workload
 from ..disagg.rows import POINT_COLUMNS, add_deltas, handoff_columns, sort_rows
 from ..disagg.summary import build_summary, result_summary
 from ..errors import ConfigError
-from ..io import write_json, write_text
+from ..io import write_json, write_jsonl, write_text
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .runner import ExperimentRun
 
@@ -65,15 +71,20 @@ def run(run: ExperimentRun) -> dict[str, Any]:
     workload = plan_workload(model, cfg)
 
     storage = None
+    ledger_dir = Path(tempfile.mkdtemp(prefix=f"context-research-e3-ledger-{ctx.run_id}-"))
     try:
         if cfg["connector"] == "ExampleConnector":
             storage = connectors.make_shared_storage(cfg, ctx.run_id)
-        servings = engine_servings(run.config, cfg, model, assignment, storage)
+        servings = engine_servings(run.config, cfg, model, assignment, storage, ledger_dir)
         agg, baselines = run_aggregated(run.backend, model, without_private_keys(servings["aggregated"]), cfg,
                                         workload, assignment, budget)
-        dis = run_disaggregated(run.backend, model, servings, cfg, workload, assignment, budget, storage, baselines)
+        dis = run_disaggregated(run.backend, model, servings, cfg, workload, assignment, budget, storage, baselines,
+                                ledger_dir)
+        # The engines' raw events, kept beside the tables they were joined into.
+        write_jsonl(ctx.path("kv_ledger"), read_events(ledger_dir))
     finally:
         connectors.remove_shared_storage(storage)
+        shutil.rmtree(ledger_dir, ignore_errors=True)
 
     tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
     rows = sort_rows(agg.rows + dis.rows)
@@ -106,6 +117,7 @@ EXPERIMENT = Experiment(
     category="E3 aggregated vs disaggregated", engines=SEVERAL_ENGINES, body=run,
     outputs={"comparison": "mode_comparison.csv", "requests": "requests.csv", "transfers": "transfers.csv",
              "routes_aggregated": "routes_aggregated.jsonl", "routes_disaggregated": "routes_disaggregated.jsonl",
+             "kv_ledger": "kv_ledger.jsonl",
              "summary": "summary.json", "engine_aggregated": "engine_aggregated.log",
              "engine_prefill": "engine_prefill.log", "engine_decode": "engine_decode.log"},
     figures=(Figure("latency", "latency.svg", "e3_latency.rst"),

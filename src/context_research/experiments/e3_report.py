@@ -24,9 +24,9 @@ TABLE_COLUMNS = {
     "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95 (ms)", "tpot_ms_p50": "TPOT p50 (ms)",
     "tpot_ms_p95": "TPOT p95 (ms)", "e2e_ms_p50": "E2E p50 (ms)", "goodput_rps": "goodput (req/s)",
     "transfer_bytes_per_request": "KV bytes moved / req", "analytical_bytes_per_request": "analytical bytes / req",
-    "bytes_agree": "bytes agree", "store_ms_p50": "store p50 (ms)", "load_ms_p50": "load p50 (ms)",
-    "transfer_ms_p50": "transfer p50 (ms)", "transfer_throughput_mb_s": "transfer MB/s",
-    "stall_ratio_p50": "stall ratio",
+    "bytes_agree": "bytes agree", "kv_moved": "KV moved", "kv_save_ms_p50": "KV save p50 (ms)",
+    "kv_wait_ms_p50": "KV wait p50 (ms)", "kv_load_ms_p50": "KV load p50 (ms)",
+    "kv_load_gb_s_derived_p50": "load GB/s (derived)", "kv_stall_ratio_p50": "stall ratio",
     "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "delta_tpot_ms_p50": "Δ TPOT p50 (ms)", "delta_goodput_rps": "Δ goodput",
     "reason": "reason",
 }
@@ -38,10 +38,18 @@ def _frame(results_dir: Path) -> pd.DataFrame:
     return frame
 
 
+def _transfers(results_dir: Path) -> pd.DataFrame:
+    path = e3.EXPERIMENT.path(results_dir, "transfers")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # no handoff at all (disaggregation refused)
+        return pd.DataFrame()
+
+
 def _provenance(results_dir: Path, summary: dict) -> str:
     meta = read_json(e3.EXPERIMENT.path(results_dir, "metadata"))
     conn = summary.get("connector", {})
-    return f"{provenance_line(meta)}, client-side; connector {conn.get('name')}"
+    return f"{provenance_line(meta)}; client and engine (measuring connector); connector {conn.get('name')}"
 
 
 def make_figures(results_dir: Path) -> None:
@@ -55,7 +63,8 @@ def make_figures(results_dir: Path) -> None:
               f"E3: goodput (TTFT <= {summary['slo']['ttft_slo_ms']:g} ms and TPOT <= "
               f"{summary['slo']['tpot_slo_ms']:g} ms), aggregated vs disaggregated",
               "prompt tokens", "requests/s within both SLOs", provenance=prov, group="series")
-    _transfer_figure(frame, e3.EXPERIMENT.figure_path(results_dir, "transfer"), prov, summary)
+    _transfer_figure(frame, _transfers(results_dir), e3.EXPERIMENT.figure_path(results_dir, "transfer"), prov,
+                     summary)
     write_text(e3.EXPERIMENT.figure_path(results_dir, "table"), _table_html(frame))
 
 
@@ -88,40 +97,63 @@ def _latency_figure(ok: pd.DataFrame, path: Path, provenance: str) -> Path:
             plt.close(fig)
 
 
-def _transfer_figure(frame: pd.DataFrame, path: Path, provenance: str, summary: dict) -> Path:
-    """Per point: the handoff (store + load) next to the aggregated TTFT (recomputing the prefill)."""
-    dis = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
+# Waterfall segments (transfers.csv), in order, with their colours' legend labels.
+WATERFALL_SEGMENTS = {
+    "waterfall_producer_frontend_ms": "producer: HTTP + tokenize",
+    "waterfall_producer_engine_ms": "producer engine: queue + prefill + KV save",
+    "waterfall_producer_reply_ms": "producer: reply",
+    "waterfall_broker_ms": "broker: hand to consumer",
+    "waterfall_consumer_frontend_ms": "consumer: HTTP + tokenize",
+    "waterfall_kv_wait_load_ms": "consumer engine: KV wait + load",
+    "waterfall_first_token_ms": "consumer: first token",
+}
+
+
+def waterfall_requests(transfers: pd.DataFrame) -> pd.DataFrame:
+    """One measured handoff per point: the one whose consumer TTFT is the point's median (lower
+    middle for an even count), so the waterfall shows a typical request, not the best."""
+    measured = transfers[(transfers["label"] == "measured") & (transfers["ok"].astype(str) == "True")]
+    picks = []
+    for _, sub in measured.groupby(["prompt_tokens", "concurrency"], sort=True):
+        sub = sub.sort_values("consumer_ttft_s")
+        picks.append(sub.iloc[(len(sub) - 1) // 2])
+    return pd.DataFrame(picks)
+
+
+def _transfer_figure(frame: pd.DataFrame, transfers: pd.DataFrame, path: Path, provenance: str,
+                     summary: dict) -> Path:
+    """Per point, one request's measured waterfall (client and engine times on one clock), beside the
+    aggregated TTFT p50 of the same point (recomputing the prefill instead)."""
+    picks = waterfall_requests(transfers) if len(transfers) else pd.DataFrame()
     agg = frame[(frame["mode"] == "aggregated") & (frame["status"] == "ok")].set_index(["prompt_tokens", "concurrency"])
     with matplotlib.rc_context(SVG_RC):
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(dis) + 3), 4.8))
+        fig, ax = plt.subplots(figsize=(10, max(3.5, 0.9 * len(picks) + 2.5)))
         try:
-            if dis.empty:
-                ax.text(0.5, 0.5, "no disaggregated point measured", ha="center", va="center", transform=ax.transAxes)
+            if picks.empty:
+                ax.text(0.5, 0.5, "no disaggregated request measured", ha="center", va="center",
+                        transform=ax.transAxes)
             else:
-                xs = range(len(dis))
-                # A time not measured stays NaN (no bar); only the stacking base treats it as 0. A
-                # store within the baseline's noise (< 0) is drawn as 0.
-                store = pd.to_numeric(dis["store_ms_p50"], errors="coerce").clip(lower=0.0)
-                load = pd.to_numeric(dis["load_ms_p50"], errors="coerce")
-                recompute = [agg["ttft_ms_p50"].get((r.prompt_tokens, r.concurrency), math.nan)
-                             for r in dis.itertuples()]
-                ax.bar([x - 0.2 for x in xs], store.tolist(), width=0.4,
-                       label="store (producer E2E - prefill baseline)")
-                ax.bar([x - 0.2 for x in xs], load.tolist(), width=0.4, bottom=store.fillna(0.0).tolist(),
-                       label="load (consumer TTFT)")
-                ax.bar([x + 0.2 for x in xs], recompute, width=0.4, label="aggregated TTFT (recompute)", color="grey")
-                labels = []
-                for r in dis.itertuples():
-                    mb = (r.transfer_bytes_per_request or 0) / 1e6
-                    labels.append(f"{r.prompt_tokens} tok, c={r.concurrency}\n{mb:.3g} MB/req")
-                ax.set_xticks(list(xs))
-                ax.set_xticklabels(labels, fontsize=8)
-                ax.legend(fontsize=8)
-                ax.grid(True, axis="y", alpha=0.3)
-            ax.set_ylabel("ms (p50 per request)")
+                ys = list(range(len(picks)))
+                left = [0.0] * len(picks)
+                for col, label in WATERFALL_SEGMENTS.items():
+                    widths = [max(0.0, _num(v) or 0.0) for v in picks[col]]
+                    ax.barh(ys, widths, left=left, height=0.5, label=label)
+                    left = [a + w for a, w in zip(left, widths)]
+                recompute = [_num(agg["ttft_ms_p50"].get((int(r.prompt_tokens), int(r.concurrency)), math.nan))
+                             for r in picks.itertuples()]
+                ax.scatter([x if x is not None else math.nan for x in recompute], ys, marker="|", s=400, color="black",
+                           label="aggregated TTFT p50 (recompute)", zorder=3)
+                ax.set_yticks(ys)
+                ax.set_yticklabels([f"{int(r.prompt_tokens)} tok, c={int(r.concurrency)}" for r in picks.itertuples()],
+                                   fontsize=8)
+                ax.invert_yaxis()
+                ax.legend(fontsize=7, loc="lower right")
+                ax.grid(True, axis="x", alpha=0.3)
+            ax.set_xlabel("ms from the producer send (one median-TTFT request per point)")
             conn = summary.get("connector", {})
-            fig.suptitle(f"E3: KV handoff through {conn.get('name')} vs recomputing the prefill")
+            fig.suptitle(f"E3: where a disaggregated request's first token goes ({conn.get('name')})")
             ax.set_title(provenance, fontsize=8, style="italic")
+            fig.tight_layout()
             return write_figure(path, fig)
         finally:
             plt.close(fig)
@@ -134,7 +166,7 @@ def _cell(value: Any, column: str) -> str:
     """Display text: blank for missing, yes/no for flags, whole bytes, 3 significant decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if column == "bytes_agree":
+    if column in ("bytes_agree", "kv_moved"):
         flag = agreement(value)
         return "not measured" if flag is None else ("yes" if flag else "NO")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -186,19 +218,31 @@ def transfer_verdicts(frame: pd.DataFrame, connector: str) -> list[str]:
             continue
         via = "shared storage" if connector == "ExampleConnector" else connector
         where = f"at {int(n):,} tokens (concurrency {int(row['concurrency'])})"
-        store = _num(row.get("store_ms_p50"))
-        noise = (" (a store time <= 0 means writing the KV cost less than the prefill's run-to-run noise)"
-                 if store is not None and store <= 0 else "")
+        timed = (f"engine-timed p50: KV save {fmt(_num(row.get('kv_save_ms_p50')), 2, grouped=True)} ms on the "
+                 f"producer, KV wait {fmt(_num(row.get('kv_wait_ms_p50')), 2, grouped=True)} ms and load "
+                 f"{fmt(_num(row.get('kv_load_ms_p50')), 2, grouped=True)} ms on the consumer")
         if delta > 0:
-            out.append(f"Disaggregated TTFT p50 is {delta:,.1f} ms higher than aggregated {where}: the KV transfer "
-                       f"through {via} costs more than recomputing the prefill on this hardware "
-                       f"(handoff p50 {fmt(_num(row.get('transfer_ms_p50')), 1, grouped=True)} ms = store "
-                       f"{fmt(store, 1, grouped=True)} + load {fmt(_num(row.get('load_ms_p50')), 1, grouped=True)} ms{noise}).")
+            out.append(f"The handoff costs more than it saves {where}: disaggregated TTFT p50 is {delta:,.1f} ms "
+                       f"higher than aggregated through {via} ({timed}).")
         else:
-            out.append(f"Disaggregated TTFT p50 is {-delta:,.1f} ms lower than aggregated {where}: moving the KV "
-                       f"through {via} is cheaper than recomputing the prefill here "
-                       f"(handoff p50 {fmt(_num(row.get('transfer_ms_p50')), 1, grouped=True)} ms = store {fmt(store, 1, grouped=True)} + load "
-                       f"{fmt(_num(row.get('load_ms_p50')), 1, grouped=True)} ms{noise}).")
+            out.append(f"The handoff saves more than it costs {where}: disaggregated TTFT p50 is {-delta:,.1f} ms "
+                       f"lower than aggregated through {via} ({timed}).")
+    return out
+
+
+def waterfall_sentences(transfers: pd.DataFrame) -> list[str]:
+    """Per point, the median-TTFT request's first-token time split into its measured segments."""
+    out = []
+    for r in waterfall_requests(transfers).itertuples() if len(transfers) else ():
+        parts = [(label, _num(getattr(r, col))) for col, label in WATERFALL_SEGMENTS.items()]
+        known = [(label, v) for label, v in parts if v is not None]
+        if not known:
+            continue
+        total = sum(v for _, v in known)
+        biggest = max(known, key=lambda kv: kv[1])
+        out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)} (handoff {r.handoff_id}): "
+                   + ", ".join(f"{label} {v:,.1f} ms" for label, v in known)
+                   + f"; largest: {biggest[0]} ({biggest[1] / total:.0%} of {total:,.1f} ms).")
     return out
 
 
@@ -215,15 +259,25 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         verdict = {True: "measured and analytical agree", False: "measured and analytical DISAGREE",
                    None: "bytes moved not measured (no shared folder to measure for this connector), so "
                          "measured and analytical are not compared"}[flag]
+        bytes_shown = (r.transfer_bytes_per_request if _num(r.transfer_bytes_per_request) is not None
+                       else r.kv_bytes_loaded_per_request)
         findings.append(
             f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: "
-            f"{fmt(_num(r.transfer_bytes_per_request), 0, grouped=True)} "
-            f"bytes moved per request vs {fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical "
+            f"{fmt(_num(bytes_shown), 0, grouped=True)} bytes moved per request ({r.bytes_source}) vs "
+            f"{fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical "
             f"({fmt(_num(r.stored_tokens), 0, grouped=True)} stored tokens x {fmt(_num(r.kv_bytes_per_token), 0, grouped=True)} B): "
             f"{verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
-            f"{tr['bytes_tolerance']:.0%}); stall ratio {fmt(_num(r.stall_ratio_p50), 2, grouped=True)}, "
+            f"{tr['bytes_tolerance']:.0%}); the consumer loaded {fmt(_num(r.external_kv_tokens), 0, grouped=True)} of "
+            f"{fmt(_num(r.consumer_expected_kv_tokens), 0, grouped=True)} expected tokens; stall ratio "
+            f"{fmt(_num(r.kv_stall_ratio_p50), 2, grouped=True)} (engine-timed), "
             f"Δ TPOT p50 {fmt(_num(r.delta_tpot_ms_p50), 2, grouped=True)} ms, "
             f"Δ goodput {fmt(_num(r.delta_goodput_rps), 2, grouped=True)} req/s.")
+    findings.extend(waterfall_sentences(_transfers(results_dir)))
+    not_moved = tr.get("kv_not_moved") or []
+    if not_moved:
+        findings.append(f"KV NOT MOVED for {len(not_moved)} handoff(s); their points fail: "
+                        + "; ".join(f"{h['handoff_id']}: {h['reason']}" for h in not_moved[:3])
+                        + (" ..." if len(not_moved) > 3 else ""))
     if tr.get("bytes_agree_all") is False:
         findings.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) differ from the "
                         f"analytical KV size by more than the tolerance (see {e3.EXPERIMENT.outputs['transfers']}).")
@@ -243,8 +297,11 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("GPU assignment", "; ".join(gpu.get("notes") or []) or gpu.get("device")),
         ("max_num_batched_tokens (all engines)", s.get("max_num_batched_tokens")),
         ("SLOs (client-side)", f"TTFT <= {s['slo']['ttft_slo_ms']:g} ms, TPOT <= {s['slo']['tpot_slo_ms']:g} ms"),
-        ("transfer timing", f"store = {tr['definitions']['store_ms']}; load = {tr['definitions']['load_ms']}; "
-                            f"stall ratio = {tr['definitions']['stall_ratio']}"),
+        ("handoffs whose KV moved", f"{tr.get('handoffs_kv_moved')} / {tr['handoffs']}"),
+        ("transfer timing", "; ".join(tr.get("kv_timing_sources") or []) or "not measured"),
+        ("definitions", "; ".join(f"{k} = {tr['definitions'][k]}" for k in ("kv_save_ms", "kv_load_ms",
+                                                                              "kv_wait_ms", "kv_stall_ratio")
+                                  if k in tr["definitions"])),
     ]
     table = _table_frame(frame)
     markdown = table.to_markdown(index=False, disable_numparse=True) if _has_tabulate() else table.to_string()

@@ -1,0 +1,190 @@
+"""The measuring connector's ledger, read back and joined to the client's handoffs.
+
+``measuring_connector`` (inside the prefill and decode engines) writes JSONL events; this module
+turns them into one ``KvTiming`` per handoff. The join key is the handoff id, which the broker
+puts into both requests' ``request_id`` (vLLM wraps it, e.g. ``cmpl-handoff-00003-0``).
+
+Definitions (engine side, milliseconds; "step" = one engine forward step):
+
+- ``kv_save_ms`` (producer worker): time spent inside the connector's ``save_kv_layer`` calls and
+  ``wait_for_save``, summed over the steps that computed the request's prompt. Requests saved in
+  the same step share that step's time.
+- ``kv_save_window_ms``: from the first layer saved to ``wait_for_save`` done (the layers'
+  compute between the saves included), summed over the same steps.
+- ``kv_load_ms`` (consumer worker): a synchronous load (ExampleConnector): time inside
+  ``start_load_kv`` and every ``wait_for_layer_load`` of the step that loaded the request; an
+  asynchronous load (NIXL): from the ``start_load_kv`` of the step that issued the read to the
+  worker reporting the receive done.
+- ``kv_wait_ms`` (consumer scheduler): from the request's first KV lookup to the step in which it
+  was first scheduled to compute: how long it waited for remote KV (and, under load, for a slot)
+  before it could run.
+- ``kv_stall_ms``: from the first lookup until the KV was in place (the load's end, or the receive
+  reported done); ``consumer_engine_ms``: from the first lookup to the request's end;
+  ``kv_stall_ratio = kv_stall_ms / consumer_engine_ms`` (the seeds' stall ratio, measured).
+- ``external_kv_tokens``: tokens the consumer's connector said it would load and the engine
+  allocated (``update_state_after_alloc``); ``kv_bytes_loaded`` = those tokens x the bytes per
+  token of the KV cache tensors the consumer engine registered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+MS = 1000.0
+
+
+@dataclass
+class KvTiming:
+    """What the engines recorded about one handoff (None: not recorded)."""
+
+    producer_request_id: str | None = None
+    consumer_request_id: str | None = None
+    kv_save_ms: float | None = None
+    kv_save_window_ms: float | None = None
+    kv_load_ms: float | None = None
+    kv_load_async: bool | None = None
+    kv_wait_ms: float | None = None
+    kv_stall_ms: float | None = None
+    consumer_engine_ms: float | None = None
+    kv_stall_ratio: float | None = None
+    producer_engine_ms: float | None = None
+    external_kv_tokens: int | None = None
+    kv_bytes_loaded: float | None = None
+    kv_send_done_ms: float | None = None  # producer: request end -> its KV reported sent (async connectors)
+    # Times on the shared monotonic clock (perf_counter), for the waterfall.
+    t_producer_lookup: float | None = None
+    t_producer_save_end: float | None = None
+    t_producer_finished: float | None = None
+    t_consumer_lookup: float | None = None
+    t_consumer_scheduled: float | None = None
+    t_consumer_kv_ready: float | None = None
+    t_consumer_finished: float | None = None
+    source: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_events(folder: Path | None) -> list[dict[str, Any]]:
+    """Every event of every ledger file in ``folder`` (a torn last line is skipped)."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    events = []
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+class Ledger:
+    """The events of both engines, indexed for the per-handoff join."""
+
+    def __init__(self, events: Iterable[dict[str, Any]], handoff_pattern: str = r"handoff-\d+"):
+        self.events = list(events)
+        self._pattern = re.compile(handoff_pattern)
+        self.connector = next((e.get("connector") for e in self.events if e.get("event") == "start"), None)
+        layouts = [e for e in self.events if e.get("event") == "layout" and e.get("label") == "decode"]
+        self.consumer_bytes_per_token = layouts[-1].get("bytes_per_token") if layouts else None
+        self.consumer_layout = layouts[-1] if layouts else None
+        self._by_handoff: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._steps: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (label, request id) -> load/save events
+        self._done: dict[tuple[str, str, str], float] = {}  # (label, event, request id) -> first time
+        for e in self.events:
+            label, kind = e.get("label"), e.get("event")
+            if "req" in e:
+                hid = self.handoff_of(e["req"])
+                if hid:
+                    self._by_handoff.setdefault((label, hid), []).append(e)
+            elif kind in ("load", "save"):
+                for rid in e.get("reqs") or ():
+                    self._steps.setdefault((label, rid), []).append(e)
+            elif kind in ("recv_done", "send_done"):
+                for rid in e.get("reqs") or ():
+                    key = (label, kind, rid)
+                    # The worker's report comes before the scheduler's: the first time is the done time.
+                    self._done[key] = min(self._done.get(key, e["t"]), e["t"])
+
+    @classmethod
+    def from_folder(cls, folder: Path | None, handoff_pattern: str = r"handoff-\d+") -> "Ledger":
+        return cls(read_events(folder), handoff_pattern)
+
+    def handoff_of(self, engine_request_id: str) -> str | None:
+        m = self._pattern.search(str(engine_request_id))
+        return m.group(0) if m else None
+
+    def _first(self, label: str, handoff_id: str, event: str) -> dict[str, Any] | None:
+        return next((e for e in self._by_handoff.get((label, handoff_id), ()) if e.get("event") == event), None)
+
+    def timing(self, handoff_id: str) -> KvTiming:
+        """The handoff's engine-side timings; ``source`` says what was missing, if anything."""
+        out = KvTiming()
+        p_lookup = self._first("prefill", handoff_id, "lookup")
+        p_end = self._first("prefill", handoff_id, "finished")
+        c_lookup = self._first("decode", handoff_id, "lookup")
+        c_alloc = self._first("decode", handoff_id, "alloc")
+        c_sched = self._first("decode", handoff_id, "scheduled")
+        c_end = self._first("decode", handoff_id, "finished")
+        if p_lookup:
+            out.producer_request_id, out.t_producer_lookup = p_lookup["req"], p_lookup["t"]
+        if p_end:
+            out.t_producer_finished = p_end["t"]
+            if p_lookup:
+                out.producer_engine_ms = (p_end["t"] - p_lookup["t"]) * MS
+        if out.producer_request_id:
+            saves = [e for e in self._steps.get(("prefill", out.producer_request_id), ()) if e["event"] == "save"]
+            if saves:
+                out.kv_save_ms = sum(e["busy_s"] for e in saves) * MS
+                out.kv_save_window_ms = sum(e["t1"] - e["t0"] for e in saves) * MS
+                out.t_producer_save_end = max(e["t1"] for e in saves)
+            sent = self._done.get(("prefill", "send_done", out.producer_request_id))
+            if sent is not None and p_end:
+                out.kv_send_done_ms = (sent - p_end["t"]) * MS
+        if c_lookup:
+            out.consumer_request_id, out.t_consumer_lookup = c_lookup["req"], c_lookup["t"]
+            out.kv_load_async = bool(c_lookup.get("load_async"))
+        if c_alloc:
+            out.external_kv_tokens = int(c_alloc["external_tokens"])
+        elif c_lookup:
+            out.external_kv_tokens = 0  # looked up, nothing allocated from outside: computed locally
+        if out.external_kv_tokens is not None and self.consumer_bytes_per_token:
+            out.kv_bytes_loaded = out.external_kv_tokens * self.consumer_bytes_per_token
+        if c_sched:
+            out.t_consumer_scheduled = c_sched["t"]
+            if c_lookup:
+                out.kv_wait_ms = (c_sched["t"] - c_lookup["t"]) * MS
+        if out.consumer_request_id:
+            loads = [e for e in self._steps.get(("decode", out.consumer_request_id), ()) if e["event"] == "load"]
+            recv = self._done.get(("decode", "recv_done", out.consumer_request_id))
+            if out.kv_load_async and loads and recv is not None:
+                out.kv_load_ms = (recv - min(e["t0"] for e in loads)) * MS
+                out.t_consumer_kv_ready = recv
+            elif loads:
+                out.kv_load_ms = sum(e["busy_s"] for e in loads) * MS
+                out.t_consumer_kv_ready = max(e["t1"] for e in loads)
+        if c_end:
+            out.t_consumer_finished = c_end["t"]
+            if c_lookup:
+                out.consumer_engine_ms = (c_end["t"] - c_lookup["t"]) * MS
+        if c_lookup and out.t_consumer_kv_ready is not None:
+            out.kv_stall_ms = (out.t_consumer_kv_ready - c_lookup["t"]) * MS
+            if out.consumer_engine_ms:
+                out.kv_stall_ratio = out.kv_stall_ms / out.consumer_engine_ms
+        out.source = self._source(out)
+        return out
+
+    def _source(self, t: KvTiming) -> str:
+        if not self.events:
+            return "not measured: the measuring connector wrote no ledger"
+        missing = [name for name, value in (("producer lookup", t.producer_request_id),
+                                            ("consumer lookup", t.consumer_request_id),
+                                            ("producer save", t.kv_save_ms), ("consumer load", t.kv_load_ms))
+                   if value is None]
+        what = f"engine: measuring connector around {self.connector or 'the connector'}"
+        return what if not missing else f"{what}; not recorded: {', '.join(missing)}"

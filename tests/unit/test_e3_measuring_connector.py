@@ -1,0 +1,196 @@
+"""The measuring connector around a stand-in connector (no vLLM): the events it writes, and the
+ledger's join of those events into per-handoff timings."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from context_research.disagg import measuring_connector as mc
+from context_research.disagg.ledger import Ledger, read_events
+
+
+class FakeTensor:
+    def __init__(self, numel, element_size=2, dtype="torch.bfloat16"):
+        self._n, self._e, self.dtype, self.device = numel, element_size, dtype, "cpu"
+
+    def numel(self):
+        return self._n
+
+    def element_size(self):
+        return self._e
+
+
+class FakeConnector:
+    """The calls vLLM makes on a connector, with answers a synchronous (ExampleConnector-like) or
+    asynchronous (NIXL-like) connector would give."""
+
+    def __init__(self, vllm_config, role, kv_cache_config=None):
+        self._kv_cache_config = kv_cache_config
+        self.calls = []
+        self.offer = 0          # tokens get_num_new_matched_tokens offers
+        self.load_async = False
+
+    def get_num_new_matched_tokens(self, request, num_computed_tokens):
+        return self.offer, self.load_async
+
+    def update_state_after_alloc(self, request, blocks, num_external_tokens):
+        self.calls.append(("alloc", request.request_id, num_external_tokens))
+
+    def build_connector_meta(self, scheduler_output):
+        return SimpleNamespace(kind="inner")
+
+    def update_connector_output(self, connector_output):
+        return None
+
+    def request_finished(self, request, block_ids):
+        return False, None
+
+    def register_kv_caches(self, kv_caches):
+        self.calls.append(("register", len(kv_caches)))
+
+    def bind_connector_metadata(self, meta):
+        self.calls.append(("bind", meta.kind))
+
+    def start_load_kv(self, forward_context, **kwargs):
+        self.calls.append(("start_load",))
+
+    def wait_for_layer_load(self, layer_name):
+        self.calls.append(("wait_layer", layer_name))
+
+    def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
+        self.calls.append(("save", layer_name))
+
+    def wait_for_save(self):
+        self.calls.append(("wait_save",))
+
+    def get_finished(self, finished_req_ids):
+        return None, None
+
+
+def _config(tmp_path, label, role="kv_consumer", producer=False):
+    transfer = SimpleNamespace(kv_connector_extra_config={mc.LEDGER_DIR_KEY: str(tmp_path), mc.LABEL_KEY: label},
+                               kv_role=role, is_kv_producer=producer)
+    return SimpleNamespace(kv_transfer_config=transfer, cache_config=SimpleNamespace(block_size=16))
+
+
+def _request(rid, prompt=256):
+    return SimpleNamespace(request_id=rid, num_prompt_tokens=prompt, arrival_time=1.0, num_output_tokens=4)
+
+
+def _step(conn, scheduled):
+    out = SimpleNamespace(scheduled_new_reqs=[SimpleNamespace(req_id=r, num_computed_tokens=0) for r in scheduled],
+                          num_scheduled_tokens={r: 256 for r in scheduled})
+    return conn.build_connector_meta(out)
+
+
+def test_the_measured_class_keeps_the_connector_name_and_calls_through(tmp_path):
+    cls = mc.measured(FakeConnector)
+    assert cls.__name__ == "FakeConnector" and issubclass(cls, FakeConnector) and cls is mc.measured(FakeConnector)
+    conn = cls(_config(tmp_path, "decode"), "KVConnectorRole.WORKER", SimpleNamespace(num_blocks=10))
+    conn.register_kv_caches({"l0": FakeTensor(10 * 16 * 64), "l1": FakeTensor(10 * 16 * 64)})
+    assert ("register", 2) in conn.calls
+    layout = [e for e in read_events(tmp_path) if e["event"] == "layout"][0]
+    # two layers x 64 elements x 2 bytes per token
+    assert layout["bytes_per_token"] == 256 and layout["side"] == "worker" and layout["label"] == "decode"
+
+
+def test_a_missing_ledger_folder_is_a_clear_error(tmp_path):
+    cfg = _config(tmp_path, "decode")
+    cfg.kv_transfer_config.kv_connector_extra_config = {}
+    with pytest.raises(ValueError, match="measure_ledger_dir"):
+        mc.measured(FakeConnector)(cfg, "KVConnectorRole.SCHEDULER", None)
+
+
+def test_producer_and_synchronous_consumer_events_join_into_one_handoff(tmp_path):
+    cls = mc.measured(FakeConnector)
+    # Producer: scheduler and worker (the same process here, as with vLLM's one-process executor).
+    p_sched = cls(_config(tmp_path, "prefill", "kv_producer", True), "KVConnectorRole.SCHEDULER", None)
+    p_work = cls(_config(tmp_path, "prefill", "kv_producer", True), "KVConnectorRole.WORKER",
+                 SimpleNamespace(num_blocks=10))
+    req = _request("cmpl-handoff-00007-0")
+    assert p_sched.get_num_new_matched_tokens(req, 0) == (0, False)
+    meta = _step(p_sched, [req.request_id])
+    assert getattr(meta, mc.STEP_TAG)["saves"] == [req.request_id]
+    p_work.bind_connector_metadata(meta)
+    p_work.start_load_kv(None)
+    for layer in ("l0", "l1"):
+        p_work.save_kv_layer(layer, None, None)
+    p_work.wait_for_save()
+    p_sched.request_finished(req, [1, 2])
+    p_sched.request_finished(req, [1, 2])            # a second call is not a second end
+
+    # Consumer: the connector offers 240 tokens, loaded synchronously in the step that schedules it.
+    c_sched = cls(_config(tmp_path, "decode"), "KVConnectorRole.SCHEDULER", None)
+    c_work = cls(_config(tmp_path, "decode"), "KVConnectorRole.WORKER", SimpleNamespace(num_blocks=10))
+    c_work.register_kv_caches({"l0": FakeTensor(10 * 16 * 64), "l1": FakeTensor(10 * 16 * 64)})
+    c_sched.offer = 240
+    creq = _request("cmpl-handoff-00007-0-ab12")
+    c_sched.get_num_new_matched_tokens(creq, 0)
+    c_sched.update_state_after_alloc(creq, None, 240)
+    cmeta = _step(c_sched, [creq.request_id])
+    assert getattr(cmeta, mc.STEP_TAG) == {"step": 1, "loads": {creq.request_id: 240}, "saves": []}
+    c_work.bind_connector_metadata(cmeta)
+    c_work.start_load_kv(None)
+    c_work.wait_for_layer_load("l0")
+    c_work.save_kv_layer("l0", None, None)           # a consumer saves nothing: not timed
+    c_work.wait_for_save()
+    c_sched.request_finished(creq, [1])
+
+    events = read_events(tmp_path)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("finished") == 2 and kinds.count("save") == 1 and kinds.count("load") == 1
+    t = Ledger(events).timing("handoff-00007")
+    assert t.producer_request_id == req.request_id and t.consumer_request_id == creq.request_id
+    assert t.external_kv_tokens == 240 and t.kv_bytes_loaded == 240 * 256
+    assert t.kv_save_ms is not None and t.kv_save_ms >= 0 and t.kv_save_window_ms >= 0
+    assert t.kv_load_ms is not None and t.kv_load_ms >= 0 and t.kv_load_async is False
+    assert t.kv_wait_ms >= 0 and t.kv_stall_ms >= t.kv_wait_ms
+    assert 0 < t.kv_stall_ratio <= 1 or t.kv_stall_ms == 0
+    assert t.source == "engine: measuring connector around FakeConnector"
+    assert Ledger(events).timing("handoff-00008").source.endswith(
+        "not recorded: producer lookup, consumer lookup, producer save, consumer load")
+
+
+def _event(label, event, t, **fields):
+    return {"label": label, "side": "x", "pid": 1, "event": event, "t": t, **fields}
+
+
+def test_asynchronous_load_runs_from_the_read_issued_to_the_receive_done():
+    rid = "cmpl-handoff-00001-0"
+    events = [
+        {"label": "decode", "event": "start", "connector": "NixlConnector"},
+        _event("decode", "layout", 0.0, bytes_per_token=1000.0),
+        _event("decode", "lookup", 10.000, req=rid, external_tokens=512, load_async=True),
+        _event("decode", "alloc", 10.001, req=rid, external_tokens=512),
+        {"label": "decode", "event": "load", "step": 3, "reqs": {rid: 512}, "t0": 10.002, "t1": 10.0021,
+         "busy_s": 0.0001},
+        {"label": "decode", "event": "recv_done", "reqs": [rid], "t": 10.042},   # worker
+        {"label": "decode", "event": "recv_done", "reqs": [rid], "t": 10.045},   # scheduler, later
+        _event("decode", "scheduled", 10.046, req=rid),
+        _event("decode", "finished", 10.100, req=rid),
+    ]
+    t = Ledger(events).timing("handoff-00001")
+    assert t.kv_load_async is True
+    assert t.kv_load_ms == pytest.approx(40.0)          # 10.002 -> 10.042
+    assert t.kv_wait_ms == pytest.approx(46.0)          # lookup -> scheduled
+    assert t.kv_stall_ms == pytest.approx(42.0) and t.consumer_engine_ms == pytest.approx(100.0)
+    assert t.kv_stall_ratio == pytest.approx(0.42)
+    assert t.kv_bytes_loaded == 512_000
+
+
+def test_a_consumer_that_found_nothing_loaded_zero_tokens():
+    rid = "cmpl-handoff-00002-0"
+    t = Ledger([_event("decode", "lookup", 1.0, req=rid, external_tokens=0, load_async=False)]).timing("handoff-00002")
+    assert t.external_kv_tokens == 0 and t.kv_load_ms is None
+
+
+def test_a_torn_last_line_is_skipped(tmp_path):
+    (tmp_path / "decode-worker-1.jsonl").write_text(json.dumps({"event": "start"}) + "\n{\"event\": \"lo")
+    assert read_events(tmp_path) == [{"event": "start"}]
+    assert read_events(tmp_path / "missing") == [] and read_events(None) == []
+
+
+def test_module_getattr_refuses_dunder_names():
+    with pytest.raises(AttributeError):
+        mc.__getattr__("__path__")
