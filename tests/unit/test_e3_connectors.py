@@ -41,7 +41,7 @@ def test_nixl_json_and_side_channel_ports():
     assert p == {"kv_connector": "NixlConnector", "kv_role": "kv_producer", "kv_connector_extra_config": {}}
     assert d["kv_role"] == "kv_consumer"
     pe, de = c.connector_env("NixlConnector", "prefill", CFG), c.connector_env("NixlConnector", "decode", CFG)
-    assert pe == {"VLLM_NIXL_SIDE_CHANNEL_HOST": "10.0.0.5", "VLLM_NIXL_SIDE_CHANNEL_PORT": "5600"}
+    assert pe == {"VLLM_NIXL_SIDE_CHANNEL_HOST": "10.0.0.5", "VLLM_NIXL_SIDE_CHANNEL_PORT": "5600", "UCX_PROTO_INFO": "y"}
     assert de["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5601"
 
 

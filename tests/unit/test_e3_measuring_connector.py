@@ -194,3 +194,40 @@ def test_a_torn_last_line_is_skipped(tmp_path):
 def test_module_getattr_refuses_dunder_names():
     with pytest.raises(AttributeError):
         mc.__getattr__("__path__")
+
+
+def test_an_asynchronous_load_is_attributed_to_the_step_that_started_it(tmp_path):
+    """NIXL: the read is issued in a step with no forward pass (no wait_for_save); the receive is
+    reported steps later, while other requests' tags are bound."""
+
+    class AsyncConnector(FakeConnector):
+        done: set = set()
+
+        def get_finished(self, finished_req_ids):
+            return None, set(self.done)
+
+    cls = mc.measured(AsyncConnector)
+    sched = cls(_config(tmp_path, "decode"), "KVConnectorRole.SCHEDULER", None)
+    work = cls(_config(tmp_path, "decode"), "KVConnectorRole.WORKER", SimpleNamespace(num_blocks=10))
+    work.register_kv_caches({"l0": FakeTensor(10 * 16 * 64)})
+    sched.offer, sched.load_async = 256, True
+    req = _request("cmpl-handoff-00003-0")
+    sched.get_num_new_matched_tokens(req, 0)
+    sched.update_state_after_alloc(req, None, 256)
+    work.bind_connector_metadata(_step(sched, []))     # the read is issued; nothing to compute
+    work.start_load_kv(None)
+    work.get_finished(set())
+    work.bind_connector_metadata(_step(sched, []))     # a later step with other work
+    work.start_load_kv(None)
+    work.wait_for_save()
+    AsyncConnector.done = {req.request_id}
+    work.get_finished(set())
+    work.get_finished(set())                           # reported once only
+    work.bind_connector_metadata(_step(sched, [req.request_id]))
+    events = read_events(tmp_path)
+    loads = [e for e in events if e["event"] == "load"]
+    assert [list(e["reqs"]) for e in loads] == [[req.request_id]] and loads[0]["step"] == 1
+    assert [e["reqs"] for e in events if e["event"] == "recv_done"] == [[req.request_id]]
+    t = Ledger(events).timing("handoff-00003")
+    assert t.kv_load_async is True and t.kv_load_ms is not None and t.kv_load_ms >= 0
+    assert t.external_kv_tokens == 256 and t.kv_bytes_loaded == 256 * 128

@@ -94,9 +94,11 @@ def connector_env(connector: str, pool: str, cfg: dict[str, Any]) -> dict[str, s
     """Environment the engine process needs for the connector (none for ExampleConnector)."""
     _role(pool)
     if connector == "NixlConnector":
-        # Two engines on one host must not share a NIXL side-channel port.
+        # Two engines on one host must not share a NIXL side-channel port. UCX_PROTO_INFO makes UCX
+        # print the transport it selects, which transport.kv_transport reads from the engine log.
         port = int(cfg.get("nixl_side_channel_port", 5600)) + (0 if pool == "prefill" else 1)
-        return {"VLLM_NIXL_SIDE_CHANNEL_HOST": connector_host(cfg), "VLLM_NIXL_SIDE_CHANNEL_PORT": str(port)}
+        return {"VLLM_NIXL_SIDE_CHANNEL_HOST": connector_host(cfg), "VLLM_NIXL_SIDE_CHANNEL_PORT": str(port),
+                "UCX_PROTO_INFO": "y"}
     return {}
 
 

@@ -24,8 +24,9 @@ What is recorded (engine side):
   (the load) and inside ``save_kv_layer`` and ``wait_for_save`` (the save), with the requests
   that loaded or saved in that step; asynchronous receives and sends reported done
   (``get_finished`` / ``get_transfer_results``); once, the bytes per token of the KV cache
-  tensors the engine registered. On CUDA the step's device work is synchronized before a load or
-  save is timed as done, so a copy that is still queued on the GPU is not missed.
+  tensors the engine registered. On CUDA each timed call runs between two device
+  synchronizations: the layers' queued compute is not counted, and a copy still queued on the
+  GPU is not missed.
 
 This module runs inside the engine process; it imports vLLM only when vLLM asks for a class.
 """
@@ -100,6 +101,8 @@ class MeasuringMixin:
         self._step = 0
         # worker side
         self._tag: dict[str, Any] | None = None
+        self._load_reqs: dict[str, int] = {}   # the requests whose load the pending timing belongs to
+        self._load_step: int | None = None
         self._load_t0: float | None = None
         self._load_busy = 0.0
         self._load_end: float | None = None
@@ -203,25 +206,34 @@ class MeasuringMixin:
                            device=str(tensors[0].device) if tensors else None)
 
     def bind_connector_metadata(self, connector_metadata: Any) -> Any:
+        self._flush_load()
         self._tag = getattr(connector_metadata, STEP_TAG, None)
         return super().bind_connector_metadata(connector_metadata)
 
+    # A call is timed from a synchronized device to a synchronized device, so the GPU work the
+    # engine queued before it (the layers' compute) is not counted as the connector's. This
+    # serializes the launch queue only in steps that load or save.
+    def _timed(self, call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
+        _synchronize_device()
+        t0 = time.perf_counter()
+        out = call(*args, **kwargs)
+        _synchronize_device()
+        return out, t0, time.perf_counter()
+
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> Any:
         loads = (self._tag or {}).get("loads") or {}
-        t0 = time.perf_counter()
-        out = super().start_load_kv(forward_context, **kwargs)
-        if loads:
-            _synchronize_device()
-            t1 = time.perf_counter()
-            self._load_t0, self._load_busy, self._load_end = t0, t1 - t0, t1
+        if not loads:
+            return super().start_load_kv(forward_context, **kwargs)
+        self._flush_load()
+        out, t0, t1 = self._timed(super().start_load_kv, forward_context, **kwargs)
+        self._load_reqs, self._load_step = dict(loads), (self._tag or {}).get("step")
+        self._load_t0, self._load_busy, self._load_end = t0, t1 - t0, t1
         return out
 
     def wait_for_layer_load(self, layer_name: str) -> Any:
         if self._load_t0 is None:
             return super().wait_for_layer_load(layer_name)
-        t0 = time.perf_counter()
-        out = super().wait_for_layer_load(layer_name)
-        t1 = time.perf_counter()
+        out, t0, t1 = self._timed(super().wait_for_layer_load, layer_name)
         self._load_busy += t1 - t0
         self._load_end = t1
         return out
@@ -229,31 +241,39 @@ class MeasuringMixin:
     def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any) -> Any:
         if not (self._tag or {}).get("saves"):
             return super().save_kv_layer(layer_name, kv_layer, attn_metadata, **kwargs)
-        t0 = time.perf_counter()
-        out = super().save_kv_layer(layer_name, kv_layer, attn_metadata, **kwargs)
+        out, t0, t1 = self._timed(super().save_kv_layer, layer_name, kv_layer, attn_metadata, **kwargs)
         if self._save_t0 is None:
             self._save_t0 = t0
-        self._save_busy += time.perf_counter() - t0
+        self._save_busy += t1 - t0
         return out
 
     def wait_for_save(self) -> Any:
         tag = self._tag or {}
-        t0 = time.perf_counter()
-        out = super().wait_for_save()
-        if tag.get("saves"):
-            _synchronize_device()
-            t1 = time.perf_counter()
+        if not tag.get("saves"):
+            out = super().wait_for_save()
+        else:
+            out, t0, t1 = self._timed(super().wait_for_save)
             self._ledger.write("save", step=tag.get("step"), reqs=tag["saves"],
                                t0=self._save_t0 if self._save_t0 is not None else t0, t1=t1,
                                busy_s=self._save_busy + (t1 - t0))
-        if self._load_t0 is not None:
-            self._ledger.write("load", step=tag.get("step"), reqs=tag.get("loads") or {}, t0=self._load_t0,
-                               t1=self._load_end, busy_s=self._load_busy)
-        self._load_t0 = self._load_end = self._save_t0 = None
-        self._load_busy = self._save_busy = 0.0
+        self._save_t0 = None
+        self._save_busy = 0.0
+        self._flush_load()
         return out
 
+    def _flush_load(self) -> None:
+        """Write the pending load timing under the requests of the step that STARTED it: an
+        asynchronous load starts in a step without a forward pass (no ``wait_for_save``), and
+        the next step's tag belongs to other requests."""
+        if self._load_t0 is not None:
+            self._ledger.write("load", step=self._load_step, reqs=self._load_reqs, t0=self._load_t0,
+                               t1=self._load_end, busy_s=self._load_busy)
+        self._load_t0 = self._load_end = self._load_step = None
+        self._load_reqs = {}
+        self._load_busy = 0.0
+
     def _transfers_done(self, sending: Any, recving: Any) -> None:
+        self._flush_load()
         now = time.perf_counter()
         recv = sorted(set(recving or ()) - self._done_recving)
         send = sorted(set(sending or ()) - self._done_sending)

@@ -40,6 +40,7 @@ from ..disagg import connectors
 from ..disagg.broker import DEFAULT_TOLERANCE
 from ..disagg.gpus import assign_gpus, discover_gpus
 from ..disagg.ledger import read_events
+from ..disagg.transport import kv_transport, measure_link_ceiling
 from ..disagg.phases import (ENGINE_LOGS, engine_servings, require_installed_connector, run_aggregated,
                              run_disaggregated, without_private_keys)
 from ..disagg.plan import batched_tokens_budget, plan_workload
@@ -69,6 +70,9 @@ def run(run: ExperimentRun) -> dict[str, Any]:
     if real:
         require_installed_connector(cfg)
     workload = plan_workload(model, cfg)
+    # What the KV's link can carry, measured before any engine holds GPU memory.
+    ceiling = (measure_link_ceiling(assignment.prefill_visible_devices, assignment.decode_visible_devices)
+               if device == "cuda" else {"available": False, "reason": "CPU engines: the KV moves through memory"})
 
     storage = None
     ledger_dir = Path(tempfile.mkdtemp(prefix=f"context-research-e3-ledger-{ctx.run_id}-"))
@@ -99,6 +103,10 @@ def run(run: ExperimentRun) -> dict[str, Any]:
         if not ctx.path(key).exists():
             write_text(ctx.path(key), "# engine not started\n")
     summary = build_summary(ctx.stamp(), cfg, rows, agg, dis, assignment, servings, storage, handoff_rows, budget)
+    summary["connector"]["link_ceiling"] = ceiling
+    decode_log = ctx.path("engine_decode")
+    summary["connector"]["kv_transport"] = kv_transport(decode_log.read_text(errors="replace")
+                                                        if decode_log.exists() else "")
     write_json(ctx.path("summary"), summary)
 
     engines = {**agg.engines, **dis.engines}

@@ -246,6 +246,29 @@ def waterfall_sentences(transfers: pd.DataFrame) -> list[str]:
     return out
 
 
+def _availability(fact: dict | None, show) -> str:
+    if not fact:
+        return "not recorded"
+    return show(fact) if fact.get("available") else f"not measured: {fact.get('reason')}"
+
+
+def link_sentences(dis_ok: pd.DataFrame, conn: dict) -> list[str]:
+    """The achieved KV load rate against what the link can carry, and a transport slower than
+    the host allows."""
+    out = []
+    transport, ceiling = conn.get("kv_transport") or {}, conn.get("link_ceiling") or {}
+    if transport.get("available"):
+        out.append(("FLAGGED: " if transport.get("slower_than_host_allows") else "") + transport["note"] + ".")
+    if ceiling.get("available"):
+        for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
+            rate = _num(getattr(r, "kv_load_gb_s_derived_p50", None))
+            if rate is not None:
+                out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)}: the consumer loaded the KV at "
+                           f"{rate:,.2f} GB/s, {rate / ceiling['gb_s']:.1%} of the link ceiling "
+                           f"({ceiling['gb_s']:,.0f} GB/s, {ceiling['kind']}).")
+    return out
+
+
 def report_section(results_dir: Path) -> dict[str, Any]:
     results_dir = Path(results_dir)
     s = read_json(e3.EXPERIMENT.path(results_dir, "summary"))
@@ -273,6 +296,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
             f"Δ TPOT p50 {fmt(_num(r.delta_tpot_ms_p50), 2, grouped=True)} ms, "
             f"Δ goodput {fmt(_num(r.delta_goodput_rps), 2, grouped=True)} req/s.")
     findings.extend(waterfall_sentences(_transfers(results_dir)))
+    findings.extend(link_sentences(dis_ok, conn))
     not_moved = tr.get("kv_not_moved") or []
     if not_moved:
         findings.append(f"KV NOT MOVED for {len(not_moved)} handoff(s); their points fail: "
@@ -298,6 +322,8 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("max_num_batched_tokens (all engines)", s.get("max_num_batched_tokens")),
         ("SLOs (client-side)", f"TTFT <= {s['slo']['ttft_slo_ms']:g} ms, TPOT <= {s['slo']['tpot_slo_ms']:g} ms"),
         ("handoffs whose KV moved", f"{tr.get('handoffs_kv_moved')} / {tr['handoffs']}"),
+        ("KV transport (UCX)", _availability(conn.get("kv_transport"), lambda t: ", ".join(t["transports"]))),
+        ("link ceiling", _availability(conn.get("link_ceiling"), lambda c: f"{c['gb_s']:,.0f} GB/s ({c['kind']})")),
         ("transfer timing", "; ".join(tr.get("kv_timing_sources") or []) or "not measured"),
         ("definitions", "; ".join(f"{k} = {tr['definitions'][k]}" for k in ("kv_save_ms", "kv_load_ms",
                                                                               "kv_wait_ms", "kv_stall_ratio")
