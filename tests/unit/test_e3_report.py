@@ -38,11 +38,11 @@ def results(tmp_path):
         row(256, 1, "aggregated", 25.0, 3.0, 15.0),
         row(256, 1, "disaggregated", 95.0, 7.0, 5.0, stored_tokens=128, transfer_bytes_per_request=65712,
             analytical_bytes_per_request=65536, kv_save_ms_p50=4.0, kv_wait_ms_p50=0.3, kv_load_ms_p50=50.0,
-            external_kv_tokens=128, consumer_expected_kv_tokens=128, **transfer),
+            external_kv_tokens=128, consumer_expected_kv_tokens=128, handoffs_ok=4, **transfer),
         row(1024, 1, "aggregated", 190.0, 3.0, 6.0),
         row(1024, 1, "disaggregated", 150.0, 6.0, 4.0, stored_tokens=896, transfer_bytes_per_request=458928,
             analytical_bytes_per_request=458752, kv_save_ms_p50=9.0, kv_wait_ms_p50=0.2, kv_load_ms_p50=35.0,
-            external_kv_tokens=896, consumer_expected_kv_tokens=896, **transfer),
+            external_kv_tokens=896, consumer_expected_kv_tokens=896, handoffs_ok=4, **transfer),
     ]
     rows.append(failed_row(Point(0, 2040, 1), "disaggregated", CFG, "prompt 2040 + max_tokens 16 exceed"))
     add_deltas(rows)
@@ -78,7 +78,7 @@ def test_verdicts_say_plainly_whether_the_transfer_pays_off(results):
             "KV wait 0.30 ms and load 50.00 ms on the consumer)") in text
     assert "The handoff saves more than it costs at 1,024 tokens (concurrency 1): disaggregated TTFT p50 is 40.0 ms" in text
     assert "65,712 bytes moved per request (files) vs 65,536 analytical (128 stored tokens x 512 B)" in text
-    assert "the consumer loaded 128 of 128 expected tokens" in text
+    assert "over the point's 4 handoffs the consumer loaded 128 of 128 expected prompt tokens" in text
     assert "agree" in text and "DISAGREE" not in text
     assert "1 point/mode row(s) not measured" in text and "too long" in text
     # The waterfall sentence of the measured (not the warmup) handoff, its largest segment named.
@@ -149,3 +149,23 @@ def test_figures_carry_provenance(results):
     assert "1024 tok, c=1" in transfer and "2040" not in transfer   # refused points are not drawn
     html = (results / "mode_comparison.html").read_text()
     assert "<table" in html and "65,712" in html
+
+
+def test_transport_and_link_ceiling_are_reported(results):
+    import json
+
+    summary = json.loads((results / "summary.json").read_text())
+    summary["connector"]["kv_transport"] = {"available": True, "transports": ["tcp/lo"], "slower_than_host_allows": True,
+                                            "note": "GPU-to-GPU KV reads went over tcp/lo (software emulation)"}
+    summary["connector"]["link_ceiling"] = {"available": True, "gb_s": 2000.0, "kind": "device copy on one GPU"}
+    write_json(results / "summary.json", summary)
+    frame = pd.read_csv(results / "mode_comparison.csv")
+    frame.loc[frame["mode"] == "disaggregated", "kv_load_gb_s_derived_p50"] = 0.5
+    write_csv(results / "mode_comparison.csv", frame)
+    sec = e3_report.report_section(results)
+    text = "\n".join(sec["findings"])
+    assert "FLAGGED: GPU-to-GPU KV reads went over tcp/lo (software emulation)." in text
+    assert ("256 tokens, c=1: the consumer loaded the KV at 0.50 GB/s, 0.03% of the link ceiling (2,000 GB/s, "
+            "device copy on one GPU).") in text
+    facts = dict(sec["facts"])
+    assert facts["KV transport (UCX)"] == "tcp/lo" and facts["link ceiling"] == "2,000 GB/s (device copy on one GPU)"

@@ -264,7 +264,7 @@ def link_sentences(dis_ok: pd.DataFrame, conn: dict) -> list[str]:
             rate = _num(getattr(r, "kv_load_gb_s_derived_p50", None))
             if rate is not None:
                 out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)}: the consumer loaded the KV at "
-                           f"{rate:,.2f} GB/s, {rate / ceiling['gb_s']:.1%} of the link ceiling "
+                           f"{rate:,.2f} GB/s, {rate / ceiling['gb_s']:.2%} of the link ceiling "
                            f"({ceiling['gb_s']:,.0f} GB/s, {ceiling['kind']}).")
     return out
 
@@ -290,8 +290,9 @@ def report_section(results_dir: Path) -> dict[str, Any]:
             f"{fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical "
             f"({fmt(_num(r.stored_tokens), 0, grouped=True)} stored tokens x {fmt(_num(r.kv_bytes_per_token), 0, grouped=True)} B): "
             f"{verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
-            f"{tr['bytes_tolerance']:.0%}); the consumer loaded {fmt(_num(r.external_kv_tokens), 0, grouped=True)} of "
-            f"{fmt(_num(r.consumer_expected_kv_tokens), 0, grouped=True)} expected tokens; stall ratio "
+            f"{tr['bytes_tolerance']:.0%}); over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
+            f"{fmt(_num(r.external_kv_tokens), 0, grouped=True)} of {fmt(_num(r.consumer_expected_kv_tokens), 0, grouped=True)} "
+            f"expected prompt tokens; stall ratio "
             f"{fmt(_num(r.kv_stall_ratio_p50), 2, grouped=True)} (engine-timed), "
             f"Δ TPOT p50 {fmt(_num(r.delta_tpot_ms_p50), 2, grouped=True)} ms, "
             f"Δ goodput {fmt(_num(r.delta_goodput_rps), 2, grouped=True)} req/s.")
