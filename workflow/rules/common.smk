@@ -2,8 +2,8 @@
 import json
 import sys
 
-from context_research.config import (experiment_hash, experiment_view, model_profile, snakemake_config_origins,
-                                     validate_config)
+from context_research.config import (analysis_config, experiment_hash, experiment_view, model_profile,
+                                     snakemake_config_origins, validate_config)
 from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
@@ -41,7 +41,20 @@ def model_inputs(wildcards=None):
 
 
 def config_hash(experiment):
+    """The run's hash: its run keys, model, serving settings and the machine facts (engine and
+    torch versions, package code, model files, engine environment, GPU model), computed here while
+    the DAG is built. A param, so any change of them reruns the engine rule."""
     return experiment_hash(config, experiment)
+
+
+def analysis_config_json(experiment):
+    """What an analysis rule passes to `context-research analyse`: the experiment's analysis keys."""
+    return json.dumps(analysis_config(config, experiment), sort_keys=True)
+
+
+def analysis_outputs(experiment):
+    """The analysis rule's outputs (none for an experiment whose run writes every table)."""
+    return list(experiment.analysis_paths().values())
 
 
 def experiment_config_json(experiment):
@@ -65,4 +78,5 @@ def figure_outputs(experiment):
 def report_inputs(wildcards):
     """What an experiment's markdown section shows: its run metadata and its figures."""
     return [getattr(rules, wildcards.experiment).output.metadata,
+            *analysis_outputs(EXPERIMENTS[wildcards.experiment]),
             *getattr(rules, f"{wildcards.experiment}_figures").output]
