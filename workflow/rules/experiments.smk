@@ -45,12 +45,13 @@ for _exp in EXPERIMENTS.values():
             params:
                 # the analysis keys only: changing one reruns this rule, not the engine run
                 analysis=analysis_config_json(_exp.name),
+                experiment=_exp.name,
                 results=str(_exp.results_dir()),
             log:
                 f"logs/{_exp.name}_analysis.log",
             localrule: True
             shell:
-                "context-research analyse {rule} --results {params.results} --analysis-json {params.analysis:q} "
+                "context-research analyse {params.experiment} --results {params.results} --analysis-json {params.analysis:q} "
                 "> {log} 2>&1 || {{ tail -n 5 {log} >&2; exit 1; }}"
 
     rule:
