@@ -61,6 +61,12 @@ def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monke
                               "experiments": {"e0": {"engine_starts": 3, "repeats": 2, "requests_per_repeat": 2}}})
     out = tmp_path / "e0"
     meta = run_declared(e0.EXPERIMENT, config, out)
+    # run_metadata.json lists every hash input; the config hash is the hash of exactly them
+    from context_research.hashing import sha256_obj
+    assert meta["config_hash"] == sha256_obj(meta["hash_inputs"])
+    assert {"engine", "torch", "code_sha256", "model_files", "engine_env", "gpu"} <= set(meta["hash_inputs"])
+    assert "cv_threshold" not in meta["hash_inputs"]["experiment_config"]
+    assert set(meta["model_resolved"]["files"]) == {"config.json", "tokenizer.json"}
     measured = json.loads((out / "measured.json").read_text())
     assert "passed" not in measured and "cv_threshold" not in measured["variability"]  # the run does not judge
     e0.analyse(out, {"cv_threshold": config["experiments"]["e0"]["cv_threshold"]})  # rule e0_analysis
