@@ -89,22 +89,35 @@ def _is_other_experiment_module(rel: str, experiment: str | None) -> bool:
     return stem[:1] == "e" and stem[1:2].isdigit() and not own
 
 
-def code_files(experiment: str | None = None, package_dir: Path = PACKAGE_DIR) -> list[str]:
+def code_files(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> list[str]:
     """The package's ``.py`` files a run of ``experiment`` executes: all of them but the other
-    experiments' own modules and every experiment's ``*_report.py`` (figures rule only)."""
+    experiments' own modules and (unless ``reports``: what the figures and report rules run too)
+    the experiment's ``*_report.py``."""
     files = []
     for path in sorted(package_dir.rglob("*.py")):
         rel = path.relative_to(package_dir).as_posix()
-        if "__pycache__" in rel or rel.endswith("_report.py") or _is_other_experiment_module(rel, experiment):
+        if "__pycache__" in rel or _is_other_experiment_module(rel, experiment):
+            continue
+        if rel.endswith("_report.py") and not reports:
             continue
         files.append(rel)
     return files
 
 
 @functools.lru_cache(maxsize=None)
-def code_digest(experiment: str | None = None, package_dir: Path = PACKAGE_DIR) -> str:
-    """sha256 over (path, sha256) of ``code_files(experiment)``: the code a run executes."""
-    return sha256_obj([[rel, sha256_file(package_dir / rel)] for rel in code_files(experiment, package_dir)])
+def _file_sha(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
+
+
+def code_digest(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> str:
+    """sha256 over (path, sha256) of ``code_files``: the code a run (``reports``: its figures and
+    report too) executes. The sha256 over the package's ``.py`` files, not over what Python
+    imported: a file the run never imports still counts."""
+    digests = []
+    for rel in code_files(experiment, package_dir, reports):
+        stat = (package_dir / rel).stat()
+        digests.append([rel, _file_sha(str(package_dir / rel), stat.st_mtime_ns, stat.st_size)])
+    return sha256_obj(digests)
 
 
 def engine_environment(serving: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:

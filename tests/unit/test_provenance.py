@@ -63,6 +63,8 @@ def test_code_files_leave_out_other_experiments_and_reports():
     assert "experiments/e6_model.py" in provenance.code_files("e6")
     assert "experiments/e6_model.py" not in files
     assert provenance.code_digest("e2") != provenance.code_digest("e1")
+    assert "experiments/e2_report.py" in provenance.code_files("e2", reports=True)
+    assert "experiments/e1_report.py" not in provenance.code_files("e2", reports=True)
 
 
 def test_code_digest_follows_the_package_bytes(tmp_path):
@@ -70,11 +72,11 @@ def test_code_digest_follows_the_package_bytes(tmp_path):
     (pkg / "experiments").mkdir(parents=True)
     (pkg / "a.py").write_text("x = 1\n")
     (pkg / "experiments" / "e1.py").write_text("y = 1\n")
-    before = provenance.code_digest.__wrapped__("e2", pkg)
+    before = provenance.code_digest("e2", pkg)
     (pkg / "experiments" / "e1.py").write_text("y = 2\n")  # another experiment's module
-    assert provenance.code_digest.__wrapped__("e2", pkg) == before
+    assert provenance.code_digest("e2", pkg) == before
     (pkg / "a.py").write_text("x = 2\n")
-    assert provenance.code_digest.__wrapped__("e2", pkg) != before
+    assert provenance.code_digest("e2", pkg) != before
 
 
 def test_engine_environment_takes_inherited_vllm_variables_then_serving_env():

@@ -8,7 +8,8 @@ thing and reads the dry run's job counts:
 * an analysis key (E2's TTFT SLO): E2's analysis, figures and section only;
 * a run key (E2's requests per point): E2's engine rule and everything after it;
 * package code: one line added to the copied package's ``experiments/e2.py`` (the code digest is
-  over the package the workflow imports: ``PYTHONPATH`` points at the copy);
+  over the package the workflow imports: ``PYTHONPATH`` points at the copy), to ``e2_report.py``
+  (figures and section only), or to shared code (every experiment);
 * a model file: the local model folder's ``config.json``;
 * the engine version: a fake ``vllm`` distribution (a ``.dist-info`` folder) put first on
   ``PYTHONPATH``, which ``importlib.metadata`` then reports, as a different install would.
@@ -161,6 +162,16 @@ def test_a_change_in_an_experiment_module_reruns_that_experiment_only(workdir):
     try:
         module.write_text(original + "\nMETRIC_FIX = 1  # a changed metric\n")
         assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged(downstream("e2", engine=True))
+    finally:
+        module.write_text(original)
+
+
+def test_a_change_in_a_report_module_redraws_without_a_run(workdir):
+    module = workdir / "src" / "context_research" / "experiments" / "e2_report.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a fixed axis label\n")
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged({"e2_figures": 1})
     finally:
         module.write_text(original)
 

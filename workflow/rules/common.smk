@@ -7,6 +7,7 @@ from context_research.config import (analysis_config, experiment_hash, experimen
 from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
+from context_research.provenance import code_digest
 
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
@@ -45,6 +46,12 @@ def config_hash(experiment):
     torch versions, package code, model files, engine environment, GPU model), computed here while
     the DAG is built. A param, so any change of them reruns the engine rule."""
     return experiment_hash(config, experiment)
+
+
+def report_code(experiment):
+    """sha256 of the package code the figures and report rules of ``experiment`` run (its
+    ``eN_report.py`` included): a param, so a fixed figure is redrawn without a new run."""
+    return code_digest(experiment, reports=True)
 
 
 def analysis_config_json(experiment):

@@ -65,6 +65,7 @@ for _exp in EXPERIMENTS.values():
         params:
             experiment=_exp.name,
             results=str(_exp.results_dir()),
+            code=report_code(_exp.name),
         log:
             f"logs/{_exp.name}_figures.log",
         localrule: True
