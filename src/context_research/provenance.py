@@ -20,8 +20,9 @@ from .hashing import sha256_file, sha256_obj
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Inherited environment variables that reach the engine process (vllm_server.build_env passes
 # os.environ on) and change what it does. Caches, temp folders and keys are left out: they change
-# where things are kept, not the numbers.
-ENGINE_ENV_PREFIXES = ("VLLM_", "CUDA_VISIBLE_DEVICES", "NCCL_", "TORCH_", "OMP_", "MKL_", "PYTORCH_")
+# where things are kept, not the numbers. So are OMP_*/MKL_* thread counts: Snakemake sets them in
+# every job from the rule's threads, where the DAG (which computes this hash too) cannot see them.
+ENGINE_ENV_PREFIXES = ("VLLM_", "CUDA_VISIBLE_DEVICES", "NCCL_", "TORCH_", "PYTORCH_")
 ENGINE_ENV_IGNORED = ("VLLM_API_KEY", "VLLM_CACHE_ROOT", "VLLM_RPC_BASE_PATH", "TORCHINDUCTOR_CACHE_DIR",
                       "VLLM_NO_USAGE_STATS")
 # Model files whose bytes decide what the engine computes: config, tokenizer, weight index.

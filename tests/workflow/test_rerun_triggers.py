@@ -13,6 +13,9 @@ thing and reads the dry run's job counts:
 * a model file: the local model folder's ``config.json``;
 * the engine version: a fake ``vllm`` distribution (a ``.dist-info`` folder) put first on
   ``PYTHONPATH``, which ``importlib.metadata`` then reports, as a different install would.
+
+One more test runs E0 for real through Snakemake on the simulated backend (no engine process):
+the run's config_hash is the one the DAG computed, and a new cv_threshold only reanalyses.
 """
 
 from __future__ import annotations
@@ -104,14 +107,20 @@ def merged(*parts: dict[str, int]) -> dict[str, int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("rerun")
+def copy_workflow(work: Path) -> Path:
+    """The workflow and a copy of the package (the one the rules import, via PYTHONPATH)."""
+    work.mkdir(parents=True, exist_ok=True)
     for rel in ("Snakefile", "workflow", "config", "profiles", "envs"):
         src = REPO / rel
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / rel)
     shutil.copytree(REPO / "src" / "context_research", work / "src" / "context_research",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    return work
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    work = copy_workflow(tmp_path_factory.mktemp("rerun"))
     model = work / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 64,
@@ -204,3 +213,47 @@ def test_a_different_engine_version_reruns_every_engine_rule(workdir, tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 9.9.9\n")
     assert jobs(snakemake(workdir, "-n", *TARGETS, pythonpath=[dist.parent])) == merged(
         *(downstream(e, engine=True) for e in ("e0", "e1", "e2", "e3")))
+
+
+def test_a_simulated_run_records_the_rules_hash_and_a_new_threshold_only_reanalyses(tmp_path, tiny_model_dir,
+                                                                                    monkeypatch):
+    """Through Snakemake for real, on the simulated backend (no engine): the run's config_hash is
+    the one the DAG computed, and a new cv_threshold rewrites summary.json from measured.json
+    without running e0 again."""
+    from context_research.config import experiment_hash, load_config
+    from context_research.hashing import sha256_obj
+
+    work = copy_workflow(tmp_path / "sim")
+    (work / "bin").mkdir()  # no stub: the real context-research command
+    (work / "local.yaml").write_text(
+        f"model_profile: local\nmodels:\n  local:\n    source: {tiny_model_dir}\n    max_model_len: 512\n"
+        "serving:\n  backend: simulated\n  device: cpu\n"
+        "experiments:\n  e0:\n    engine_starts: 2\n    repeats: 2\n    requests_per_repeat: 2\n")
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    monkeypatch.setenv("CONTEXT_RESEARCH_LOCK_DIR", str(tmp_path / "locks"))
+    built = snakemake(work, "results/e0/summary.json")
+    assert built.returncode == 0, built.stderr[-4000:]
+    meta = json.loads((work / "results/e0/run_metadata.json").read_text())
+    config = load_config(work / "config/config.yaml", [work / "local.yaml"])
+    assert meta["config_hash"] == sha256_obj(meta["hash_inputs"]) == experiment_hash(config, "e0")
+    measured = (work / "results/e0/measured.json").stat().st_mtime_ns
+    overlay = tmp_path / "cv.yaml"
+    overlay.write_text("experiments:\n  e0:\n    cv_threshold: 0.9\n")
+    again = snakemake(work, "results/e0/summary.json", overlay=overlay)
+    assert again.returncode == 0, again.stderr[-4000:]
+    log = again.stderr + again.stdout
+    assert "rule e0_analysis:" in log and "rule e0:" not in log
+    assert (work / "results/e0/measured.json").stat().st_mtime_ns == measured
+    assert json.loads((work / "results/e0/summary.json").read_text())["variability"]["cv_threshold"] == 0.9
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
+        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
+    (model / "tokenizer.json").write_text("{}")
+    return model
