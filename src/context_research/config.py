@@ -359,12 +359,11 @@ def experiment_view(config: dict, experiment: str) -> dict:
     return view
 
 
-def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | None = None,
-                facts: dict | None = None) -> dict:
+def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> dict:
     """Everything an experiment's run depends on, as a canonical mapping: its run keys, model
     profile, serving settings and dataset manifest, plus what the config does not say
     (``provenance.machine_facts``: engine and torch versions, package code, model files, engine
-    environment, GPU model). ``facts`` as computed elsewhere, else here."""
+    environment, GPU model)."""
     from .models import dummy_model_dir
     from .provenance import machine_facts
 
@@ -378,14 +377,11 @@ def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | No
     }
     if model["source"] == "embedded":
         inputs["embedded_model"] = config.get("embedded_model", {})
-    if facts is None:
-        facts = machine_facts(experiment, model, config["serving"],
-                              built_by_workflow=dummy_model_dir(model) is not None)
-    inputs.update(facts)
+    inputs.update(machine_facts(experiment, model, config["serving"],
+                                built_by_workflow=dummy_model_dir(model) is not None))
     return inputs
 
 
-def experiment_hash(config: dict, experiment: str, dataset_manifest_sha256: str | None = None,
-                    facts: dict | None = None) -> str:
+def experiment_hash(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> str:
     """sha256 of ``hash_inputs``: run keys, model, serving, dataset manifest and machine facts."""
-    return sha256_obj(hash_inputs(config, experiment, dataset_manifest_sha256, facts))
+    return sha256_obj(hash_inputs(config, experiment, dataset_manifest_sha256))

@@ -83,7 +83,7 @@ def figure_outputs(experiment):
 
 
 def report_inputs(wildcards):
-    """What an experiment's markdown section shows: its run metadata and its figures."""
+    """What an experiment's markdown section shows: its run metadata, analysis tables and figures."""
     return [getattr(rules, wildcards.experiment).output.metadata,
             *analysis_outputs(EXPERIMENTS[wildcards.experiment]),
             *getattr(rules, f"{wildcards.experiment}_figures").output]
