@@ -64,6 +64,27 @@ def cmd_recheck(args) -> int:
     return 0
 
 
+def cmd_analyse(args) -> int:
+    from .experiments.catalog import get
+
+    experiment = get(args.experiment)
+    if experiment.analyse is None:
+        raise ContextResearchError(f"{experiment.name} has no analysis step: its run writes every table")
+    experiment.analyse(Path(args.results), json.loads(args.analysis_json))
+    return 0
+
+
+def cmd_provenance(args) -> int:
+    from .provenance import describe, differences
+
+    if args.other is None:
+        print("\n".join(describe(args.results)))
+    else:
+        diff = differences(args.results, args.other)
+        print("\n".join(diff) if diff else "no hash input differs")
+    return 0
+
+
 def cmd_validate(args) -> int:
     config = _config_from_args(args)
     print(f"configuration is valid (model_profile={config['model_profile']}, backend={config['serving']['backend']})")
@@ -117,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recheck", help="re-judge saved results with today's integrity checks and verdicts")
     p.add_argument("results", help="a results root (holding e0/, e1/, ...), e.g. docs/evidence/<run>/results")
     p.set_defaults(func=cmd_recheck)
+
+    p = sub.add_parser("analyse", help="recompute an experiment's analysis tables from its saved records")
+    p.add_argument("experiment")
+    p.add_argument("--results", required=True, help="the experiment's results folder")
+    p.add_argument("--analysis-json", required=True, help="its analysis keys as JSON (what rule eN_analysis passes)")
+    p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("provenance", help="a run's hash inputs, or what differs between two runs")
+    p.add_argument("results", help="a results folder (e.g. results/e1) or its run_metadata.json")
+    p.add_argument("other", nargs="?", help="a second run to compare with")
+    p.set_defaults(func=cmd_provenance)
 
     p = with_config(sub.add_parser("validate", help="validate the configuration"))
     p.set_defaults(func=cmd_validate)

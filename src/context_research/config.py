@@ -319,18 +319,40 @@ def experiment_config(config: dict, experiment: str) -> dict:
         raise ConfigError(f"config key 'experiments.{experiment}' is missing") from None
 
 
+def separated_analysis_keys(experiment: str) -> tuple[str, ...]:
+    """Keys of ``experiments.<experiment>`` that only its analysis step reads (not run keys)."""
+    from .experiments.catalog import get
+
+    return get(experiment).separated_analysis_keys
+
+
+def run_config(config: dict, experiment: str) -> dict:
+    """``experiments.<experiment>`` without the keys only its analysis step reads: what the engine
+    run depends on."""
+    dropped = separated_analysis_keys(experiment)
+    return {k: v for k, v in experiment_config(config, experiment).items() if k not in dropped}
+
+
+def analysis_config(config: dict, experiment: str) -> dict:
+    """The analysis keys of ``experiments.<experiment>`` (what rule eN_analysis passes)."""
+    block = experiment_config(config, experiment)
+    return {k: block[k] for k in separated_analysis_keys(experiment) if k in block}
+
+
 def experiment_view(config: dict, experiment: str) -> dict:
-    """The part of the config one experiment depends on, itself a valid config.
+    """The part of the config one experiment's run depends on, itself a valid config.
 
     Rules pass this (not the whole config) to the engine, so that a change elsewhere in the
-    config does not alter the rule's params and does not rerun it.
+    config (another experiment's block, an analysis key of this one) does not alter the rule's
+    params and does not rerun it. Validating the view fills the schema's defaults for the analysis
+    keys again; the runner drops them before the body sees the config.
     """
     name = config["model_profile"]
     view = {
         "model_profile": name,
         "models": {name: config["models"][name]},
         "serving": config["serving"],
-        "experiments": {experiment: experiment_config(config, experiment)},
+        "experiments": {experiment: run_config(config, experiment)},
     }
     if config["models"][name]["source"] == "embedded":
         view["embedded_model"] = config.get("embedded_model", {})
@@ -338,20 +360,28 @@ def experiment_view(config: dict, experiment: str) -> dict:
 
 
 def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> dict:
-    """Everything an experiment's result depends on, as a canonical mapping."""
+    """Everything an experiment's run depends on, as a canonical mapping: its run keys, model
+    profile, serving settings and dataset manifest, plus what the config does not say
+    (``provenance.machine_facts``: engine and torch versions, package code, model files, engine
+    environment, GPU model)."""
+    from .models import dummy_model_dir
+    from .provenance import machine_facts
+
     model = model_profile(config)
     inputs = {
         "experiment": experiment,
-        "experiment_config": experiment_config(config, experiment),
+        "experiment_config": run_config(config, experiment),
         "model": model,
         "serving": config["serving"],
         "dataset_manifest_sha256": dataset_manifest_sha256,
     }
     if model["source"] == "embedded":
         inputs["embedded_model"] = config.get("embedded_model", {})
+    inputs.update(machine_facts(experiment, model, config["serving"],
+                                built_by_workflow=dummy_model_dir(model) is not None))
     return inputs
 
 
 def experiment_hash(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> str:
-    """sha256 of the canonical experiment config, model, serving settings and dataset manifest."""
+    """sha256 of ``hash_inputs``: run keys, model, serving, dataset manifest and machine facts."""
     return sha256_obj(hash_inputs(config, experiment, dataset_manifest_sha256))

@@ -140,8 +140,10 @@ def build_run_metadata(*, experiment: str, config_hash: str, hash_inputs: dict[s
     return {
         "run_id": run_id or make_run_id(config_hash),
         "experiment": experiment,
+        # config_hash == sha256 of hash_inputs: two runs' inputs can be diffed
+        # (context-research provenance A B)
         "config_hash": config_hash,
-        "config": hash_inputs,
+        "hash_inputs": hash_inputs,
         "started_at": started_at,
         "finished_at": finished_at,
         "hardware": hw,

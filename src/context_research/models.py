@@ -18,14 +18,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 TOKENIZER_GLOBS = ("*.tiktoken",)
 
 
-def source_available(source: str) -> bool:
-    """A local model directory, or a hub id whose config.json is in the HF cache (no download)."""
+def source_available(source: str, revision: str | None = None) -> bool:
+    """A local model directory, or a hub id whose config.json (at ``revision``) is in the HF cache
+    (no download)."""
     if Path(source).expanduser().is_dir():
         return True
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+        return isinstance(try_to_load_from_cache(source, "config.json", revision=revision), str)
     except Exception:
         return False
 
@@ -35,7 +36,7 @@ def dummy_model_dir(profile: dict[str, Any]) -> Path | None:
     asks for ``load_format: dummy``, names ``dummy_config``, and its source is not available."""
     if profile.get("load_format") != "dummy" or not profile.get("dummy_config"):
         return None
-    if profile["source"] == "embedded" or source_available(profile["source"]):
+    if profile["source"] == "embedded" or source_available(profile["source"], profile.get("revision")):
         return None
     return DUMMY_DIR / f"{profile['name']}-dummy"
 
@@ -53,7 +54,7 @@ def resolve_model(profile: dict[str, Any], embedded_dir: str | Path = EMBEDDED_D
     else:
         local = Path(source).expanduser()
         model["path"] = str(local.resolve()) if local.exists() else source
-    model["hf_config"] = load_hf_config(model["path"], source)
+    model["hf_config"] = load_hf_config(model["path"], source, model.get("revision"))
     check_tokenizer(model)
     model["weights"] = weights_mode(model)
     return model
@@ -91,8 +92,9 @@ def check_tokenizer(model: dict[str, Any]) -> None:
         require_tokenizer(path, f"models.{name}.source")
 
 
-def load_hf_config(path: str, source: str) -> dict[str, Any] | None:
-    """config.json from a local directory or the HF cache (never downloads); None if absent."""
+def load_hf_config(path: str, source: str, revision: str | None = None) -> dict[str, Any] | None:
+    """config.json from a local directory or the HF cache at ``revision`` (never downloads); None
+    if absent."""
     local = Path(path)
     if local.is_dir():
         cfg = local / "config.json"
@@ -102,7 +104,7 @@ def load_hf_config(path: str, source: str) -> dict[str, Any] | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "config.json")
+        cached = try_to_load_from_cache(source, "config.json", revision=revision)
         if isinstance(cached, str):
             return json.loads(Path(cached).read_text())
     except Exception:

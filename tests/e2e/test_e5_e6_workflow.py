@@ -35,7 +35,7 @@ def _json(path):
 
 def test_e5_has_a_row_per_length_with_components_from_the_engine_log(wf):
     meta = _json(wf / "results/e5/run_metadata.json")
-    cfg = meta["config"]["experiment_config"]
+    cfg = meta["hash_inputs"]["experiment_config"]
     frame = pd.read_csv(wf / "results/e5/memory.csv")
     assert list(frame["mode"]) == ["aggregated"] * len(cfg["prompt_tokens"])
     assert list(frame["prompt_tokens_target"]) == cfg["prompt_tokens"]
@@ -94,7 +94,7 @@ def test_e5_figure_and_report(wf):
 
 def test_e6_stress_has_a_row_per_target(wf):
     meta = _json(wf / "results/e6/run_metadata.json")
-    cfg = meta["config"]["experiment_config"]
+    cfg = meta["hash_inputs"]["experiment_config"]
     frame = pd.read_csv(wf / "results/e6/stress.csv")
     primary = frame[frame["pass"] == "primary"]
     assert list(primary["target_prompt_tokens"]) == cfg["targets"]
@@ -121,7 +121,7 @@ def test_e6_stress_has_a_row_per_target(wf):
 
 def test_e6_serves_the_derived_yarn_config(wf):
     meta = _json(wf / "results/e6/run_metadata.json")
-    cfg = meta["config"]["experiment_config"]
+    cfg = meta["hash_inputs"]["experiment_config"]
     written = _json(wf / "results/e6/model/config.json")
     block = written["rope_scaling"]
     assert block["rope_type"] == block["type"] == "yarn"

@@ -123,7 +123,7 @@ def test_light_jobs_have_no_gpu_and_plots_and_report_stay_local(slurm_run):
     assert "gres/gpu" not in model["AllocTRES"] and model["Account"] == "research"
     submitted = {j["Comment"] for j in slurm_run["jobs"]}
     assert submitted == {"rule_embedded_model", "rule_e0"}, slurm_run["jobs"]
-    for rule in ("e0_figures", "experiment_markdown", "packet"):
+    for rule in ("e0_analysis", "e0_figures", "experiment_markdown", "packet"):
         assert f"rule {rule}:" in slurm_run["output"]                # ran, but on the submit host
 
 

@@ -4,6 +4,7 @@ config schema, the Snakemake rules and the report captions all agree with it."""
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,8 +86,13 @@ def test_snakemake_rules_come_from_the_catalog(tmp_path):
     """`snakemake --list-rules` in this checkout names a run and a figures rule per experiment."""
     snakemake = Path(sys.executable).parent / "snakemake"
     cmd = [str(snakemake)] if snakemake.exists() else [sys.executable, "-m", "snakemake"]
-    proc = subprocess.run([*cmd, "--list-rules"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    # this checkout's package, whichever one the environment has installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([*cmd, "--list-rules"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rules = set(proc.stdout.split())
-    for name in EXPERIMENTS:
+    for name, exp in EXPERIMENTS.items():
         assert {name, f"{name}_figures"} <= rules
+        assert (f"{name}_analysis" in rules) == bool(exp.analyse)

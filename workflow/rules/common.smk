@@ -2,11 +2,12 @@
 import json
 import sys
 
-from context_research.config import (experiment_hash, experiment_view, model_profile, snakemake_config_origins,
-                                     validate_config)
+from context_research.config import (analysis_config, experiment_hash, experiment_view, model_profile,
+                                     snakemake_config_origins, validate_config)
 from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
+from context_research.provenance import code_digest
 
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
@@ -41,7 +42,26 @@ def model_inputs(wildcards=None):
 
 
 def config_hash(experiment):
+    """The run's hash: its run keys, model, serving settings and the machine facts (engine and
+    torch versions, package code, model files, engine environment, GPU model), computed here while
+    the DAG is built. A param, so any change of them reruns the engine rule."""
     return experiment_hash(config, experiment)
+
+
+def report_code(experiment):
+    """sha256 of the package code the figures and report rules of ``experiment`` run (its
+    ``eN_report.py`` included): a param, so a fixed figure is redrawn without a new run."""
+    return code_digest(experiment, reports=True)
+
+
+def analysis_config_json(experiment):
+    """What an analysis rule passes to `context-research analyse`: the experiment's analysis keys."""
+    return json.dumps(analysis_config(config, experiment), sort_keys=True)
+
+
+def analysis_outputs(experiment):
+    """The analysis rule's outputs (none for an experiment whose run writes every table)."""
+    return list(experiment.analysis_paths().values())
 
 
 def experiment_config_json(experiment):
@@ -63,6 +83,7 @@ def figure_outputs(experiment):
 
 
 def report_inputs(wildcards):
-    """What an experiment's markdown section shows: its run metadata and its figures."""
+    """What an experiment's markdown section shows: its run metadata, analysis tables and figures."""
     return [getattr(rules, wildcards.experiment).output.metadata,
+            *analysis_outputs(EXPERIMENTS[wildcards.experiment]),
             *getattr(rules, f"{wildcards.experiment}_figures").output]

@@ -10,6 +10,8 @@ rule experiment_markdown:
         "reports/{experiment}.md",
     wildcard_constraints:
         experiment="|".join(EXPERIMENTS),
+    params:
+        code=lambda wildcards: report_code(wildcards.experiment),
     log:
         "logs/report_{experiment}.log",
     shell:

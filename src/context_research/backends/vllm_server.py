@@ -170,6 +170,8 @@ class VllmServerBackend(ServingBackend):
         cmd.append("--enable-prefix-caching" if s.get("enable_prefix_caching") else "--no-enable-prefix-caching")
         if m.get("tokenizer"):
             cmd += ["--tokenizer", str(m["tokenizer"])]
+        if m.get("revision") and not Path(str(m["path"])).is_dir():  # a hub id pinned to a revision
+            cmd += ["--revision", str(m["revision"])]
         if self.device == "cuda":
             cmd += ["--gpu-memory-utilization", str(s.get("gpu_memory_utilization", 0.9))]
         if s.get("enforce_eager"):

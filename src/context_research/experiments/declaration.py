@@ -60,6 +60,12 @@ class Experiment:
     report: ModuleType  # make_figures(results_dir) and report_section(results_dir)
     # Keys of experiments.<name> used only to analyse saved records (SLOs, tolerances, thresholds).
     analysis_keys: tuple[str, ...] = ()
+    # The analysis step, analyse(results_dir, analysis_cfg): from the run's saved records and the
+    # analysis keys it writes ``analysis_outputs`` (rule eN_analysis). Only an experiment that has
+    # one leaves its analysis keys out of the run's hash; without it they stay run keys (E3), since
+    # nothing else would recompute the numbers they change.
+    analyse: Callable[[Path, dict], Any] | None = None
+    analysis_outputs: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[dict], Prepared] | None = None
     # Files a run writes only sometimes or in a configured number (E6's fallback engine log, E0's
     # restart logs, a name with "{}" filled by ``path(key, n)``): addressable by key, but not rule
@@ -71,8 +77,11 @@ class Experiment:
     def __post_init__(self):
         if self.engines not in (ONE_ENGINE, SEVERAL_ENGINES):
             raise ValueError(f"{self.name}: engines must be {ONE_ENGINE!r} or {SEVERAL_ENGINES!r}")
-        clash = (set(self.outputs) | set(self.optional_outputs)) & set(RUN_FILES) or set(self.outputs) & set(
-            self.optional_outputs)
+        clash = (set(self.outputs) | set(self.optional_outputs) | set(self.analysis_outputs)) & set(RUN_FILES) or (
+            set(self.outputs) & (set(self.optional_outputs) | set(self.analysis_outputs))) or (
+            set(self.optional_outputs) & set(self.analysis_outputs))
+        if bool(self.analyse) != bool(self.analysis_outputs):
+            raise ValueError(f"{self.name}: an analysis step and its outputs are declared together")
         if clash:
             raise ValueError(f"{self.name}: output keys {sorted(clash)} are declared twice or reserved for the run's files")
 
@@ -83,8 +92,13 @@ class Experiment:
 
     @property
     def all_files(self) -> dict[str, str]:
-        """``files`` plus the optional outputs: every file a run may write, by key."""
-        return {**self.files, **self.optional_outputs}
+        """``files`` plus the optional and the analysis outputs: every file of the experiment, by key."""
+        return {**self.files, **self.optional_outputs, **self.analysis_outputs}
+
+    @property
+    def separated_analysis_keys(self) -> tuple[str, ...]:
+        """The analysis keys left out of the run's config and hash: those an analysis step reads."""
+        return self.analysis_keys if self.analyse else ()
 
     def path(self, results_dir: str | Path, key: str, *name_args: Any) -> Path:
         try:
@@ -106,6 +120,9 @@ class Experiment:
 
     def run_paths(self, root: str | Path = "results") -> dict[str, str]:
         return {k: str(self.results_dir(root) / v) for k, v in self.files.items()}
+
+    def analysis_paths(self, root: str | Path = "results") -> dict[str, str]:
+        return {k: str(self.results_dir(root) / v) for k, v in self.analysis_outputs.items()}
 
 
 class UnknownExperimentError(ConfigError):

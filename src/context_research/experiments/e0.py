@@ -82,13 +82,20 @@ def _repeat_summary(k: int, records: list[RequestRecord], duration: float) -> di
             "tpot_ms_mean": ms(mean([r.tpot_s for r in records]))}
 
 
-def cv_block(ttft_means: list[float | None], tpot_means: list[float | None], threshold: float) -> dict[str, Any]:
-    """CVs of per-repeat (or per-start) mean TTFT and TPOT, judged against ``threshold``."""
-    cv_ttft = coefficient_of_variation(ttft_means)
-    cv_tpot = coefficient_of_variation(tpot_means)
-    return {"cv_ttft": cv_ttft, "cv_tpot": cv_tpot, "cv_threshold": threshold,
-            "ttft_within_threshold": cv_ttft is not None and cv_ttft <= threshold,
-            "tpot_within_threshold": cv_tpot is not None and cv_tpot <= threshold}
+def cv_block(ttft_means: list[float | None], tpot_means: list[float | None],
+             threshold: float | None = None) -> dict[str, Any]:
+    """CVs of per-repeat (or per-start) mean TTFT and TPOT, judged against ``threshold`` when one
+    is given (the run gives none: cv_threshold is an analysis key, see ``judge_cv``)."""
+    block = {"cv_ttft": coefficient_of_variation(ttft_means), "cv_tpot": coefficient_of_variation(tpot_means)}
+    return judge_cv(block, threshold) if threshold is not None else block
+
+
+def judge_cv(block: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """``block`` (its cv_ttft, cv_tpot) judged against the exit criterion ``threshold``, in place."""
+    block.update({"cv_threshold": threshold,
+                  "ttft_within_threshold": block["cv_ttft"] is not None and block["cv_ttft"] <= threshold,
+                  "tpot_within_threshold": block["cv_tpot"] is not None and block["cv_tpot"] <= threshold})
+    return block
 
 
 def verdict(determinism: dict, variability: dict, prompt_mismatch: list, backend_mode: str) -> tuple[bool, list[str]]:
@@ -219,19 +226,18 @@ def run(run: ExperimentRun) -> dict:
     before, after = measured["before"], measured["after"]
     determinism, per_repeat = measured["determinism"], measured["per_repeat"]
     all_repeat_records = measured["records"]
-    threshold = cfg["cv_threshold"]
     variability = {
         "repeats": cfg["repeats"],
         "requests_per_repeat": cfg["requests_per_repeat"],
         "per_repeat": per_repeat,
-        **cv_block([p["ttft_ms_mean"] for p in per_repeat], [p["tpot_ms_mean"] for p in per_repeat], threshold),
+        **cv_block([p["ttft_ms_mean"] for p in per_repeat], [p["tpot_ms_mean"] for p in per_repeat]),
         "scope": "repeats within the first engine start",
         "measured_on": "client",
         "across_restarts": {
             "engine_starts": cfg["engine_starts"],
             "requests_per_start": cfg["repeats"] * cfg["requests_per_repeat"],
             "per_start": per_start,
-            **(cv_block([p["ttft_ms_mean"] for p in per_start], [p["tpot_ms_mean"] for p in per_start], threshold)
+            **(cv_block([p["ttft_ms_mean"] for p in per_start], [p["tpot_ms_mean"] for p in per_start])
                if len(per_start) > 1 else {}),
             "measured_on": "client",
         },
@@ -240,10 +246,7 @@ def run(run: ExperimentRun) -> dict:
     prompt_mismatch = [r.request_id for r in
                        prompt_length_mismatches(identical + all_repeat_records + restart_records)]
     integrity = check_records([*all_repeat_records, *restart_records])
-    passed, reasons = verdict(determinism, variability, prompt_mismatch, ctx.backend_mode)
-    if integrity.reasons:
-        passed, reasons = False, [*reasons, *("implausible: " + r for r in integrity.reasons)]
-    summary = {
+    measured_summary = {
         **ctx.stamp(),
         "strict_backend": measured["strict_backend"],
         "determinism": determinism,
@@ -262,15 +265,39 @@ def run(run: ExperimentRun) -> dict:
         "failed_requests": sum(1 for r in rows if not r["ok"]),
         "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "warmup_requests",
                                          "identical_requests", "repeats", "requests_per_repeat", "engine_starts")},
-        "passed": passed,
-        "failed_because": reasons,
     }
     ctx.write_table("requests", ctx.frame(rows))
-    write_json(ctx.path("summary"), summary)
+    # Everything but the judgement against cv_threshold (an analysis key): rule e0_analysis
+    # writes summary.json with the verdict.
+    write_json(ctx.path("measured"), measured_summary)
     across = variability["across_restarts"]
-    return {"passed": passed, "all_identical": determinism["all_identical"],
+    return {"all_identical": determinism["all_identical"],
             "cv_ttft": variability["cv_ttft"], "cv_tpot": variability["cv_tpot"],
             "cv_ttft_across_restarts": across.get("cv_ttft"), "cv_tpot_across_restarts": across.get("cv_tpot")}
+
+
+def analyse(results_dir, analysis_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Rule e0_analysis: summary.json = the run's measured.json, its CVs judged against
+    ``analysis_cfg["cv_threshold"]`` (within one start and across restarts), and the verdict."""
+    import copy
+
+    from ..io import read_json
+
+    summary = copy.deepcopy(read_json(EXPERIMENT.path(results_dir, "measured")))
+    threshold = analysis_cfg["cv_threshold"]
+    variability = summary["variability"]
+    judge_cv(variability, threshold)
+    across = variability.get("across_restarts") or {}
+    if "cv_ttft" in across:
+        judge_cv(across, threshold)
+    passed, reasons = verdict(summary["determinism"], variability, summary.get("prompt_tokens_mismatch") or [],
+                              summary.get("backend_mode", "real"))
+    implausible = (summary.get("integrity") or {}).get("implausible") or []
+    if implausible:
+        passed, reasons = False, [*reasons, *("implausible: " + r for r in implausible)]
+    summary.update(passed=passed, failed_because=reasons)
+    write_json(EXPERIMENT.path(results_dir, "summary"), summary)
+    return summary
 
 
 from . import e0_report  # noqa: E402  (bottom import: the report reads this module's declaration)
@@ -278,7 +305,9 @@ from . import e0_report  # noqa: E402  (bottom import: the report reads this mod
 EXPERIMENT = Experiment(
     name="e0", title="E0 — smoke and reproducibility", category="E0 smoke and reproducibility",
     engines=SEVERAL_ENGINES, body=run,
-    outputs={"summary": "summary.json", "requests": "requests.csv", "engine_log": "engine.log"},
+    outputs={"measured": "measured.json", "requests": "requests.csv", "engine_log": "engine.log"},
+    analyse=analyse,
+    analysis_outputs={"summary": "summary.json"},
     # engine_starts - 1 restarts, each with its own log
     optional_outputs={"engine_restart": "engine_restart{}.log"},
     figures=(Figure("variability", "variability.svg", "e0_variability.rst"),

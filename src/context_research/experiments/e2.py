@@ -11,16 +11,21 @@ Per point, ``results/e2/concurrency.csv`` gets request and output-token throughp
 TTFT / TPOT / E2E (mean, p50, p95, p99), SLO attainment and goodput (requests/s meeting BOTH the
 TTFT and the TPOT SLO, DistServe's definition), the engine's preemptions and peak KV-cache usage,
 and the engine's own TTFT next to the client's.
+
+The SLOs are analysis keys: the run writes the measured point rows (``points.json``) and every
+request (``requests.csv``); ``analyse`` (rule ``e2_analysis``) applies the SLOs to those records
+and writes ``concurrency.csv`` and ``summary.json``, so a new SLO needs no engine start.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
-from ..io import write_json
+from ..io import read_json, write_json
 from ..records import RequestRecord
 from ..tables import fmt as _f
 from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
@@ -47,12 +52,40 @@ def requests_for_point(cfg: dict[str, Any], mode: str, level: float) -> int:
     return n
 
 
+# The concurrency.csv columns that depend on the SLOs (analysis keys): rule e2_analysis fills them
+# from the saved requests; the run leaves them empty.
+SLO_COLUMNS = ("ttft_slo_ms", "tpot_slo_ms", "n_slo_met", "slo_attainment", "ttft_slo_attainment",
+               "tpot_slo_attainment", "goodput_rps", "goodput_rps_ci_low", "goodput_rps_ci_high")
+
+
+def slo_columns(records: Sequence[RequestRecord], duration_s: float | None, ttft_slo_ms: float | None,
+                tpot_slo_ms: float | None) -> dict[str, Any]:
+    """A point's SLO attainment and goodput; empty (but for the SLOs given) without SLOs or records."""
+    out: dict[str, Any] = dict.fromkeys(SLO_COLUMNS)
+    out.update(ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)
+    if ttft_slo_ms is None or tpot_slo_ms is None or not records or not duration_s or duration_s <= 0:
+        return out
+    g = goodput(records, duration_s, ttft_slo_ms, tpot_slo_ms)
+    n = len(records)
+    out.update({
+        "n_slo_met": g["n_slo_met"],
+        "slo_attainment": g["slo_attainment"],
+        "ttft_slo_attainment": sum(meets_slo(r, ttft_slo_ms, math.inf) for r in records) / n,
+        "tpot_slo_attainment": sum(meets_slo(r, math.inf, tpot_slo_ms) for r in records) / n,
+        "goodput_rps": g["goodput_rps"],
+        "goodput_rps_ci_low": g["goodput_rps_ci_low"],
+        "goodput_rps_ci_high": g["goodput_rps_ci_high"],
+    })
+    return out
+
+
 def point_row(mode: str, level: float, records: Sequence[RequestRecord], duration_s: float | None,
-              engine: dict[str, Any], ttft_slo_ms: float, tpot_slo_ms: float, prompt_tokens: int,
+              engine: dict[str, Any], ttft_slo_ms: float | None, tpot_slo_ms: float | None, prompt_tokens: int,
               max_tokens: int, prefix_caching: bool, gpu_name: str | None = None,
               hf_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The concurrency.csv row of one measured point, checked for plausibility (client against
-    engine, both against the physical floors where the GPU is known)."""
+    engine, both against the physical floors where the GPU is known). SLOs None (the engine run):
+    the SLO columns stay empty for ``slo_columns`` to fill later."""
     eng = engine_columns(engine, records)
     status, reason = point_status(records, eng["local_cache_hit_tokens"])
     row: dict[str, Any] = {"mode": mode, "level": level, "status": status, "reason": reason,
@@ -60,27 +93,19 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
     lat = latency_row(records)
     row.update(lat)
     if records and duration_s and duration_s > 0:
-        g = goodput(records, duration_s, ttft_slo_ms, tpot_slo_ms)
-        n = len(records)
+        g = goodput(records, duration_s, math.inf, math.inf)  # the SLO-free rates and their CIs
         row.update({
             "duration_s": duration_s,
             "request_throughput_rps": g["request_throughput_rps"],
             "output_throughput_tok_s": g["output_throughput_tok_s"],
             "total_token_throughput_tok_s": g["total_token_throughput_tok_s"],
-            "ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms,
-            "n_slo_met": g["n_slo_met"],
-            "slo_attainment": g["slo_attainment"],
-            "ttft_slo_attainment": sum(meets_slo(r, ttft_slo_ms, math.inf) for r in records) / n,
-            "tpot_slo_attainment": sum(meets_slo(r, math.inf, tpot_slo_ms) for r in records) / n,
-            "goodput_rps": g["goodput_rps"],
-            **{k: v for k, v in g.items() if k.endswith(("_ci_low", "_ci_high"))},
+            **{k: v for k, v in g.items() if k.endswith(("_ci_low", "_ci_high")) and not k.startswith("goodput")},
         })
     else:
         row.update({k: None for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
-                                      "total_token_throughput_tok_s", "n_slo_met", "slo_attainment",
-                                      "ttft_slo_attainment", "tpot_slo_attainment", "goodput_rps")})
+                                      "total_token_throughput_tok_s")})
         row.update({f"{m}_ci_{side}": None for m in THROUGHPUT_CI_METRICS for side in ("low", "high")})
-        row.update({"ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms})
+    row.update(slo_columns(records, duration_s, ttft_slo_ms, tpot_slo_ms))
     row["offered_rate_rps"] = level if mode == "rate" else None
     row["prompt_tokens_mismatches"] = len(prompt_length_mismatches(records))
     row["prefix_caching"] = prefix_caching
@@ -91,7 +116,7 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
 
 
 def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], prefix_caching: bool) -> dict[str, Any]:
-    row = point_row(mode, level, [], None, {}, cfg["ttft_slo_ms"], cfg["tpot_slo_ms"], cfg["prompt_tokens"],
+    row = point_row(mode, level, [], None, {}, cfg.get("ttft_slo_ms"), cfg.get("tpot_slo_ms"), cfg["prompt_tokens"],
                     cfg["max_tokens"], prefix_caching)
     row.update({"status": "failed", "reason": reason})
     return row
@@ -115,8 +140,9 @@ async def measure_point(session: EngineSession, factory: PromptFactory, mode: st
     else:
         raise ValueError(f"unknown E2 mode {mode!r}")
     records = measured["records"]
-    row = point_row(mode, level, records, measured["duration_s"], measured["engine"], cfg["ttft_slo_ms"],
-                    cfg["tpot_slo_ms"], cfg["prompt_tokens"], cfg["max_tokens"], prefix_caching, gpu_name,
+    # A run's cfg has no SLOs (analysis keys: rule e2_analysis applies them); benchmarks/ pass them.
+    row = point_row(mode, level, records, measured["duration_s"], measured["engine"], cfg.get("ttft_slo_ms"),
+                    cfg.get("tpot_slo_ms"), cfg["prompt_tokens"], cfg["max_tokens"], prefix_caching, gpu_name,
                     session.model.get("hf_config"))
     return row, records
 
@@ -148,21 +174,16 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         rows.append(row)
         requests += request_rows(records, phase="measured", mode=mode, level=level)
         progress.point(f"{mode}={level:g}", f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, "
-                                            f"goodput {_f(row['goodput_rps'])} req/s, "
                                             f"TTFT p99 {_f(row['ttft_ms_p99'])} ms")
-    ctx.write_table("concurrency", ctx.frame(rows))
     ctx.write_table("requests", ctx.frame(requests))
     sweep = sweep_summary(rows, lambda r: {"mode": r["mode"], "level": r["level"]})
-    summary = {
-        **ctx.stamp(),
+    run_summary = {
         "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "concurrency_levels", "request_rates",
                                          "rate_max_concurrency", "requests_per_point", "min_waves", "warmup_requests")},
         "requests_per_point_sent": {f"{m}={lv:g}": requests_for_point(cfg, m, lv) for m, lv in points},
-        "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client"},
         "prefix_caching": prefix_caching,
         **{k: sweep[k] for k in ("points", "points_ok", "failed_points", "prompt_tokens_mismatches",
                                  "local_cache_hit_tokens")},
-        "best_goodput": _best(rows, "goodput_rps"),
         "best_output_throughput": _best(rows, "output_throughput_tok_s"),
         **{k: sweep[k] for k in ("ttft_client_minus_engine_ms_mean", "ttft_client_minus_engine_ms_min",
                                  "ttft_client_minus_engine_ms_max")},
@@ -170,10 +191,46 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "kv_cache_usage_peak": max((r["engine_kv_cache_usage_peak"] for r in rows
                                     if r["engine_kv_cache_usage_peak"] is not None), default=None),
     }
-    write_json(ctx.path("summary"), summary)
+    # The measured point rows, SLO columns empty: rule e2_analysis writes concurrency.csv and
+    # summary.json from them, requests.csv and the SLOs.
+    write_json(ctx.path("points"), {"stamp": ctx.stamp(), "rows": rows, "summary": run_summary})
     session.raise_if_died()
-    return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
-            "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
+    return {"points": run_summary["points"], "points_ok": run_summary["points_ok"],
+            "best_output_throughput": run_summary["best_output_throughput"],
+            "prompt_tokens_mismatches": run_summary["prompt_tokens_mismatches"]}
+
+
+def analyse(results_dir: Path, analysis_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Rule e2_analysis: concurrency.csv and summary.json from the run's point rows, its measured
+    requests and the SLOs (``analysis_cfg``: ttft_slo_ms, tpot_slo_ms). Every SLO-dependent number
+    (attainments, goodput and its CI, the best-goodput point) is computed here from the records."""
+    import pandas as pd
+
+    from ..columns import write_table
+    from ..result_tables import table_for
+
+    ttft_slo, tpot_slo = analysis_cfg["ttft_slo_ms"], analysis_cfg["tpot_slo_ms"]
+    points = read_json(EXPERIMENT.path(results_dir, "points"))
+    requests = pd.read_csv(EXPERIMENT.path(results_dir, "requests"), float_precision="round_trip")
+    # A sweep that sent nothing saved a requests.csv of the stamp columns only.
+    sent = {"phase", "mode", "level"} <= set(requests.columns)
+    measured = requests[requests["phase"] == "measured"] if sent else requests
+    rows = []
+    for row in points["rows"]:
+        mine = measured[(measured["mode"] == row["mode"])
+                        & (pd.to_numeric(measured["level"], errors="coerce") == float(row["level"]))] if sent else []
+        records = [RequestRecord.from_row(r) for r in mine.to_dict("records")] if sent else []
+        rows.append({**row, **slo_columns(records, row.get("duration_s"), ttft_slo, tpot_slo)})
+    frame = pd.DataFrame(rows)
+    for key, value in points["stamp"].items():
+        frame[key] = value
+    path = EXPERIMENT.path(results_dir, "concurrency")
+    write_table(path, frame, table_for("e2", path.name))
+    summary = {**points["stamp"], **points["summary"],
+               "slo": {"ttft_slo_ms": ttft_slo, "tpot_slo_ms": tpot_slo, "measured_on": "client"},
+               "best_goodput": _best(rows, "goodput_rps")}
+    write_json(EXPERIMENT.path(results_dir, "summary"), summary)
+    return summary
 
 
 def _best(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
@@ -190,8 +247,9 @@ from . import e2_report  # noqa: E402  (bottom import: the report reads this mod
 EXPERIMENT = Experiment(
     name="e2", title="E2 — concurrency / arrival-rate sweep with SLO goodput", category="E2 concurrency and goodput",
     engines=ONE_ENGINE, body=run,
-    outputs={"concurrency": "concurrency.csv", "requests": "requests.csv", "summary": "summary.json",
-             "engine_log": "engine.log"},
+    outputs={"points": "points.json", "requests": "requests.csv", "engine_log": "engine.log"},
+    analyse=analyse,
+    analysis_outputs={"concurrency": "concurrency.csv", "summary": "summary.json"},
     figures=(Figure("throughput", "throughput.svg", "e2_throughput.rst"),
              Figure("latency", "latency.svg", "e2_latency.rst"),
              Figure("goodput", "goodput.svg", "e2_goodput.rst"),

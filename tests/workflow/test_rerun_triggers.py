@@ -1,0 +1,259 @@
+"""Which rules `snakemake -n` reruns after each kind of change: exactly those whose numbers change.
+
+No engine starts. A temp copy of the workflow and of the package is built once with a stub
+``context-research`` first on PATH (it only creates each rule's outputs), so that Snakemake
+records every job's params, inputs and code as after a real run. Each test then changes one
+thing and reads the dry run's job counts:
+
+* an analysis key (E2's TTFT SLO): E2's analysis, figures and section only;
+* a run key (E2's requests per point): E2's engine rule and everything after it;
+* package code: one line added to the copied package's ``experiments/e2.py`` (the code digest is
+  over the package the workflow imports: ``PYTHONPATH`` points at the copy), to ``e2_report.py``
+  (figures and section only), or to shared code (every experiment);
+* a model file: the local model folder's ``config.json``;
+* the engine version: a fake ``vllm`` distribution (a ``.dist-info`` folder) put first on
+  ``PYTHONPATH``, which ``importlib.metadata`` then reports, as a different install would.
+
+One more test runs E0 for real through Snakemake on the simulated backend (no engine process):
+the run's config_hash is the one the DAG computed, and a new cv_threshold only reanalyses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+TARGETS = ["reports/e0.md", "reports/e1.md", "reports/e2.md", "reports/e3.md"]
+
+STUB = r'''#!{python}
+"""Test stub of context-research: creates the files a rule declares, measures nothing."""
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+outputs = json.loads(Path(os.environ["STUB_OUTPUTS"]).read_text())
+command = args[0]
+if command in ("run", "analyse", "plots"):
+    files = outputs[f"{{command}} {{args[1]}}"]
+elif command == "report":
+    files = [args[args.index(flag) + 1] for flag in ("--markdown", "--packet") if flag in args]
+else:
+    sys.exit(f"stub: unexpected command {{args}}")
+for f in files:
+    Path(f).parent.mkdir(parents=True, exist_ok=True)
+    Path(f).write_text(f"stub {{command}}\n")
+'''
+
+
+def _outputs_by_command() -> dict[str, list[str]]:
+    from context_research.experiments.catalog import EXPERIMENTS
+
+    out: dict[str, list[str]] = {}
+    for name, exp in EXPERIMENTS.items():
+        out[f"run {name}"] = list(exp.run_paths().values())
+        out[f"analyse {name}"] = list(exp.analysis_paths().values())
+        out[f"plots {name}"] = list(exp.figure_paths().values())
+    return out
+
+
+def snakemake(workdir: Path, *args: str, pythonpath: list[Path] | None = None,
+              overlay: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{workdir / 'bin'}{os.pathsep}{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (pythonpath or []) + [workdir / "src"])
+    env["STUB_OUTPUTS"] = str(workdir / "stub_outputs.json")
+    exe = VENV_BIN / "snakemake"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "snakemake"]
+    configs = ["config/config.yaml", "local.yaml", *([str(overlay)] if overlay else [])]
+    return subprocess.run([*cmd, "--cores", "1", *args, "--configfile", *configs],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The dry run's job stats as {rule: count}; {} when nothing is to be done."""
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def downstream(experiment: str, engine: bool) -> dict[str, int]:
+    from context_research.experiments.catalog import get
+
+    rules = {f"{experiment}_figures": 1}
+    if get(experiment).analyse:
+        rules[f"{experiment}_analysis"] = 1
+    if engine:
+        rules[experiment] = 1
+    return rules
+
+
+def merged(*parts: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {"experiment_markdown": 0}
+    for part in parts:
+        out.update(part)
+        out["experiment_markdown"] += 1
+    return out
+
+
+def copy_workflow(work: Path) -> Path:
+    """The workflow and a copy of the package (the one the rules import, via PYTHONPATH)."""
+    work.mkdir(parents=True, exist_ok=True)
+    for rel in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        src = REPO / rel
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / rel)
+    shutil.copytree(REPO / "src" / "context_research", work / "src" / "context_research",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return work
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    work = copy_workflow(tmp_path_factory.mktemp("rerun"))
+    model = work / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 64,
+                                                   "num_hidden_layers": 2, "vocab_size": 3072}))
+    (model / "tokenizer.json").write_text("{}")
+    (work / "local.yaml").write_text(f"model_profile: local\nmodels:\n  local:\n    source: {model}\n")
+    (work / "bin").mkdir()
+    stub = work / "bin" / "context-research"
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    (work / "stub_outputs.json").write_text(json.dumps(_outputs_by_command()))
+    built = snakemake(work, *TARGETS)
+    assert built.returncode == 0, built.stderr[-4000:]
+    return work
+
+
+def test_nothing_changed_nothing_reruns(workdir):
+    assert jobs(snakemake(workdir, "-n", *TARGETS)) == {}
+
+
+def test_an_analysis_key_reruns_only_the_analysis_figures_and_section(workdir, tmp_path):
+    overlay = tmp_path / "slo.yaml"
+    overlay.write_text("experiments:\n  e2:\n    ttft_slo_ms: 12345\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e2", engine=False))
+
+
+def test_e0_cv_threshold_is_an_analysis_key_too(workdir, tmp_path):
+    overlay = tmp_path / "cv.yaml"
+    overlay.write_text("experiments:\n  e0:\n    cv_threshold: 0.5\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e0", engine=False))
+
+
+def test_e3_slo_stays_a_run_key_until_e3_has_an_analysis_step(workdir, tmp_path):
+    overlay = tmp_path / "e3.yaml"
+    overlay.write_text("experiments:\n  e3:\n    ttft_slo_ms: 12345\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e3", engine=True))
+
+
+def test_a_run_key_reruns_the_engine_rule_and_what_follows(workdir, tmp_path):
+    overlay = tmp_path / "run.yaml"
+    overlay.write_text("experiments:\n  e2:\n    requests_per_point: 7\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e2", engine=True))
+
+
+def test_a_change_in_an_experiment_module_reruns_that_experiment_only(workdir):
+    module = workdir / "src" / "context_research" / "experiments" / "e2.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\nMETRIC_FIX = 1  # a changed metric\n")
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged(downstream("e2", engine=True))
+    finally:
+        module.write_text(original)
+
+
+def test_a_change_in_a_report_module_redraws_without_a_run(workdir):
+    module = workdir / "src" / "context_research" / "experiments" / "e2_report.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a fixed axis label\n")
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged({"e2_figures": 1})
+    finally:
+        module.write_text(original)
+
+
+def test_a_change_in_shared_code_reruns_every_experiment(workdir):
+    module = workdir / "src" / "context_research" / "analysis" / "latency.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a changed metric\n")
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged(
+            *(downstream(e, engine=True) for e in ("e0", "e1", "e2", "e3")))
+    finally:
+        module.write_text(original)
+
+
+def test_a_changed_model_file_reruns_every_engine_rule(workdir):
+    config = workdir / "model" / "config.json"
+    original = config.read_text()
+    try:
+        config.write_text(json.dumps({**json.loads(original), "rope_theta": 5000000.0}))
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged(
+            *(downstream(e, engine=True) for e in ("e0", "e1", "e2", "e3")))
+    finally:
+        config.write_text(original)
+
+
+def test_a_different_engine_version_reruns_every_engine_rule(workdir, tmp_path):
+    dist = tmp_path / "fake-engine" / "vllm-9.9.9.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 9.9.9\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, pythonpath=[dist.parent])) == merged(
+        *(downstream(e, engine=True) for e in ("e0", "e1", "e2", "e3")))
+
+
+def test_a_simulated_run_records_the_rules_hash_and_a_new_threshold_only_reanalyses(tmp_path, tiny_model_dir,
+                                                                                    monkeypatch):
+    """Through Snakemake for real, on the simulated backend (no engine): the run's config_hash is
+    the one the DAG computed, and a new cv_threshold rewrites summary.json from measured.json
+    without running e0 again."""
+    from context_research.config import experiment_hash, load_config
+    from context_research.hashing import sha256_obj
+
+    work = copy_workflow(tmp_path / "sim")
+    (work / "bin").mkdir()  # no stub: the real context-research command
+    (work / "local.yaml").write_text(
+        f"model_profile: local\nmodels:\n  local:\n    source: {tiny_model_dir}\n    max_model_len: 512\n"
+        "serving:\n  backend: simulated\n  device: cpu\n"
+        "experiments:\n  e0:\n    engine_starts: 2\n    repeats: 2\n    requests_per_repeat: 2\n")
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    monkeypatch.setenv("CONTEXT_RESEARCH_LOCK_DIR", str(tmp_path / "locks"))
+    built = snakemake(work, "results/e0/summary.json")
+    assert built.returncode == 0, built.stderr[-4000:]
+    meta = json.loads((work / "results/e0/run_metadata.json").read_text())
+    config = load_config(work / "config/config.yaml", [work / "local.yaml"])
+    assert meta["config_hash"] == sha256_obj(meta["hash_inputs"]) == experiment_hash(config, "e0")
+    measured = (work / "results/e0/measured.json").stat().st_mtime_ns
+    overlay = tmp_path / "cv.yaml"
+    overlay.write_text("experiments:\n  e0:\n    cv_threshold: 0.9\n")
+    again = snakemake(work, "results/e0/summary.json", overlay=overlay)
+    assert again.returncode == 0, again.stderr[-4000:]
+    log = again.stderr + again.stdout
+    assert "rule e0_analysis:" in log and "rule e0:" not in log
+    assert (work / "results/e0/measured.json").stat().st_mtime_ns == measured
+    assert json.loads((work / "results/e0/summary.json").read_text())["variability"]["cv_threshold"] == 0.9
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
+        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}))
+    (model / "tokenizer.json").write_text("{}")
+    return model
