@@ -32,7 +32,7 @@ class WordTokenizer:
     def encode(self, text, add_special_tokens=False):
         return text.split()
 
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=False):
         return " ".join(ids)
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True,

@@ -75,7 +75,7 @@ def test_seeded_subset_selection():
 def test_truncation_via_max_input_tokens():
     s = loaders.load_samples("longbench", "qasper", lb(max_input_tokens=40), ws_count)[0][0]
     assert s["truncated"] and s["length"] <= 40
-    assert s["input"].startswith("Read the scientific article") and s["input"].rstrip().endswith("Answer:")
+    assert s["input"].startswith("You are given a scientific article") and s["input"].rstrip().endswith("Answer:")
 
 
 def test_infinitebench_fixtures():
@@ -193,3 +193,42 @@ def test_materialize_accepts_e4_block_and_ruler_qa_needs_records(tmp_path):
         materialize_subset("ruler", "qa", {"context_tokens": 500}, ws_count, tmp_path / "q.jsonl", tmp_path / "q.json")
     with pytest.raises(ConfigError, match="context_tokens"):
         materialize_subset("ruler", "vt", {}, ws_count, tmp_path / "v.jsonl", tmp_path / "v.json")
+
+
+def test_upstream_prompts_and_chat_flags():
+    prompts = T.upstream_prompts()
+    assert prompts["longbench"]["source"]["repo"] == "THUDM/LongBench"
+    assert len(prompts["longbench"]["source"]["commit"]) == 40
+    gov = T.LONGBENCH_TASKS["gov_report"]
+    assert gov.template.startswith("You are given a report by a government agency.") and gov.max_new_tokens == 512
+    # upstream keeps its typo; pred.py skips the chat template on these six tasks only
+    assert "asconcisely" in T.LONGBENCH_TASKS["narrativeqa"].template
+    assert {t for t, s in T.LONGBENCH_TASKS.items() if not s.chat_template} == {"trec", "triviaqa", "samsum", "lcc",
+                                                                                "repobench-p"}
+    assert T.LONGBENCH_TASKS["trec"].system_prompt is None
+    ib_spec = T.INFINITEBENCH_TASKS["passkey"]
+    assert ib_spec.chat_template and ib_spec.system_prompt == "You are a helpful assistant"
+    assert ib_spec.truncation == "infinitebench" and ib_spec.max_new_tokens == 6
+    s = loaders.longbench_sample("qasper", {"_id": "x", "context": "C {braces}", "input": "Q?", "answers": ["a"]},
+                                 ws_count)
+    assert "Article: C {braces}\n\n Answer the question" in s["input"] and s["chat_template"] is True
+
+
+def test_infinitebench_prompts_fill_upstream_fields():
+    rec = {"id": 1, "context": "book", "input": "Who?", "answer": ["Yellow"], "options": ["Green", "Yellow", "Red", "Blue"]}
+    s = loaders.infinitebench_sample("longbook_choice_eng", rec, ws_count)
+    assert s["input"].endswith("A. Green\nB. Yellow\nC. Red\nD. Blue") and "Question: Who?" in s["input"]
+    assert s["outputs"] == ["Yellow", "B"] and s["system_prompt"] == "You are a helpful assistant"
+    mf = loaders.infinitebench_sample("math_find", {"id": 2, "context": "1, 5, 3", "input": "The largest number of the list is:",
+                                                    "answer": [5]}, ws_count)
+    assert mf["input"].startswith("What is the largest number in the following list?\n\n1, 5, 3")
+    assert mf["outputs"] == ["5"]
+
+
+def test_manifest_records_the_prompt_template_source(tmp_path):
+    from context_research.datasets.materialize import materialize_subset
+
+    m = materialize_subset("longbench", "qasper", lb(count=1), ws_count, tmp_path / "q.jsonl", tmp_path / "q.json")
+    assert m["prompt_template"]["repo"] == "THUDM/LongBench" and len(m["prompt_template"]["commit"]) == 40
+    m = materialize_subset("infinitebench", "passkey", ib(count=1), ws_count, tmp_path / "p.jsonl", tmp_path / "p.json")
+    assert m["prompt_template"]["repo"] == "OpenBMB/InfiniteBench"

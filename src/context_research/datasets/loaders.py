@@ -247,13 +247,17 @@ def _maybe_truncate(text: str, block: dict, count_tokens: CountTokens) -> tuple[
 
 
 def _templated_sample(benchmark: str, tasks: dict[str, T.TaskSpec], task: str, record: dict,
-                      count_tokens: CountTokens, block: dict | None, options: list[str] | None = None) -> dict:
-    """The fields a LongBench or InfiniteBench sample shares: the task's template filled with the
-    record, middle-truncated to ``max_input_tokens``, its metric and generation length."""
+                      count_tokens: CountTokens, block: dict | None) -> dict:
+    """The fields a LongBench or InfiniteBench sample shares: the task's upstream template filled
+    with the record, optionally middle-truncated to ``max_input_tokens``, its metric, generation
+    length, and how upstream sends it (chat template or not, system message, truncation)."""
     spec = tasks.get(task)
     if spec is None:
-        raise ConfigError(f"{benchmark}: no prompt template for task {task!r}; known: {sorted(tasks)}")
-    text = T.render(spec, str(record["context"]), str(record["input"] or ""), options)
+        raise ConfigError(f"{benchmark}: no upstream prompt template for task {task!r}; known: {sorted(tasks)}")
+    if benchmark == "longbench":
+        text = T.render_longbench(spec, record)
+    else:
+        text = T.render_infinitebench(task, spec, record)
     text, truncated = _maybe_truncate(text, block or {}, count_tokens)
     return {
         "benchmark": benchmark,
@@ -262,6 +266,9 @@ def _templated_sample(benchmark: str, tasks: dict[str, T.TaskSpec], task: str, r
         "answer_prefix": "",
         "metric": spec.metric,
         "max_new_tokens": spec.max_new_tokens,
+        "chat_template": spec.chat_template,
+        "system_prompt": spec.system_prompt,
+        "truncation": spec.truncation,
         "length": int(count_tokens(text)),
         "truncated": truncated,
     }
@@ -281,7 +288,7 @@ def longbench_sample(task: str, record: dict, count_tokens: CountTokens, block: 
 
 def infinitebench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
     options = [str(o) for o in (record.get("options") or [])]
-    sample = _templated_sample("infinitebench", T.INFINITEBENCH_TASKS, task, record, count_tokens, block, options)
+    sample = _templated_sample("infinitebench", T.INFINITEBENCH_TASKS, task, record, count_tokens, block)
     answer = record["answer"]
     answers = [str(answer)] if not isinstance(answer, list) else [str(a) for a in answer]
     if task in ("longbook_choice_eng", "code_debug") and options:

@@ -37,6 +37,13 @@ from context_research.hashing import sha256_text
 CountTokens = Callable[[str], int]
 Builder = Callable[[int], dict]
 
+# Recorded in each RULER manifest: the wording is not upstream's (docs/e4-parity.md).
+PROMPT_SOURCE = {"repo": "NVIDIA/RULER", "suite": "RULER synthetic tasks",
+                 "prompt": "own paraphrase of the paper's templates (context_research.datasets.ruler), "
+                           "not scripts/data/synthetic/constants.py",
+                 "metric": "scripts/eval/synthetic/constants.py string_match_all / string_match_part",
+                 "chat_template": "the served model's, the answer prefix continued as the assistant turn"}
+
 NOISE_SENTENCES = (
     "The grass is green.",
     "The sky is blue.",

@@ -14,6 +14,7 @@ from ..config import model_profile
 from ..errors import ConfigError
 from ..hashing import sha256_file, sha256_obj
 from ..models import dummy_model_dir
+from . import templates
 from .loaders import explicit_file_problem, local_candidates
 
 DATA_ROOT = Path("results/data")
@@ -108,6 +109,9 @@ def dataset_spec(config: dict, benchmark: str, name: str) -> dict:
     ds = find_dataset(e4, benchmark, name)
     spec = {"benchmark": ds.benchmark, "name": ds.name, "task": ds.task, "context_tokens": ds.context_tokens,
             "block": dataset_block(e4, ds), "tokenizer": tokenizer_source(config)}
+    if ds.benchmark in ("longbench", "infinitebench"):
+        # a new upstream template version rematerializes the prompts
+        spec["prompt_template"] = templates.prompt_source(ds.benchmark)
     if ds.benchmark == "ruler" and "reserve_tokens" not in spec["block"]:
         # the automatic reserve is measured through the chat template the engine run will use
         spec["chat"] = {"system_prompt": e4.get("system_prompt"), "prefill_answer": e4.get("prefill_answer_prefix", True)}

@@ -8,10 +8,11 @@
   ``datasets.specs``, the writing in ``datasets.materialize``).
 * ``prepare`` loads those files and hashes their manifests before the engine starts (a missing
   or edited dataset fails there); the manifests' combined hash enters the config hash.
-* One engine start serves every sample: the chat template with thinking off, greedy decoding,
-  the task's ``max_new_tokens``, stopping at EOS. A prompt longer than ``max_model_len -
-  max_new_tokens`` is truncated in the middle (LongBench/InfiniteBench style) and counted
-  (``quality.prompting.ChatPrompter``).
+* One engine start serves every sample: upstream's prompt templates and generation lengths
+  (``datasets.templates``), the chat template with thinking off wherever upstream applies one
+  (LongBench sends trec, triviaqa, samsum, lcc and repobench-p raw), greedy decoding, stopping at
+  EOS. A prompt longer than ``max_model_len - max_new_tokens`` is cut in the middle as its
+  suite cuts it, and counted (``quality.prompting.ChatPrompter``).
 * PG19 perplexity comes from the engine's prompt logprobs (``/v1/completions`` with
   ``prompt_logprobs``), on the token ids our tokenizer produced, so every logprob is matched to
   the exact token it scores (``quality.perplexity``).
@@ -146,9 +147,11 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
         "rows": rows,
         "datasets": {ds.key: {"manifest": str(ds.manifest_path()), "manifest_sha256": manifest_sha256[ds.key],
                               "file_sha256": m["file"]["sha256"], "count": m["count"], "source": m["source"],
-                              "seed": m["seed"], "tokenizer": m.get("tokenizer")} for ds, m, _ in loaded},
+                              "seed": m["seed"], "tokenizer": m.get("tokenizer"),
+                              "prompt_template": m.get("prompt_template")} for ds, m, _ in loaded},
         "dataset_manifest_sha256": combine_manifest_digests(manifest_sha256),
-        "decoding": {"chat_template": prompter.chat, "enable_thinking": False, "temperature": 0.0, "ignore_eos": False,
+        "decoding": {"chat_template": "per task, where upstream applies one" if prompter.chat else False,
+                     "enable_thinking": False, "temperature": 0.0, "ignore_eos": False,
                      "seed": seed, "prefill_answer_prefix": bool(cfg.get("prefill_answer_prefix", True)),
                      "system_prompt": cfg.get("system_prompt"), "max_new_tokens": "per task (sample max_new_tokens)",
                      "max_model_len": max_len, "max_input_tokens": cfg.get("max_input_tokens")},
