@@ -512,11 +512,13 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
 E4_QUALITY = Table("e4/quality.csv", (
     C("benchmark", "", "label", "ruler, longbench, infinitebench, pg19, or overall"),
     C("task", "", "label", "the benchmark's task"),
-    C("context_tokens", "tokens", "config", "RULER context length; empty for the other benchmarks"),
+    C("context_tokens", "tokens", "config", "RULER context length; PG19 tokens of book before the scored window; "
+                                            "empty for LongBench and InfiniteBench"),
     C("n", "count", "client", "samples of the dataset"),
     C("metric", "", "label", "the task's metric (perplexity, a scorer name, or macro_mean_percent on the overall row)"),
     C("score", "", "derived", "percent rows: mean 0-100 score of the ok samples (client-side scorers on the served "
-                              "text); perplexity rows: exp(total NLL / scored tokens) from prompt logprobs; overall: "
+                              "text); perplexity rows (PG19): exp(total NLL / scored tokens) of the scored windows "
+                              "given context_tokens of preceding book, from prompt logprobs; overall: "
                               "macro mean of the percent rows"),
     C("mean_input_tokens", "tokens", "engine", "mean server-counted prompt tokens over the samples the server counted"),
     C("truncated", "count", "derived", "samples truncated (at materialization or to fit max_model_len)"),
@@ -528,6 +530,10 @@ E4_QUALITY = Table("e4/quality.csv", (
     C("data_source", "", "label", "synthetic, fixture, local or hub (overall: every source, +-joined)"),
     C("dataset", "", "label", "materialized dataset name (RULER: task-length)"),
     C("reason", "", "label", "distinct failure reasons of the samples (overall: the datasets not ok)"),
+    C("bits_per_token", "bits/token", "derived", "PG19 rows: total NLL / scored tokens / ln 2 over the scored windows "
+                                           "(log2 of score); empty elsewhere"),
+    C("scored_tokens", "tokens", "engine", "PG19 rows: window tokens scored from prompt logprobs, over the ok "
+                                           "samples; empty elsewhere"),
     *stamp_columns(),
 ), "one row per dataset, then an overall row")
 

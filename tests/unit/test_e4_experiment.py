@@ -131,6 +131,20 @@ def test_token_logprobs_matches_each_prompt_token():
         perplexity.token_logprobs(None, [1])
 
 
+def test_pg19_prompt_is_exact_context_then_window_and_only_the_window_is_scored():
+    sample = {"id": "b", "context": "c1 c2 c3 c4", "input": " w1 w2 w3", "context_tokens": 2, "window_tokens": 2}
+    ids, scored = perplexity.pg19_token_ids(WordTokenizer(), sample)
+    assert ids == ["c3", "c4", "w1", "w2"] and scored == 2
+    # the context's logprobs are not scored; bits per token = mean NLL / ln 2
+    f = perplexity.perplexity_fields([None, -9.0, -1.0, -3.0], scored)
+    assert f["scored_tokens"] == 2 and f["nll_sum"] == pytest.approx(4.0)
+    assert f["score"] == pytest.approx(math.exp(2.0)) and f["bits_per_token"] == pytest.approx(2.0 / math.log(2))
+    with pytest.raises(ValueError, match="rematerialize"):
+        perplexity.pg19_token_ids(WordTokenizer(), {**sample, "context_tokens": 9})
+    # no context: the whole window
+    assert perplexity.pg19_token_ids(WordTokenizer(), {**sample, "context_tokens": 0}) == (["w1", "w2"], 2)
+
+
 def test_perplexity_fields():
     f = perplexity.perplexity_fields([None, -1.0, -3.0])
     assert f["scored_tokens"] == 2 and f["nll_sum"] == pytest.approx(4.0)
@@ -175,10 +189,12 @@ def test_dataset_row_aggregates_percent_scores():
 
 
 def test_dataset_row_perplexity_is_token_weighted():
-    ds = specs.Dataset("pg19", "pg19", "pg19")
+    ds = specs.Dataset("pg19", "pg19-4096", "pg19", 4096)
     preds = [_pred(nll_sum=10.0, scored_tokens=10), _pred(nll_sum=40.0, scored_tokens=20)]
     row = verdicts.dataset_row(ds, "perplexity", preds, weights="real", backend_mode="real", data_source="hub")
     assert row["score"] == pytest.approx(math.exp(50.0 / 30)) and row["score_scale"] == "perplexity"
+    assert row["bits_per_token"] == pytest.approx(50.0 / 30 / math.log(2)) and row["scored_tokens"] == 30
+    assert row["context_tokens"] == 4096
     assert row["meaningful"] is True and row["status"] == "ok"
 
 
@@ -229,7 +245,7 @@ def test_default_datasets_cover_ruler_lengths_and_every_fixture():
     keys = [d.key for d in dss]
     assert "ruler/niah_single_1-512" in keys and "ruler/vt-1024" in keys
     for key in ("longbench/qasper", "longbench/gov_report", "longbench/passage_count",
-                "infinitebench/passkey", "infinitebench/longbook_choice_eng", "pg19/pg19"):
+                "infinitebench/passkey", "infinitebench/longbook_choice_eng", "pg19/pg19-256", "pg19/pg19-1024"):
         assert key in keys
     assert len(keys) == len(set(keys))
     r = next(d for d in dss if d.key == "ruler/vt-1024")
@@ -348,22 +364,22 @@ def test_materialize_cli_writes_every_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.chdir(REPO)  # the default fixture paths are relative to the checkout
     cfg = default_config()
-    dataset_specs = [specs.dataset_spec(cfg, "longbench", "passage_count"), specs.dataset_spec(cfg, "pg19", "pg19")]
+    dataset_specs = [specs.dataset_spec(cfg, "longbench", "passage_count"), specs.dataset_spec(cfg, "pg19", "pg19-256")]
     lines = M.materialize_command(dataset_specs, tmp_path / "direct")
     assert lines == [{"dataset": "longbench/passage_count", "count": lines[0]["count"], "source": "local",
                       "tokenizer": specs.EMBEDDED_TOKENIZER},
-                     {"dataset": "pg19/pg19", "count": lines[1]["count"], "source": "local",
+                     {"dataset": "pg19/pg19-256", "count": lines[1]["count"], "source": "local",
                       "tokenizer": specs.EMBEDDED_TOKENIZER}]
     assert cli.main(["materialize", "--specs-json", json.dumps(dataset_specs), "--root", str(tmp_path)]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert out == lines and [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19"]
-    man = read_json(tmp_path / "pg19" / "pg19.manifest.json")
-    assert man["count"] == out[1]["count"]
-    assert man["file"]["sha256"] == sha256_file(tmp_path / "pg19" / "pg19.jsonl")
+    assert out == lines and [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19-256"]
+    man = read_json(tmp_path / "pg19" / "pg19-256.manifest.json")
+    assert man["count"] == out[1]["count"] == 2
+    assert man["file"]["sha256"] == sha256_file(tmp_path / "pg19" / "pg19-256.jsonl")
     assert man["source"]["path"] == "tests/fixtures/e4/pg19" + "/pg19.jsonl"
-    assert all(s["length"] <= 1024 for s in man["samples"])
+    assert all(s["length"] == 256 + 256 for s in man["samples"])  # context + window (config defaults)
     # the same specs give the same bytes, wherever they are written
-    for name in ("pg19/pg19.jsonl", "pg19/pg19.manifest.json", "longbench/passage_count.jsonl"):
+    for name in ("pg19/pg19-256.jsonl", "pg19/pg19-256.manifest.json", "longbench/passage_count.jsonl"):
         assert (tmp_path / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
 
 
@@ -376,8 +392,12 @@ def _fake_results(tmp_path, weights="random-embedded", pg19_source="fixture"):
                              weights=weights, backend_mode="real", data_source="synthetic"),
         verdicts.dataset_row(specs.Dataset("ruler", "vt-1024", "vt", 1024), "string_match_all", [_pred(pct=20.0)],
                              weights=weights, backend_mode="real", data_source="synthetic"),
-        verdicts.dataset_row(specs.Dataset("pg19", "pg19", "pg19"), "perplexity", [_pred(nll_sum=8.0, scored_tokens=1)],
-                             weights=weights, backend_mode="real", data_source=pg19_source),
+        verdicts.dataset_row(specs.Dataset("pg19", "pg19-1024", "pg19", 1024), "perplexity",
+                             [_pred(nll_sum=4.0, scored_tokens=2)], weights=weights, backend_mode="real",
+                             data_source=pg19_source),
+        verdicts.dataset_row(specs.Dataset("pg19", "pg19-256", "pg19", 256), "perplexity",
+                             [_pred(nll_sum=8.0, scored_tokens=1)], weights=weights, backend_mode="real",
+                             data_source=pg19_source),
     ]
     rows.append(verdicts.overall_row(rows))
     pd.DataFrame(rows)[verdicts.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
@@ -405,7 +425,9 @@ def test_report_marks_random_weights_as_not_meaningful(tmp_path):
     sec = e4_report.report_section(tmp_path)
     assert sec["findings"][0].startswith("NOT a quality measurement")
     assert "macro mean" in sec["findings"][2].lower() and "30.00" in sec["findings"][2]
-    assert "2980.96" in sec["findings"][2]  # exp(8), PG19 perplexity
+    # PG19 by context length, shortest first: exp(8) = 2980.96 at 256, exp(2) = 7.39 at 1024
+    assert sec["findings"][3].startswith("PG19 perplexity of the same scored window")
+    assert "256 tokens: 2980.96 (11.542 bits/token); 1024 tokens: 7.39 (2.885 bits/token)" in sec["findings"][3]
     # the packet takes the SVG figures and their captions from the declaration, not the section
     assert "figures" not in sec
     assert [f.file for f in e4.EXPERIMENT.figures if f.is_svg] == ["quality.svg", "ruler.svg"]
@@ -421,7 +443,7 @@ def test_report_with_real_weights_claims_quality(tmp_path):
 def test_report_with_real_weights_on_fixture_data_is_not_meaningful(tmp_path):
     rows = _fake_results(tmp_path, weights="real")  # the PG19 row ran on the fixture
     s = read_json(tmp_path / "summary.json")
-    assert s["meaningful"] is False is rows[-1]["meaningful"] and s["meaningful_reason"] == "fixture data for pg19"
+    assert s["meaningful"] is False is rows[-1]["meaningful"] and s["meaningful_reason"] == "fixture data for pg19-1024, pg19-256"
     assert e4_report.report_section(tmp_path)["findings"][0].startswith("NOT a quality measurement")
 
 
@@ -490,7 +512,7 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     s = read_json(ctx.outdir / "summary.json")
     quality = pd.read_csv(ctx.outdir / "quality.csv")
     assert list(quality.columns) == verdicts.QUALITY_COLUMNS + list(ctx.stamp())
-    assert list(quality["dataset"]) == ["vt-512", "pg19", "overall"]
+    assert list(quality["dataset"]) == ["vt-512", "pg19-256", "pg19-1024", "overall"]
     vt = [p for p in preds if p["dataset"] == "vt-512"]
     pg = [p for p in preds if p["benchmark"] == "pg19"]
     assert len(vt) == 3 and pg
@@ -503,7 +525,7 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     assert vt_row["mean_input_tokens"] == pytest.approx((vt[1]["input_tokens"] + vt[2]["input_tokens"]) / 2)
     # synthetic RULER is meaningful with real weights, the PG19 fixture is not, so neither is the run
     assert vt_row["meaningful"] is True and s["meaningful"] is False is s["rows"][-1]["meaningful"]
-    assert s["meaningful_reason"] == "fixture data for pg19" and out["meaningful"] is False
+    assert s["meaningful_reason"] == "fixture data for pg19-256, pg19-1024" and out["meaningful"] is False
     assert s["dataset_manifest_sha256"] == specs.combined_manifest_sha256(
         {ds.key: ds.manifest_path(tmp_path / "data") for ds, _, _ in loaded})
     assert s["datasets"]["ruler/vt-512"]["manifest_sha256"] == shas["ruler/vt-512"]

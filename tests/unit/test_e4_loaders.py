@@ -91,16 +91,33 @@ def test_infinitebench_fixtures():
     assert scorers.score("longbook_choice_eng", "B", by_id["0"]["outputs"]) == 1.0
 
 
-def test_pg19_window():
-    samples, _ = loaders.load_samples("pg19", "pg19", pg(window_tokens=500), ws_count)
+def test_pg19_scores_one_window_after_each_context_length():
+    cfg = pg(window_tokens=100, context_lengths=[50, 400])
     books = {loaders.record_id("pg19", r, i): " ".join(r["text"].split())
              for i, r in enumerate(loaders.load_records("pg19", "pg19", pg())[0])}
-    assert len(samples) == 2
-    for s in samples:
-        assert s["length"] == 500 and s["metric"] == "perplexity" and s["outputs"] == []
-        assert s["input"] in books[s["id"]]
-    again, _ = loaders.load_samples("pg19", "pg19", pg(window_tokens=500), ws_count)
-    assert again == samples
+    by_length = {}
+    for ctx in (50, 400):
+        samples, _ = loaders.load_samples("pg19", "pg19", {**cfg, "context_tokens": ctx}, ws_count)
+        assert len(samples) == 2
+        for s in samples:
+            assert s["metric"] == "perplexity" and s["outputs"] == [] and s["context_tokens"] == ctx
+            assert ws_count(s["input"]) == 100 and ws_count(s["context"]) == ctx  # one word = one token here
+            book = books[s["id"]].split()
+            # the window starts after the longest context; the context is what precedes it
+            assert s["window"]["start_word"] == 400 and s["input"].split() == book[400:500]
+            assert s["context"].split() == book[400 - ctx:400]
+        by_length[ctx] = samples
+    assert [s["input"] for s in by_length[50]] == [s["input"] for s in by_length[400]]  # the same scored text
+    again, _ = loaders.load_samples("pg19", "pg19", {**cfg, "context_tokens": 50}, ws_count)
+    assert again == by_length[50]
+
+
+def test_pg19_skips_books_too_short_for_the_longest_context():
+    samples, source = loaders.load_samples("pg19", "pg19", pg(window_tokens=100, context_lengths=[2500]), ws_count)
+    assert [s["window"]["book_words"] for s in samples] == [3002]
+    assert source["skipped_too_short"] and len(source["skipped_too_short"]) == 1
+    with pytest.raises(ConfigError, match="context_lengths"):
+        loaders.load_samples("pg19", "pg19", pg(window_tokens=100), ws_count)
 
 
 def test_missing_data_raises_config_error_naming_key(tmp_path):
@@ -166,7 +183,7 @@ def _check_manifest(out, man_path, source_file=None):
 @pytest.mark.parametrize("benchmark,task,cfg,source", [
     ("longbench", "qasper", lb(count=3, seed=1), FIX / "longbench" / "qasper.jsonl"),
     ("infinitebench", "longbook_choice_eng", ib(seed=2), FIX / "infinitebench" / "longbook_choice_eng.jsonl"),
-    ("pg19", "pg19", pg(window_tokens=300, seed=0), FIX / "pg19" / "pg19.jsonl"),
+    ("pg19", "pg19", pg(window_tokens=300, context_lengths=[100], seed=0), FIX / "pg19" / "pg19.jsonl"),
     ("ruler", "niah_multikey_2", {"context_tokens": 400, "count": 3, "seed": 5}, None),
 ])
 def test_materialize_manifest_and_byte_identical(tmp_path, benchmark, task, cfg, source):

@@ -1,6 +1,7 @@
 """Which E4 datasets the config asks for, and everything each one's materialization depends on.
 
-RULER datasets are named ``{task}-{context_tokens}``; the others by their task. Each lives at
+RULER and PG19 datasets are named ``{task}-{context_tokens}`` (PG19: the preceding-context length);
+the others by their task. Each lives at
 ``results/data/{benchmark}/{name}.jsonl`` plus a manifest (``datasets.materialize``); a spec
 (``dataset_spec``) is the ``e4_data`` rule's params, so only what a dataset depends on reruns it.
 """
@@ -51,8 +52,13 @@ def datasets(e4: dict) -> list[Dataset]:
         for ctx in ruler.get("context_lengths") or []:
             out.append(Dataset("ruler", f"{task}-{int(ctx)}", task, int(ctx)))
     for bench in BENCHMARKS[1:]:
-        for task in (e4.get("benchmarks") or {}).get(bench, {}).get("tasks") or []:
-            out.append(Dataset(bench, task, task))
+        block = (e4.get("benchmarks") or {}).get(bench, {}) or {}
+        for task in block.get("tasks") or []:
+            if bench == "pg19":  # one dataset per preceding-context length, like RULER
+                for ctx in block.get("context_lengths") or []:
+                    out.append(Dataset(bench, f"{task}-{int(ctx)}", task, int(ctx)))
+            else:
+                out.append(Dataset(bench, task, task))
     return out
 
 
@@ -87,6 +93,8 @@ def dataset_block(e4: dict, ds: Dataset) -> dict:
         block["seed"] = int(e4.get("seed", 0))
     files = block.get("files") or {}
     block["files"] = {ds.task: files[ds.task]} if ds.task in files else {}
+    if ds.benchmark == "pg19":
+        block["context_tokens"] = ds.context_tokens
     return _drop_none(block)
 
 

@@ -13,9 +13,10 @@
   (LongBench sends trec, triviaqa, samsum, lcc and repobench-p raw), greedy decoding, stopping at
   EOS. A prompt longer than ``max_model_len - max_new_tokens`` is cut in the middle as its
   suite cuts it, and counted (``quality.prompting.ChatPrompter``).
-* PG19 perplexity comes from the engine's prompt logprobs (``/v1/completions`` with
-  ``prompt_logprobs``), on the token ids our tokenizer produced, so every logprob is matched to
-  the exact token it scores (``quality.perplexity``).
+* PG19 is long-context perplexity: a book window scored given the book's preceding tokens, one
+  dataset per context length, from the engine's prompt logprobs (``/v1/completions`` with
+  ``prompt_logprobs`` on our token ids, so every logprob is matched to the exact token it
+  scores; ``quality.perplexity``). A length that does not fit the window fails, never cut.
 * Scores are only quality numbers with real weights on the real benchmark data: otherwise each
   row says ``meaningful = false`` (``quality.verdicts``).
 """
@@ -32,7 +33,7 @@ from ..datasets.materialize import load_materialized
 from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets
 from ..hashing import sha256_file
 from ..io import write_json, write_jsonl
-from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields
+from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields, pg19_token_ids
 from ..quality.prompting import ChatPrompter, load_tokenizer, prompt_budget
 from ..quality.scorers import score_sample
 from ..quality.verdicts import PERPLEXITY, QUALITY_COLUMNS, dataset_row, overall_row, summary_verdict
@@ -83,20 +84,26 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
     seed = int(cfg.get("seed", 0))
 
     generate: list[tuple[_Pending, Any]] = []
-    perplexity: list[tuple[_Pending, list[int]]] = []
+    perplexity: list[tuple[_Pending, list[int], int]] = []
     lines_by_ds: dict[str, list[_Pending]] = {}
     for ds, manifest, samples in loaded:
         for k, sample in enumerate(samples):
             item = _Pending(ds, sample, _base_line(ds, sample, stamp))
             lines_by_ds.setdefault(ds.key, []).append(item)
             if sample["metric"] == PERPLEXITY:
-                ids = tok.encode(sample["input"], add_special_tokens=False)
-                limit = prompt_budget(max_len, 1, cfg.get("max_input_tokens"))
-                if len(ids) > limit:  # a window, not a question: keep its start, drop the tail
-                    ids = ids[:limit]
-                    item.line.update(truncated=True, truncated_at="engine")
+                try:
+                    ids, scored = pg19_token_ids(tok, sample)
+                except ValueError as exc:
+                    item.line["reason"] = str(exc)
+                    continue
                 item.line["input_tokens_local"] = len(ids)
-                perplexity.append((item, ids))
+                limit = prompt_budget(max_len, 1, cfg.get("max_input_tokens"))
+                if len(ids) > limit:  # a shorter context would be another measurement: refuse, do not cut
+                    item.line["reason"] = (f"context {sample.get('context_tokens')} + window {scored} tokens exceed the "
+                                           f"prompt budget {limit} (max_model_len {max_len}); drop that length from "
+                                           f"experiments.e4.benchmarks.pg19.context_lengths")
+                    continue
+                perplexity.append((item, ids, scored))
                 continue
             limit = prompt_budget(max_len, item.line["max_new_tokens"], cfg.get("max_input_tokens"))
             fitted = prompter.fit(sample, limit)
@@ -155,8 +162,10 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
                      "seed": seed, "prefill_answer_prefix": bool(cfg.get("prefill_answer_prefix", True)),
                      "system_prompt": cfg.get("system_prompt"), "max_new_tokens": "per task (sample max_new_tokens)",
                      "max_model_len": max_len, "max_input_tokens": cfg.get("max_input_tokens")},
-        "perplexity_method": "exp(mean NLL) over prompt tokens 2..n from vLLM prompt_logprobs on /v1/completions; "
-                             "task score = token-weighted over windows",
+        "perplexity_method": "PG19 long-context perplexity: prompt = the last context_tokens tokens of the book before "
+                             "the window + the window_tokens scored tokens; exp(mean NLL) and mean NLL / ln 2 bits per "
+                             "token over the window only, from vLLM prompt_logprobs on /v1/completions; dataset score "
+                             "token-weighted over books; the same window at every context length",
         "samples": len(predictions),
         "failed": sum(1 for p in predictions if p["status"] != "ok"),
         "truncated": sum(1 for p in predictions if p["truncated"]),
@@ -173,21 +182,21 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
             "overall_score": overall["score"], "meaningful": summary["meaningful"]}
 
 
-async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, list[int]]],
+async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, list[int], int]],
                           max_concurrency: int) -> float | None:
     """Wall time of the prompt-logprob requests; None when none was sent (the report prints n/a)."""
     if not items:
         return None
     base_url = getattr(session.backend, "base_url", None)
     if base_url is None:
-        for item, _ in items:
+        for item, _, _ in items:
             item.line["reason"] = f"backend {session.backend_mode} has no HTTP endpoint for prompt logprobs"
         return None
     sem = asyncio.Semaphore(max_concurrency)
     timeout = float(session.backend.serving.get("request_timeout_s", 900))
     t0 = time.perf_counter()
     async with http_session(timeout) as http:
-        async def one(item: _Pending, ids: list[int]) -> None:
+        async def one(item: _Pending, ids: list[int], scored: int) -> None:
             async with sem:
                 got = await fetch_prompt_logprobs(http, base_url, session.backend.served_name, ids)
             line = item.line
@@ -196,13 +205,13 @@ async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, li
                 return
             line["input_tokens"] = got.get("prompt_tokens")
             try:
-                line.update(perplexity_fields(got["logprobs"]))
+                line.update(perplexity_fields(got["logprobs"], scored))
             except ValueError as exc:
                 line["reason"] = str(exc)
                 return
             line["status"] = "ok"
 
-        await asyncio.gather(*(one(i, ids) for i, ids in items))
+        await asyncio.gather(*(one(i, ids, scored) for i, ids, scored in items))
     return time.perf_counter() - t0
 
 

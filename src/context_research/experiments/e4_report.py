@@ -69,6 +69,11 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
 
 
+def _context(row: pd.Series) -> str:
+    ctx = row.get("context_tokens")
+    return "no length" if ctx is None or pd.isna(ctx) else f"{int(ctx)} tokens"
+
+
 def report_section(results_dir: Path) -> dict[str, Any]:
     s = read_json(e4.EXPERIMENT.path(results_dir, "summary"))
     frame = load(results_dir)
@@ -84,9 +89,12 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         f"{int(overall['n'])} samples over {len(tasks)} task datasets "
         f"({', '.join(f'{b} {int(n)}' for b, n in by_bench.items())}); {int(overall['n_failed'])} failed; "
         f"{int(overall['truncated'])} prompt(s) truncated in the middle to fit the window.",
-        f"Macro mean of the 0-100 task scores: {_fmt(overall['score'])}"
-        + (f"; PG19 perplexity {', '.join(_fmt(v) for v in ppl['score'])}." if len(ppl) else "."),
+        f"Macro mean of the 0-100 task scores: {_fmt(overall['score'])}."
     ]
+    if len(ppl):
+        findings.append("PG19 perplexity of the same scored window by preceding context: " + "; ".join(
+            f"{_context(r)}: {_fmt(r['score'])} ({_fmt(r.get('bits_per_token'), 3)} bits/token)"
+            for _, r in ppl.sort_values("context_tokens").iterrows()) + ".")
     fixtures = tasks[tasks["data_source"] == "fixture"]
     if len(fixtures):
         findings.append(f"{len(fixtures)} task(s) ran on the project's fixtures (tests/fixtures/e4), small files in "
@@ -97,8 +105,9 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                         "from ours (tokenizer or chat template mismatch).")
     dec = s["decoding"]
     facts = [
-        ("decoding", f"chat template, thinking off, temperature {dec['temperature']}, stop at EOS, per-task "
-                     f"max_new_tokens; answer prefix prefilled: {dec['prefill_answer_prefix']}"),
+        ("decoding", f"upstream prompts; chat template where upstream applies one, thinking off; temperature "
+                     f"{dec['temperature']}, stop at EOS, upstream per-task max_new_tokens; answer prefix "
+                     f"prefilled: {dec['prefill_answer_prefix']}"),
         ("prompt budget", f"max_model_len {dec['max_model_len']} - max_new_tokens"
                           + (f", capped at {dec['max_input_tokens']}" if dec.get("max_input_tokens") else "")),
         ("PG19 perplexity", s["perplexity_method"]),

@@ -45,9 +45,13 @@ def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, ba
                 data_source: str) -> dict:
     """One quality.csv row from the dataset's prediction lines."""
     ok = [p for p in preds if p["status"] == "ok"]
+    bits = scored = None
     if metric == PERPLEXITY:
         tokens = sum(int(p["scored_tokens"]) for p in ok)
-        score = math.exp(sum(float(p["nll_sum"]) for p in ok) / tokens) if tokens else None
+        mean_nll = sum(float(p["nll_sum"]) for p in ok) / tokens if tokens else None
+        score = math.exp(mean_nll) if tokens else None
+        bits = mean_nll / math.log(2) if tokens else None
+        scored = tokens
         scale = PERPLEXITY
     else:
         score = mean([p["score_percent"] for p in ok])
@@ -62,7 +66,7 @@ def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, ba
         "score_scale": scale, "mean_input_tokens": mean([p.get("input_tokens") for p in preds]),
         "n_input_tokens": sum(1 for p in preds if p.get("input_tokens") is not None),
         "truncated": sum(1 for p in preds if p.get("truncated")), "status": status, "reason": reason[:500],
-        "meaningful": meaningful, "data_source": data_source,
+        "meaningful": meaningful, "data_source": data_source, "bits_per_token": bits, "scored_tokens": scored,
     }
 
 
@@ -87,4 +91,5 @@ def overall_row(rows: list[dict]) -> dict:
         "reason": "; ".join(f"{r['benchmark']}/{r['dataset']}: {r['status']}" for r in rows if r["status"] != "ok")[:500],
         "meaningful": bool(rows) and all(r["meaningful"] for r in rows),
         "data_source": "+".join(sorted({r["data_source"] for r in rows})),
+        "bits_per_token": None, "scored_tokens": None,
     }
