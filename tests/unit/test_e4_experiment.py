@@ -563,3 +563,18 @@ def test_declaration_keeps_the_rule_files():
         "metadata": "results/e4/run_metadata.json", "gpu_stats": "results/e4/gpu_stats.json"}
     assert e4.EXPERIMENT.figure_paths() == {"quality": "results/e4/quality.svg", "ruler": "results/e4/ruler.svg",
                                             "table": "results/e4/quality.html"}
+
+
+def test_samsum_stops_at_the_newline_token_as_upstream():
+    from context_research.datasets import templates as T
+
+    assert T.LONGBENCH_TASKS["samsum"].stop_at_newline and not T.LONGBENCH_TASKS["qasper"].stop_at_newline
+
+    class NewlineTokenizer(WordTokenizer):
+        def encode(self, text, add_special_tokens=False):
+            return [10] if text == "\n" else text.split()
+
+    fields = {"prompt": "p", "chat": False}
+    assert e4.upstream_stops(fields, {"stop_at_newline": False}, NewlineTokenizer()) == fields
+    assert e4.upstream_stops(fields, {"stop_at_newline": True}, NewlineTokenizer()) == {
+        "prompt": "p", "chat": False, "extra": {"stop_token_ids": [10], "min_tokens": 1}}

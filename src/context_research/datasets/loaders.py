@@ -270,6 +270,7 @@ def _templated_sample(benchmark: str, tasks: dict[str, T.TaskSpec], task: str, r
         "chat_template": spec.chat_template,
         "system_prompt": spec.system_prompt,
         "truncation": spec.truncation,
+        "stop_at_newline": spec.stop_at_newline,
         "length": int(count_tokens(text)),
         "truncated": truncated,
     }

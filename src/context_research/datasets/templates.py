@@ -31,6 +31,7 @@ class TaskSpec:
     chat_template: bool = True          # upstream wraps the prompt in the model's chat template
     system_prompt: str | None = None    # upstream's system message (InfiniteBench's chat path)
     truncation: str = "longbench"       # whose middle truncation: longbench or infinitebench
+    stop_at_newline: bool = False       # upstream also stops at the newline token (LongBench samsum)
 
 
 @lru_cache(maxsize=1)
@@ -46,7 +47,8 @@ def prompt_source(benchmark: str) -> dict:
 def _tasks(benchmark: str) -> dict[str, TaskSpec]:
     block = upstream_prompts()[benchmark]
     return {name: TaskSpec(t["prompt"], t["metric"], int(t["max_new_tokens"]), bool(t["chat_template"]),
-                           block.get("system_prompt") if t["chat_template"] else None, block["truncation"])
+                           block.get("system_prompt") if t["chat_template"] else None, block["truncation"],
+                           bool(t.get("stop_at_newline", False)))
             for name, t in block["tasks"].items()}
 
 

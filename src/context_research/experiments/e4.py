@@ -116,7 +116,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
             req = GenerationRequest(
                 request_id=f"{ds.key}/{k}", max_tokens=item.line["max_new_tokens"],
                 prompt_tokens_target=fitted.prompt_tokens, temperature=0.0, seed=seed, ignore_eos=False,
-                **prompter.request_fields(fitted))
+                **upstream_stops(prompter.request_fields(fitted), sample, tok))
             generate.append((item, req))
 
     measured = await session.measure([r for _, r in generate], max_concurrency=int(cfg["max_concurrency"]),
@@ -180,6 +180,15 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
     overall = rows[-1]
     return {"samples": summary["samples"], "failed": summary["failed"], "truncated": summary["truncated"],
             "overall_score": overall["score"], "meaningful": summary["meaningful"]}
+
+
+def upstream_stops(fields: dict, sample: dict, tokenizer) -> dict:
+    """Request fields plus the stops upstream adds: LongBench's samsum also ends at the newline
+    token and generates at least one token (pred.py's eos_token_id list and min_length)."""
+    if not sample.get("stop_at_newline"):
+        return fields
+    newline = tokenizer.encode("\n", add_special_tokens=False)[-1]
+    return {**fields, "extra": {**fields.get("extra", {}), "stop_token_ids": [newline], "min_tokens": 1}}
 
 
 async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, list[int], int]],
