@@ -537,6 +537,25 @@ E4_QUALITY = Table("e4/quality.csv", (
     *stamp_columns(),
 ), "one row per dataset, then an overall row")
 
+E4_BY_LENGTH = Table("e4/quality_by_length.csv", (
+    C("benchmark", "", "label", "ruler, longbench, infinitebench, pg19, or all (every 0-100 sample of the bucket)"),
+    C("task", "", "label", "the benchmark's task, or all"),
+    C("length_bucket", "tokens", "derived", "RULER: the context length; PG19: the preceding-context length; "
+                                            "LongBench and InfiniteBench: the smallest bucket edge (experiments.e4."
+                                            "length_buckets, else the RULER lengths, and max_model_len) >= the "
+                                            "sample's server-counted prompt tokens (ours when the server gave none)"),
+    C("n", "count", "client", "samples in the bucket"),
+    C("n_ok", "count", "client", "samples answered and scored"),
+    C("metric", "", "label", "the task's metric; mean_percent on all rows (every 0-100 sample of the bucket)"),
+    C("score", "", "derived", "mean 0-100 score of the ok samples, or PG19's token-weighted perplexity"),
+    C("score_scale", "", "label", "percent (0-100) or perplexity"),
+    C("bits_per_token", "bits/token", "derived", "PG19 rows: total NLL / scored tokens / ln 2; empty elsewhere"),
+    C("mean_input_tokens", "tokens", "engine", "mean server-counted prompt tokens of the bucket's samples"),
+    C("meaningful", "bool", "derived", "true only with real weights, the real engine and non-fixture data"),
+    C("data_source", "", "label", "synthetic, fixture, local or hub (+-joined)"),
+    *stamp_columns(),
+), "one row per benchmark, task and length bucket, then one all row per bucket")
+
 # -- E5 ------------------------------------------------------------------------------------------
 
 _LOG = "engine log (vLLM's memory profile, 2-decimal GiB)"
@@ -657,7 +676,7 @@ E6_STRESS = Table("e6/stress.csv", (
 
 TABLES: dict[str, Table] = {t.file: t for t in (
     E0_REQUESTS, E1_LATENCY, E1_REQUESTS, E2_CONCURRENCY, E2_REQUESTS, E3_MODE_COMPARISON, E3_REQUESTS,
-    E3_TRANSFERS, E4_QUALITY, E5_MEMORY, E6_STRESS)}
+    E3_TRANSFERS, E4_QUALITY, E4_BY_LENGTH, E5_MEMORY, E6_STRESS)}
 
 
 def table_for(experiment: str, filename: str) -> Table:

@@ -513,6 +513,10 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     quality = pd.read_csv(ctx.outdir / "quality.csv")
     assert list(quality.columns) == verdicts.QUALITY_COLUMNS + list(ctx.stamp())
     assert list(quality["dataset"]) == ["vt-512", "pg19-256", "pg19-1024", "overall"]
+    by_length = pd.read_csv(ctx.outdir / "quality_by_length.csv")
+    assert list(by_length.columns) == verdicts.BY_LENGTH_COLUMNS + list(ctx.stamp())
+    assert list(zip(by_length["benchmark"], by_length["length_bucket"])) == [
+        ("pg19", 256), ("pg19", 1024), ("ruler", 512), ("all", 512)]
     vt = [p for p in preds if p["dataset"] == "vt-512"]
     pg = [p for p in preds if p["benchmark"] == "pg19"]
     assert len(vt) == 3 and pg
@@ -558,7 +562,8 @@ def test_prepare_fails_before_the_engine_on_a_missing_dataset(tmp_path, monkeypa
 
 def test_declaration_keeps_the_rule_files():
     assert e4.EXPERIMENT.run_paths() == {
-        "quality": "results/e4/quality.csv", "predictions": "results/e4/predictions.jsonl",
+        "quality": "results/e4/quality.csv", "by_length": "results/e4/quality_by_length.csv",
+        "predictions": "results/e4/predictions.jsonl",
         "summary": "results/e4/summary.json", "engine_log": "results/e4/engine.log",
         "metadata": "results/e4/run_metadata.json", "gpu_stats": "results/e4/gpu_stats.json"}
     assert e4.EXPERIMENT.figure_paths() == {"quality": "results/e4/quality.svg", "ruler": "results/e4/ruler.svg",
@@ -578,3 +583,37 @@ def test_samsum_stops_at_the_newline_token_as_upstream():
     assert e4.upstream_stops(fields, {"stop_at_newline": False}, NewlineTokenizer()) == fields
     assert e4.upstream_stops(fields, {"stop_at_newline": True}, NewlineTokenizer()) == {
         "prompt": "p", "chat": False, "extra": {"stop_token_ids": [10], "min_tokens": 1}}
+
+
+def test_length_buckets_follow_configured_lengths_else_measured_tokens():
+    edges = verdicts.length_edges(None, [4096, 1024], 32768)
+    assert edges == [1024, 4096, 32768] and verdicts.length_edges([8000], [512], 2048) == [2048, 8000]
+    assert verdicts.length_bucket({"context_tokens": 4096, "input_tokens": 4000}, edges) == 4096  # RULER / PG19
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": 1025}, edges) == 4096
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": 1024}, edges) == 1024
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": None, "input_tokens_local": 9}, edges) == 1024
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": None}, edges) is None
+
+
+def test_by_length_rows_group_per_task_and_pool_every_percent_sample():
+    def line(bench, task, dataset, bucket, pct=None, status="ok", **kw):
+        return {"benchmark": bench, "task": task, "dataset": dataset, "length_bucket": bucket, "status": status,
+                "metric": kw.pop("metric", "qa_f1_score"), "score_percent": pct, "input_tokens": 100, **kw}
+
+    preds = [line("longbench", "qasper", "qasper", 1024, 50.0), line("longbench", "qasper", "qasper", 1024, 100.0),
+             line("longbench", "qasper", "qasper", 4096, 0.0),
+             line("ruler", "vt", "vt-1024", 1024, 20.0, metric="string_match_all"),
+             line("pg19", "pg19", "pg19-1024", 1024, metric="perplexity", nll_sum=2.0, scored_tokens=2),
+             line("longbench", "qasper", "qasper", None, 10.0)]
+    info = [{"benchmark": "longbench", "dataset": "qasper", "meaningful": True, "data_source": "local"},
+            {"benchmark": "ruler", "dataset": "vt-1024", "meaningful": True, "data_source": "synthetic"},
+            {"benchmark": "pg19", "dataset": "pg19-1024", "meaningful": False, "data_source": "fixture"}]
+    rows = verdicts.by_length_rows(preds, info)
+    key = {(r["benchmark"], r["task"], r["length_bucket"]): r for r in rows}
+    assert key[("longbench", "qasper", 1024)]["score"] == 75.0 and key[("longbench", "qasper", 1024)]["n"] == 2
+    assert key[("pg19", "pg19", 1024)]["score"] == pytest.approx(math.e) and key[("pg19", "pg19", 1024)]["meaningful"] is False
+    pooled = key[("all", "all", 1024)]
+    assert pooled["score"] == pytest.approx((50 + 100 + 20) / 3) and pooled["n"] == 3  # no perplexity in it
+    assert pooled["meaningful"] is True and pooled["data_source"] == "local+synthetic"
+    assert key[("all", "all", 4096)]["score"] == 0.0
+    assert list(rows[0]) == verdicts.BY_LENGTH_COLUMNS

@@ -36,7 +36,8 @@ from ..io import write_json, write_jsonl
 from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields, pg19_token_ids
 from ..quality.prompting import ChatPrompter, load_tokenizer, prompt_budget
 from ..quality.scorers import score_sample
-from ..quality.verdicts import PERPLEXITY, QUALITY_COLUMNS, dataset_row, overall_row, summary_verdict
+from ..quality.verdicts import (BY_LENGTH_COLUMNS, PERPLEXITY, QUALITY_COLUMNS, by_length_rows, dataset_row,
+                                length_bucket, length_edges, overall_row, summary_verdict)
 from ..records import GenerationRequest
 from ..workload import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
@@ -69,6 +70,7 @@ def _base_line(ds: Dataset, sample: dict, stamp: dict) -> dict:
             "max_new_tokens": int(sample.get("max_new_tokens") or 0), "prediction": None, "score": None,
             "score_percent": None, "input_tokens": None, "input_tokens_local": None,
             "truncated": bool(sample.get("truncated")), "truncated_at": "materialize" if sample.get("truncated") else None,
+            "length_bucket": None,
             "output_tokens": None, "finish_reason": None, "status": "failed", "reason": None, **stamp}
 
 
@@ -142,7 +144,11 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
         rows.append(dataset_row(ds, metric, preds, weights=ctx.weights, backend_mode=ctx.backend_mode,
                                 data_source=data_source_kind(manifest)))
     rows.append(overall_row(rows))
-    _write_outputs(ctx, rows, predictions)
+    edges = length_edges(cfg.get("length_buckets"), (cfg.get("ruler") or {}).get("context_lengths"), max_len)
+    for line in predictions:
+        line["length_bucket"] = length_bucket(line, edges)
+    by_length = by_length_rows(predictions, rows[:-1])
+    _write_outputs(ctx, rows, predictions, by_length)
 
     meaningful, why = summary_verdict(rows, ctx.weights, ctx.backend_mode)
     by_request = {req.request_id: item for item, req in generate}
@@ -224,10 +230,13 @@ async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, li
     return time.perf_counter() - t0
 
 
-def _write_outputs(ctx: RunContext, rows: list[dict], predictions: list[dict]) -> None:
+def _write_outputs(ctx: RunContext, rows: list[dict], predictions: list[dict], by_length: list[dict]) -> None:
     frame = ctx.frame(rows, QUALITY_COLUMNS)
     frame["context_tokens"] = frame["context_tokens"].astype("Int64")  # "512", or empty for non-RULER rows
     ctx.write_table("quality", frame)
+    buckets = ctx.frame(by_length, BY_LENGTH_COLUMNS)
+    buckets["length_bucket"] = buckets["length_bucket"].astype("Int64")
+    ctx.write_table("by_length", buckets)
     write_jsonl(ctx.path("predictions"), predictions)
 
 
@@ -242,7 +251,8 @@ from . import e4_report  # noqa: E402  (bottom import: the report reads this mod
 EXPERIMENT = Experiment(
     name="e4", title="E4 — long-context quality", category="E4 long-context quality",
     engines=ONE_ENGINE, body=run, prepare=prepare, data_inputs=data_inputs,
-    outputs={"quality": "quality.csv", "predictions": "predictions.jsonl", "summary": "summary.json",
+    outputs={"quality": "quality.csv", "by_length": "quality_by_length.csv", "predictions": "predictions.jsonl",
+             "summary": "summary.json",
              "engine_log": "engine.log"},
     figures=(Figure("quality", "quality.svg", "e4_quality.rst"),
              Figure("ruler", "ruler.svg", "e4_ruler.rst"),
