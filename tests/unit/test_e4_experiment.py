@@ -401,6 +401,12 @@ def _fake_results(tmp_path, weights="random-embedded", pg19_source="fixture"):
     ]
     rows.append(verdicts.overall_row(rows))
     pd.DataFrame(rows)[verdicts.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
+    lines = [{"benchmark": r["benchmark"], "task": r["task"], "dataset": r["dataset"], "length_bucket": r["context_tokens"],
+              "status": "ok", "metric": r["metric"], "score_percent": r["score"], "input_tokens": 100,
+              "nll_sum": math.log(r["score"]) if r["score_scale"] == "perplexity" else None, "scored_tokens": 1}
+             for r in rows[:-1]]
+    pd.DataFrame(verdicts.by_length_rows(lines, rows[:-1]))[verdicts.BY_LENGTH_COLUMNS].to_csv(
+        tmp_path / "quality_by_length.csv", index=False)
     meaningful, why = verdicts.summary_verdict(rows, weights, "real")  # as run() builds the summary
     write_json(tmp_path / "summary.json", {
         "meaningful": meaningful, "meaningful_reason": why, "prompt_tokens_mismatch": [],
@@ -430,7 +436,7 @@ def test_report_marks_random_weights_as_not_meaningful(tmp_path):
     assert "256 tokens: 2980.96 (11.542 bits/token); 1024 tokens: 7.39 (2.885 bits/token)" in sec["findings"][3]
     # the packet takes the SVG figures and their captions from the declaration, not the section
     assert "figures" not in sec
-    assert [f.file for f in e4.EXPERIMENT.figures if f.is_svg] == ["quality.svg", "ruler.svg"]
+    assert [f.file for f in e4.EXPERIMENT.figures if f.is_svg] == ["quality.svg", "ruler.svg", "beside_speed.svg"]
 
 
 def test_report_with_real_weights_claims_quality(tmp_path):
@@ -567,7 +573,9 @@ def test_declaration_keeps_the_rule_files():
         "summary": "results/e4/summary.json", "engine_log": "results/e4/engine.log",
         "metadata": "results/e4/run_metadata.json", "gpu_stats": "results/e4/gpu_stats.json"}
     assert e4.EXPERIMENT.figure_paths() == {"quality": "results/e4/quality.svg", "ruler": "results/e4/ruler.svg",
-                                            "table": "results/e4/quality.html"}
+                                            "table": "results/e4/quality.html",
+                                            "beside_speed": "results/e4/beside_speed.svg"}
+    assert e4.EXPERIMENT.figure_joins == ("e1", "e5")
 
 
 def test_samsum_stops_at_the_newline_token_as_upstream():
@@ -617,3 +625,34 @@ def test_by_length_rows_group_per_task_and_pool_every_percent_sample():
     assert pooled["meaningful"] is True and pooled["data_source"] == "local+synthetic"
     assert key[("all", "all", 4096)]["score"] == 0.0
     assert list(rows[0]) == verdicts.BY_LENGTH_COLUMNS
+
+
+def test_quality_beside_e1_latency_and_e5_memory_at_the_same_lengths(tmp_path):
+    e4_dir = tmp_path / "e4"
+    e4_dir.mkdir()
+    _fake_results(e4_dir)
+    (tmp_path / "e1").mkdir()
+    pd.DataFrame({"prompt_tokens": [512, 2048], "status": ["ok", "ok"], "ttft_ms_p50": [30.0, 90.0],
+                  "tpot_ms_p50": [5.0, 6.0]}).to_csv(tmp_path / "e1" / "latency.csv", index=False)
+    write_json(tmp_path / "e1" / "run_metadata.json", {"run_id": "e1-run"})
+    joined, prov = e4_report.beside_speed_frame(e4_dir)
+    assert prov == "E1 run e1-run; E5 not run"
+    assert joined["e5_kv_used_gib"].isna().all()
+    (tmp_path / "e5").mkdir()
+    pd.DataFrame({"mode": ["aggregated", "disaggregated"], "status": ["ok", "unsupported"],
+                  "prompt_tokens_target": [1024, 1024], "kv_used_analytical_gib": [0.5, None],
+                  "nvml_peak_used_gib": [None, None], "process_rss_gib": [3.0, None]}).to_csv(
+        tmp_path / "e5" / "memory.csv", index=False)
+    joined, prov = e4_report.beside_speed_frame(e4_dir)
+    assert prov == "E1 run e1-run; E5 run unknown"
+    assert joined.set_index("length_tokens").loc[1024, "e5_kv_used_gib"] == 0.5
+    row = joined.set_index("length_tokens")
+    assert list(row.index) == [256, 512, 1024]
+    assert row.loc[512, "e4_score"] == 40.0 and row.loc[512, "e1_ttft_ms_p50"] == 30.0  # same length: joined
+    assert pd.isna(row.loc[1024, "e1_ttft_ms_p50"])  # E1 has no 1024 point: nothing made up
+    assert row.loc[256, "pg19_perplexity"] == pytest.approx(2980.96, abs=0.01) and pd.isna(row.loc[256, "e4_score"])
+    e4_report.make_figures(e4_dir)
+    svg = (e4_dir / "beside_speed.svg").read_text()
+    assert "NOT a quality measurement" in svg and "E1 run e1-run" in svg
+    tables = e4_report.report_section(e4_dir)["tables"]
+    assert tables[1]["caption"].startswith("Quality beside speed") and "NOT a quality measurement" in tables[1]["caption"]

@@ -35,6 +35,7 @@ for _exp in EXPERIMENTS.values():
             f"{_exp.name}_figures"
         input:
             getattr(rules, _exp.name).output,
+            figure_join_inputs(_exp),
         output:
             **figure_outputs(_exp),
         params:

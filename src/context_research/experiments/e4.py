@@ -256,7 +256,9 @@ EXPERIMENT = Experiment(
              "engine_log": "engine.log"},
     figures=(Figure("quality", "quality.svg", "e4_quality.rst"),
              Figure("ruler", "ruler.svg", "e4_ruler.rst"),
-             Figure("table", "quality.html", "e4_table.rst")),
+             Figure("table", "quality.html", "e4_table.rst"),
+             Figure("beside_speed", "beside_speed.svg", "e4_beside_speed.rst")),
+    figure_joins=("e1", "e5"),
     report=e4_report,
     # every key of experiments.e4 shapes the datasets, the prompts or the decoding; the scorers
     # are fixed per sample (its ``metric``), so no key only analyses saved predictions

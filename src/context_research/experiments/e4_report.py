@@ -11,6 +11,7 @@ from ..analysis.plots import line_plot, stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import fmt, html_table, markdown_table
+from ..quality import beside_speed
 from . import e4  # the declaration (bottom-imported by e4; resolved at call time)
 
 TABLE_COLUMNS = {
@@ -63,6 +64,31 @@ def make_figures(results_dir: Path) -> None:
               "E4: RULER score vs context length" + title_tail, "context length (tokens)", "score (0-100)",
               provenance=prov, logx=True, group="task")
     write_text(e4.EXPERIMENT.figure_path(results_dir, "table"), html_table(table_frame(frame), 2))
+    joined, joined_prov = beside_speed_frame(results_dir)
+    beside_speed.draw(joined, e4.EXPERIMENT.figure_path(results_dir, "beside_speed"),
+                      meaningful=bool(summary.get("meaningful")), provenance=f"{prov}; {joined_prov}")
+
+
+def _sibling(results_dir: Path, name: str, key: str) -> tuple[pd.DataFrame | None, str]:
+    """Another experiment's table beside E4's results (``results/<name>/``), and a note of its run."""
+    from .catalog import EXPERIMENTS
+
+    exp = EXPERIMENTS[name]
+    path = exp.path(Path(results_dir).parent / name, key)
+    if not path.is_file():
+        return None, f"{name.upper()} not run"
+    meta_path = exp.path(Path(results_dir).parent / name, "metadata")
+    run_id = read_json(meta_path).get("run_id") if meta_path.is_file() else None
+    return pd.read_csv(path), f"{name.upper()} run {run_id or 'unknown'}"
+
+
+def beside_speed_frame(results_dir: Path) -> tuple[pd.DataFrame, str]:
+    """E4's quality by length joined with E1 latency and E5 memory at the same lengths, and where
+    the E1 and E5 numbers came from."""
+    by_length = pd.read_csv(e4.EXPERIMENT.path(results_dir, "by_length"))
+    e1_frame, e1_note = _sibling(results_dir, "e1", "latency")
+    e5_frame, e5_note = _sibling(results_dir, "e5", "memory")
+    return beside_speed.join_by_length(by_length, e1_frame, e5_frame), f"{e1_note}; {e5_note}"
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -118,12 +144,14 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("wall time generate / perplexity (s, client)",
          f"{_fmt(s['generate_duration_s'])} / {_fmt(s['perplexity_duration_s'])}"),
     ]
-    return {
-        "findings": findings,
-        "facts": facts,
-        "tables": [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
-                    "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}],
-    }
+    tables = [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
+               "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}]
+    if e4.EXPERIMENT.path(results_dir, "by_length").is_file():
+        joined, joined_prov = beside_speed_frame(results_dir)
+        tables.append({"caption": "Quality beside speed at the same context length (" + joined_prov + ")"
+                                  + ("" if s["meaningful"] else f"; quality {NOT_MEANINGFUL}"),
+                       "html": html_table(joined, 2), "markdown": markdown_table(joined, 2)})
+    return {"findings": findings, "facts": facts, "tables": tables}
 
 
 def headline(results_dir: Path) -> dict[str, Any]:
