@@ -139,6 +139,21 @@ def test_run_metadata_hashes_the_dataset_manifests(workflow_dir):
     assert "--no-enable-prefix-caching" in meta["engine"]["command"]
 
 
+def test_quality_by_length_and_beside_speed(workflow_dir):
+    by_length = pd.read_csv(workflow_dir / "results/e4/quality_by_length.csv")
+    assert not by_length["meaningful"].any()  # random-embedded weights
+    cfg = _config(workflow_dir)["experiments"]["e4"]
+    ruler = by_length[by_length["benchmark"] == "ruler"]
+    assert set(ruler["length_bucket"]) == set(cfg["ruler"]["context_lengths"])
+    pooled = by_length[by_length["benchmark"] == "all"]
+    assert pooled["score"].between(0, 100).all() and len(pooled)
+    preds = _predictions(workflow_dir)
+    assert all(p["length_bucket"] is not None for p in preds)
+    svg = (workflow_dir / "results/e4/beside_speed.svg").read_text()
+    assert "<svg" in svg and "NOT a quality measurement" in svg
+    assert ("E1 run" in svg) == (workflow_dir / "results/e1/latency.csv").is_file()
+
+
 def test_figures_and_packet_section(workflow_dir):
     for name in ("quality.svg", "ruler.svg"):
         svg = (workflow_dir / "results/e4" / name).read_text()
