@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from context_research.datasets import templates as T
-from context_research.datasets.ruler import sample_seed
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file
 from context_research.quality.prompting import truncate_middle_text
