@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Check E4's scorers against the upstream suites' own code (not part of CI: it needs their
+"""Check E4 against the upstream suites' own code and files (not part of CI: it needs their
 checkouts). Recomputes the ``expected`` value of every case in tests/fixtures/e4_parity/*.json
-with the upstream scorer, and scores InfiniteBench's published predictions (results/*/preds_*.jsonl)
-with both upstream's compute_scores and ours.
+with the upstream scorer; scores InfiniteBench's published predictions (results/*/preds_*.jsonl)
+with both upstream's compute_scores and ours; compares our prompt templates and generation
+lengths (data/upstream_prompts.json, datasets/ruler.py) with upstream's.
 
     git clone https://github.com/THUDM/LongBench        # 2e00731f8d0bff23dc4325161044d0ed8af94c1e
     git clone https://github.com/OpenBMB/InfiniteBench  # 88b3daa6989da2fbe0077170d7a3c84c25d5ae58
@@ -108,6 +109,57 @@ def check_infinitebench_predictions(ib, root: Path) -> int:
     return bad
 
 
+def check_prompts(longbench: Path, infinitebench: Path, ruler_repo: Path) -> int:
+    from context_research.datasets import ruler as R
+    from context_research.datasets import templates as T
+
+    bad = []
+    lb_prompts = json.loads((longbench / "LongBench" / "config" / "dataset2prompt.json").read_text(encoding="utf-8"))
+    lb_maxlen = json.loads((longbench / "LongBench" / "config" / "dataset2maxlen.json").read_text(encoding="utf-8"))
+    for task, spec in T.LONGBENCH_TASKS.items():
+        if spec.template != lb_prompts[task] or spec.max_new_tokens != lb_maxlen[task]:
+            bad.append(f"longbench {task}")
+    sys.path.insert(0, str(infinitebench / "src"))
+    sys.modules.setdefault("rouge", types.SimpleNamespace(Rouge=object))
+    ib_utils = _load("ib_eval_utils", infinitebench / "src" / "eval_utils.py")
+    ib_prompt = sys.modules["prompt"]
+    for task, spec in T.INFINITEBENCH_TASKS.items():
+        if spec.template != ib_prompt.gpt4_templates[task] or \
+                spec.max_new_tokens != ib_utils.DATA_NAME_TO_MAX_NEW_TOKENS[task]:
+            bad.append(f"infinitebench {task}")
+    tasks = _load("ruler_data_constants", ruler_repo / "scripts" / "data" / "synthetic" / "constants.py").TASKS
+    words = lambda text: len(text.split())  # noqa: E731
+
+    def split(template: str, **fields) -> tuple[str, str]:
+        head, tail = template.format(context="\x00", **fields).split("\x00")
+        return head, tail
+
+    niah = R.generate("niah_single_1", 1, 600, words, seed=0)[0]
+    query = niah["answer_prefix"].split(" for ")[1].split(" mentioned")[0]
+    vt = R.generate("vt", 1, 600, words, seed=0)[0]
+    value = vt["input"].rsplit("assigned the value ", 1)[1].split(" ")[0]
+    expect = {
+        "niah": (niah, split(tasks["niah"]["template"], type_needle_v="numbers", query=query),
+                 tasks["niah"]["answer_prefix"].format(type_needle_v="numbers", query=query)),
+        "variable_tracking": (vt, split(tasks["variable_tracking"]["template"], query=value),
+                              tasks["variable_tracking"]["answer_prefix"].format(num_v=len(vt["outputs"]), query=value)),
+        "common_words_extraction": (R.generate("cwe", 1, 3000, words, seed=0)[0],
+                                    split(tasks["common_words_extraction"]["template"]),
+                                    tasks["common_words_extraction"]["answer_prefix"]),
+        "freq_words_extraction": (R.generate("fwe", 1, 800, words, seed=0)[0],
+                                  split(tasks["freq_words_extraction"]["template"]),
+                                  tasks["freq_words_extraction"]["answer_prefix"]),
+    }
+    for name, (sample, (head, tail), prefix) in expect.items():
+        if not (sample["input"].startswith(head) and sample["input"].endswith(tail) and sample["answer_prefix"] == prefix):
+            bad.append(f"ruler {name}")
+    for item in bad:
+        print(f"prompt differs from upstream: {item}")
+    print(f"prompts: {len(T.LONGBENCH_TASKS)} LongBench, {len(T.INFINITEBENCH_TASKS)} InfiniteBench templates and "
+          f"{len(expect)} RULER templates compared, {len(bad)} differ")
+    return len(bad)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__)
@@ -118,7 +170,8 @@ def main(argv: list[str]) -> int:
     lb = _load("lb_metrics", longbench / "LongBench" / "metrics.py")
     ib = _load("ib_compute_scores", infinitebench / "src" / "compute_scores.py")
     ruler = _load("ruler_constants", ruler_repo / "scripts" / "eval" / "synthetic" / "constants.py")
-    bad = check_fixtures(lb, ib, ruler) + check_infinitebench_predictions(ib, infinitebench)
+    bad = (check_fixtures(lb, ib, ruler) + check_infinitebench_predictions(ib, infinitebench)
+           + check_prompts(longbench, infinitebench, ruler_repo))
     print("parity: ok" if not bad else f"parity: {bad} difference(s)")
     return 1 if bad else 0
 
