@@ -574,11 +574,13 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
 E4_QUALITY = Table("e4/quality.csv", (
     C("benchmark", "", "label", "ruler, longbench, infinitebench, pg19, or overall"),
     C("task", "", "label", "the benchmark's task"),
-    C("context_tokens", "tokens", "config", "RULER context length; empty for the other benchmarks"),
+    C("context_tokens", "tokens", "config", "RULER context length; PG19 tokens of book before the scored window; "
+                                            "empty for LongBench and InfiniteBench"),
     C("n", "count", "client", "samples of the dataset"),
     C("metric", "", "label", "the task's metric (perplexity, a scorer name, or macro_mean_percent on the overall row)"),
     C("score", "", "derived", "percent rows: mean 0-100 score of the ok samples (client-side scorers on the served "
-                              "text); perplexity rows: exp(total NLL / scored tokens) from prompt logprobs; overall: "
+                              "text); perplexity rows (PG19): exp(total NLL / scored tokens) of the scored windows "
+                              "given context_tokens of preceding book, from prompt logprobs; overall: "
                               "macro mean of the percent rows"),
     C("mean_input_tokens", "tokens", "engine", "mean server-counted prompt tokens over the samples the server counted"),
     C("truncated", "count", "derived", "samples truncated (at materialization or to fit max_model_len)"),
@@ -590,8 +592,31 @@ E4_QUALITY = Table("e4/quality.csv", (
     C("data_source", "", "label", "synthetic, fixture, local or hub (overall: every source, +-joined)"),
     C("dataset", "", "label", "materialized dataset name (RULER: task-length)"),
     C("reason", "", "label", "distinct failure reasons of the samples (overall: the datasets not ok)"),
+    C("bits_per_token", "bits/token", "derived", "PG19 rows: total NLL / scored tokens / ln 2 over the scored windows "
+                                           "(log2 of score); empty elsewhere"),
+    C("scored_tokens", "tokens", "engine", "PG19 rows: window tokens scored from prompt logprobs, over the ok "
+                                           "samples; empty elsewhere"),
     *stamp_columns(),
 ), "one row per dataset, then an overall row")
+
+E4_BY_LENGTH = Table("e4/quality_by_length.csv", (
+    C("benchmark", "", "label", "ruler, longbench, infinitebench, pg19, or all (every 0-100 sample of the bucket)"),
+    C("task", "", "label", "the benchmark's task, or all"),
+    C("length_bucket", "tokens", "derived", "RULER: the context length; PG19: the preceding-context length; "
+                                            "LongBench and InfiniteBench: the smallest bucket edge (experiments.e4."
+                                            "length_buckets, else the RULER lengths, and max_model_len) >= the "
+                                            "sample's server-counted prompt tokens (ours when the server gave none)"),
+    C("n", "count", "client", "samples in the bucket"),
+    C("n_ok", "count", "client", "samples answered and scored"),
+    C("metric", "", "label", "the task's metric; mean_percent on all rows (every 0-100 sample of the bucket)"),
+    C("score", "", "derived", "mean 0-100 score of the ok samples, or PG19's token-weighted perplexity"),
+    C("score_scale", "", "label", "percent (0-100) or perplexity"),
+    C("bits_per_token", "bits/token", "derived", "PG19 rows: total NLL / scored tokens / ln 2; empty elsewhere"),
+    C("mean_input_tokens", "tokens", "engine", "mean server-counted prompt tokens of the bucket's samples"),
+    C("meaningful", "bool", "derived", "true only with real weights, the real engine and non-fixture data"),
+    C("data_source", "", "label", "synthetic, fixture, local or hub (+-joined)"),
+    *stamp_columns(),
+), "one row per benchmark, task and length bucket, then one all row per bucket")
 
 # -- E5 ------------------------------------------------------------------------------------------
 
@@ -713,7 +738,7 @@ E6_STRESS = Table("e6/stress.csv", (
 
 TABLES: dict[str, Table] = {t.file: t for t in (
     E0_REQUESTS, E1_LATENCY, E1_REQUESTS, E2_CONCURRENCY, E2_REQUESTS, E3_MODE_COMPARISON, E3_REQUESTS,
-    E3_TRANSFERS, E4_QUALITY, E5_MEMORY, E6_STRESS)}
+    E3_TRANSFERS, E4_QUALITY, E4_BY_LENGTH, E5_MEMORY, E6_STRESS)}
 
 
 def table_for(experiment: str, filename: str) -> Table:

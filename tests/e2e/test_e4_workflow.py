@@ -85,9 +85,12 @@ def test_scores_are_in_range_and_not_claimed_as_quality(workflow_dir):
     percent = frame[frame["score_scale"] == "percent"]
     assert percent["score"].between(0, 100).all()
     pg19 = frame[frame["benchmark"] == "pg19"]
-    assert len(pg19) == 1 and pg19.iloc[0]["metric"] == "perplexity"
-    ppl = float(pg19.iloc[0]["score"])
-    assert math.isfinite(ppl) and ppl > 1
+    cfg_pg19 = _config(workflow_dir)["experiments"]["e4"]["benchmarks"]["pg19"]
+    assert sorted(pg19["context_tokens"]) == sorted(cfg_pg19["context_lengths"])  # one row per context length
+    assert (pg19["metric"] == "perplexity").all()
+    for _, row in pg19.iterrows():
+        assert math.isfinite(row["score"]) and row["score"] > 1
+        assert row["bits_per_token"] == pytest.approx(math.log2(row["score"]))
     assert set(frame.loc[frame["benchmark"] == "ruler", "metric"]) <= {"string_match_all", "string_match_part"}
     summary = json.loads((workflow_dir / "results/e4/summary.json").read_text())
     assert summary["meaningful"] is False and "random-embedded" in summary["meaningful_reason"]
@@ -116,7 +119,8 @@ def test_predictions_match_rows_and_are_rescorable(workflow_dir):
         assert p["references"] == sample["outputs"]
         assert 0 < p["input_tokens"] <= max_len - p["max_new_tokens"]
         if p["metric"] == "perplexity":
-            assert p["prediction"] is None and p["score"] > 1 and p["scored_tokens"] == p["input_tokens"] - 1
+            assert p["prediction"] is None and p["score"] > 1 and p["scored_tokens"] == sample["window_tokens"]
+            assert p["input_tokens"] == sample["context_tokens"] + sample["window_tokens"]
             continue
         # the served answer, scored again here, gives the recorded score
         assert isinstance(p["prediction"], str)
@@ -133,6 +137,21 @@ def test_run_metadata_hashes_the_dataset_manifests(workflow_dir):
     assert meta["hash_inputs"]["dataset_manifest_sha256"] == digest == summary["dataset_manifest_sha256"]
     assert meta["config_hash"] == summary["config_hash"] and meta["run_id"] == summary["run_id"]
     assert "--no-enable-prefix-caching" in meta["engine"]["command"]
+
+
+def test_quality_by_length_and_beside_speed(workflow_dir):
+    by_length = pd.read_csv(workflow_dir / "results/e4/quality_by_length.csv")
+    assert not by_length["meaningful"].any()  # random-embedded weights
+    cfg = _config(workflow_dir)["experiments"]["e4"]
+    ruler = by_length[by_length["benchmark"] == "ruler"]
+    assert set(ruler["length_bucket"]) == set(cfg["ruler"]["context_lengths"])
+    pooled = by_length[by_length["benchmark"] == "all"]
+    assert pooled["score"].between(0, 100).all() and len(pooled)
+    preds = _predictions(workflow_dir)
+    assert all(p["length_bucket"] is not None for p in preds)
+    svg = (workflow_dir / "results/e4/beside_speed.svg").read_text()
+    assert "<svg" in svg and "NOT a quality measurement" in svg
+    assert ("E1 run" in svg) == (workflow_dir / "results/e1/latency.csv").is_file()
 
 
 def test_figures_and_packet_section(workflow_dir):

@@ -32,7 +32,7 @@ class WordTokenizer:
     def encode(self, text, add_special_tokens=False):
         return text.split()
 
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=False):
         return " ".join(ids)
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True,
@@ -131,6 +131,20 @@ def test_token_logprobs_matches_each_prompt_token():
         perplexity.token_logprobs(None, [1])
 
 
+def test_pg19_prompt_is_exact_context_then_window_and_only_the_window_is_scored():
+    sample = {"id": "b", "context": "c1 c2 c3 c4", "input": " w1 w2 w3", "context_tokens": 2, "window_tokens": 2}
+    ids, scored = perplexity.pg19_token_ids(WordTokenizer(), sample)
+    assert ids == ["c3", "c4", "w1", "w2"] and scored == 2
+    # the context's logprobs are not scored; bits per token = mean NLL / ln 2
+    f = perplexity.perplexity_fields([None, -9.0, -1.0, -3.0], scored)
+    assert f["scored_tokens"] == 2 and f["nll_sum"] == pytest.approx(4.0)
+    assert f["score"] == pytest.approx(math.exp(2.0)) and f["bits_per_token"] == pytest.approx(2.0 / math.log(2))
+    with pytest.raises(ValueError, match="rematerialize"):
+        perplexity.pg19_token_ids(WordTokenizer(), {**sample, "context_tokens": 9})
+    # no context: the whole window
+    assert perplexity.pg19_token_ids(WordTokenizer(), {**sample, "context_tokens": 0}) == (["w1", "w2"], 2)
+
+
 def test_perplexity_fields():
     f = perplexity.perplexity_fields([None, -1.0, -3.0])
     assert f["scored_tokens"] == 2 and f["nll_sum"] == pytest.approx(4.0)
@@ -175,10 +189,12 @@ def test_dataset_row_aggregates_percent_scores():
 
 
 def test_dataset_row_perplexity_is_token_weighted():
-    ds = specs.Dataset("pg19", "pg19", "pg19")
+    ds = specs.Dataset("pg19", "pg19-4096", "pg19", 4096)
     preds = [_pred(nll_sum=10.0, scored_tokens=10), _pred(nll_sum=40.0, scored_tokens=20)]
     row = verdicts.dataset_row(ds, "perplexity", preds, weights="real", backend_mode="real", data_source="hub")
     assert row["score"] == pytest.approx(math.exp(50.0 / 30)) and row["score_scale"] == "perplexity"
+    assert row["bits_per_token"] == pytest.approx(50.0 / 30 / math.log(2)) and row["scored_tokens"] == 30
+    assert row["context_tokens"] == 4096
     assert row["meaningful"] is True and row["status"] == "ok"
 
 
@@ -229,7 +245,7 @@ def test_default_datasets_cover_ruler_lengths_and_every_fixture():
     keys = [d.key for d in dss]
     assert "ruler/niah_single_1-512" in keys and "ruler/vt-1024" in keys
     for key in ("longbench/qasper", "longbench/gov_report", "longbench/passage_count",
-                "infinitebench/passkey", "infinitebench/longbook_choice_eng", "pg19/pg19"):
+                "infinitebench/passkey", "infinitebench/longbook_choice_eng", "pg19/pg19-256", "pg19/pg19-1024"):
         assert key in keys
     assert len(keys) == len(set(keys))
     r = next(d for d in dss if d.key == "ruler/vt-1024")
@@ -348,22 +364,22 @@ def test_materialize_cli_writes_every_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.chdir(REPO)  # the default fixture paths are relative to the checkout
     cfg = default_config()
-    dataset_specs = [specs.dataset_spec(cfg, "longbench", "passage_count"), specs.dataset_spec(cfg, "pg19", "pg19")]
+    dataset_specs = [specs.dataset_spec(cfg, "longbench", "passage_count"), specs.dataset_spec(cfg, "pg19", "pg19-256")]
     lines = M.materialize_command(dataset_specs, tmp_path / "direct")
     assert lines == [{"dataset": "longbench/passage_count", "count": lines[0]["count"], "source": "local",
                       "tokenizer": specs.EMBEDDED_TOKENIZER},
-                     {"dataset": "pg19/pg19", "count": lines[1]["count"], "source": "local",
+                     {"dataset": "pg19/pg19-256", "count": lines[1]["count"], "source": "local",
                       "tokenizer": specs.EMBEDDED_TOKENIZER}]
     assert cli.main(["materialize", "--specs-json", json.dumps(dataset_specs), "--root", str(tmp_path)]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert out == lines and [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19"]
-    man = read_json(tmp_path / "pg19" / "pg19.manifest.json")
-    assert man["count"] == out[1]["count"]
-    assert man["file"]["sha256"] == sha256_file(tmp_path / "pg19" / "pg19.jsonl")
+    assert out == lines and [o["dataset"] for o in out] == ["longbench/passage_count", "pg19/pg19-256"]
+    man = read_json(tmp_path / "pg19" / "pg19-256.manifest.json")
+    assert man["count"] == out[1]["count"] == 2
+    assert man["file"]["sha256"] == sha256_file(tmp_path / "pg19" / "pg19-256.jsonl")
     assert man["source"]["path"] == "tests/fixtures/e4/pg19" + "/pg19.jsonl"
-    assert all(s["length"] <= 1024 for s in man["samples"])
+    assert all(s["length"] == 256 + 256 for s in man["samples"])  # context + window (config defaults)
     # the same specs give the same bytes, wherever they are written
-    for name in ("pg19/pg19.jsonl", "pg19/pg19.manifest.json", "longbench/passage_count.jsonl"):
+    for name in ("pg19/pg19-256.jsonl", "pg19/pg19-256.manifest.json", "longbench/passage_count.jsonl"):
         assert (tmp_path / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
 
 
@@ -376,11 +392,21 @@ def _fake_results(tmp_path, weights="random-embedded", pg19_source="fixture"):
                              weights=weights, backend_mode="real", data_source="synthetic"),
         verdicts.dataset_row(specs.Dataset("ruler", "vt-1024", "vt", 1024), "string_match_all", [_pred(pct=20.0)],
                              weights=weights, backend_mode="real", data_source="synthetic"),
-        verdicts.dataset_row(specs.Dataset("pg19", "pg19", "pg19"), "perplexity", [_pred(nll_sum=8.0, scored_tokens=1)],
-                             weights=weights, backend_mode="real", data_source=pg19_source),
+        verdicts.dataset_row(specs.Dataset("pg19", "pg19-1024", "pg19", 1024), "perplexity",
+                             [_pred(nll_sum=4.0, scored_tokens=2)], weights=weights, backend_mode="real",
+                             data_source=pg19_source),
+        verdicts.dataset_row(specs.Dataset("pg19", "pg19-256", "pg19", 256), "perplexity",
+                             [_pred(nll_sum=8.0, scored_tokens=1)], weights=weights, backend_mode="real",
+                             data_source=pg19_source),
     ]
     rows.append(verdicts.overall_row(rows))
     pd.DataFrame(rows)[verdicts.QUALITY_COLUMNS].to_csv(tmp_path / "quality.csv", index=False)
+    lines = [{"benchmark": r["benchmark"], "task": r["task"], "dataset": r["dataset"], "length_bucket": r["context_tokens"],
+              "status": "ok", "metric": r["metric"], "score_percent": r["score"], "input_tokens": 100,
+              "nll_sum": math.log(r["score"]) if r["score_scale"] == "perplexity" else None, "scored_tokens": 1}
+             for r in rows[:-1]]
+    pd.DataFrame(verdicts.by_length_rows(lines, rows[:-1]))[verdicts.BY_LENGTH_COLUMNS].to_csv(
+        tmp_path / "quality_by_length.csv", index=False)
     meaningful, why = verdicts.summary_verdict(rows, weights, "real")  # as run() builds the summary
     write_json(tmp_path / "summary.json", {
         "meaningful": meaningful, "meaningful_reason": why, "prompt_tokens_mismatch": [],
@@ -405,10 +431,12 @@ def test_report_marks_random_weights_as_not_meaningful(tmp_path):
     sec = e4_report.report_section(tmp_path)
     assert sec["findings"][0].startswith("NOT a quality measurement")
     assert "macro mean" in sec["findings"][2].lower() and "30.00" in sec["findings"][2]
-    assert "2980.96" in sec["findings"][2]  # exp(8), PG19 perplexity
+    # PG19 by context length, shortest first: exp(8) = 2980.96 at 256, exp(2) = 7.39 at 1024
+    assert sec["findings"][3].startswith("PG19 perplexity of the same scored window")
+    assert "256 tokens: 2980.96 (11.542 bits/token); 1024 tokens: 7.39 (2.885 bits/token)" in sec["findings"][3]
     # the packet takes the SVG figures and their captions from the declaration, not the section
     assert "figures" not in sec
-    assert [f.file for f in e4.EXPERIMENT.figures if f.is_svg] == ["quality.svg", "ruler.svg"]
+    assert [f.file for f in e4.EXPERIMENT.figures if f.is_svg] == ["quality.svg", "ruler.svg", "beside_speed.svg"]
 
 
 def test_report_with_real_weights_claims_quality(tmp_path):
@@ -421,7 +449,7 @@ def test_report_with_real_weights_claims_quality(tmp_path):
 def test_report_with_real_weights_on_fixture_data_is_not_meaningful(tmp_path):
     rows = _fake_results(tmp_path, weights="real")  # the PG19 row ran on the fixture
     s = read_json(tmp_path / "summary.json")
-    assert s["meaningful"] is False is rows[-1]["meaningful"] and s["meaningful_reason"] == "fixture data for pg19"
+    assert s["meaningful"] is False is rows[-1]["meaningful"] and s["meaningful_reason"] == "fixture data for pg19-1024, pg19-256"
     assert e4_report.report_section(tmp_path)["findings"][0].startswith("NOT a quality measurement")
 
 
@@ -490,7 +518,11 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     s = read_json(ctx.outdir / "summary.json")
     quality = pd.read_csv(ctx.outdir / "quality.csv")
     assert list(quality.columns) == verdicts.QUALITY_COLUMNS + list(ctx.stamp())
-    assert list(quality["dataset"]) == ["vt-512", "pg19", "overall"]
+    assert list(quality["dataset"]) == ["vt-512", "pg19-256", "pg19-1024", "overall"]
+    by_length = pd.read_csv(ctx.outdir / "quality_by_length.csv")
+    assert list(by_length.columns) == verdicts.BY_LENGTH_COLUMNS + list(ctx.stamp())
+    assert list(zip(by_length["benchmark"], by_length["length_bucket"])) == [
+        ("pg19", 256), ("pg19", 1024), ("ruler", 512), ("all", 512)]
     vt = [p for p in preds if p["dataset"] == "vt-512"]
     pg = [p for p in preds if p["benchmark"] == "pg19"]
     assert len(vt) == 3 and pg
@@ -503,7 +535,7 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     assert vt_row["mean_input_tokens"] == pytest.approx((vt[1]["input_tokens"] + vt[2]["input_tokens"]) / 2)
     # synthetic RULER is meaningful with real weights, the PG19 fixture is not, so neither is the run
     assert vt_row["meaningful"] is True and s["meaningful"] is False is s["rows"][-1]["meaningful"]
-    assert s["meaningful_reason"] == "fixture data for pg19" and out["meaningful"] is False
+    assert s["meaningful_reason"] == "fixture data for pg19-256, pg19-1024" and out["meaningful"] is False
     assert s["dataset_manifest_sha256"] == specs.combined_manifest_sha256(
         {ds.key: ds.manifest_path(tmp_path / "data") for ds, _, _ in loaded})
     assert s["datasets"]["ruler/vt-512"]["manifest_sha256"] == shas["ruler/vt-512"]
@@ -536,8 +568,91 @@ def test_prepare_fails_before_the_engine_on_a_missing_dataset(tmp_path, monkeypa
 
 def test_declaration_keeps_the_rule_files():
     assert e4.EXPERIMENT.run_paths() == {
-        "quality": "results/e4/quality.csv", "predictions": "results/e4/predictions.jsonl",
+        "quality": "results/e4/quality.csv", "by_length": "results/e4/quality_by_length.csv",
+        "predictions": "results/e4/predictions.jsonl",
         "summary": "results/e4/summary.json", "engine_log": "results/e4/engine.log",
         "metadata": "results/e4/run_metadata.json", "gpu_stats": "results/e4/gpu_stats.json"}
     assert e4.EXPERIMENT.figure_paths() == {"quality": "results/e4/quality.svg", "ruler": "results/e4/ruler.svg",
-                                            "table": "results/e4/quality.html"}
+                                            "table": "results/e4/quality.html",
+                                            "beside_speed": "results/e4/beside_speed.svg"}
+    assert e4.EXPERIMENT.figure_joins == ("e1", "e5")
+
+
+def test_samsum_stops_at_the_newline_token_as_upstream():
+    from context_research.datasets import templates as T
+
+    assert T.LONGBENCH_TASKS["samsum"].stop_at_newline and not T.LONGBENCH_TASKS["qasper"].stop_at_newline
+
+    class NewlineTokenizer(WordTokenizer):
+        def encode(self, text, add_special_tokens=False):
+            return [10] if text == "\n" else text.split()
+
+    fields = {"prompt": "p", "chat": False}
+    assert e4.upstream_stops(fields, {"stop_at_newline": False}, NewlineTokenizer()) == fields
+    assert e4.upstream_stops(fields, {"stop_at_newline": True}, NewlineTokenizer()) == {
+        "prompt": "p", "chat": False, "extra": {"stop_token_ids": [10], "min_tokens": 1}}
+
+
+def test_length_buckets_follow_configured_lengths_else_measured_tokens():
+    edges = verdicts.length_edges(None, [4096, 1024], 32768)
+    assert edges == [1024, 4096, 32768] and verdicts.length_edges([8000], [512], 2048) == [2048, 8000]
+    assert verdicts.length_bucket({"context_tokens": 4096, "input_tokens": 4000}, edges) == 4096  # RULER / PG19
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": 1025}, edges) == 4096
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": 1024}, edges) == 1024
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": None, "input_tokens_local": 9}, edges) == 1024
+    assert verdicts.length_bucket({"context_tokens": None, "input_tokens": None}, edges) is None
+
+
+def test_by_length_rows_group_per_task_and_pool_every_percent_sample():
+    def line(bench, task, dataset, bucket, pct=None, status="ok", **kw):
+        return {"benchmark": bench, "task": task, "dataset": dataset, "length_bucket": bucket, "status": status,
+                "metric": kw.pop("metric", "qa_f1_score"), "score_percent": pct, "input_tokens": 100, **kw}
+
+    preds = [line("longbench", "qasper", "qasper", 1024, 50.0), line("longbench", "qasper", "qasper", 1024, 100.0),
+             line("longbench", "qasper", "qasper", 4096, 0.0),
+             line("ruler", "vt", "vt-1024", 1024, 20.0, metric="string_match_all"),
+             line("pg19", "pg19", "pg19-1024", 1024, metric="perplexity", nll_sum=2.0, scored_tokens=2),
+             line("longbench", "qasper", "qasper", None, 10.0)]
+    info = [{"benchmark": "longbench", "dataset": "qasper", "meaningful": True, "data_source": "local"},
+            {"benchmark": "ruler", "dataset": "vt-1024", "meaningful": True, "data_source": "synthetic"},
+            {"benchmark": "pg19", "dataset": "pg19-1024", "meaningful": False, "data_source": "fixture"}]
+    rows = verdicts.by_length_rows(preds, info)
+    key = {(r["benchmark"], r["task"], r["length_bucket"]): r for r in rows}
+    assert key[("longbench", "qasper", 1024)]["score"] == 75.0 and key[("longbench", "qasper", 1024)]["n"] == 2
+    assert key[("pg19", "pg19", 1024)]["score"] == pytest.approx(math.e) and key[("pg19", "pg19", 1024)]["meaningful"] is False
+    pooled = key[("all", "all", 1024)]
+    assert pooled["score"] == pytest.approx((50 + 100 + 20) / 3) and pooled["n"] == 3  # no perplexity in it
+    assert pooled["meaningful"] is True and pooled["data_source"] == "local+synthetic"
+    assert key[("all", "all", 4096)]["score"] == 0.0
+    assert list(rows[0]) == verdicts.BY_LENGTH_COLUMNS
+
+
+def test_quality_beside_e1_latency_and_e5_memory_at_the_same_lengths(tmp_path):
+    e4_dir = tmp_path / "e4"
+    e4_dir.mkdir()
+    _fake_results(e4_dir)
+    (tmp_path / "e1").mkdir()
+    pd.DataFrame({"prompt_tokens": [512, 2048], "status": ["ok", "ok"], "ttft_ms_p50": [30.0, 90.0],
+                  "tpot_ms_p50": [5.0, 6.0]}).to_csv(tmp_path / "e1" / "latency.csv", index=False)
+    write_json(tmp_path / "e1" / "run_metadata.json", {"run_id": "e1-run"})
+    joined, prov = e4_report.beside_speed_frame(e4_dir)
+    assert prov == "E1 run e1-run; E5 not run"
+    assert joined["e5_kv_used_gib"].isna().all()
+    (tmp_path / "e5").mkdir()
+    pd.DataFrame({"mode": ["aggregated", "disaggregated"], "status": ["ok", "unsupported"],
+                  "prompt_tokens_target": [1024, 1024], "kv_used_analytical_gib": [0.5, None],
+                  "nvml_peak_used_gib": [None, None], "process_rss_gib": [3.0, None]}).to_csv(
+        tmp_path / "e5" / "memory.csv", index=False)
+    joined, prov = e4_report.beside_speed_frame(e4_dir)
+    assert prov == "E1 run e1-run; E5 run unknown"
+    assert joined.set_index("length_tokens").loc[1024, "e5_kv_used_gib"] == 0.5
+    row = joined.set_index("length_tokens")
+    assert list(row.index) == [256, 512, 1024]
+    assert row.loc[512, "e4_score"] == 40.0 and row.loc[512, "e1_ttft_ms_p50"] == 30.0  # same length: joined
+    assert pd.isna(row.loc[1024, "e1_ttft_ms_p50"])  # E1 has no 1024 point: nothing made up
+    assert row.loc[256, "pg19_perplexity"] == pytest.approx(2980.96, abs=0.01) and pd.isna(row.loc[256, "e4_score"])
+    e4_report.make_figures(e4_dir)
+    svg = (e4_dir / "beside_speed.svg").read_text()
+    assert "NOT a quality measurement" in svg and "E1 run e1-run" in svg
+    tables = e4_report.report_section(e4_dir)["tables"]
+    assert tables[1]["caption"].startswith("Quality beside speed") and "NOT a quality measurement" in tables[1]["caption"]

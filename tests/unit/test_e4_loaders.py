@@ -75,7 +75,7 @@ def test_seeded_subset_selection():
 def test_truncation_via_max_input_tokens():
     s = loaders.load_samples("longbench", "qasper", lb(max_input_tokens=40), ws_count)[0][0]
     assert s["truncated"] and s["length"] <= 40
-    assert s["input"].startswith("Read the scientific article") and s["input"].rstrip().endswith("Answer:")
+    assert s["input"].startswith("You are given a scientific article") and s["input"].rstrip().endswith("Answer:")
 
 
 def test_infinitebench_fixtures():
@@ -91,16 +91,33 @@ def test_infinitebench_fixtures():
     assert scorers.score("longbook_choice_eng", "B", by_id["0"]["outputs"]) == 1.0
 
 
-def test_pg19_window():
-    samples, _ = loaders.load_samples("pg19", "pg19", pg(window_tokens=500), ws_count)
+def test_pg19_scores_one_window_after_each_context_length():
+    cfg = pg(window_tokens=100, context_lengths=[50, 400])
     books = {loaders.record_id("pg19", r, i): " ".join(r["text"].split())
              for i, r in enumerate(loaders.load_records("pg19", "pg19", pg())[0])}
-    assert len(samples) == 2
-    for s in samples:
-        assert s["length"] == 500 and s["metric"] == "perplexity" and s["outputs"] == []
-        assert s["input"] in books[s["id"]]
-    again, _ = loaders.load_samples("pg19", "pg19", pg(window_tokens=500), ws_count)
-    assert again == samples
+    by_length = {}
+    for ctx in (50, 400):
+        samples, _ = loaders.load_samples("pg19", "pg19", {**cfg, "context_tokens": ctx}, ws_count)
+        assert len(samples) == 2
+        for s in samples:
+            assert s["metric"] == "perplexity" and s["outputs"] == [] and s["context_tokens"] == ctx
+            assert ws_count(s["input"]) == 100 and ws_count(s["context"]) == ctx  # one word = one token here
+            book = books[s["id"]].split()
+            # the window starts after the longest context; the context is what precedes it
+            assert s["window"]["start_word"] == 400 and s["input"].split() == book[400:500]
+            assert s["context"].split() == book[400 - ctx:400]
+        by_length[ctx] = samples
+    assert [s["input"] for s in by_length[50]] == [s["input"] for s in by_length[400]]  # the same scored text
+    again, _ = loaders.load_samples("pg19", "pg19", {**cfg, "context_tokens": 50}, ws_count)
+    assert again == by_length[50]
+
+
+def test_pg19_skips_books_too_short_for_the_longest_context():
+    samples, source = loaders.load_samples("pg19", "pg19", pg(window_tokens=100, context_lengths=[2500]), ws_count)
+    assert [s["window"]["book_words"] for s in samples] == [3002]
+    assert source["skipped_too_short"] and len(source["skipped_too_short"]) == 1
+    with pytest.raises(ConfigError, match="context_lengths"):
+        loaders.load_samples("pg19", "pg19", pg(window_tokens=100), ws_count)
 
 
 def test_missing_data_raises_config_error_naming_key(tmp_path):
@@ -166,7 +183,7 @@ def _check_manifest(out, man_path, source_file=None):
 @pytest.mark.parametrize("benchmark,task,cfg,source", [
     ("longbench", "qasper", lb(count=3, seed=1), FIX / "longbench" / "qasper.jsonl"),
     ("infinitebench", "longbook_choice_eng", ib(seed=2), FIX / "infinitebench" / "longbook_choice_eng.jsonl"),
-    ("pg19", "pg19", pg(window_tokens=300, seed=0), FIX / "pg19" / "pg19.jsonl"),
+    ("pg19", "pg19", pg(window_tokens=300, context_lengths=[100], seed=0), FIX / "pg19" / "pg19.jsonl"),
     ("ruler", "niah_multikey_2", {"context_tokens": 400, "count": 3, "seed": 5}, None),
 ])
 def test_materialize_manifest_and_byte_identical(tmp_path, benchmark, task, cfg, source):
@@ -193,3 +210,42 @@ def test_materialize_accepts_e4_block_and_ruler_qa_needs_records(tmp_path):
         materialize_subset("ruler", "qa", {"context_tokens": 500}, ws_count, tmp_path / "q.jsonl", tmp_path / "q.json")
     with pytest.raises(ConfigError, match="context_tokens"):
         materialize_subset("ruler", "vt", {}, ws_count, tmp_path / "v.jsonl", tmp_path / "v.json")
+
+
+def test_upstream_prompts_and_chat_flags():
+    prompts = T.upstream_prompts()
+    assert prompts["longbench"]["source"]["repo"] == "THUDM/LongBench"
+    assert len(prompts["longbench"]["source"]["commit"]) == 40
+    gov = T.LONGBENCH_TASKS["gov_report"]
+    assert gov.template.startswith("You are given a report by a government agency.") and gov.max_new_tokens == 512
+    # upstream keeps its typo; pred.py skips the chat template on these six tasks only
+    assert "asconcisely" in T.LONGBENCH_TASKS["narrativeqa"].template
+    assert {t for t, s in T.LONGBENCH_TASKS.items() if not s.chat_template} == {"trec", "triviaqa", "samsum", "lcc",
+                                                                                "repobench-p"}
+    assert T.LONGBENCH_TASKS["trec"].system_prompt is None
+    ib_spec = T.INFINITEBENCH_TASKS["passkey"]
+    assert ib_spec.chat_template and ib_spec.system_prompt == "You are a helpful assistant"
+    assert ib_spec.truncation == "infinitebench" and ib_spec.max_new_tokens == 6
+    s = loaders.longbench_sample("qasper", {"_id": "x", "context": "C {braces}", "input": "Q?", "answers": ["a"]},
+                                 ws_count)
+    assert "Article: C {braces}\n\n Answer the question" in s["input"] and s["chat_template"] is True
+
+
+def test_infinitebench_prompts_fill_upstream_fields():
+    rec = {"id": 1, "context": "book", "input": "Who?", "answer": ["Yellow"], "options": ["Green", "Yellow", "Red", "Blue"]}
+    s = loaders.infinitebench_sample("longbook_choice_eng", rec, ws_count)
+    assert s["input"].endswith("A. Green\nB. Yellow\nC. Red\nD. Blue") and "Question: Who?" in s["input"]
+    assert s["outputs"] == ["Yellow", "B"] and s["system_prompt"] == "You are a helpful assistant"
+    mf = loaders.infinitebench_sample("math_find", {"id": 2, "context": "1, 5, 3", "input": "The largest number of the list is:",
+                                                    "answer": [5]}, ws_count)
+    assert mf["input"].startswith("What is the largest number in the following list?\n\n1, 5, 3")
+    assert mf["outputs"] == ["5"]
+
+
+def test_manifest_records_the_prompt_template_source(tmp_path):
+    from context_research.datasets.materialize import materialize_subset
+
+    m = materialize_subset("longbench", "qasper", lb(count=1), ws_count, tmp_path / "q.jsonl", tmp_path / "q.json")
+    assert m["prompt_template"]["repo"] == "THUDM/LongBench" and len(m["prompt_template"]["commit"]) == 40
+    m = materialize_subset("infinitebench", "passkey", ib(count=1), ws_count, tmp_path / "p.jsonl", tmp_path / "p.json")
+    assert m["prompt_template"]["repo"] == "OpenBMB/InfiniteBench"

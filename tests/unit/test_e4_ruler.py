@@ -109,13 +109,13 @@ def test_depths_place_needles():
 
 def test_cwe_and_fwe_answers_are_the_most_frequent():
     s = ruler.generate("cwe", 1, 2000, ws_count, seed=4)[0]
-    body = s["input"].split("\n\n")[1]
+    body = s["input"].split("\n")[1]  # RULER's template: instruction, list, question on their own lines
     words = [tok for tok in body.split() if not tok.endswith(".")]
     counts = Counter(words)
     assert {w for w, _ in counts.most_common(10)} == set(s["outputs"])
     assert all(counts[w] == 30 for w in s["outputs"])
     f = ruler.generate("fwe", 1, 2000, ws_count, seed=4)[0]
-    body = f["input"].split("\n\n")[1]
+    body = f["input"].split("coded words. ", 1)[1].split("\nQuestion:")[0]
     top = Counter(body.split()).most_common(4)
     assert [w for w, _ in top[:3]] == f["outputs"]
     assert top[0][1] > top[1][1] > top[2][1] > top[3][1]
@@ -158,3 +158,16 @@ def test_sample_seed_values_are_pinned():
     assert ruler.sample_seed(0, "vt", 512, 0) == 1344329270180507786
     assert ruler.sample_seed(7, "niah_single_1", 4096, -1) == 4248118157216682375
     assert ruler.sample_seed(3, "pg19", 300, "pg19-123") == 15541109574044505472
+
+
+def test_prompts_are_rulers_templates():
+    assert len(ruler.PROMPT_SOURCE["commit"]) == 40
+    s = ruler.generate("niah_single_1", 1, 500, ws_count, seed=1)[0]
+    assert s["input"].startswith("Some special magic numbers are hidden within the following text. Make sure to "
+                                 "memorize it. I will quiz you about the numbers afterwards.\n")
+    assert s["answer_prefix"].startswith(" The special magic numbers for ")
+    assert s["answer_prefix"].endswith(" mentioned in the provided text are")
+    f = ruler.generate("fwe", 1, 800, ws_count, seed=1)[0]
+    assert f["answer_prefix"] == " Answer: According to the coded text above, the three most frequently appeared words are:"
+    c = ruler.generate("cwe", 1, 2000, ws_count, seed=1)[0]
+    assert c["input"].endswith("\nQuestion: What are the 10 most common words in the above list?")

@@ -35,8 +35,8 @@ def test_string_match_all_and_part():
 
 
 def test_rouge_l_known_pair():
-    # LCS(the cat sat on the mat, the cat was on the mat) = "the cat on the mat" = 5 of 6 tokens
-    assert S.rouge_score("the cat sat on the mat", ["the cat was on the mat"]) == pytest.approx(5 / 6)
+    # the rouge package (LongBench's): LCS 5 of 6 tokens, F with its beta and 1e-8 smoothing = 0.8
+    assert S.rouge_score("the cat sat on the mat", ["the cat was on the mat"]) == pytest.approx(0.8, abs=1e-7)
     assert S.rouge_score("", ["anything"]) == 0.0
 
 
@@ -59,8 +59,9 @@ def test_code_sim():
     pred = "```python\n# the next line\nx = foo(1)\n```"
     assert S.first_code_line(pred) == "x = foo(1)"
     assert S.code_sim_score(pred, ["x = foo(1)"]) == pytest.approx(1.0)
-    # Indel similarity: 2*3 matching chars / (4+4) = 0.75
+    # difflib ratio: 2*3 matching chars / (4+4) = 0.75; fuzzywuzzy rounds to a whole percent
     assert S.code_sim_score("abcd", ["abce"]) == pytest.approx(0.75)
+    assert S.code_sim_score("abc", ["abd"]) == pytest.approx(0.67)
 
 
 def _longbench(task, outputs, all_classes=()):
@@ -91,12 +92,12 @@ def test_infinitebench_scorers():
     assert S.longbook_choice_score("", gold) == 0.0
     assert S.longbook_qa_f1_score("the cat sat", ["a cat sat down"]) == pytest.approx(0.8)
     assert S.math_find_score("The largest number is 97.", ["97"]) == 1.0
-    assert S.math_find_score("It is -3", ["-3"]) == 1.0
+    assert S.math_find_score("It is -3", ["-3"]) == 0.0  # upstream's regex has no sign
     assert S.math_find_score("2.5 then 7", ["2.5"]) == 1.0
     assert S.math_find_score("none", ["1"]) == 0.0
     dbg = ["func_b", "B"]
     assert S.code_debug_score("B. func_b", dbg) == 1.0
-    assert S.code_debug_score("func_b has the bug", dbg) == 1.0
+    assert S.code_debug_score("func_b has the bug", dbg) == 0.0  # no answer prefix upstream
     assert S.code_debug_score("The correct answer is: B", dbg) == 1.0
     assert S.code_debug_score("A", dbg) == 0.0
 

@@ -44,7 +44,7 @@ def test_every_evidence_column_is_declared(path):
 def test_tables_cover_every_experiment_csv():
     assert sorted(TABLES) == ["e0/requests.csv", "e1/latency.csv", "e1/requests.csv", "e2/concurrency.csv",
                               "e2/requests.csv", "e3/mode_comparison.csv", "e3/requests.csv", "e3/transfers.csv",
-                              "e4/quality.csv", "e5/memory.csv", "e6/stress.csv"]
+                              "e4/quality.csv", "e4/quality_by_length.csv", "e5/memory.csv", "e6/stress.csv"]
     for key, table in TABLES.items():
         assert table.file == key
         assert set(STAMP) <= set(table.names), f"{key} lacks the run stamp"

@@ -82,6 +82,12 @@ def figure_outputs(experiment):
             for fig in experiment.figures}
 
 
+def figure_join_inputs(experiment):
+    """Results of the experiments an experiment's figures join (E4: E1 and E5), when reported."""
+    return [path for name in experiment.figure_joins if name in REPORT_EXPERIMENTS
+            for path in EXPERIMENTS[name].run_paths().values()]
+
+
 def report_inputs(wildcards):
     """What an experiment's markdown section shows: its run metadata, analysis tables and figures."""
     return [getattr(rules, wildcards.experiment).output.metadata,

@@ -60,6 +60,7 @@ for _exp in EXPERIMENTS.values():
         input:
             getattr(rules, _exp.name).output,
             analysis_outputs(_exp),
+            figure_join_inputs(_exp),
         output:
             **figure_outputs(_exp),
         params:

@@ -9,7 +9,8 @@ A benchmark block of the config (``experiments.e4.benchmarks.<benchmark>``) may 
 * ``use_hub`` (default true), ``hub_id``, ``revision``, ``cache_dir``: go through
   ``datasets.load_dataset`` (hub or local HF cache) when no local file is found.
 * ``seed`` (default 0), ``count`` (default: all records), ``max_input_tokens`` (middle
-  truncation of the whole prompt), PG19 ``window_tokens`` (default 4096).
+  truncation of the whole prompt), PG19 ``context_lengths`` / ``context_tokens`` and
+  ``window_tokens`` (``pg19_sample``).
 
 A local file wins over the hub. If neither yields data, ``ConfigError`` names the dataset,
 the task, the key to set and what to download. A malformed file is a ``ConfigError`` naming the
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from context_research.datasets import templates as T
-from context_research.datasets.ruler import sample_seed
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file
 from context_research.quality.prompting import truncate_middle_text
@@ -247,13 +247,17 @@ def _maybe_truncate(text: str, block: dict, count_tokens: CountTokens) -> tuple[
 
 
 def _templated_sample(benchmark: str, tasks: dict[str, T.TaskSpec], task: str, record: dict,
-                      count_tokens: CountTokens, block: dict | None, options: list[str] | None = None) -> dict:
-    """The fields a LongBench or InfiniteBench sample shares: the task's template filled with the
-    record, middle-truncated to ``max_input_tokens``, its metric and generation length."""
+                      count_tokens: CountTokens, block: dict | None) -> dict:
+    """The fields a LongBench or InfiniteBench sample shares: the task's upstream template filled
+    with the record, optionally middle-truncated to ``max_input_tokens``, its metric, generation
+    length, and how upstream sends it (chat template or not, system message, truncation)."""
     spec = tasks.get(task)
     if spec is None:
-        raise ConfigError(f"{benchmark}: no prompt template for task {task!r}; known: {sorted(tasks)}")
-    text = T.render(spec, str(record["context"]), str(record["input"] or ""), options)
+        raise ConfigError(f"{benchmark}: no upstream prompt template for task {task!r}; known: {sorted(tasks)}")
+    if benchmark == "longbench":
+        text = T.render_longbench(spec, record)
+    else:
+        text = T.render_infinitebench(task, spec, record)
     text, truncated = _maybe_truncate(text, block or {}, count_tokens)
     return {
         "benchmark": benchmark,
@@ -262,6 +266,10 @@ def _templated_sample(benchmark: str, tasks: dict[str, T.TaskSpec], task: str, r
         "answer_prefix": "",
         "metric": spec.metric,
         "max_new_tokens": spec.max_new_tokens,
+        "chat_template": spec.chat_template,
+        "system_prompt": spec.system_prompt,
+        "truncation": spec.truncation,
+        "stop_at_newline": spec.stop_at_newline,
         "length": int(count_tokens(text)),
         "truncated": truncated,
     }
@@ -281,7 +289,7 @@ def longbench_sample(task: str, record: dict, count_tokens: CountTokens, block: 
 
 def infinitebench_sample(task: str, record: dict, count_tokens: CountTokens, block: dict | None = None) -> dict:
     options = [str(o) for o in (record.get("options") or [])]
-    sample = _templated_sample("infinitebench", T.INFINITEBENCH_TASKS, task, record, count_tokens, block, options)
+    sample = _templated_sample("infinitebench", T.INFINITEBENCH_TASKS, task, record, count_tokens, block)
     answer = record["answer"]
     answers = [str(answer)] if not isinstance(answer, list) else [str(a) for a in answer]
     if task in ("longbook_choice_eng", "code_debug") and options:
@@ -289,59 +297,89 @@ def infinitebench_sample(task: str, record: dict, count_tokens: CountTokens, blo
     return {**sample, "id": str(record["id"]), "outputs": answers, "metric_kwargs": {}}
 
 
-def _fit_words(words: Sequence[str], start: int, budget: int, count_tokens: CountTokens) -> int:
-    """Largest ``w`` with ``count_tokens(" ".join(words[start:start+w])) <= budget``. Every word
-    takes at least one token, so no more than ``budget`` words are tried (a long book is not
-    tokenized whole)."""
-    avail = min(len(words) - start, budget)
-    if avail <= 0:
+def _words_reaching(words: Sequence[str], need: int, count_tokens: CountTokens, *, start: int = 0,
+                    stop: int | None = None) -> int | None:
+    """Fewest words whose joined text has ``count_tokens >= need``: ``words[start:start + k]``,
+    or, with ``stop``, the ``k`` words right before it (``words[stop - k:stop]``). None when
+    all of them do not reach ``need``. Every word takes at least one token, so no more than
+    ``need`` words are tried (a long book is never tokenized whole)."""
+    if need <= 0:
         return 0
+    avail = (stop if stop is not None else len(words) - start)
+    hi = min(avail, need)
 
-    def ok(w: int) -> bool:
-        return count_tokens(" ".join(words[start:start + w])) <= budget
+    def text(k: int) -> str:
+        return " ".join(words[stop - k:stop]) if stop is not None else " ".join(words[start:start + k])
 
-    if ok(avail):
-        return avail
-    lo, hi = 0, avail
+    if hi <= 0 or count_tokens(text(hi)) < need:
+        return None
+    lo = 0  # text(lo) < need <= text(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
+        if count_tokens(text(mid)) >= need:
             hi = mid
-    return lo
+        else:
+            lo = mid
+    return hi
 
 
-def pg19_sample(sid: str, record: dict, count_tokens: CountTokens, window_tokens: int, seed: int,
-                task: str = "pg19") -> dict:
-    """A window of ``window_tokens`` tokens (by ``count_tokens``) of the book, starting at a
-    seeded word offset; whitespace is normalised to single spaces. A book shorter than the
-    window yields the whole book (``length < window_tokens``)."""
+def pg19_sample(sid: str, record: dict, count_tokens: CountTokens, context_tokens: int, window_tokens: int,
+                max_context_tokens: int, task: str = "pg19") -> dict | None:
+    """One long-context perplexity sample of a book: a scored window of ``window_tokens`` tokens
+    that starts after the book's first ``max_context_tokens`` tokens, and the
+    ``context_tokens`` tokens right before it as context. The window is the same for every
+    context length, so lengths differ only in how much of the book precedes it.
+
+    ``context`` and ``input`` (the window, with the space that precedes it in the book) hold
+    at least that many tokens; the run takes exactly the last ``context_tokens`` of the context
+    and the first ``window_tokens`` of the window (``perplexity.pg19_token_ids``). Whitespace
+    is normalised to single spaces. None when the book is too short."""
     if window_tokens <= 0:
         raise ConfigError(f"{KEY_PREFIX}.pg19.window_tokens must be > 0, got {window_tokens}")
+    if not 0 <= context_tokens <= max_context_tokens:
+        raise ConfigError(f"pg19: context length {context_tokens} must be in [0, {max_context_tokens}]")
     words = str(record["text"]).split()
-    w0 = _fit_words(words, 0, window_tokens, count_tokens)
-    rng = random.Random(sample_seed(seed, task, window_tokens, sid))
-    start = rng.randint(0, max(0, len(words) - w0))
-    n = _fit_words(words, start, window_tokens, count_tokens)
-    text = " ".join(words[start:start + n])
+    window_start = _words_reaching(words, max_context_tokens, count_tokens)
+    if window_start is None:
+        return None
+    window_words = _words_reaching(words, window_tokens, count_tokens, start=window_start)
+    context_words = _words_reaching(words, context_tokens, count_tokens, stop=window_start)
+    if window_words is None or context_words is None:
+        return None
+    context = " ".join(words[window_start - context_words:window_start])
+    window = " " + " ".join(words[window_start:window_start + window_words])
     return {
         "id": sid,
         "benchmark": "pg19",
         "task": task,
-        "input": text,
+        "context": context,
+        "input": window,
         "outputs": [],
         "answer_prefix": "",
         "metric": "perplexity",
         "metric_kwargs": {},
         "max_new_tokens": 1,
-        "length": int(count_tokens(text)),
+        "context_tokens": int(context_tokens),
+        "window_tokens": int(window_tokens),
+        "length": int(context_tokens) + int(window_tokens),
         "truncated": False,
-        "window": {"start_word": start, "n_words": n, "book_words": len(words)},
+        "window": {"start_word": window_start, "n_words": window_words, "context_words": context_words,
+                   "book_words": len(words)},
         "title": record.get("short_book_title"),
         "url": record.get("url"),
         "publication_date": record.get("publication_date"),
     }
+
+
+def pg19_lengths(block: dict) -> tuple[int, int, list[int]]:
+    """(this dataset's context length, window tokens, every configured context length)."""
+    lengths = sorted({int(x) for x in (block.get("context_lengths") or [])})
+    context = block.get("context_tokens")
+    if context is None:
+        if not lengths:
+            raise ConfigError(f"{KEY_PREFIX}.pg19.context_lengths: give at least one context length in tokens")
+        context = lengths[-1]
+    return int(context), int(block.get("window_tokens", 1024)), sorted(set(lengths) | {int(context)})
 
 
 def load_samples(benchmark: str, task: str, cfg: dict | None, count_tokens: CountTokens) -> tuple[list[dict], dict]:
@@ -356,6 +394,10 @@ def load_samples(benchmark: str, task: str, cfg: dict | None, count_tokens: Coun
     elif benchmark == "infinitebench":
         samples = [infinitebench_sample(task, r, count_tokens, block) for _, r in chosen]
     else:
-        wt = int(block.get("window_tokens", 4096))
-        samples = [pg19_sample(sid, r, count_tokens, wt, seed, task) for sid, r in chosen]
+        context, window, lengths = pg19_lengths(block)
+        built = [(sid, pg19_sample(sid, r, count_tokens, context, window, lengths[-1], task)) for sid, r in chosen]
+        samples = [s for _, s in built if s is not None]
+        too_short = [sid for sid, s in built if s is None]
+        if too_short:  # the books cannot hold the longest context plus the window
+            source = {**source, "skipped_too_short": too_short}
     return samples, source

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from context_research.datasets import loaders, ruler
+from context_research.datasets import loaders, ruler, templates
 from context_research.datasets.specs import DATA_ROOT, Dataset, spec_dataset
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file, sha256_obj
@@ -24,7 +24,7 @@ from context_research.models import require_tokenizer
 from context_research.quality.prompting import ChatPrompter, load_tokenizer, token_counter
 
 CountTokens = Callable[[str], int]
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: prompt_template (upstream prompts, issue #16)
 # Headroom of the automatic RULER reserve: templated lengths differ by a token or two between
 # samples (the answer prefix names different keys), and the reserve is measured on one of them.
 RULER_RESERVE_SLACK = 8
@@ -61,6 +61,16 @@ def ruler_samples(task: str, block: dict, count_tokens: CountTokens) -> tuple[li
     return samples, source
 
 
+def prompt_template_source(benchmark: str) -> dict | None:
+    """Where the benchmark's prompt wording comes from (repository, commit, file), or None
+    (PG19 has no prompt: its windows are scored as they are)."""
+    if benchmark in ("longbench", "infinitebench"):
+        return templates.prompt_source(benchmark)
+    if benchmark == "ruler":
+        return dict(ruler.PROMPT_SOURCE)
+    return None
+
+
 def materialize_subset(
     benchmark: str,
     task: str,
@@ -95,6 +105,7 @@ def materialize_subset(
         "requested_count": block.get("count"),
         "config": {k: v for k, v in sorted(block.items()) if k not in ("files",)},
         "tokenizer": tokenizer,
+        "prompt_template": prompt_template_source(benchmark),
         "samples": [
             {"id": s["id"], "length": s["length"], "sha256": sha256_obj(s), "truncated": bool(s.get("truncated", False))}
             for s in samples

@@ -4,7 +4,9 @@ Hsieh et al. 2024, "RULER: What's the Real Context Size of Your Long-Context Lan
 Models?" (arXiv:2404.06654). Task families: needle-in-a-haystack (single, multi-key,
 multi-value, multi-query), variable tracking (vt), common-words extraction (cwe),
 frequent-words extraction (fwe) and QA over distractor documents (qa, only when source
-records are supplied). Prompt wording is our own paraphrase of the paper's templates.
+records are supplied). Prompt wording and answer prefixes are RULER's own
+(``scripts/data/synthetic/constants.py`` at ``PROMPT_SOURCE``); the haystacks are generated
+here (noise sentences, wonderwords words or distractor needles; no Paul Graham essays).
 
 Every generator has the signature::
 
@@ -36,6 +38,18 @@ from context_research.hashing import sha256_text
 
 CountTokens = Callable[[str], int]
 Builder = Callable[[int], dict]
+
+# Recorded in each RULER manifest. The templates below are upstream's TASKS[*]["template"] and
+# ["answer_prefix"] (the count words of cwe/fwe are upstream's at the default num_cw / num_top).
+PROMPT_SOURCE = {"repo": "NVIDIA/RULER", "commit": "c3f5e3b4f87f97e048793bb510a3a6b19a46bf3a",
+                 "suite": "RULER synthetic tasks",
+                 "prompt": "scripts/data/synthetic/constants.py TASKS template + answer_prefix",
+                 "metric": "scripts/eval/synthetic/constants.py string_match_all / string_match_part",
+                 "chat_template": "the served model's (RULER's model template), the answer prefix continued as "
+                                  "the assistant turn",
+                 "haystack": "generated here: noise sentences, wonderwords words or distractor needles (no essays)"}
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine",
+                 10: "ten"}
 
 NOISE_SENTENCES = (
     "The grass is green.",
@@ -322,12 +336,10 @@ def _niah(
 
             units = _Stream(distractor, s ^ 0xD157).take
 
-        head = (
-            f"Some special magic {value_type} are hidden inside the text below. Memorize them, "
-            f"because I will ask you about them afterwards.\n\n"
-        )
-        question = f"\n\nWhat are all the special magic {value_type} for {query_text} mentioned in the text above?"
-        prefix = f"The special magic {value_type} for {query_text} mentioned in the text above are"
+        head = (f"Some special magic {value_type} are hidden within the following text. Make sure to memorize it. "
+                f"I will quiz you about the {value_type} afterwards.\n")
+        question = f"\nWhat are all the special magic {value_type} for {query_text} mentioned in the provided text?"
+        prefix = f" The special magic {value_type} for {query_text} mentioned in the provided text are"
 
         def build(n: int, _u=units, _w=where, _nd=needles, _h=head, _q=question, _p=prefix, _g=gold, _sep=sep) -> dict:
             body = _sep.join(_insert(_u(n), list(zip(_w, _nd))))
@@ -417,10 +429,10 @@ def variable_tracking(
                 return [NOISE_SENTENCES[j % len(NOISE_SENTENCES)] for j in range(n)]
         else:
             units = _Stream(lambda r: r.choice(wordlists()["all"]), s ^ 0x5EED).take
-        head = "Memorize and track the chain(s) of variable assignments hidden in the text below.\n\n"
-        question = f"\n\nQuestion: Find all variables that are assigned the value {value} in the text above."
-        prefix = (f"Answer: Following the chain(s) of variable assignments in the text above, "
-                  f"{num_hops + 1} variables are assigned the value {value}, they are:")
+        head = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+        question = f"\nQuestion: Find all variables that are assigned the value {value} in the text above."
+        prefix = (f" Answer: According to the chain(s) of variable assignment in the text above, "
+                  f"{num_hops + 1} variables are assigned the value {value}, they are: ")
 
         def build(n: int, _u=units, _ins=inserts, _h=head, _q=question, _p=prefix, _g=gold) -> dict:
             return {"input": _h + " ".join(_insert(_u(n), _ins)) + _q, "outputs": _g, "answer_prefix": _p}
@@ -474,10 +486,10 @@ def common_words_extraction(
         # each uncommon word costs >= freq_ucw tokens, so budget // freq_ucw bounds the need
         vocab = _vocabulary(rng, num_cw + min(max_unique_words, budget // freq_ucw + 1))
         common, rare = vocab[:num_cw], vocab[num_cw:]
-        head = ("Below is a numbered list of words. Some of them appear more often than the others. "
-                "Memorize the ones that appear most often.\n\n")
-        question = f"\n\nQuestion: What are the {num_cw} most common words in the list above?"
-        prefix = f"Answer: The {num_cw} words that appear most often in the list are:"
+        head = ("Below is a numbered list of words. In these words, some appear more often than others. "
+                "Memorize the ones that appear most often.\n")
+        question = f"\nQuestion: What are the {num_cw} most common words in the above list?"
+        prefix = f" Answer: The top {num_cw} words that appear most often in the list are:"
 
         def build(n: int, _s=s, _c=common, _r=rare, _h=head, _q=question, _p=prefix) -> dict:
             entries = [w for w in _c for _ in range(freq_cw)] + [w for w in _r[:n] for _ in range(freq_ucw)]
@@ -538,11 +550,12 @@ def frequent_words_extraction(
         else:
             words = _vocabulary(rng, vocab_size)
         draws = _Stream(lambda r: min(bisect.bisect_left(cdf, r.random()), vocab_size - 1), s ^ 0xF3E).take
-        head = ("Read the coded text below and keep track of how often each coded word appears. "
-                f"Find the {num_top} coded words that appear most often.\n\n")
-        question = (f"\n\nQuestion: Do not give any explanation. What are the {num_top} most frequently "
-                    "appearing words in the coded text above?")
-        prefix = f"Answer: The {num_top} most frequently appearing words in the coded text above are:"
+        top = _NUMBER_WORDS.get(num_top, str(num_top))
+        head = ("Read the following coded text and track the frequency of each coded word. "
+                f"Find the {top} most frequently appeared coded words. ")
+        question = (f"\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the {top} "
+                    "most frequently appeared words in the above coded text?")
+        prefix = f" Answer: According to the coded text above, the {top} most frequently appeared words are:"
 
         def build(n: int, _d=draws, _w=words, _h=head, _q=question, _p=prefix) -> dict:
             ranks = list(_d(n))
@@ -634,7 +647,7 @@ def qa(
     if n_samples > len(parsed):
         picks += [parsed[j] for j in pick_rng.choices(range(len(parsed)), k=n_samples - len(parsed))]
     params = dict(reserve_tokens=reserve_tokens, n_records=len(parsed))
-    instr = "Answer the question using the documents below. Give only the answer, no other words."
+    instr = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
     out = []
     for i, (rid, question, golden, answers) in enumerate(picks):
         s = sample_seed(seed, task, context_tokens, i)
@@ -642,12 +655,13 @@ def qa(
         distractors = [c for c in contexts if c != golden]
         rng.shuffle(distractors)
         depth = rng.uniform(0, 1)
-        q = f"\n\n{instr}\n\nQuestion: {question}"
+        q = f"\n\n{instr}\n\nQuestion: {question}"  # RULER's qa template: instruction, documents, again
 
         def build(n: int, _d=distractors, _g=golden, _dp=depth, _q=q, _a=answers) -> dict:
             docs = _insert(_d[:n], [(_dp, _g)])
             body = "\n\n".join(f"Document {j + 1}:\n{t}" for j, t in enumerate(docs))
-            return {"input": f"{instr}\n\n{body}{_q}", "outputs": _a, "answer_prefix": "Answer:"}
+            return {"input": f"{instr}\n\nThe following are given documents.\n\n{body}{_q}", "outputs": _a,
+                    "answer_prefix": " Answer:"}
 
         built, length = _fit(build, count_tokens, budget, task, max_units=len(distractors))
         sample = _sample(task, i, seed, context_tokens, built, length, "string_match_part", max_new_tokens,

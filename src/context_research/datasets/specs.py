@@ -1,6 +1,7 @@
 """Which E4 datasets the config asks for, and everything each one's materialization depends on.
 
-RULER datasets are named ``{task}-{context_tokens}``; the others by their task. Each lives at
+RULER and PG19 datasets are named ``{task}-{context_tokens}`` (PG19: the preceding-context length);
+the others by their task. Each lives at
 ``results/data/{benchmark}/{name}.jsonl`` plus a manifest (``datasets.materialize``); a spec
 (``dataset_spec``) is the ``e4_data`` rule's params, so only what a dataset depends on reruns it.
 """
@@ -14,6 +15,7 @@ from ..config import model_profile
 from ..errors import ConfigError
 from ..hashing import sha256_file, sha256_obj
 from ..models import dummy_model_dir
+from . import templates
 from .loaders import explicit_file_problem, local_candidates
 
 DATA_ROOT = Path("results/data")
@@ -50,8 +52,13 @@ def datasets(e4: dict) -> list[Dataset]:
         for ctx in ruler.get("context_lengths") or []:
             out.append(Dataset("ruler", f"{task}-{int(ctx)}", task, int(ctx)))
     for bench in BENCHMARKS[1:]:
-        for task in (e4.get("benchmarks") or {}).get(bench, {}).get("tasks") or []:
-            out.append(Dataset(bench, task, task))
+        block = (e4.get("benchmarks") or {}).get(bench, {}) or {}
+        for task in block.get("tasks") or []:
+            if bench == "pg19":  # one dataset per preceding-context length, like RULER
+                for ctx in block.get("context_lengths") or []:
+                    out.append(Dataset(bench, f"{task}-{int(ctx)}", task, int(ctx)))
+            else:
+                out.append(Dataset(bench, task, task))
     return out
 
 
@@ -86,6 +93,8 @@ def dataset_block(e4: dict, ds: Dataset) -> dict:
         block["seed"] = int(e4.get("seed", 0))
     files = block.get("files") or {}
     block["files"] = {ds.task: files[ds.task]} if ds.task in files else {}
+    if ds.benchmark == "pg19":
+        block["context_tokens"] = ds.context_tokens
     return _drop_none(block)
 
 
@@ -108,6 +117,9 @@ def dataset_spec(config: dict, benchmark: str, name: str) -> dict:
     ds = find_dataset(e4, benchmark, name)
     spec = {"benchmark": ds.benchmark, "name": ds.name, "task": ds.task, "context_tokens": ds.context_tokens,
             "block": dataset_block(e4, ds), "tokenizer": tokenizer_source(config)}
+    if ds.benchmark in ("longbench", "infinitebench"):
+        # a new upstream template version rematerializes the prompts
+        spec["prompt_template"] = templates.prompt_source(ds.benchmark)
     if ds.benchmark == "ruler" and "reserve_tokens" not in spec["block"]:
         # the automatic reserve is measured through the chat template the engine run will use
         spec["chat"] = {"system_prompt": e4.get("system_prompt"), "prefill_answer": e4.get("prefill_answer_prefix", True)}

@@ -73,6 +73,8 @@ class Experiment:
     optional_outputs: dict[str, str] = field(default_factory=dict)
     # Files the run reads besides the model (E4: its materialized datasets), from the config.
     data_inputs: Callable[[dict], list[str]] | None = None
+    # Experiments whose results this one's figures join when they are in the report (E4: E1, E5).
+    figure_joins: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.engines not in (ONE_ENGINE, SEVERAL_ENGINES):

@@ -8,13 +8,15 @@
   ``datasets.specs``, the writing in ``datasets.materialize``).
 * ``prepare`` loads those files and hashes their manifests before the engine starts (a missing
   or edited dataset fails there); the manifests' combined hash enters the config hash.
-* One engine start serves every sample: the chat template with thinking off, greedy decoding,
-  the task's ``max_new_tokens``, stopping at EOS. A prompt longer than ``max_model_len -
-  max_new_tokens`` is truncated in the middle (LongBench/InfiniteBench style) and counted
-  (``quality.prompting.ChatPrompter``).
-* PG19 perplexity comes from the engine's prompt logprobs (``/v1/completions`` with
-  ``prompt_logprobs``), on the token ids our tokenizer produced, so every logprob is matched to
-  the exact token it scores (``quality.perplexity``).
+* One engine start serves every sample: upstream's prompt templates and generation lengths
+  (``datasets.templates``), the chat template with thinking off wherever upstream applies one
+  (LongBench sends trec, triviaqa, samsum, lcc and repobench-p raw), greedy decoding, stopping at
+  EOS. A prompt longer than ``max_model_len - max_new_tokens`` is cut in the middle as its
+  suite cuts it, and counted (``quality.prompting.ChatPrompter``).
+* PG19 is long-context perplexity: a book window scored given the book's preceding tokens, one
+  dataset per context length, from the engine's prompt logprobs (``/v1/completions`` with
+  ``prompt_logprobs`` on our token ids, so every logprob is matched to the exact token it
+  scores; ``quality.perplexity``). A length that does not fit the window fails, never cut.
 * Scores are only quality numbers with real weights on the real benchmark data: otherwise each
   row says ``meaningful = false`` (``quality.verdicts``).
 """
@@ -31,10 +33,11 @@ from ..datasets.materialize import load_materialized
 from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets
 from ..hashing import sha256_file
 from ..io import write_json, write_jsonl
-from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields
+from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields, pg19_token_ids
 from ..quality.prompting import ChatPrompter, load_tokenizer, prompt_budget
 from ..quality.scorers import score_sample
-from ..quality.verdicts import PERPLEXITY, QUALITY_COLUMNS, dataset_row, overall_row, summary_verdict
+from ..quality.verdicts import (BY_LENGTH_COLUMNS, PERPLEXITY, QUALITY_COLUMNS, by_length_rows, dataset_row,
+                                length_bucket, length_edges, overall_row, summary_verdict)
 from ..records import GenerationRequest
 from ..workload import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
@@ -67,6 +70,7 @@ def _base_line(ds: Dataset, sample: dict, stamp: dict) -> dict:
             "max_new_tokens": int(sample.get("max_new_tokens") or 0), "prediction": None, "score": None,
             "score_percent": None, "input_tokens": None, "input_tokens_local": None,
             "truncated": bool(sample.get("truncated")), "truncated_at": "materialize" if sample.get("truncated") else None,
+            "length_bucket": None,
             "output_tokens": None, "finish_reason": None, "status": "failed", "reason": None, **stamp}
 
 
@@ -82,20 +86,26 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
     seed = int(cfg.get("seed", 0))
 
     generate: list[tuple[_Pending, Any]] = []
-    perplexity: list[tuple[_Pending, list[int]]] = []
+    perplexity: list[tuple[_Pending, list[int], int]] = []
     lines_by_ds: dict[str, list[_Pending]] = {}
     for ds, manifest, samples in loaded:
         for k, sample in enumerate(samples):
             item = _Pending(ds, sample, _base_line(ds, sample, stamp))
             lines_by_ds.setdefault(ds.key, []).append(item)
             if sample["metric"] == PERPLEXITY:
-                ids = tok.encode(sample["input"], add_special_tokens=False)
-                limit = prompt_budget(max_len, 1, cfg.get("max_input_tokens"))
-                if len(ids) > limit:  # a window, not a question: keep its start, drop the tail
-                    ids = ids[:limit]
-                    item.line.update(truncated=True, truncated_at="engine")
+                try:
+                    ids, scored = pg19_token_ids(tok, sample)
+                except ValueError as exc:
+                    item.line["reason"] = str(exc)
+                    continue
                 item.line["input_tokens_local"] = len(ids)
-                perplexity.append((item, ids))
+                limit = prompt_budget(max_len, 1, cfg.get("max_input_tokens"))
+                if len(ids) > limit:  # a shorter context would be another measurement: refuse, do not cut
+                    item.line["reason"] = (f"context {sample.get('context_tokens')} + window {scored} tokens exceed the "
+                                           f"prompt budget {limit} (max_model_len {max_len}); drop that length from "
+                                           f"experiments.e4.benchmarks.pg19.context_lengths")
+                    continue
+                perplexity.append((item, ids, scored))
                 continue
             limit = prompt_budget(max_len, item.line["max_new_tokens"], cfg.get("max_input_tokens"))
             fitted = prompter.fit(sample, limit)
@@ -108,7 +118,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
             req = GenerationRequest(
                 request_id=f"{ds.key}/{k}", max_tokens=item.line["max_new_tokens"],
                 prompt_tokens_target=fitted.prompt_tokens, temperature=0.0, seed=seed, ignore_eos=False,
-                **prompter.request_fields(fitted))
+                **upstream_stops(prompter.request_fields(fitted), sample, tok))
             generate.append((item, req))
 
     measured = await session.measure([r for _, r in generate], max_concurrency=int(cfg["max_concurrency"]),
@@ -134,7 +144,11 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
         rows.append(dataset_row(ds, metric, preds, weights=ctx.weights, backend_mode=ctx.backend_mode,
                                 data_source=data_source_kind(manifest)))
     rows.append(overall_row(rows))
-    _write_outputs(ctx, rows, predictions)
+    edges = length_edges(cfg.get("length_buckets"), (cfg.get("ruler") or {}).get("context_lengths"), max_len)
+    for line in predictions:
+        line["length_bucket"] = length_bucket(line, edges)
+    by_length = by_length_rows(predictions, rows[:-1])
+    _write_outputs(ctx, rows, predictions, by_length)
 
     meaningful, why = summary_verdict(rows, ctx.weights, ctx.backend_mode)
     by_request = {req.request_id: item for item, req in generate}
@@ -146,14 +160,18 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
         "rows": rows,
         "datasets": {ds.key: {"manifest": str(ds.manifest_path()), "manifest_sha256": manifest_sha256[ds.key],
                               "file_sha256": m["file"]["sha256"], "count": m["count"], "source": m["source"],
-                              "seed": m["seed"], "tokenizer": m.get("tokenizer")} for ds, m, _ in loaded},
+                              "seed": m["seed"], "tokenizer": m.get("tokenizer"),
+                              "prompt_template": m.get("prompt_template")} for ds, m, _ in loaded},
         "dataset_manifest_sha256": combine_manifest_digests(manifest_sha256),
-        "decoding": {"chat_template": prompter.chat, "enable_thinking": False, "temperature": 0.0, "ignore_eos": False,
+        "decoding": {"chat_template": "per task, where upstream applies one" if prompter.chat else False,
+                     "enable_thinking": False, "temperature": 0.0, "ignore_eos": False,
                      "seed": seed, "prefill_answer_prefix": bool(cfg.get("prefill_answer_prefix", True)),
                      "system_prompt": cfg.get("system_prompt"), "max_new_tokens": "per task (sample max_new_tokens)",
                      "max_model_len": max_len, "max_input_tokens": cfg.get("max_input_tokens")},
-        "perplexity_method": "exp(mean NLL) over prompt tokens 2..n from vLLM prompt_logprobs on /v1/completions; "
-                             "task score = token-weighted over windows",
+        "perplexity_method": "PG19 long-context perplexity: prompt = the last context_tokens tokens of the book before "
+                             "the window + the window_tokens scored tokens; exp(mean NLL) and mean NLL / ln 2 bits per "
+                             "token over the window only, from vLLM prompt_logprobs on /v1/completions; dataset score "
+                             "token-weighted over books; the same window at every context length",
         "samples": len(predictions),
         "failed": sum(1 for p in predictions if p["status"] != "ok"),
         "truncated": sum(1 for p in predictions if p["truncated"]),
@@ -170,21 +188,30 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
             "overall_score": overall["score"], "meaningful": summary["meaningful"]}
 
 
-async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, list[int]]],
+def upstream_stops(fields: dict, sample: dict, tokenizer) -> dict:
+    """Request fields plus the stops upstream adds: LongBench's samsum also ends at the newline
+    token and generates at least one token (pred.py's eos_token_id list and min_length)."""
+    if not sample.get("stop_at_newline"):
+        return fields
+    newline = tokenizer.encode("\n", add_special_tokens=False)[-1]
+    return {**fields, "extra": {**fields.get("extra", {}), "stop_token_ids": [newline], "min_tokens": 1}}
+
+
+async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, list[int], int]],
                           max_concurrency: int) -> float | None:
     """Wall time of the prompt-logprob requests; None when none was sent (the report prints n/a)."""
     if not items:
         return None
     base_url = getattr(session.backend, "base_url", None)
     if base_url is None:
-        for item, _ in items:
+        for item, _, _ in items:
             item.line["reason"] = f"backend {session.backend_mode} has no HTTP endpoint for prompt logprobs"
         return None
     sem = asyncio.Semaphore(max_concurrency)
     timeout = float(session.backend.serving.get("request_timeout_s", 900))
     t0 = time.perf_counter()
     async with http_session(timeout) as http:
-        async def one(item: _Pending, ids: list[int]) -> None:
+        async def one(item: _Pending, ids: list[int], scored: int) -> None:
             async with sem:
                 got = await fetch_prompt_logprobs(http, base_url, session.backend.served_name, ids)
             line = item.line
@@ -193,20 +220,23 @@ async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, li
                 return
             line["input_tokens"] = got.get("prompt_tokens")
             try:
-                line.update(perplexity_fields(got["logprobs"]))
+                line.update(perplexity_fields(got["logprobs"], scored))
             except ValueError as exc:
                 line["reason"] = str(exc)
                 return
             line["status"] = "ok"
 
-        await asyncio.gather(*(one(i, ids) for i, ids in items))
+        await asyncio.gather(*(one(i, ids, scored) for i, ids, scored in items))
     return time.perf_counter() - t0
 
 
-def _write_outputs(ctx: RunContext, rows: list[dict], predictions: list[dict]) -> None:
+def _write_outputs(ctx: RunContext, rows: list[dict], predictions: list[dict], by_length: list[dict]) -> None:
     frame = ctx.frame(rows, QUALITY_COLUMNS)
     frame["context_tokens"] = frame["context_tokens"].astype("Int64")  # "512", or empty for non-RULER rows
     ctx.write_table("quality", frame)
+    buckets = ctx.frame(by_length, BY_LENGTH_COLUMNS)
+    buckets["length_bucket"] = buckets["length_bucket"].astype("Int64")
+    ctx.write_table("by_length", buckets)
     write_jsonl(ctx.path("predictions"), predictions)
 
 
@@ -221,11 +251,14 @@ from . import e4_report  # noqa: E402  (bottom import: the report reads this mod
 EXPERIMENT = Experiment(
     name="e4", title="E4 — long-context quality", category="E4 long-context quality",
     engines=ONE_ENGINE, body=run, prepare=prepare, data_inputs=data_inputs,
-    outputs={"quality": "quality.csv", "predictions": "predictions.jsonl", "summary": "summary.json",
+    outputs={"quality": "quality.csv", "by_length": "quality_by_length.csv", "predictions": "predictions.jsonl",
+             "summary": "summary.json",
              "engine_log": "engine.log"},
     figures=(Figure("quality", "quality.svg", "e4_quality.rst"),
              Figure("ruler", "ruler.svg", "e4_ruler.rst"),
-             Figure("table", "quality.html", "e4_table.rst")),
+             Figure("table", "quality.html", "e4_table.rst"),
+             Figure("beside_speed", "beside_speed.svg", "e4_beside_speed.rst")),
+    figure_joins=("e1", "e5"),
     report=e4_report,
     # every key of experiments.e4 shapes the datasets, the prompts or the decoding; the scorers
     # are fixed per sample (its ``metric``), so no key only analyses saved predictions

@@ -11,6 +11,7 @@ from ..analysis.plots import line_plot, stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import fmt, html_table, markdown_table
+from ..quality import beside_speed
 from . import e4  # the declaration (bottom-imported by e4; resolved at call time)
 
 TABLE_COLUMNS = {
@@ -63,10 +64,40 @@ def make_figures(results_dir: Path) -> None:
               "E4: RULER score vs context length" + title_tail, "context length (tokens)", "score (0-100)",
               provenance=prov, logx=True, group="task")
     write_text(e4.EXPERIMENT.figure_path(results_dir, "table"), html_table(table_frame(frame), 2))
+    joined, joined_prov = beside_speed_frame(results_dir)
+    beside_speed.draw(joined, e4.EXPERIMENT.figure_path(results_dir, "beside_speed"),
+                      meaningful=bool(summary.get("meaningful")), provenance=f"{prov}; {joined_prov}")
+
+
+def _sibling(results_dir: Path, name: str, key: str) -> tuple[pd.DataFrame | None, str]:
+    """Another experiment's table beside E4's results (``results/<name>/``), and a note of its run."""
+    from .catalog import EXPERIMENTS
+
+    exp = EXPERIMENTS[name]
+    path = exp.path(Path(results_dir).parent / name, key)
+    if not path.is_file():
+        return None, f"{name.upper()} not run"
+    meta_path = exp.path(Path(results_dir).parent / name, "metadata")
+    run_id = read_json(meta_path).get("run_id") if meta_path.is_file() else None
+    return pd.read_csv(path), f"{name.upper()} run {run_id or 'unknown'}"
+
+
+def beside_speed_frame(results_dir: Path) -> tuple[pd.DataFrame, str]:
+    """E4's quality by length joined with E1 latency and E5 memory at the same lengths, and where
+    the E1 and E5 numbers came from."""
+    by_length = pd.read_csv(e4.EXPERIMENT.path(results_dir, "by_length"))
+    e1_frame, e1_note = _sibling(results_dir, "e1", "latency")
+    e5_frame, e5_note = _sibling(results_dir, "e5", "memory")
+    return beside_speed.join_by_length(by_length, e1_frame, e5_frame), f"{e1_note}; {e5_note}"
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
+
+
+def _context(row: pd.Series) -> str:
+    ctx = row.get("context_tokens")
+    return "no length" if ctx is None or pd.isna(ctx) else f"{int(ctx)} tokens"
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
@@ -84,9 +115,12 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         f"{int(overall['n'])} samples over {len(tasks)} task datasets "
         f"({', '.join(f'{b} {int(n)}' for b, n in by_bench.items())}); {int(overall['n_failed'])} failed; "
         f"{int(overall['truncated'])} prompt(s) truncated in the middle to fit the window.",
-        f"Macro mean of the 0-100 task scores: {_fmt(overall['score'])}"
-        + (f"; PG19 perplexity {', '.join(_fmt(v) for v in ppl['score'])}." if len(ppl) else "."),
+        f"Macro mean of the 0-100 task scores: {_fmt(overall['score'])}."
     ]
+    if len(ppl):
+        findings.append("PG19 perplexity of the same scored window by preceding context: " + "; ".join(
+            f"{_context(r)}: {_fmt(r['score'])} ({_fmt(r.get('bits_per_token'), 3)} bits/token)"
+            for _, r in ppl.sort_values("context_tokens").iterrows()) + ".")
     fixtures = tasks[tasks["data_source"] == "fixture"]
     if len(fixtures):
         findings.append(f"{len(fixtures)} task(s) ran on the project's fixtures (tests/fixtures/e4), small files in "
@@ -97,8 +131,9 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                         "from ours (tokenizer or chat template mismatch).")
     dec = s["decoding"]
     facts = [
-        ("decoding", f"chat template, thinking off, temperature {dec['temperature']}, stop at EOS, per-task "
-                     f"max_new_tokens; answer prefix prefilled: {dec['prefill_answer_prefix']}"),
+        ("decoding", f"upstream prompts; chat template where upstream applies one, thinking off; temperature "
+                     f"{dec['temperature']}, stop at EOS, upstream per-task max_new_tokens; answer prefix "
+                     f"prefilled: {dec['prefill_answer_prefix']}"),
         ("prompt budget", f"max_model_len {dec['max_model_len']} - max_new_tokens"
                           + (f", capped at {dec['max_input_tokens']}" if dec.get("max_input_tokens") else "")),
         ("PG19 perplexity", s["perplexity_method"]),
@@ -109,12 +144,14 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("wall time generate / perplexity (s, client)",
          f"{_fmt(s['generate_duration_s'])} / {_fmt(s['perplexity_duration_s'])}"),
     ]
-    return {
-        "findings": findings,
-        "facts": facts,
-        "tables": [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
-                    "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}],
-    }
+    tables = [{"caption": "Per-task quality" + ("" if s["meaningful"] else f" ({NOT_MEANINGFUL})"),
+               "html": html_table(table_frame(frame), 2), "markdown": markdown_table(table_frame(frame), 2)}]
+    if e4.EXPERIMENT.path(results_dir, "by_length").is_file():
+        joined, joined_prov = beside_speed_frame(results_dir)
+        tables.append({"caption": "Quality beside speed at the same context length (" + joined_prov + ")"
+                                  + ("" if s["meaningful"] else f"; quality {NOT_MEANINGFUL}"),
+                       "html": html_table(joined, 2), "markdown": markdown_table(joined, 2)})
+    return {"findings": findings, "facts": facts, "tables": tables}
 
 
 def headline(results_dir: Path) -> dict[str, Any]:

@@ -116,12 +116,43 @@ class FittedPrompt:
     error: str | None = None
 
 
-class ChatPrompter:
-    """Chat messages for a sample (``build_chat_messages``), their templated length with
-    thinking off, and middle truncation of the user content to a token budget.
+def upstream_middle_cut(tokenizer, ids: Sequence[int], budget: int, style: str | None) -> str:
+    """The text of ``ids`` cut to ``budget`` tokens in the middle, as the sample's suite does it:
 
-    A tokenizer without a chat template (the synthetic one of a shape-only dummy model) gets a
-    plain-text prompt for ``/v1/completions`` instead: system prompt, input, answer prefix."""
+    * ``longbench`` (pred.py): ``half = budget // 2``; ``decode(ids[:half]) + decode(ids[-half:])``
+      with special tokens skipped (an odd budget keeps ``budget - 1`` tokens);
+    * ``infinitebench`` (eval_utils.truncate_input): ``decode(ids[:budget // 2] + ids[-budget // 2:])``
+      (Python's floor division: the tail takes the odd token);
+    * otherwise (RULER, which never truncates upstream): ``truncate_middle``, decoded once.
+    """
+    if style == "longbench":
+        half = budget // 2
+        if half == 0:  # ids[-0:] would keep everything
+            return ""
+        return (tokenizer.decode(list(ids[:half]), skip_special_tokens=True)
+                + tokenizer.decode(list(ids[-half:]), skip_special_tokens=True))
+    if style == "infinitebench":
+        if budget <= 0:
+            return ""
+        return tokenizer.decode(list(ids[:budget // 2]) + list(ids[-budget // 2:]))
+    kept, _ = truncate_middle(ids, budget)
+    return tokenizer.decode(kept)
+
+
+class ChatPrompter:
+    """The prompt for a sample as its suite sends it, its templated length with thinking off,
+    and middle truncation of the user content to a token budget.
+
+    * Chat messages (``build_chat_messages``) when the tokenizer has a chat template and the
+      sample does not opt out (``chat_template: false``: LongBench's trec, triviaqa, samsum,
+      lcc and repobench-p, which upstream sends without one); then the raw text goes to
+      ``/v1/completions``.
+    * The system message is the sample's ``system_prompt`` when the sample has that key
+      (upstream's: InfiniteBench's "You are a helpful assistant", none for LongBench), else the
+      configured one (RULER).
+    * A tokenizer without a chat template (the synthetic one of a shape-only dummy model) gets
+      plain text: system prompt, input, answer prefix.
+    * Truncation cuts the user content as the sample's suite does (``upstream_middle_cut``)."""
 
     def __init__(self, tokenizer, system_prompt: str | None = None, prefill_answer: bool = True):
         self.tokenizer = tokenizer
@@ -129,13 +160,22 @@ class ChatPrompter:
         self.prefill_answer = prefill_answer
         self.chat = bool(getattr(tokenizer, "chat_template", None))
 
+    def uses_chat(self, sample: dict) -> bool:
+        return self.chat and sample.get("chat_template", True) is not False
+
+    def system_for(self, sample: dict) -> str | None:
+        return sample["system_prompt"] if "system_prompt" in sample else self.system_prompt
+
     def messages(self, sample: dict, text: str | None = None) -> tuple[list[dict] | str, bool]:
         s = sample if text is None else {**sample, "input": text}
         cont = bool(self.prefill_answer and s.get("answer_prefix"))
-        if not self.chat:
-            parts = [self.system_prompt or "", s["input"], s["answer_prefix"] if cont else ""]
+        system = self.system_for(s)
+        if not self.uses_chat(s):
+            if self.chat:  # the suite sends this task's raw prompt to a chat model
+                return s["input"] + (s["answer_prefix"] if cont else ""), cont
+            parts = [system or "", s["input"], s["answer_prefix"] if cont else ""]
             return "\n\n".join(p for p in parts if p), cont
-        return build_chat_messages(s, self.system_prompt, prefill_answer=cont), cont
+        return build_chat_messages(s, system, prefill_answer=cont), cont
 
     def render(self, prompt: list[dict] | str, continue_final: bool) -> str:
         if isinstance(prompt, str):
@@ -150,7 +190,7 @@ class ChatPrompter:
 
     def request_fields(self, fitted: FittedPrompt) -> dict:
         """``GenerationRequest`` keyword arguments for a fitted prompt."""
-        if not self.chat:
+        if isinstance(fitted.prompt, str):
             return {"prompt": fitted.prompt, "chat": False}
         return {"prompt": fitted.prompt, "chat": True,
                 "extra": {"add_generation_prompt": not fitted.continue_final,
@@ -158,8 +198,9 @@ class ChatPrompter:
 
     def fit(self, sample: dict, limit: int, max_rounds: int = 8) -> FittedPrompt:
         """A prompt whose templated length is ``<= limit``: unchanged if it fits, else the user
-        content keeps its first and last tokens (``truncate_middle``); decoding and re-encoding
-        at the cut can merge tokens differently, so the budget shrinks until it fits."""
+        content is cut in the middle to ``limit`` minus the template's overhead, as the suite
+        cuts it (``upstream_middle_cut``); decoding and re-encoding at the cut can merge tokens
+        differently, so the budget shrinks until it fits."""
         prompt, cont = self.messages(sample)
         full = self.count(prompt, cont)
         if full <= limit:
@@ -167,11 +208,11 @@ class ChatPrompter:
         content = self.tokenizer.encode(sample["input"], add_special_tokens=False)
         overhead = full - len(content)
         budget = limit - overhead
+        style = sample.get("truncation")
         for _ in range(max_rounds):
             if budget <= 0:
                 break
-            kept, _ = truncate_middle(content, budget)
-            prompt, cont = self.messages(sample, self.tokenizer.decode(kept))
+            prompt, cont = self.messages(sample, upstream_middle_cut(self.tokenizer, content, budget, style))
             n = self.count(prompt, cont)
             if n <= limit:
                 return FittedPrompt(prompt, cont, n, full, truncated=True)

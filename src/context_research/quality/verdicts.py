@@ -45,9 +45,13 @@ def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, ba
                 data_source: str) -> dict:
     """One quality.csv row from the dataset's prediction lines."""
     ok = [p for p in preds if p["status"] == "ok"]
+    bits = scored = None
     if metric == PERPLEXITY:
         tokens = sum(int(p["scored_tokens"]) for p in ok)
-        score = math.exp(sum(float(p["nll_sum"]) for p in ok) / tokens) if tokens else None
+        mean_nll = sum(float(p["nll_sum"]) for p in ok) / tokens if tokens else None
+        score = math.exp(mean_nll) if tokens else None
+        bits = mean_nll / math.log(2) if tokens else None
+        scored = tokens
         scale = PERPLEXITY
     else:
         score = mean([p["score_percent"] for p in ok])
@@ -62,7 +66,7 @@ def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, ba
         "score_scale": scale, "mean_input_tokens": mean([p.get("input_tokens") for p in preds]),
         "n_input_tokens": sum(1 for p in preds if p.get("input_tokens") is not None),
         "truncated": sum(1 for p in preds if p.get("truncated")), "status": status, "reason": reason[:500],
-        "meaningful": meaningful, "data_source": data_source,
+        "meaningful": meaningful, "data_source": data_source, "bits_per_token": bits, "scored_tokens": scored,
     }
 
 
@@ -87,4 +91,76 @@ def overall_row(rows: list[dict]) -> dict:
         "reason": "; ".join(f"{r['benchmark']}/{r['dataset']}: {r['status']}" for r in rows if r["status"] != "ok")[:500],
         "meaningful": bool(rows) and all(r["meaningful"] for r in rows),
         "data_source": "+".join(sorted({r["data_source"] for r in rows})),
+        "bits_per_token": None, "scored_tokens": None,
     }
+
+
+# ----------------------------------------------------------------------------- by context length
+
+BY_LENGTH_COLUMNS = data_columns("e4/quality_by_length.csv")
+ALL = "all"
+
+
+def length_edges(buckets: list[int] | None, ruler_lengths: list[int] | None, max_model_len: int) -> list[int]:
+    """Bucket upper edges for samples without a configured length: ``length_buckets`` if given,
+    else the RULER context lengths, always closed by ``max_model_len`` (no prompt is longer)."""
+    edges = {int(x) for x in (buckets if buckets else (ruler_lengths or []))}
+    return sorted(edges | {int(max_model_len)})
+
+
+def length_bucket(line: dict, edges: list[int]) -> int | None:
+    """A prediction line's context-length bucket: its dataset's configured length (RULER's
+    context length, PG19's preceding context), else the smallest edge >= its prompt tokens
+    (the server's count, ours when the server gave none); None when neither is known."""
+    if line.get("context_tokens") is not None:
+        return int(line["context_tokens"])
+    tokens = line.get("input_tokens") if line.get("input_tokens") is not None else line.get("input_tokens_local")
+    if tokens is None:
+        return None
+    return next((e for e in edges if int(tokens) <= e), edges[-1] if edges else None)
+
+
+def _bucket_row(benchmark: str, task: str, bucket: int, metric: str, lines: list[dict], *, meaningful: bool,
+                data_source: str) -> dict:
+    ok = [p for p in lines if p["status"] == "ok"]
+    bits = None
+    if metric == PERPLEXITY:
+        tokens = sum(int(p["scored_tokens"]) for p in ok)
+        mean_nll = sum(float(p["nll_sum"]) for p in ok) / tokens if tokens else None
+        score = math.exp(mean_nll) if tokens else None
+        bits = mean_nll / math.log(2) if tokens else None
+        scale = PERPLEXITY
+    else:
+        score = mean([p["score_percent"] for p in ok])
+        scale = PERCENT
+    return {"benchmark": benchmark, "task": task, "length_bucket": bucket, "n": len(lines), "n_ok": len(ok),
+            "metric": metric, "score": score, "score_scale": scale, "bits_per_token": bits,
+            "mean_input_tokens": mean([p.get("input_tokens") for p in lines]), "meaningful": meaningful,
+            "data_source": data_source}
+
+
+def by_length_rows(predictions: list[dict], dataset_rows: list[dict]) -> list[dict]:
+    """quality_by_length.csv: per (benchmark, task, bucket) over the prediction lines that have a
+    ``length_bucket``, then one ``all`` row per bucket over every 0-100 sample in it. A row is
+    meaningful only if every dataset it draws on is (``dataset_rows``, quality.csv's rows)."""
+    info = {(r["benchmark"], r["dataset"]): r for r in dataset_rows}
+    groups: dict[tuple[str, str, int, str], list[dict]] = {}
+    for p in predictions:
+        if p.get("length_bucket") is None:
+            continue
+        groups.setdefault((p["benchmark"], p["task"], int(p["length_bucket"]), p["metric"]), []).append(p)
+
+    def verdict(lines: list[dict]) -> tuple[bool, str]:
+        rows = [info[(p["benchmark"], p["dataset"])] for p in lines if (p["benchmark"], p["dataset"]) in info]
+        return (bool(rows) and all(r["meaningful"] for r in rows),
+                "+".join(sorted({r["data_source"] for r in rows})))
+
+    out = []
+    for (bench, task, bucket, metric), lines in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        ok, source = verdict(lines)
+        out.append(_bucket_row(bench, task, bucket, metric, lines, meaningful=ok, data_source=source))
+    for bucket in sorted({k[2] for k in groups if k[3] != PERPLEXITY}):
+        lines = [p for k, ls in groups.items() if k[2] == bucket and k[3] != PERPLEXITY for p in ls]
+        ok, source = verdict(lines)
+        out.append(_bucket_row(ALL, ALL, bucket, "mean_percent", lines, meaningful=ok, data_source=source))
+    return out
