@@ -116,7 +116,7 @@ def timeline_figure(requests: pd.DataFrame, path: Path, *, provenance: str) -> P
                     for start, width, kind in timeline_segments(req):
                         ax.barh(y, width, left=start, height=0.8, color=SEGMENT_COLORS[kind], linewidth=0)
                 where = f" @{int(ptok)} tok" if _num(ptok) and mode == "capacity" else ""
-                ax.set_title(f"{mode}={level:g}{where} ({len(sub)} requests)", fontsize=8)
+                ax.set_title(f"{mode}={level:.3g}{where} ({len(sub)} requests)", fontsize=8)
                 ax.set_xlabel("s from the point's start", fontsize=7)
                 ax.set_ylabel("request (send order)", fontsize=7)
                 ax.tick_params(labelsize=6)
@@ -150,7 +150,7 @@ def pareto_figure(points: pd.DataFrame, path: Path, *, provenance: str) -> Path:
             for mode, sub in data.groupby("mode", sort=False):
                 ax.scatter(sub["x"], sub["y"], marker=MODE_MARKERS.get(mode, "o"), label=mode)
                 for _, r in sub.iterrows():
-                    ax.annotate(f"{r['level']:g}", (r["x"], r["y"]), fontsize=6, xytext=(3, 3),
+                    ax.annotate(f"{r['level']:.3g}", (r["x"], r["y"]), fontsize=6, xytext=(3, 3),
                                 textcoords="offset points")
             front = pareto_front(list(zip(data["x"], data["y"])))
             if front:
