@@ -69,3 +69,13 @@ def test_steady_state_drops_ramp_up_and_drain():
 def test_steady_state_too_few_requests_is_stated():
     cols = steady_state_columns([rec(0.0, 0.05, 0.005), rec(1.0, 0.05, 0.005)], 0.1, 100, 10)
     assert cols["steady_requests"] is None and "at least 4" in cols["steady_note"]
+
+
+def test_stop_disabled_flags_but_never_stops():
+    m = SaturationMonitor(ttft_slo_ms=100, tpot_slo_ms=10, stop_enabled=False)
+    for t, f in zip(T, GROWING):
+        m.on_sample(t, f, None)
+    for _ in range(8):
+        m.on_completion(rec(0, 0.5, 0.05))
+    assert m.saturated() and m.stop_reason() is None
+    assert m.columns()["saturated"] and not m.columns()["stopped_early"]

@@ -325,3 +325,22 @@ def test_session_stops_sending_once_the_monitor_says_saturated():
     reqs = [GenerationRequest(request_id=f"q{i}", prompt=[5] * 4, max_tokens=2) for i in range(6)]
     records, _ = asyncio.run(session.run_requests(reqs, max_concurrency=1, monitor=StopAfterTwo()))
     assert [r.request_id for r in records] == ["rq0", "rq1"]        # rec() prefixes "r"
+
+
+def test_energy_per_output_token_from_the_counters_around_a_point(monkeypatch):
+    from context_research.experiments import e2_load
+
+    class GpuBackend(FakeBackend):
+        def info(self):
+            return {"device": "cuda"}
+
+    readings = iter([{"available": True, "energy_mj": {0: 1_000_000}},
+                     {"available": True, "energy_mj": {0: 1_064_000}}])
+    monkeypatch.setattr(e2_load, "read_energy_mj", lambda indices=None: next(readings))
+    session = FakeSession()
+    session.backend = GpuBackend()
+    row, records = asyncio.run(e2.measure_point(session, PromptFactory(MODEL, 3), "rate", 2.0, CFG, 0, False))
+    # 64 J over 4 requests x 8 output tokens in FakeSession's 1 s
+    assert row["energy_available"] and row["energy_j"] == pytest.approx(64.0)
+    assert row["energy_j_per_output_token"] == pytest.approx(2.0) and row["energy_j_per_request"] == pytest.approx(16)
+    assert row["energy_avg_power_w"] == pytest.approx(64.0) and row["energy_note"] is None

@@ -63,6 +63,7 @@ class SaturationMonitor:
     collapse_fraction: float = 0.5
     min_span_s: float = 2.0
     min_rise: float = 4.0
+    stop_enabled: bool = True  # False: flag a saturated point, never stop it
     samples: list[LoadSample] = field(default_factory=list)
     met: list[bool] = field(default_factory=list)  # per completion, in completion order
     stopped_reason: str | None = None
@@ -93,7 +94,7 @@ class SaturationMonitor:
 
     def stop_reason(self) -> str | None:
         """Why to stop sending now (plainly saturated), or None; remembered once given."""
-        if self.stopped_reason is None and self.saturated():
+        if self.stop_enabled and self.stopped_reason is None and self.saturated():
             recent = self.recent_attainment()
             if recent is not None and recent < self.collapse_fraction * self.attainment_target:
                 self.stopped_reason = (f"over-saturated at {self.samples[-1].t_s:.1f} s: {self.describe()}; "

@@ -1,8 +1,8 @@
 """E2's view of a point under load: saturation, steady state, energy and the Pareto coordinates.
 
-``point_load_columns`` is what ``e2.point_row`` appends to every row (empty for a point that was
-not measured); ``energy_reading`` reads NVML's counter only where the engine runs on a GPU (a CPU
-engine on a GPU host must not be charged the idle GPUs' energy).
+``point_load_columns`` is what ``e2_points.point_row`` appends to every row (empty for a point
+that was not measured); ``energy_reading`` reads NVML's counter only where the engine runs on a
+GPU.
 """
 
 from __future__ import annotations

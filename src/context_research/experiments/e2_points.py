@@ -112,20 +112,17 @@ async def measure_point(session: EngineSession, factory: PromptFactory, mode: st
     (also used by benchmarks/). Open-loop points are watched for over-saturation."""
     prompt_tokens = cfg["prompt_tokens"] if prompt_tokens is None else prompt_tokens
     reqs = point_requests(factory, mode, level, cfg, point_index, prompt_tokens)
-    monitor = SaturationMonitor(cfg["ttft_slo_ms"], cfg["tpot_slo_ms"], cfg.get("attainment_target", 0.9)) \
-        if mode in OPEN_LOOP else None
-    watch = monitor if monitor is not None and cfg.get("stop_when_saturated", True) else None
-    on_gpu = gpu_name is not None
+    monitor = SaturationMonitor(cfg["ttft_slo_ms"], cfg["tpot_slo_ms"], cfg.get("attainment_target", 0.9),
+                                stop_enabled=cfg.get("stop_when_saturated", True)) if mode in OPEN_LOOP else None
+    # A CPU engine on a GPU host must not be charged the idle GPUs' energy.
+    on_gpu = (session.backend.info() or {}).get("device") == "cuda"
     energy_before = energy_reading(on_gpu)
     measured = await session.measure(reqs, max_concurrency=int(level) if mode == "concurrency" else
                                      cfg.get("rate_max_concurrency"), use_schedule=mode in OPEN_LOOP,
                                      desc=f"e2 {mode}={level:g}", sample_kv_usage=sample_kv_usage,
-                                     **({"monitor": watch} if watch is not None else {}))
+                                     **({"monitor": monitor} if monitor is not None else {}))
     energy_after = energy_reading(on_gpu)
     records = measured["records"]
-    if monitor is not None and watch is None:  # watched afterwards from the records alone
-        for r in records:
-            monitor.on_completion(r)
     trace = mode == "trace"
     lat = latency_row(records)
     load = point_load_columns(

@@ -230,7 +230,10 @@ def load_findings(s: dict[str, Any], frame: pd.DataFrame) -> list[str]:
     target = s["slo"].get("attainment_target", 0.9)
     for c in s.get("capacity") or []:
         if c.get("capacity_rps") is None:
-            out.append(f"Capacity at {c['prompt_tokens']} prompt tokens: none found ({c.get('stop_reason')}).")
+            lowest = c.get("capacity_high_rps")
+            out.append(f"Capacity at {c['prompt_tokens']} prompt tokens: none found"
+                       + (f", every probe down to {_fmt(lowest, 3)} req/s missed the {target * 100:g} % target"
+                          if lowest is not None and lowest == lowest else "") + f" ({c.get('stop_reason')}).")
             continue
         high = c.get("capacity_high_rps")
         out.append(
