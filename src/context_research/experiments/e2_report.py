@@ -123,6 +123,9 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["n_ok"] = [f"{a}/{b}" for a, b in zip(out["n_ok"], out["n"])]
     out["reason"] = out["reason"].fillna("")
+    for flag in ("saturated", "stopped_early"):  # a CSV bool (or empty for a closed loop) as words
+        if flag in out.columns:
+            out[flag] = [("yes" if str(v).lower() == "true" else "no") if pd.notna(v) else "" for v in out[flag]]
     return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
 
 
