@@ -344,3 +344,24 @@ def test_energy_per_output_token_from_the_counters_around_a_point(monkeypatch):
     assert row["energy_available"] and row["energy_j"] == pytest.approx(64.0)
     assert row["energy_j_per_output_token"] == pytest.approx(2.0) and row["energy_j_per_request"] == pytest.approx(16)
     assert row["energy_avg_power_w"] == pytest.approx(64.0) and row["energy_note"] is None
+
+
+def test_timeline_segments_use_engine_times_where_present():
+    from context_research.experiments.e2_figures import timeline_segments
+
+    req = pd.Series({"start_s": 1.0, "ttft_s": 0.5, "e2e_s": 0.9, "engine_queue_ms": 200.0, "engine_ttft_ms": 250.0})
+    segs = timeline_segments(req)
+    assert [k for _, _, k in segs] == ["queued", "prefill", "HTTP + API server", "decode"]
+    assert [round(w, 6) for _, w, _ in segs] == [0.2, 0.25, 0.05, 0.4]
+    assert segs[-1][0] == pytest.approx(1.5)                    # decode starts at the client's first token
+    bare = timeline_segments(pd.Series({"start_s": 0.0, "ttft_s": 0.1, "e2e_s": 0.3, "engine_queue_ms": float("nan"),
+                                        "engine_ttft_ms": float("nan")}))
+    assert [k for _, _, k in bare] == ["waiting + prefill", "decode"]
+    assert timeline_segments(pd.Series({"start_s": 0.0, "ttft_s": float("nan")})) == []
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    from context_research.experiments.e2_figures import pareto_front
+
+    pts = [(10, 100), (20, 80), (15, 70), (5, 120), (20, 50)]
+    assert pareto_front(pts) == [(5, 120), (10, 100), (20, 80)]

@@ -73,16 +73,25 @@ def _num(x) -> bool:
 
 
 def timeline_segments(req: pd.Series) -> list[tuple[float, float, str]]:
-    """(start s, length s, kind) bars of one request: queued and prefill split by the engine's
-    per-request queue time where present, else one 'waiting + prefill' bar up to the first token."""
+    """(start s, length s, kind) bars of one request from its send time (client clock).
+
+    With vLLM's per-request times: queued (``engine_queue_ms``), prefill (``engine_ttft_ms``:
+    scheduled to first token) and the rest of the client's TTFT (HTTP, API server, detokenizing);
+    without them, one 'waiting + prefill' bar up to the first token. Then decode to the last token.
+    The engine's durations are laid on the client's clock from the send time: the two clocks are
+    not synchronised, only the lengths are the engine's.
+    """
     start, ttft, e2e = req.get("start_s"), req.get("ttft_s"), req.get("e2e_s")
     if not (_num(start) and _num(ttft)):
         return []
-    queue = req.get("engine_queue_ms")
+    queue, prefill = req.get("engine_queue_ms"), req.get("engine_ttft_ms")
     segs = []
-    if _num(queue):
+    if _num(queue) and _num(prefill):
         q = min(queue / 1000.0, ttft)
-        segs += [(start, q, "queued"), (start + q, ttft - q, "prefill")]
+        p = min(prefill / 1000.0, ttft - q)
+        segs += [(start, q, "queued"), (start + q, p, "prefill")]
+        if ttft - q - p > 0:
+            segs.append((start + q + p, ttft - q - p, "HTTP + API server"))
     else:
         segs.append((start, ttft, "waiting + prefill"))
     if _num(e2e) and e2e > ttft:
@@ -90,7 +99,8 @@ def timeline_segments(req: pd.Series) -> list[tuple[float, float, str]]:
     return segs
 
 
-SEGMENT_COLORS = {"queued": "tab:red", "prefill": "tab:orange", "waiting + prefill": "tab:olive", "decode": "tab:blue"}
+SEGMENT_COLORS = {"queued": "tab:red", "prefill": "tab:orange", "HTTP + API server": "tab:gray",
+                  "waiting + prefill": "tab:olive", "decode": "tab:blue"}
 
 
 def timeline_figure(requests: pd.DataFrame, path: Path, *, provenance: str) -> Path:
@@ -121,7 +131,7 @@ def timeline_figure(requests: pd.DataFrame, path: Path, *, provenance: str) -> P
                 ax.set_ylabel("request (send order)", fontsize=7)
                 ax.tick_params(labelsize=6)
             handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in SEGMENT_COLORS.values()]
-            fig.legend(handles, list(SEGMENT_COLORS), loc="lower center", ncol=4, fontsize=8, frameon=False)
+            fig.legend(handles, list(SEGMENT_COLORS), loc="lower center", ncol=5, fontsize=8, frameon=False)
             more = len(groups) - len(shown)
             title = "E2: request timelines per point (client send, first token, last token; engine queue time where " \
                     "reported)" + (f"; {more} more point(s) in requests.csv" if more > 0 else "")
