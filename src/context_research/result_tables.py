@@ -419,6 +419,8 @@ E2_CAPACITY = Table("e2/capacity.csv", (
                                                "when none did (not bracketed above)"),
     C("converged", "bool", "derived", "capacity_high_rps / capacity_low_rps - 1 <= rel_tol"),
     C("probes", "count", "derived", "rates probed (each a capacity row of concurrency.csv)"),
+    C("implausible_probes", "count", "derived", "probes whose row is implausible (analysis.integrity); their "
+                                                "attainment was used, a failed probe's counts as a miss"),
     C("stop_reason", "", "label", "converged, probe budget exhausted, not bracketed above, none passed, or why no "
                                   "search ran"),
     C("non_monotonic_note", "", "label", "probes that passed above a failing rate (bisection assumes attainment "

@@ -118,12 +118,15 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         if overflow:
             capacity.append(capacity_row(prompt_tokens, None, cfg, overflow))
             continue
-        search = capacity_search(cfg)
+        search, implausible = capacity_search(cfg), 0
         while (rate := search.next_rate()) is not None:
             phase = "bisect" if search.low is not None and search.high is not None else "bracket"
             row = await point("capacity", rate, prompt_tokens, len(rows), phase=phase)
-            search.record(rate, row["slo_attainment"] if row["status"] == "ok" else None)
-        capacity.append(capacity_row(prompt_tokens, search, cfg))
+            # An implausible probe was measured (a stalled stream on a busy host): its attainment
+            # counts, and capacity.csv says how many there were; a failed one counts as a miss.
+            search.record(rate, row["slo_attainment"] if row["status"] != "failed" else None)
+            implausible += row["status"] == "implausible"
+        capacity.append({**capacity_row(prompt_tokens, search, cfg), "implausible_probes": implausible})
     ctx.write_table("concurrency", ctx.frame(rows))
     ctx.write_table("requests", ctx.frame(requests))
     ctx.write_table("capacity", ctx.frame(capacity))
