@@ -124,14 +124,12 @@ async def measure_point(session: EngineSession, factory: PromptFactory, mode: st
     energy_after = energy_reading(on_gpu)
     records = measured["records"]
     trace = mode == "trace"
-    lat = latency_row(records)
-    load = point_load_columns(
-        records, measured["duration_s"], ttft_slo_ms=cfg["ttft_slo_ms"], tpot_slo_ms=cfg["tpot_slo_ms"],
-        steady_state_trim=cfg.get("steady_state_trim", 0.1), monitor=monitor, energy_before=energy_before,
-        energy_after=energy_after, probe_phase=probe_phase, tpot_ms_mean=lat["tpot_ms_mean"],
-        output_throughput_tok_s=(sum(r.output_tokens or 0 for r in records if r.ok) / measured["duration_s"])
-        if measured["duration_s"] else None)
     row = point_row(mode, level, records, measured["duration_s"], measured["engine"], cfg["ttft_slo_ms"],
                     cfg["tpot_slo_ms"], None if trace else prompt_tokens, None if trace else cfg["max_tokens"],
-                    prefix_caching, gpu_name, session.model.get("hf_config"), load=load)
+                    prefix_caching, gpu_name, session.model.get("hf_config"))
+    row.update(point_load_columns(
+        records, measured["duration_s"], ttft_slo_ms=cfg["ttft_slo_ms"], tpot_slo_ms=cfg["tpot_slo_ms"],
+        steady_state_trim=cfg.get("steady_state_trim", 0.1), monitor=monitor, energy_before=energy_before,
+        energy_after=energy_after, probe_phase=probe_phase, tpot_ms_mean=row["tpot_ms_mean"],
+        output_throughput_tok_s=row["output_throughput_tok_s"]))
     return row, records
