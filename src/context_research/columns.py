@@ -34,7 +34,7 @@ SOURCES = tuple(SOURCE_MEANINGS)
 
 # Units a column may declare ("" = none: a label, an id, free text, or a mixed unit the meaning explains).
 UNITS = ("", "ms", "s", "tokens", "count", "blocks", "bytes", "bytes/token", "bytes/s", "MB/s", "GB/s", "GiB",
-         "req/s", "tok/s", "ratio", "%", "bool", "bits/token")
+         "req/s", "tok/s", "ratio", "%", "bool", "bits/token", "J", "J/token", "W")
 
 
 @dataclass(frozen=True)

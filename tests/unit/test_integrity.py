@@ -146,6 +146,8 @@ def test_client_tpot_is_compared_with_engine_itl_only_for_requests_served_alone(
     stalled = check_point_row(dict(row, tpot_ms_mean=0.008, engine_itl_ms_mean=2.27))
     assert stalled.status == "implausible" and "a stalled stream" in stalled.reasons[0]
     assert not integrity.one_at_a_time({"mode": "rate", "level": 2.0})
+    assert not integrity.one_at_a_time({"mode": "capacity", "level": 2.0})
+    assert not integrity.one_at_a_time({"mode": "trace", "level": 1.8})
 
 
 def test_engine_means_of_a_different_request_set_are_not_compared():

@@ -17,22 +17,33 @@ CONFIG = load_config(REPO_ROOT / "config" / "config.yaml")
 
 
 def test_analysis_keys_are_not_run_keys_where_an_analysis_step_reads_them():
-    assert "ttft_slo_ms" not in run_config(CONFIG, "e2") and "prompt_tokens" in run_config(CONFIG, "e2")
-    assert analysis_config(CONFIG, "e2") == {"ttft_slo_ms": CONFIG["experiments"]["e2"]["ttft_slo_ms"],
-                                             "tpot_slo_ms": CONFIG["experiments"]["e2"]["tpot_slo_ms"]}
+    assert "cv_threshold" not in run_config(CONFIG, "e0") and "repeats" in run_config(CONFIG, "e0")
+    assert analysis_config(CONFIG, "e0") == {"cv_threshold": CONFIG["experiments"]["e0"]["cv_threshold"]}
     assert "cv_threshold" not in experiment_view(CONFIG, "e0")["experiments"]["e0"]
     # E3 has no analysis step yet: its SLOs stay in its run config
     assert "ttft_slo_ms" in run_config(CONFIG, "e3") and analysis_config(CONFIG, "e3") == {}
 
 
+def test_e2_slos_and_attainment_target_are_run_keys_they_steer_the_capacity_search():
+    for key in ("ttft_slo_ms", "tpot_slo_ms", "attainment_target"):
+        assert key in run_config(CONFIG, "e2") and key in experiment_view(CONFIG, "e2")["experiments"]["e2"]
+    assert analysis_config(CONFIG, "e2") == {}
+
+
 def test_an_analysis_key_leaves_the_run_hash_alone_and_a_run_key_changes_it():
-    base = hash_inputs(CONFIG, "e2")
-    slo = copy.deepcopy(CONFIG)
-    slo["experiments"]["e2"]["ttft_slo_ms"] = 1.0
-    assert sha256_obj(hash_inputs(slo, "e2")) == sha256_obj(base)
+    base = hash_inputs(CONFIG, "e0")
+    threshold = copy.deepcopy(CONFIG)
+    threshold["experiments"]["e0"]["cv_threshold"] = 0.5
+    assert sha256_obj(hash_inputs(threshold, "e0")) == sha256_obj(base)
     run = copy.deepcopy(CONFIG)
-    run["experiments"]["e2"]["requests_per_point"] += 1
-    assert sha256_obj(hash_inputs(run, "e2")) != sha256_obj(base)
+    run["experiments"]["e0"]["repeats"] += 1
+    assert sha256_obj(hash_inputs(run, "e0")) != sha256_obj(base)
+    # E2's SLOs and attainment target decide which rates the capacity search probes
+    e2 = sha256_obj(hash_inputs(CONFIG, "e2"))
+    for key, value in (("ttft_slo_ms", 1.0), ("tpot_slo_ms", 1.0), ("attainment_target", 0.5)):
+        changed = copy.deepcopy(CONFIG)
+        changed["experiments"]["e2"][key] = value
+        assert sha256_obj(hash_inputs(changed, "e2")) != e2, key
 
 
 def test_hash_inputs_name_every_fact_the_config_does_not_say():
@@ -59,11 +70,17 @@ def test_engine_version_reads_the_installed_distribution(monkeypatch):
 def test_code_files_leave_out_other_experiments_and_reports():
     files = provenance.code_files("e2")
     assert "experiments/e2.py" in files and "experiments/runner.py" in files and "analysis/latency.py" in files
+    assert "experiments/e2_points.py" in files and "experiments/e2_load.py" in files
+    assert "analysis/capacity.py" in files and "analysis/saturation.py" in files
     assert "experiments/e1.py" not in files and "experiments/e2_report.py" not in files
+    assert "experiments/e2_figures.py" not in files                  # figures only, like *_report.py
+    assert not [f for f in provenance.code_files("e1") if f.startswith("experiments/e2")]
     assert "experiments/e6_model.py" in provenance.code_files("e6")
     assert "experiments/e6_model.py" not in files
     assert provenance.code_digest("e2") != provenance.code_digest("e1")
     assert "experiments/e2_report.py" in provenance.code_files("e2", reports=True)
+    assert "experiments/e2_figures.py" in provenance.code_files("e2", reports=True)
+    assert "experiments/e2_figures.py" not in provenance.code_files("e1", reports=True)
     assert "experiments/e1_report.py" not in provenance.code_files("e2", reports=True)
 
 

@@ -42,9 +42,10 @@ def test_every_evidence_column_is_declared(path):
 
 
 def test_tables_cover_every_experiment_csv():
-    assert sorted(TABLES) == ["e0/requests.csv", "e1/latency.csv", "e1/requests.csv", "e2/concurrency.csv",
-                              "e2/requests.csv", "e3/mode_comparison.csv", "e3/requests.csv", "e3/transfers.csv",
-                              "e4/quality.csv", "e4/quality_by_length.csv", "e5/memory.csv", "e6/stress.csv"]
+    assert sorted(TABLES) == ["e0/requests.csv", "e1/latency.csv", "e1/requests.csv", "e2/capacity.csv",
+                              "e2/concurrency.csv", "e2/requests.csv", "e3/mode_comparison.csv", "e3/requests.csv",
+                              "e3/transfers.csv", "e4/quality.csv", "e4/quality_by_length.csv", "e5/memory.csv",
+                              "e6/stress.csv"]
     for key, table in TABLES.items():
         assert table.file == key
         assert set(STAMP) <= set(table.names), f"{key} lacks the run stamp"
@@ -134,7 +135,7 @@ def _requests_rows(key):
     if key == "e1/requests.csv":
         return request_rows(records, phase="measured", prompt_tokens_point=16)
     if key == "e2/requests.csv":
-        return request_rows(records, phase="measured", mode="rate", level=2.0)
+        return request_rows(records, phase="measured", mode="rate", level=2.0, prompt_tokens_point=16)
     return [{"mode": "disaggregated", "label": "measured", "point_prompt_tokens": 16, "concurrency": 1, **r.as_row(),
              "handoff_id": "h", "producer_e2e_s": 0.1, "consumer_ttft_s": 0.05, "kv_wait_ms": 0.2, "kv_load_ms": 1.0,
              "external_kv_tokens": 16} for r in records]

@@ -5,11 +5,13 @@ No engine starts. A temp copy of the workflow and of the package is built once w
 records every job's params, inputs and code as after a real run. Each test then changes one
 thing and reads the dry run's job counts:
 
-* an analysis key (E2's TTFT SLO): E2's analysis, figures and section only;
-* a run key (E2's requests per point): E2's engine rule and everything after it;
-* package code: one line added to the copied package's ``experiments/e2.py`` (the code digest is
-  over the package the workflow imports: ``PYTHONPATH`` points at the copy), to ``e2_report.py``
-  (figures and section only), or to shared code (every experiment);
+* an analysis key (E0's cv_threshold): E0's analysis, figures and section only;
+* a run key (E2's requests per point, and E2's TTFT SLO, which steers the capacity search): E2's
+  engine rule and everything after it;
+* package code: one line added to the copied package's ``experiments/e2.py`` or ``e2_points.py``
+  (the code digest is over the package the workflow imports: ``PYTHONPATH`` points at the copy),
+  to ``e2_report.py`` or ``e2_figures.py`` (figures and section only), or to shared code (every
+  experiment);
 * a model file: the local model folder's ``config.json``;
 * the engine version: a fake ``vllm`` distribution (a ``.dist-info`` folder) put first on
   ``PYTHONPATH``, which ``importlib.metadata`` then reports, as a different install would.
@@ -142,15 +144,15 @@ def test_nothing_changed_nothing_reruns(workdir):
 
 
 def test_an_analysis_key_reruns_only_the_analysis_figures_and_section(workdir, tmp_path):
-    overlay = tmp_path / "slo.yaml"
-    overlay.write_text("experiments:\n  e2:\n    ttft_slo_ms: 12345\n")
-    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e2", engine=False))
-
-
-def test_e0_cv_threshold_is_an_analysis_key_too(workdir, tmp_path):
     overlay = tmp_path / "cv.yaml"
     overlay.write_text("experiments:\n  e0:\n    cv_threshold: 0.5\n")
     assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e0", engine=False))
+
+
+def test_e2_slo_is_a_run_key_it_steers_the_capacity_search(workdir, tmp_path):
+    overlay = tmp_path / "slo.yaml"
+    overlay.write_text("experiments:\n  e2:\n    ttft_slo_ms: 12345\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e2", engine=True))
 
 
 def test_e3_slo_stays_a_run_key_until_e3_has_an_analysis_step(workdir, tmp_path):
@@ -165,8 +167,9 @@ def test_a_run_key_reruns_the_engine_rule_and_what_follows(workdir, tmp_path):
     assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e2", engine=True))
 
 
-def test_a_change_in_an_experiment_module_reruns_that_experiment_only(workdir):
-    module = workdir / "src" / "context_research" / "experiments" / "e2.py"
+@pytest.mark.parametrize("name", ["e2.py", "e2_points.py", "e2_load.py"])
+def test_a_change_in_an_experiment_module_reruns_that_experiment_only(workdir, name):
+    module = workdir / "src" / "context_research" / "experiments" / name
     original = module.read_text()
     try:
         module.write_text(original + "\nMETRIC_FIX = 1  # a changed metric\n")
@@ -175,8 +178,9 @@ def test_a_change_in_an_experiment_module_reruns_that_experiment_only(workdir):
         module.write_text(original)
 
 
-def test_a_change_in_a_report_module_redraws_without_a_run(workdir):
-    module = workdir / "src" / "context_research" / "experiments" / "e2_report.py"
+@pytest.mark.parametrize("name", ["e2_report.py", "e2_figures.py"])
+def test_a_change_in_a_report_module_redraws_without_a_run(workdir, name):
+    module = workdir / "src" / "context_research" / "experiments" / name
     original = module.read_text()
     try:
         module.write_text(original + "\n# a fixed axis label\n")

@@ -295,12 +295,13 @@ def check_records(records: Sequence[Any], ttft_floor_ms: float | None = None, tp
 
 def one_at_a_time(row: Mapping[str, Any]) -> bool:
     """Whether a point's requests were served one at a time: E1 (batch 1), an E2 closed-loop point
-    at concurrency 1, an E3 point at concurrency 1. Poisson-rate points may overlap."""
+    at concurrency 1, an E3 point at concurrency 1. Open-loop points (E2's Poisson rates, capacity
+    probes and trace replays) may overlap."""
     if _num(row.get("concurrency")) is not None:
         return _num(row.get("concurrency")) == 1
     if row.get("mode") == "concurrency":
         return _num(row.get("level")) == 1
-    return row.get("mode") != "rate"
+    return row.get("mode") not in ("rate", "capacity", "trace")
 
 
 def check_point_row(row: Mapping[str, Any], gpu_name: str | None = None, hf_config: Mapping[str, Any] | None = None,

@@ -84,7 +84,9 @@ def meets_slo(record: RequestRecord, ttft_slo_ms: float, tpot_slo_ms: float) -> 
 
 def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: float,
             tpot_slo_ms: float) -> dict[str, Any]:
-    """Goodput as DistServe defines it: requests/s completed within BOTH SLOs.
+    """Per-run goodput as ``vllm bench serve`` computes it: requests/s completed within BOTH SLOs
+    over one run. (DistServe's goodput is a capacity, the highest rate at which a target share of
+    requests meets the SLOs: ``analysis.capacity``.)
 
     Returns goodput_rps (met / duration), slo_attainment (met / requests sent; failed requests
     count as misses), request_throughput_rps (succeeded / duration), output_throughput_tok_s

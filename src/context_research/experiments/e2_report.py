@@ -1,7 +1,8 @@
 """E2 figures, table and packet section.
 
 Concurrency points (requests in flight) and rate points (Poisson arrivals/s) have different x
-axes, so each figure has one panel per mode rather than one misleading shared axis.
+axes, so each figure has one panel per mode rather than one misleading shared axis. The load
+figures (attainment against rate, timelines, Pareto) are drawn by ``e2_figures``.
 """
 
 from __future__ import annotations
@@ -21,24 +22,33 @@ from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line
 from . import e2  # the declaration (bottom-imported by e2; resolved at call time)  # noqa: E402
 from ..tables import fmt as _fmt, html_table, markdown_table  # noqa: E402
-from .e2 import MODES  # noqa: E402
+from .e2_figures import attainment_figure, pareto_figure, timeline_figure  # noqa: E402
 
+# The sweep figures' panels: capacity probes and the trace have their own figures.
+MODES = ("concurrency", "rate")
 XLABEL = {"concurrency": "max requests in flight (closed loop)", "rate": "offered Poisson rate (requests/s)"}
 
 TABLE_COLUMNS = {
-    "mode": "mode", "level": "level", "status": "status", "n_ok": "ok / n",
+    "mode": "mode", "level": "level", "prompt_tokens": "prompt tokens", "status": "status", "n_ok": "ok / n",
     "request_throughput_rps": "req/s", "output_throughput_tok_s": "output tok/s",
     "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95", "ttft_ms_p99": "TTFT p99",
     "engine_ttft_ms_mean": "engine TTFT mean", "ttft_client_minus_engine_ms": "client - engine TTFT",
     "tpot_ms_p50": "TPOT p50 (ms)", "tpot_ms_p95": "TPOT p95", "tpot_ms_p99": "TPOT p99",
     "e2e_ms_p50": "E2E p50 (ms)", "e2e_ms_p99": "E2E p99",
-    "slo_attainment": "SLO attainment", "goodput_rps": "goodput (req/s)",
+    "slo_attainment": "SLO attainment", "goodput_rps": "per-run goodput (req/s)",
+    "steady_slo_attainment": "steady attainment", "steady_output_throughput_tok_s": "steady output tok/s",
+    "saturated": "saturated", "stopped_early": "stopped early", "energy_j_per_output_token": "J / output token",
     "engine_preemptions": "preemptions", "engine_kv_cache_usage_peak": "peak KV usage", "reason": "reason",
 }
 
 
 def load(results_dir: Path) -> pd.DataFrame:
     return pd.read_csv(e2.EXPERIMENT.path(results_dir, "concurrency"))
+
+
+def load_capacity(results_dir: Path) -> pd.DataFrame:
+    path = e2.EXPERIMENT.path(results_dir, "capacity")
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
 
 
 def mode_panels(frame: pd.DataFrame, series: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str, *,
@@ -113,6 +123,9 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["n_ok"] = [f"{a}/{b}" for a, b in zip(out["n_ok"], out["n"])]
     out["reason"] = out["reason"].fillna("")
+    for flag in ("saturated", "stopped_early"):  # a CSV bool (or empty for a closed loop) as words
+        if flag in out.columns:
+            out[flag] = [("yes" if str(v).lower() == "true" else "no") if pd.notna(v) else "" for v in out[flag]]
     return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
 
 
@@ -132,11 +145,19 @@ def make_figures(results_dir: Path) -> None:
                 hlines=[(slo["ttft_slo_ms"], f"TTFT SLO {slo['ttft_slo_ms']:g} ms"),
                         (slo["tpot_slo_ms"], f"TPOT SLO {slo['tpot_slo_ms']:g} ms")],
                 provenance=prov + "; client-side percentiles, engine-side mean")
-    mode_panels(ok, [("request_throughput_rps", "request throughput"), ("goodput_rps", "goodput (both SLOs met)")],
+    mode_panels(ok, [("request_throughput_rps", "request throughput"),
+                     ("goodput_rps", "per-run goodput (both SLOs met)")],
                 e2.EXPERIMENT.figure_path(results_dir, "goodput"),
-                f"E2: goodput, SLOs TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= {slo['tpot_slo_ms']:g} ms",
+                f"E2: per-run goodput (vLLM bench), SLOs TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= "
+                f"{slo['tpot_slo_ms']:g} ms",
                 "requests/s", provenance=prov + "; client-side",
                 secondary=("slo_attainment", "SLO attainment", "SLO attainment (fraction)"))
+    attainment_figure(ok, load_capacity(results_dir), slo.get("attainment_target", 0.9),
+                      e2.EXPERIMENT.figure_path(results_dir, "attainment"), provenance=prov + "; client-side")
+    timeline_figure(pd.read_csv(e2.EXPERIMENT.path(results_dir, "requests")),
+                    e2.EXPERIMENT.figure_path(results_dir, "timeline"),
+                    provenance=prov + "; client timestamps, engine queue time where the server reported it")
+    pareto_figure(ok, e2.EXPERIMENT.figure_path(results_dir, "pareto"), provenance=prov + "; client-side")
     write_text(e2.EXPERIMENT.figure_path(results_dir, "table"), html_table(table_frame(frame), 3))
 
 
@@ -156,10 +177,10 @@ def report_section(results_dir: Path) -> dict[str, Any]:
             f"{_fmt(lo['tpot_ms_p99'])} to {_fmt(hi['tpot_ms_p99'])} ms.")
     best = s.get("best_goodput")
     if best:
-        row = frame[(frame["mode"] == best["mode"]) & (frame["level"] == best["level"])].iloc[0]
+        row = _row_of(frame, best)
         findings.append(
-            f"Best goodput (requests/s meeting BOTH TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= "
-            f"{slo['tpot_slo_ms']:g} ms, DistServe's definition): {_fmt(best['goodput_rps'])} req/s at "
+            f"Best per-run goodput (requests/s meeting BOTH TTFT <= {slo['ttft_slo_ms']:g} ms and TPOT <= "
+            f"{slo['tpot_slo_ms']:g} ms over one run, as vllm bench serve computes it): {_fmt(best['goodput_rps'])} req/s at "
             f"{best['mode']}={best['level']:g}, where request throughput is {_fmt(row['request_throughput_rps'])} "
             f"req/s and SLO attainment {_fmt(row['slo_attainment'] * 100, 0)} %.")
     for _, r in frame[(frame["n_ok"] > 0)].iterrows():
@@ -169,6 +190,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                 f"(TTFT alone {_fmt(r['ttft_slo_attainment'] * 100, 0)} %, TPOT alone "
                 f"{_fmt(r['tpot_slo_attainment'] * 100, 0)} %).")
             break
+    findings += load_findings(s, frame)
     gap = s.get("ttft_client_minus_engine_ms_mean")
     if gap is not None:
         findings.append(
@@ -205,15 +227,68 @@ def report_section(results_dir: Path) -> dict[str, Any]:
     }
 
 
+def load_findings(s: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+    """Capacity (DistServe goodput) per prompt length, saturation, steady state and energy."""
+    out = []
+    target = s["slo"].get("attainment_target", 0.9)
+    for c in s.get("capacity") or []:
+        if c.get("capacity_rps") is None:
+            lowest = c.get("capacity_high_rps")
+            out.append(f"Capacity at {c['prompt_tokens']} prompt tokens: none found"
+                       + (f", every probe down to {_fmt(lowest, 3)} req/s missed the {target * 100:g} % target"
+                          if lowest is not None and lowest == lowest else "") + f" ({c.get('stop_reason')}).")
+            continue
+        high = c.get("capacity_high_rps")
+        out.append(
+            f"Capacity (DistServe goodput: the highest Poisson rate with at least {target * 100:g} % of requests "
+            f"meeting both SLOs) at {c['prompt_tokens']} prompt tokens: {_fmt(c['capacity_rps'], 3)} req/s, bracket "
+            f"[{_fmt(c['capacity_low_rps'], 3)}, {_fmt(high, 3) if high is not None else 'not found'}) after "
+            f"{c['probes']} probe(s), {c['stop_reason']}" + (f"; {c['non_monotonic_note']}" if c.get(
+                "non_monotonic_note") else "") + ".")
+    sat = s.get("saturated_points") or []
+    if sat:
+        out.append(f"{len(sat)} open-loop point(s) over-saturated (queues growing through the run), "
+                   f"{sum(p['stopped_early'] for p in sat)} stopped early: "
+                   + "; ".join(f"{p['mode']}={p['level']:g}" for p in sat[:6]) + ".")
+    steady = frame[pd.to_numeric(frame.get("steady_slo_attainment"), errors="coerce").notna()] \
+        if "steady_slo_attainment" in frame.columns else frame.iloc[0:0]
+    if len(steady):
+        gaps = (steady["steady_slo_attainment"] - steady["slo_attainment"]).abs()
+        r = steady.loc[gaps.idxmax()]
+        out.append(f"Steady state (ramp-up and drain dropped, {s['workload'].get('steady_state_trim', 0.1):g} of "
+                   f"sends at each end) moves attainment by at most {_fmt(gaps.max() * 100, 0)} points, at "
+                   f"{r['mode']}={r['level']:g}: {_fmt(r['slo_attainment'] * 100, 0)} % over the whole run, "
+                   f"{_fmt(r['steady_slo_attainment'] * 100, 0)} % in the window.")
+    energy = s.get("energy") or {}
+    if energy.get("available"):
+        e = frame[frame.get("energy_available") == True]  # noqa: E712  (a CSV bool column)
+        out.append(f"Energy (NVML total-energy counter): {_fmt(e['energy_j_per_output_token'].min(), 3)} to "
+                   f"{_fmt(e['energy_j_per_output_token'].max(), 3)} J per output token across points.")
+    else:
+        out.append(f"Energy per token: unavailable ({energy.get('reason', 'not read')}).")
+    return out
+
+
 def headline(results_dir: Path) -> dict[str, Any]:
     """The packet summary's key figures: the best goodput point and its throughput."""
     s = read_json(e2.EXPERIMENT.path(results_dir, "summary"))
     frame = load(results_dir)
     best = s.get("best_goodput")
+    capacity = [(f"capacity at {c['prompt_tokens']} prompt tokens (req/s)",
+                 f"{_fmt(c['capacity_rps'], 3)} [{_fmt(c['capacity_low_rps'], 3)}, {_fmt(c['capacity_high_rps'], 3)})")
+                for c in s.get("capacity") or [] if c.get("capacity_rps") is not None]
     if not best:
-        return {"figures": [("goodput", "no point met both SLOs")]}
-    row = frame[(frame["mode"] == best["mode"]) & (frame["level"] == best["level"])].iloc[0]
+        return {"figures": capacity + [("per-run goodput", "no point met both SLOs")]}
+    row = _row_of(frame, best)
     where = f"{best['mode']}={best['level']:g}"
-    return {"figures": [(f"best goodput, {where} (req/s)", format_with_ci(row, "goodput_rps", 2)),
+    return {"figures": capacity + [(f"best per-run goodput, {where} (req/s)", format_with_ci(row, "goodput_rps", 2)),
                         (f"output throughput, {where} (tok/s)", format_with_ci(row, "output_throughput_tok_s", 1)),
                         (f"TTFT p50, {where} (ms)", format_with_ci(row, "ttft_ms_p50", 1))]}
+
+
+def _row_of(frame: pd.DataFrame, best: dict[str, Any]) -> pd.Series:
+    """The row a summary's best point names (mode, level, and prompt length where recorded)."""
+    match = (frame["mode"] == best["mode"]) & (frame["level"] == best["level"])
+    if best.get("prompt_tokens") is not None:
+        match &= frame["prompt_tokens"] == best["prompt_tokens"]
+    return frame[match].iloc[0]

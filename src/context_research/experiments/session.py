@@ -22,6 +22,7 @@ class EngineSession:
         self.progress = progress and sys.stderr.isatty()
         self._kv_peak: float | None = None
         self.scrape_error: str | None = None
+        self._in_flight = 0  # client: requests sent and not finished (run_requests)
 
     @property
     def backend_mode(self) -> str:
@@ -54,13 +55,19 @@ class EngineSession:
 
     async def run_requests(self, requests: Iterable[GenerationRequest], max_concurrency: int | None = None,
                            use_schedule: bool = False, desc: str = "requests",
-                           sample_kv_usage: bool = False) -> tuple[list[RequestRecord], float]:
+                           sample_kv_usage: bool = False, monitor: Any = None) -> tuple[list[RequestRecord], float]:
         """Serve ``requests`` and return their records (in input order) and the wall duration.
 
         ``max_concurrency`` bounds requests in flight; with ``use_schedule`` each request is sent at
         its ``scheduled_offset_s`` (an open-loop arrival process) rather than as soon as a slot frees.
+        ``monitor`` (E2's ``analysis.saturation.SaturationMonitor``) gets the client's in-flight count
+        and the engine's waiting queue every sample and each completed record; once its
+        ``stop_reason()`` says so, requests not yet sent are skipped (no record) and those in flight
+        finish.
         """
         reqs = list(requests)
+        self._in_flight = 0
+        stop_sending = asyncio.Event()
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         bar = None
         if self.progress:
@@ -75,19 +82,24 @@ class EngineSession:
                 if delay > 0:
                     await asyncio.sleep(delay)
             if sem is None:
-                rec = await self.backend.generate(req, t0)
+                rec = await self._send(req, t0, stop_sending)
             else:
                 async with sem:
-                    rec = await self.backend.generate(req, t0)
+                    rec = await self._send(req, t0, stop_sending)
             if bar is not None:
                 bar.update(1)
+            if rec is not None and monitor is not None:
+                monitor.on_completion(rec)
+                if monitor.stop_reason():
+                    stop_sending.set()
             return rec
 
         stop_sampler = asyncio.Event()
-        sampler = asyncio.create_task(self._sample_kv(stop_sampler)) if sample_kv_usage else None
+        sampler = asyncio.create_task(self._sample_kv(stop_sampler, monitor=monitor, t0=t0, stop_sending=stop_sending)) \
+            if sample_kv_usage or monitor is not None else None
         self._kv_peak = None
         try:
-            records = await asyncio.gather(*(one(r) for r in reqs))
+            records = [r for r in await asyncio.gather(*(one(r) for r in reqs)) if r is not None]
         finally:
             stop_sampler.set()
             if sampler is not None:
@@ -96,8 +108,19 @@ class EngineSession:
                 bar.close()
         return list(records), time.perf_counter() - t0
 
-    async def _sample_kv(self, stop: asyncio.Event, interval_s: float = 0.25) -> None:
-        """Peak of vllm:kv_cache_usage_perc while a workload runs (the gauge is instantaneous)."""
+    async def _send(self, req: GenerationRequest, t0: float, stop_sending: asyncio.Event) -> RequestRecord | None:
+        if stop_sending.is_set():
+            return None
+        self._in_flight += 1
+        try:
+            return await self.backend.generate(req, t0)
+        finally:
+            self._in_flight -= 1
+
+    async def _sample_kv(self, stop: asyncio.Event, interval_s: float = 0.25, monitor: Any = None,
+                         t0: float = 0.0, stop_sending: asyncio.Event | None = None) -> None:
+        """Peak of vllm:kv_cache_usage_perc while a workload runs (the gauge is instantaneous);
+        with a ``monitor``, also the load it watches for over-saturation."""
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
@@ -105,6 +128,11 @@ class EngineSession:
                 value = snap.total("vllm:kv_cache_usage_perc") if snap else None
                 if value is not None:
                     self._kv_peak = max(self._kv_peak or 0.0, value)
+                if monitor is not None:
+                    monitor.on_sample(time.perf_counter() - t0, self._in_flight,
+                                      snap.total("vllm:num_requests_waiting") if snap else None)
+                    if monitor.stop_reason() and stop_sending is not None:
+                        stop_sending.set()
             except Exception:
                 pass
             try:
