@@ -41,21 +41,23 @@ def summary_verdict(rows: list[dict], weights: str, backend_mode: str) -> tuple[
     return meaningful, why
 
 
+def score_of(metric: str, ok: list[dict]) -> tuple[float | None, str, float | None, int | None]:
+    """(score, scale, bits per token, scored tokens) of the answered samples: perplexity rows
+    exp(total NLL / scored tokens) and its bits per token; the others the mean 0-100 score."""
+    if metric != PERPLEXITY:
+        return mean([p["score_percent"] for p in ok]), PERCENT, None, None
+    tokens = sum(int(p["scored_tokens"]) for p in ok)
+    if not tokens:
+        return None, PERPLEXITY, None, tokens
+    mean_nll = sum(float(p["nll_sum"]) for p in ok) / tokens
+    return math.exp(mean_nll), PERPLEXITY, mean_nll / math.log(2), tokens
+
+
 def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, backend_mode: str,
                 data_source: str) -> dict:
     """One quality.csv row from the dataset's prediction lines."""
     ok = [p for p in preds if p["status"] == "ok"]
-    bits = scored = None
-    if metric == PERPLEXITY:
-        tokens = sum(int(p["scored_tokens"]) for p in ok)
-        mean_nll = sum(float(p["nll_sum"]) for p in ok) / tokens if tokens else None
-        score = math.exp(mean_nll) if tokens else None
-        bits = mean_nll / math.log(2) if tokens else None
-        scored = tokens
-        scale = PERPLEXITY
-    else:
-        score = mean([p["score_percent"] for p in ok])
-        scale = PERCENT
+    score, scale, bits, scored = score_of(metric, ok)
     failed = [p for p in preds if p["status"] != "ok"]
     status = "ok" if preds and not failed else ("failed" if not ok else "partial")
     reason = "; ".join(sorted({str(p.get("reason")) for p in failed})) if failed else ("no samples" if not preds else "")
@@ -123,16 +125,7 @@ def length_bucket(line: dict, edges: list[int]) -> int | None:
 def _bucket_row(benchmark: str, task: str, bucket: int, metric: str, lines: list[dict], *, meaningful: bool,
                 data_source: str) -> dict:
     ok = [p for p in lines if p["status"] == "ok"]
-    bits = None
-    if metric == PERPLEXITY:
-        tokens = sum(int(p["scored_tokens"]) for p in ok)
-        mean_nll = sum(float(p["nll_sum"]) for p in ok) / tokens if tokens else None
-        score = math.exp(mean_nll) if tokens else None
-        bits = mean_nll / math.log(2) if tokens else None
-        scale = PERPLEXITY
-    else:
-        score = mean([p["score_percent"] for p in ok])
-        scale = PERCENT
+    score, scale, bits, _ = score_of(metric, ok)
     return {"benchmark": benchmark, "task": task, "length_bucket": bucket, "n": len(lines), "n_ok": len(ok),
             "metric": metric, "score": score, "score_scale": scale, "bits_per_token": bits,
             "mean_input_tokens": mean([p.get("input_tokens") for p in lines]), "meaningful": meaningful,
