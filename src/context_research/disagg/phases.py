@@ -30,8 +30,8 @@ from ..tables import fmt
 from ..workload import engine_gpu_name
 from . import connectors
 from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
-from .ledger import Ledger
 from .gpus import GpuAssignment
+from .ledger import Ledger
 from .plan import Point, Workload, batched_tokens_budget, refusal_reason, warmup_point
 from .rows import empty_row, failed_row, latency_columns, request_rows, transfer_columns
 from .schedulers import AggregatedScheduler, DisaggregatedScheduler, RouteLog, ServeResult

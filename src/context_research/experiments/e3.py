@@ -24,9 +24,10 @@ consumer disagree on the folder name).
 
 Artifacts (``EXPERIMENT.outputs``): the mode comparison (one row per point and mode, with the
 disaggregated - aggregated deltas), one row per request, one row per handoff, both modes' route
-logs, the engines' KV ledger, a summary and the three engines' logs. The pieces live in ``context_research.disagg``:
-``plan`` (points, refusals, prompts), ``phases`` (the engines and the two phases), ``rows`` and
-``summary``; timing definitions of the transfer are in ``disagg.broker``.
+logs, the engines' KV ledger, a summary and the three engines' logs. The pieces live in
+``context_research.disagg``: ``plan`` (points, refusals, prompts), ``phases`` (the engines and
+the two phases), ``rows`` and ``summary``; the transfer's timing definitions are in
+``disagg.ledger``, its status rules in ``disagg.verdict``.
 """
 
 from __future__ import annotations
