@@ -129,3 +129,17 @@ def test_a_cpu_engine_leaves_a_core_to_the_api_server_and_the_client():
     assert cpu_binding_leaving_a_core([0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
     assert cpu_binding_leaving_a_core([4, 2, 3, 5]) == {"VLLM_CPU_OMP_THREADS_BIND": "2,3,4"}
     assert cpu_binding_leaving_a_core([0]) == {}
+
+
+def test_long_context_engine_arguments_become_flags_and_stay_out_when_absent(tmp_path):
+    serving = {**SERVING, "kv_cache_dtype": "fp8", "enable_chunked_prefill": False, "block_size": 32,
+               "max_num_batched_tokens": 512}
+    cmd = VllmServerBackend(MODEL, serving, tmp_path / "engine.log").build_command(1234)
+    joined = " ".join(cmd)
+    assert "--kv-cache-dtype fp8" in joined and "--block-size 32" in joined
+    assert "--max-num-batched-tokens 512" in joined and "--no-enable-chunked-prefill" in cmd
+    on = VllmServerBackend(MODEL, {**SERVING, "enable_chunked_prefill": True}, tmp_path / "e.log").build_command(1)
+    assert "--enable-chunked-prefill" in on
+    plain = VllmServerBackend(MODEL, SERVING, tmp_path / "p.log").build_command(1)
+    assert not [a for a in plain if a.startswith(("--kv-cache-dtype", "--block-size", "--enable-chunked",
+                                                  "--no-enable-chunked"))]

@@ -180,6 +180,12 @@ class VllmServerBackend(ServingBackend):
             cmd += ["--max-num-seqs", str(s["max_num_seqs"])]
         if s.get("max_num_batched_tokens"):
             cmd += ["--max-num-batched-tokens", str(s["max_num_batched_tokens"])]
+        if s.get("kv_cache_dtype"):
+            cmd += ["--kv-cache-dtype", str(s["kv_cache_dtype"])]
+        if s.get("enable_chunked_prefill") is not None:  # absent: vLLM's default
+            cmd.append("--enable-chunked-prefill" if s["enable_chunked_prefill"] else "--no-enable-chunked-prefill")
+        if s.get("block_size"):
+            cmd += ["--block-size", str(s["block_size"])]
         extra = [str(a) for a in s.get("extra_args", [])]
         # Per-request engine timings on every streamed reply (records.RequestRecord.engine_*_ms).
         # vLLM refuses the flag together with --disable-log-stats, which it needs.
