@@ -134,6 +134,7 @@ def merged_schema(schema_path: str | os.PathLike | None = None) -> dict:
     report["experiments"]["items"]["enum"] = names
     report["experiments"]["default"] = names
     report["not_run_reasons"]["propertyNames"]["enum"] = names
+    schema["properties"]["compare"]["properties"]["experiments"]["items"]["enum"] = names
     return schema
 
 
