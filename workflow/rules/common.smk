@@ -1,6 +1,9 @@
 # Helpers shared by the rules. Logic lives in the context_research package.
+import functools
 import json
+import re
 import sys
+from dataclasses import dataclass
 
 from context_research.config import (analysis_config, experiment_hash, experiment_view, model_profile,
                                      snakemake_config_origins, validate_config)
@@ -8,19 +11,31 @@ from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
 from context_research.provenance import code_digest
+from context_research.variants import BASELINE, other_variants, results_root, variant_configs
 
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
     # names the file that set the bad key last (the schema's defaults belong to no file).
     _CONFIG_SOURCE, _CONFIG_ORIGINS = snakemake_config_origins(workflow)
-    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
-                    source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS)
+    _SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+    validate_config(config, _SCHEMA, source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS)
+    # {name: merged config} of every variant, baseline first, each validated like the main config
+    VARIANT_CONFIGS = variant_configs(config, _SCHEMA)
 except ConfigError as exc:
     sys.exit(f"context-research: {exc}")
 
 MODEL = model_profile(config)
 EMBEDDED_MANIFEST = "resources/models/embedded-qwen3/manifest.json"
 REPORT_EXPERIMENTS = config["report"]["experiments"]
+# The variants compared with the baseline, and the experiments each of them runs for `compare`.
+VARIANTS = other_variants(config)
+COMPARE_EXPERIMENTS = config["compare"]["experiments"]
+
+if VARIANTS:
+
+    # Only configured names: results/variants/<anything else>/... is no rule's output.
+    wildcard_constraints:
+        variant="|".join(re.escape(v) for v in VARIANTS),
 
 
 DUMMY_DIR = dummy_model_dir(MODEL)
@@ -41,11 +56,44 @@ def model_inputs(wildcards=None):
     return []
 
 
-def config_hash(experiment):
+@dataclass(frozen=True)
+class RuleSet:
+    """One set of an experiment's rules: the baseline's (rules eN, eN_analysis, eN_figures writing
+    results/eN/..., as before variants existed) or the variants' (variant_eN, ... writing
+    results/variants/{variant}/eN/..., one job per configured variant through the wildcard)."""
+
+    variant: str  # BASELINE, or the "{variant}" wildcard pattern
+
+    @property
+    def is_baseline(self):
+        return self.variant == BASELINE
+
+    @property
+    def root(self):
+        return results_root(self.variant)
+
+    def rule(self, name):
+        return name if self.is_baseline else f"variant_{name}"
+
+    def log(self, name):
+        return f"logs/{name}.log" if self.is_baseline else f"logs/variants/{{variant}}/{name}.log"
+
+    def param(self, helper, experiment):
+        """``helper(experiment, variant)`` for this set's jobs: a function of the wildcards, so each
+        variant's job gets its own config (and its own hash)."""
+        return lambda wildcards: helper(experiment, getattr(wildcards, "variant", BASELINE))
+
+
+RULE_SETS = [RuleSet(BASELINE)] + ([RuleSet("{variant}")] if VARIANTS else [])
+
+
+@functools.cache
+def config_hash(experiment, variant=BASELINE):
     """The run's hash: its run keys, model, serving settings and the machine facts (engine and
     torch versions, package code, model files, engine environment, GPU model), computed here while
-    the DAG is built. A param, so any change of them reruns the engine rule."""
-    return experiment_hash(config, experiment)
+    the DAG is built, from the variant's merged config. A param, so any change of them reruns the
+    engine rule."""
+    return experiment_hash(VARIANT_CONFIGS[variant], experiment)
 
 
 def report_code(experiment):
@@ -54,38 +102,42 @@ def report_code(experiment):
     return code_digest(experiment, reports=True)
 
 
-def analysis_config_json(experiment):
+def analysis_config_json(experiment, variant=BASELINE):
     """What an analysis rule passes to `context-research analyse`: the experiment's analysis keys."""
-    return json.dumps(analysis_config(config, experiment), sort_keys=True)
+    return json.dumps(analysis_config(VARIANT_CONFIGS[variant], experiment), sort_keys=True)
 
 
-def analysis_outputs(experiment):
+def analysis_outputs(experiment, root="results"):
     """The analysis rule's outputs (none for an experiment whose run writes every table)."""
-    return list(experiment.analysis_paths().values())
+    return list(experiment.analysis_paths(root).values())
 
 
-def experiment_config_json(experiment):
+def experiment_config_json(experiment, variant=BASELINE):
     """What an engine rule passes to `context-research run`: only the config its hash covers,
-    so changing another experiment's block leaves this rule's params (and outputs) alone."""
-    return json.dumps(experiment_view(config, experiment), sort_keys=True)
+    so changing another experiment's block (or another variant) leaves this rule's params (and
+    outputs) alone."""
+    return json.dumps(experiment_view(VARIANT_CONFIGS[variant], experiment), sort_keys=True)
 
 
 def data_inputs(experiment):
-    """Files an experiment's run reads besides the model (E4: its materialized datasets)."""
+    """Files an experiment's run reads besides the model (E4: its materialized datasets). A variant
+    cannot change the experiments' blocks, so these are the baseline's."""
     return experiment.data_inputs(config) if experiment.data_inputs else []
 
 
-def figure_outputs(experiment):
+def figure_outputs(experiment, root="results"):
     """The figures rule's outputs, each shown in Snakemake's report with its caption file."""
-    paths = experiment.figure_paths()
+    paths = experiment.figure_paths(root)
     return {fig.key: report(paths[fig.key], caption=f"../report/{fig.caption}", category=experiment.category)
             for fig in experiment.figures}
 
 
-def figure_join_inputs(experiment):
-    """Results of the experiments an experiment's figures join (E4: E1 and E5), when reported."""
-    return [path for name in experiment.figure_joins if name in REPORT_EXPERIMENTS
-            for path in EXPERIMENTS[name].run_paths().values()]
+def figure_join_inputs(experiment, rule_set=RuleSet(BASELINE)):
+    """Results of the experiments an experiment's figures join (E4: E1 and E5), when the baseline
+    reports them or the variants run them for `compare`; from the same variant's results."""
+    joined = REPORT_EXPERIMENTS if rule_set.is_baseline else COMPARE_EXPERIMENTS
+    return [path for name in experiment.figure_joins if name in joined
+            for path in EXPERIMENTS[name].run_paths(rule_set.root).values()]
 
 
 def report_inputs(wildcards):

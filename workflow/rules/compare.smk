@@ -1,0 +1,58 @@
+# `snakemake --cores 1 compare`: every variant's runs of compare.experiments (and the baseline's),
+# one comparison per variant against the baseline (reports/compare/{variant}/), and an index
+# linking them (reports/compare.html).
+from context_research.variants import COMPARE_INDEX, COMPARE_ROOT, compare_dir, compare_paths
+
+
+def compared_results(variant):
+    """What `context-research compare` reads of one side: the run's and the analysis' files of
+    every compared experiment (not the figures: the comparison draws its own)."""
+    root = results_root(variant)
+    return [path for name in COMPARE_EXPERIMENTS
+            for path in (*EXPERIMENTS[name].run_paths(root).values(), *EXPERIMENTS[name].analysis_paths(root).values())]
+
+
+if VARIANTS:
+
+    rule compare_variant:
+        """One variant against the baseline: differences with bootstrap CIs and verdicts."""
+        input:
+            baseline=compared_results(BASELINE),
+            variant=compared_results("{variant}"),
+        output:
+            **compare_paths("{variant}"),
+        params:
+            baseline=results_root(BASELINE),
+            variant=results_root("{variant}"),
+            outdir=compare_dir("{variant}"),
+        log:
+            "logs/compare/{variant}.log",
+        localrule: True
+        shell:
+            "context-research compare {params.baseline} {params.variant} --out {params.outdir} > {log} 2>&1 "
+            "|| {{ tail -n 5 {log} >&2; exit 1; }}"
+
+    rule compare:
+        """The index of every variant's comparison with the baseline."""
+        input:
+            expand(compare_paths("{variant}")["html"], variant=VARIANTS),
+        output:
+            COMPARE_INDEX,
+        params:
+            root=COMPARE_ROOT,
+        log:
+            "logs/compare/index.log",
+        localrule: True
+        shell:
+            "context-research compare-index {params.root} --out {output} > {log} 2>&1"
+
+else:
+
+    rule compare:
+        """Without variants there is nothing to compare: say how to add one."""
+        output:
+            COMPARE_INDEX,
+        localrule: True
+        shell:
+            "echo 'context-research: no variants configured: add one under variants: in the config "
+            "(README, Variants and comparisons)' >&2; exit 1"
