@@ -44,6 +44,12 @@ def other_variants(config: dict) -> list[str]:
     return variant_names(config)[1:]
 
 
+def variant_rule(rule: str) -> str:
+    """The name of the variants' copy of a rule (``e1`` -> ``variant_e1``): the rule that writes
+    ``results/variants/{variant}/e1``. The SLURM profile gives ``variant_eN`` an engine's resources."""
+    return f"variant_{rule}"
+
+
 def results_root(name: str) -> str:
     """Where a variant's results live: ``results`` for the baseline (as before variants existed),
     else ``results/variants/<name>``. ``results_root("{variant}")`` is the rules' output pattern."""

@@ -11,7 +11,7 @@ from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
 from context_research.provenance import code_digest
-from context_research.variants import BASELINE, other_variants, results_root, variant_configs
+from context_research.variants import BASELINE, other_variants, results_root, variant_configs, variant_rule
 
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
@@ -73,7 +73,7 @@ class RuleSet:
         return results_root(self.variant)
 
     def rule(self, name):
-        return name if self.is_baseline else f"variant_{name}"
+        return name if self.is_baseline else variant_rule(name)
 
     def log(self, name):
         return f"logs/{name}.log" if self.is_baseline else f"logs/variants/{{variant}}/{name}.log"
