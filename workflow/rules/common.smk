@@ -125,10 +125,13 @@ def data_inputs(experiment):
     return experiment.data_inputs(config) if experiment.data_inputs else []
 
 
-def figure_outputs(experiment, root="results"):
-    """The figures rule's outputs, each shown in Snakemake's report with its caption file."""
-    paths = experiment.figure_paths(root)
-    return {fig.key: report(paths[fig.key], caption=f"../report/{fig.caption}", category=experiment.category)
+def figure_outputs(experiment, rule_set=RuleSet(BASELINE)):
+    """The figures rule's outputs, each shown in Snakemake's report with its caption file (a
+    variant's under a subcategory named after it, so it is not mistaken for the baseline's)."""
+    paths = experiment.figure_paths(rule_set.root)
+    subcategory = None if rule_set.is_baseline else rule_set.variant
+    return {fig.key: report(paths[fig.key], caption=f"../report/{fig.caption}", category=experiment.category,
+                            subcategory=subcategory)
             for fig in experiment.figures}
 
 

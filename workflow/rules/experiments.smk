@@ -100,7 +100,7 @@ for _exp in EXPERIMENTS.values():
                 analysis_outputs(_exp, _set.root),
                 figure_join_inputs(_exp, _set),
             output:
-                **figure_outputs(_exp, _set.root),
+                **figure_outputs(_exp, _set),
             params:
                 experiment=_exp.name,
                 results=str(_exp.results_dir(_set.root)),
