@@ -143,6 +143,17 @@ def test_a_variants_e3_setting_reruns_none_of_its_other_experiments(workdir, tmp
     assert jobs(snakemake(workdir, "-n", "compare", *TARGETS, overlay=overlay)) == {}
 
 
+def test_a_model_profile_variant_serves_its_own_model(workdir, tmp_path):
+    """A variant on another profile gets that profile's shape-only model, built by its own job."""
+    overlay = tmp_path / "model.yaml"
+    overlay.write_text("models:\n  other:\n    source: example-org/not-in-any-cache\n    load_format: dummy\n"
+                       f"    dummy_config: {workdir / 'model' / 'config.json'}\n"
+                       "variants:\n  other:\n    model_profile: other\n")
+    proc = snakemake(workdir, "-n", "-p", "results/variants/other/e1/run_metadata.json", overlay=overlay)
+    assert variant_jobs(proc) == {("dummy_model", None): 1, ("variant_e1", "other"): 1}
+    assert "resources/models/other-dummy/manifest.json" in proc.stdout
+
+
 def test_a_key_a_variant_cannot_vary_stops_the_workflow_naming_variant_and_key(workdir, tmp_path):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("variants:\n  mine:\n    experiments:\n      e1:\n        max_tokens: 3\n")

@@ -38,8 +38,6 @@ if VARIANTS:
         variant="|".join(re.escape(v) for v in VARIANTS),
 
 
-DUMMY_DIR = dummy_model_dir(MODEL)
-
 # For --sdm conda: the engine build that matches this host (paths relative to rules/).
 from context_research.backends.vllm_server import cuda_visible
 
@@ -48,12 +46,13 @@ ENGINE_ENV = "../../envs/vllm-gpu.yaml" if cuda_visible() else "../../envs/vllm-
 
 def model_inputs(wildcards=None):
     """The model folder the workflow builds itself, if any: the embedded model, or a shape-only
-    folder for dummy weights; nothing for a model that is already on disk or in the HF cache."""
-    if MODEL["source"] == "embedded":
+    folder for dummy weights; nothing for a model that is already on disk or in the HF cache.
+    A variant's job gets its own profile's (a variant may set model_profile)."""
+    model = model_profile(VARIANT_CONFIGS[getattr(wildcards, "variant", BASELINE)])
+    if model["source"] == "embedded":
         return [EMBEDDED_MANIFEST]
-    if DUMMY_DIR is not None:
-        return [f"{DUMMY_DIR}/manifest.json"]
-    return []
+    dummy_dir = dummy_model_dir(model)
+    return [f"{dummy_dir}/manifest.json"] if dummy_dir is not None else []
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ rule embedded_model:
 rule dummy_model:
     """Shape-only model folder (config.json + synthetic word-level tokenizer) for dummy weights."""
     input:
-        config=lambda w: MODEL["dummy_config"],
+        # the profile's own shapes: a variant may serve another profile than the baseline
+        config=lambda w: config["models"][w.profile]["dummy_config"],
     output:
         manifest="resources/models/{profile}-dummy/manifest.json",
     params:
