@@ -380,7 +380,7 @@ def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples:
     # Ties at zero count on both sides (conservative); +1 so a finite bootstrap never claims p = 0.
     below = (np.count_nonzero(deltas <= 0) + 1) / (resamples + 1)
     above = (np.count_nonzero(deltas >= 0) + 1) / (resamples + 1)
-    p_value = min(1.0, 2.0 * min(below, above))
+    p_value = float(min(1.0, 2.0 * min(below, above)))
     return DeltaTest(ma, mb, delta, delta / ma if ma else None, float(low), float(high), p_value)
 
 
@@ -508,6 +508,8 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
     opts = options or Options()
     if not 0 < opts.alpha < 1:
         raise ContextResearchError(f"--alpha must lie in (0, 1), got {opts.alpha}")
+    if opts.resamples is not None and opts.resamples < 100:
+        raise ContextResearchError(f"--resamples must be at least 100, got {opts.resamples}")
     if opts.min_effect < 0:
         raise ContextResearchError(f"--min-effect must be >= 0, got {opts.min_effect}")
     a, b = find_run(a_path, "A"), find_run(b_path, "B")
@@ -609,6 +611,9 @@ def method_lines(comp: Comparison) -> list[str]:
         f"|relative delta| >= the noise floor; lower is better for latencies. Fewer than {MIN_REQUESTS} requests "
         f"in either run: not enough samples.",
         f"Noise floor: {comp.floor.source}.",
+        *([f"Caution: with {comp.resamples} resamples the smallest p-value is {2 / (comp.resamples + 1):.2g}, above "
+           f"Holm's strictest threshold alpha / {comp.tests} = {o.alpha / comp.tests:.2g}: raise --resamples."]
+          if comp.tests and 2 / (comp.resamples + 1) > o.alpha / comp.tests else []),
         "Compared: points whose status is ok in both runs, successful requests only; other points are listed "
         "as not compared with the reason.",
     ]
