@@ -277,3 +277,33 @@ def test_compare_runs_is_the_function_the_workflow_calls(tmp_path):
     assert index == tmp_path / "cmp.html" and "aa" in index.read_text()
     with pytest.raises(ContextResearchError, match="no comparison there"):
         write_index(tmp_path / "a")
+
+
+def _write_e2(root: Path, shift: float, seed: int) -> Path:
+    """``root/e2``: a concurrency point, a rate point (level written as 2.0 in the point table)
+    and a trace point (no single prompt length: empty in both files)."""
+    rng = np.random.default_rng(seed)
+    points = [("concurrency", 4, 1024), ("rate", 2, 1024), ("trace", 1.5, None)]
+    rows = [{"phase": "warmup", "mode": None, "level": None, "prompt_tokens_point": None, "ttft_s": 9.0, "ok": True}]
+    for mode, level, length in points:
+        for i in range(20):
+            base = 0.2 if mode == "rate" else 0.1
+            rows.append({"phase": "measured", "mode": mode, "level": level, "prompt_tokens_point": length,
+                         "ttft_s": base * (1 + shift * (mode == "rate")) * (1 + 0.02 * rng.standard_normal()),
+                         "ok": True})
+    folder = root / "e2"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "requests.csv", index=False)
+    pd.DataFrame({"mode": [p[0] for p in points], "level": [float(p[1]) for p in points],
+                  "prompt_tokens": [p[2] for p in points], "status": "ok", "reason": ""}).to_csv(
+        folder / "concurrency.csv", index=False)
+    (folder / "run_metadata.json").write_text(json.dumps(_metadata("e2")))
+    return root
+
+
+def test_e2_points_join_their_status_across_number_formats_and_a_trace_point(tmp_path):
+    comp = compare(_write_e2(tmp_path / "a", 0.0, 1), _write_e2(tmp_path / "b", 0.5, 2))
+    ttft = comp.table[comp.table["metric"] == "ttft_ms"].set_index("point")["verdict"].to_dict()
+    assert ttft == {"mode=concurrency, level=4, prompt_tokens_point=1024": "no significant change",
+                    "mode=rate, level=2, prompt_tokens_point=1024": "worse",
+                    "mode=trace, level=1.5, prompt_tokens_point=": "no significant change"}

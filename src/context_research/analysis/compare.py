@@ -98,6 +98,10 @@ class Layout:
     points_table: str | None = None     # the table carrying each point's status
     points_table_columns: tuple[str, ...] = ()                # the same point columns there
     single: bool = False                # one request per point: a difference, never a CI
+    # Point column -> the column older records carry instead (results written before the point
+    # column existed: their requests' own target length).
+    fallbacks: tuple[tuple[str, str], ...] = (("prompt_tokens_point", "prompt_tokens_target"),
+                                              ("point_prompt_tokens", "prompt_tokens_target"))
 
 
 def _not_warmup(column: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -313,8 +317,10 @@ def _point_status(folder: Path, layout: Layout) -> dict[str, tuple[str, str]] | 
     for _, row in table.iterrows():
         label = point_label(layout.point_columns, [row[c] for c in layout.points_table_columns])
         reason = row.get("reason")
-        out[label] = (str(row["status"]), "" if reason is None or (isinstance(reason, float) and math.isnan(reason))
-                      else str(reason))
+        reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) else " ".join(
+            str(reason).split())
+        # a reason can hold a whole server reply: the note keeps its start
+        out[label] = (str(row["status"]), reason if len(reason) <= 200 else reason[:197] + "...")
     return out
 
 
@@ -328,6 +334,9 @@ def points_of(folder: Path, experiment: str) -> dict[str, dict[str, np.ndarray]]
     frame = _read_records(folder, experiment)
     if frame is None:
         return {}
+    for column, older in layout.fallbacks:
+        if column in layout.point_columns and column not in frame.columns and older in frame.columns:
+            frame = frame.assign(**{column: frame[older]})
     if layout.keep is not None:
         frame = frame[layout.keep(frame)]
     if "ok" in frame.columns:
