@@ -80,7 +80,8 @@ def _point_names(point: str) -> str:
 def experiment_figure(comp: Comparison, experiment: str, path: Path) -> Path | None:
     """Both runs' medians per point (one panel per metric), and below them the relative delta
     B/A - 1 per point with its CI as error bars, coloured by verdict, the noise floor dashed."""
-    rows = comp.table[(comp.table["experiment"] == experiment) & (comp.table["verdict"] != "not compared")]
+    rows = comp.table[(comp.table["experiment"] == experiment) & (comp.table["verdict"] != "not compared")
+                      & comp.table["a"].notna() & comp.table["b"].notna()]
     metrics = list(dict.fromkeys(rows["metric"]))
     if not metrics:
         return None

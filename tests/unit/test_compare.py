@@ -307,3 +307,12 @@ def test_e2_points_join_their_status_across_number_formats_and_a_trace_point(tmp
     assert ttft == {"mode=concurrency, level=4, prompt_tokens_point=1024": "no significant change",
                     "mode=rate, level=2, prompt_tokens_point=1024": "worse",
                     "mode=trace, level=1.5, prompt_tokens_point=": "no significant change"}
+
+
+def test_a_metric_one_run_did_not_measure_says_so(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2)
+    records = pd.read_csv(a / "e1" / "requests.csv").drop(columns=["engine_ttft_ms"])
+    records.to_csv(a / "e1" / "requests.csv", index=False)
+    row = _row(compare(a, b), "engine_ttft_ms")
+    assert row["verdict"] == "not enough samples" and row["n_a"] == 0 and row["note"].startswith("not measured in A")

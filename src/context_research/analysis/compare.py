@@ -562,8 +562,12 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
                     if len(xa) and len(xb):
                         ma, mb = float(np.median(xa)), float(np.median(xb))
                         test = DeltaTest(ma, mb, mb - ma, (mb - ma) / ma if ma else None, math.nan, math.nan, math.nan)
-                    note = (f"one request per point and run: the difference is stated, no CI" if layout.single else
-                            f"a median needs at least {MIN_REQUESTS} requests in each run (analysis.stats.MIN_SAMPLES)")
+                    if not (len(xa) and len(xb)):
+                        note = f"not measured in {'A' if not len(xa) else 'B'} (e.g. no per-request engine metrics)"
+                    elif layout.single:
+                        note = "one request per point and run: the difference is stated, no CI"
+                    else:
+                        note = f"a median needs at least {MIN_REQUESTS} requests in each run (analysis.stats.MIN_SAMPLES)"
                     rows.append(_row(exp, metric.name, point, note, verdict_text="not enough samples",
                                      n_a=len(xa), n_b=len(xb), floor=level, test=test))
                     continue
