@@ -622,7 +622,8 @@ def method_lines(comp: Comparison) -> list[str]:
         f"family-wise error rate alpha = {o.alpha}.",
         f"Verdict: better / worse only when the CI excludes zero, the Holm-adjusted p <= {o.alpha} and "
         f"|relative delta| >= the noise floor; lower is better for latencies. Fewer than {MIN_REQUESTS} requests "
-        f"in either run: not enough samples.",
+        f"in either run: not enough samples (near that minimum the percentile interval under-covers, as "
+        f"analysis.stats states: a change called there rests on few requests).",
         f"Noise floor: {comp.floor.source}.",
         *([f"Caution: with {comp.resamples} resamples the smallest p-value is {2 / (comp.resamples + 1):.2g}, above "
            f"Holm's strictest threshold alpha / {comp.tests} = {o.alpha / comp.tests:.2g}: raise --resamples."]
