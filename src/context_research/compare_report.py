@@ -186,6 +186,11 @@ def write_comparison(comp: Comparison, out: str | Path) -> Path:
         path = experiment_figure(comp, exp, out / f"{exp}.svg")
         if path is not None:
             figures[exp] = path
+    # A figure of an earlier comparison into the same folder would be linked by nothing and
+    # mistaken for this one's.
+    for stale in out.glob("e*.svg"):
+        if stale.stem[1:].isdigit() and stale.stem not in figures:
+            stale.unlink()
     context = report_context(comp, figures)
     env = _env()
     write_text(out / "compare.md", env.get_template("compare.md.j2").render(**context))

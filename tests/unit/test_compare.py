@@ -316,3 +316,11 @@ def test_a_metric_one_run_did_not_measure_says_so(tmp_path):
     records.to_csv(a / "e1" / "requests.csv", index=False)
     row = _row(compare(a, b), "engine_ttft_ms")
     assert row["verdict"] == "not enough samples" and row["n_a"] == 0 and row["note"].startswith("not measured in A")
+
+
+def test_a_figure_of_an_earlier_comparison_in_the_same_folder_is_removed(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "e3.svg").write_text("<svg/>")
+    compare_runs(write_run(tmp_path / "a", seed=1), write_run(tmp_path / "b", seed=2), out)
+    assert (out / "e1.svg").is_file() and not (out / "e3.svg").exists()
