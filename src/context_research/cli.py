@@ -85,6 +85,23 @@ def cmd_provenance(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare_report import compare_runs
+
+    path = compare_runs(args.a, args.b, args.out, min_effect=args.min_effect, alpha=args.alpha, seed=args.seed,
+                        resamples=args.resamples, allow_different_hardware=args.allow_different_hardware,
+                        use_e0_noise_floor=not args.no_e0_noise_floor)
+    print(f"written: {path} (and compare.csv, compare.md beside it)")
+    return 0
+
+
+def cmd_compare_index(args) -> int:
+    from .compare_report import write_index
+
+    print(f"written: {write_index(args.folder, args.out)}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     config = _config_from_args(args)
     print(f"configuration is valid (model_profile={config['model_profile']}, backend={config['serving']['backend']})")
@@ -149,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a results folder (e.g. results/e1) or its run_metadata.json")
     p.add_argument("other", nargs="?", help="a second run to compare with")
     p.set_defaults(func=cmd_provenance)
+
+    p = sub.add_parser("compare", help="compare two runs: per metric and point, B - A with a bootstrap CI and a verdict")
+    p.add_argument("a", help="run A: a results root (results, results/variants/<v>, docs/evidence/<x>/results) or "
+                             "one experiment folder (results/e1)")
+    p.add_argument("b", help="run B, the same kind of folder")
+    p.add_argument("--out", default="reports/compare", help="folder for compare.csv, compare.md, compare.html")
+    p.add_argument("--allow-different-hardware", action="store_true",
+                   help="compare different GPUs / hardware or models anyway (the report names the difference)")
+    p.add_argument("--min-effect", type=float, default=0.05, help="smallest relative change that counts (0.05: 5%%)")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (Holm); CIs at 1 - alpha")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--resamples", type=int, help="bootstrap resamples (default: enough for Holm over every test)")
+    p.add_argument("--no-e0-noise-floor", action="store_true",
+                   help="use --min-effect alone, not E0's run-to-run CV, as the noise floor")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("compare-index", help="write an index (reports/compare.html) of the comparisons in a folder")
+    p.add_argument("folder", help="a folder of comparisons, one per subfolder (reports/compare)")
+    p.add_argument("--out", help="the index file (default: FOLDER.html, e.g. reports/compare.html)")
+    p.set_defaults(func=cmd_compare_index)
 
     p = with_config(sub.add_parser("validate", help="validate the configuration"))
     p.set_defaults(func=cmd_validate)

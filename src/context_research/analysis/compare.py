@@ -1,0 +1,633 @@
+"""Comparing two runs (``context-research compare A B``): per experiment, metric and point, the
+difference of medians B - A, its bootstrap CI and p-value, Holm's adjustment and a verdict.
+
+Pure: reads saved result folders, returns frames and dicts; ``compare_report`` writes the files.
+
+Method (stated in every report, ``method_lines``):
+
+* The unit resampled is the REQUEST, each run's requests resampled independently (two
+  independent samples), ``resamples`` times, from a fresh ``numpy`` generator seeded with ``seed``
+  for every test, so a test's CI depends only on its data (as ``analysis.stats`` does).
+* CI: the percentile interval of the resampled differences of medians at level 1 - alpha (95 % at
+  the default alpha 0.05), the same interval ``analysis.stats`` uses (it never leaves the range
+  of differences the data can give).
+* p-value: two-sided, from the same bootstrap distribution: twice the smaller share of resampled
+  differences on either side of zero (a difference of exactly zero counts on both sides, so ties
+  make it larger, never smaller), with the +1 correction so it is never 0. Holm's step-down
+  adjustment over every test of the comparison controls the family-wise error rate at alpha.
+* Verdict: ``better`` / ``worse`` only when the CI excludes zero, the Holm-adjusted p-value is
+  <= alpha, and |relative difference| >= the noise floor = max(min_effect, E0's measured
+  run-to-run CV of the metric when both runs have an ``e0/summary.json``); else ``no significant
+  change``. Fewer than ``stats.MIN_SAMPLES["p50"]`` requests in either run: ``not enough samples``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ContextResearchError
+from ..io import read_json
+from ..provenance import flatten
+from .stats import BOOTSTRAP_RESAMPLES, MIN_SAMPLES
+
+VERDICTS = ("better", "worse", "no significant change", "not enough samples")
+# Requests per run a median (and its CI) needs: the project's small-sample rule for p50.
+MIN_REQUESTS = MIN_SAMPLES["p50"]
+# Largest resampled array built at once (elements), to bound memory on large point samples.
+_MAX_BATCH_ELEMENTS = 2_000_000
+
+# compare.csv, column by column (documented in the report and README; not a result table of an
+# experiment, so not in result_tables.TABLES, whose keys are "eN/<file>.csv").
+COMPARE_COLUMNS: dict[str, str] = {
+    "experiment": "experiment (e0 ... e6)",
+    "metric": "what is compared, with its unit (ttft_ms: client TTFT; engine_ttft_ms: vLLM per-request "
+              "metrics; ...)",
+    "point": "the point (E1: prompt_tokens=...; E2: mode, level, prompt length; E3: prompt length, concurrency, "
+             "mode; E5/E6: target; E0: all)",
+    "a": "median of the metric over run A's successful requests at the point",
+    "b": "median over run B's successful requests",
+    "delta": "b - a (same unit as the metric)",
+    "relative_delta": "delta / a (a fraction; empty when a is 0)",
+    "ci_low": "lower bound of the bootstrap CI of delta (level 1 - alpha)",
+    "ci_high": "upper bound of the bootstrap CI of delta",
+    "p_value": "two-sided bootstrap p-value of delta != 0",
+    "p_holm": "p_value after Holm's adjustment over every test of the comparison",
+    "verdict": "better, worse, no significant change, not enough samples, or not compared",
+    "n_a": "successful requests of run A at the point",
+    "n_b": "successful requests of run B at the point",
+    "noise_floor": "smallest |relative_delta| that counts: max(min_effect, E0's run-to-run CV of the metric)",
+    "note": "why not compared, which noise floor applied, single measurements",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-request value compared between runs: ``column`` of the records times ``scale``."""
+    name: str
+    column: str
+    scale: float = 1.0
+    lower_is_better: bool = True
+    # Which E0 CV bounds its noise: "ttft", "tpot", "both" (the larger), or None (no E0 floor).
+    noise: str | None = None
+
+
+CLIENT_METRICS = (
+    Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft"),
+    Metric("tpot_ms", "tpot_s", 1000.0, noise="tpot"),
+    Metric("e2e_ms", "e2e_s", 1000.0, noise="both"),
+)
+ENGINE_METRICS = (
+    Metric("engine_ttft_ms", "engine_ttft_ms", noise="ttft"),
+    Metric("engine_itl_ms", "engine_itl_ms", noise="tpot"),
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an experiment keeps its per-request records and how a record names its point."""
+    records: str                        # file of one row per request
+    point_columns: tuple[str, ...]      # columns of ``records`` naming the point (empty: the whole run)
+    metrics: tuple[Metric, ...]
+    keep: Callable[[pd.DataFrame], pd.Series] | None = None   # measured rows (warm-ups dropped)
+    points_table: str | None = None     # the table carrying each point's status
+    points_table_columns: tuple[str, ...] = ()                # the same point columns there
+    single: bool = False                # one request per point: a difference, never a CI
+    # Point column -> the column older records carry instead (results written before the point
+    # column existed: their requests' own target length).
+    fallbacks: tuple[tuple[str, str], ...] = (("prompt_tokens_point", "prompt_tokens_target"),
+                                              ("point_prompt_tokens", "prompt_tokens_target"))
+
+
+def _not_warmup(column: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda f: f[column].astype(str) != "warmup" if column in f.columns else pd.Series(True, f.index)
+
+
+def _e0_repeats(frame: pd.DataFrame) -> pd.Series:
+    # repeat-<k> and start<s>-repeat-<k>: the variability requests (not warm-ups, not the
+    # determinism check's identical prompts)
+    return frame["phase"].astype(str).str.contains(r"(?:^|-)repeat-\d+$", regex=True)
+
+
+def _ok_status(frame: pd.DataFrame) -> pd.Series:
+    return frame["status"].astype(str) == "ok"
+
+
+LAYOUTS: dict[str, Layout] = {
+    "e0": Layout("requests.csv", (), CLIENT_METRICS + ENGINE_METRICS, keep=_e0_repeats),
+    "e1": Layout("requests.csv", ("prompt_tokens_point",), CLIENT_METRICS + ENGINE_METRICS,
+                 keep=_not_warmup("phase"), points_table="latency.csv", points_table_columns=("prompt_tokens",)),
+    "e2": Layout("requests.csv", ("mode", "level", "prompt_tokens_point"), CLIENT_METRICS + ENGINE_METRICS,
+                 keep=_not_warmup("phase"), points_table="concurrency.csv",
+                 points_table_columns=("mode", "level", "prompt_tokens")),
+    "e3": Layout("requests.csv", ("point_prompt_tokens", "concurrency", "mode"), CLIENT_METRICS + ENGINE_METRICS,
+                 keep=_not_warmup("label"), points_table="mode_comparison.csv",
+                 points_table_columns=("prompt_tokens", "concurrency", "mode")),
+    # E5 and E6 send one request per point: the point table is the record.
+    "e5": Layout("memory.csv", ("prompt_tokens_target", "mode"),
+                 (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft"), Metric("e2e_ms", "e2e_s", 1000.0, noise="both"),
+                  Metric("kv_cache_allocated_gib", "kv_cache_allocated_gib", lower_is_better=False),
+                  Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib")),
+                 keep=_ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
+                 single=True),
+    "e6": Layout("stress.csv", ("target_prompt_tokens", "pass"),
+                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="ttft"),
+                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="tpot")),
+                 keep=_ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
+                 single=True),
+}
+NOT_COMPARED_EXPERIMENTS = {"e4": "quality scores, not per-request latencies (not compared yet)"}
+
+
+# -- finding the runs ------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One side of a comparison: its experiment folders by name, and where they came from."""
+    label: str
+    root: Path
+    experiments: dict[str, Path]
+    metadata: dict[str, dict] = field(default_factory=dict)
+
+
+def _experiment_name(folder: Path) -> str:
+    meta = folder / "run_metadata.json"
+    if meta.is_file():
+        name = read_json(meta).get("experiment")
+        if name:
+            return str(name)
+    return folder.name
+
+
+def find_run(where: str | Path, label: str) -> Run:
+    """The experiments of a result folder: a results root holding ``eN/`` folders (``results``,
+    ``results/variants/<v>``, ``docs/evidence/<x>/results``) or one experiment folder
+    (``results/e1``, recognised by its ``run_metadata.json``)."""
+    root = Path(where)
+    if not root.is_dir():
+        raise ContextResearchError(f"{label}: {root} is not a folder")
+    if (root / "run_metadata.json").is_file():
+        experiments = {_experiment_name(root): root}
+    else:
+        experiments = {p.name: p for p in sorted(root.iterdir())
+                       if p.is_dir() and p.name[:1] == "e" and p.name[1:].isdigit()
+                       and (p / "run_metadata.json").is_file()}
+    if not experiments:
+        raise ContextResearchError(f"{label}: {root} holds no experiment results (no eN/run_metadata.json, "
+                                   f"nor a run_metadata.json of its own)")
+    return Run(label, root, experiments, {name: read_json(p / "run_metadata.json") for name, p in experiments.items()})
+
+
+def _e0_summary(run: Run) -> tuple[dict | None, Path | None]:
+    """E0's summary.json of the run: its own e0, else the e0 beside a single experiment folder."""
+    candidates = []
+    if "e0" in run.experiments:
+        candidates.append(run.experiments["e0"] / "summary.json")
+    else:
+        candidates.append(run.root.parent / "e0" / "summary.json")
+    for path in candidates:
+        if path.is_file():
+            return read_json(path), path
+    return None, None
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+def _hardware(meta: dict) -> str | None:
+    gpu = (meta.get("hash_inputs") or {}).get("gpu")
+    label = meta.get("hardware_label")
+    return f"{label} (gpu: {gpu})" if gpu and label else label or gpu
+
+
+def _model(meta: dict) -> dict[str, Any]:
+    inputs = meta.get("hash_inputs") or {}
+    out = {"model_id": meta.get("model_id"), "weights": meta.get("weights")}
+    if "model_files" in inputs:
+        out["model_files"] = inputs["model_files"]
+    return out
+
+
+def _backend_modes(meta: dict, records: pd.DataFrame | None) -> set[str]:
+    modes = {str(meta["backend_mode"])} if meta.get("backend_mode") else set()
+    if records is not None and "backend_mode" in records.columns:
+        modes |= {str(m) for m in records["backend_mode"].dropna().unique()}
+    return modes
+
+
+def check_comparable(a: Run, b: Run, experiments: Sequence[str],
+                     allow_different_hardware: bool = False) -> list[str]:
+    """Raise ContextResearchError naming what differs when the runs may not be compared: simulated
+    against real rows (always), a different GPU / hardware or model (unless
+    ``allow_different_hardware``). Returns the differences allowed, for the report."""
+    refusals, allowed = [], []
+    for name in experiments:
+        ma, mb = a.metadata[name], b.metadata[name]
+        modes_a = _backend_modes(ma, _read_records(a.experiments[name], name))
+        modes_b = _backend_modes(mb, _read_records(b.experiments[name], name))
+        if modes_a != modes_b or len(modes_a) > 1:
+            refusals.append(f"{name}: backend_mode {'+'.join(sorted(modes_a)) or '?'} in A vs "
+                            f"{'+'.join(sorted(modes_b)) or '?'} in B (simulated rows are never compared with real ones)")
+        hw_a, hw_b = _hardware(ma), _hardware(mb)
+        if hw_a != hw_b:
+            (allowed if allow_different_hardware else refusals).append(
+                f"{name}: hardware {hw_a!r} in A vs {hw_b!r} in B")
+        model_a, model_b = _model(ma), _model(mb)
+        for key in sorted(set(model_a) | set(model_b)):
+            if model_a.get(key) != model_b.get(key):
+                (allowed if allow_different_hardware else refusals).append(
+                    f"{name}: {key} {model_a.get(key)!r} in A vs {model_b.get(key)!r} in B")
+    if refusals:
+        hint = "" if all("backend_mode" in r for r in refusals) else \
+            " (pass --allow-different-hardware to compare different hardware or models anyway)"
+        raise ContextResearchError(f"refusing to compare {a.root} with {b.root}: " + "; ".join(refusals) + hint)
+    return allowed
+
+
+def provenance_diff(a: Run, b: Run, experiments: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per experiment, ``{"source": what was compared, "lines": one line per input that differs}``:
+    the ``hash_inputs`` of run_metadata.json (as ``context-research provenance A B``), or, for runs
+    written before hash inputs were recorded, their config, versions and hardware."""
+    out: dict[str, dict[str, Any]] = {}
+    missing = object()
+    for name in experiments:
+        ma, mb = a.metadata[name], b.metadata[name]
+        if "hash_inputs" in ma and "hash_inputs" in mb:
+            left, right = flatten(ma["hash_inputs"]), flatten(mb["hash_inputs"])
+            source = "hash_inputs (run_metadata.json)"
+        else:
+            def fallback(meta):
+                return flatten({k: meta.get(k) for k in ("config", "versions", "hardware_label", "model_id", "weights",
+                                                          "engine_distribution")})
+            left, right = fallback(ma), fallback(mb)
+            source = "no hash_inputs recorded: run_metadata config, versions and hardware compared"
+        lines = []
+        for key in sorted(set(left) | set(right)):
+            x, y = left.get(key, missing), right.get(key, missing)
+            if x != y:
+                lines.append(f"{key}: {'(absent)' if x is missing else _show(x)} -> "
+                             f"{'(absent)' if y is missing else _show(y)}")
+        out[name] = {"source": source, "lines": lines}
+    return out
+
+
+def _show(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+# -- records and points ----------------------------------------------------------------------------
+
+def _read_records(folder: Path, experiment: str) -> pd.DataFrame | None:
+    layout = LAYOUTS.get(experiment)
+    if layout is None or not (folder / layout.records).is_file():
+        return None
+    return pd.read_csv(folder / layout.records, low_memory=False)
+
+
+def _key_value(value: Any) -> str:
+    """A point coordinate as text: 4096.0 and "4096" print alike, so CSVs written by pandas
+    (which writes an int column with gaps as floats) still join."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number.is_integer() else f"{number:g}"
+
+
+def point_label(columns: Sequence[str], values: Sequence[Any]) -> str:
+    return ", ".join(f"{c}={_key_value(v)}" for c, v in zip(columns, values)) if columns else "all"
+
+
+def _point_status(folder: Path, layout: Layout) -> dict[str, tuple[str, str]] | None:
+    """Point label -> (status, reason) from the point table, or None where the run has none."""
+    if layout.points_table is None or not (folder / layout.points_table).is_file():
+        return None
+    table = pd.read_csv(folder / layout.points_table, low_memory=False)
+    if "status" not in table.columns or not set(layout.points_table_columns) <= set(table.columns):
+        return None
+    out = {}
+    for _, row in table.iterrows():
+        label = point_label(layout.point_columns, [row[c] for c in layout.points_table_columns])
+        reason = row.get("reason")
+        reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) else " ".join(
+            str(reason).split())
+        # a reason can hold a whole server reply: the note keeps its start
+        out[label] = (str(row["status"]), reason if len(reason) <= 200 else reason[:197] + "...")
+    return out
+
+
+def _is_ok(series: pd.Series) -> pd.Series:
+    return series.astype(str).str.lower().isin(("true", "1", "1.0"))
+
+
+def points_of(folder: Path, experiment: str) -> dict[str, dict[str, np.ndarray]]:
+    """Point label -> metric name -> the successful requests' values (scaled), in file order."""
+    layout = LAYOUTS[experiment]
+    frame = _read_records(folder, experiment)
+    if frame is None:
+        return {}
+    for column, older in layout.fallbacks:
+        if column in layout.point_columns and column not in frame.columns and older in frame.columns:
+            frame = frame.assign(**{column: frame[older]})
+    if layout.keep is not None:
+        frame = frame[layout.keep(frame)]
+    if "ok" in frame.columns:
+        frame = frame[_is_ok(frame["ok"])]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    # An empty coordinate (E2's trace point has no single prompt length) stays part of the label.
+    labels = pd.Series([point_label(layout.point_columns, [row.get(c) for c in layout.point_columns])
+                        for row in frame.to_dict("records")], index=frame.index, dtype=object)
+    for label in dict.fromkeys(labels):  # first-seen order: the order the run measured them
+        rows = frame[labels == label]
+        out[label] = {m.name: pd.to_numeric(rows[m.column], errors="coerce").dropna().to_numpy(float) * m.scale
+                      for m in layout.metrics if m.column in rows.columns}
+    return out
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeltaTest:
+    """Difference of medians b - a with its bootstrap CI and two-sided p-value."""
+    a: float
+    b: float
+    delta: float
+    relative_delta: float | None
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                           seed: int = 0, level: float = 0.95) -> DeltaTest:
+    """median(b) - median(a) with a percentile-bootstrap CI at ``level`` and a two-sided bootstrap
+    p-value, each run's requests resampled independently with replacement. A fresh generator
+    seeded with ``seed`` per call: the result depends only on the data and the seed."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(xa) == 0 or len(xb) == 0:
+        raise ValueError("both samples need at least one value")
+    rng = np.random.default_rng(seed)
+    batch = max(1, _MAX_BATCH_ELEMENTS // max(len(xa), len(xb)))
+    deltas = np.empty(resamples)
+    for start in range(0, resamples, batch):
+        k = min(batch, resamples - start)
+        med_a = np.median(xa[rng.integers(0, len(xa), size=(k, len(xa)))], axis=1)
+        med_b = np.median(xb[rng.integers(0, len(xb), size=(k, len(xb)))], axis=1)
+        deltas[start:start + k] = med_b - med_a
+    ma, mb = float(np.median(xa)), float(np.median(xb))
+    delta = mb - ma
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(deltas, [tail, 1.0 - tail])
+    # Ties at zero count on both sides (conservative); +1 so a finite bootstrap never claims p = 0.
+    below = (np.count_nonzero(deltas <= 0) + 1) / (resamples + 1)
+    above = (np.count_nonzero(deltas >= 0) + 1) / (resamples + 1)
+    p_value = float(min(1.0, 2.0 * min(below, above)))
+    return DeltaTest(ma, mb, delta, delta / ma if ma else None, float(low), float(high), p_value)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given): the i-th smallest p times
+    (m - i + 1), made non-decreasing, capped at 1. Reject where adjusted <= alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(test: DeltaTest, p_holm: float, *, alpha: float, noise_floor: float,
+            lower_is_better: bool = True) -> str:
+    """better / worse only when the CI excludes zero, Holm rejects at ``alpha`` and the relative
+    change reaches ``noise_floor``; otherwise no significant change."""
+    excludes_zero = test.ci_low > 0 or test.ci_high < 0
+    large_enough = test.relative_delta is not None and abs(test.relative_delta) >= noise_floor
+    if not (excludes_zero and p_holm <= alpha and large_enough):
+        return "no significant change"
+    improved = test.delta < 0 if lower_is_better else test.delta > 0
+    return "better" if improved else "worse"
+
+
+def resamples_for(tests: int, alpha: float) -> int:
+    """Enough resamples that the smallest p-value the bootstrap can give, 2 / (R + 1), is at most
+    half Holm's strictest threshold alpha / m: otherwise no change could ever be called."""
+    return max(BOOTSTRAP_RESAMPLES, math.ceil(4 * max(tests, 1) / alpha))
+
+
+# -- the noise floor -------------------------------------------------------------------------------
+
+def e0_cvs(summary: dict) -> tuple[dict[str, float], str]:
+    """E0's run-to-run CVs of mean TTFT and mean TPOT, and which they are: across engine starts
+    when E0 measured more than one (two runs being compared are two engine starts), else across
+    repeats within one start. Fields: ``variability.across_restarts.cv_ttft`` / ``cv_tpot``, else
+    ``variability.cv_ttft`` / ``cv_tpot``."""
+    variability = summary.get("variability") or {}
+    across = variability.get("across_restarts") or {}
+    if across.get("cv_ttft") is not None or across.get("cv_tpot") is not None:
+        block, scope = across, f"across {across.get('engine_starts', 'several')} engine starts"
+    else:
+        block, scope = variability, "across repeats within one engine start"
+    cvs = {k: float(block[f"cv_{k}"]) for k in ("ttft", "tpot") if block.get(f"cv_{k}") is not None}
+    return cvs, scope
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    min_effect: float
+    cvs: dict[str, float]           # metric family -> CV (the larger of the two runs')
+    source: str                     # what the report says about it
+
+    def for_metric(self, metric: Metric) -> tuple[float, str]:
+        if metric.noise is None or not self.cvs:
+            return self.min_effect, "min_effect"
+        family = ("ttft", "tpot") if metric.noise == "both" else (metric.noise,)
+        cv = max((self.cvs[f] for f in family if f in self.cvs), default=None)
+        if cv is None or cv <= self.min_effect:
+            return self.min_effect, "min_effect" if cv is None else f"min_effect (>= E0 CV {cv:.1%})"
+        return cv, f"E0 CV of {'/'.join(family)}"
+
+
+def noise_floor(a: Run, b: Run, min_effect: float, use_e0: bool = True) -> NoiseFloor:
+    """max(min_effect, E0's run-to-run CV) per metric family, the CV being the larger of the two
+    runs' (either run's noise can make a difference); min_effect alone without E0 in both."""
+    if not use_e0:
+        return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (E0's CV not used, as asked)")
+    (sa, pa), (sb, pb) = _e0_summary(a), _e0_summary(b)
+    if sa is None or sb is None:
+        return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (no e0/summary.json in "
+                                          f"{'A' if sa is None else 'B'})")
+    (ca, scope_a), (cb, scope_b) = e0_cvs(sa), e0_cvs(sb)
+    cvs = {k: max(v for v in (ca.get(k), cb.get(k)) if v is not None) for k in ("ttft", "tpot")
+           if ca.get(k) is not None or cb.get(k) is not None}
+    shown = ", ".join(f"{k.upper()} {v:.1%}" for k, v in cvs.items()) or "none stated"
+    scope = scope_a if scope_a == scope_b else f"A {scope_a}, B {scope_b}"
+    return NoiseFloor(min_effect, cvs, f"max(min_effect {min_effect:.1%}, E0's run-to-run CV of the mean: {shown}; "
+                                       f"{scope}; the larger of {pa} and {pb})")
+
+
+# -- the comparison --------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    min_effect: float = 0.05
+    alpha: float = 0.05
+    seed: int = 0
+    resamples: int | None = None          # None: resamples_for(tests, alpha)
+    allow_different_hardware: bool = False
+    use_e0_noise_floor: bool = True
+
+
+@dataclass
+class Comparison:
+    a: Run
+    b: Run
+    options: Options
+    table: pd.DataFrame                 # compare.csv
+    samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]  # exp -> point -> metric -> (a, b)
+    allowed_differences: list[str]
+    provenance: dict[str, dict[str, Any]]
+    floor: NoiseFloor
+    resamples: int
+    tests: int
+    not_compared_experiments: dict[str, str]
+
+
+def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, floor=None, test=None) -> dict:
+    row = {"experiment": experiment, "metric": metric, "point": point, "a": None, "b": None, "delta": None,
+           "relative_delta": None, "ci_low": None, "ci_high": None, "p_value": None, "p_holm": None,
+           "verdict": verdict_text, "n_a": n_a, "n_b": n_b, "noise_floor": floor, "note": note}
+    if test is not None:
+        row.update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta)
+    return row
+
+
+def compare(a_path: str | Path, b_path: str | Path, options: Options | None = None) -> Comparison:
+    """Compare the runs in ``a_path`` and ``b_path`` (see ``find_run``); raise ContextResearchError
+    when they may not be compared (``check_comparable``)."""
+    opts = options or Options()
+    if not 0 < opts.alpha < 1:
+        raise ContextResearchError(f"--alpha must lie in (0, 1), got {opts.alpha}")
+    if opts.resamples is not None and opts.resamples < 100:
+        raise ContextResearchError(f"--resamples must be at least 100, got {opts.resamples}")
+    if opts.min_effect < 0:
+        raise ContextResearchError(f"--min-effect must be >= 0, got {opts.min_effect}")
+    a, b = find_run(a_path, "A"), find_run(b_path, "B")
+    common = [e for e in sorted(set(a.experiments) & set(b.experiments))]
+    not_compared = {e: f"only in {'A' if e in a.experiments else 'B'}"
+                    for e in sorted(set(a.experiments) ^ set(b.experiments))}
+    for e in list(common):
+        if e not in LAYOUTS:
+            not_compared[e] = NOT_COMPARED_EXPERIMENTS.get(e, "no comparison layout for this experiment")
+    comparable = [e for e in common if e in LAYOUTS]
+    if not comparable:
+        raise ContextResearchError(f"{a.root} and {b.root} share no comparable experiment "
+                                   f"(A: {', '.join(a.experiments)}; B: {', '.join(b.experiments)})")
+    allowed = check_comparable(a, b, comparable, opts.allow_different_hardware)
+    floor = noise_floor(a, b, opts.min_effect, opts.use_e0_noise_floor)
+
+    rows: list[dict] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray, Metric, float, str]] = []
+    samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+    for exp in comparable:
+        layout = LAYOUTS[exp]
+        pa, pb = points_of(a.experiments[exp], exp), points_of(b.experiments[exp], exp)
+        status_a, status_b = _point_status(a.experiments[exp], layout), _point_status(b.experiments[exp], layout)
+        samples[exp] = {}
+        labels = list(dict.fromkeys([*pa, *pb, *(status_a or {}), *(status_b or {})]))
+        for point in labels:
+            reason = _not_compared_reason(point, pa, pb, status_a, status_b)
+            for metric in layout.metrics:
+                xa = pa.get(point, {}).get(metric.name, np.empty(0))
+                xb = pb.get(point, {}).get(metric.name, np.empty(0))
+                level, why = floor.for_metric(metric)
+                if reason:
+                    rows.append(_row(exp, metric.name, point, f"not compared: {reason}", verdict_text="not compared",
+                                     n_a=len(xa), n_b=len(xb)))
+                    continue
+                if len(xa) == 0 and len(xb) == 0:
+                    continue  # a metric neither run measured here (no per-request engine metrics)
+                samples[exp].setdefault(point, {})[metric.name] = (xa, xb)
+                if layout.single or min(len(xa), len(xb)) < MIN_REQUESTS:
+                    test = None
+                    if len(xa) and len(xb):
+                        ma, mb = float(np.median(xa)), float(np.median(xb))
+                        test = DeltaTest(ma, mb, mb - ma, (mb - ma) / ma if ma else None, math.nan, math.nan, math.nan)
+                    if not (len(xa) and len(xb)):
+                        note = f"not measured in {'A' if not len(xa) else 'B'} (e.g. no per-request engine metrics)"
+                    elif layout.single:
+                        note = "one request per point and run: the difference is stated, no CI"
+                    else:
+                        note = f"a median needs at least {MIN_REQUESTS} requests in each run (analysis.stats.MIN_SAMPLES)"
+                    rows.append(_row(exp, metric.name, point, note, verdict_text="not enough samples",
+                                     n_a=len(xa), n_b=len(xb), floor=level, test=test))
+                    continue
+                rows.append(_row(exp, metric.name, point, f"noise floor: {why}", verdict_text="",
+                                 n_a=len(xa), n_b=len(xb), floor=level))
+                pending.append((len(rows) - 1, xa, xb, metric, level, why))
+
+    resamples = opts.resamples or resamples_for(len(pending), opts.alpha)
+    tests = [bootstrap_median_delta(xa, xb, resamples=resamples, seed=opts.seed, level=1.0 - opts.alpha)
+             for _, xa, xb, *_ in pending]
+    adjusted = holm([t.p_value for t in tests])
+    for (i, _, _, metric, level, _), test, p_holm in zip(pending, tests, adjusted):
+        rows[i].update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta,
+                       ci_low=test.ci_low, ci_high=test.ci_high, p_value=test.p_value, p_holm=p_holm,
+                       verdict=verdict(test, p_holm, alpha=opts.alpha, noise_floor=level,
+                                       lower_is_better=metric.lower_is_better))
+    table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+    return Comparison(a, b, opts, table, samples, allowed, provenance_diff(a, b, comparable), floor, resamples,
+                      len(pending), not_compared)
+
+
+def _not_compared_reason(point, pa, pb, status_a, status_b) -> str | None:
+    for side, points, status in (("A", pa, status_a), ("B", pb, status_b)):
+        if status is not None:
+            if point not in status:
+                return f"point not in {side}'s point table"
+            state, why = status[point]
+            if state != "ok":
+                return f"status {state} in {side}" + (f" ({why})" if why else "")
+        elif point not in points:
+            return f"no successful request at this point in {side}"
+    return None
+
+
+def significant(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows called better or worse: the report's headline."""
+    return table[table["verdict"].isin(("better", "worse"))]
+
+
+def method_lines(comp: Comparison) -> list[str]:
+    """The statistical method, stated in every report."""
+    o = comp.options
+    level = 1.0 - o.alpha
+    return [
+        f"Statistic: the median of each run's successful requests at a point; delta = B - A, relative delta = "
+        f"delta / A.",
+        f"CI: {level:.0%} percentile bootstrap of delta, each run's requests resampled independently, "
+        f"{comp.resamples} resamples, numpy generator seeded with {o.seed} for every test.",
+        "p-value: two-sided, from the same bootstrap distribution (twice the smaller share of resampled "
+        "deltas on either side of zero, zero counted on both sides, +1 correction).",
+        f"Multiple comparisons: Holm's step-down adjustment over all {comp.tests} tests of this comparison, "
+        f"family-wise error rate alpha = {o.alpha}.",
+        f"Verdict: better / worse only when the CI excludes zero, the Holm-adjusted p <= {o.alpha} and "
+        f"|relative delta| >= the noise floor; lower is better for latencies. Fewer than {MIN_REQUESTS} requests "
+        f"in either run: not enough samples (near that minimum the percentile interval under-covers, as "
+        f"analysis.stats states: a change called there rests on few requests).",
+        f"Noise floor: {comp.floor.source}.",
+        *([f"Caution: with {comp.resamples} resamples the smallest p-value is {2 / (comp.resamples + 1):.2g}, above "
+           f"Holm's strictest threshold alpha / {comp.tests} = {o.alpha / comp.tests:.2g}: raise --resamples."]
+          if comp.tests and 2 / (comp.resamples + 1) > o.alpha / comp.tests else []),
+        "Compared: points whose status is ok in both runs, successful requests only; other points are listed "
+        "as not compared with the reason.",
+    ]

@@ -1,0 +1,326 @@
+"""``context-research compare A B``: the bootstrap of the difference of medians, Holm, the verdict
+rules, the noise floor, the refusals, and the report written from two synthetic result folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from context_research import cli
+from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Metric, NoiseFloor, Options,
+                                               bootstrap_median_delta, compare, e0_cvs, holm, resamples_for, verdict)
+from context_research.compare_report import compare_runs, write_index
+from context_research.errors import ContextResearchError
+
+LENGTHS = (1024, 4096)
+
+
+# -- synthetic result folders ---------------------------------------------------------------------
+
+def _metadata(experiment: str, *, backend_mode="real", hardware="1x NVIDIA H200", gpu="NVIDIA H200",
+              model_id="Qwen/Qwen3-8B", weights="real", kv_cache_dtype="auto") -> dict:
+    return {"experiment": experiment, "run_id": f"20261129T120000Z-{experiment}", "config_hash": "x" * 64,
+            "backend_mode": backend_mode, "hardware_label": hardware, "model_id": model_id, "weights": weights,
+            "engine_distribution": "vllm==0.32.0", "git": {"commit": "abc"},
+            "hash_inputs": {"experiment": experiment, "gpu": gpu, "serving": {"kv_cache_dtype": kv_cache_dtype},
+                            "model_files": {"source": model_id}}}
+
+
+def write_run(root: Path, *, ttft_ms=(100.0, 400.0), n=30, seed=0, statuses=("ok", "ok"), e0_cv=None,
+              **meta) -> Path:
+    """``root/e1`` with requests.csv (n measured requests per length, TTFT around ``ttft_ms``, 3 %
+    spread), latency.csv (the points' status) and run_metadata.json; ``e0_cv``: an
+    ``e0/summary.json`` with that run-to-run CV of TTFT and TPOT across engine starts."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for length, centre in zip(LENGTHS, ttft_ms):
+        rows.append({"phase": "warmup", "prompt_tokens_point": length, "ttft_s": 99.0, "tpot_s": 99.0, "e2e_s": 99.0,
+                     "ok": True, "backend_mode": meta.get("backend_mode", "real")})
+        for i in range(n):
+            ttft = centre * (1 + 0.03 * rng.standard_normal()) / 1000
+            tpot = 0.005 * (1 + 0.03 * rng.standard_normal())
+            rows.append({"phase": "measured", "prompt_tokens_point": length, "request_id": f"len{length}-{i}",
+                         "ttft_s": ttft, "tpot_s": tpot, "e2e_s": ttft + 15 * tpot,
+                         "engine_ttft_ms": ttft * 900, "engine_itl_ms": tpot * 1000, "ok": True,
+                         "backend_mode": meta.get("backend_mode", "real")})
+    folder = root / "e1"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "requests.csv", index=False)
+    pd.DataFrame({"prompt_tokens": list(LENGTHS), "status": list(statuses),
+                  "reason": ["" if s == "ok" else "server error" for s in statuses]}).to_csv(
+        folder / "latency.csv", index=False)
+    (folder / "run_metadata.json").write_text(json.dumps(_metadata("e1", **meta)))
+    if e0_cv is not None:
+        e0 = root / "e0"
+        e0.mkdir()
+        (e0 / "run_metadata.json").write_text(json.dumps(_metadata("e0", **meta)))
+        (e0 / "summary.json").write_text(json.dumps({"variability": {
+            "cv_ttft": 0.01, "cv_tpot": 0.01,
+            "across_restarts": {"engine_starts": 3, "cv_ttft": e0_cv, "cv_tpot": e0_cv}}}))
+    return root
+
+
+def _row(comp, metric="ttft_ms", length=4096) -> pd.Series:
+    t = comp.table
+    return t[(t["experiment"] == "e1") & (t["metric"] == metric)
+             & (t["point"] == f"prompt_tokens_point={length}")].iloc[0]
+
+
+# -- the bootstrap and the verdict rules ----------------------------------------------------------
+
+def test_a_clear_shift_has_a_ci_excluding_zero_and_is_called_worse_or_better():
+    rng = np.random.default_rng(1)
+    a, b = 100 + 5 * rng.standard_normal(40), 130 + 5 * rng.standard_normal(40)
+    slower = bootstrap_median_delta(a, b, resamples=2000, seed=0)
+    assert slower.delta == pytest.approx(np.median(b) - np.median(a))
+    assert 25 < slower.delta < 35 and slower.ci_low > 0 and slower.ci_low < slower.delta < slower.ci_high
+    assert slower.p_value == pytest.approx(2 / 2001)  # no resample on the other side: the +1 floor
+    assert verdict(slower, slower.p_value, alpha=0.05, noise_floor=0.05) == "worse"
+    faster = bootstrap_median_delta(b, a, resamples=2000, seed=0)
+    assert faster.ci_high < 0
+    assert verdict(faster, faster.p_value, alpha=0.05, noise_floor=0.05) == "better"
+
+
+def test_identical_samples_give_no_change_and_p_one():
+    x = np.random.default_rng(2).normal(100, 5, 40)
+    same = bootstrap_median_delta(x, x.copy(), resamples=1000, seed=0)
+    assert same.delta == 0 and same.relative_delta == 0
+    assert same.ci_low < 0 < same.ci_high
+    assert same.p_value > 0.9  # half the resamples on either side of zero
+    assert verdict(same, same.p_value, alpha=0.05, noise_floor=0.05) == "no significant change"
+
+
+def test_the_bootstrap_is_seeded_its_result_depends_only_on_data_and_seed():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(10, 1, 25), rng.normal(10.5, 1, 25)
+    assert bootstrap_median_delta(a, b, resamples=500, seed=7) == bootstrap_median_delta(a, b, resamples=500, seed=7)
+    assert bootstrap_median_delta(a, b, resamples=500, seed=7) != bootstrap_median_delta(a, b, resamples=500, seed=8)
+
+
+def test_holm_on_a_hand_computed_example():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> kept at 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+def test_a_change_counts_only_with_ci_holm_and_effect_all_three():
+    test = DeltaTest(a=100, b=103, delta=3, relative_delta=0.03, ci_low=1, ci_high=5, p_value=0.001)
+    assert verdict(test, 0.001, alpha=0.05, noise_floor=0.05) == "no significant change"  # 3 % < 5 % floor
+    assert verdict(test, 0.001, alpha=0.05, noise_floor=0.02) == "worse"
+    assert verdict(test, 0.2, alpha=0.05, noise_floor=0.02) == "no significant change"  # Holm does not reject
+    wide = DeltaTest(a=100, b=110, delta=10, relative_delta=0.1, ci_low=-1, ci_high=20, p_value=0.001)
+    assert verdict(wide, 0.001, alpha=0.05, noise_floor=0.02) == "no significant change"  # CI holds zero
+    # a metric where more is better (a larger KV pool): an increase is better
+    assert verdict(test, 0.001, alpha=0.05, noise_floor=0.02, lower_is_better=False) == "better"
+
+
+def test_resamples_suffice_for_holm_strictest_threshold():
+    for tests in (1, 10, 300):
+        r = resamples_for(tests, 0.05)
+        assert 2 / (r + 1) <= 0.05 / tests / 2
+
+
+def test_noise_floor_is_the_larger_of_min_effect_and_e0_cv():
+    floor = NoiseFloor(0.05, {"ttft": 0.2, "tpot": 0.01}, "")
+    assert floor.for_metric(Metric("ttft_ms", "ttft_s", noise="ttft"))[0] == 0.2
+    assert floor.for_metric(Metric("tpot_ms", "tpot_s", noise="tpot"))[0] == 0.05
+    assert floor.for_metric(Metric("e2e_ms", "e2e_s", noise="both"))[0] == 0.2
+    assert floor.for_metric(Metric("weights_gib", "weights_gib"))[0] == 0.05
+    cvs, scope = e0_cvs({"variability": {"cv_ttft": 0.1, "cv_tpot": 0.2, "across_restarts": {}}})
+    assert cvs == {"ttft": 0.1, "tpot": 0.2} and "within one engine start" in scope
+    cvs, scope = e0_cvs({"variability": {"cv_ttft": 0.1, "cv_tpot": 0.2,
+                                         "across_restarts": {"engine_starts": 3, "cv_ttft": 0.4, "cv_tpot": 0.3}}})
+    assert cvs == {"ttft": 0.4, "tpot": 0.3} and "3 engine starts" in scope
+
+
+# -- comparisons of result folders -----------------------------------------------------------------
+
+def test_a_30_percent_slower_point_is_worse_and_an_unchanged_point_is_not(tmp_path):
+    a = write_run(tmp_path / "a", ttft_ms=(100, 400), seed=1)
+    b = write_run(tmp_path / "b", ttft_ms=(100, 520), seed=2)
+    comp = compare(a, b, Options(seed=0))
+    slow = _row(comp, "ttft_ms", 4096)
+    assert slow["verdict"] == "worse" and slow["ci_low"] > 0 and slow["p_holm"] <= 0.05
+    assert slow["relative_delta"] == pytest.approx(0.3, abs=0.05) and slow["n_a"] == slow["n_b"] == 30
+    assert _row(comp, "ttft_ms", 1024)["verdict"] == "no significant change"
+    assert _row(comp, "tpot_ms", 4096)["verdict"] == "no significant change"
+    # warm-ups (TTFT 99 s) are left out
+    assert slow["a"] < 1000
+    # every test of the comparison is in Holm's family; the report says how many
+    assert comp.tests == len(comp.table[comp.table["p_value"].notna()]) == 10
+
+
+def test_an_aa_comparison_calls_nothing_a_change(tmp_path):
+    comp = compare(write_run(tmp_path / "a", seed=1), write_run(tmp_path / "b", seed=2))
+    assert set(comp.table["verdict"]) == {"no significant change"}
+
+
+def test_a_shift_inside_e0_run_to_run_noise_is_no_change_and_the_floor_is_named(tmp_path):
+    a = write_run(tmp_path / "a", ttft_ms=(100, 400), seed=1, e0_cv=0.5)
+    b = write_run(tmp_path / "b", ttft_ms=(100, 520), seed=2, e0_cv=0.4)
+    comp = compare(a, b)
+    row = _row(comp, "ttft_ms", 4096)
+    assert row["ci_low"] > 0 and row["noise_floor"] == 0.5  # the larger of the two runs' CVs
+    assert row["verdict"] == "no significant change" and "E0 CV" in row["note"]
+    assert "across 3 engine starts" in comp.floor.source
+    without = compare(a, b, Options(use_e0_noise_floor=False))
+    assert _row(without, "ttft_ms", 4096)["verdict"] == "worse"
+
+
+def test_too_few_requests_are_not_enough_samples(tmp_path):
+    comp = compare(write_run(tmp_path / "a", n=2, seed=1), write_run(tmp_path / "b", n=2, seed=2))
+    row = _row(comp)
+    assert row["verdict"] == "not enough samples" and pd.isna(row["ci_low"]) and pd.isna(row["p_value"])
+    assert comp.tests == 0
+
+
+def test_a_point_not_ok_in_either_run_is_not_compared_with_its_reason(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2, statuses=("ok", "failed"))
+    comp = compare(a, b)
+    row = _row(comp, "ttft_ms", 4096)
+    assert row["verdict"] == "not compared"
+    assert row["note"] == "not compared: status failed in B (server error)"
+    assert _row(comp, "ttft_ms", 1024)["verdict"] == "no significant change"
+
+
+def test_single_experiment_folders_compare_too(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2)
+    comp = compare(a / "e1", b / "e1")
+    assert set(comp.table["experiment"]) == {"e1"}
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+def test_simulated_rows_are_never_compared_with_real_ones(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2, backend_mode="simulated")
+    for allow in (False, True):
+        with pytest.raises(ContextResearchError, match=r"backend_mode real in A vs simulated in B"):
+            compare(a, b, Options(allow_different_hardware=allow))
+
+
+def test_a_different_gpu_or_model_is_refused_unless_allowed_and_then_named(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2, hardware="1x NVIDIA A100", gpu="NVIDIA A100")
+    with pytest.raises(ContextResearchError, match=r"hardware .*H200.* in A vs .*A100.* in B.*--allow-different"):
+        compare(a, b)
+    comp = compare(a, b, Options(allow_different_hardware=True))
+    assert any("A100" in d for d in comp.allowed_differences)
+    assert "gpu: NVIDIA H200 -> NVIDIA A100" in comp.provenance["e1"]["lines"]
+    c = write_run(tmp_path / "c", seed=3, model_id="Qwen/Qwen3-32B")
+    with pytest.raises(ContextResearchError, match=r"model_id 'Qwen/Qwen3-8B' in A vs 'Qwen/Qwen3-32B' in B"):
+        compare(a, c)
+
+
+def test_the_provenance_diff_names_what_the_variants_changed(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2, kv_cache_dtype="fp8")
+    diff = compare(a, b).provenance["e1"]
+    assert diff["lines"] == ["serving.kv_cache_dtype: auto -> fp8"] and "hash_inputs" in diff["source"]
+
+
+def test_folders_without_results_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ContextResearchError, match="holds no experiment results"):
+        compare(tmp_path / "empty", write_run(tmp_path / "b"))
+
+
+# -- the command and its report --------------------------------------------------------------------
+
+def test_the_cli_writes_csv_markdown_and_html_with_the_declared_columns(tmp_path, capsys):
+    a = write_run(tmp_path / "results", ttft_ms=(100, 400), seed=1)
+    b = write_run(tmp_path / "results" / "variants" / "small_chunks", ttft_ms=(100, 520), seed=2)
+    out = tmp_path / "reports" / "compare" / "small_chunks"
+    assert cli.main(["compare", str(a), str(b), "--out", str(out), "--seed", "0", "--min-effect", "0.1"]) == 0
+    for name in ("compare.csv", "compare.md", "compare.html", "e1.svg"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "compare.csv")
+    assert list(table.columns) == list(COMPARE_COLUMNS)
+    assert {"metric", "point", "delta", "ci_low", "ci_high", "verdict"} <= set(table.columns)
+    worse = table[table["verdict"] == "worse"]
+    assert list(zip(worse["metric"], worse["point"])) == [("ttft_ms", "prompt_tokens_point=4096"),
+                                                           ("e2e_ms", "prompt_tokens_point=4096"),
+                                                           ("engine_ttft_ms", "prompt_tokens_point=4096")]
+    md = (out / "compare.md").read_text()
+    assert "## Significant changes" in md and "Holm" in md and "resamples" in md and "seeded with 0" in md
+    assert "min_effect 10.0%" in md and "![e1" in md
+    html = (out / "compare.html").read_text()
+    assert "<svg" in html and "worse" in html and "Provenance diff" in html
+
+    assert cli.main(["compare-index", str(out.parent)]) == 0
+    index = (tmp_path / "reports" / "compare.html").read_text()
+    assert 'href="compare/small_chunks/compare.html"' in index
+
+
+def test_the_cli_exits_non_zero_naming_the_difference(tmp_path, capsys):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2, hardware="1x NVIDIA A100", gpu="NVIDIA A100")
+    assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "out")]) == 2
+    assert "A100" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "compare.csv").exists()
+    assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "out"), "--allow-different-hardware"]) == 0
+    assert "Compared despite different hardware or model" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_runs_is_the_function_the_workflow_calls(tmp_path):
+    a, b = write_run(tmp_path / "a", seed=1), write_run(tmp_path / "b", seed=2)
+    html = compare_runs(a, b, tmp_path / "cmp" / "aa", seed=1, min_effect=0.05)
+    assert html == tmp_path / "cmp" / "aa" / "compare.html" and html.is_file()
+    index = write_index(tmp_path / "cmp")
+    assert index == tmp_path / "cmp.html" and "aa" in index.read_text()
+    with pytest.raises(ContextResearchError, match="no comparison there"):
+        write_index(tmp_path / "a")
+
+
+def _write_e2(root: Path, shift: float, seed: int) -> Path:
+    """``root/e2``: a concurrency point, a rate point (level written as 2.0 in the point table)
+    and a trace point (no single prompt length: empty in both files)."""
+    rng = np.random.default_rng(seed)
+    points = [("concurrency", 4, 1024), ("rate", 2, 1024), ("trace", 1.5, None)]
+    rows = [{"phase": "warmup", "mode": None, "level": None, "prompt_tokens_point": None, "ttft_s": 9.0, "ok": True}]
+    for mode, level, length in points:
+        for i in range(20):
+            base = 0.2 if mode == "rate" else 0.1
+            rows.append({"phase": "measured", "mode": mode, "level": level, "prompt_tokens_point": length,
+                         "ttft_s": base * (1 + shift * (mode == "rate")) * (1 + 0.02 * rng.standard_normal()),
+                         "ok": True})
+    folder = root / "e2"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "requests.csv", index=False)
+    pd.DataFrame({"mode": [p[0] for p in points], "level": [float(p[1]) for p in points],
+                  "prompt_tokens": [p[2] for p in points], "status": "ok", "reason": ""}).to_csv(
+        folder / "concurrency.csv", index=False)
+    (folder / "run_metadata.json").write_text(json.dumps(_metadata("e2")))
+    return root
+
+
+def test_e2_points_join_their_status_across_number_formats_and_a_trace_point(tmp_path):
+    comp = compare(_write_e2(tmp_path / "a", 0.0, 1), _write_e2(tmp_path / "b", 0.5, 2))
+    ttft = comp.table[comp.table["metric"] == "ttft_ms"].set_index("point")["verdict"].to_dict()
+    assert ttft == {"mode=concurrency, level=4, prompt_tokens_point=1024": "no significant change",
+                    "mode=rate, level=2, prompt_tokens_point=1024": "worse",
+                    "mode=trace, level=1.5, prompt_tokens_point=": "no significant change"}
+
+
+def test_a_metric_one_run_did_not_measure_says_so(tmp_path):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2)
+    records = pd.read_csv(a / "e1" / "requests.csv").drop(columns=["engine_ttft_ms"])
+    records.to_csv(a / "e1" / "requests.csv", index=False)
+    row = _row(compare(a, b), "engine_ttft_ms")
+    assert row["verdict"] == "not enough samples" and row["n_a"] == 0 and row["note"].startswith("not measured in A")
+
+
+def test_a_figure_of_an_earlier_comparison_in_the_same_folder_is_removed(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "e3.svg").write_text("<svg/>")
+    compare_runs(write_run(tmp_path / "a", seed=1), write_run(tmp_path / "b", seed=2), out)
+    assert (out / "e1.svg").is_file() and not (out / "e3.svg").exists()
