@@ -35,6 +35,8 @@ WORKFLOW_BUILT = "built by the workflow (its manifest is an input of the rule; t
 # Modules only the figures and report rules run (an experiment's ``eN_report.py``, E2's
 # ``e2_figures.py``): left out of the run's code digest, in the figures/report rules' digest.
 REPORT_ONLY_SUFFIXES = ("_report.py", "_figures.py")
+# Modules that read saved runs and never run one (comparisons of two result folders).
+ANALYSIS_ONLY_MODULES = ("analysis/compare.py",)
 
 
 def _version(name: str) -> str | None:
@@ -96,14 +98,14 @@ def _is_other_experiment_module(rel: str, experiment: str | None) -> bool:
 def code_files(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> list[str]:
     """The package's ``.py`` files a run of ``experiment`` executes: all of them but the other
     experiments' own modules (``experiments/eK.py``, ``eK_*.py``) and (unless ``reports``: what the
-    figures and report rules run too) the figures/report-only modules, ``*_report.py`` and
-    ``*_figures.py``."""
+    figures, report and comparison rules run too) the figures/report-only modules, ``*_report.py``
+    and ``*_figures.py``, and ``ANALYSIS_ONLY_MODULES``."""
     files = []
     for path in sorted(package_dir.rglob("*.py")):
         rel = path.relative_to(package_dir).as_posix()
         if "__pycache__" in rel or _is_other_experiment_module(rel, experiment):
             continue
-        if rel.endswith(REPORT_ONLY_SUFFIXES) and not reports:
+        if (rel.endswith(REPORT_ONLY_SUFFIXES) or rel in ANALYSIS_ONLY_MODULES) and not reports:
             continue
         files.append(rel)
     return files

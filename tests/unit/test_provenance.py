@@ -82,6 +82,9 @@ def test_code_files_leave_out_other_experiments_and_reports():
     assert "experiments/e2_figures.py" in provenance.code_files("e2", reports=True)
     assert "experiments/e2_figures.py" not in provenance.code_files("e1", reports=True)
     assert "experiments/e1_report.py" not in provenance.code_files("e2", reports=True)
+    # A comparison of saved runs is not run code: fixing its statistics reruns no experiment.
+    assert "analysis/compare.py" not in files and "compare_report.py" not in files
+    assert "analysis/compare.py" in provenance.code_files(None, reports=True)
 
 
 def test_code_digest_follows_the_package_bytes(tmp_path):

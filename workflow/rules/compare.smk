@@ -25,6 +25,8 @@ if VARIANTS:
             baseline=results_root(BASELINE),
             variant=results_root("{variant}"),
             outdir=compare_dir("{variant}"),
+            # The comparison's code (statistics, report): a fix redraws it without rerunning a run.
+            code=code_digest(None, reports=True),
         log:
             "logs/compare/{variant}.log",
         localrule: True
