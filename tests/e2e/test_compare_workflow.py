@@ -1,0 +1,70 @@
+"""Variants and comparisons end to end on the real engine: an A/A pair (identical settings, its
+own engine run) must show no significant change, and an A/B pair that must differ (prefill split
+into many chunks) must show E1's TTFT at the longest prompt as worse, with a CI excluding zero.
+
+Both variants run E1 only (``compare.experiments``); the baseline's E1 is the shared packet's.
+"""
+
+import pandas as pd
+import pytest
+
+from .conftest import run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+# small-chunks: 128 tokens per engine step, so the longest E1 prompt (1,536 tokens) is prefilled
+# in 12 chunks instead of one; max_num_seqs must not exceed the token budget.
+OVERLAY = """\
+variants:
+  aa: {}
+  small-chunks:
+    serving: {max_num_batched_tokens: 128, max_num_seqs: 8, enable_chunked_prefill: true}
+compare:
+  experiments: [e1]
+"""
+
+
+@pytest.fixture(scope="module")
+def compared(workflow_dir, tmp_path_factory):
+    overlay = tmp_path_factory.mktemp("variants") / "variants.yaml"
+    overlay.write_text(OVERLAY)
+    proc = run_snakemake(workflow_dir, "compare", "--configfile", str(overlay))
+    logs = "\n".join(p.read_text(errors="replace")[-3000:]
+                     for p in sorted((workflow_dir / "logs").rglob("*.log")) if "variants" in str(p) or "compare" in str(p))
+    assert proc.returncode == 0, proc.stderr[-4000:] + "\n" + logs
+    root = workflow_dir / "reports" / "compare"
+    return {name: pd.read_csv(root / name / "compare.csv") for name in ("aa", "small-chunks")} | {"root": root}
+
+
+def test_a_a_comparison_shows_no_significant_change(compared):
+    # Holm's adjustment holds the chance of ANY false "better"/"worse" in the comparison at alpha
+    # (5%): an A/A pair is allowed no verdict other than no change (or too few samples).
+    # A point either run judged implausible (a stalled stream on two shared cores) is "not
+    # compared", with its reason.
+    aa = compared["aa"]
+    assert len(aa) and set(aa["experiment"]) == {"e1"}
+    allowed = ["no significant change", "not enough samples", "not compared"]
+    assert set(aa["verdict"]) <= set(allowed), aa.loc[~aa["verdict"].isin(allowed)].to_string()
+    assert (aa["verdict"] == "no significant change").any()
+    assert aa.loc[aa["verdict"] == "not compared", "note"].str.len().gt(0).all()
+
+
+def test_a_b_comparison_calls_chunked_prefill_worse_at_the_longest_prompt(compared):
+    ab = compared["small-chunks"]
+    longest = max(int(p.split("=")[1]) for p in ab["point"] if p.startswith("prompt_tokens="))
+    row = ab[(ab["metric"] == "ttft_ms") & (ab["point"] == f"prompt_tokens={longest}")].iloc[0]
+    assert row["verdict"] == "worse", row.to_dict()
+    assert row["ci_low"] > 0 and row["delta"] > 0 and row["p_holm"] <= 0.05
+
+
+def test_the_index_and_reports_are_written(compared):
+    root = compared["root"]
+    index = (root.parent / "compare.html").read_text()
+    assert "aa" in index and "small-chunks" in index
+    for name in ("aa", "small-chunks"):
+        assert (root / name / "compare.html").read_text().count("<table") >= 1
+        md = (root / name / "compare.md").read_text()
+        assert "Holm" in md and "bootstrap" in md
+    columns = list(compared["aa"].columns)
+    for c in ("metric", "point", "delta", "ci_low", "ci_high", "verdict"):
+        assert c in columns
