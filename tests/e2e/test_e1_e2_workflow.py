@@ -137,6 +137,8 @@ def test_e2_capacity_search_converges_within_its_probe_budget(workflow_dir, conf
         assert len(probes) == c["probes"] <= cfg["capacity_max_probes"]
         assert c["stop_reason"] in ("converged", "probe budget exhausted"), c["stop_reason"]
         assert c["capacity_low_rps"] < c["capacity_high_rps"]
+        # a capacity was found: at least one probed rate met the attainment target
+        assert pd.notna(c["capacity_rps"]) and c["capacity_low_rps"] > 0, c.to_dict()
         if c["converged"]:
             assert c["capacity_high_rps"] / c["capacity_low_rps"] - 1 <= cfg["capacity_rel_tol"] + 1e-9
         passed = probes[(probes["slo_attainment"] >= cfg["attainment_target"]) & (probes["status"] != "failed")]

@@ -119,3 +119,16 @@ def test_histogram_delta_mean():
     assert histogram_delta_mean(1.0, 4.0, 10, 16) == pytest.approx(0.5)
     assert histogram_delta_mean(None, 4.0, None, 8) == pytest.approx(0.5)
     assert histogram_delta_mean(1.0, 1.0, 5, 5) is None
+
+
+def test_a_burst_stream_meets_the_tpot_slo_by_its_delivery_pace():
+    from context_research.analysis.latency import meets_slo
+    from context_research.records import RequestRecord
+
+    # 16 tokens, the 15 after the first in one burst 3 ms later: no client TPOT, delivery 0.2 ms/token.
+    burst = RequestRecord("r", 256, prompt_tokens=256, output_tokens=16, ttft_s=0.020, e2e_s=0.023, tpot_s=None)
+    assert meets_slo(burst, ttft_slo_ms=250, tpot_slo_ms=50)
+    # The same tokens delivered over 1.5 s: 100 ms per token misses a 50 ms SLO.
+    slow = RequestRecord("r", 256, prompt_tokens=256, output_tokens=16, ttft_s=0.020, e2e_s=1.520, tpot_s=None)
+    assert not meets_slo(slow, ttft_slo_ms=250, tpot_slo_ms=50)
+    assert not meets_slo(RequestRecord("r", 256, output_tokens=16, ttft_s=0.02, e2e_s=None), 250, 50)

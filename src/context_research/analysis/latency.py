@@ -71,15 +71,22 @@ def meets_slo(record: RequestRecord, ttft_slo_ms: float, tpot_slo_ms: float) -> 
 
     A failed request, or one without a TTFT, never meets. A request with at most one output
     token has no TPOT and counts as meeting the TPOT SLO (``vllm bench serve`` records TPOT 0
-    for it); a request with more than one output token but no TPOT counts as NOT meeting.
+    for it). A stream whose tokens after the first arrived in one burst has no client TPOT
+    (``records.finalize_timing``: no decode pace is visible); the SLO then judges what the user
+    got, the delivery pace (E2E - TTFT) / (tokens - 1), vLLM bench's TPOT: on a 2-core CPU host
+    such bursts had made a third of the requests at 0.25 req/s count as misses.
     """
     if not record.ok or record.ttft_s is None:
         return False
     if record.ttft_s * _MS > ttft_slo_ms:
         return False
-    if record.tpot_s is None:
-        return record.output_tokens is None or record.output_tokens <= 1
-    return record.tpot_s * _MS <= tpot_slo_ms
+    if record.tpot_s is not None:
+        return record.tpot_s * _MS <= tpot_slo_ms
+    if record.output_tokens is None or record.output_tokens <= 1:
+        return True
+    if record.e2e_s is None:
+        return False
+    return (record.e2e_s - record.ttft_s) / (record.output_tokens - 1) * _MS <= tpot_slo_ms
 
 
 def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: float,
