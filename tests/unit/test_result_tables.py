@@ -16,7 +16,10 @@ from context_research.workload import engine_columns, request_rows, ttft_gap_col
 
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "docs" / "evidence"
-EVIDENCE_CSVS = sorted(EVIDENCE.rglob("*.csv"))
+# Comparisons (compare.csv) span two runs, not one experiment's table: their columns are checked
+# against analysis.compare.COMPARE_COLUMNS below.
+EVIDENCE_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv") if p.name != "compare.csv")
+COMPARE_CSVS = sorted(EVIDENCE.rglob("compare.csv"))
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
 
 
@@ -39,6 +42,13 @@ def test_every_evidence_column_is_declared(path):
     table = table_for(_experiment_of(path), path.name)
     columns = list(pd.read_csv(path, nrows=0).columns)
     assert table.undeclared(columns, allow_retired=True) == [], f"{path.relative_to(REPO)}: undeclared columns"
+
+
+@pytest.mark.parametrize("path", COMPARE_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
+def test_every_evidence_comparison_has_the_declared_columns(path):
+    from context_research.analysis.compare import COMPARE_COLUMNS
+
+    assert list(pd.read_csv(path, nrows=0).columns) == list(COMPARE_COLUMNS)
 
 
 def test_tables_cover_every_experiment_csv():
