@@ -120,20 +120,27 @@ def copy_workflow(work: Path) -> Path:
     return work
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    work = copy_workflow(tmp_path_factory.mktemp("rerun"))
+def stubbed_workflow(work: Path, stub: str, outputs: dict, extra_config: str = "") -> Path:
+    """``copy_workflow`` plus a local model folder (config.json, tokenizer.json) as the profile, and
+    a stub ``context-research`` that only writes the outputs ``outputs`` names per command."""
+    copy_workflow(work)
     model = work / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 64,
                                                    "num_hidden_layers": 2, "vocab_size": 3072}))
     (model / "tokenizer.json").write_text("{}")
-    (work / "local.yaml").write_text(f"model_profile: local\nmodels:\n  local:\n    source: {model}\n")
+    (work / "local.yaml").write_text(f"model_profile: local\nmodels:\n  local:\n    source: {model}\n" + extra_config)
     (work / "bin").mkdir()
-    stub = work / "bin" / "context-research"
-    stub.write_text(STUB.format(python=sys.executable))
-    stub.chmod(0o755)
-    (work / "stub_outputs.json").write_text(json.dumps(_outputs_by_command()))
+    command = work / "bin" / "context-research"
+    command.write_text(stub.format(python=sys.executable))
+    command.chmod(0o755)
+    (work / "stub_outputs.json").write_text(json.dumps(outputs))
+    return work
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    work = stubbed_workflow(tmp_path_factory.mktemp("rerun"), STUB, _outputs_by_command())
     built = snakemake(work, *TARGETS)
     assert built.returncode == 0, built.stderr[-4000:]
     return work

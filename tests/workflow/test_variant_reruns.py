@@ -10,14 +10,12 @@ serves the baseline's rules and the variants'.
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_rerun_triggers import TARGETS, copy_workflow, jobs, snakemake
+from test_rerun_triggers import TARGETS, jobs, snakemake, stubbed_workflow
 
 STUB = r'''#!{python}
 """Test stub of context-research: creates the files a rule declares, measures nothing."""
@@ -84,18 +82,7 @@ def one_variant(variant: str) -> dict[tuple[str, str | None], int]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    work = copy_workflow(tmp_path_factory.mktemp("variants"))
-    model = work / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 64,
-                                                   "num_hidden_layers": 2, "vocab_size": 3072}))
-    (model / "tokenizer.json").write_text("{}")
-    (work / "local.yaml").write_text(f"model_profile: local\nmodels:\n  local:\n    source: {model}\n" + VARIANTS)
-    (work / "bin").mkdir()
-    stub = work / "bin" / "context-research"
-    stub.write_text(STUB.format(python=sys.executable))
-    stub.chmod(0o755)
-    (work / "stub_outputs.json").write_text(json.dumps(_file_names_by_command()))
+    work = stubbed_workflow(tmp_path_factory.mktemp("variants"), STUB, _file_names_by_command(), VARIANTS)
     built = snakemake(work, "compare", *TARGETS)
     assert built.returncode == 0, built.stderr[-4000:]
     for variant in ("fp8", "chunked"):
