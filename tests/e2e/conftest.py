@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,3 +58,9 @@ def workflow_dir(tmp_path_factory) -> Path:
                                 for p in sorted((workdir / "results").glob("*/engine*.log")))
         pytest.fail(f"snakemake all failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{logs}\n{engine_logs}")
     return workdir
+
+
+def texts(column: pd.Series) -> pd.Series:
+    """A text column as strings: pandas reads a column with no text in it (every reason empty, as
+    when every point was ok) as floats, where ``.str`` fails."""
+    return column.fillna("").astype(str)

@@ -10,7 +10,7 @@ from context_research.analysis.latency import poisson_schedule
 from context_research.config import load_config
 from context_research.experiments import e2
 
-from .conftest import copy_checkout, run_snakemake
+from .conftest import copy_checkout, run_snakemake, texts
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ def test_e1_latency_csv_has_one_exact_row_per_length(workflow_dir, config):
     meta = json.loads((workflow_dir / "results/e1/run_metadata.json").read_text())
     assert frame["run_id"].nunique() == 1 and frame["run_id"].iloc[0] == meta["run_id"]
     if meta["engine"]["device"] == "cpu":
-        assert ok["ttft_floor_ms"].isna().all() and ok["floor_note"].str.contains("not on a GPU").all()
+        assert ok["ttft_floor_ms"].isna().all() and texts(ok["floor_note"]).str.contains("not on a GPU").all()
 
 
 def test_e1_requests_csv_matches_the_workload(workflow_dir, config):
@@ -98,12 +98,12 @@ def test_e2_concurrency_csv(workflow_dir, config):
     assert len(frame) == len(cfg["concurrency_levels"]) + len(cfg["request_rates"])
     # A rate point plainly over-saturated stops sending early, and says so.
     stopped = frame["stopped_early"].astype(str).eq("True")   # empty (NaN) where not judged
-    assert frame.loc[stopped, "saturation_note"].str.contains("over-saturated").all()
+    assert texts(frame.loc[stopped, "saturation_note"]).str.contains("over-saturated").all()
     frame = frame[~stopped]
     # Every point was measured; on a 2-core host a point can come out implausible (a stalled API
     # server flushing streams at once), and then it says why.
     assert frame["status"].isin(["ok", "implausible"]).all(), frame["reason"].tolist()
-    assert frame.loc[frame["status"] == "implausible", "reason"].str.len().gt(0).all()
+    assert texts(frame.loc[frame["status"] == "implausible", "reason"]).str.len().gt(0).all()
     # Closed-loop points send at least min_waves x concurrency requests; rate points exactly requests_per_point.
     sent = [e2.requests_for_point(cfg, m, lv) for m, lv in zip(frame["mode"], frame["level"])]
     assert list(frame["n"]) == sent and (frame["n_ok"] == frame["n"]).all()
@@ -147,7 +147,7 @@ def test_e2_capacity_search_converges_within_its_probe_budget(workflow_dir, conf
     # steady-state figures beside the whole-run ones; energy stated as unavailable on CPU
     measured = frame[frame["n_ok"] > 0]
     assert measured["steady_slo_attainment"].notna().any()
-    assert measured["energy_j_per_output_token"].isna().all() and measured["energy_note"].str.len().gt(0).all()
+    assert measured["energy_j_per_output_token"].isna().all() and texts(measured["energy_note"]).str.len().gt(0).all()
     for name in ("attainment.svg", "timeline.svg", "pareto.svg"):
         assert (workflow_dir / "results/e2" / name).read_text().lstrip().startswith("<?xml")
 

@@ -9,7 +9,7 @@ import pytest
 
 from context_research.analysis.model_math import dtype_bytes, kv_bytes_per_token
 
-from .conftest import run_snakemake
+from .conftest import run_snakemake, texts
 
 pytestmark = pytest.mark.e2e
 
@@ -46,12 +46,12 @@ def test_both_modes_have_a_row_for_every_point(e3):
     # and says why (client TPOT below the engine's ITL); it never fails it.
     assert rows["status"].isin(["ok", "implausible"]).all(), \
         rows.loc[~rows["status"].isin(["ok", "implausible"]), ["mode", "reason"]].to_string()
-    assert rows.loc[rows["status"] == "implausible", "reason"].str.contains("engine ITL").all()
+    assert texts(rows.loc[rows["status"] == "implausible", "reason"]).str.contains("engine ITL").all()
     assert (rows["n_ok"] == cfg["requests_per_point"]).all()
     assert (rows["backend_mode"] == "real").all() and (rows["weights"] == "random-embedded").all()
     assert (rows["ttft_ms_p50"] > 0).all() and (rows["tpot_ms_p50"].dropna() >= 0).all()
     # a TPOT p50 left empty: too few of the point's requests had a decode pace the client could see
-    assert rows.loc[rows["tpot_ms_p50"].isna(), "stats_note"].str.contains("tpot").all()
+    assert texts(rows.loc[rows["tpot_ms_p50"].isna(), "stats_note"]).str.contains("tpot").all()
     stated = rows.dropna(subset=["ttft_ms_p95"])
     assert (stated["ttft_ms_p50"] <= stated["ttft_ms_p95"]).all()
 

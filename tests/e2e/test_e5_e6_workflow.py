@@ -9,7 +9,7 @@ import pytest
 
 from context_research.analysis.memory import parse_vllm_memory_log
 
-from .conftest import copy_checkout, run_snakemake
+from .conftest import copy_checkout, run_snakemake, texts
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +79,7 @@ def test_e5_kv_used_analytical_vs_engine(wf):
     # Whatever the gauge saw is whole blocks, never more than the request can hold.
     assert ((seen["kv_blocks_gauge"] - seen["kv_blocks_gauge"].round()).abs() < 0.05).all()
     assert (seen["kv_blocks_gauge"].round() <= seen["kv_blocks_analytical"]).all()
-    assert frame.loc[frame["kv_check_verdict"] != "agree", "kv_check_note"].str.len().gt(0).all()
+    assert texts(frame.loc[frame["kv_check_verdict"] != "agree", "kv_check_note"]).str.len().gt(0).all()
 
 
 def test_e5_figure_and_report(wf):
@@ -110,13 +110,13 @@ def test_e6_stress_has_a_row_per_target(wf):
     assert (ok["kv_used_analytical_gib"] > 0).all()
     assert (ok["process_rss_peak_gib"] > 0).all() or (ok["nvml_peak_used_gib"] > 0).all()
     failed = frame[frame["status"] == "failed"]
-    assert failed["reason"].str.len().gt(0).all() and failed["failure_kind"].notna().all()
+    assert texts(failed["reason"]).str.len().gt(0).all() and failed["failure_kind"].notna().all()
     # a served row the integrity checks rejected says why
     implausible = frame[frame["status"] == "implausible"]
-    assert implausible["reason"].str.len().gt(0).all() and implausible["integrity_note"].notna().all()
+    assert texts(implausible["reason"]).str.len().gt(0).all() and implausible["integrity_note"].notna().all()
     too_long = primary[primary["target_prompt_tokens"] + cfg["max_tokens"] > cfg["max_model_len"]]
     assert (too_long["status"] == "failed").all() and (too_long["failure_kind"] == "over_length_limit").all()
-    assert too_long["reason"].str.contains("maximum context length").all()
+    assert texts(too_long["reason"]).str.contains("maximum context length").all()
 
 
 def test_e6_serves_the_derived_yarn_config(wf):
