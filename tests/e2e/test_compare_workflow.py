@@ -1,11 +1,11 @@
 """Variants and comparisons end to end on the real engine: an A/B pair that must differ (prefill
-split into many chunks) must show E1's TTFT at the longest prompt as worse, with a CI excluding
+split into many chunks) must show E1's engine TTFT at the longest prompt as worse, with a CI excluding
 zero. The A/A pair (identical settings, its own engine run) is built and reported too, but not
 asserted to show no change: on the 2-core CI host one engine start's E1 medians differ from
-another's by more than E0's across-start CV (issue #15 stays open for that).
+another's by more than the noise floor (issue #15 stays open for that).
 
-Both variants run E1 only (``compare.experiments``); the baseline's E1 is the shared packet's,
-and the baseline's E0 gives the noise floor.
+Both variants run E1 only (``compare.experiments``); the baseline's E1 is the shared packet's.
+Without E0 in both runs the noise floor is ``--min-effect`` (5%), as the report says.
 """
 
 import pandas as pd
@@ -40,11 +40,16 @@ def compared(workflow_dir, tmp_path_factory):
 
 
 def test_a_b_comparison_calls_chunked_prefill_worse_at_the_longest_prompt(compared):
+    # The engine's own TTFT (vLLM's per-request metrics): the prefill cost chunking changes. The
+    # client's TTFT at five trials also carries the 2-core host's stalled streams; its CI held zero
+    # in one of three CI runs, the engine's never did (+139% to +213%).
     ab = compared["small-chunks"]
     lengths = {int(p.split("=")[1]): p for p in ab["point"]}     # E1's points: prompt_tokens_point=<n>
-    row = ab[(ab["metric"] == "ttft_ms") & (ab["point"] == lengths[max(lengths)])].iloc[0]
+    row = ab[(ab["metric"] == "engine_ttft_ms") & (ab["point"] == lengths[max(lengths)])].iloc[0]
     assert row["verdict"] == "worse", row.to_dict()
     assert row["ci_low"] > 0 and row["delta"] > 0 and row["p_holm"] <= 0.05
+    client = ab[(ab["metric"] == "ttft_ms") & (ab["point"] == lengths[max(lengths)])].iloc[0]
+    assert client["delta"] > 0 and client["verdict"] != "better"
 
 
 def test_the_index_and_reports_are_written(compared):

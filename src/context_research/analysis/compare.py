@@ -458,22 +458,21 @@ class NoiseFloor:
 
 
 def noise_floor(a: Run, b: Run, min_effect: float, use_e0: bool = True) -> NoiseFloor:
-    """max(min_effect, E0's run-to-run CV) per metric family, the CV being the larger of the
-    runs' that measured E0 (either run's noise can make a difference; a variant that did not run
-    E0 is judged by the baseline's, the same host's noise); min_effect alone without E0 in
-    either."""
+    """max(min_effect, E0's run-to-run CV) per metric family, the CV being the larger of the two
+    runs' (either run's noise can make a difference); min_effect alone without E0 in both."""
     if not use_e0:
         return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (E0's CV not used, as asked)")
-    measured = [(s, path, e0_cvs(s)) for s, path in (_e0_summary(a), _e0_summary(b)) if s is not None]
-    if not measured:
-        return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (no e0/summary.json in A or B)")
-    cvs = {k: max(c[k] for _, _, (c, _) in measured if c.get(k) is not None) for k in ("ttft", "tpot")
-           if any(c.get(k) is not None for _, _, (c, _) in measured)}
+    (sa, pa), (sb, pb) = _e0_summary(a), _e0_summary(b)
+    if sa is None or sb is None:
+        return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (no e0/summary.json in "
+                                          f"{'A' if sa is None else 'B'})")
+    (ca, scope_a), (cb, scope_b) = e0_cvs(sa), e0_cvs(sb)
+    cvs = {k: max(v for v in (ca.get(k), cb.get(k)) if v is not None) for k in ("ttft", "tpot")
+           if ca.get(k) is not None or cb.get(k) is not None}
     shown = ", ".join(f"{k.upper()} {v:.1%}" for k, v in cvs.items()) or "none stated"
-    scopes = sorted({scope for _, _, (_, scope) in measured})
-    paths = " and ".join(str(path) for _, path, _ in measured)
+    scope = scope_a if scope_a == scope_b else f"A {scope_a}, B {scope_b}"
     return NoiseFloor(min_effect, cvs, f"max(min_effect {min_effect:.1%}, E0's run-to-run CV of the mean: {shown}; "
-                                       f"{'; '.join(scopes)}; {'the larger of ' if len(measured) > 1 else ''}{paths})")
+                                       f"{scope}; the larger of {pa} and {pb})")
 
 
 # -- the comparison --------------------------------------------------------------------------------
