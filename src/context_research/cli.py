@@ -90,7 +90,7 @@ def cmd_compare(args) -> int:
 
     path = compare_runs(args.a, args.b, args.out, min_effect=args.min_effect, alpha=args.alpha, seed=args.seed,
                         resamples=args.resamples, allow_different_hardware=args.allow_different_hardware,
-                        use_e0_noise_floor=not args.no_e0_noise_floor)
+                        use_e0_start_noise=not args.no_e0_start_noise)
     print(f"written: {path} (and compare.csv, compare.md beside it)")
     return 0
 
@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (Holm); CIs at 1 - alpha")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--resamples", type=int, help="bootstrap resamples (default: enough for Holm over every test)")
-    p.add_argument("--no-e0-noise-floor", action="store_true",
-                   help="use --min-effect alone, not E0's run-to-run CV, as the noise floor")
+    p.add_argument("--no-e0-start-noise", action="store_true",
+                   help="leave E0's between-engine-start variation out of the CIs (request-level noise only)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("compare-index", help="write an index (reports/compare.html) of the comparisons in a folder")

@@ -79,7 +79,7 @@ def _point_names(point: str) -> str:
 
 def experiment_figure(comp: Comparison, experiment: str, path: Path) -> Path | None:
     """Both runs' medians per point (one panel per metric), and below them the relative delta
-    B/A - 1 per point with its CI as error bars, coloured by verdict, the noise floor dashed."""
+    B/A - 1 per point with its CI as error bars, coloured by verdict, the minimum effect dashed."""
     rows = comp.table[(comp.table["experiment"] == experiment) & (comp.table["verdict"] != "not compared")
                       & comp.table["a"].notna() & comp.table["b"].notna()]
     metrics = list(dict.fromkeys(rows["metric"]))
@@ -105,7 +105,7 @@ def experiment_figure(comp: Comparison, experiment: str, path: Path) -> Path | N
                 err = np.vstack([np.where(np.isnan(low), 0, rel - low), np.where(np.isnan(high), 0, high - rel)])
                 bottom.bar(x, np.nan_to_num(rel), yerr=np.abs(err), capsize=3,
                            color=[VERDICT_COLOURS.get(v, "#8c8c8c") for v in sub["verdict"]])
-                floors = pd.to_numeric(sub["noise_floor"]).dropna()
+                floors = pd.to_numeric(sub["min_effect"]).dropna()
                 if not floors.empty:
                     for sign in (1, -1):
                         bottom.axhline(sign * floors.max() * 100, color="black", linestyle="--", linewidth=0.7)
@@ -116,7 +116,7 @@ def experiment_figure(comp: Comparison, experiment: str, path: Path) -> Path | N
                     ax.set_xticks(x)
                     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
                 bottom.set_xlabel(_point_names(sub["point"].iloc[0]), fontsize=8)
-            fig.suptitle(f"{experiment}: A vs B per point (dashed: noise floor; green better, red worse, "
+            fig.suptitle(f"{experiment}: A vs B per point (dashed: min effect; green better, red worse, "
                          f"grey no significant change)", fontsize=10)
             fig.text(0.5, 0.005, _provenance(comp, experiment), ha="center", fontsize=7, style="italic")
             fig.tight_layout(rect=(0, 0.03, 1, 0.96))
@@ -197,7 +197,7 @@ def write_comparison(comp: Comparison, out: str | Path) -> Path:
     html_path = write_text(out / "compare.html", env.get_template("compare.html.j2").render(**context))
     write_json(out / "compare.json", {"a": str(comp.a.root), "b": str(comp.b.root), "counts": context["counts"],
                                       "options": vars(comp.options), "resamples": comp.resamples,
-                                      "tests": comp.tests, "noise_floor": comp.floor.source,
+                                      "tests": comp.tests, "start_noise": comp.noise.source,
                                       "allowed_differences": comp.allowed_differences})
     return html_path
 
@@ -205,7 +205,7 @@ def write_comparison(comp: Comparison, out: str | Path) -> Path:
 def compare_runs(a: str | Path, b: str | Path, out: str | Path = "reports/compare", **options: Any) -> Path:
     """``context-research compare A B --out OUT`` as a function: compare, write the report, return
     the path of ``compare.html``. ``options`` are ``analysis.compare.Options`` fields
-    (min_effect, alpha, seed, resamples, allow_different_hardware, use_e0_noise_floor)."""
+    (min_effect, alpha, seed, resamples, allow_different_hardware, use_e0_start_noise)."""
     return write_comparison(compare(a, b, Options(**options)), out)
 
 

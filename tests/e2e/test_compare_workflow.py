@@ -1,11 +1,11 @@
-"""Variants and comparisons end to end on the real engine: an A/B pair that must differ (prefill
-split into many chunks) must show E1's engine TTFT at the longest prompt as worse, with a CI excluding
-zero. The A/A pair (identical settings, its own engine run) is built and reported too, but not
-asserted to show no change: on the 2-core CI host one engine start's E1 medians differ from
-another's by more than the noise floor (issue #15 stays open for that).
+"""Variants and comparisons end to end on the real engine: an A/A pair (identical settings, its own
+engine start) must call nothing a change, and an A/B pair that must differ (prefill split into
+16-token chunks) must show E1's engine TTFT at the longest prompt as worse, with a CI excluding zero.
 
-Both variants run E1 only (``compare.experiments``); the baseline's E1 is the shared packet's.
-Without E0 in both runs the noise floor is ``--min-effect`` (5%), as the report says.
+Both variants run E1 only (``compare.experiments``); the baseline's E1 and E0 are the shared
+packet's. E0's three engine starts give each metric's between-start SD, which the bootstrap adds
+to every CI: on the 2-core CI host one engine start's medians differ from another's by 20-40 %
+(engine TTFT) and more (client TTFT, whose streams sometimes arrive in one burst).
 """
 
 import pandas as pd
@@ -15,13 +15,14 @@ from .conftest import run_snakemake
 
 pytestmark = pytest.mark.e2e
 
-# small-chunks: 128 tokens per engine step, so the longest E1 prompt (1,536 tokens) is prefilled
-# in 12 chunks instead of one; max_num_seqs must not exceed the token budget.
+# small-chunks: 16 tokens per engine step, so the longest E1 prompt (1,536 tokens) is prefilled
+# in 96 chunks instead of one (engine TTFT ~8x; 128-token chunks gave ~2-3x, inside the host's
+# between-start noise at Holm's level); max_num_seqs must not exceed the token budget.
 OVERLAY = """\
 variants:
   aa: {}
   small-chunks:
-    serving: {max_num_batched_tokens: 128, max_num_seqs: 8, enable_chunked_prefill: true}
+    serving: {max_num_batched_tokens: 16, max_num_seqs: 8, enable_chunked_prefill: true}
 compare:
   experiments: [e1]
 """
@@ -39,10 +40,26 @@ def compared(workflow_dir, tmp_path_factory):
     return {name: pd.read_csv(root / name / "compare.csv") for name in ("aa", "small-chunks")} | {"root": root}
 
 
+# Holm's adjustment holds the family-wise error rate at alpha = 0.05: an A/A comparison calls any
+# change in at most 5 % of runs when the between-start noise is measured well. This test allows
+# none; E0's three starts estimate that noise with 2 degrees of freedom, so the true rate is
+# somewhat higher (the method lines of the report say so).
+AA_ALLOWED_CALLS = 0
+
+
+def test_a_a_comparison_calls_no_change(compared):
+    aa = compared["aa"]
+    tested = aa[aa["p_value"].notna()]
+    assert len(tested) >= 10, aa.to_dict("records")  # the comparison did test something
+    assert (tested["start_sd"] > 0).all()  # with E0's between-start noise in every CI
+    calls = aa[aa["verdict"].isin(["better", "worse"])]
+    assert len(calls) <= AA_ALLOWED_CALLS, calls.to_dict("records")
+
+
 def test_a_b_comparison_calls_chunked_prefill_worse_at_the_longest_prompt(compared):
     # The engine's own TTFT (vLLM's per-request metrics): the prefill cost chunking changes. The
-    # client's TTFT at five trials also carries the 2-core host's stalled streams; its CI held zero
-    # in one of three CI runs, the engine's never did (+139% and +191% at 1,536 tokens).
+    # client's TTFT on this host carries stalled streams (E0's between-start SD of it ~0.6-1.3 in
+    # log terms), so only its direction is asserted.
     ab = compared["small-chunks"]
     lengths = {int(p.split("=")[1]): p for p in ab["point"]}     # E1's points: prompt_tokens_point=<n>
     row = ab[(ab["metric"] == "engine_ttft_ms") & (ab["point"] == lengths[max(lengths)])].iloc[0]

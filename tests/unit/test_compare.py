@@ -1,5 +1,5 @@
 """``context-research compare A B``: the bootstrap of the difference of medians, Holm, the verdict
-rules, the noise floor, the refusals, and the report written from two synthetic result folders."""
+rules, the between-start noise, the refusals, and the report written from two synthetic result folders."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from context_research import cli
-from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Metric, NoiseFloor, Options,
-                                               bootstrap_median_delta, compare, e0_cvs, holm, resamples_for, verdict)
+from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Options, bootstrap_median_delta, compare,
+                                               holm, resamples_for, start_sds, verdict)
 from context_research.compare_report import compare_runs, write_index
 from context_research.errors import ContextResearchError
 
@@ -30,11 +30,29 @@ def _metadata(experiment: str, *, backend_mode="real", hardware="1x NVIDIA H200"
                             "model_files": {"source": model_id}}}
 
 
-def write_run(root: Path, *, ttft_ms=(100.0, 400.0), n=30, seed=0, statuses=("ok", "ok"), e0_cv=None,
+def e0_records(start_factors, n=20, seed=0, first_start_phase="repeat") -> pd.DataFrame:
+    """E0's requests.csv: per engine start, ``n`` repeat requests whose TTFT / TPOT are 50 ms /
+    5 ms times that start's factor (1 % spread), plus a warm-up per start (left out)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for start, factor in enumerate(start_factors):
+        prefix = "" if start == 0 else f"start{start}-"
+        rows.append({"phase": f"{prefix}warmup" if start else "warmup", "ttft_s": 9.0, "tpot_s": 9.0, "e2e_s": 9.0,
+                     "ok": True})
+        for i in range(n):
+            ttft = 0.05 * factor * (1 + 0.01 * rng.standard_normal())
+            tpot = 0.005 * factor * (1 + 0.01 * rng.standard_normal())
+            rows.append({"phase": f"{prefix}{first_start_phase}-{i % 5}", "ttft_s": ttft, "tpot_s": tpot,
+                         "e2e_s": ttft + 31 * tpot, "engine_ttft_ms": ttft * 900, "engine_itl_ms": tpot * 1000,
+                         "ok": True})
+    return pd.DataFrame(rows)
+
+
+def write_run(root: Path, *, ttft_ms=(100.0, 400.0), n=30, seed=0, statuses=("ok", "ok"), e0_starts=None,
               **meta) -> Path:
     """``root/e1`` with requests.csv (n measured requests per length, TTFT around ``ttft_ms``, 3 %
-    spread), latency.csv (the points' status) and run_metadata.json; ``e0_cv``: an
-    ``e0/summary.json`` with that run-to-run CV of TTFT and TPOT across engine starts."""
+    spread), latency.csv (the points' status) and run_metadata.json; ``e0_starts``: an ``e0``
+    whose engine starts measured that many times the base latencies (``e0_records``)."""
     rng = np.random.default_rng(seed)
     rows = []
     for length, centre in zip(LENGTHS, ttft_ms):
@@ -54,13 +72,11 @@ def write_run(root: Path, *, ttft_ms=(100.0, 400.0), n=30, seed=0, statuses=("ok
                   "reason": ["" if s == "ok" else "server error" for s in statuses]}).to_csv(
         folder / "latency.csv", index=False)
     (folder / "run_metadata.json").write_text(json.dumps(_metadata("e1", **meta)))
-    if e0_cv is not None:
+    if e0_starts is not None:
         e0 = root / "e0"
         e0.mkdir()
         (e0 / "run_metadata.json").write_text(json.dumps(_metadata("e0", **meta)))
-        (e0 / "summary.json").write_text(json.dumps({"variability": {
-            "cv_ttft": 0.01, "cv_tpot": 0.01,
-            "across_restarts": {"engine_starts": 3, "cv_ttft": e0_cv, "cv_tpot": e0_cv}}}))
+        e0_records(e0_starts, seed=seed).to_csv(e0 / "requests.csv", index=False)
     return root
 
 
@@ -79,10 +95,10 @@ def test_a_clear_shift_has_a_ci_excluding_zero_and_is_called_worse_or_better():
     assert slower.delta == pytest.approx(np.median(b) - np.median(a))
     assert 25 < slower.delta < 35 and slower.ci_low > 0 and slower.ci_low < slower.delta < slower.ci_high
     assert slower.p_value == pytest.approx(2 / 2001)  # no resample on the other side: the +1 floor
-    assert verdict(slower, slower.p_value, alpha=0.05, noise_floor=0.05) == "worse"
+    assert verdict(slower, slower.p_value, alpha=0.05, min_effect=0.05) == "worse"
     faster = bootstrap_median_delta(b, a, resamples=2000, seed=0)
     assert faster.ci_high < 0
-    assert verdict(faster, faster.p_value, alpha=0.05, noise_floor=0.05) == "better"
+    assert verdict(faster, faster.p_value, alpha=0.05, min_effect=0.05) == "better"
 
 
 def test_identical_samples_give_no_change_and_p_one():
@@ -91,7 +107,7 @@ def test_identical_samples_give_no_change_and_p_one():
     assert same.delta == 0 and same.relative_delta == 0
     assert same.ci_low < 0 < same.ci_high
     assert same.p_value > 0.9  # half the resamples on either side of zero
-    assert verdict(same, same.p_value, alpha=0.05, noise_floor=0.05) == "no significant change"
+    assert verdict(same, same.p_value, alpha=0.05, min_effect=0.05) == "no significant change"
 
 
 def test_the_bootstrap_is_seeded_its_result_depends_only_on_data_and_seed():
@@ -110,13 +126,13 @@ def test_holm_on_a_hand_computed_example():
 
 def test_a_change_counts_only_with_ci_holm_and_effect_all_three():
     test = DeltaTest(a=100, b=103, delta=3, relative_delta=0.03, ci_low=1, ci_high=5, p_value=0.001)
-    assert verdict(test, 0.001, alpha=0.05, noise_floor=0.05) == "no significant change"  # 3 % < 5 % floor
-    assert verdict(test, 0.001, alpha=0.05, noise_floor=0.02) == "worse"
-    assert verdict(test, 0.2, alpha=0.05, noise_floor=0.02) == "no significant change"  # Holm does not reject
+    assert verdict(test, 0.001, alpha=0.05, min_effect=0.05) == "no significant change"  # 3 % < 5 % floor
+    assert verdict(test, 0.001, alpha=0.05, min_effect=0.02) == "worse"
+    assert verdict(test, 0.2, alpha=0.05, min_effect=0.02) == "no significant change"  # Holm does not reject
     wide = DeltaTest(a=100, b=110, delta=10, relative_delta=0.1, ci_low=-1, ci_high=20, p_value=0.001)
-    assert verdict(wide, 0.001, alpha=0.05, noise_floor=0.02) == "no significant change"  # CI holds zero
+    assert verdict(wide, 0.001, alpha=0.05, min_effect=0.02) == "no significant change"  # CI holds zero
     # a metric where more is better (a larger KV pool): an increase is better
-    assert verdict(test, 0.001, alpha=0.05, noise_floor=0.02, lower_is_better=False) == "better"
+    assert verdict(test, 0.001, alpha=0.05, min_effect=0.02, lower_is_better=False) == "better"
 
 
 def test_resamples_suffice_for_holm_strictest_threshold():
@@ -125,17 +141,49 @@ def test_resamples_suffice_for_holm_strictest_threshold():
         assert 2 / (r + 1) <= 0.05 / tests / 2
 
 
-def test_noise_floor_is_the_larger_of_min_effect_and_e0_cv():
-    floor = NoiseFloor(0.05, {"ttft": 0.2, "tpot": 0.01}, "")
-    assert floor.for_metric(Metric("ttft_ms", "ttft_s", noise="ttft"))[0] == 0.2
-    assert floor.for_metric(Metric("tpot_ms", "tpot_s", noise="tpot"))[0] == 0.05
-    assert floor.for_metric(Metric("e2e_ms", "e2e_s", noise="both"))[0] == 0.2
-    assert floor.for_metric(Metric("weights_gib", "weights_gib"))[0] == 0.05
-    cvs, scope = e0_cvs({"variability": {"cv_ttft": 0.1, "cv_tpot": 0.2, "across_restarts": {}}})
-    assert cvs == {"ttft": 0.1, "tpot": 0.2} and "within one engine start" in scope
-    cvs, scope = e0_cvs({"variability": {"cv_ttft": 0.1, "cv_tpot": 0.2,
-                                         "across_restarts": {"engine_starts": 3, "cv_ttft": 0.4, "cv_tpot": 0.3}}})
-    assert cvs == {"ttft": 0.4, "tpot": 0.3} and "3 engine starts" in scope
+def test_between_start_noise_widens_the_ci_around_the_same_difference():
+    rng = np.random.default_rng(3)
+    a, b = 100 + 2 * rng.standard_normal(40), 110 + 2 * rng.standard_normal(40)
+    tight = bootstrap_median_delta(a, b, resamples=4000, seed=0)
+    wide = bootstrap_median_delta(a, b, resamples=4000, seed=0, start_sd=0.2)
+    assert wide.delta == tight.delta  # the point estimate is the observed difference
+    assert tight.ci_low > 0 and wide.ci_low < 0 < wide.ci_high
+    assert (wide.ci_high - wide.ci_low) > 5 * (tight.ci_high - tight.ci_low) and wide.p_value > 0.05
+
+
+def test_an_aa_pair_of_engine_starts_stays_inside_the_between_start_noise():
+    # Simulated A/A pairs: each run's medians are shifted by its own engine start's factor
+    # (log SD 0.15), requests add 3 % spread. With the start SD in the bootstrap, a 95 % CI holds
+    # zero in about 95 % of pairs; without it, far fewer.
+    rng = np.random.default_rng(7)
+    covered_with, covered_without, pairs = 0, 0, 200
+    for k in range(pairs):
+        fa, fb = np.exp(rng.normal(0, 0.15, 2))
+        a = 100 * fa * (1 + 0.03 * rng.standard_normal(20))
+        b = 100 * fb * (1 + 0.03 * rng.standard_normal(20))
+        with_sd = bootstrap_median_delta(a, b, resamples=1000, seed=k, start_sd=0.15)
+        without = bootstrap_median_delta(a, b, resamples=1000, seed=k)
+        covered_with += with_sd.ci_low <= 0 <= with_sd.ci_high
+        covered_without += without.ci_low <= 0 <= without.ci_high
+    assert covered_with / pairs >= 0.9 and covered_without / pairs < 0.5
+
+
+def test_start_sds_are_sds_of_log_per_start_medians_and_decode_pace_is_pooled():
+    sds, starts = start_sds(e0_records((1.0, 1.2, 0.9)))
+    assert starts == 3
+    expected = float(np.std(np.log([1.0, 1.2, 0.9]), ddof=1))
+    assert sds["ttft_ms"] == pytest.approx(expected, rel=0.05)
+    assert sds["engine_ttft_ms"] == pytest.approx(expected, rel=0.05)
+    assert set(sds) == {"ttft_ms", "tpot_ms", "e2e_ms", "engine_ttft_ms", "engine_itl_ms"}
+    # decode pace: engine ITL steady across starts, client TPOT not: each at least the pooled SD
+    frame = e0_records((1.0, 1.0, 1.0))
+    later = frame["phase"].str.startswith("start1-repeat")
+    frame.loc[later, "tpot_s"] *= 1.5
+    sds, _ = start_sds(frame)
+    # engine ITL's own SD is ~0.01 (1 % spread); it is raised to the pooled SD, below TPOT's own
+    assert 0.1 < sds["engine_itl_ms"] < sds["tpot_ms"]
+    # one engine start: no between-start SD
+    assert start_sds(e0_records((1.0,)))[0] == {}
 
 
 # -- comparisons of result folders -----------------------------------------------------------------
@@ -160,16 +208,27 @@ def test_an_aa_comparison_calls_nothing_a_change(tmp_path):
     assert set(comp.table["verdict"]) == {"no significant change"}
 
 
-def test_a_shift_inside_e0_run_to_run_noise_is_no_change_and_the_floor_is_named(tmp_path):
-    a = write_run(tmp_path / "a", ttft_ms=(100, 400), seed=1, e0_cv=0.5)
-    b = write_run(tmp_path / "b", ttft_ms=(100, 520), seed=2, e0_cv=0.4)
+def test_a_shift_inside_e0_between_start_noise_is_no_change_and_the_source_is_named(tmp_path):
+    # E0's starts differ by ~30 % (log SD ~0.3): a 30 % shift at one point is inside that noise.
+    a = write_run(tmp_path / "a", ttft_ms=(100, 400), seed=1, e0_starts=(1.0, 1.35, 0.8))
+    b = write_run(tmp_path / "b", ttft_ms=(100, 520), seed=2, e0_starts=(1.0, 1.02, 0.99))
     comp = compare(a, b)
     row = _row(comp, "ttft_ms", 4096)
-    assert row["ci_low"] > 0 and row["noise_floor"] == 0.5  # the larger of the two runs' CVs
-    assert row["verdict"] == "no significant change" and "E0 CV" in row["note"]
-    assert "across 3 engine starts" in comp.floor.source
-    without = compare(a, b, Options(use_e0_noise_floor=False))
+    assert row["start_sd"] == pytest.approx(np.std(np.log([1.0, 1.35, 0.8]), ddof=1), rel=0.05)  # A's, the larger
+    assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "no significant change"
+    assert "between-start SD" in row["note"] and "3 engine starts" in comp.noise.source
+    without = compare(a, b, Options(use_e0_start_noise=False))
     assert _row(without, "ttft_ms", 4096)["verdict"] == "worse"
+    assert "not included" in without.noise.source
+
+
+def test_one_runs_e0_serves_both_and_the_report_says_so(tmp_path):
+    a = write_run(tmp_path / "a", ttft_ms=(100, 400), seed=1, e0_starts=(1.0, 1.01, 0.99))
+    b = write_run(tmp_path / "b", ttft_ms=(100, 520), seed=2)
+    comp = compare(a, b)
+    assert "only run A has one" in comp.noise.source
+    assert _row(comp, "ttft_ms", 4096)["verdict"] == "worse"  # a 30 % shift outside a 1 % start noise
+    assert "neither run" in compare(write_run(tmp_path / "c", seed=3), b).noise.source
 
 
 def test_too_few_requests_are_not_enough_samples(tmp_path):
@@ -250,7 +309,7 @@ def test_the_cli_writes_csv_markdown_and_html_with_the_declared_columns(tmp_path
                                                            ("engine_ttft_ms", "prompt_tokens_point=4096")]
     md = (out / "compare.md").read_text()
     assert "## Significant changes" in md and "Holm" in md and "resamples" in md and "seeded with 0" in md
-    assert "min_effect 10.0%" in md and "![e1" in md
+    assert "10.0% (--min-effect)" in md and "![e1" in md
     html = (out / "compare.html").read_text()
     assert "<svg" in html and "worse" in html and "Provenance diff" in html
 

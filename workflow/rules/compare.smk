@@ -6,9 +6,11 @@ from context_research.variants import COMPARE_INDEX, COMPARE_ROOT, compare_dir, 
 
 def compared_results(variant):
     """What `context-research compare` reads of one side: the run's and the analysis' files of
-    every compared experiment (not the figures: the comparison draws its own)."""
+    every compared experiment (not the figures: the comparison draws its own). The baseline's E0
+    always: its engine starts give the between-start noise where a variant does not run E0."""
     root = results_root(variant)
-    return [path for name in COMPARE_EXPERIMENTS
+    names = [*COMPARE_EXPERIMENTS, *(["e0"] if variant == BASELINE and "e0" not in COMPARE_EXPERIMENTS else [])]
+    return [path for name in names
             for path in (*EXPERIMENTS[name].run_paths(root).values(), *EXPERIMENTS[name].analysis_paths(root).values())]
 
 

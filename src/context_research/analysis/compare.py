@@ -15,10 +15,18 @@ Method (stated in every report, ``method_lines``):
   differences on either side of zero (a difference of exactly zero counts on both sides, so ties
   make it larger, never smaller), with the +1 correction so it is never 0. Holm's step-down
   adjustment over every test of the comparison controls the family-wise error rate at alpha.
+* Between engine starts: two runs are two engine starts, and on a busy host one start's medians
+  differ from another's by more than their requests' spread. Each resampled median is therefore
+  multiplied by exp(e), e ~ Normal(0, s) drawn per resample and per run, s being the standard
+  deviation of log per-start medians of the same metric across E0's engine starts (``start_noise``;
+  the decode-pace metrics TPOT, engine ITL and E2E pool their SDs, E0's short prompt making all
+  three measure the decode pace). This is E0's measured run-to-run variation used as a variance
+  component: a difference inside it widens the CI instead of being called. s is the larger of the
+  two runs' E0 where both have one; one run's E0 where only one has; 0 (request-level only, the
+  report says so) where neither has.
 * Verdict: ``better`` / ``worse`` only when the CI excludes zero, the Holm-adjusted p-value is
-  <= alpha, and |relative difference| >= the noise floor = max(min_effect, E0's measured
-  run-to-run CV of the metric when both runs have an ``e0/summary.json``); else ``no significant
-  change``. Fewer than ``stats.MIN_SAMPLES["p50"]`` requests in either run: ``not enough samples``.
+  <= alpha, and |relative difference| >= ``min_effect``; else ``no significant change``. Fewer
+  than ``stats.MIN_SAMPLES["p50"]`` requests in either run: ``not enough samples``.
 """
 
 from __future__ import annotations
@@ -61,8 +69,10 @@ COMPARE_COLUMNS: dict[str, str] = {
     "verdict": "better, worse, no significant change, not enough samples, or not compared",
     "n_a": "successful requests of run A at the point",
     "n_b": "successful requests of run B at the point",
-    "noise_floor": "smallest |relative_delta| that counts: max(min_effect, E0's run-to-run CV of the metric)",
-    "note": "why not compared, which noise floor applied, single measurements",
+    "min_effect": "smallest |relative_delta| that counts (--min-effect)",
+    "start_sd": "SD of log per-start medians across E0's engine starts, added to the bootstrap as between-start "
+                "noise (0: none measured)",
+    "note": "why not compared, which between-start SD applied, single measurements",
 }
 
 
@@ -73,18 +83,21 @@ class Metric:
     column: str
     scale: float = 1.0
     lower_is_better: bool = True
-    # Which E0 CV bounds its noise: "ttft", "tpot", "both" (the larger), or None (no E0 floor).
+    # The E0 metric whose between-start SD applies (``start_noise``), or None (none applies).
     noise: str | None = None
 
 
+# E0 sends a short prompt and many output tokens: these three measure the same decode pace, so
+# their between-start SDs are pooled (three estimates from E0's few starts instead of one).
+DECODE_PACE = ("tpot_ms", "engine_itl_ms", "e2e_ms")
 CLIENT_METRICS = (
-    Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft"),
-    Metric("tpot_ms", "tpot_s", 1000.0, noise="tpot"),
-    Metric("e2e_ms", "e2e_s", 1000.0, noise="both"),
+    Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"),
+    Metric("tpot_ms", "tpot_s", 1000.0, noise="tpot_ms"),
+    Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
 )
 ENGINE_METRICS = (
-    Metric("engine_ttft_ms", "engine_ttft_ms", noise="ttft"),
-    Metric("engine_itl_ms", "engine_itl_ms", noise="tpot"),
+    Metric("engine_ttft_ms", "engine_ttft_ms", noise="engine_ttft_ms"),
+    Metric("engine_itl_ms", "engine_itl_ms", noise="engine_itl_ms"),
 )
 
 
@@ -130,14 +143,14 @@ LAYOUTS: dict[str, Layout] = {
                  points_table_columns=("prompt_tokens", "concurrency", "mode")),
     # E5 and E6 send one request per point: the point table is the record.
     "e5": Layout("memory.csv", ("prompt_tokens_target", "mode"),
-                 (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft"), Metric("e2e_ms", "e2e_s", 1000.0, noise="both"),
+                 (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"), Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
                   Metric("kv_cache_allocated_gib", "kv_cache_allocated_gib", lower_is_better=False),
                   Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib")),
                  keep=_ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
                  single=True),
     "e6": Layout("stress.csv", ("target_prompt_tokens", "pass"),
-                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="ttft"),
-                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="tpot")),
+                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms"),
+                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms")),
                  keep=_ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
                  single=True),
 }
@@ -183,17 +196,11 @@ def find_run(where: str | Path, label: str) -> Run:
     return Run(label, root, experiments, {name: read_json(p / "run_metadata.json") for name, p in experiments.items()})
 
 
-def _e0_summary(run: Run) -> tuple[dict | None, Path | None]:
-    """E0's summary.json of the run: its own e0, else the e0 beside a single experiment folder."""
-    candidates = []
-    if "e0" in run.experiments:
-        candidates.append(run.experiments["e0"] / "summary.json")
-    else:
-        candidates.append(run.root.parent / "e0" / "summary.json")
-    for path in candidates:
-        if path.is_file():
-            return read_json(path), path
-    return None, None
+def _e0_folder(run: Run) -> Path | None:
+    """E0's folder for the run: its own e0, else the e0 beside a single experiment folder."""
+    single = (run.root / "run_metadata.json").is_file()
+    folder = run.experiments.get("e0") or (run.root.parent / "e0" if single else None)
+    return folder if folder is not None and (folder / LAYOUTS["e0"].records).is_file() else None
 
 
 # -- refusals --------------------------------------------------------------------------------------
@@ -367,10 +374,11 @@ class DeltaTest:
 
 
 def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
-                           seed: int = 0, level: float = 0.95) -> DeltaTest:
+                           seed: int = 0, level: float = 0.95, start_sd: float = 0.0) -> DeltaTest:
     """median(b) - median(a) with a percentile-bootstrap CI at ``level`` and a two-sided bootstrap
-    p-value, each run's requests resampled independently with replacement. A fresh generator
-    seeded with ``seed`` per call: the result depends only on the data and the seed."""
+    p-value, each run's requests resampled independently with replacement, and each resampled
+    median multiplied by exp(Normal(0, ``start_sd``)), the between-engine-start noise (0: none). A
+    fresh generator seeded with ``seed`` per call: the result depends only on the data and the seed."""
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(xa) == 0 or len(xb) == 0:
         raise ValueError("both samples need at least one value")
@@ -381,6 +389,9 @@ def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples:
         k = min(batch, resamples - start)
         med_a = np.median(xa[rng.integers(0, len(xa), size=(k, len(xa)))], axis=1)
         med_b = np.median(xb[rng.integers(0, len(xb), size=(k, len(xb)))], axis=1)
+        if start_sd > 0:
+            med_a = med_a * np.exp(rng.normal(0.0, start_sd, k))
+            med_b = med_b * np.exp(rng.normal(0.0, start_sd, k))
         deltas[start:start + k] = med_b - med_a
     ma, mb = float(np.median(xa)), float(np.median(xb))
     delta = mb - ma
@@ -406,12 +417,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def verdict(test: DeltaTest, p_holm: float, *, alpha: float, noise_floor: float,
+def verdict(test: DeltaTest, p_holm: float, *, alpha: float, min_effect: float,
             lower_is_better: bool = True) -> str:
     """better / worse only when the CI excludes zero, Holm rejects at ``alpha`` and the relative
-    change reaches ``noise_floor``; otherwise no significant change."""
+    change reaches ``min_effect``; otherwise no significant change."""
     excludes_zero = test.ci_low > 0 or test.ci_high < 0
-    large_enough = test.relative_delta is not None and abs(test.relative_delta) >= noise_floor
+    large_enough = test.relative_delta is not None and abs(test.relative_delta) >= min_effect
     if not (excludes_zero and p_holm <= alpha and large_enough):
         return "no significant change"
     improved = test.delta < 0 if lower_is_better else test.delta > 0
@@ -424,55 +435,74 @@ def resamples_for(tests: int, alpha: float) -> int:
     return max(BOOTSTRAP_RESAMPLES, math.ceil(4 * max(tests, 1) / alpha))
 
 
-# -- the noise floor -------------------------------------------------------------------------------
+# -- between-start noise ---------------------------------------------------------------------------
 
-def e0_cvs(summary: dict) -> tuple[dict[str, float], str]:
-    """E0's run-to-run CVs of mean TTFT and mean TPOT, and which they are: across engine starts
-    when E0 measured more than one (two runs being compared are two engine starts), else across
-    repeats within one start. Fields: ``variability.across_restarts.cv_ttft`` / ``cv_tpot``, else
-    ``variability.cv_ttft`` / ``cv_tpot``."""
-    variability = summary.get("variability") or {}
-    across = variability.get("across_restarts") or {}
-    if across.get("cv_ttft") is not None or across.get("cv_tpot") is not None:
-        block, scope = across, f"across {across.get('engine_starts', 'several')} engine starts"
-    else:
-        block, scope = variability, "across repeats within one engine start"
-    cvs = {k: float(block[f"cv_{k}"]) for k in ("ttft", "tpot") if block.get(f"cv_{k}") is not None}
-    return cvs, scope
+def _engine_start(phase: pd.Series) -> pd.Series:
+    # E0's phases: repeat-<k> on the first start, start<s>-repeat-<k> on the later ones
+    return phase.astype(str).str.extract(r"^start(\d+)-", expand=False).fillna("0")
+
+
+def start_sds(records: pd.DataFrame) -> tuple[dict[str, float], int]:
+    """E0's between-start noise: per metric, the SD (ddof 1) of the log of each engine start's
+    median over its repeat requests; the decode-pace metrics (``DECODE_PACE``) each at least
+    their pooled SD (root mean square). Returns (metric name -> SD, engine starts); no SDs with
+    fewer than two starts."""
+    frame = records[_e0_repeats(records)]
+    if "ok" in frame.columns:
+        frame = frame[_is_ok(frame["ok"])]
+    starts = _engine_start(frame["phase"])
+    sds: dict[str, float] = {}
+    for metric in LAYOUTS["e0"].metrics:
+        if metric.column not in frame.columns:
+            continue
+        medians = (pd.to_numeric(frame[metric.column], errors="coerce") * metric.scale).groupby(starts).median()
+        medians = medians[medians > 0]
+        if len(medians) >= 2:
+            sds[metric.name] = float(np.log(medians.to_numpy(float)).std(ddof=1))
+    pace = [sds[n] for n in DECODE_PACE if n in sds]
+    if pace:
+        pooled = math.sqrt(sum(v * v for v in pace) / len(pace))
+        sds.update({n: max(sds[n], pooled) for n in DECODE_PACE if n in sds})
+    return sds, int(starts.nunique())
 
 
 @dataclass(frozen=True)
-class NoiseFloor:
-    min_effect: float
-    cvs: dict[str, float]           # metric family -> CV (the larger of the two runs')
+class StartNoise:
+    sds: dict[str, float]           # E0 metric name -> SD of log per-start medians
     source: str                     # what the report says about it
 
-    def for_metric(self, metric: Metric) -> tuple[float, str]:
-        if metric.noise is None or not self.cvs:
-            return self.min_effect, "min_effect"
-        family = ("ttft", "tpot") if metric.noise == "both" else (metric.noise,)
-        cv = max((self.cvs[f] for f in family if f in self.cvs), default=None)
-        if cv is None or cv <= self.min_effect:
-            return self.min_effect, "min_effect" if cv is None else f"min_effect (>= E0 CV {cv:.1%})"
-        return cv, f"E0 CV of {'/'.join(family)}"
+    def for_metric(self, metric: Metric) -> float:
+        return self.sds.get(metric.noise, 0.0) if metric.noise else 0.0
 
 
-def noise_floor(a: Run, b: Run, min_effect: float, use_e0: bool = True) -> NoiseFloor:
-    """max(min_effect, E0's run-to-run CV) per metric family, the CV being the larger of the two
-    runs' (either run's noise can make a difference); min_effect alone without E0 in both."""
+def start_noise(a: Run, b: Run, use_e0: bool = True) -> StartNoise:
+    """The between-start SDs of the comparison: per metric the larger of the two runs' E0 (either
+    run's noise can make a difference); one run's where only one has an E0 with several starts;
+    none otherwise, which the report states."""
     if not use_e0:
-        return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (E0's CV not used, as asked)")
-    (sa, pa), (sb, pb) = _e0_summary(a), _e0_summary(b)
-    if sa is None or sb is None:
-        return NoiseFloor(min_effect, {}, f"min_effect {min_effect:.1%} only (no e0/summary.json in "
-                                          f"{'A' if sa is None else 'B'})")
-    (ca, scope_a), (cb, scope_b) = e0_cvs(sa), e0_cvs(sb)
-    cvs = {k: max(v for v in (ca.get(k), cb.get(k)) if v is not None) for k in ("ttft", "tpot")
-           if ca.get(k) is not None or cb.get(k) is not None}
-    shown = ", ".join(f"{k.upper()} {v:.1%}" for k, v in cvs.items()) or "none stated"
-    scope = scope_a if scope_a == scope_b else f"A {scope_a}, B {scope_b}"
-    return NoiseFloor(min_effect, cvs, f"max(min_effect {min_effect:.1%}, E0's run-to-run CV of the mean: {shown}; "
-                                       f"{scope}; the larger of {pa} and {pb})")
+        return StartNoise({}, "not included (E0's between-start variation not used, as asked): the CI covers "
+                              "request-to-request variation only")
+    measured = {}
+    for run in (a, b):
+        folder = _e0_folder(run)
+        if folder is None:
+            continue
+        sds, starts = start_sds(_read_records(folder, "e0"))
+        if sds:
+            measured[run.label] = (sds, starts, folder)
+    if not measured:
+        return StartNoise({}, "not included: neither run has an E0 with two or more engine starts, so the CI "
+                              "covers request-to-request variation only and an engine-start difference can be "
+                              "called a change (add e0 to compare.experiments)")
+    names = sorted({n for sds, _, _ in measured.values() for n in sds})
+    sds = {n: max(s[n] for s, _, _ in measured.values() if n in s) for n in names}
+    shown = ", ".join(f"{n} {v:.3f}" for n, v in sds.items())
+    sources = "; ".join(f"{label}: {folder} ({starts} engine starts, {starts - 1} degrees of freedom)"
+                        for label, (_, starts, folder) in measured.items())
+    only = "" if len(measured) == 2 else f" (only run {next(iter(measured))} has one)"
+    return StartNoise(sds, f"SD of log per-start medians across E0's engine starts{only}, the larger of the runs' "
+                           f"where both have one: {shown}; {sources}; decode-pace metrics ({', '.join(DECODE_PACE)}) "
+                           f"at least their pooled SD")
 
 
 # -- the comparison --------------------------------------------------------------------------------
@@ -484,7 +514,7 @@ class Options:
     seed: int = 0
     resamples: int | None = None          # None: resamples_for(tests, alpha)
     allow_different_hardware: bool = False
-    use_e0_noise_floor: bool = True
+    use_e0_start_noise: bool = True
 
 
 @dataclass
@@ -496,16 +526,18 @@ class Comparison:
     samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]  # exp -> point -> metric -> (a, b)
     allowed_differences: list[str]
     provenance: dict[str, dict[str, Any]]
-    floor: NoiseFloor
+    noise: StartNoise
     resamples: int
     tests: int
     not_compared_experiments: dict[str, str]
 
 
-def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, floor=None, test=None) -> dict:
+def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, min_effect=None, start_sd=None,
+         test=None) -> dict:
     row = {"experiment": experiment, "metric": metric, "point": point, "a": None, "b": None, "delta": None,
            "relative_delta": None, "ci_low": None, "ci_high": None, "p_value": None, "p_holm": None,
-           "verdict": verdict_text, "n_a": n_a, "n_b": n_b, "noise_floor": floor, "note": note}
+           "verdict": verdict_text, "n_a": n_a, "n_b": n_b, "min_effect": min_effect, "start_sd": start_sd,
+           "note": note}
     if test is not None:
         row.update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta)
     return row
@@ -533,10 +565,10 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
         raise ContextResearchError(f"{a.root} and {b.root} share no comparable experiment "
                                    f"(A: {', '.join(a.experiments)}; B: {', '.join(b.experiments)})")
     allowed = check_comparable(a, b, comparable, opts.allow_different_hardware)
-    floor = noise_floor(a, b, opts.min_effect, opts.use_e0_noise_floor)
+    noise = start_noise(a, b, opts.use_e0_start_noise)
 
     rows: list[dict] = []
-    pending: list[tuple[int, np.ndarray, np.ndarray, Metric, float, str]] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray, Metric, float]] = []
     samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
     for exp in comparable:
         layout = LAYOUTS[exp]
@@ -549,7 +581,7 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
             for metric in layout.metrics:
                 xa = pa.get(point, {}).get(metric.name, np.empty(0))
                 xb = pb.get(point, {}).get(metric.name, np.empty(0))
-                level, why = floor.for_metric(metric)
+                sd = noise.for_metric(metric)
                 if reason:
                     rows.append(_row(exp, metric.name, point, f"not compared: {reason}", verdict_text="not compared",
                                      n_a=len(xa), n_b=len(xb)))
@@ -569,23 +601,24 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
                     else:
                         note = f"a median needs at least {MIN_REQUESTS} requests in each run (analysis.stats.MIN_SAMPLES)"
                     rows.append(_row(exp, metric.name, point, note, verdict_text="not enough samples",
-                                     n_a=len(xa), n_b=len(xb), floor=level, test=test))
+                                     n_a=len(xa), n_b=len(xb), min_effect=opts.min_effect, test=test))
                     continue
-                rows.append(_row(exp, metric.name, point, f"noise floor: {why}", verdict_text="",
-                                 n_a=len(xa), n_b=len(xb), floor=level))
-                pending.append((len(rows) - 1, xa, xb, metric, level, why))
+                note = f"between-start SD {sd:.3f} (E0's {metric.noise})" if sd else "request-level noise only"
+                rows.append(_row(exp, metric.name, point, note, verdict_text="", n_a=len(xa), n_b=len(xb),
+                                 min_effect=opts.min_effect, start_sd=sd))
+                pending.append((len(rows) - 1, xa, xb, metric, sd))
 
     resamples = opts.resamples or resamples_for(len(pending), opts.alpha)
-    tests = [bootstrap_median_delta(xa, xb, resamples=resamples, seed=opts.seed, level=1.0 - opts.alpha)
-             for _, xa, xb, *_ in pending]
+    tests = [bootstrap_median_delta(xa, xb, resamples=resamples, seed=opts.seed, level=1.0 - opts.alpha, start_sd=sd)
+             for _, xa, xb, _, sd in pending]
     adjusted = holm([t.p_value for t in tests])
-    for (i, _, _, metric, level, _), test, p_holm in zip(pending, tests, adjusted):
+    for (i, _, _, metric, _), test, p_holm in zip(pending, tests, adjusted):
         rows[i].update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta,
                        ci_low=test.ci_low, ci_high=test.ci_high, p_value=test.p_value, p_holm=p_holm,
-                       verdict=verdict(test, p_holm, alpha=opts.alpha, noise_floor=level,
+                       verdict=verdict(test, p_holm, alpha=opts.alpha, min_effect=opts.min_effect,
                                        lower_is_better=metric.lower_is_better))
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
-    return Comparison(a, b, opts, table, samples, allowed, provenance_diff(a, b, comparable), floor, resamples,
+    return Comparison(a, b, opts, table, samples, allowed, provenance_diff(a, b, comparable), noise, resamples,
                       len(pending), not_compared)
 
 
@@ -615,16 +648,20 @@ def method_lines(comp: Comparison) -> list[str]:
         f"Statistic: the median of each run's successful requests at a point; delta = B - A, relative delta = "
         f"delta / A.",
         f"CI: {level:.0%} percentile bootstrap of delta, each run's requests resampled independently, "
-        f"{comp.resamples} resamples, numpy generator seeded with {o.seed} for every test.",
+        f"{comp.resamples} resamples, numpy generator seeded with {o.seed} for every test; each resampled median "
+        f"multiplied by exp(Normal(0, s)), s the metric's between-engine-start SD (below), since the two runs are "
+        f"two engine starts.",
         "p-value: two-sided, from the same bootstrap distribution (twice the smaller share of resampled "
         "deltas on either side of zero, zero counted on both sides, +1 correction).",
         f"Multiple comparisons: Holm's step-down adjustment over all {comp.tests} tests of this comparison, "
         f"family-wise error rate alpha = {o.alpha}.",
         f"Verdict: better / worse only when the CI excludes zero, the Holm-adjusted p <= {o.alpha} and "
-        f"|relative delta| >= the noise floor; lower is better for latencies. Fewer than {MIN_REQUESTS} requests "
+        f"|relative delta| >= {o.min_effect:.1%} (--min-effect); lower is better for latencies. Fewer than "
+        f"{MIN_REQUESTS} requests "
         f"in either run: not enough samples (near that minimum the percentile interval under-covers, as "
         f"analysis.stats states: a change called there rests on few requests).",
-        f"Noise floor: {comp.floor.source}.",
+        f"Between-start noise s: {comp.noise.source}. E0's few starts make s itself uncertain: with fewer than 5 "
+        f"starts the CI can still under-cover an engine-start difference.",
         *([f"Caution: with {comp.resamples} resamples the smallest p-value is {2 / (comp.resamples + 1):.2g}, above "
            f"Holm's strictest threshold alpha / {comp.tests} = {o.alpha / comp.tests:.2g}: raise --resamples."]
           if comp.tests and 2 / (comp.resamples + 1) > o.alpha / comp.tests else []),
