@@ -383,3 +383,23 @@ def test_a_figure_of_an_earlier_comparison_in_the_same_folder_is_removed(tmp_pat
     (out / "e3.svg").write_text("<svg/>")
     compare_runs(write_run(tmp_path / "a", seed=1), write_run(tmp_path / "b", seed=2), out)
     assert (out / "e1.svg").is_file() and not (out / "e3.svg").exists()
+
+
+def test_e5_states_what_a_kv_format_changes_per_point(tmp_path):
+    # E5 sends one request per point: the difference is stated without a CI, for the memory
+    # figures a KV dtype changes (bytes per token, blocks at the same budget) as for latency.
+    def e5(root, bytes_per_token, blocks):
+        folder = root / "e5"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"mode": ["aggregated"], "prompt_tokens_target": [32000], "status": ["ok"], "ttft_s": [1.2],
+                      "e2e_s": [1.3], "kv_cache_allocated_gib": [109.5], "peak_activation_gib": [0.8],
+                      "weights_gib": [15.3], "kv_bytes_per_token_engine": [bytes_per_token],
+                      "num_kv_blocks": [blocks]}).to_csv(folder / "memory.csv", index=False)
+        (folder / "run_metadata.json").write_text(json.dumps(_metadata("e5")))
+        return root
+    comp = compare(e5(tmp_path / "a", 147456.0, 49855), e5(tmp_path / "b", 73728.0, 99224))
+    t = comp.table.set_index("metric")
+    assert t.loc["kv_bytes_per_token_engine", "relative_delta"] == pytest.approx(-0.5)
+    assert t.loc["num_kv_blocks", "relative_delta"] == pytest.approx(99224 / 49855 - 1)
+    assert set(t["verdict"]) == {"not enough samples"} and comp.tests == 0
+    assert "one request per point" in t.loc["num_kv_blocks", "note"]

@@ -145,7 +145,11 @@ LAYOUTS: dict[str, Layout] = {
     "e5": Layout("memory.csv", ("prompt_tokens_target", "mode"),
                  (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"), Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
                   Metric("kv_cache_allocated_gib", "kv_cache_allocated_gib", lower_is_better=False),
-                  Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib")),
+                  Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib"),
+                  # what a KV format changes: bytes per token (vLLM's pool / its token capacity) and
+                  # the pool's capacity in blocks at the same memory budget
+                  Metric("kv_bytes_per_token_engine", "kv_bytes_per_token_engine"),
+                  Metric("num_kv_blocks", "num_kv_blocks", lower_is_better=False)),
                  keep=_ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
                  single=True),
     "e6": Layout("stress.csv", ("target_prompt_tokens", "pass"),
