@@ -430,7 +430,11 @@ E2_CAPACITY = Table("e2/capacity.csv", (
     C("max_probes", "count", "config", "probe budget per prompt length"),
     C("ttft_slo_ms", "ms", "config", "TTFT SLO (client, inclusive)"),
     C("tpot_slo_ms", "ms", "config", "TPOT SLO (client, inclusive)"),
-    C("requests_per_probe", "count", "config", "requests each probe sends (fewer when it stopped early)"),
+    C("requests_per_probe", "count", "config", "requests a probe sends at least (fewer when it stopped early; more "
+                                               "where its arrivals would not span probe_window_s)"),
+    C("probe_window_s", "s", "derived", "shortest arrival window of a probe: ttft_slo_ms / 1000 / rel_tol, the "
+                                        "window in which a rate rel_tol above capacity builds a backlog past the TTFT "
+                                        "SLO; each probe sends max(requests_per_probe, rate x window) requests"),
     *stamp_columns(),
 ), "one row per prompt length searched")
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from context_research.analysis.latency import goodput, poisson_schedule
-from context_research.experiments import e2, e2_report
+from context_research.experiments import e2, e2_points, e2_report
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
 from context_research.report import render_packet, section as report_section_of
@@ -139,6 +139,19 @@ def test_rate_points_are_open_loop_on_a_seeded_poisson_schedule():
     _, requests, kwargs = session.calls[-1]
     assert kwargs["max_concurrency"] == 4 and not kwargs.get("use_schedule")
     assert all(r.scheduled_offset_s is None for r in requests)
+
+
+def test_capacity_probes_last_long_enough_to_overload_the_engine():
+    # The H200 profile: TTFT SLO 2 s, rel_tol 0.25 -> an 8 s arrival window. 64 requests at
+    # 128 req/s (0.5 s of arrivals) met the SLOs on an engine serving 25 req/s; now such a probe
+    # sends 1,024 requests. Below 8 req/s the configured 64 already span the window.
+    h200 = {**CAPACITY_CFG, "ttft_slo_ms": 2000.0, "capacity_rel_tol": 0.25, "capacity_requests_per_probe": 64}
+    assert e2_points.capacity_probe_window_s(h200) == pytest.approx(8.0)
+    assert [e2_points.capacity_probe_requests(h200, r) for r in (4.0, 8.0, 16.0, 128.0)] == [64, 64, 128, 1024]
+    requests = e2.point_requests(PromptFactory(MODEL, 3), "capacity", 32.0, h200, 5, 256)
+    assert len(requests) == 256
+    # a Poisson schedule of 256 arrivals at 32 req/s spans ~8 s (SD ~0.5 s)
+    assert 6.0 < requests[-1].scheduled_offset_s < 10.0
 
 
 def _ctx(outdir):

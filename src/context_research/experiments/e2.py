@@ -33,8 +33,8 @@ from ..tables import fmt as _f
 from ..workload import PointProgress, PromptFactory, context_overflow, engine_gpu_name, request_rows, sweep_summary
 from .declaration import ONE_ENGINE, Experiment, Figure
 # The point functions are E2's API too (benchmarks/ measures one point with measure_point).
-from .e2_points import (MODES, OPEN_LOOP, failed_point_row, measure_point, point_requests,  # noqa: F401
-                        point_row, requests_for_point, sweep_points)
+from .e2_points import (MODES, OPEN_LOOP, capacity_probe_window_s, failed_point_row, measure_point,  # noqa: F401
+                        point_requests, point_row, requests_for_point, sweep_points)
 from .runner import RunContext
 from .session import EngineSession
 
@@ -56,7 +56,8 @@ def capacity_row(prompt_tokens: int, search: CapacitySearch | None, cfg: dict[st
             "attainment_target": cfg["attainment_target"], "rel_tol": cfg["capacity_rel_tol"],
             "max_probes": cfg["capacity_max_probes"], "ttft_slo_ms": cfg["ttft_slo_ms"],
             "tpot_slo_ms": cfg["tpot_slo_ms"], "requests_per_probe":
-                int(cfg.get("capacity_requests_per_probe") or cfg["requests_per_point"])}
+                int(cfg.get("capacity_requests_per_probe") or cfg["requests_per_point"]),
+            "probe_window_s": capacity_probe_window_s(cfg)}
 
 
 def planned_points(cfg: dict[str, Any]) -> list[tuple[str, float, int | None]]:

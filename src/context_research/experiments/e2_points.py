@@ -79,6 +79,21 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
     return apply_status(row, check_point_row(row, gpu_name, hf_config, records))
 
 
+def capacity_probe_window_s(cfg: dict[str, Any]) -> float:
+    """The shortest arrival window that can show a rate ``capacity_rel_tol`` above capacity: there
+    the backlog grows by rel_tol x capacity per second, so the last arrival of a window W waits
+    W x rel_tol; past the TTFT SLO only when W > ttft_slo / rel_tol."""
+    return cfg["ttft_slo_ms"] / 1000.0 / cfg["capacity_rel_tol"]
+
+
+def capacity_probe_requests(cfg: dict[str, Any], rate_rps: float) -> int:
+    """Requests of a capacity probe at ``rate_rps``: the configured count, or more, so that their
+    arrivals span ``capacity_probe_window_s`` (shorter probes meet the SLOs at any rate: on an
+    H200, 64 requests at 128 req/s drained within a 2 s TTFT SLO at 25 req/s of throughput)."""
+    configured = int(cfg.get("capacity_requests_per_probe") or cfg["requests_per_point"])
+    return max(configured, math.ceil(rate_rps * capacity_probe_window_s(cfg)))
+
+
 def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], prefix_caching: bool,
                      prompt_tokens: int | None = None) -> dict[str, Any]:
     row = point_row(mode, level, [], None, {}, cfg["ttft_slo_ms"], cfg["tpot_slo_ms"],
@@ -94,8 +109,7 @@ def point_requests(factory: PromptFactory, mode: str, level: float, cfg: dict[st
     if mode == "concurrency":
         return factory.requests(label, requests_for_point(cfg, mode, level), prompt_tokens, cfg["max_tokens"])
     if mode in ("rate", "capacity"):
-        n = requests_for_point(cfg, mode, level) if mode == "rate" else \
-            int(cfg.get("capacity_requests_per_probe") or cfg["requests_per_point"])
+        n = requests_for_point(cfg, mode, level) if mode == "rate" else capacity_probe_requests(cfg, float(level))
         offsets = poisson_schedule(n, float(level), cfg["seed"] + point_index)
         return factory.requests(label, n, prompt_tokens, cfg["max_tokens"], offsets=offsets)
     if mode == "trace":
