@@ -191,6 +191,28 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     assert read_events(tmp_path / "missing") == [] and read_events(None) == []
 
 
+def test_the_tail_reads_each_complete_line_once_and_the_ledger_grows_by_them(tmp_path):
+    from context_research.disagg.ledger import LedgerTail
+
+    path = tmp_path / "decode-worker-1.jsonl"
+    rid = "cmpl-handoff-00003-0"
+    lookup = _event("decode", "lookup", 1.0, req=rid, external_tokens=32, load_async=False)
+    path.write_text(json.dumps({"event": "start", "connector": "ExampleConnector"}) + "\n" + json.dumps(lookup)[:10])
+    tail, ledger = LedgerTail(tmp_path), Ledger()
+    assert ledger.add(tail.read_new()).events == [{"event": "start", "connector": "ExampleConnector"}]
+    assert ledger.connector == "ExampleConnector" and ledger.timing("handoff-00003").consumer_request_id is None
+    with open(path, "a") as f:  # the torn line completes, and one more arrives
+        f.write(json.dumps(lookup)[10:] + "\n" + json.dumps({"event": "layout", "label": "decode",
+                                                             "bytes_per_token": 128}) + "\n")
+    ledger.add(tail.read_new())
+    assert tail.read_new() == []  # nothing new: nothing read twice
+    assert len(ledger.events) == 3 and ledger.consumer_bytes_per_token == 128
+    assert ledger.timing("handoff-00003").consumer_request_id == rid
+    # the same as one read of the whole folder
+    whole = Ledger(read_events(tmp_path))
+    assert whole.events == ledger.events and whole.timing("handoff-00003") == ledger.timing("handoff-00003")
+
+
 def test_module_getattr_refuses_dunder_names():
     with pytest.raises(AttributeError):
         mc.__getattr__("__path__")

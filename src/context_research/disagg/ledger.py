@@ -71,33 +71,60 @@ class KvTiming:
 
 def read_events(folder: Path | None) -> list[dict[str, Any]]:
     """Every event of every ledger file in ``folder`` (a torn last line is skipped)."""
-    if folder is None or not Path(folder).is_dir():
-        return []
-    events = []
-    for path in sorted(Path(folder).glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
+    return LedgerTail(folder).read_new()
+
+
+class LedgerTail:
+    """Reads a ledger folder as it grows: each ``read_new`` parses only the complete lines written
+    since the last call (an E3 run joins after every point; re-reading every file each time grew
+    with points x events). A last line without its newline yet is read once it is complete."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = Path(folder) if folder is not None else None
+        self._offsets: dict[Path, int] = {}
+
+    def read_new(self) -> list[dict[str, Any]]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        events = []
+        for path in sorted(self.folder.glob("*.jsonl")):
+            start = self._offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            self._offsets[path] = start + len(complete)
+            for line in complete.decode("utf-8", errors="replace").splitlines():
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return events
 
 
 class Ledger:
     """The events of both engines, indexed for the per-handoff join."""
 
-    def __init__(self, events: Iterable[dict[str, Any]], handoff_pattern: str = r"handoff-\d+"):
-        self.events = list(events)
+    def __init__(self, events: Iterable[dict[str, Any]] = (), handoff_pattern: str = r"handoff-\d+"):
+        self.events: list[dict[str, Any]] = []
         self._pattern = re.compile(handoff_pattern)
-        self.connector = next((e.get("connector") for e in self.events if e.get("event") == "start"), None)
-        layouts = [e for e in self.events if e.get("event") == "layout" and e.get("label") == "decode"]
-        self.consumer_bytes_per_token = layouts[-1].get("bytes_per_token") if layouts else None
-        self.consumer_layout = layouts[-1] if layouts else None
+        self.connector = None
+        self.consumer_bytes_per_token = None
+        self.consumer_layout = None
         self._by_handoff: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._steps: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (label, request id) -> load/save events
         self._done: dict[tuple[str, str, str], float] = {}  # (label, event, request id) -> first time
-        for e in self.events:
+        self.add(events)
+
+    def add(self, events: Iterable[dict[str, Any]]) -> "Ledger":
+        """Index more events (the lines a ``LedgerTail`` read since the last call)."""
+        for e in events:
+            self.events.append(e)
             label, kind = e.get("label"), e.get("event")
+            if kind == "start" and self.connector is None:
+                self.connector = e.get("connector")
+            if kind == "layout" and label == "decode":
+                self.consumer_layout, self.consumer_bytes_per_token = e, e.get("bytes_per_token")
             if "req" in e:
                 hid = self.handoff_of(e["req"])
                 if hid:
@@ -110,10 +137,7 @@ class Ledger:
                     key = (label, kind, rid)
                     # The worker's report comes before the scheduler's: the first time is the done time.
                     self._done[key] = min(self._done.get(key, e["t"]), e["t"])
-
-    @classmethod
-    def from_folder(cls, folder: Path | None, handoff_pattern: str = r"handoff-\d+") -> "Ledger":
-        return cls(read_events(folder), handoff_pattern)
+        return self
 
     def handoff_of(self, engine_request_id: str) -> str | None:
         m = self._pattern.search(str(engine_request_id))

@@ -31,7 +31,7 @@ from ..workload import engine_gpu_name
 from . import connectors
 from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment
-from .ledger import Ledger
+from .ledger import Ledger, LedgerTail
 from .plan import Point, Workload, batched_tokens_budget, refusal_reason, warmup_point
 from .rows import empty_row, failed_row, latency_columns, request_rows, transfer_columns
 from .schedulers import AggregatedScheduler, DisaggregatedScheduler, RouteLog, ServeResult
@@ -92,9 +92,10 @@ def require_installed_connector(cfg: dict[str, Any]) -> None:
                           f"vLLM provides (ExampleConnector works everywhere)")
 
 
-def join_ledger(handoffs: list[Handoff], ledger_dir: Path | None) -> None:
-    """Attach to each handoff what the engines' measuring connectors recorded about it."""
-    ledger = Ledger.from_folder(ledger_dir)
+def join_ledger(handoffs: list[Handoff], ledger: Ledger, tail: LedgerTail) -> None:
+    """Attach to each handoff what the engines' measuring connectors recorded about it, reading
+    only what the ledger files gained since the last join."""
+    ledger.add(tail.read_new())
     for h in handoffs:
         h.timing = ledger.timing(h.handoff_id)
 
@@ -223,6 +224,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
     route_log = RouteLog("disaggregated")
     outcome = ModeOutcome(rows=[], requests=[], route_log=route_log, engines={})
     gpus = assignment.gpus_used("disaggregated")
+    ledger, tail = Ledger(), LedgerTail(ledger_dir)
     engines = {pool: new_engine(model, without_private_keys(servings[pool]), ENGINE_LOGS[pool])
                for pool in ("prefill", "decode")}
     prefill_be, decode_be = engines["prefill"], engines["decode"]
@@ -279,7 +281,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                 valid_warm = [r for r in warm_reqs if not refused(Point(-1, r.prompt_tokens_target, 1))]
                 if valid_warm:
                     warm = await sched.serve(valid_warm, 1, warmup_point(valid_warm), label="warmup")
-                    join_ledger(warm.handoffs, ledger_dir)
+                    join_ledger(warm.handoffs, ledger, tail)
                     outcome.requests.extend(request_rows(warm.records, "disaggregated", None, "warmup", warm.handoffs))
                 for p in points:
                     reason = refused(p)
@@ -293,7 +295,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                                                             baseline_prefill_s=baselines.get(p.prompt_tokens))
                     d_after = decode.snapshot()
                     d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
-                    join_ledger(served.handoffs, ledger_dir)
+                    join_ledger(served.handoffs, ledger, tail)
                     row = empty_row(p, "disaggregated", cfg)
                     row.update(common)
                     latency_columns(row, served.records, served.duration_s, cfg, gpus)
@@ -316,7 +318,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
 
         asyncio.run(main())
         outcome.transfer_setup["storage_total_bytes"] = broker.storage_total_bytes()
-        outcome.transfer_setup["consumer_kv_layout"] = Ledger.from_folder(ledger_dir).consumer_layout
+        outcome.transfer_setup["consumer_kv_layout"] = ledger.add(tail.read_new()).consumer_layout
     finally:
         for b in engines.values():
             b.stop()
