@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare two runs: per metric and point, B - A with a bootstrap CI and a verdict")
     p.add_argument("a", help="run A: a results root (results, results/variants/<v>, docs/evidence/<x>/results) or "
-                             "one experiment folder (results/e1)")
-    p.add_argument("b", help="run B, the same kind of folder")
+                             "one experiment folder (results/e1); several runs of the same settings comma-separated "
+                             "(results,results/variants/baseline~r2)")
+    p.add_argument("b", help="run B, the same kind of folder(s)")
     p.add_argument("--out", default="reports/compare", help="folder for compare.csv, compare.md, compare.html")
     p.add_argument("--allow-different-hardware", action="store_true",
                    help="compare different GPUs / hardware or models anyway (the report names the difference)")

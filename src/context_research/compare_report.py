@@ -133,10 +133,10 @@ def _not_compared(table: pd.DataFrame, experiment: str) -> list[str]:
 
 def _run_facts(comp: Comparison) -> list[dict[str, str]]:
     facts = []
-    for side, run in (("A", comp.a), ("B", comp.b)):
-        metas = list(run.metadata.values())
-        facts.append({"side": side, "path": str(run.root),
-                      "runs": ", ".join(f"{e}: {m.get('run_id')}" for e, m in run.metadata.items()),
+    for side, runs in (("A", comp.runs_a or [comp.a]), ("B", comp.runs_b or [comp.b])):
+        metas = [m for run in runs for m in run.metadata.values()]
+        facts.append({"side": side, "path": ", ".join(str(run.root) for run in runs),
+                      "runs": ", ".join(f"{e}: {m.get('run_id')}" for run in runs for e, m in run.metadata.items()),
                       "backend_mode": "/".join(sorted({str(m.get('backend_mode')) for m in metas})),
                       "hardware": "; ".join(sorted({str(m.get('hardware_label')) for m in metas})),
                       "model": "; ".join(sorted({f"{m.get('model_id')} ({m.get('weights')} weights)" for m in metas})),
@@ -195,7 +195,9 @@ def write_comparison(comp: Comparison, out: str | Path) -> Path:
     env = _env()
     write_text(out / "compare.md", env.get_template("compare.md.j2").render(**context))
     html_path = write_text(out / "compare.html", env.get_template("compare.html.j2").render(**context))
-    write_json(out / "compare.json", {"a": str(comp.a.root), "b": str(comp.b.root), "counts": context["counts"],
+    write_json(out / "compare.json", {"a": str(comp.a.root), "b": str(comp.b.root),
+                                      "runs_a": [str(r.root) for r in comp.runs_a or [comp.a]],
+                                      "runs_b": [str(r.root) for r in comp.runs_b or [comp.b]], "counts": context["counts"],
                                       "options": vars(comp.options), "resamples": comp.resamples,
                                       "tests": comp.tests, "start_noise": comp.noise.source,
                                       "allowed_differences": comp.allowed_differences})

@@ -44,6 +44,34 @@ def other_variants(config: dict) -> list[str]:
     return variant_names(config)[1:]
 
 
+# Run k > 1 of a side (``compare.runs_per_side``) is ``<name>~r<k>``: "~" is not allowed in a
+# variant's name, so these never collide with a configured one.
+REPLICATE_MARK = "~r"
+
+
+def runs_per_side(config: dict) -> int:
+    return int((config.get("compare") or {}).get("runs_per_side") or 1)
+
+
+def side_runs(config: dict, name: str) -> list[str]:
+    """The runs of one side of a comparison: ``name`` itself, then its replicates ``name~r2`` ...
+    (same settings, same hashes, each its own engine start and folder)."""
+    return [name] + [f"{name}{REPLICATE_MARK}{k}" for k in range(2, runs_per_side(config) + 1)]
+
+
+def base_variant(run: str) -> str:
+    """The variant a run belongs to (``fp8~r2`` -> ``fp8``)."""
+    return run.split(REPLICATE_MARK, 1)[0]
+
+
+def variant_runs(config: dict) -> list[str]:
+    """Every run under results/variants/: each variant's runs and the baseline's replicates (the
+    names the ``{variant}`` wildcard matches)."""
+    if not other_variants(config):
+        return []
+    return [run for name in variant_names(config) for run in side_runs(config, name) if run != BASELINE]
+
+
 def variant_rule(rule: str) -> str:
     """The name of the variants' copy of a rule (``e1`` -> ``variant_e1``): the rule that writes
     ``results/variants/{variant}/e1``. The SLURM profile gives ``variant_eN`` an engine's resources."""
@@ -131,5 +159,7 @@ def variant_config(config: dict, name: str, schema_path: str | os.PathLike | Pat
 
 
 def variant_configs(config: dict, schema_path: str | os.PathLike | Path | None = None) -> dict[str, dict]:
-    """{name: merged config} for every variant, baseline first; the first bad variant raises."""
-    return {name: variant_config(config, name, schema_path) for name in variant_names(config)}
+    """{run: merged config} for every variant and its replicates, baseline first; the first bad
+    variant raises. A replicate shares its variant's config (and so its hashes)."""
+    configs = {name: variant_config(config, name, schema_path) for name in variant_names(config)}
+    return {run: configs[name] for name in configs for run in side_runs(config, name)}

@@ -1,13 +1,13 @@
-"""Variants and comparisons end to end on the real engine: an A/B pair that must differ (prefill
-split into 16-token chunks) must show E1's engine TTFT at the longest prompt as worse, with a CI
-excluding zero; an A/A pair (identical settings, its own engine start) is compared with E0's
-between-start noise in every CI.
+"""Variants and comparisons end to end on the real engine: an A/A pair (identical settings) must
+call nothing a change, and an A/B pair that must differ (prefill split into 16-token chunks) must
+show E1's engine TTFT at the longest prompt as worse, with a CI excluding zero.
 
-Both variants run E1 only (``compare.experiments``); the baseline's E1 and E0 are the shared
-packet's. The A/A pair is not asserted to call nothing: on the 2-core CI host two E1 runs ten
-minutes apart differed by 20-45% in every engine metric (one CI run at 7f1672e: 4 of 25 tests
-called), while E0's three back-to-back starts agreed within 3%; back-to-back restarts miss the
-host's slower drift, so one run per side cannot carry an A/A guarantee there (issue #15).
+Both variants run E1 only (``compare.experiments``), and every side twice
+(``compare.runs_per_side: 2``): the baseline's first run is the shared packet's, made some ten
+minutes before the others. On the 2-core CI host runs minutes apart differ by 20-45% in every
+engine metric while E0's back-to-back starts agree within a few per cent (the CI run of 7f1672e,
+one run per side, called 4 of 25 A/A tests); the runs' own spread, pooled over the points,
+measures that drift.
 """
 
 import pandas as pd
@@ -27,6 +27,7 @@ variants:
     serving: {max_num_batched_tokens: 16, max_num_seqs: 8, enable_chunked_prefill: true}
 compare:
   experiments: [e1]
+  runs_per_side: 2
 """
 
 
@@ -42,13 +43,23 @@ def compared(workflow_dir, tmp_path_factory):
     return {name: pd.read_csv(root / name / "compare.csv") for name in ("aa", "small-chunks")} | {"root": root}
 
 
-def test_a_a_comparison_carries_e0_between_start_noise_in_every_ci(compared):
+# Holm's adjustment holds the family-wise error rate at alpha = 0.05: an A/A comparison calls any
+# change in at most about 5 % of runs (the bootstrap's p-values are approximate). This test allows
+# none.
+AA_ALLOWED_CALLS = 0
+
+
+def test_a_a_comparison_calls_no_change(compared):
     aa = compared["aa"]
     tested = aa[aa["p_value"].notna()]
     assert len(tested) >= 10, aa.to_dict("records")  # the comparison did test something
-    assert (tested["start_sd"] > 0).all()  # E0's between-start SD entered every CI
-    md = (compared["root"] / "aa" / "compare.md").read_text()
-    assert "engine starts" in md and "degrees of freedom" in md  # the report names the noise's source
+    # every CI carries between-run noise; the engine's TTFT (in every request) the runs' own
+    assert (tested["start_sd"] > 0).all()
+    assert tested[tested["metric"] == "engine_ttft_ms"]["note"].str.contains("the runs' own").all()
+    engine = tested[tested["metric"] == "engine_ttft_ms"]
+    assert (engine["n_a"] == 10).all() and (engine["n_b"] == 10).all()  # both runs' 5 trials pooled
+    calls = aa[aa["verdict"].isin(["better", "worse"])]
+    assert len(calls) <= AA_ALLOWED_CALLS, calls.to_dict("records")
 
 
 def test_a_b_comparison_calls_chunked_prefill_worse_at_the_longest_prompt(compared):

@@ -4,6 +4,7 @@ rules, the between-start noise, the refusals, and the report written from two sy
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 
 from context_research import cli
-from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Options, bootstrap_median_delta, compare,
-                                               holm, resamples_for, start_sds, verdict)
+from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Options, between_run_sds,
+                                               bootstrap_median_delta, compare, holm, resamples_for, start_sds,
+                                               verdict)
 from context_research.compare_report import compare_runs, write_index
 from context_research.errors import ContextResearchError
 
@@ -216,7 +218,7 @@ def test_a_shift_inside_e0_between_start_noise_is_no_change_and_the_source_is_na
     row = _row(comp, "ttft_ms", 4096)
     assert row["start_sd"] == pytest.approx(np.std(np.log([1.0, 1.35, 0.8]), ddof=1), rel=0.05)  # A's, the larger
     assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "no significant change"
-    assert "between-start SD" in row["note"] and "3 engine starts" in comp.noise.source
+    assert "between-run SD" in row["note"] and "3 engine starts" in comp.noise.source
     without = compare(a, b, Options(use_e0_start_noise=False))
     assert _row(without, "ttft_ms", 4096)["verdict"] == "worse"
     assert "not included" in without.noise.source
@@ -403,3 +405,43 @@ def test_e5_states_what_a_kv_format_changes_per_point(tmp_path):
     assert t.loc["num_kv_blocks", "relative_delta"] == pytest.approx(99224 / 49855 - 1)
     assert set(t["verdict"]) == {"not enough samples"} and comp.tests == 0
     assert "one request per point" in t.loc["num_kv_blocks", "note"]
+
+
+# -- several runs per side --------------------------------------------------------------------------
+
+def test_between_run_sds_pool_each_sides_spread_over_points():
+    runs = {"p1": {"m": [[np.full(5, 10.0), np.full(5, 20.0)], [np.full(5, 10.0)]]},
+            "p2": {"m": [[np.full(5, 1.0), np.full(5, 2.0)], [np.full(5, 3.0), np.full(5, 6.0)]]}}
+    sd, df = between_run_sds(runs)["m"]
+    # three sides with two runs each, every pair a factor 2 apart: SD of log = ln 2 / sqrt 2
+    assert df == 3 and sd == pytest.approx(math.log(2) / math.sqrt(2))
+    assert between_run_sds({"p": {"m": [[np.ones(3)], [np.ones(3)]]}}) == {}
+
+
+def test_runs_minutes_apart_that_drift_are_no_change_with_two_runs_per_side(tmp_path):
+    # Every run shifts all its latencies by its own factor (a host that drifts between runs), the
+    # requests spread 3 %: one run per side calls the drift a change, two runs per side measure it.
+    def run(name, factor, seed):
+        return write_run(tmp_path / name, ttft_ms=(100 * factor, 400 * factor), seed=seed)
+    a1, a2, b1, b2 = run("a1", 1.0, 1), run("a2", 1.4, 2), run("b1", 1.35, 3), run("b2", 0.95, 4)
+    single = compare(a1, b1)
+    assert (single.table["verdict"] == "worse").any()
+    paired = compare(f"{a1},{a2}", [b1, b2])
+    assert set(paired.table["verdict"]) == {"no significant change"}
+    row = _row(paired, "ttft_ms", 4096)
+    assert row["n_a"] == row["n_b"] == 60 and "the runs' own" in row["note"] and row["start_sd"] > 0.15
+    assert [r.label for r in paired.runs_a] == ["A", "A2"] and len(paired.runs_b) == 2
+
+
+def test_a_threefold_change_is_called_through_the_runs_spread(tmp_path):
+    a = [write_run(tmp_path / f"a{k}", ttft_ms=(100 * f, 400 * f), seed=k) for k, f in enumerate((1.0, 1.3))]
+    b = [write_run(tmp_path / f"b{k}", ttft_ms=(300 * f, 1200 * f), seed=10 + k) for k, f in enumerate((1.2, 0.9))]
+    comp = compare(a, b)
+    assert _row(comp, "ttft_ms", 4096)["verdict"] == "worse" and _row(comp, "ttft_ms", 1024)["verdict"] == "worse"
+
+
+def test_the_runs_of_one_side_must_share_the_hardware(tmp_path):
+    a1 = write_run(tmp_path / "a1", seed=1)
+    a2 = write_run(tmp_path / "a2", seed=2, gpu="NVIDIA H100", hardware="1x NVIDIA H100")
+    with pytest.raises(ContextResearchError, match="hardware"):
+        compare([a1, a2], write_run(tmp_path / "b", seed=3))

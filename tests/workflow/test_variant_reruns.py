@@ -122,6 +122,20 @@ def test_changing_a_variant_reruns_only_that_variant(workdir, tmp_path):
     assert variant_jobs(proc) == one_variant("fp8")
 
 
+def test_two_runs_per_side_add_one_run_of_each_side_and_keep_the_first(workdir, tmp_path):
+    """compare.runs_per_side: 2 runs each side once more (baseline~r2, fp8~r2, chunked~r2, same
+    settings, own folders); the runs already made stay, and both comparisons are redone."""
+    overlay = tmp_path / "runs.yaml"
+    overlay.write_text("compare:\n  runs_per_side: 2\n")
+    proc = snakemake(workdir, "-n", "compare", *TARGETS, overlay=overlay)
+    expected = {("compare_variant", v): 1 for v in ("fp8", "chunked")}
+    expected[("compare", None)] = 1
+    for run in ("baseline~r2", "fp8~r2", "chunked~r2"):
+        expected.update({(f"variant_{e}", run): 1 for e in COMPARED})
+        expected[("variant_e0_analysis", run)] = 1
+    assert variant_jobs(proc) == expected
+
+
 def test_a_variants_e3_setting_reruns_none_of_its_other_experiments(workdir, tmp_path):
     """E3's connector settings are inputs of E3's hash only: the variant's compared runs stay."""
     overlay = tmp_path / "connector.yaml"

@@ -11,7 +11,8 @@ from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
 from context_research.provenance import code_digest
-from context_research.variants import BASELINE, other_variants, results_root, variant_configs, variant_rule
+from context_research.variants import (BASELINE, other_variants, results_root, side_runs, variant_configs,
+                                       variant_rule, variant_runs)
 
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
@@ -29,13 +30,16 @@ EMBEDDED_MANIFEST = "resources/models/embedded-qwen3/manifest.json"
 REPORT_EXPERIMENTS = config["report"]["experiments"]
 # The variants compared with the baseline, and the experiments each of them runs for `compare`.
 VARIANTS = other_variants(config)
+# Every run under results/variants/: the variants and, with compare.runs_per_side > 1, each side's
+# replicates (baseline~r2, fp8~r2, ...).
+VARIANT_RUNS = variant_runs(config)
 COMPARE_EXPERIMENTS = config["compare"]["experiments"]
 
 if VARIANTS:
 
     # Only configured names: results/variants/<anything else>/... is no rule's output.
     wildcard_constraints:
-        variant="|".join(re.escape(v) for v in VARIANTS),
+        variant="|".join(re.escape(v) for v in VARIANT_RUNS),
 
 
 # For --sdm conda: the engine build that matches this host (paths relative to rules/).

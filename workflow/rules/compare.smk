@@ -4,14 +4,21 @@
 from context_research.variants import COMPARE_INDEX, COMPARE_ROOT, compare_dir, compare_paths
 
 
-def compared_results(variant):
-    """What `context-research compare` reads of one side: the run's and the analysis' files of
-    every compared experiment (not the figures: the comparison draws its own). The baseline's E0
-    always: its engine starts give the between-start noise where a variant does not run E0."""
-    root = results_root(variant)
-    names = [*COMPARE_EXPERIMENTS, *(["e0"] if variant == BASELINE and "e0" not in COMPARE_EXPERIMENTS else [])]
-    return [path for name in names
-            for path in (*EXPERIMENTS[name].run_paths(root).values(), *EXPERIMENTS[name].analysis_paths(root).values())]
+def compared_results(side):
+    """What `context-research compare` reads of one side, every run of it (compare.runs_per_side):
+    the run's and the analysis' files of every compared experiment (not the figures: the
+    comparison draws its own). The baseline's E0 always: its engine starts give the between-start
+    noise where a variant does not run E0."""
+    noise = ["e0"] if side == BASELINE and "e0" not in COMPARE_EXPERIMENTS else []
+    return [path for k, run in enumerate(side_runs(config, side))
+            for name in [*COMPARE_EXPERIMENTS, *(noise if k == 0 else [])]
+            for path in (*EXPERIMENTS[name].run_paths(results_root(run)).values(),
+                         *EXPERIMENTS[name].analysis_paths(results_root(run)).values())]
+
+
+def side_roots(side):
+    """The result folders of one side, comma-joined as `context-research compare` takes them."""
+    return ",".join(results_root(run) for run in side_runs(config, side))
 
 
 if VARIANTS:
@@ -20,12 +27,12 @@ if VARIANTS:
         """One variant against the baseline: differences with bootstrap CIs and verdicts."""
         input:
             baseline=compared_results(BASELINE),
-            variant=compared_results("{variant}"),
+            variant=lambda wildcards: compared_results(wildcards.variant),
         output:
             **compare_paths("{variant}"),
         params:
-            baseline=results_root(BASELINE),
-            variant=results_root("{variant}"),
+            baseline=side_roots(BASELINE),
+            variant=lambda wildcards: side_roots(wildcards.variant),
             outdir=compare_dir("{variant}"),
             # The comparison's code (statistics, report): a fix redraws it without rerunning a run.
             code=code_digest(None, reports=True),

@@ -70,8 +70,9 @@ COMPARE_COLUMNS: dict[str, str] = {
     "n_a": "successful requests of run A at the point",
     "n_b": "successful requests of run B at the point",
     "min_effect": "smallest |relative_delta| that counts (--min-effect)",
-    "start_sd": "SD of log per-start medians across E0's engine starts, added to the bootstrap as between-start "
-                "noise (0: none measured)",
+    "start_sd": "between-run SD of one run's log median: the larger of E0's across its engine starts and, with "
+                "several runs per side, the runs' own spread pooled over points (each side's pooled median carries "
+                "it / sqrt(runs)); 0: none measured",
     "note": "why not compared, which between-start SD applied, single measurements",
 }
 
@@ -378,11 +379,13 @@ class DeltaTest:
 
 
 def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
-                           seed: int = 0, level: float = 0.95, start_sd: float = 0.0) -> DeltaTest:
+                           seed: int = 0, level: float = 0.95, start_sd: float = 0.0,
+                           start_sd_b: float | None = None) -> DeltaTest:
     """median(b) - median(a) with a percentile-bootstrap CI at ``level`` and a two-sided bootstrap
     p-value, each run's requests resampled independently with replacement, and each resampled
-    median multiplied by exp(Normal(0, ``start_sd``)), the between-engine-start noise (0: none). A
-    fresh generator seeded with ``seed`` per call: the result depends only on the data and the seed."""
+    median multiplied by exp(Normal(0, ``start_sd``)), the between-engine-start noise (0: none;
+    ``start_sd_b``: B's, when it differs from A's). A fresh generator seeded with ``seed`` per
+    call: the result depends only on the data and the seed."""
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(xa) == 0 or len(xb) == 0:
         raise ValueError("both samples need at least one value")
@@ -393,9 +396,11 @@ def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples:
         k = min(batch, resamples - start)
         med_a = np.median(xa[rng.integers(0, len(xa), size=(k, len(xa)))], axis=1)
         med_b = np.median(xb[rng.integers(0, len(xb), size=(k, len(xb)))], axis=1)
+        sd_b = start_sd if start_sd_b is None else start_sd_b
         if start_sd > 0:
             med_a = med_a * np.exp(rng.normal(0.0, start_sd, k))
-            med_b = med_b * np.exp(rng.normal(0.0, start_sd, k))
+        if sd_b > 0:
+            med_b = med_b * np.exp(rng.normal(0.0, sd_b, k))
         deltas[start:start + k] = med_b - med_a
     ma, mb = float(np.median(xa)), float(np.median(xb))
     delta = mb - ma
@@ -509,6 +514,25 @@ def start_noise(a: Run, b: Run, use_e0: bool = True) -> StartNoise:
                            f"at least their pooled SD")
 
 
+def between_run_sds(per_run: dict[str, dict[str, list[list[np.ndarray]]]]) -> dict[str, tuple[float, int]]:
+    """The runs' own spread, from sides measured more than once: per metric, the SD of the log of
+    each run's median around its side's mean, pooled over points and sides, with its degrees of
+    freedom. ``per_run``: point -> metric -> [side A's runs' values, side B's] (each a list of
+    arrays, one per run). Metrics no side ran twice are absent."""
+    squares: dict[str, float] = {}
+    dfs: dict[str, int] = {}
+    for metrics in per_run.values():
+        for name, sides in metrics.items():
+            for runs in sides:
+                logs = [math.log(float(np.median(v))) for v in runs if len(v) and float(np.median(v)) > 0]
+                if len(logs) < 2:
+                    continue
+                mean = sum(logs) / len(logs)
+                squares[name] = squares.get(name, 0.0) + sum((x - mean) ** 2 for x in logs)
+                dfs[name] = dfs.get(name, 0) + len(logs) - 1
+    return {name: (math.sqrt(squares[name] / dfs[name]), dfs[name]) for name in dfs}
+
+
 # -- the comparison --------------------------------------------------------------------------------
 
 @dataclass
@@ -534,6 +558,8 @@ class Comparison:
     resamples: int
     tests: int
     not_compared_experiments: dict[str, str]
+    runs_a: list[Run] = field(default_factory=list)   # every run of side A (a is the first)
+    runs_b: list[Run] = field(default_factory=list)
 
 
 def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, min_effect=None, start_sd=None,
@@ -547,9 +573,18 @@ def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, min_eff
     return row
 
 
-def compare(a_path: str | Path, b_path: str | Path, options: Options | None = None) -> Comparison:
-    """Compare the runs in ``a_path`` and ``b_path`` (see ``find_run``); raise ContextResearchError
-    when they may not be compared (``check_comparable``)."""
+def _side_paths(where: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One side's result folders: a path, a comma-separated list, or a sequence (its runs)."""
+    items = where.split(",") if isinstance(where, str) else [where] if isinstance(where, Path) else list(where)
+    return [Path(str(x).strip()) for x in items if str(x).strip()]
+
+
+def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequence[str | Path],
+            options: Options | None = None) -> Comparison:
+    """Compare the runs in ``a_path`` and ``b_path`` (see ``find_run``); either side may be
+    several runs of the same settings (comma-separated), whose requests are pooled and whose
+    medians' spread is the between-run noise. Raise ContextResearchError when they may not be
+    compared (``check_comparable``, also between the runs of one side)."""
     opts = options or Options()
     if not 0 < opts.alpha < 1:
         raise ContextResearchError(f"--alpha must lie in (0, 1), got {opts.alpha}")
@@ -557,35 +592,50 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
         raise ContextResearchError(f"--resamples must be at least 100, got {opts.resamples}")
     if opts.min_effect < 0:
         raise ContextResearchError(f"--min-effect must be >= 0, got {opts.min_effect}")
-    a, b = find_run(a_path, "A"), find_run(b_path, "B")
-    common = [e for e in sorted(set(a.experiments) & set(b.experiments))]
-    not_compared = {e: f"only in {'A' if e in a.experiments else 'B'}"
-                    for e in sorted(set(a.experiments) ^ set(b.experiments))}
+    side_a = [find_run(path, f"A{k + 1}" if k else "A") for k, path in enumerate(_side_paths(a_path))]
+    side_b = [find_run(path, f"B{k + 1}" if k else "B") for k, path in enumerate(_side_paths(b_path))]
+    if not side_a or not side_b:
+        raise ContextResearchError(f"{'A' if not side_a else 'B'}: no result folder given")
+    a, b = side_a[0], side_b[0]
+    in_a = set.intersection(*(set(r.experiments) for r in side_a))
+    in_b = set.intersection(*(set(r.experiments) for r in side_b))
+    common = sorted(in_a & in_b)
+    not_compared = {e: f"only in {'A' if e in in_a else 'B'}" for e in sorted(in_a ^ in_b)}
     for e in list(common):
         if e not in LAYOUTS:
             not_compared[e] = NOT_COMPARED_EXPERIMENTS.get(e, "no comparison layout for this experiment")
     comparable = [e for e in common if e in LAYOUTS]
     if not comparable:
         raise ContextResearchError(f"{a.root} and {b.root} share no comparable experiment "
-                                   f"(A: {', '.join(a.experiments)}; B: {', '.join(b.experiments)})")
+                                   f"(A: {', '.join(sorted(in_a))}; B: {', '.join(sorted(in_b))})")
     allowed = check_comparable(a, b, comparable, opts.allow_different_hardware)
+    for first, more in ((a, side_a[1:]), (b, side_b[1:])):
+        for run in more:  # the runs of one side must be the same settings on the same hardware
+            check_comparable(first, run, comparable, False)
     noise = start_noise(a, b, opts.use_e0_start_noise)
 
     rows: list[dict] = []
-    pending: list[tuple[int, np.ndarray, np.ndarray, Metric, float]] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray, Metric, str]] = []
     samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+    per_run: dict[str, dict[str, dict[str, list[list[np.ndarray]]]]] = {}  # exp -> point -> metric -> sides
     for exp in comparable:
         layout = LAYOUTS[exp]
-        pa, pb = points_of(a.experiments[exp], exp), points_of(b.experiments[exp], exp)
-        status_a, status_b = _point_status(a.experiments[exp], layout), _point_status(b.experiments[exp], layout)
-        samples[exp] = {}
-        labels = list(dict.fromkeys([*pa, *pb, *(status_a or {}), *(status_b or {})]))
+        points_a = [points_of(r.experiments[exp], exp) for r in side_a]
+        points_b = [points_of(r.experiments[exp], exp) for r in side_b]
+        status_a = [_point_status(r.experiments[exp], layout) for r in side_a]
+        status_b = [_point_status(r.experiments[exp], layout) for r in side_b]
+        samples[exp], per_run[exp] = {}, {}
+        labels = list(dict.fromkeys([*(k for ps in points_a + points_b for k in ps),
+                                     *(k for st in status_a + status_b for k in (st or {}))]))
         for point in labels:
-            reason = _not_compared_reason(point, pa, pb, status_a, status_b)
+            reason = next((r for r in (
+                *(_not_compared_reason(point, pa, points_b[0], sa, status_b[0]) for pa, sa in zip(points_a, status_a)),
+                *(_not_compared_reason(point, points_a[0], pb, status_a[0], sb) for pb, sb in zip(points_b, status_b)))
+                if r), None)
             for metric in layout.metrics:
-                xa = pa.get(point, {}).get(metric.name, np.empty(0))
-                xb = pb.get(point, {}).get(metric.name, np.empty(0))
-                sd = noise.for_metric(metric)
+                runs_a = [ps.get(point, {}).get(metric.name, np.empty(0)) for ps in points_a]
+                runs_b = [ps.get(point, {}).get(metric.name, np.empty(0)) for ps in points_b]
+                xa, xb = np.concatenate(runs_a), np.concatenate(runs_b)
                 if reason:
                     rows.append(_row(exp, metric.name, point, f"not compared: {reason}", verdict_text="not compared",
                                      n_a=len(xa), n_b=len(xb)))
@@ -607,14 +657,28 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
                     rows.append(_row(exp, metric.name, point, note, verdict_text="not enough samples",
                                      n_a=len(xa), n_b=len(xb), min_effect=opts.min_effect, test=test))
                     continue
-                note = f"between-start SD {sd:.3f} (E0's {metric.noise})" if sd else "request-level noise only"
-                rows.append(_row(exp, metric.name, point, note, verdict_text="", n_a=len(xa), n_b=len(xb),
-                                 min_effect=opts.min_effect, start_sd=sd))
-                pending.append((len(rows) - 1, xa, xb, metric, sd))
+                per_run[exp].setdefault(point, {})[metric.name] = [runs_a, runs_b]
+                rows.append(_row(exp, metric.name, point, "", verdict_text="", n_a=len(xa), n_b=len(xb),
+                                 min_effect=opts.min_effect))
+                pending.append((len(rows) - 1, xa, xb, metric, exp))
 
+    # Between-run noise per experiment and metric: the larger of E0's between-start SD and the
+    # replicate runs' own spread; a side's pooled median carries it divided by sqrt(its runs).
+    replicate_sds = {exp: between_run_sds(points) for exp, points in per_run.items()}
     resamples = opts.resamples or resamples_for(len(pending), opts.alpha)
-    tests = [bootstrap_median_delta(xa, xb, resamples=resamples, seed=opts.seed, level=1.0 - opts.alpha, start_sd=sd)
-             for _, xa, xb, _, sd in pending]
+    tests = []
+    for i, xa, xb, metric, exp in pending:
+        e0_sd = noise.for_metric(metric)
+        run_sd, df = replicate_sds[exp].get(metric.name, (0.0, 0))
+        sd = max(e0_sd, run_sd)
+        sources = [f"E0's {metric.noise} {e0_sd:.3f}"] if e0_sd else []
+        sources += [f"the runs' own {run_sd:.3f} ({df} degrees of freedom)"] if df else []
+        rows[i]["start_sd"] = sd
+        rows[i]["note"] = (f"between-run SD {sd:.3f}, the larger of " + " and ".join(sources) if len(sources) > 1 else
+                           f"between-run SD {sd:.3f} ({sources[0]})" if sources else "request-level noise only")
+        tests.append(bootstrap_median_delta(xa, xb, resamples=resamples, seed=opts.seed, level=1.0 - opts.alpha,
+                                            start_sd=sd / math.sqrt(len(side_a)),
+                                            start_sd_b=sd / math.sqrt(len(side_b))))
     adjusted = holm([t.p_value for t in tests])
     for (i, _, _, metric, _), test, p_holm in zip(pending, tests, adjusted):
         rows[i].update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta,
@@ -623,7 +687,7 @@ def compare(a_path: str | Path, b_path: str | Path, options: Options | None = No
                                        lower_is_better=metric.lower_is_better))
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     return Comparison(a, b, opts, table, samples, allowed, provenance_diff(a, b, comparable), noise, resamples,
-                      len(pending), not_compared)
+                      len(pending), not_compared, runs_a=side_a, runs_b=side_b)
 
 
 def _not_compared_reason(point, pa, pb, status_a, status_b) -> str | None:
@@ -666,6 +730,13 @@ def method_lines(comp: Comparison) -> list[str]:
         f"analysis.stats states: a change called there rests on few requests).",
         f"Between-start noise s: {comp.noise.source}. E0's few starts make s itself uncertain: with fewer than 5 "
         f"starts the CI can still under-cover an engine-start difference.",
+        f"Runs per side: A {len(comp.runs_a) or 1}, B {len(comp.runs_b) or 1}. " + (
+            "Each side's requests are pooled; the runs' medians' spread around their side's mean, pooled over "
+            "points, is the between-run SD where it exceeds E0's, and a side's pooled median carries it / "
+            "sqrt(its runs) (the note of each row says which applied)."
+            if max(len(comp.runs_a), len(comp.runs_b)) > 1 else
+            "One run per side: a host that drifts between runs (minutes apart) beyond E0's back-to-back starts "
+            "is not covered; compare.runs_per_side >= 2 measures that drift."),
         *([f"Caution: with {comp.resamples} resamples the smallest p-value is {2 / (comp.resamples + 1):.2g}, above "
            f"Holm's strictest threshold alpha / {comp.tests} = {o.alpha / comp.tests:.2g}: raise --resamples."]
           if comp.tests and 2 / (comp.resamples + 1) > o.alpha / comp.tests else []),
