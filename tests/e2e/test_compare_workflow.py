@@ -17,25 +17,14 @@ from .conftest import run_snakemake
 
 pytestmark = pytest.mark.e2e
 
-# small-chunks: 16 tokens per engine step, so the longest E1 prompt (1,536 tokens) is prefilled
-# in 96 chunks instead of one (engine TTFT ~8x; 128-token chunks gave ~2-3x, inside the host's
-# between-start noise at Holm's level); max_num_seqs must not exceed the token budget.
-OVERLAY = """\
-variants:
-  aa: {}
-  small-chunks:
-    serving: {max_num_batched_tokens: 16, max_num_seqs: 8, enable_chunked_prefill: true}
-compare:
-  experiments: [e1]
-  runs_per_side: 2
-"""
+# The README's comparison command for the CPU: config/compare-cpu.yaml (A/A and 16-token prefill
+# chunks, E1 only, two runs per side).
+OVERLAY = "config/compare-cpu.yaml"
 
 
 @pytest.fixture(scope="module")
-def compared(workflow_dir, tmp_path_factory):
-    overlay = tmp_path_factory.mktemp("variants") / "variants.yaml"
-    overlay.write_text(OVERLAY)
-    proc = run_snakemake(workflow_dir, "compare", "--configfile", str(overlay))
+def compared(workflow_dir):
+    proc = run_snakemake(workflow_dir, "compare", "--configfile", "config/config.yaml", OVERLAY)
     logs = "\n".join(p.read_text(errors="replace")[-3000:]
                      for p in sorted((workflow_dir / "logs").rglob("*.log")) if "variants" in str(p) or "compare" in str(p))
     assert proc.returncode == 0, proc.stderr[-4000:] + "\n" + logs
