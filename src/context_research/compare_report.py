@@ -133,7 +133,7 @@ def _not_compared(table: pd.DataFrame, experiment: str) -> list[str]:
 
 def _run_facts(comp: Comparison) -> list[dict[str, str]]:
     facts = []
-    for side, runs in (("A", comp.runs_a or [comp.a]), ("B", comp.runs_b or [comp.b])):
+    for side, runs in (("A", comp.runs_a), ("B", comp.runs_b)):
         metas = [m for run in runs for m in run.metadata.values()]
         facts.append({"side": side, "path": ", ".join(str(run.root) for run in runs),
                       "runs": ", ".join(f"{e}: {m.get('run_id')}" for run in runs for e, m in run.metadata.items()),
@@ -196,8 +196,8 @@ def write_comparison(comp: Comparison, out: str | Path) -> Path:
     write_text(out / "compare.md", env.get_template("compare.md.j2").render(**context))
     html_path = write_text(out / "compare.html", env.get_template("compare.html.j2").render(**context))
     write_json(out / "compare.json", {"a": str(comp.a.root), "b": str(comp.b.root),
-                                      "runs_a": [str(r.root) for r in comp.runs_a or [comp.a]],
-                                      "runs_b": [str(r.root) for r in comp.runs_b or [comp.b]], "counts": context["counts"],
+                                      "runs_a": [str(r.root) for r in comp.runs_a],
+                                      "runs_b": [str(r.root) for r in comp.runs_b], "counts": context["counts"],
                                       "options": vars(comp.options), "resamples": comp.resamples,
                                       "tests": comp.tests, "start_noise": comp.noise.source,
                                       "allowed_differences": comp.allowed_differences})

@@ -547,8 +547,8 @@ class Options:
 
 @dataclass
 class Comparison:
-    a: Run
-    b: Run
+    runs_a: list[Run]                   # every run of side A (one unless compare.runs_per_side > 1)
+    runs_b: list[Run]
     options: Options
     table: pd.DataFrame                 # compare.csv
     samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]  # exp -> point -> metric -> (a, b)
@@ -558,8 +558,15 @@ class Comparison:
     resamples: int
     tests: int
     not_compared_experiments: dict[str, str]
-    runs_a: list[Run] = field(default_factory=list)   # every run of side A (a is the first)
-    runs_b: list[Run] = field(default_factory=list)
+
+    @property
+    def a(self) -> Run:
+        """Side A's first run: the one its metadata, E0 and provenance are read from."""
+        return self.runs_a[0]
+
+    @property
+    def b(self) -> Run:
+        return self.runs_b[0]
 
 
 def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, min_effect=None, start_sd=None,
@@ -686,8 +693,8 @@ def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequ
                        verdict=verdict(test, p_holm, alpha=opts.alpha, min_effect=opts.min_effect,
                                        lower_is_better=metric.lower_is_better))
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
-    return Comparison(a, b, opts, table, samples, allowed, provenance_diff(a, b, comparable), noise, resamples,
-                      len(pending), not_compared, runs_a=side_a, runs_b=side_b)
+    return Comparison(side_a, side_b, opts, table, samples, allowed, provenance_diff(a, b, comparable), noise,
+                      resamples, len(pending), not_compared)
 
 
 def _not_compared_reason(point, pa, pb, status_a, status_b) -> str | None:
@@ -730,7 +737,7 @@ def method_lines(comp: Comparison) -> list[str]:
         f"analysis.stats states: a change called there rests on few requests).",
         f"Between-start noise s: {comp.noise.source}. E0's few starts make s itself uncertain: with fewer than 5 "
         f"starts the CI can still under-cover an engine-start difference.",
-        f"Runs per side: A {len(comp.runs_a) or 1}, B {len(comp.runs_b) or 1}. " + (
+        f"Runs per side: A {len(comp.runs_a)}, B {len(comp.runs_b)}. " + (
             "Each side's requests are pooled; the runs' medians' spread around their side's mean, pooled over "
             "points, is the between-run SD where it exceeds E0's, and a side's pooled median carries it / "
             "sqrt(its runs) (the note of each row says which applied)."
