@@ -131,6 +131,58 @@ def test_a_cpu_engine_leaves_a_core_to_the_api_server_and_the_client():
     assert cpu_binding_leaving_a_core([0]) == {}
 
 
+def test_a_cpu_engines_enginecore_threads_yield_to_the_api_server_and_the_client(tmp_path, monkeypatch):
+    """vLLM's EngineCore spins on the core left to the API server and the client (see
+    lower_engine_core_priority): after start(), every EngineCore thread runs at nice 19, threads it
+    starts later too, and nothing else in the tree (the server, the Worker) is lowered."""
+    core_pids, worker_pids = tmp_path / "core.pid", tmp_path / "worker.pid"
+    child = """
+import os, sys, threading, time
+open('/proc/self/comm', 'w').write(sys.argv[1])
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+time.sleep(0.1)
+open(sys.argv[2], 'w').write(str(os.getpid()))
+time.sleep(3.0)  # after start() has returned (it polls /health once a second)
+later = threading.Thread(target=time.sleep, args=(600,), daemon=True); later.start()
+time.sleep(600)
+"""
+    script = f"""
+import http.server, subprocess, sys, os, time
+for name, f in (("VLLM::EngineCore", {str(core_pids)!r}), ("VLLM::Worker", {str(worker_pids)!r})):
+    subprocess.Popen([sys.executable, '-c', {child!r}, name, f])
+while not (os.path.exists({str(core_pids)!r}) and os.path.exists({str(worker_pids)!r})):
+    time.sleep(0.05)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(('127.0.0.1', int(os.environ['FAKE_PORT'])), H).serve_forever()
+"""
+    b = _fake(tmp_path, monkeypatch, script)
+    real_env = b.build_env
+    port = vllm_server.free_loopback_port()
+    monkeypatch.setattr(vllm_server, "free_loopback_port", lambda host="127.0.0.1": port)
+    monkeypatch.setattr(b, "build_env", lambda: {**real_env(), "FAKE_PORT": str(port)})
+    try:
+        b.start()
+        core, worker = int(core_pids.read_text()), int(worker_pids.read_text())
+        assert b.info()["engine_core_nice"] == {"nice": vllm_server.ENGINE_CORE_NICE, "threads": 2}
+        time.sleep(3.5)  # the EngineCore stand-in has started its third thread
+
+        def nice_of_threads(pid):
+            return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
+
+        assert nice_of_threads(core) == [vllm_server.ENGINE_CORE_NICE] * 3
+        assert set(nice_of_threads(worker)) == set(nice_of_threads(b.proc.pid)) == {os.getpriority(os.PRIO_PROCESS, 0)}
+    finally:
+        b.stop()
+
+
+def test_no_enginecore_under_the_server_changes_nothing(tmp_path):
+    assert vllm_server.lower_engine_core_priority(os.getpid()) == []
+    assert vllm_server.lower_engine_core_priority(2**22 + 12345) == []  # no such process
+
+
 def test_long_context_engine_arguments_become_flags_and_stay_out_when_absent(tmp_path):
     serving = {**SERVING, "kv_cache_dtype": "fp8", "enable_chunked_prefill": False, "block_size": 32,
                "max_num_batched_tokens": 512}
