@@ -27,7 +27,8 @@ Client timing definitions (``finalize_timing``):
   over its second half), or less than 1 ms, after the one before: chunks that were already
   waiting. 0 when the first chunk came alone;
 * TPOT = (last chunk - anchor chunk) / (output tokens received after the anchor chunk), the
-  anchor being the first chunk after the opening burst, or the second chunk when there is none:
+  anchor being the first chunk after the opening burst, or the second chunk when there is none,
+  moved past any backlog right behind it (chunks that were waiting: the anchor came late):
   the time per token of the tokens that arrived at the engine's pace, however late the first
   chunk came. The first chunk is never the anchor: a prompt pass shorter than a decode step
   makes no burst yet still delays it. ``vllm bench serve``'s (E2E - TTFT) / (output_tokens - 1)
@@ -58,7 +59,8 @@ TPOT_DEFINITION = ("client TPOT = (last streamed chunk - anchor chunk) / (output
                    "anchor is the second chunk or, when the stream opens with a burst (a first chunk carrying "
                    "several tokens, or chunks right behind it that carry several tokens or arrive less than half "
                    "the stream's typical per-token gap or 1 ms apart: tokens the engine decoded while vLLM's API server "
-                   "detokenized the prompt at the first token), the first chunk after the burst. It is the pace "
+                   "detokenized the prompt at the first token), the first chunk after the burst, moved past chunks "
+                   "that were waiting right behind it. It is the pace "
                    "at which tokens arrived once the stream ran at the engine's pace, whenever the first chunk "
                    "came, unlike (E2E - TTFT) / (output tokens - 1)")
 
@@ -189,9 +191,23 @@ def finalize_timing(record: RequestRecord, send_t: float, token_times: list[floa
     record.opening_burst_tokens = sum(token_counts[:burst])
     # The first chunk is never the anchor: even without a burst it may be late by part of a decode
     # step (the detokenizer's prompt pass is shorter than a step), which would shorten the span.
-    anchor = max(burst, 1)
+    anchor = past_backlog(token_times, token_counts, max(burst, 1))
     if anchor < len(token_times):
         after = n_out - sum(token_counts[:anchor + 1])
         if after > 0:
             record.tpot_s = (token_times[-1] - token_times[anchor]) / after
     return record
+
+
+def past_backlog(token_times: list[float], token_counts: list[int], anchor: int) -> int:
+    """``anchor``, or the last chunk of the backlog right behind it: chunks that arrive less than
+    max(``BURST_GAP_FRACTION`` x typical gap, ``BURST_GAP_MIN_S``) after the one before were
+    waiting, so the anchor they follow arrived late (a reader that got no CPU for tens of ms), and
+    a span from it would leave the wait out and count the waiting tokens as decoded at once. The
+    backlog's last chunk is where the stream caught up. (A chunk carrying several tokens after a
+    normal gap says only that its own first token waited, not that the anchor was late.)"""
+    typical = typical_token_gap(token_times, token_counts)
+    limit = max(BURST_GAP_FRACTION * typical if typical is not None else 0.0, BURST_GAP_MIN_S)
+    while anchor + 1 < len(token_times) and token_times[anchor + 1] - token_times[anchor] < limit:
+        anchor += 1
+    return anchor

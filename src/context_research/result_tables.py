@@ -50,8 +50,8 @@ def stamp_columns() -> tuple[Column, ...]:
 
 _TPOT = ("decode time per output token: (last chunk - anchor chunk) / (output tokens after the anchor); the anchor "
          "is the second token-carrying chunk or, after an opening burst (opening_burst_tokens > 0), the first chunk "
-         "after it, so a late first chunk does not shorten it (records.finalize_timing); empty when no token "
-         "followed the anchor or the per-chunk counts were not exact")
+         "after it, moved past chunks that were waiting behind it, so a late chunk does not shorten it "
+         "(records.finalize_timing); empty when no token followed the anchor or the per-chunk counts were not exact")
 
 
 def per_request_engine_columns(**meaning: str) -> tuple[Column, ...]:

