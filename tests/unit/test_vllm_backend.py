@@ -135,14 +135,15 @@ def test_a_cpu_engines_enginecore_threads_yield_to_the_api_server_and_the_client
     """vLLM's EngineCore spins on the core left to the API server and the client (see
     lower_engine_core_priority): after start(), every EngineCore thread runs at nice 19, threads it
     starts later too, and nothing else in the tree (the server, the Worker) is lowered."""
-    core_pids, worker_pids = tmp_path / "core.pid", tmp_path / "worker.pid"
-    child = """
+    core_pids, worker_pids, go = tmp_path / "core.pid", tmp_path / "worker.pid", tmp_path / "go"
+    child = f"""
 import os, sys, threading, time
 open('/proc/self/comm', 'w').write(sys.argv[1])
 threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
 time.sleep(0.1)
 open(sys.argv[2], 'w').write(str(os.getpid()))
-time.sleep(3.0)  # after start() has returned (it polls /health once a second)
+while not os.path.exists({str(go)!r}):  # the test says when start() has returned
+    time.sleep(0.02)
 later = threading.Thread(target=time.sleep, args=(600,), daemon=True); later.start()
 time.sleep(600)
 """
@@ -167,11 +168,14 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['FAKE_PORT'])), H).serve_for
         b.start()
         core, worker = int(core_pids.read_text()), int(worker_pids.read_text())
         assert b.info()["engine_core_nice"] == {"nice": vllm_server.ENGINE_CORE_NICE, "threads": 2}
-        time.sleep(3.5)  # the EngineCore stand-in has started its third thread
+        go.write_text("")
 
         def nice_of_threads(pid):
             return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
 
+        deadline = time.monotonic() + 20
+        while len(nice_of_threads(core)) < 3 and time.monotonic() < deadline:  # its third thread
+            time.sleep(0.05)
         assert nice_of_threads(core) == [vllm_server.ENGINE_CORE_NICE] * 3
         assert set(nice_of_threads(worker)) == set(nice_of_threads(b.proc.pid)) == {os.getpriority(os.PRIO_PROCESS, 0)}
     finally:
