@@ -144,6 +144,13 @@ def typical_token_gap(token_times: list[float], token_counts: list[int]) -> floa
     return tail[mid] if len(tail) % 2 else (tail[mid - 1] + tail[mid]) / 2
 
 
+def waiting_gap_limit(token_times: list[float], token_counts: list[int]) -> float:
+    """A chunk that arrives less than this after the one before was already waiting:
+    max(``BURST_GAP_FRACTION`` x ``typical_token_gap``, ``BURST_GAP_MIN_S``)."""
+    typical = typical_token_gap(token_times, token_counts)
+    return max(BURST_GAP_FRACTION * typical if typical is not None else 0.0, BURST_GAP_MIN_S)
+
+
 def opening_burst(token_times: list[float], token_counts: list[int]) -> int:
     """How many leading chunks form the opening burst (0: none).
 
@@ -153,8 +160,7 @@ def opening_burst(token_times: list[float], token_counts: list[int]) -> int:
     carries more than one token or chunk 1 belongs to it. A stream delivered all at once (a
     stalled reader) is one burst, and has no TPOT.
     """
-    typical = typical_token_gap(token_times, token_counts)
-    limit = max(BURST_GAP_FRACTION * typical if typical is not None else 0.0, BURST_GAP_MIN_S)
+    limit = waiting_gap_limit(token_times, token_counts)
     j = 1
     while j < len(token_times) and (token_counts[j] > 1 or token_times[j] - token_times[j - 1] < limit):
         j += 1
@@ -191,7 +197,7 @@ def finalize_timing(record: RequestRecord, send_t: float, token_times: list[floa
     record.opening_burst_tokens = sum(token_counts[:burst])
     # The first chunk is never the anchor: even without a burst it may be late by part of a decode
     # step (the detokenizer's prompt pass is shorter than a step), which would shorten the span.
-    anchor = past_backlog(token_times, token_counts, max(burst, 1))
+    anchor = past_backlog(token_times, max(burst, 1), waiting_gap_limit(token_times, token_counts))
     if anchor < len(token_times):
         after = n_out - sum(token_counts[:anchor + 1])
         if after > 0:
@@ -199,15 +205,12 @@ def finalize_timing(record: RequestRecord, send_t: float, token_times: list[floa
     return record
 
 
-def past_backlog(token_times: list[float], token_counts: list[int], anchor: int) -> int:
+def past_backlog(token_times: list[float], anchor: int, limit: float) -> int:
     """``anchor``, or the last chunk of the backlog right behind it: chunks that arrive less than
-    max(``BURST_GAP_FRACTION`` x typical gap, ``BURST_GAP_MIN_S``) after the one before were
-    waiting, so the anchor they follow arrived late (a reader that got no CPU for tens of ms), and
+    ``limit`` (``waiting_gap_limit``) after the one before were waiting, so the anchor they follow arrived late (a reader that got no CPU for tens of ms), and
     a span from it would leave the wait out and count the waiting tokens as decoded at once. The
     backlog's last chunk is where the stream caught up. (A chunk carrying several tokens after a
     normal gap says only that its own first token waited, not that the anchor was late.)"""
-    typical = typical_token_gap(token_times, token_counts)
-    limit = max(BURST_GAP_FRACTION * typical if typical is not None else 0.0, BURST_GAP_MIN_S)
     while anchor + 1 < len(token_times) and token_times[anchor + 1] - token_times[anchor] < limit:
         anchor += 1
     return anchor
