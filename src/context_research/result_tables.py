@@ -421,8 +421,8 @@ E2_CAPACITY = Table("e2/capacity.csv", (
     C("probes", "count", "derived", "rates probed (each a capacity row of concurrency.csv)"),
     C("implausible_probes", "count", "derived", "probes whose row is implausible (analysis.integrity); their "
                                                 "attainment was used, a failed probe's counts as a miss"),
-    C("stop_reason", "", "label", "converged, probe budget exhausted, not bracketed above, none passed, or why no "
-                                  "search ran"),
+    C("stop_reason", "", "label", "converged, probe budget exhausted (with every probe passing: a lower bound), not "
+                                  "bracketed above, none passed, or why no search ran"),
     C("non_monotonic_note", "", "label", "probes that passed above a failing rate (bisection assumes attainment "
                                          "falls with the rate)"),
     C("attainment_target", "ratio", "config", "share of requests that must meet both SLOs"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from context_research.analysis.capacity import (BUDGET, CONVERGED, NONE_PASSED, NOT_BRACKETED, CapacitySearch,
-                                                run_search)
+from context_research.analysis.capacity import (BUDGET, BUDGET_ALL_PASSED, CONVERGED, NONE_PASSED, NOT_BRACKETED,
+                                                CapacitySearch, run_search)
 
 
 def step_curve(knee):
@@ -45,6 +45,15 @@ def test_budget_stops_the_search_with_the_bracket_so_far():
     r = run_search(CapacitySearch(start_rate_rps=1.0, rel_tol=0.001, max_probes=5), step_curve(5.0)).result()
     assert r["stop_reason"] == BUDGET and not r["converged"] and r["probes"] == 5
     assert r["capacity_low_rps"] <= 5.0 < r["capacity_high_rps"]
+
+
+def test_budget_spent_while_every_probe_passed_says_capacity_is_a_lower_bound():
+    r = run_search(CapacitySearch(start_rate_rps=4.0, max_probes=6), step_curve(1000.0)).result()
+    assert r["stop_reason"] == BUDGET_ALL_PASSED and not r["converged"] and r["probes"] == 6
+    assert r["capacity_rps"] == r["capacity_low_rps"] == 128.0 and r["capacity_high_rps"] is None
+    # a budget spent with a failing rate seen is the plain budget stop
+    r = run_search(CapacitySearch(start_rate_rps=4.0, max_probes=6), step_curve(100.0)).result()
+    assert r["stop_reason"] == BUDGET and r["capacity_high_rps"] == 128.0
 
 
 def test_not_bracketed_above_and_none_passed():

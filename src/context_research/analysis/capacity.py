@@ -13,8 +13,9 @@ None. Rules, in order:
    ``growth_factor``; while every probe fails, divide it, down to ``min_rate_rps``;
 2. bisect: once a passing rate ``low`` is below a failing rate ``high``, probe their geometric
    mean (rates span orders of magnitude; the relative tolerance is the stopping rule);
-3. stop when ``high / low - 1 <= rel_tol`` (converged), after ``max_probes`` probes (budget), when
-   growth passes ``max_rate_rps`` with every probe passing (not bracketed above) or when even
+3. stop when ``high / low - 1 <= rel_tol`` (converged), after ``max_probes`` probes (budget; a
+   budget spent while every probe passed says so, since the capacity is then only a lower bound),
+   when growth passes ``max_rate_rps`` with every probe passing (not bracketed above) or when even
    ``min_rate_rps`` fails (no passing rate).
 
 The capacity reported is ``low``, the highest rate that passed (a lower bound: never a rate that
@@ -31,6 +32,7 @@ from typing import Callable
 
 CONVERGED = "converged"
 BUDGET = "probe budget exhausted"
+BUDGET_ALL_PASSED = "probe budget exhausted with every probe passing: capacity is at least capacity_low_rps"
 NOT_BRACKETED = "every probe passed up to max_rate_rps: capacity is at least capacity_low_rps"
 NONE_PASSED = "even min_rate_rps missed the attainment target"
 
@@ -106,7 +108,7 @@ class CapacitySearch:
         if low is None and high is not None and high <= self.min_rate_rps:
             return NONE_PASSED
         if len(self.probes) >= self.max_probes:
-            return BUDGET
+            return BUDGET_ALL_PASSED if high is None and low is not None else BUDGET
         return None
 
     def non_monotonic(self) -> list[Probe]:
