@@ -169,6 +169,15 @@ def opening_burst(token_times: list[float], token_counts: list[int]) -> int:
     return 1 if token_counts and token_counts[0] > 1 else 0
 
 
+def read_whole(record: Any) -> bool:
+    """The whole stream (two tokens or more) arrived as one opening burst: the client was not
+    reading while the tokens were made (a reader starved of CPU), so it has no TPOT of its own.
+    ``record``: a ``RequestRecord`` or anything with its fields (a requests.csv row)."""
+    n = getattr(record, "output_tokens", None)
+    return (getattr(record, "error", None) is None and n is not None and n >= 2
+            and getattr(record, "opening_burst_tokens", None) == n)
+
+
 def finalize_timing(record: RequestRecord, send_t: float, token_times: list[float],
                     token_counts: list[int]) -> RequestRecord:
     """Derive TTFT, TPOT, ITL and E2E from the send time and the arrival times of streamed chunks.

@@ -138,6 +138,10 @@ def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column
         C("n", "count", "client", "requests sent for the point"),
         C("n_ok", "count", "client", "requests that succeeded"),
         C("n_failed", "count", "client", "requests that failed (n - n_ok)"),
+        C("n_read_whole", "count", "client", "successful requests whose whole stream arrived as one burst "
+                                             "(records.read_whole: the client was not reading while the tokens were "
+                                             "made, e.g. starved of CPU); they have no TPOT, so the TPOT statistics "
+                                             "rest on the others"),
     ]
     for metric in LATENCY_METRICS:
         for stat in STAT_SUFFIXES:

@@ -5,7 +5,7 @@ import pytest
 
 from context_research.analysis.latency import (LATENCY_COLUMNS, THROUGHPUT_CI_METRICS, goodput, histogram_delta_mean,
                                                latency_row, poisson_schedule, throughput_ci)
-from context_research.records import RequestRecord
+from context_research.records import RequestRecord, finalize_timing, read_whole
 
 
 def rec(i, ttft=None, tpot=None, e2e=None, out=None, prompt=100, itl=(), error=None):
@@ -21,11 +21,28 @@ RECORDS = [
 ]
 
 
+def test_streams_read_whole_are_counted_and_have_no_tpot():
+    """A stream whose 8 tokens arrived within 0.1 ms (a reader that got no CPU while they were made)
+    is counted in n_read_whole; a paced stream, a one-token one and a failed request are not."""
+    def streamed(i, times):
+        r = RequestRecord(request_id=str(i), prompt_tokens_target=100, prompt_tokens=100, output_tokens=len(times))
+        return finalize_timing(r, 0.0, times, [1] * len(times))
+
+    whole = streamed(0, [0.050 + 1e-5 * k for k in range(8)])
+    paced = streamed(1, [0.050 + 0.004 * k for k in range(8)])
+    single = streamed(2, [0.050])
+    assert read_whole(whole) and whole.tpot_s is None
+    assert not read_whole(paced) and paced.tpot_s == pytest.approx(0.004)
+    assert not read_whole(single) and not read_whole(rec(3, error="timeout"))
+    row = latency_row([whole, paced, single, rec(3, error="timeout")])
+    assert row["n_read_whole"] == 1 and row["n_ok"] == 3
+
+
 def test_latency_row():
     row = latency_row(RECORDS, prompt_len=100, config="a")
     assert list(row)[:2] == ["prompt_len", "config"]
     assert list(row)[2:] == LATENCY_COLUMNS
-    assert (row["n"], row["n_ok"], row["n_failed"]) == (4, 3, 1)
+    assert (row["n"], row["n_ok"], row["n_failed"], row["n_read_whole"]) == (4, 3, 1, 0)
     assert row["ttft_ms_p50"] == pytest.approx(200.0)
     assert row["ttft_ms_mean"] == pytest.approx(200.0)
     assert row["ttft_ms_mean_ci_low"] <= 200.0 <= row["ttft_ms_mean_ci_high"]

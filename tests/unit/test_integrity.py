@@ -212,6 +212,17 @@ def test_a_slow_first_decode_step_is_not_a_client_faster_than_the_engine():
     assert check_records([ok], one_at_a_time=False).status == "ok"
 
 
+def test_streams_read_whole_are_said_as_not_checked():
+    """A stream that arrived whole has no client TPOT: the note says how many, the row stays ok."""
+    paced = SimpleNamespace(request_id="r0", error=None, **E0_SLOW_FIRST_STEP)
+    whole = SimpleNamespace(**{**vars(paced), "request_id": "r1", "tpot_s": None, "opening_burst_tokens": 32,
+                               "e2e_s": paced.ttft_s + 0.0001})
+    f = check_records([paced, whole])
+    assert f.status == "ok"
+    assert [n for n in f.not_checked if n.startswith("client TPOT of 1 of 2 requests: the stream arrived whole")]
+    assert not [n for n in check_records([paced]).not_checked if "arrived whole" in n]
+
+
 def test_apply_status():
     bad = check_latency(client_tpot_ms=2.6, engine_itl_ms=7.5)
     row = apply_status({"status": "ok", "reason": ""}, bad)

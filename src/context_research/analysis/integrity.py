@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 from .hardware import lookup_gpu
 from .model_math import tpot_floor_s, ttft_floor_s
+from ..records import read_whole
 
 # -- tolerances ----------------------------------------------------------------------------------
 # Client TPOT may undercut the engine's ITL by at most 20 %: the client sees the same tokens, later,
@@ -300,6 +301,10 @@ def check_records(records: Sequence[Any], ttft_floor_ms: float | None = None, tp
         f.checked.append(f"{kind} (per request, {n} requests)")
         if bad:
             f.reasons.append(f"{len(bad)} of {n} requests: {bad[0]}" if len(bad) > 1 else bad[0])
+    whole = sum(read_whole(r) for r in ok)
+    if whole:
+        f.not_checked.append(f"client TPOT of {whole} of {len(ok)} requests: the stream arrived whole "
+                             f"(records.read_whole: the client was not reading while it was made)")
     if outside:
         f.outside_engine.append(f"{len(outside)} of {len(ok)} requests: {outside[0]}" if len(outside) > 1 else outside[0])
     ttfts = [x * _MS for x in (_num(getattr(r, "ttft_s", None)) for r in ok) if x is not None]

@@ -12,14 +12,14 @@ import numpy as np
 
 from context_research.analysis.stats import (MIN_SAMPLES, bootstrap_interval, mean, small_sample_note,
                                               small_sample_part, summarize_pooled_with_ci, summarize_with_ci)
-from context_research.records import RequestRecord
+from context_research.records import RequestRecord, read_whole
 
 _MS = 1000.0
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 STAT_SUFFIXES = ("mean", "p50", "p95", "p99")
 CI_SUFFIXES = ("ci_low", "ci_high")
 LATENCY_COLUMNS = (
-    ["n", "n_ok", "n_failed"]
+    ["n", "n_ok", "n_failed", "n_read_whole"]
     + [c for m in LATENCY_METRICS for s in STAT_SUFFIXES
        for c in (f"{m}_ms_{s}", *(f"{m}_ms_{s}_{b}" for b in CI_SUFFIXES))]
     + ["stats_note", "prompt_tokens_mean", "output_tokens_mean"]
@@ -47,6 +47,7 @@ def latency_row(records: Sequence[RequestRecord], **keys: Any) -> dict[str, Any]
     row["n"] = len(records)
     row["n_ok"] = len(ok)
     row["n_failed"] = len(records) - len(ok)
+    row["n_read_whole"] = sum(read_whole(r) for r in ok)
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
     itl = [list(r.itl_s) for r in ok if r.itl_s]

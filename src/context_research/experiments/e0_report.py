@@ -76,6 +76,8 @@ def report_section(results_dir: Path) -> dict[str, Any]:
          f"{format_with_ci(lat, 'tpot_ms_p50', 3)} / {format_with_ci(lat, 'tpot_ms_p95', 3)}"),
         ("TTFT mean (ms, engine histogram)", _fmt(ms(eng.get("engine_ttft_mean_s")))),
         ("failed requests", s["failed_requests"]),
+        *([("streams read whole (no client TPOT)", f"{whole['read_whole']} of {whole['requests']}")]
+          if (whole := s.get("streams_read_whole")) else []),
         ("prompt-length mismatches", len(s["prompt_tokens_mismatch"])),
     ]
     table = table_frame(s)
