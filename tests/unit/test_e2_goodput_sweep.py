@@ -264,6 +264,17 @@ def test_summary_sums_cache_hits_over_every_point(tmp_path):
     assert s["failed_points"][0]["mode"] == "rate" and "32 prompt tokens" in s["failed_points"][0]["reason"]
 
 
+def test_best_point_is_found_after_the_csv_round_trip(tmp_path):
+    """A bisected capacity rate as the best point: pandas' CSV parser reads 107.63474115247547 back
+    one ulp off, and the report must still find its row (it raised IndexError on CI)."""
+    rate = 107.63474115247547
+    pd.DataFrame({"mode": ["capacity", "capacity"], "level": [90.50966799187809, rate],
+                  "prompt_tokens": [256, 256], "goodput_rps": [56.3, 70.0]}).to_csv(tmp_path / "c.csv", index=False)
+    frame = pd.read_csv(tmp_path / "c.csv")
+    row = e2_report._row_of(frame, {"mode": "capacity", "level": rate, "prompt_tokens": 256, "goodput_rps": 70.0})
+    assert row["goodput_rps"] == 70.0
+
+
 def test_capacity_search_rows_and_capacity_csv(tmp_path):
     session = FakeSession()
     result = asyncio.run(e2.run(session, {**CAPACITY_CFG, "capacity_prompt_tokens": [256, 4096]}, _ctx(tmp_path)))

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import numpy as np  # noqa: E402
 
 from ..analysis.stats import format_with_ci
 from ..analysis.plots import SVG_RC, check_provenance  # noqa: E402
@@ -287,8 +288,10 @@ def headline(results_dir: Path) -> dict[str, Any]:
 
 
 def _row_of(frame: pd.DataFrame, best: dict[str, Any]) -> pd.Series:
-    """The row a summary's best point names (mode, level, and prompt length where recorded)."""
-    match = (frame["mode"] == best["mode"]) & (frame["level"] == best["level"])
+    """The row a summary's best point names (mode, level, and prompt length where recorded). Levels
+    are compared to 1e-9 relative: a bisected capacity rate (107.63474115247547) comes back from
+    pandas' CSV parser one ulp off the summary's JSON value."""
+    match = (frame["mode"] == best["mode"]) & np.isclose(frame["level"], best["level"], rtol=1e-9, atol=0.0)
     if best.get("prompt_tokens") is not None:
         match &= frame["prompt_tokens"] == best["prompt_tokens"]
     return frame[match].iloc[0]
