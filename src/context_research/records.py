@@ -173,9 +173,9 @@ def read_whole(record: Any) -> bool:
     """The whole stream (two tokens or more) arrived as one opening burst: the client was not
     reading while the tokens were made (a reader starved of CPU), so it has no TPOT of its own.
     ``record``: a ``RequestRecord`` or anything with its fields (a requests.csv row)."""
-    n = getattr(record, "output_tokens", None)
-    return (getattr(record, "error", None) is None and n is not None and n >= 2
-            and getattr(record, "opening_burst_tokens", None) == n)
+    error, n = getattr(record, "error", None), getattr(record, "output_tokens", None)
+    failed = error is not None and error == error   # a CSV row's empty error reads as NaN
+    return not failed and n is not None and n >= 2 and getattr(record, "opening_burst_tokens", None) == n
 
 
 def finalize_timing(record: RequestRecord, send_t: float, token_times: list[float],

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from context_research.analysis.latency import (LATENCY_COLUMNS, THROUGHPUT_CI_METRICS, goodput, histogram_delta_mean,
@@ -34,6 +35,9 @@ def test_streams_read_whole_are_counted_and_have_no_tpot():
     assert read_whole(whole) and whole.tpot_s is None
     assert not read_whole(paced) and paced.tpot_s == pytest.approx(0.004)
     assert not read_whole(single) and not read_whole(rec(3, error="timeout"))
+    # requests.csv rows read back by pandas (an empty error is NaN) are judged alike
+    rows = pd.DataFrame([whole.as_row(), paced.as_row(), rec(3, error="timeout").as_row()])
+    assert [read_whole(r) for r in rows.itertuples()] == [True, False, False]
     row = latency_row([whole, paced, single, rec(3, error="timeout")])
     assert row["n_read_whole"] == 1 and row["n_ok"] == 3
 
