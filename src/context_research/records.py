@@ -107,6 +107,9 @@ class RequestRecord:
     finish_reason: str | None = None
     error: str | None = None
     scheduled_offset_s: float | None = None
+    # How late the client sent an open-loop request against its schedule (actual - planned send);
+    # None when it was sent as soon as a slot was free.
+    send_lag_s: float | None = None
     # Tokens the first token-carrying chunk carried, and the tokens of the stream's opening burst
     # (finalize_timing); None when the stream's per-chunk counts were not exact.
     first_chunk_tokens: int | None = None

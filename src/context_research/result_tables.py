@@ -92,6 +92,8 @@ def request_record_columns(*, token_ids: bool = False, **meaning: str) -> tuple[
         C("error", "", "label", "why the request failed; empty when it succeeded"),
         C("scheduled_offset_s", "s", "config", "planned send offset of an open-loop (Poisson) schedule after the batch "
                                                "start; empty = sent when a slot was free"),
+        C("send_lag_s", "s", "client", "how late the client sent an open-loop request: actual - planned send "
+                                       "(a client starved of CPU sends late); empty = sent when a slot was free"),
         C("first_chunk_tokens", "tokens", "engine", "tokens the first token-carrying chunk brought (its cumulative "
                                                     "usage.completion_tokens, continuous_usage_stats); >1 when vLLM "
                                                     "merged outputs the API server had not streamed yet"),
@@ -402,6 +404,12 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
                       "ttft_slo_ms", "tpot_slo_ms", "n_slo_met", "slo_attainment", "ttft_slo_attainment",
                       "tpot_slo_attainment", "goodput_rps")),
     C("offered_rate_rps", "req/s", "config", "the Poisson arrival rate of a rate or capacity point; empty otherwise"),
+    C("send_lag_ms_p90", "ms", "client", "90th percentile of the open-loop requests' send lag (requests.csv "
+                                         "send_lag_s); above the schedule's mean inter-arrival gap the row is "
+                                         "implausible (analysis.integrity.check_send_lag: the offered rate was not "
+                                         "kept); empty for closed-loop points"),
+    C("send_lag_ms_max", "ms", "client", "largest send lag of the point's open-loop requests; empty for closed-loop "
+                                         "points"),
     *point_check_columns(),
     *engine_point_columns(),
     *ttft_gap_columns(),

@@ -351,6 +351,52 @@ def test_session_stops_sending_once_the_monitor_says_saturated():
     assert [r.request_id for r in records] == ["rq0", "rq1"]        # rec() prefixes "r"
 
 
+def test_session_records_how_late_each_scheduled_request_was_sent():
+    """A backend that blocks the event loop for 50 ms (a client starved of CPU) makes the next
+    scheduled sends late by at least that much, less their offsets; closed-loop sends have no lag."""
+    import time
+
+    from context_research.experiments.session import EngineSession
+    from context_research.records import GenerationRequest
+
+    class BlockingBackend(FakeBackend):
+        async def generate(self, req, t0):
+            if req.request_id == "q0":
+                time.sleep(0.05)
+            return rec(req.request_id, 0.01, 0.001)
+
+        def metrics_text(self):
+            return None
+
+    session = EngineSession(BlockingBackend(), MODEL, progress=False)
+    reqs = [GenerationRequest(request_id=f"q{i}", prompt=[5] * 4, max_tokens=2, scheduled_offset_s=0.01 * i)
+            for i in range(3)]
+    records, _ = asyncio.run(session.run_requests(reqs, use_schedule=True))
+    lags = [r.send_lag_s for r in records]
+    assert lags[0] < 0.01 and lags[1] >= 0.05 - 0.01 and lags[2] >= 0.05 - 0.02
+    records, _ = asyncio.run(session.run_requests(reqs, max_concurrency=2))
+    assert all(r.send_lag_s is None for r in records)
+
+
+def test_an_open_loop_point_whose_sends_lagged_is_implausible():
+    """16 req/s (a 62.5 ms mean gap): sends 200 ms late did not offer that rate; 1 ms late did."""
+    def scheduled(lag):
+        out = []
+        for i, r in enumerate(RECORDS * 4):
+            r = RequestRecord(**{**r.__dict__, "request_id": f"r{i}"})
+            r.scheduled_offset_s, r.send_lag_s = i / 16.0, lag
+            out.append(r)
+        return out
+
+    late = e2.point_row("rate", 16.0, scheduled(0.2), 2.0, ENGINE, 1000.0, 100.0, 256, 8, False)
+    assert late["status"] == "implausible" and late["send_lag_ms_p90"] == pytest.approx(200.0)
+    assert "send lag p90 200 ms" in late["reason"] and "mean inter-arrival gap 62.5 ms" in late["reason"]
+    on_time = e2.point_row("rate", 16.0, scheduled(0.001), 2.0, ENGINE, 1000.0, 100.0, 256, 8, False)
+    assert "send lag" not in (on_time["reason"] or "") and on_time["send_lag_ms_max"] == pytest.approx(1.0)
+    closed = e2.point_row("concurrency", 4, RECORDS, 2.0, ENGINE, 100.0, 10.0, 256, 8, False)
+    assert closed["send_lag_ms_p90"] is None and "send lag" not in (closed["integrity_note"] or "")
+
+
 def test_energy_per_output_token_from_the_counters_around_a_point(monkeypatch):
     from context_research.experiments import e2_load
 

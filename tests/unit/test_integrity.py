@@ -223,6 +223,14 @@ def test_streams_read_whole_are_said_as_not_checked():
     assert not [n for n in check_records([paced]).not_checked if "arrived whole" in n]
 
 
+def test_send_lag_against_the_schedules_mean_gap():
+    on_time = integrity.check_send_lag([0.0, 0.001, 0.002, 0.05], mean_gap_s=0.0625)
+    assert on_time.status == "ok" and on_time.checked == ["open-loop schedule (4 sends)"]
+    late = integrity.check_send_lag([0.0] + [0.1] * 9, mean_gap_s=0.0625)
+    assert late.status == "implausible" and "offered rate was not kept" in late.reasons[0]
+    assert integrity.check_send_lag([None, None], 0.0625).not_checked == ["send lag: no scheduled send recorded"]
+
+
 def test_apply_status():
     bad = check_latency(client_tpot_ms=2.6, engine_itl_ms=7.5)
     row = apply_status({"status": "ok", "reason": ""}, bad)

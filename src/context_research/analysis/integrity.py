@@ -35,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from .hardware import lookup_gpu
 from .model_math import tpot_floor_s, ttft_floor_s
 from ..records import read_whole
@@ -64,6 +66,10 @@ TTFT_OVER_ENGINE_REL = 0.5
 # A measured value may fall below its physical floor by at most 5 %: the floor is already optimistic
 # (datasheet peak, matmul FLOPs / weight + KV bytes only); the margin absorbs datasheet rounding.
 FLOOR_MARGIN = 0.05
+
+# An open-loop point keeps its arrival process while 90 % of its requests leave less than one mean
+# inter-arrival gap after their planned time; beyond that the offered rate is not the one named.
+SEND_LAG_QUANTILE = 0.9
 
 NOTE_COLUMN = "integrity_note"
 IMPLAUSIBLE = "implausible"
@@ -325,6 +331,25 @@ def one_at_a_time(row: Mapping[str, Any]) -> bool:
     if row.get("mode") == "concurrency":
         return _num(row.get("level")) == 1
     return row.get("mode") not in ("rate", "capacity", "trace")
+
+
+def check_send_lag(lags_s: Sequence[float | None], mean_gap_s: float | None) -> Findings:
+    """An open-loop point's sends against its schedule: implausible when the ``SEND_LAG_QUANTILE``
+    of the requests' send lags (``RequestRecord.send_lag_s``) exceeds the schedule's mean
+    inter-arrival gap: the client could not send on time, so the point did not offer the load it
+    names (its latencies are real, its rate is not)."""
+    f = Findings()
+    lags = sorted(x for x in (_num(v) for v in lags_s) if x is not None)
+    if not lags or not mean_gap_s or mean_gap_s <= 0:
+        f.not_checked.append("send lag: no scheduled send recorded")
+        return f
+    lag = float(np.quantile(lags, SEND_LAG_QUANTILE))
+    what = f"send lag p{SEND_LAG_QUANTILE * 100:g} {_f(lag * _MS)} ms (max {_f(lags[-1] * _MS)} ms)"
+    f.checked.append(f"open-loop schedule ({len(lags)} sends)")
+    if lag > mean_gap_s:
+        f.reasons.append(f"{what} exceeds the schedule's mean inter-arrival gap {_f(mean_gap_s * _MS)} ms: the "
+                         f"client could not send on time (starved of CPU?), so the offered rate was not kept")
+    return f
 
 
 def check_point_row(row: Mapping[str, Any], gpu_name: str | None = None, hf_config: Mapping[str, Any] | None = None,

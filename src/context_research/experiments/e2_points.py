@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..analysis.integrity import apply_status, check_point_row
+import numpy as np
+
+from ..analysis.integrity import apply_status, check_point_row, check_send_lag
 from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
 from ..analysis.saturation import SaturationMonitor
 from ..records import GenerationRequest, RequestRecord
@@ -75,8 +77,26 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
     row.update(eng)
     row.update(ttft_gap_columns(row["ttft_ms_mean"], eng["engine_ttft_ms_mean"]))
     row.update({k: (load or {}).get(k) for k in LOAD_COLUMNS})
+    row.update(send_lag_columns(records))
     row["measured_on"] = "client; engine_* columns: engine /metrics; energy_*: NVML"
-    return apply_status(row, check_point_row(row, gpu_name, hf_config, records))
+    findings = check_point_row(row, gpu_name, hf_config, records)
+    if mode in OPEN_LOOP:
+        findings.merge(check_send_lag([r.send_lag_s for r in records], schedule_mean_gap_s(records)))
+    return apply_status(row, findings)
+
+
+def send_lag_columns(records: Sequence[RequestRecord]) -> dict[str, float | None]:
+    """The 90th percentile and the largest send lag of a point's scheduled requests (ms)."""
+    lags = sorted(r.send_lag_s for r in records if r.send_lag_s is not None)
+    if not lags:
+        return {"send_lag_ms_p90": None, "send_lag_ms_max": None}
+    return {"send_lag_ms_p90": float(np.quantile(lags, 0.9)) * 1000.0, "send_lag_ms_max": lags[-1] * 1000.0}
+
+
+def schedule_mean_gap_s(records: Sequence[RequestRecord]) -> float | None:
+    """Mean gap between planned sends: (last offset - first offset) / (sends - 1)."""
+    offsets = sorted(r.scheduled_offset_s for r in records if r.scheduled_offset_s is not None)
+    return (offsets[-1] - offsets[0]) / (len(offsets) - 1) if len(offsets) > 1 and offsets[-1] > offsets[0] else None
 
 
 def capacity_probe_window_s(cfg: dict[str, Any]) -> float:

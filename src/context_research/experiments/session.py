@@ -77,15 +77,20 @@ class EngineSession:
         t0 = time.perf_counter()
 
         async def one(req: GenerationRequest) -> RequestRecord:
-            if use_schedule and req.scheduled_offset_s:
+            lag = None
+            if use_schedule and req.scheduled_offset_s is not None:
                 delay = t0 + req.scheduled_offset_s - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                # a late send (an event loop starved of CPU) offers less load than the point names
+                lag = max(0.0, time.perf_counter() - t0 - req.scheduled_offset_s)
             if sem is None:
                 rec = await self._send(req, t0, stop_sending)
             else:
                 async with sem:
                     rec = await self._send(req, t0, stop_sending)
+            if rec is not None:
+                rec.send_lag_s = lag
             if bar is not None:
                 bar.update(1)
             if rec is not None and monitor is not None:
