@@ -154,16 +154,18 @@ def waiting_gap_limit(token_times: list[float], token_counts: list[int]) -> floa
     return max(BURST_GAP_FRACTION * typical if typical is not None else 0.0, BURST_GAP_MIN_S)
 
 
-def opening_burst(token_times: list[float], token_counts: list[int]) -> int:
+def opening_burst(token_times: list[float], token_counts: list[int], limit: float | None = None) -> int:
     """How many leading chunks form the opening burst (0: none).
 
     Chunk j >= 1 belongs to it when every chunk between 0 and j does and it carries more than one
     token or arrives less than max(``BURST_GAP_FRACTION`` x ``typical_token_gap``,
     ``BURST_GAP_MIN_S``) after chunk j-1: it was already waiting. Chunk 0 starts the burst when it
     carries more than one token or chunk 1 belongs to it. A stream delivered all at once (a
-    stalled reader) is one burst, and has no TPOT.
+    stalled reader) is one burst, and has no TPOT. ``limit``: the stream's ``waiting_gap_limit``
+    where the caller has it already.
     """
-    limit = waiting_gap_limit(token_times, token_counts)
+    if limit is None:
+        limit = waiting_gap_limit(token_times, token_counts)
     j = 1
     while j < len(token_times) and (token_counts[j] > 1 or token_times[j] - token_times[j - 1] < limit):
         j += 1
@@ -205,11 +207,12 @@ def finalize_timing(record: RequestRecord, send_t: float, token_times: list[floa
     if len(token_counts) != len(token_times) or sum(token_counts) != n_out or min(token_counts) < 1:
         return record
     record.first_chunk_tokens = token_counts[0]
-    burst = opening_burst(token_times, token_counts)
+    limit = waiting_gap_limit(token_times, token_counts)
+    burst = opening_burst(token_times, token_counts, limit)
     record.opening_burst_tokens = sum(token_counts[:burst])
     # The first chunk is never the anchor: even without a burst it may be late by part of a decode
     # step (the detokenizer's prompt pass is shorter than a step), which would shorten the span.
-    anchor = past_backlog(token_times, max(burst, 1), waiting_gap_limit(token_times, token_counts))
+    anchor = past_backlog(token_times, max(burst, 1), limit)
     if anchor < len(token_times):
         after = n_out - sum(token_counts[:anchor + 1])
         if after > 0:
@@ -219,8 +222,8 @@ def finalize_timing(record: RequestRecord, send_t: float, token_times: list[floa
 
 def past_backlog(token_times: list[float], anchor: int, limit: float) -> int:
     """``anchor``, or the last chunk of the backlog right behind it: chunks that arrive less than
-    ``limit`` (``waiting_gap_limit``) after the one before were waiting, so the anchor they follow arrived late (a reader that got no CPU for tens of ms), and
-    a span from it would leave the wait out and count the waiting tokens as decoded at once. The
+    ``limit`` (``waiting_gap_limit``) after the one before were waiting, so the anchor they follow
+    arrived late (a reader that got no CPU for tens of ms), and a span from it would leave the wait out and count the waiting tokens as decoded at once. The
     backlog's last chunk is where the stream caught up. (A chunk carrying several tokens after a
     normal gap says only that its own first token waited, not that the anchor was late.)"""
     while anchor + 1 < len(token_times) and token_times[anchor + 1] - token_times[anchor] < limit:

@@ -333,19 +333,26 @@ def one_at_a_time(row: Mapping[str, Any]) -> bool:
     return row.get("mode") not in ("rate", "capacity", "trace")
 
 
+def send_lag_stats(lags_s: Sequence[float | None]) -> tuple[float, float, int] | None:
+    """The ``SEND_LAG_QUANTILE`` and the largest of the recorded send lags (s), and how many there
+    were; None when no request was sent on a schedule."""
+    lags = sorted(x for x in (_num(v) for v in lags_s) if x is not None)
+    return (float(np.quantile(lags, SEND_LAG_QUANTILE)), lags[-1], len(lags)) if lags else None
+
+
 def check_send_lag(lags_s: Sequence[float | None], mean_gap_s: float | None) -> Findings:
     """An open-loop point's sends against its schedule: implausible when the ``SEND_LAG_QUANTILE``
     of the requests' send lags (``RequestRecord.send_lag_s``) exceeds the schedule's mean
     inter-arrival gap: the client could not send on time, so the point did not offer the load it
     names (its latencies are real, its rate is not)."""
     f = Findings()
-    lags = sorted(x for x in (_num(v) for v in lags_s) if x is not None)
-    if not lags or not mean_gap_s or mean_gap_s <= 0:
+    stats = send_lag_stats(lags_s)
+    if stats is None or not mean_gap_s or mean_gap_s <= 0:
         f.not_checked.append("send lag: no scheduled send recorded")
         return f
-    lag = float(np.quantile(lags, SEND_LAG_QUANTILE))
-    what = f"send lag p{SEND_LAG_QUANTILE * 100:g} {_f(lag * _MS)} ms (max {_f(lags[-1] * _MS)} ms)"
-    f.checked.append(f"open-loop schedule ({len(lags)} sends)")
+    lag, largest, n = stats
+    what = f"send lag p{SEND_LAG_QUANTILE * 100:g} {_f(lag * _MS)} ms (max {_f(largest * _MS)} ms)"
+    f.checked.append(f"open-loop schedule ({n} sends)")
     if lag > mean_gap_s:
         f.reasons.append(f"{what} exceeds the schedule's mean inter-arrival gap {_f(mean_gap_s * _MS)} ms: the "
                          f"client could not send on time (starved of CPU?), so the offered rate was not kept")
