@@ -37,6 +37,8 @@ WORKFLOW_BUILT = "built by the workflow (its manifest is an input of the rule; t
 REPORT_ONLY_SUFFIXES = ("_report.py", "_figures.py")
 # Modules that read saved runs and never run one (comparisons of two result folders).
 ANALYSIS_ONLY_MODULES = ("analysis/compare.py",)
+# Modules no rule runs (packing evidence folders): in no digest, so editing them reruns nothing.
+TOOL_ONLY_MODULES = ("evidence.py",)
 
 
 def _version(name: str) -> str | None:
@@ -103,7 +105,7 @@ def code_files(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, r
     files = []
     for path in sorted(package_dir.rglob("*.py")):
         rel = path.relative_to(package_dir).as_posix()
-        if "__pycache__" in rel or _is_other_experiment_module(rel, experiment):
+        if "__pycache__" in rel or rel in TOOL_ONLY_MODULES or _is_other_experiment_module(rel, experiment):
             continue
         if (rel.endswith(REPORT_ONLY_SUFFIXES) or rel in ANALYSIS_ONLY_MODULES) and not reports:
             continue

@@ -1,11 +1,13 @@
 """Declared result-table columns: real runs' CSVs, the code's row builders and the glossary agree."""
 
-from pathlib import Path
+import functools
+import io
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pytest
 
-from context_research import result_tables
+from context_research import evidence, result_tables
 from context_research.analysis.latency import LATENCY_COLUMNS
 from context_research.analysis.memory import MEMORY_COLUMNS
 from context_research.columns import SOURCES, UNITS, Column, Table, UndeclaredColumnError, write_table
@@ -16,16 +18,31 @@ from context_research.workload import engine_columns, request_rows, ttft_gap_col
 
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "docs" / "evidence"
-# Comparisons (compare.csv) span two runs, not one experiment's table: their columns are checked
-# against analysis.compare.COMPARE_COLUMNS below.
-EVIDENCE_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv") if p.name != "compare.csv")
-COMPARE_CSVS = sorted(EVIDENCE.rglob("compare.csv"))
+# Every CSV of the evidence folders, in the tree or packed in a folder's raw.tar.xz (requests.csv),
+# as paths relative to docs/evidence. Comparisons (compare.csv) span two runs, not one experiment's
+# table: their columns are checked against analysis.compare.COMPARE_COLUMNS below.
+ALL_CSVS = sorted(PurePosixPath(folder.name, rel) for folder in EVIDENCE.iterdir() if folder.is_dir()
+                  for rel in evidence.listed_files(folder) if rel.endswith(".csv"))
+EVIDENCE_CSVS = [p for p in ALL_CSVS if p.name != "compare.csv"]
+COMPARE_CSVS = [p for p in ALL_CSVS if p.name == "compare.csv"]
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
 
 
-def _experiment_of(path: Path) -> str:
+@functools.lru_cache(maxsize=None)
+def _archive(folder: str) -> dict[str, bytes]:
+    return evidence.read_archive(EVIDENCE / folder)
+
+
+def _open(path: PurePosixPath):
+    """The CSV at ``path`` (relative to docs/evidence): the tree's file, else its packed copy."""
+    if (EVIDENCE / path).exists():
+        return EVIDENCE / path
+    return io.BytesIO(_archive(path.parts[0])["/".join(path.parts[1:])])
+
+
+def _experiment_of(path: PurePosixPath) -> str:
     """Every result CSV is stamped with its experiment; under results/<eN>/ the folder must agree."""
-    frame = pd.read_csv(path, nrows=1)
+    frame = pd.read_csv(_open(path), nrows=1)
     assert "experiment" in frame.columns, f"{path}: no experiment column"
     experiment = str(frame["experiment"].iloc[0])
     if path.parent.parent.name == "results":
@@ -37,18 +54,18 @@ def test_evidence_has_result_csvs():
     assert any(p.parent.parent.name == "results" for p in EVIDENCE_CSVS), "no docs/evidence/*/results/*/*.csv"
 
 
-@pytest.mark.parametrize("path", EVIDENCE_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
+@pytest.mark.parametrize("path", EVIDENCE_CSVS, ids=str)
 def test_every_evidence_column_is_declared(path):
     table = table_for(_experiment_of(path), path.name)
-    columns = list(pd.read_csv(path, nrows=0).columns)
-    assert table.undeclared(columns, allow_retired=True) == [], f"{path.relative_to(REPO)}: undeclared columns"
+    columns = list(pd.read_csv(_open(path), nrows=0).columns)
+    assert table.undeclared(columns, allow_retired=True) == [], f"docs/evidence/{path}: undeclared columns"
 
 
-@pytest.mark.parametrize("path", COMPARE_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
+@pytest.mark.parametrize("path", COMPARE_CSVS, ids=str)
 def test_every_evidence_comparison_has_the_declared_columns(path):
     from context_research.analysis.compare import COMPARE_COLUMNS
 
-    assert list(pd.read_csv(path, nrows=0).columns) == list(COMPARE_COLUMNS)
+    assert list(pd.read_csv(_open(path), nrows=0).columns) == list(COMPARE_COLUMNS)
 
 
 def test_tables_cover_every_experiment_csv():
