@@ -157,6 +157,21 @@ def listed_files(folder: str | os.PathLike) -> list[str]:
     return sorted(listed | set(tree_files(folder)))
 
 
+def packed_under(path: str | os.PathLike) -> tuple[Path, list[str]] | None:
+    """For a folder inside an evidence folder: (the evidence folder, the files under ``path`` that
+    are packed and not unpacked, relative to ``path``); None outside evidence folders."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        if (folder / MANIFEST).is_file():
+            break
+    else:
+        return None
+    prefix = path.relative_to(folder).as_posix()
+    prefix = "" if prefix == "." else prefix + "/"
+    return folder, [rel[len(prefix):] for rel, e in sorted(read_manifest(folder).items())
+                    if e.where == ARCHIVE and rel.startswith(prefix) and not (folder / rel).exists()]
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

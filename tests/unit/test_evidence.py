@@ -214,3 +214,19 @@ def test_the_command_line_exits_non_zero_on_a_problem(tmp_path, capsys):
 def test_the_tool_is_in_no_run_digest():
     assert "evidence.py" not in provenance.code_files("e1")
     assert "evidence.py" not in provenance.code_files(None, reports=True)
+
+
+def test_a_comparison_refuses_a_results_folder_whose_records_are_packed(tmp_path):
+    from context_research.analysis.compare import find_run
+    from context_research.errors import ContextResearchError
+
+    folder = _make(tmp_path, files=dict(FILES, **{"results/e1/run_metadata.json": '{"experiment": "e1"}\n'}))
+    pack(folder)
+    with pytest.raises(ContextResearchError, match=r"A: 4 file\(s\) under .*results \(e1/engine.log, ...\) are packed"
+                                                  r" in .*raw.tar.xz: python -m context_research.evidence unpack"):
+        find_run(folder / "results", "A")
+    assert evidence.packed_under(folder / "results" / "e1")[1] == ["engine.log", "requests.csv"]
+    assert evidence.packed_under(tmp_path) is None
+    unpack(folder)
+    assert set(find_run(folder / "results", "A").experiments) == {"e1"}
+    assert set(find_run(folder / "results" / "e1", "A").experiments) == {"e1"}

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ContextResearchError
+from ..evidence import packed_under
 from ..io import read_json
 from ..provenance import flatten
 from .stats import BOOTSTRAP_RESAMPLES, MIN_SAMPLES
@@ -198,6 +199,10 @@ def find_run(where: str | Path, label: str) -> Run:
     if not experiments:
         raise ContextResearchError(f"{label}: {root} holds no experiment results (no eN/run_metadata.json, "
                                    f"nor a run_metadata.json of its own)")
+    packed = packed_under(root)
+    if packed and packed[1]:
+        raise ContextResearchError(f"{label}: {len(packed[1])} file(s) under {root} ({packed[1][0]}, ...) are packed in "
+                                   f"{packed[0] / 'raw.tar.xz'}: python -m context_research.evidence unpack {packed[0]}")
     return Run(label, root, experiments, {name: read_json(p / "run_metadata.json") for name, p in experiments.items()})
 
 
