@@ -328,7 +328,7 @@ def verify(folder: str | os.PathLike) -> list[str]:
 # --- README mentions of packed files -------------------------------------------------------------
 
 # A markdown link or image ``[text](target)``, else a code span without spaces.
-MENTION = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)\)|`(?P<code>[^`\s]+)`")
+MENTION = re.compile(r"!?\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)\)|`(?P<code>[^`\s]+)`")
 NOT_A_PATH = re.compile(r"^[a-z]+:|[{}<>*]")
 MARKED = " (in `"
 
