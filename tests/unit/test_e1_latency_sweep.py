@@ -48,7 +48,9 @@ def test_point_row_from_hand_made_records():
     # 4 requests: a p95 or p99 would only restate the maximum, so neither is stated, and the row says why
     assert row["ttft_ms_p95"] is None and row["ttft_ms_p99"] is None
     assert "ttft p95, p99 (n=4)" in row["stats_note"]
-    assert row["ttft_ms_p50_ci_low"] <= row["ttft_ms_p50"] <= row["ttft_ms_p50_ci_high"]
+    # ... and no interval of 4 values covers a median or a mean: the value is stated alone
+    assert row["ttft_ms_p50_ci_low"] is None and row["ttft_ms_mean_ci_low"] is None
+    assert "ttft mean (n=4 < 60), p50 (n=4 < 6)" in row["stats_note"]
     assert row["tpot_ms_p50"] == pytest.approx(4.0)
     assert row["e2e_ms_mean"] == pytest.approx(25.0 + 15 * 4.0)
     assert (row["prompt_tokens_min"], row["prompt_tokens_max"], row["prompt_tokens_mismatches"]) == (128, 128, 0)

@@ -42,7 +42,10 @@ import pandas as pd
 from ..errors import ContextResearchError
 from ..io import read_json
 from ..provenance import flatten
-from .stats import BOOTSTRAP_RESAMPLES, MIN_SAMPLES
+from .stats import MIN_SAMPLES
+
+# Resamples of the bootstrap of a difference of medians (analysis.stats has none left to share).
+BOOTSTRAP_RESAMPLES = 2000
 
 VERDICTS = ("better", "worse", "no significant change", "not enough samples")
 # Requests per run a median (and its CI) needs: the project's small-sample rule for p50.

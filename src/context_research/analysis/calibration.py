@@ -1,0 +1,231 @@
+"""Simulations of known truth that measure how well the project's statistics hold.
+
+Used by ``tests/unit/test_calibration.py`` (few simulations, seconds) and by
+``python -m context_research.analysis.calibration_report`` (more, for the evidence tables).
+Every function drives the real code (``analysis.stats``, ``analysis.latency``,
+``analysis.compare_stats``) with samples whose truth is known in closed form.
+
+* Samples: a lognormal of log-SD 1 (the committed CPU packet's E2 points have a median log-SD of
+  TTFT of 0.94 within a point; the H200's 0.29-0.36) and a bimodal mixture (80 % around 1, 20 %
+  around 3: a fifth of the requests wait a step behind the others), at the sample sizes the
+  configs use (``config_sample_sizes``).
+* Rates: a queue of ``servers`` parallel slots with lognormal service, fed open loop (Poisson) or
+  closed loop, whose long-run throughput is known (``QueueModel.true_rate``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import stats as st
+from scipy.optimize import brentq
+
+STAT_Q = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+# The band a 95 % interval's measured coverage must fall in (issue 25).
+COVERAGE_BAND = (0.92, 0.98)
+
+
+@dataclass(frozen=True)
+class LogNormal:
+    sigma: float = 1.0
+    name: str = "lognormal"
+
+    def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
+        return rng.lognormal(0.0, self.sigma, shape)
+
+    def truth(self, stat: str) -> float:
+        if stat == "mean":
+            return math.exp(self.sigma ** 2 / 2.0)
+        return math.exp(self.sigma * st.norm.ppf(STAT_Q[stat]))
+
+    def describe(self) -> str:
+        return f"lognormal, log-SD {self.sigma:g}"
+
+
+@dataclass(frozen=True)
+class Bimodal:
+    weight: float = 0.2     # share of the slow mode
+    ratio: float = 3.0      # slow mode / fast mode
+    sigma: float = 0.1      # log-SD of each mode
+    name: str = "bimodal"
+
+    def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
+        slow = rng.random(shape) < self.weight
+        return np.where(slow, self.ratio, 1.0) * rng.lognormal(0.0, self.sigma, shape)
+
+    def cdf(self, x: float) -> float:
+        return float((1 - self.weight) * st.norm.cdf(math.log(x) / self.sigma)
+                     + self.weight * st.norm.cdf(math.log(x / self.ratio) / self.sigma))
+
+    def truth(self, stat: str) -> float:
+        if stat == "mean":
+            return (1 - self.weight + self.weight * self.ratio) * math.exp(self.sigma ** 2 / 2.0)
+        q = STAT_Q[stat]
+        return brentq(lambda x: self.cdf(x) - q, 1e-6, 1e3 * self.ratio)
+
+    def describe(self) -> str:
+        return f"bimodal: {1 - self.weight:.0%} near 1, {self.weight:.0%} near {self.ratio:g} (log-SD {self.sigma:g} each)"
+
+
+DISTRIBUTIONS = (LogNormal(), Bimodal())
+
+
+def config_sample_sizes(root: str | Path | None = None) -> dict[int, list[str]]:
+    """Sample size -> where the configs use it: E1's trials per length, E0's requests per start
+    (repeats x requests per repeat), E2's requests per point (closed loop: at least min_waves x
+    concurrency), E3's requests per point; for config/config.yaml alone and with each overlay."""
+    from ..config import load_config  # noqa: PLC0415
+
+    base = Path(root) if root is not None else Path(__file__).resolve().parents[3]
+    profiles = {"cpu": [], "qwen3-8b": ["qwen3-8b.yaml"], "qwen3-8b+h200-compare": ["qwen3-8b.yaml", "h200-compare.yaml"]}
+    out: dict[int, list[str]] = {}
+    for label, overlays in profiles.items():
+        cfg = load_config(base / "config" / "config.yaml", [base / "config" / o for o in overlays])["experiments"]
+        e2 = cfg["e2"]
+        uses = [(cfg["e1"]["trials"], "E1 trials"),
+                (cfg["e0"]["repeats"] * cfg["e0"]["requests_per_repeat"], "E0 requests per start"),
+                (cfg["e3"]["requests_per_point"], "E3 requests per point")]
+        uses += [(int(e2["requests_per_point"]), "E2 rate point")]
+        uses += [(max(int(e2["requests_per_point"]), int(e2.get("min_waves", 1)) * int(c)), f"E2 concurrency {c}")
+                 for c in e2["concurrency_levels"]]
+        for n, what in uses:
+            out.setdefault(int(n), []).append(f"{label}: {what}")
+    return dict(sorted(out.items()))
+
+
+# -- intervals of independent samples --------------------------------------------------------------
+
+IntervalFn = Callable[[np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def interval_coverage(dist, n: int, sims: int, seed: int, interval_fn: IntervalFn | None = None
+                      ) -> list[dict[str, object]]:
+    """Per statistic (mean, p50, p95, p99): of ``sims`` samples of size ``n`` from ``dist``, the
+    share whose interval was withheld (NaN) and, among those stated, the share covering the
+    truth. ``interval_fn`` maps a (sims, n) array to per-statistic (low, high) arrays; default
+    ``analysis.stats.sample_intervals``, what every report's intervals come from."""
+    if interval_fn is None:
+        from .stats import sample_intervals  # noqa: PLC0415
+
+        interval_fn = sample_intervals
+    x = dist.sample(np.random.default_rng(seed), (sims, n))
+    rows = []
+    for stat, (low, high) in interval_fn(x).items():
+        stated = ~(np.isnan(low) | np.isnan(high))
+        truth = dist.truth(stat)
+        covered = (low <= truth) & (truth <= high)
+        k = int(stated.sum())
+        rows.append({"statistic": stat, "distribution": dist.name, "n": n, "simulations": sims,
+                     "stated": k, "withheld": 1.0 - k / sims,
+                     "coverage": float(covered[stated].mean()) if k else None,
+                     "median_relative_width": float(np.median((high - low)[stated] / truth)) if k else None})
+    return rows
+
+
+def in_band(row: dict[str, object], band: tuple[float, float] = COVERAGE_BAND) -> bool:
+    """A statistic passes when its interval was withheld every time, or was always stated and
+    covered the truth in ``band``. Stated only sometimes is a fail: the rule must depend on n."""
+    if row["stated"] == 0:
+        return True
+    return row["stated"] == row["simulations"] and band[0] <= row["coverage"] <= band[1]
+
+
+# -- rates: a queue of known throughput ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueModel:
+    """``servers`` parallel slots, each serving one request at a time for a lognormal time (mean
+    ``service_s``, log-SD ``sigma``), first come first served. Open loop: Poisson arrivals at
+    ``rate_rps``; closed loop (``rate_rps`` None): ``servers`` clients, each sending its next
+    request when its last one ends (E2's concurrency points). ``requests`` per point."""
+    servers: int
+    service_s: float
+    requests: int
+    rate_rps: float | None = None
+    sigma: float = 0.5
+
+    @property
+    def capacity_rps(self) -> float:
+        return self.servers / self.service_s
+
+    @property
+    def true_rate(self) -> float:
+        """The long-run completion rate: the offered rate below capacity, else the capacity."""
+        return self.capacity_rps if self.rate_rps is None else min(self.rate_rps, self.capacity_rps)
+
+    def describe(self) -> str:
+        load = "closed loop" if self.rate_rps is None else f"Poisson {self.rate_rps:g} req/s"
+        return (f"{load}, {self.servers} slot(s) x lognormal service {self.service_s:g} s (log-SD {self.sigma:g}), "
+                f"{self.requests} requests")
+
+    def simulate(self, rng: np.random.Generator, reps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(send times, E2E latencies), each (reps, requests), and each rep's duration (first send
+        to last completion), for ``reps`` independent points."""
+        n = self.requests
+        mu = math.log(self.service_s) - self.sigma ** 2 / 2.0
+        service = rng.lognormal(mu, self.sigma, (reps, n))
+        if self.rate_rps is None:
+            arrivals = np.zeros((reps, n))
+        else:
+            gaps = rng.exponential(1.0 / self.rate_rps, (reps, n))
+            gaps[:, 0] = 0.0
+            arrivals = np.cumsum(gaps, axis=1)
+        free = np.zeros((reps, self.servers))
+        sends, e2e = np.empty((reps, n)), np.empty((reps, n))
+        rows = np.arange(reps)
+        for i in range(n):
+            slot = free.argmin(axis=1)
+            begin = np.maximum(arrivals[:, i], free[rows, slot])
+            free[rows, slot] = begin + service[:, i]
+            # open loop: sent on schedule, waits in the engine's queue; closed loop: sent when a slot frees
+            sends[:, i] = arrivals[:, i] if self.rate_rps is not None else begin
+            e2e[:, i] = begin + service[:, i] - sends[:, i]
+        return sends, e2e, (sends + e2e).max(axis=1)
+
+
+QUEUE_MODELS = (
+    QueueModel(servers=4, service_s=1.0, requests=64, rate_rps=2.0),     # half loaded, E2's 64-request point
+    QueueModel(servers=4, service_s=1.0, requests=256, rate_rps=3.0),    # 75 % loaded
+    QueueModel(servers=8, service_s=1.0, requests=256),                  # closed loop, 32 waves
+    QueueModel(servers=4, service_s=1.0, requests=16),                   # closed loop, CPU E2's 16 at c=4
+    QueueModel(servers=1, service_s=0.2, requests=16),                   # closed loop, CPU E2's c=1
+    QueueModel(servers=64, service_s=1.0, requests=256),                 # closed loop, qwen3-8b's 4 waves at c=64
+    QueueModel(servers=4, service_s=1.0, requests=256, rate_rps=3.6),    # 90 % loaded: near capacity
+    QueueModel(servers=4, service_s=1.0, requests=256, rate_rps=3.9),    # 97.5 % loaded: the known weak spot
+    QueueModel(servers=4, service_s=1.0, requests=256, rate_rps=8.0),    # twice over capacity: withheld
+)
+# Points this close to capacity or closer: a queue there relaxes more slowly than a point lasts,
+# and the windows of one run understate its spread (0.92 coverage at 90 % load, 0.89 at 97.5 %:
+# stated in docs/statistics.md, not asserted).
+NEAR_CAPACITY = 0.85
+
+
+def rate_coverage(model: QueueModel, sims: int, seed: int) -> dict[str, object]:
+    """Of ``sims`` simulated points, the share whose request-throughput interval
+    (``analysis.latency.throughput_ci``, the real code) was withheld, and among those stated the
+    share covering the model's long-run rate (``true_rate``) and the median relative width."""
+    from ..records import RequestRecord  # noqa: PLC0415
+    from .latency import throughput_ci  # noqa: PLC0415
+
+    sends, e2e, durations = model.simulate(np.random.default_rng(seed), sims)
+    stated = covered = 0
+    widths = []
+    for k in range(sims):
+        records = [RequestRecord(request_id=str(i), prompt_tokens_target=1, prompt_tokens=1, output_tokens=1,
+                                 start_s=float(s), ttft_s=float(e), e2e_s=float(e))
+                   for i, (s, e) in enumerate(zip(sends[k], e2e[k]))]
+        ci = throughput_ci(records, float(durations[k]), math.inf, math.inf)
+        low, high = ci["request_throughput_rps_ci_low"], ci["request_throughput_rps_ci_high"]
+        if low is None:
+            continue
+        stated += 1
+        covered += low <= model.true_rate <= high
+        widths.append((high - low) / model.true_rate)
+    return {"model": model.describe(), "true_rate_rps": model.true_rate, "simulations": sims, "stated": stated,
+            "withheld": 1.0 - stated / sims, "coverage": covered / stated if stated else None,
+            "median_relative_width": float(np.median(widths)) if widths else None}
+
