@@ -11,6 +11,7 @@ Every function drives the real code (``analysis.stats``, ``analysis.latency``,
   configs use (``config_sample_sizes``).
 * Rates: a queue of ``servers`` parallel slots with lognormal service, fed open loop (Poisson) or
   closed loop, whose long-run throughput is known (``QueueModel.true_rate``).
+* Comparisons: ``analysis.comparisons`` (A/A with a between-run drift, and injected changes).
 """
 
 from __future__ import annotations
@@ -229,3 +230,101 @@ def rate_coverage(model: QueueModel, sims: int, seed: int) -> dict[str, object]:
             "withheld": 1.0 - stated / sims, "coverage": covered / stated if stated else None,
             "median_relative_width": float(np.median(widths)) if widths else None}
 
+
+# -- comparisons: A/A with a between-run drift, and injected changes -------------------------------
+
+@dataclass(frozen=True)
+class ComparisonModel:
+    """A comparison family like E1's on the CPU host: ``points`` x len(``request_sds``) tests
+    (metrics, each with its own request log-SD), ``runs`` runs per side of ``requests`` each; every
+    run moves all its points of one metric by exp(Normal(0, ``drift_sd``)) (a host that drifts
+    between runs). With ``e0_starts``, one run per side and E0's between-start SD measured from that
+    many simulated starts of ``e0_requests`` (the one-run path)."""
+    points: int = 5
+    request_sds: tuple[float, ...] = (0.3, 0.1, 0.15, 0.3, 0.1)
+    runs: int = 2
+    requests: int = 5
+    drift_sd: float = 0.1
+    e0_starts: int = 0
+    e0_requests: int = 20
+
+    @property
+    def tests(self) -> int:
+        return self.points * len(self.request_sds)
+
+    def describe(self) -> str:
+        side = (f"1 run per side, E0 SD from {self.e0_starts} starts of {self.e0_requests}" if self.e0_starts
+                else f"{self.runs} runs per side")
+        return (f"{self.tests} tests ({self.points} points x {len(self.request_sds)} metrics, request log-SDs "
+                f"{', '.join(f'{x:g}' for x in self.request_sds)}), {side}, {self.requests} requests per run, "
+                f"between-run drift log-SD {self.drift_sd:g}")
+
+
+def _side(model: ComparisonModel, rng: np.random.Generator, runs: int) -> np.ndarray:
+    """(runs, metrics, points, requests) values of one side: base 1 x the run's drift per metric x
+    request noise."""
+    m = len(model.request_sds)
+    drift = np.exp(rng.normal(0.0, model.drift_sd, (runs, m, 1, 1)))
+    noise = np.exp(rng.normal(0.0, 1.0, (runs, m, model.points, model.requests))
+                   * np.asarray(model.request_sds)[None, :, None, None])
+    return drift * noise
+
+
+def _e0_sds(model: ComparisonModel, rng: np.random.Generator) -> np.ndarray:
+    """Per metric, the SD of log per-start medians of E0's simulated starts (as ``start_sds``)."""
+    starts = _side(ComparisonModel(points=1, request_sds=model.request_sds, requests=model.e0_requests,
+                                   drift_sd=model.drift_sd), rng, model.e0_starts)
+    return np.log(np.median(starts[:, :, 0, :], axis=-1)).std(axis=0, ddof=1)
+
+
+def _judge(model: ComparisonModel, a: np.ndarray, b: np.ndarray, e0: np.ndarray, seed: int, *, alpha: float,
+           min_effect: float, resamples: int) -> list[dict]:
+    from .compare_stats import Pair, judge  # noqa: PLC0415
+
+    items, per_run = [], {"sim": {}}
+    for p in range(model.points):
+        for k in range(len(model.request_sds)):
+            runs_a, runs_b = list(a[:, k, p, :]), list(b[:, k, p, :])
+            items.append(Pair(runs_a, runs_b, ("sim", f"m{k}"), float(e0[k]), model.e0_starts - 1 or math.inf))
+            per_run["sim"].setdefault(f"p{p}", {})[f"m{k}"] = [runs_a, runs_b]
+    return judge(items, per_run, alpha=alpha, min_effect=min_effect, seed=seed, resamples=resamples)
+
+
+def simulate_comparison(model: ComparisonModel, rng: np.random.Generator, *, alpha: float = 0.05,
+                        min_effect: float = 0.0, resamples: int = 2000,
+                        changes: tuple[float, ...] = ()) -> tuple[list[dict], list[list[dict]]]:
+    """One A/A comparison of the family through ``compare_stats.judge`` (the real code), and the
+    same comparison again for each multiple k of ``changes`` with B's first test (point 0, metric
+    0) moved by k x the mde_pct the A/A comparison stated for it. Returns (A/A rows, rows per k)."""
+    runs = 1 if model.e0_starts else model.runs
+    a, b = _side(model, rng, runs), _side(model, rng, runs)
+    e0 = _e0_sds(model, rng) if model.e0_starts else np.zeros(len(model.request_sds))
+    seed = int(rng.integers(2 ** 31))
+    kw = {"alpha": alpha, "min_effect": min_effect, "resamples": resamples}
+    null = _judge(model, a, b, e0, seed, **kw)
+    moved = []
+    for k in changes:
+        shifted = b.copy()
+        shifted[:, 0, 0, :] *= 1.0 + k * null[0]["mde_pct"] / 100.0
+        moved.append(_judge(model, a, shifted, e0, seed, **kw))
+    return null, moved
+
+
+def comparison_calibration(model: ComparisonModel, sims: int, seed: int, *, alpha: float = 0.05,
+                           min_effect: float = 0.0, resamples: int = 2000) -> dict[str, object]:
+    """Over ``sims`` simulated comparisons: the share of A/A comparisons calling anything
+    (family-wise false calls), the median mde_pct of the first test, and the share of comparisons
+    calling the first test when B moves it by 1 x and 2 x the mde_pct its A/A comparison stated
+    (the power the column promises at 1 x: 80 %)."""
+    rng = np.random.default_rng(seed)
+    false_calls, mdes, hits = 0, [], {1: 0, 2: 0}
+    for _ in range(sims):
+        null, moved = simulate_comparison(model, rng, alpha=alpha, min_effect=min_effect, resamples=resamples,
+                                          changes=(1.0, 2.0))
+        false_calls += any(r["verdict"] in ("better", "worse") for r in null)
+        mdes.append(null[0]["mde_pct"])
+        for k, rows in zip((1, 2), moved):
+            hits[k] += rows[0]["verdict"] == "worse"
+    return {"model": model.describe(), "tests": model.tests, "alpha": alpha, "min_effect": min_effect,
+            "simulations": sims, "false_call_rate": false_calls / sims, "median_mde_pct": float(np.median(mdes)),
+            "power_at_1x_mde": hits[1] / sims, "power_at_2x_mde": hits[2] / sims}
