@@ -134,6 +134,14 @@ def test_throughput_ci_is_batch_means_over_the_points_duration():
     assert throughput_ci(records, duration, 130, 14) == {k: g[k] for k in g if "_ci_" in k}
 
 
+def test_a_rate_interval_never_goes_below_zero():
+    # 40 completions in the first 4 s of 10 and none after: the 5 windows' rates are 10, 10, 0, 0,
+    # 0 req/s and the t interval would reach below 0 req/s; a rate cannot
+    burst = [rec(i, ttft=0.01, tpot=0.001, e2e=0.05, out=10, start=0.1 * i) for i in range(40)]
+    g = throughput_ci(burst, 10.0, 1000, 1000)
+    assert g["request_throughput_rps_ci_low"] == 0.0 < 4.0 < g["request_throughput_rps_ci_high"]
+
+
 def test_a_rate_gets_no_interval_where_windows_cannot_be_valid_and_says_why():
     records, duration = _poisson_point(n=12, rate=5.0, e2e=0.5)   # 12 completions for 5 windows
     g = throughput_ci(records, duration, 130, 14)

@@ -5,11 +5,13 @@ evidence tables run the same functions with more simulations)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from context_research.analysis.calibration import (COVERAGE_BAND, DISTRIBUTIONS, NEAR_CAPACITY, QUEUE_MODELS,
                                                    ComparisonModel, comparison_calibration, config_sample_sizes,
-                                                   in_band, interval_coverage, rate_coverage)
+                                                   in_band, interval_coverage, pooled_coverage, rate_coverage)
 
 # -- intervals -------------------------------------------------------------------------------------
 
@@ -37,6 +39,16 @@ def test_intervals_cover_the_truth_at_the_configs_sample_sizes_or_are_withheld(d
     stated = {r["statistic"] for r in rows if r["stated"]}
     # the rule depends on n alone: from 6 values a median, 59 a p95, 60 a mean, 299 a p99
     assert stated == {s for s, k in (("p50", 6), ("p95", 59), ("mean", 60), ("p99", 299)) if n >= k}
+
+
+def test_pooled_itl_intervals_count_requests_and_cover():
+    """ITL pools the gaps of every request; a request's gaps share its level. 64 requests of 31
+    gaps (E2's 64-request point): the mean, median and p95 intervals (requests as the unit) cover
+    the pooled truth; p99 is withheld (64 requests < 299)."""
+    rows = {r["statistic"]: r for r in pooled_coverage(64, gaps=31, sims=400, seed=5)}
+    assert rows["p99"]["stated"] == 0
+    for s in ("mean", "p50", "p95"):
+        assert rows[s]["withheld"] == 0.0 and COVERAGE_BAND[0] <= rows[s]["coverage"] <= COVERAGE_BAND[1], rows[s]
 
 
 def test_the_band_is_two_sided():
@@ -80,3 +92,22 @@ def test_more_runs_per_side_shrink_what_a_comparison_cannot_see():
     assert three["false_call_rate"] <= 0.05 and three["power_at_2x_mde"] >= 0.8
     # two runs per side leave the drift 2 degrees of freedom: a t quantile of 22 at Holm's alpha / 25
     assert three["median_mde_pct"] < two["median_mde_pct"] / 5
+
+
+def test_the_evidence_entry_writes_its_tables_and_figure(tmp_path):
+    import pandas as pd
+
+    from context_research.analysis.calibration_report import COMPARISON_COLUMNS, INTERVAL_COLUMNS, main
+
+    assert main(["--out", str(tmp_path), "--sims", "20", "--comparison-sims", "2"]) == 0
+    cov = pd.read_csv(tmp_path / "interval_coverage.csv")
+    assert tuple(cov.columns) == INTERVAL_COLUMNS and INTERVAL_COLUMNS[:6] == (
+        "method", "statistic", "distribution", "n", "coverage", "withheld")
+    assert {"order statistic", "bootstrap-t", "batch means (5 windows)"} <= set(cov["method"])
+    comp = pd.read_csv(tmp_path / "comparison_calibration.csv")
+    assert tuple(comp.columns) == COMPARISON_COLUMNS
+    assert (tmp_path / "interval_coverage.svg").read_text().lstrip().startswith("<?xml")
+    # the committed evidence is this entry's output
+    evidence = Path(__file__).resolve().parents[2] / "docs" / "evidence" / "2026-12-07-cpu-calibration"
+    assert tuple(pd.read_csv(evidence / "interval_coverage.csv", nrows=0).columns) == INTERVAL_COLUMNS
+    assert tuple(pd.read_csv(evidence / "comparison_calibration.csv", nrows=0).columns) == COMPARISON_COLUMNS

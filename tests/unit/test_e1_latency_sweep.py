@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -290,6 +291,9 @@ def test_figures_and_packet_section(tmp_path):
     # one-screen summary first: verdict, key figures, failed and implausible rows
     summary = packet[packet.index('id="summary"'):packet.index("<nav>")]
     assert "TTFT p50 at 128 tokens (ms)" in summary and "TPOT p50 at 256 tokens (ms)" in summary
+    # an interval is printed only where a valid one exists, never one of width zero
+    assert "[95% CI] where a valid one exists" in summary and "bracket, not a CI" in summary
+    assert not re.search(r"\[([-\d.]+), \1\]", packet)
     assert packet_section["verdict"] == "1 of 3 rows not ok" and packet_section["health"]["failed"] == 1
 
 

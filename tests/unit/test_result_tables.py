@@ -17,8 +17,10 @@ from context_research.workload import engine_columns, request_rows, ttft_gap_col
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "docs" / "evidence"
 # Comparisons (compare.csv) span two runs, not one experiment's table: their columns are checked
-# against analysis.compare.COMPARE_COLUMNS below.
-EVIDENCE_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv") if p.name != "compare.csv")
+# against analysis.compare.COMPARE_COLUMNS below. Calibration tables (docs/evidence/*-calibration/)
+# come from simulations, not a run: tests/unit/test_calibration.py checks theirs.
+EVIDENCE_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv")
+                       if p.name != "compare.csv" and not p.parent.name.endswith("-calibration"))
 COMPARE_CSVS = sorted(EVIDENCE.rglob("compare.csv"))
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
 

@@ -11,7 +11,8 @@ Every function drives the real code (``analysis.stats``, ``analysis.latency``,
   configs use (``config_sample_sizes``).
 * Rates: a queue of ``servers`` parallel slots with lognormal service, fed open loop (Poisson) or
   closed loop, whose long-run throughput is known (``QueueModel.true_rate``).
-* Comparisons: ``analysis.comparisons`` (A/A with a between-run drift, and injected changes).
+* Comparisons: families of tests like E1's through ``compare_stats.judge`` (A/A with a between-run
+  drift, and injected changes of a known multiple of the mde_pct each row states).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Bimodal:
         return brentq(lambda x: self.cdf(x) - q, 1e-6, 1e3 * self.ratio)
 
     def describe(self) -> str:
-        return f"bimodal: {1 - self.weight:.0%} near 1, {self.weight:.0%} near {self.ratio:g} (log-SD {self.sigma:g} each)"
+        return (f"bimodal: {1 - self.weight:.0%} near 1, {self.weight:.0%} near {self.ratio:g} "
+                f"(log-SD {self.sigma:g} each)")
 
 
 DISTRIBUTIONS = (LogNormal(), Bimodal())
@@ -82,7 +84,8 @@ def config_sample_sizes(root: str | Path | None = None) -> dict[int, list[str]]:
     from ..config import load_config  # noqa: PLC0415
 
     base = Path(root) if root is not None else Path(__file__).resolve().parents[3]
-    profiles = {"cpu": [], "qwen3-8b": ["qwen3-8b.yaml"], "qwen3-8b+h200-compare": ["qwen3-8b.yaml", "h200-compare.yaml"]}
+    profiles = {"cpu": [], "qwen3-8b": ["qwen3-8b.yaml"],
+                "qwen3-8b+h200-compare": ["qwen3-8b.yaml", "h200-compare.yaml"]}
     out: dict[int, list[str]] = {}
     for label, overlays in profiles.items():
         cfg = load_config(base / "config" / "config.yaml", [base / "config" / o for o in overlays])["experiments"]
@@ -133,6 +136,34 @@ def in_band(row: dict[str, object], band: tuple[float, float] = COVERAGE_BAND) -
     if row["stated"] == 0:
         return True
     return row["stated"] == row["simulations"] and band[0] <= row["coverage"] <= band[1]
+
+
+# -- pooled gaps: requests as clusters ------------------------------------------------------------
+
+def pooled_coverage(groups: int, gaps: int, sims: int, seed: int, between: float = 0.3,
+                    within: float = 0.3) -> list[dict[str, object]]:
+    """Per statistic, of ``sims`` simulated ITL pools (``groups`` requests of ``gaps`` gaps, each
+    request's gaps lognormal around its own level: log-SDs ``between`` requests and ``within`` one),
+    the share withheld and the coverage of the pooled truth by ``stats.summarize_pooled_with_ci``
+    (the real code). The pooled gaps are lognormal with log-SD sqrt(between^2 + within^2)."""
+    from .stats import STATS, summarize_pooled_with_ci  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    dist = LogNormal(sigma=math.hypot(between, within), name="clustered")
+    hits = {s: [0, 0] for s in STATS}
+    for _ in range(sims):
+        levels = rng.normal(0.0, between, (groups, 1))
+        pool = np.exp(levels + rng.normal(0.0, within, (groups, gaps)))
+        out = summarize_pooled_with_ci(list(pool), "x")
+        for s in STATS:
+            low, high = out[f"x_{s}_ci_low"], out[f"x_{s}_ci_high"]
+            if low is not None:
+                hits[s][0] += 1
+                hits[s][1] += low <= dist.truth(s) <= high
+    return [{"statistic": s, "distribution": f"{groups} requests x {gaps} gaps, log-SD {between:g} between "
+                                              f"requests and {within:g} within", "n": groups, "simulations": sims,
+             "stated": k, "withheld": 1.0 - k / sims, "coverage": c / k if k else None}
+            for s, (k, c) in hits.items()]
 
 
 # -- rates: a queue of known throughput ------------------------------------------------------------

@@ -102,10 +102,8 @@ def median_delta_test(a: Sequence[float], b: Sequence[float], *, between_var: fl
     var = v_req + between_var
     df = satterthwaite([(v_req, len(xa) + len(xb) - 2), (between_var, between_df)])
     d = math.log(mb / ma)
-    if not var > 0:
-        same = d == 0
-        return DeltaTest(ma, mb, delta, rel, delta if not same else 0.0, delta if not same else 0.0,
-                         1.0 if same else 0.0, 0.0, df)
+    if not var > 0:  # no spread anywhere: no test, and never an interval of width zero
+        return DeltaTest(ma, mb, delta, rel, math.nan, math.nan, math.nan, 0.0, df)
     se = math.sqrt(var)
     p = float(2.0 * st.t.sf(abs(d) / se, df))
     tq = _t_ppf(0.5 + level / 2.0, df)

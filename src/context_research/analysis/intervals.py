@@ -232,7 +232,8 @@ def rate_interval(times_s: np.ndarray, weights: np.ndarray, duration_s: float, w
     (shape (events,) or (events, rates)): events at ``times_s`` (completion times from the
     point's start) go to ``windows`` equal windows of [0, duration_s]; each window's rate is its
     weights / its length; the interval is their mean (= the point's rate, events outside
-    [0, duration] clipped to the edge windows) +/- t_(windows-1) x their SD / sqrt(windows)."""
+    [0, duration] clipped to the edge windows) +/- t_(windows-1) x their SD / sqrt(windows), its
+    low end cut at 0."""
     w = np.asarray(weights, dtype=float)
     w2 = w.reshape(len(w), -1)
     width = duration_s / windows
@@ -243,7 +244,8 @@ def rate_interval(times_s: np.ndarray, weights: np.ndarray, duration_s: float, w
     mean = rates.mean(axis=0)
     se = rates.std(axis=0, ddof=1) / math.sqrt(windows)
     t = st.t.ppf(0.5 + level / 2.0, windows - 1)
-    low, high = mean - t * se, mean + t * se
+    # a rate is never negative: the interval is cut at 0 (which keeps its coverage)
+    low, high = np.maximum(mean - t * se, 0.0), mean + t * se
     flat = ~(se > 0)
     low[flat], high[flat] = np.nan, np.nan
     if w.ndim == 1:
