@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("other", nargs="?", help="a second run to compare with")
     p.set_defaults(func=cmd_provenance)
 
-    p = sub.add_parser("compare", help="compare two runs: per metric and point, B - A with a bootstrap CI and a verdict")
+    p = sub.add_parser("compare", help="compare two runs: per metric and point, B - A with its CI, a verdict and mde_pct")
     p.add_argument("a", help="run A: a results root (results, results/variants/<v>, docs/evidence/<x>/results) or "
                              "one experiment folder (results/e1); several runs of the same settings comma-separated "
                              "(results,results/variants/baseline~r2)")
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-effect", type=float, default=0.05, help="smallest relative change that counts (0.05: 5%%)")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (Holm); CIs at 1 - alpha")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--resamples", type=int, help="bootstrap resamples (default: enough for Holm over every test)")
+    p.add_argument("--resamples", type=int, help="bootstrap resamples of each side's request-level noise (default 2000)")
     p.add_argument("--no-e0-start-noise", action="store_true",
                    help="leave E0's between-engine-start variation out of the CIs (request-level noise only)")
     p.set_defaults(func=cmd_compare)

@@ -54,8 +54,28 @@ def display_frame(rows: pd.DataFrame) -> pd.DataFrame:
         "delta": [_cell(v) for v in rows["delta"]], "relative_delta": [_pct(v) for v in rows["relative_delta"]],
         "ci": [f"[{_cell(lo)}, {_cell(hi)}]" if _num(lo) is not None else "n/a"
                for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
-        "p_holm": [_cell(v, 4) for v in rows["p_holm"]], "verdict": rows["verdict"]})
+        "p_holm": [_cell(v, 4) for v in rows["p_holm"]],
+        "verdict": [verdict_text(v, m) for v, m in zip(rows["verdict"], rows["mde_pct"])]})
     return out.rename(columns=HEADLINE_COLUMNS)
+
+
+def verdict_text(verdict: str, mde_pct: Any) -> str:
+    """``"no significant change (could detect ±12.3%)"``: a verdict with the smallest change its
+    test detects with 80 % power (``mde_pct``), where it has one."""
+    mde = _num(mde_pct)
+    if verdict != "no significant change" or mde is None:
+        return verdict
+    return f"no significant change (could detect ±{mde:.3g}%)"
+
+
+def mde_summary(table: pd.DataFrame) -> str | None:
+    """``"±8.1% to ±240% (median ±19.5%)"``: the range of mde_pct over the rows called no
+    significant change, or None where there is none."""
+    rows = table[table["verdict"] == "no significant change"]
+    values = pd.to_numeric(rows["mde_pct"], errors="coerce").dropna()
+    if values.empty:
+        return None
+    return f"±{values.min():.3g}% to ±{values.max():.3g}% (median ±{values.median():.3g}%)"
 
 
 def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
@@ -172,7 +192,7 @@ def report_context(comp: Comparison, figures: dict[str, Path]) -> dict[str, Any]
         "headline_md": markdown_table(shown) if shown is not None else "",
         "not_compared_experiments": comp.not_compared_experiments,
         "columns": COMPARE_COLUMNS, "escape": html.escape,
-        "min_effect": comp.options.min_effect, "alpha": comp.options.alpha,
+        "min_effect": comp.options.min_effect, "alpha": comp.options.alpha, "mde_summary": mde_summary(table),
     }
 
 

@@ -4,7 +4,7 @@ A snapshot is taken before and after a workload; histogram and counter deltas gi
 engine's own view of the same requests the client timed. A histogram serves its exact mean
 (Δsum / Δcount) and count only: a percentile interpolated inside its coarse buckets is not a
 measured percentile, so none is computed. Per-request engine percentiles come from vLLM's
-per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``engine_request_percentiles``).
+per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``workload.engine_ttft_percentiles``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from .analysis.latency import histogram_delta_mean
-from .analysis.stats import percentile
 
 # Histograms summarized per workload (engine-side latency decomposition).
 ENGINE_HISTOGRAMS = {
@@ -128,23 +127,23 @@ NO_PER_REQUEST_METRICS = ("no per-request engine metrics in the replies (server 
                           "percentiles are left empty; histograms give means only")
 
 
-def engine_request_percentiles(records, field: str = "engine_ttft_ms",
-                               qs: tuple[int, ...] = (50, 95, 99)) -> dict[int, float | None]:
-    """Percentiles (numpy's linear interpolation between requests, as for the client's) of one
-    per-request engine field over the successful records that carry it; None where none does."""
-    values = [getattr(r, field) for r in records if r.ok and getattr(r, field, None) is not None]
-    return {q: percentile(values, q) for q in qs}
-
-
 def per_request_summary(records) -> dict[str, Any]:
     """The engine's per-request timings of ``records`` (ok ones with metrics): for each field its
-    mean, p50, p95 and p99 in ms, and how many requests carried metrics (0: see ``note``)."""
-    from .analysis.stats import summarize
+    mean, p50, p95 and p99 in ms with their CIs, under the client's rules (``analysis.stats``:
+    MIN_SAMPLES to be stated, MIN_INTERVAL for a CI; ``stats_note`` says what is left out), and
+    how many requests carried metrics (0: see ``note``)."""
+    from .analysis.stats import interval_part, small_sample_note, small_sample_part, summarize_with_ci
 
     carried = [r for r in records if r.ok and r.engine_ttft_ms is not None]
     out: dict[str, Any] = {"requests_with_metrics": len(carried), "measured_on": "engine (per request)"}
+    missing, no_interval = [], []
     for name in PER_REQUEST_FIELDS:
-        out.update(summarize([getattr(r, name) for r in carried], name))
+        values = [getattr(r, name) for r in carried if getattr(r, name) is not None]
+        summary = summarize_with_ci(values, name)
+        out.update(summary)
+        missing.append(small_sample_part(name, len(values)))
+        no_interval.append(interval_part(name, summary, name, len(values)))
+    out["stats_note"] = small_sample_note(missing, no_interval) if carried else None
     if not carried:
         out["note"] = NO_PER_REQUEST_METRICS
     return out

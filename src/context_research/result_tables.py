@@ -19,7 +19,8 @@ import sys
 from typing import Iterable, Sequence
 
 from .analysis.latency import CI_SUFFIXES, LATENCY_METRICS, STAT_SUFFIXES, THROUGHPUT_CI_METRICS
-from .analysis.stats import BOOTSTRAP_RESAMPLES, MIN_POOLED_GROUPS, MIN_SAMPLES
+from .analysis.intervals import BOOT_RESAMPLES, MIN_COMPLETIONS_PER_WINDOW, MIN_WAVES, WINDOWS
+from .analysis.stats import MIN_INTERVAL, MIN_POOLED_GROUPS, MIN_SAMPLES
 from .columns import SOURCE_MEANINGS, Column, Table
 from .errors import ContextResearchError
 
@@ -121,21 +122,37 @@ _STAT_MEANING = {"mean": "mean", "p50": "median", "p95": "95th percentile", "p99
 
 
 _CI_BOUND = {"ci_low": "lower", "ci_high": "upper"}
-_CI_METHOD = f"scipy percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples, fixed seed"
+_CI_METHOD = {
+    "mean": f"bootstrap-t, {BOOT_RESAMPLES} resamples, fixed seed",
+    "quantile": "distribution-free order-statistic interval, interpolated between neighbouring order statistics",
+    "pooled mean": "cluster-robust ratio mean, Student-t on requests - 1 degrees of freedom",
+    "pooled quantile": "Woodruff's interval: cluster-robust CI of the share below, mapped back through the pooled "
+                       "quantiles",
+}
+_CI_RULE = ", ".join(f"{s} {n}" for s, n in MIN_INTERVAL.items())
 
 
-def _ci_columns(metric: Column, resampled: str, empty: str = "") -> tuple[Column, ...]:
-    """``<metric>_ci_low`` / ``_ci_high``: the 95 % bootstrap CI of a statistic (analysis.stats)."""
+def _ci_columns(metric: Column, method: str, empty: str = "") -> tuple[Column, ...]:
+    """``<metric>_ci_low`` / ``_ci_high``: the 95 % CI of a statistic (docs/statistics.md)."""
     return tuple(C(f"{metric.name}_{b}", metric.unit, "derived",
-                   f"{_CI_BOUND[b]} bound of the 95% bootstrap CI of {metric.name} from the per-request records "
-                   f"({_CI_METHOD}; {resampled}); empty when {metric.name} is{empty}")
+                   f"{_CI_BOUND[b]} bound of the 95% CI of {metric.name} ({method}; coverage measured in "
+                   f"docs/statistics.md); empty when {metric.name} is{empty}")
                  for b in CI_SUFFIXES)
+
+
+def _stat_ci_columns(metric: Column, stat: str, pooled: bool = False) -> tuple[Column, ...]:
+    """The CI columns of a per-request statistic (``analysis.stats``): empty below MIN_INTERVAL
+    samples (requests, for pooled gaps) or without spread."""
+    kind = ("pooled " if pooled else "") + ("mean" if stat == "mean" else "quantile")
+    unit = "requests" if pooled else "samples"
+    return _ci_columns(metric, _CI_METHOD[kind], f" empty, with fewer than {MIN_INTERVAL[stat]} {unit} (no interval "
+                                                 f"covers there: minimum n {_CI_RULE}), or with no spread")
 
 
 def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column, ...]:
     """``analysis.latency.latency_row``: request counts, then the client-side latency statistics
     of a point's successful requests (percentiles: numpy's linear interpolation), each followed by
-    its 95 % bootstrap CI, then the small-sample note and the token means."""
+    its 95 % CI, then the small-sample note and the token means."""
     cols = [
         C("n", "count", "client", "requests sent for the point"),
         C("n_ok", "count", "client", "requests that succeeded"),
@@ -153,9 +170,10 @@ def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column
             cols.append(C(f"{metric}_ms_{stat}", "ms", "client", text))
     rule = ", ".join(f"{s} {n}" for s, n in MIN_SAMPLES.items())
     cols += [
-        C("stats_note", "", "label", f"which statistics (and CIs) are empty because too few samples: minimum n {rule} "
-                                     f"(ITL: gaps, from at least {MIN_POOLED_GROUPS} requests); empty when all are "
-                                     f"stated"),
+        C("stats_note", "", "label", f"which statistics are empty because too few samples (minimum n {rule}; ITL: "
+                                     f"gaps, from at least {MIN_POOLED_GROUPS} requests), which are stated without a "
+                                     f"CI (minimum n for one {_CI_RULE}; ITL: requests) and, for a point's rates, why "
+                                     f"they have no CI; empty when every statistic has its CI"),
         C("prompt_tokens_mean", "tokens", "engine", "mean server-counted prompt tokens of the successful requests"),
         C("output_tokens_mean", "tokens", "engine", "mean server-counted output tokens of the successful requests"),
     ]
@@ -168,7 +186,7 @@ def latency_stat_columns(*, ttft_note: str = "", **meaning: str) -> tuple[Column
         need = f"{MIN_SAMPLES[stat]} gaps or {MIN_POOLED_GROUPS} requests" if metric == "itl" else \
             f"{MIN_SAMPLES[stat]} requests"
         out.append(C(c.name, c.unit, c.source, f"{c.meaning}; empty with fewer than {need} (stats_note)"))
-        out += _ci_columns(c, "requests resampled with all their gaps" if metric == "itl" else "requests resampled")
+        out += _stat_ci_columns(c, stat, pooled=metric == "itl")
     return tuple(out)
 
 
@@ -187,13 +205,16 @@ def engine_point_columns() -> tuple[Column, ...]:
         C("engine_per_request_metrics", "count", "engine", "successful requests of the point whose reply carried "
                                                            "vLLM's per-request metrics (engine_ttft_ms)"),
     ]
-    cols += [C(f"engine_ttft_ms_{q}", "ms", "engine",
-               f"{_STAT_MEANING[q]} over the point's successful requests of their per-request engine_ttft_ms "
-               f"(vLLM's --enable-per-request-metrics: first token - scheduled, queue excluded; numpy linear "
-               f"interpolation between requests); empty without per-request metrics. Not from the histogram")
-             for q in ("p50", "p95", "p99")]
-    cols.append(C("engine_percentile_note", "", "label", "why the engine_ttft_ms percentiles are empty; empty when "
-                                                         "they are filled"))
+    for q in ("p50", "p95", "p99"):
+        col = C(f"engine_ttft_ms_{q}", "ms", "engine",
+                f"{_STAT_MEANING[q]} over the point's successful requests of their per-request engine_ttft_ms "
+                f"(vLLM's --enable-per-request-metrics: first token - scheduled, queue excluded; numpy linear "
+                f"interpolation between requests); empty without per-request metrics or with fewer than "
+                f"{MIN_SAMPLES[q]} requests (the client's rule). Not from the histogram")
+        cols += [col, *_stat_ci_columns(col, q)]
+    cols.append(C("engine_percentile_note", "", "label", "why engine_ttft_ms percentiles or their CIs are empty (no "
+                                                         "per-request metrics, too few requests); empty when all are "
+                                                         "filled"))
     for short, metric in (("itl", "vllm:inter_token_latency_seconds"),
                           ("e2e", "vllm:e2e_request_latency_seconds"),
                           ("queue", "vllm:request_queue_time_seconds"),
@@ -225,7 +246,7 @@ def ttft_gap_columns() -> tuple[Column, ...]:
 
 def goodput_columns(names: Sequence[str]) -> tuple[Column, ...]:
     """``analysis.latency.goodput`` and the per-SLO attainments, in the order ``names`` lists them;
-    each rate of ``THROUGHPUT_CI_METRICS`` is followed by its bootstrap CI columns."""
+    each rate of ``THROUGHPUT_CI_METRICS`` is followed by its batch-means CI columns."""
     pool = {c.name: c for c in (
         C("duration_s", "s", "client", "wall time of the point: first send to last completion"),
         C("request_throughput_rps", "req/s", "derived", "successful requests / duration_s"),
@@ -244,15 +265,20 @@ def goodput_columns(names: Sequence[str]) -> tuple[Column, ...]:
         C("goodput_rps", "req/s", "derived", "n_slo_met / duration_s: vLLM bench's per-run goodput (requests/s "
                                              "meeting both SLOs over this run; DistServe's goodput is a capacity: "
                                              "E2's capacity.csv)"),
+        C("throughput_ci_windows", "count", "derived",
+          f"equal windows of duration_s the rates' CIs are computed over ({WINDOWS}; valid with "
+          f"{MIN_COMPLETIONS_PER_WINDOW} completions per window and {MIN_WAVES} x the point's peak requests in "
+          f"flight); empty when none is valid (stats_note says why)"),
     )}
     out: list[Column] = []
     for n in names:
         out.append(pool[n])
         if n in THROUGHPUT_CI_METRICS:  # analysis.latency.throughput_ci
-            out += _ci_columns(pool[n], "the requests sent resampled, duration held fixed: request-to-request "
-                                        "variation only, not run-to-run; zero width when every request contributed "
-                                        "alike",
-                               f" or fewer than {MIN_SAMPLES['mean']} requests were sent")
+            out += _ci_columns(pool[n], "batch means: each successful request counted at its completion, the "
+                                        "duration cut into throughput_ci_windows equal windows, Student-t over the "
+                                        "windows' rates, centred on the rate; covers this run's arrival and service "
+                                        "variation, not a drift between engine starts",
+                               " empty, or the point too short for the windows (stats_note says why)")
     return tuple(out)
 
 
@@ -345,6 +371,17 @@ _E2_ENERGY = "NVML nvmlDeviceGetTotalEnergyConsumption read before and after the
              "GPUs (CUDA_VISIBLE_DEVICES, else every GPU NVML sees)"
 
 
+def _steady_percentile_columns() -> tuple[Column, ...]:
+    out: list[Column] = []
+    for metric, label in (("ttft", "TTFT"), ("tpot", "TPOT")):
+        for stat in ("p50", "p99"):
+            col = C(f"steady_{metric}_ms_{stat}", "ms", "client",
+                    f"{'median' if stat == 'p50' else 'p99'} client {label} {_E2_STEADY}; empty with fewer than "
+                    f"{MIN_SAMPLES[stat]} requests (the client's rule)")
+            out += [col, *_stat_ci_columns(col, stat)]
+    return tuple(out)
+
+
 def e2_load_columns() -> tuple[Column, ...]:
     """``experiments.e2_load.LOAD_COLUMNS``: saturation, steady state, energy, Pareto coordinates."""
     return (
@@ -369,12 +406,10 @@ def e2_load_columns() -> tuple[Column, ...]:
                                                                "/ its length"),
         C("steady_output_throughput_tok_s", "tok/s", "derived", "output tokens of the requests that completed inside "
                                                                 "the window (attributed at completion) / its length"),
-        C("steady_ttft_ms_p50", "ms", "client", "median client TTFT " + _E2_STEADY),
-        C("steady_ttft_ms_p99", "ms", "client", "p99 client TTFT " + _E2_STEADY),
-        C("steady_tpot_ms_p50", "ms", "client", "median client TPOT " + _E2_STEADY),
-        C("steady_tpot_ms_p99", "ms", "client", "p99 client TPOT " + _E2_STEADY),
+        *_steady_percentile_columns(),
         C("steady_slo_attainment", "ratio", "derived", "share meeting both SLOs " + _E2_STEADY),
-        C("steady_note", "", "label", "why the steady_* columns are empty (too few requests in the window)"),
+        C("steady_note", "", "label", "why steady_* columns or their CIs are empty (too few requests in the window, "
+                                      "too few for a percentile or its CI)"),
         C("energy_available", "bool", "nvml", "the total-energy counter was read before and after the point"),
         C("energy_j", "J", "nvml", "energy of the point: counter delta, " + _E2_ENERGY),
         C("energy_j_per_output_token", "J/token", "derived", "energy_j / output tokens of the successful requests; "
@@ -402,7 +437,7 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
     *latency_stat_columns(),
     *goodput_columns(("duration_s", "request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s",
                       "ttft_slo_ms", "tpot_slo_ms", "n_slo_met", "slo_attainment", "ttft_slo_attainment",
-                      "tpot_slo_attainment", "goodput_rps")),
+                      "tpot_slo_attainment", "goodput_rps", "throughput_ci_windows")),
     C("offered_rate_rps", "req/s", "config", "the Poisson arrival rate of a rate or capacity point; empty otherwise"),
     C("send_lag_ms_p90", "ms", "client", "90th percentile of the open-loop requests' send lag (requests.csv "
                                          "send_lag_s); above the schedule's mean inter-arrival gap the row is "

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from .analysis.stats import ms
-from .engine_metrics import NO_PER_REQUEST_METRICS, engine_request_percentiles
+from .analysis.stats import interval_part, ms, small_sample_note, small_sample_part, summarize_with_ci
+from .engine_metrics import NO_PER_REQUEST_METRICS
 from .metadata import gpu_inventory
 from .prompts import token_id_prompt
 from .records import GenerationRequest, RequestRecord
@@ -96,24 +96,23 @@ def engine_columns(engine: dict[str, Any], records: Sequence[RequestRecord] | No
     means (no percentile is read from a histogram: interpolating inside its buckets is not a
     measurement). The TTFT percentiles come from the engine's per-request metrics of the point's
     successful ``records`` (``RequestRecord.engine_ttft_ms``, vLLM's --enable-per-request-metrics:
-    first token - scheduled, queue excluded); they are empty, and ``engine_percentile_note`` says
-    why, when no record carries them (an older vLLM, the simulated backend, or no ``records``).
+    first token - scheduled, queue excluded), under the client's minimum-n rules and with their
+    CIs (``engine_ttft_percentiles``); ``engine_percentile_note`` says what is empty and why (too
+    few requests for a percentile or its CI, or no record carries metrics: an older vLLM, the
+    simulated backend, or no ``records``).
     """
     with_metrics = [r for r in (records or ()) if r.ok and r.engine_ttft_ms is not None]
-    pct = engine_request_percentiles(with_metrics, "engine_ttft_ms")
+    pct = engine_ttft_percentiles([r.engine_ttft_ms for r in with_metrics])
+    note = pct.pop("note")
     if records is None:
         note = "the point's requests were not given to engine_columns: engine percentiles left empty"
     elif not with_metrics:
         note = NO_PER_REQUEST_METRICS
-    else:
-        note = None
     return {
         "engine_requests": engine.get("engine_ttft_count"),
         "engine_ttft_ms_mean": ms(engine.get("engine_ttft_mean_s")),
         "engine_per_request_metrics": len(with_metrics),
-        "engine_ttft_ms_p50": pct[50],
-        "engine_ttft_ms_p95": pct[95],
-        "engine_ttft_ms_p99": pct[99],
+        **pct,
         "engine_percentile_note": note,
         "engine_itl_ms_mean": ms(engine.get("engine_itl_mean_s")),
         "engine_e2e_ms_mean": ms(engine.get("engine_e2e_mean_s")),
@@ -126,6 +125,21 @@ def engine_columns(engine: dict[str, Any], records: Sequence[RequestRecord] | No
         "engine_kv_cache_usage_peak": engine.get("engine_kv_cache_usage_peak"),
         "local_cache_hit_tokens": local_cache_hit_tokens(engine),
     }
+
+
+ENGINE_PERCENTILES = ("p50", "p95", "p99")
+
+
+def engine_ttft_percentiles(values_ms: Sequence[float]) -> dict[str, Any]:
+    """``engine_ttft_ms_p50`` ... ``_p99`` of per-request engine TTFTs (ms), each with its CI, under
+    the client's rules (``analysis.stats``: MIN_SAMPLES to be stated, MIN_INTERVAL for a CI), and
+    ``note``: what was left out and why (None when nothing was)."""
+    summary = summarize_with_ci(values_ms, "engine_ttft_ms")
+    out: dict[str, Any] = {f"engine_ttft_ms_{s}{b}": summary[f"engine_ttft_ms_{s}{b}"]
+                           for s in ENGINE_PERCENTILES for b in ("", "_ci_low", "_ci_high")}
+    out["note"] = small_sample_note([small_sample_part("engine ttft", len(values_ms), only=ENGINE_PERCENTILES)],
+                                    [interval_part("engine ttft", dict(out), "engine_ttft_ms", len(values_ms))])
+    return out
 
 
 def ttft_gap_columns(client_ttft_ms_mean: float | None, engine_ttft_ms_mean: float | None) -> dict[str, Any]:

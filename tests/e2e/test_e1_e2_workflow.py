@@ -23,15 +23,19 @@ def config(workflow_dir):
 
 
 def _ordered(frame, metric):
-    """Per row: the stated percentiles are positive and ordered, each inside its 95% CI; one left
-    empty is empty because the point had too few requests, and the row's stats_note says so."""
+    """Per row: the stated percentiles are positive and ordered, each inside its 95% CI where it has
+    one; one left empty (or stated without a CI) is so because the point had too few requests, and
+    the row's stats_note says so."""
     for _, row in frame.iterrows():
         stated = [row[f"{metric}_ms_p{q}"] for q in (50, 95, 99) if pd.notna(row[f"{metric}_ms_p{q}"])]
         if stated and (stated[0] <= 0 or stated != sorted(stated)):
             return False
         for q in (50, 95, 99):
             col = f"{metric}_ms_p{q}"
-            if pd.notna(row[col]) and not row[f"{col}_ci_low"] <= row[col] <= row[f"{col}_ci_high"]:
+            has_ci = pd.notna(row[f"{col}_ci_low"])
+            if pd.notna(row[col]) and has_ci and not row[f"{col}_ci_low"] <= row[col] <= row[f"{col}_ci_high"]:
+                return False
+            if pd.notna(row[col]) and not has_ci and f"p{q} (" not in str(row["stats_note"]):
                 return False
             if pd.isna(row[col]) and f"{metric} " not in str(row["stats_note"]):
                 return False

@@ -9,9 +9,10 @@ from context_research.analysis.latency import (LATENCY_COLUMNS, THROUGHPUT_CI_ME
 from context_research.records import RequestRecord, finalize_timing, read_whole
 
 
-def rec(i, ttft=None, tpot=None, e2e=None, out=None, prompt=100, itl=(), error=None):
+def rec(i, ttft=None, tpot=None, e2e=None, out=None, prompt=100, itl=(), error=None, start=None):
     return RequestRecord(request_id=str(i), prompt_tokens_target=prompt, prompt_tokens=prompt,
-                         output_tokens=out, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, itl_s=list(itl), error=error)
+                         output_tokens=out, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, itl_s=list(itl), error=error,
+                         start_s=start)
 
 
 RECORDS = [
@@ -49,7 +50,8 @@ def test_latency_row():
     assert (row["n"], row["n_ok"], row["n_failed"], row["n_read_whole"]) == (4, 3, 1, 0)
     assert row["ttft_ms_p50"] == pytest.approx(200.0)
     assert row["ttft_ms_mean"] == pytest.approx(200.0)
-    assert row["ttft_ms_mean_ci_low"] <= 200.0 <= row["ttft_ms_mean_ci_high"]
+    # 3 requests: no interval of a mean or a median covers there (analysis.stats.MIN_INTERVAL)
+    assert row["ttft_ms_mean_ci_low"] is None and row["ttft_ms_p50_ci_low"] is None
     assert row["tpot_ms_mean"] == pytest.approx(15.0)  # the 1-token request has no TPOT
     assert row["tpot_ms_p50"] is None  # two TPOTs: a median needs 3
     assert row["itl_ms_p50"] == pytest.approx(15.0)  # pooled gaps 10, 10, 20, 40
@@ -62,12 +64,16 @@ def test_latency_row():
     assert "ttft p95, p99 (n=3)" in row["stats_note"]
     assert "tpot p50, p95, p99 (n=2)" in row["stats_note"]
     assert "itl p95, p99 (n=4 gaps from 2 requests)" in row["stats_note"]
+    assert "no interval (minimum n for one: mean 60, p50 6, p95 59, p99 299; pooled: requests): " \
+           "ttft mean (n=3 < 60), p50 (n=3 < 6)" in row["stats_note"]
 
 
 def test_latency_row_states_every_percentile_with_enough_requests():
+    # 320 requests (E0 on the qwen3-8b profile): every statistic and every interval is stated
     rng = np.random.default_rng(3)
-    records = [rec(i, ttft=float(t), tpot=float(p), e2e=float(t + 9 * p), out=10, itl=[float(p)] * 9)
-               for i, (t, p) in enumerate(zip(rng.uniform(0.05, 0.15, 120), rng.uniform(0.004, 0.006, 120)))]
+    records = [rec(i, ttft=float(t), tpot=float(p), e2e=float(t + 9 * p), out=10,
+                   itl=list(float(p) * rng.uniform(0.8, 1.2, 9)))
+               for i, (t, p) in enumerate(zip(rng.uniform(0.05, 0.15, 320), rng.uniform(0.004, 0.006, 320)))]
     row = latency_row(records)
     assert row["stats_note"] is None
     ttft_ms = [r.ttft_s * 1000 for r in records]
@@ -103,22 +109,53 @@ def test_goodput_hand_made():
         goodput(RECORDS, 0.0, 1, 1)
 
 
-def test_throughput_ci_resamples_the_requests_sent_with_the_duration_fixed():
-    records = [rec(i, ttft=0.1 + 0.01 * (i % 5), tpot=0.010 + 0.002 * (i % 4), out=10 + i % 7)
-               for i in range(40)] + [rec(99, error="timeout")]
-    g = goodput(records, duration_s=4.0, ttft_slo_ms=130, tpot_slo_ms=14)
+def _poisson_point(n=200, rate=5.0, e2e=0.5, seed=4):
+    """n requests sent at Poisson times (rate/s), each taking ``e2e`` s, 10-16 output tokens; every
+    fifth misses the TTFT SLO of 130 ms."""
+    rng = np.random.default_rng(seed)
+    starts = np.cumsum(rng.exponential(1.0 / rate, n))
+    records = [rec(i, ttft=0.1 + 0.04 * (i % 5 == 0), tpot=0.01, e2e=e2e, out=10 + i % 7, start=float(t))
+               for i, t in enumerate(starts)]
+    return records, float(starts[-1] + e2e)
+
+
+def test_throughput_ci_is_batch_means_over_the_points_duration():
+    records, duration = _poisson_point()
+    records.append(rec(999, error="timeout", start=1.0))  # a failed request contributes nothing
+    g = goodput(records, duration_s=duration, ttft_slo_ms=130, tpot_slo_ms=14)
+    assert g["throughput_ci_windows"] == 5 and g["throughput_ci_note"] is None
     for m in THROUGHPUT_CI_METRICS:
-        assert g[f"{m}_ci_low"] <= g[m] <= g[f"{m}_ci_high"], m
-        assert g[f"{m}_ci_low"] < g[f"{m}_ci_high"], m
-    # the rate can never exceed every request succeeding / meeting within the duration
-    assert g["request_throughput_rps_ci_high"] <= len(records) / 4.0
-    assert g["goodput_rps_ci_high"] <= g["request_throughput_rps_ci_high"]
-    assert throughput_ci(records, 4.0, 130, 14) == {k: g[k] for k in g if "_ci_" in k}
-    # every request alike: zero width (documented: the bootstrap cannot see misses that did not happen)
-    same = goodput([rec(i, ttft=0.1, tpot=0.01, out=10) for i in range(10)], 2.0, 1000, 1000)
-    assert same["goodput_rps_ci_low"] == same["goodput_rps_ci_high"] == pytest.approx(5.0)
-    # fewer than two requests: no CI
-    assert all(v is None for v in throughput_ci(records[:1], 1.0, 100, 10).values())
+        assert g[f"{m}_ci_low"] < g[m] < g[f"{m}_ci_high"], m
+        # the windows' mean is the point's rate: the CI is centred on it
+        assert (g[f"{m}_ci_low"] + g[f"{m}_ci_high"]) / 2 == pytest.approx(g[m]), m
+    # Poisson arrivals: the window counts vary like sqrt(rate x window); the CI is about
+    # +/- t(4) sqrt(rate / duration) = +/- 2.78 x 0.16 req/s, not zero
+    assert 0.15 < (g["request_throughput_rps_ci_high"] - g["request_throughput_rps"]) < 1.0
+    assert throughput_ci(records, duration, 130, 14) == {k: g[k] for k in g if "_ci_" in k}
+
+
+def test_a_rate_interval_never_goes_below_zero():
+    # 40 completions in the first 4 s of 10 and none after: the 5 windows' rates are 10, 10, 0, 0,
+    # 0 req/s and the t interval would reach below 0 req/s; a rate cannot
+    burst = [rec(i, ttft=0.01, tpot=0.001, e2e=0.05, out=10, start=0.1 * i) for i in range(40)]
+    g = throughput_ci(burst, 10.0, 1000, 1000)
+    assert g["request_throughput_rps_ci_low"] == 0.0 < 4.0 < g["request_throughput_rps_ci_high"]
+
+
+def test_a_rate_gets_no_interval_where_windows_cannot_be_valid_and_says_why():
+    records, duration = _poisson_point(n=12, rate=5.0, e2e=0.5)   # 12 completions for 5 windows
+    g = throughput_ci(records, duration, 130, 14)
+    assert all(g[f"{m}_{b}"] is None for m in THROUGHPUT_CI_METRICS for b in ("ci_low", "ci_high"))
+    assert g["throughput_ci_windows"] is None
+    assert g["throughput_ci_note"] == "throughput: no interval (12 completions: fewer than 3 per window of 5)"
+    # 16 requests sent at once (a closed loop of 16): one wave, all ramp-up and drain
+    wave = [rec(i, ttft=0.1, tpot=0.01, e2e=1.0 + 0.01 * i, out=10, start=0.0) for i in range(16)]
+    assert "up to 16 in flight: fewer than 4 waves" in throughput_ci(wave, 1.2, 130, 14)["throughput_ci_note"]
+    # completions exactly alike in every window: no spread, no interval (never a zero-width one)
+    even = [rec(i, ttft=0.1, tpot=0.01, e2e=0.1, out=10, start=0.25 * i) for i in range(200)]
+    g = throughput_ci(even, 50.0, 1000, 1000)
+    assert g["request_throughput_rps_ci_low"] is None and "every window alike" in g["throughput_ci_note"]
+    assert all(v is None for k, v in throughput_ci(records[:1], 1.0, 100, 10).items() if k.endswith(("_low", "_high")))
 
 
 def test_poisson_schedule():

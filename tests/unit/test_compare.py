@@ -13,8 +13,7 @@ import pytest
 
 from context_research import cli
 from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Options, between_run_sds,
-                                               bootstrap_median_delta, compare, holm, resamples_for, start_sds,
-                                               verdict)
+                                               bootstrap_median_delta, compare, holm, start_sds, verdict)
 from context_research.compare_report import compare_runs, write_index
 from context_research.errors import ContextResearchError
 
@@ -96,7 +95,7 @@ def test_a_clear_shift_has_a_ci_excluding_zero_and_is_called_worse_or_better():
     slower = bootstrap_median_delta(a, b, resamples=2000, seed=0)
     assert slower.delta == pytest.approx(np.median(b) - np.median(a))
     assert 25 < slower.delta < 35 and slower.ci_low > 0 and slower.ci_low < slower.delta < slower.ci_high
-    assert slower.p_value == pytest.approx(2 / 2001)  # no resample on the other side: the +1 floor
+    assert slower.p_value < 1e-6 and slower.df == pytest.approx(78)  # request-level only: n_a + n_b - 2
     assert verdict(slower, slower.p_value, alpha=0.05, min_effect=0.05) == "worse"
     faster = bootstrap_median_delta(b, a, resamples=2000, seed=0)
     assert faster.ci_high < 0
@@ -137,10 +136,19 @@ def test_a_change_counts_only_with_ci_holm_and_effect_all_three():
     assert verdict(test, 0.001, alpha=0.05, min_effect=0.02, lower_is_better=False) == "better"
 
 
-def test_resamples_suffice_for_holm_strictest_threshold():
-    for tests in (1, 10, 300):
-        r = resamples_for(tests, 0.05)
-        assert 2 / (r + 1) <= 0.05 / tests / 2
+def test_mde_pct_is_the_change_detected_with_80_percent_power_at_holms_strictest_threshold():
+    from scipy import stats as st
+
+    from context_research.analysis.compare_stats import mde_pct
+
+    # se 0.1 on the log scale, many degrees of freedom, 10 tests: (z(1 - 0.05 / 20) + z(0.8)) x 0.1
+    expected = 100 * math.expm1((st.norm.ppf(1 - 0.05 / 20) + st.norm.ppf(0.8)) * 0.1)
+    assert mde_pct(0.1, 1e9, 10, 0.05, 0.0) == pytest.approx(expected, rel=1e-4) and 43 < expected < 45
+    # a min effect above the critical value is where the verdict starts; power adds on top of it
+    assert mde_pct(0.1, 1e9, 10, 0.05, 0.5) == pytest.approx(100 * math.expm1(math.log(1.5) + 0.0842), rel=1e-3)
+    # few degrees of freedom: a wide t quantile (two runs per side: 2)
+    assert mde_pct(0.1, 2, 10, 0.05, 0.0) > 3 * mde_pct(0.1, 1e9, 10, 0.05, 0.0)
+    assert mde_pct(float("nan"), 5, 10, 0.05, 0.0) is None
 
 
 def test_between_start_noise_widens_the_ci_around_the_same_difference():
@@ -314,6 +322,11 @@ def test_the_cli_writes_csv_markdown_and_html_with_the_declared_columns(tmp_path
     assert "10.0% (--min-effect)" in md and "![e1" in md
     html = (out / "compare.html").read_text()
     assert "<svg" in html and "worse" in html and "Provenance diff" in html
+    # "no significant change" always says what the test could have seen
+    unchanged = table[table["verdict"] == "no significant change"]
+    assert not unchanged.empty and unchanged["mde_pct"].notna().all()
+    mde = unchanged.iloc[0]["mde_pct"]
+    assert f"no significant change (could detect ±{mde:.3g}%)" in md and "could detect ±" in html
 
     assert cli.main(["compare-index", str(out.parent)]) == 0
     index = (tmp_path / "reports" / "compare.html").read_text()
@@ -413,8 +426,11 @@ def test_between_run_sds_pool_each_sides_spread_over_points():
     runs = {"p1": {"m": [[np.full(5, 10.0), np.full(5, 20.0)], [np.full(5, 10.0)]]},
             "p2": {"m": [[np.full(5, 1.0), np.full(5, 2.0)], [np.full(5, 3.0), np.full(5, 6.0)]]}}
     sd, df = between_run_sds(runs)["m"]
-    # three sides with two runs each, every pair a factor 2 apart: SD of log = ln 2 / sqrt 2
-    assert df == 3 and sd == pytest.approx(math.log(2) / math.sqrt(2))
+    # three sides with two runs each, every pair a factor 2 apart: SD of log = ln 2 / sqrt 2 (the
+    # requests of a run are all alike: no request-level noise to take out). Its degrees of freedom
+    # count runs, not points: a drift moves every point of a run together, so p1's side repeats
+    # p2's evidence; the most any point has is p2's 1 + 1
+    assert df == 2 and sd == pytest.approx(math.log(2) / math.sqrt(2))
     assert between_run_sds({"p": {"m": [[np.ones(3)], [np.ones(3)]]}}) == {}
 
 
@@ -433,11 +449,18 @@ def test_runs_minutes_apart_that_drift_are_no_change_with_two_runs_per_side(tmp_
     assert [r.label for r in paired.runs_a] == ["A", "A2"] and len(paired.runs_b) == 2
 
 
-def test_a_threefold_change_is_called_through_the_runs_spread(tmp_path):
-    a = [write_run(tmp_path / f"a{k}", ttft_ms=(100 * f, 400 * f), seed=k) for k, f in enumerate((1.0, 1.3))]
-    b = [write_run(tmp_path / f"b{k}", ttft_ms=(300 * f, 1200 * f), seed=10 + k) for k, f in enumerate((1.2, 0.9))]
+def test_a_threefold_change_is_called_through_the_runs_spread_with_three_runs_per_side(tmp_path):
+    # Runs drift by ~20 % (log SD ~0.18). Two runs per side give that SD 2 degrees of freedom: Holm's
+    # threshold over 10 tests is t(2) = 14, and even a threefold change is inside what the test
+    # can tell from drift (mde_pct says so). Three runs per side (4 degrees of freedom) call it.
+    factors_a, factors_b = (1.0, 1.3, 1.1), (1.2, 0.9, 1.05)
+    a = [write_run(tmp_path / f"a{k}", ttft_ms=(100 * f, 400 * f), seed=k) for k, f in enumerate(factors_a)]
+    b = [write_run(tmp_path / f"b{k}", ttft_ms=(300 * f, 1200 * f), seed=10 + k) for k, f in enumerate(factors_b)]
+    two = _row(compare(a[:2], b[:2]), "ttft_ms", 4096)
+    assert two["verdict"] == "no significant change" and two["df"] < 5 and two["mde_pct"] > 200
     comp = compare(a, b)
     assert _row(comp, "ttft_ms", 4096)["verdict"] == "worse" and _row(comp, "ttft_ms", 1024)["verdict"] == "worse"
+    assert _row(comp, "ttft_ms", 4096)["mde_pct"] < 200
 
 
 def test_the_runs_of_one_side_must_share_the_hardware(tmp_path):

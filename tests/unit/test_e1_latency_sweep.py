@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def test_point_row_from_hand_made_records():
     # 4 requests: a p95 or p99 would only restate the maximum, so neither is stated, and the row says why
     assert row["ttft_ms_p95"] is None and row["ttft_ms_p99"] is None
     assert "ttft p95, p99 (n=4)" in row["stats_note"]
-    assert row["ttft_ms_p50_ci_low"] <= row["ttft_ms_p50"] <= row["ttft_ms_p50_ci_high"]
+    # ... and no interval of 4 values covers a median or a mean: the value is stated alone
+    assert row["ttft_ms_p50_ci_low"] is None and row["ttft_ms_mean_ci_low"] is None
+    assert "ttft mean (n=4 < 60), p50 (n=4 < 6)" in row["stats_note"]
     assert row["tpot_ms_p50"] == pytest.approx(4.0)
     assert row["e2e_ms_mean"] == pytest.approx(25.0 + 15 * 4.0)
     assert (row["prompt_tokens_min"], row["prompt_tokens_max"], row["prompt_tokens_mismatches"]) == (128, 128, 0)
@@ -288,6 +291,9 @@ def test_figures_and_packet_section(tmp_path):
     # one-screen summary first: verdict, key figures, failed and implausible rows
     summary = packet[packet.index('id="summary"'):packet.index("<nav>")]
     assert "TTFT p50 at 128 tokens (ms)" in summary and "TPOT p50 at 256 tokens (ms)" in summary
+    # an interval is printed only where a valid one exists, never one of width zero
+    assert "[95% CI] where a valid one exists" in summary and "bracket, not a CI" in summary
+    assert not re.search(r"\[([-\d.]+), \1\]", packet)
     assert packet_section["verdict"] == "1 of 3 rows not ok" and packet_section["health"]["failed"] == 1
 
 

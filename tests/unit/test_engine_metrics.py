@@ -1,6 +1,6 @@
 import pytest
 
-from context_research.engine_metrics import (MetricsSnapshot, engine_request_percentiles, engine_summary,
+from context_research.engine_metrics import (MetricsSnapshot, engine_summary,
                                              per_request_summary)
 from context_research.records import RequestRecord
 from context_research.workload import engine_columns
@@ -80,7 +80,7 @@ def _rec(i, ttft_ms=None, queue_ms=None, itl_ms=None, error=None):
                          engine_itl_ms=itl_ms)
 
 
-def test_engine_percentiles_come_from_the_requests_own_metrics():
+def test_engine_percentiles_come_from_the_requests_own_metrics_under_the_clients_rules():
     # Ten requests whose engine TTFTs are 10, 20, ..., 100 ms, one failed request (left out) and
     # a histogram whose buckets would have interpolated to something else entirely.
     records = [_rec(i, ttft_ms=10.0 * (i + 1), queue_ms=1.0, itl_ms=2.0) for i in range(10)]
@@ -89,11 +89,16 @@ def test_engine_percentiles_come_from_the_requests_own_metrics():
     cols = engine_columns(engine, records)
     assert cols["engine_per_request_metrics"] == 10
     assert cols["engine_ttft_ms_p50"] == pytest.approx(55.0)          # numpy linear, between requests
-    assert cols["engine_ttft_ms_p95"] == pytest.approx(95.5)
-    assert cols["engine_ttft_ms_p99"] == pytest.approx(99.1)
-    assert cols["engine_percentile_note"] is None
+    assert cols["engine_ttft_ms_p50_ci_low"] < 55.0 < cols["engine_ttft_ms_p50_ci_high"]
+    # p95 / p99 of 10 requests are the maximum, not a tail: not stated (analysis.stats.MIN_SAMPLES)
+    assert cols["engine_ttft_ms_p95"] is None and cols["engine_ttft_ms_p99"] is None
+    assert cols["engine_percentile_note"] == ("not stated, too few samples (minimum n: mean 2, p50 3, p95 20, "
+                                              "p99 100; pooled: 2 requests): engine ttft p95, p99 (n=10)")
     assert cols["engine_ttft_ms_mean"] == pytest.approx(300.0)         # the histogram: a mean only
-    assert engine_request_percentiles(records, "engine_itl_ms") == {50: 2.0, 95: 2.0, 99: 2.0}
+    many = engine_columns(engine, [_rec(i, ttft_ms=10.0 + i % 37) for i in range(120)])
+    assert many["engine_ttft_ms_p95"] is not None and many["engine_ttft_ms_p95_ci_low"] is not None
+    assert many["engine_ttft_ms_p99"] is not None and many["engine_ttft_ms_p99_ci_low"] is None
+    assert "no interval" in many["engine_percentile_note"] and "p99 (n=120 < 299)" in many["engine_percentile_note"]
 
 
 def test_without_per_request_metrics_the_percentiles_are_empty_and_say_why():
@@ -110,6 +115,9 @@ def test_per_request_summary_of_e0():
     s = per_request_summary([_rec(i, ttft_ms=10.0 * (i + 1), queue_ms=0.5, itl_ms=2.0) for i in range(4)])
     assert s["requests_with_metrics"] == 4 and "note" not in s
     assert s["engine_ttft_ms_mean"] == pytest.approx(25.0) and s["engine_ttft_ms_p50"] == pytest.approx(25.0)
-    assert s["engine_itl_ms_p99"] == pytest.approx(2.0) and s["engine_generation_ms_mean"] == pytest.approx(6.0)
+    assert s["engine_generation_ms_mean"] == pytest.approx(6.0)
+    # four requests: no p95 / p99, no interval (the client's rules), and the note says so
+    assert s["engine_itl_ms_p99"] is None and s["engine_ttft_ms_mean_ci_low"] is None
+    assert "engine_ttft_ms p95, p99 (n=4)" in s["stats_note"]
     empty = per_request_summary([_rec(0)])
     assert empty["requests_with_metrics"] == 0 and empty["engine_ttft_ms_p50"] is None and empty["note"]

@@ -1,32 +1,26 @@
 """Comparing two runs (``context-research compare A B``): per experiment, metric and point, the
-difference of medians B - A, its bootstrap CI and p-value, Holm's adjustment and a verdict.
+difference of medians B - A, its CI and p-value, Holm's adjustment, a verdict and the smallest
+change the test could detect (``mde_pct``).
 
 Pure: reads saved result folders, returns frames and dicts; ``compare_report`` writes the files.
+The statistics are ``analysis.compare_stats`` (its docstring states the model; docs/statistics.md,
+"Comparisons", its measured false-call rate and power):
 
-Method (stated in every report, ``method_lines``):
-
-* The unit resampled is the REQUEST, each run's requests resampled independently (two
-  independent samples), ``resamples`` times, from a fresh ``numpy`` generator seeded with ``seed``
-  for every test, so a test's CI depends only on its data (as ``analysis.stats`` does).
-* CI: the percentile interval of the resampled differences of medians at level 1 - alpha (95 % at
-  the default alpha 0.05), the same interval ``analysis.stats`` uses (it never leaves the range
-  of differences the data can give).
-* p-value: two-sided, from the same bootstrap distribution: twice the smaller share of resampled
-  differences on either side of zero (a difference of exactly zero counts on both sides, so ties
-  make it larger, never smaller), with the +1 correction so it is never 0. Holm's step-down
-  adjustment over every test of the comparison controls the family-wise error rate at alpha.
+* Each test: log(median B / median A), its variance the requests' (bootstrap, each side's
+  requests resampled, seeded) plus the between-run variance tau^2 (1/R_A + 1/R_B), Student-t on
+  Welch-Satterthwaite degrees of freedom.
 * Between engine starts: two runs are two engine starts, and on a busy host one start's medians
-  differ from another's by more than their requests' spread. Each resampled median is therefore
-  multiplied by exp(e), e ~ Normal(0, s) drawn per resample and per run, s being the standard
-  deviation of log per-start medians of the same metric across E0's engine starts (``start_noise``;
-  the decode-pace metrics TPOT, engine ITL and E2E pool their SDs, E0's short prompt making all
-  three measure the decode pace). This is E0's measured run-to-run variation used as a variance
-  component: a difference inside it widens the CI instead of being called. s is the larger of the
-  two runs' E0 where both have one; one run's E0 where only one has; 0 (request-level only, the
-  report says so) where neither has.
+  differ from another's by more than their requests' spread. tau is the larger of E0's SD of log
+  per-start medians of the same metric (``start_noise``; the decode-pace metrics TPOT, engine ITL
+  and E2E pool their SDs, E0's short prompt making all three measure the decode pace; degrees of
+  freedom: starts - 1) and, with several runs on a side, the runs' own spread beyond their
+  requests' noise (degrees of freedom: runs - 1 per side, never times the points). Neither: 0,
+  request-level only, which the report says.
+* Holm's step-down adjustment over every test controls the family-wise error rate at alpha.
 * Verdict: ``better`` / ``worse`` only when the CI excludes zero, the Holm-adjusted p-value is
-  <= alpha, and |relative difference| >= ``min_effect``; else ``no significant change``. Fewer
-  than ``stats.MIN_SAMPLES["p50"]`` requests in either run: ``not enough samples``.
+  <= alpha, and |relative difference| >= ``min_effect``; else ``no significant change``, printed
+  with ``mde_pct``. Fewer than ``stats.MIN_SAMPLES["p50"]`` requests in either run: ``not enough
+  samples``.
 """
 
 from __future__ import annotations
@@ -43,14 +37,13 @@ from ..errors import ContextResearchError
 from ..evidence import packed_under
 from ..io import read_json
 from ..provenance import flatten
-from .stats import BOOTSTRAP_RESAMPLES, MIN_SAMPLES
+from .compare_stats import (BOOTSTRAP_RESAMPLES, POWER, DeltaTest, Pair, between_run_sds,  # noqa: F401 (re-exported)
+                            bootstrap_median_delta, holm, judge, median_delta_test, verdict)
+from .stats import MIN_SAMPLES
 
 VERDICTS = ("better", "worse", "no significant change", "not enough samples")
 # Requests per run a median (and its CI) needs: the project's small-sample rule for p50.
 MIN_REQUESTS = MIN_SAMPLES["p50"]
-# Largest resampled array built at once (elements), to bound memory on large point samples.
-_MAX_BATCH_ELEMENTS = 2_000_000
-
 # compare.csv, column by column (documented in the report and README; not a result table of an
 # experiment, so not in result_tables.TABLES, whose keys are "eN/<file>.csv").
 COMPARE_COLUMNS: dict[str, str] = {
@@ -63,19 +56,28 @@ COMPARE_COLUMNS: dict[str, str] = {
     "b": "median over run B's successful requests",
     "delta": "b - a (same unit as the metric)",
     "relative_delta": "delta / a (a fraction; empty when a is 0)",
-    "ci_low": "lower bound of the bootstrap CI of delta (level 1 - alpha)",
-    "ci_high": "upper bound of the bootstrap CI of delta",
-    "p_value": "two-sided bootstrap p-value of delta != 0",
+    "ci_low": "lower bound of the CI of delta (level 1 - alpha): a x (exp(log(b/a) - t se) - 1), se from the "
+              "requests' bootstrap and the between-run SD (docs/statistics.md, Comparisons)",
+    "ci_high": "upper bound of the CI of delta: a x (exp(log(b/a) + t se) - 1)",
+    "p_value": "two-sided Student-t p-value of log(b/a) != 0 on df degrees of freedom",
     "p_holm": "p_value after Holm's adjustment over every test of the comparison",
     "verdict": "better, worse, no significant change, not enough samples, or not compared",
+    "mde_pct": "smallest change (percent of a) this test detects with 80% power at its noise, n and the family's "
+               "alpha: log(1 + mde) = max(t(1 - alpha / (2 tests)) se, log(1 + min_effect)) + t(0.8) se on df degrees "
+               "of freedom (alpha / tests: Holm's strictest threshold); a ratio b/a outside [1/(1+mde), 1+mde] is "
+               "called with at least 80% probability; empty where nothing was tested",
     "n_a": "successful requests of run A at the point",
     "n_b": "successful requests of run B at the point",
     "min_effect": "smallest |relative_delta| that counts (--min-effect)",
+    "df": "degrees of freedom of the test (Welch-Satterthwaite: the requests' n_a + n_b - 2 and the between-run "
+          "SD's, which count engine starts or runs - 1 per side, never points)",
     "start_sd": "between-run SD of one run's log median: the larger of E0's across its engine starts and, with "
-                "several runs per side, the runs' own spread pooled over points (each side's pooled median carries "
-                "it / sqrt(runs)); 0: none measured",
+                "several runs per side, the runs' own spread beyond their requests' noise, pooled over points (each "
+                "side's pooled median carries it / sqrt(runs)); 0: none measured",
     "note": "why not compared, which between-start SD applied, single measurements",
 }
+# Columns comparisons written before them lack (issue 25: the power of each test).
+COMPARE_COLUMNS_ADDED = ("mde_pct", "df")
 
 
 @dataclass(frozen=True)
@@ -369,86 +371,6 @@ def points_of(folder: Path, experiment: str) -> dict[str, dict[str, np.ndarray]]
     return out
 
 
-# -- statistics ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DeltaTest:
-    """Difference of medians b - a with its bootstrap CI and two-sided p-value."""
-    a: float
-    b: float
-    delta: float
-    relative_delta: float | None
-    ci_low: float
-    ci_high: float
-    p_value: float
-
-
-def bootstrap_median_delta(a: Sequence[float], b: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
-                           seed: int = 0, level: float = 0.95, start_sd: float = 0.0,
-                           start_sd_b: float | None = None) -> DeltaTest:
-    """median(b) - median(a) with a percentile-bootstrap CI at ``level`` and a two-sided bootstrap
-    p-value, each run's requests resampled independently with replacement, and each resampled
-    median multiplied by exp(Normal(0, ``start_sd``)), the between-engine-start noise (0: none;
-    ``start_sd_b``: B's, when it differs from A's). A fresh generator seeded with ``seed`` per
-    call: the result depends only on the data and the seed."""
-    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(xa) == 0 or len(xb) == 0:
-        raise ValueError("both samples need at least one value")
-    rng = np.random.default_rng(seed)
-    batch = max(1, _MAX_BATCH_ELEMENTS // max(len(xa), len(xb)))
-    deltas = np.empty(resamples)
-    for start in range(0, resamples, batch):
-        k = min(batch, resamples - start)
-        med_a = np.median(xa[rng.integers(0, len(xa), size=(k, len(xa)))], axis=1)
-        med_b = np.median(xb[rng.integers(0, len(xb), size=(k, len(xb)))], axis=1)
-        sd_b = start_sd if start_sd_b is None else start_sd_b
-        if start_sd > 0:
-            med_a = med_a * np.exp(rng.normal(0.0, start_sd, k))
-        if sd_b > 0:
-            med_b = med_b * np.exp(rng.normal(0.0, sd_b, k))
-        deltas[start:start + k] = med_b - med_a
-    ma, mb = float(np.median(xa)), float(np.median(xb))
-    delta = mb - ma
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(deltas, [tail, 1.0 - tail])
-    # Ties at zero count on both sides (conservative); +1 so a finite bootstrap never claims p = 0.
-    below = (np.count_nonzero(deltas <= 0) + 1) / (resamples + 1)
-    above = (np.count_nonzero(deltas >= 0) + 1) / (resamples + 1)
-    p_value = float(min(1.0, 2.0 * min(below, above)))
-    return DeltaTest(ma, mb, delta, delta / ma if ma else None, float(low), float(high), p_value)
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (same order as given): the i-th smallest p times
-    (m - i + 1), made non-decreasing, capped at 1. Reject where adjusted <= alpha."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
-
-
-def verdict(test: DeltaTest, p_holm: float, *, alpha: float, min_effect: float,
-            lower_is_better: bool = True) -> str:
-    """better / worse only when the CI excludes zero, Holm rejects at ``alpha`` and the relative
-    change reaches ``min_effect``; otherwise no significant change."""
-    excludes_zero = test.ci_low > 0 or test.ci_high < 0
-    large_enough = test.relative_delta is not None and abs(test.relative_delta) >= min_effect
-    if not (excludes_zero and p_holm <= alpha and large_enough):
-        return "no significant change"
-    improved = test.delta < 0 if lower_is_better else test.delta > 0
-    return "better" if improved else "worse"
-
-
-def resamples_for(tests: int, alpha: float) -> int:
-    """Enough resamples that the smallest p-value the bootstrap can give, 2 / (R + 1), is at most
-    half Holm's strictest threshold alpha / m: otherwise no change could ever be called."""
-    return max(BOOTSTRAP_RESAMPLES, math.ceil(4 * max(tests, 1) / alpha))
-
-
 # -- between-start noise ---------------------------------------------------------------------------
 
 def _engine_start(phase: pd.Series) -> pd.Series:
@@ -484,6 +406,7 @@ def start_sds(records: pd.DataFrame) -> tuple[dict[str, float], int]:
 class StartNoise:
     sds: dict[str, float]           # E0 metric name -> SD of log per-start medians
     source: str                     # what the report says about it
+    df: float = math.inf            # its degrees of freedom: engine starts - 1 (the fewest of the runs')
 
     def for_metric(self, metric: Metric) -> float:
         return self.sds.get(metric.noise, 0.0) if metric.noise else 0.0
@@ -514,28 +437,10 @@ def start_noise(a: Run, b: Run, use_e0: bool = True) -> StartNoise:
     sources = "; ".join(f"{label}: {folder} ({starts} engine starts, {starts - 1} degrees of freedom)"
                         for label, (_, starts, folder) in measured.items())
     only = "" if len(measured) == 2 else f" (only run {next(iter(measured))} has one)"
+    df = min(starts for _, starts, _ in measured.values()) - 1
     return StartNoise(sds, f"SD of log per-start medians across E0's engine starts{only}, the larger of the runs' "
                            f"where both have one: {shown}; {sources}; decode-pace metrics ({', '.join(DECODE_PACE)}) "
-                           f"at least their pooled SD")
-
-
-def between_run_sds(per_run: dict[str, dict[str, list[list[np.ndarray]]]]) -> dict[str, tuple[float, int]]:
-    """The runs' own spread, from sides measured more than once: per metric, the SD of the log of
-    each run's median around its side's mean, pooled over points and sides, with its degrees of
-    freedom. ``per_run``: point -> metric -> [side A's runs' values, side B's] (each a list of
-    arrays, one per run). Metrics no side ran twice are absent."""
-    squares: dict[str, float] = {}
-    dfs: dict[str, int] = {}
-    for metrics in per_run.values():
-        for name, sides in metrics.items():
-            for runs in sides:
-                logs = [math.log(float(np.median(v))) for v in runs if len(v) and float(np.median(v)) > 0]
-                if len(logs) < 2:
-                    continue
-                mean = sum(logs) / len(logs)
-                squares[name] = squares.get(name, 0.0) + sum((x - mean) ** 2 for x in logs)
-                dfs[name] = dfs.get(name, 0) + len(logs) - 1
-    return {name: (math.sqrt(squares[name] / dfs[name]), dfs[name]) for name in dfs}
+                           f"at least their pooled SD", df)
 
 
 # -- the comparison --------------------------------------------------------------------------------
@@ -545,7 +450,7 @@ class Options:
     min_effect: float = 0.05
     alpha: float = 0.05
     seed: int = 0
-    resamples: int | None = None          # None: resamples_for(tests, alpha)
+    resamples: int | None = None          # None: compare_stats.BOOTSTRAP_RESAMPLES
     allow_different_hardware: bool = False
     use_e0_start_noise: bool = True
 
@@ -578,8 +483,8 @@ def _row(experiment, metric, point, note, *, verdict_text, n_a=0, n_b=0, min_eff
          test=None) -> dict:
     row = {"experiment": experiment, "metric": metric, "point": point, "a": None, "b": None, "delta": None,
            "relative_delta": None, "ci_low": None, "ci_high": None, "p_value": None, "p_holm": None,
-           "verdict": verdict_text, "n_a": n_a, "n_b": n_b, "min_effect": min_effect, "start_sd": start_sd,
-           "note": note}
+           "verdict": verdict_text, "mde_pct": None, "n_a": n_a, "n_b": n_b, "min_effect": min_effect,
+           "start_sd": start_sd, "df": None, "note": note}
     if test is not None:
         row.update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta)
     return row
@@ -627,7 +532,7 @@ def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequ
     noise = start_noise(a, b, opts.use_e0_start_noise)
 
     rows: list[dict] = []
-    pending: list[tuple[int, np.ndarray, np.ndarray, Metric, str]] = []
+    pending: list[tuple[int, list[np.ndarray], list[np.ndarray], Metric, str]] = []
     samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
     per_run: dict[str, dict[str, dict[str, list[list[np.ndarray]]]]] = {}  # exp -> point -> metric -> sides
     for exp in comparable:
@@ -672,31 +577,18 @@ def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequ
                 per_run[exp].setdefault(point, {})[metric.name] = [runs_a, runs_b]
                 rows.append(_row(exp, metric.name, point, "", verdict_text="", n_a=len(xa), n_b=len(xb),
                                  min_effect=opts.min_effect))
-                pending.append((len(rows) - 1, xa, xb, metric, exp))
+                pending.append((len(rows) - 1, runs_a, runs_b, metric, exp))
 
-    # Between-run noise per experiment and metric: the larger of E0's between-start SD and the
-    # replicate runs' own spread; a side's pooled median carries it divided by sqrt(its runs).
-    replicate_sds = {exp: between_run_sds(points) for exp, points in per_run.items()}
-    resamples = opts.resamples or resamples_for(len(pending), opts.alpha)
-    tests = []
-    for i, xa, xb, metric, exp in pending:
-        e0_sd = noise.for_metric(metric)
-        run_sd, df = replicate_sds[exp].get(metric.name, (0.0, 0))
-        sd = max(e0_sd, run_sd)
-        sources = [f"E0's {metric.noise} {e0_sd:.3f}"] if e0_sd else []
-        sources += [f"the runs' own {run_sd:.3f} ({df} degrees of freedom)"] if df else []
-        rows[i]["start_sd"] = sd
-        rows[i]["note"] = (f"between-run SD {sd:.3f}, the larger of " + " and ".join(sources) if len(sources) > 1 else
-                           f"between-run SD {sd:.3f} ({sources[0]})" if sources else "request-level noise only")
-        tests.append(bootstrap_median_delta(xa, xb, resamples=resamples, seed=opts.seed, level=1.0 - opts.alpha,
-                                            start_sd=sd / math.sqrt(len(side_a)),
-                                            start_sd_b=sd / math.sqrt(len(side_b))))
-    adjusted = holm([t.p_value for t in tests])
-    for (i, _, _, metric, _), test, p_holm in zip(pending, tests, adjusted):
+    resamples = opts.resamples or BOOTSTRAP_RESAMPLES
+    items = [Pair(runs_a, runs_b, (exp, metric.name), noise.for_metric(metric), noise.df, metric.lower_is_better,
+                  metric.noise) for _, runs_a, runs_b, metric, exp in pending]
+    judged = judge(items, per_run, alpha=opts.alpha, min_effect=opts.min_effect, seed=opts.seed, resamples=resamples)
+    for (i, *_), result in zip(pending, judged):
+        test = result["test"]
         rows[i].update(a=test.a, b=test.b, delta=test.delta, relative_delta=test.relative_delta,
-                       ci_low=test.ci_low, ci_high=test.ci_high, p_value=test.p_value, p_holm=p_holm,
-                       verdict=verdict(test, p_holm, alpha=opts.alpha, min_effect=opts.min_effect,
-                                       lower_is_better=metric.lower_is_better))
+                       ci_low=test.ci_low, ci_high=test.ci_high, p_value=test.p_value, p_holm=result["p_holm"],
+                       verdict=result["verdict"], mde_pct=result["mde_pct"], start_sd=result["start_sd"],
+                       df=result["df"], note=result["note"])
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     return Comparison(side_a, side_b, opts, table, samples, allowed, provenance_diff(a, b, comparable), noise,
                       resamples, len(pending), not_compared)
@@ -725,33 +617,30 @@ def method_lines(comp: Comparison) -> list[str]:
     o = comp.options
     level = 1.0 - o.alpha
     return [
-        f"Statistic: the median of each run's successful requests at a point; delta = B - A, relative delta = "
-        f"delta / A.",
-        f"CI: {level:.0%} percentile bootstrap of delta, each run's requests resampled independently, "
-        f"{comp.resamples} resamples, numpy generator seeded with {o.seed} for every test; each resampled median "
-        f"multiplied by exp(Normal(0, s)), s the metric's between-engine-start SD (below), since the two runs are "
-        f"two engine starts.",
-        "p-value: two-sided, from the same bootstrap distribution (twice the smaller share of resampled "
-        "deltas on either side of zero, zero counted on both sides, +1 correction).",
+        f"Statistic: the median of each side's successful requests at a point (a side's runs pooled); delta = B - A, "
+        f"relative delta = delta / A. Test of log(B / A) (analysis.compare_stats; docs/statistics.md).",
+        f"Noise: each side's request-level variance of its log median by bootstrap ({comp.resamples} resamples, "
+        f"numpy generator seeded with {o.seed} for every test), plus the between-run variance s^2 (1/runs A + "
+        f"1/runs B), s below; Student-t on Welch-Satterthwaite degrees of freedom (column df).",
+        f"CI: {level:.0%}, exp(log(B / A) -/+ t se) - 1, times A. p-value: two-sided Student-t.",
         f"Multiple comparisons: Holm's step-down adjustment over all {comp.tests} tests of this comparison, "
         f"family-wise error rate alpha = {o.alpha}.",
         f"Verdict: better / worse only when the CI excludes zero, the Holm-adjusted p <= {o.alpha} and "
         f"|relative delta| >= {o.min_effect:.1%} (--min-effect); lower is better for latencies. Fewer than "
-        f"{MIN_REQUESTS} requests "
-        f"in either run: not enough samples (near that minimum the percentile interval under-covers, as "
-        f"analysis.stats states: a change called there rests on few requests).",
-        f"Between-start noise s: {comp.noise.source}. E0's few starts make s itself uncertain: with fewer than 5 "
-        f"starts the CI can still under-cover an engine-start difference.",
+        f"{MIN_REQUESTS} requests in either run: not enough samples.",
+        f"Power: mde_pct is the smallest change each test detects with {POWER:.0%} probability at its noise, n and "
+        f"alpha / {max(comp.tests, 1)} (Holm's strictest threshold); 'no significant change' is printed with it. A "
+        f"change smaller than it may be real and unseen.",
+        f"Between-start noise s: {comp.noise.source}. Its degrees of freedom count engine starts - 1 "
+        f"({comp.noise.df:g}); few starts make s uncertain, and the t quantile says so.",
         f"Runs per side: A {len(comp.runs_a)}, B {len(comp.runs_b)}. " + (
-            "Each side's requests are pooled; the runs' medians' spread around their side's mean, pooled over "
-            "points, is the between-run SD where it exceeds E0's, and a side's pooled median carries it / "
-            "sqrt(its runs) (the note of each row says which applied)."
+            "Each side's requests are pooled; the runs' medians' spread around their side's mean beyond what their "
+            "requests explain, pooled over points, is the between-run SD where it exceeds E0's; its degrees of "
+            "freedom count runs (runs - 1 per side), not points, since a drift moves every point of a run together "
+            "(the note of each row says which applied)."
             if max(len(comp.runs_a), len(comp.runs_b)) > 1 else
             "One run per side: a host that drifts between runs (minutes apart) beyond E0's back-to-back starts "
             "is not covered; compare.runs_per_side >= 2 measures that drift."),
-        *([f"Caution: with {comp.resamples} resamples the smallest p-value is {2 / (comp.resamples + 1):.2g}, above "
-           f"Holm's strictest threshold alpha / {comp.tests} = {o.alpha / comp.tests:.2g}: raise --resamples."]
-          if comp.tests and 2 / (comp.resamples + 1) > o.alpha / comp.tests else []),
         "Compared: points whose status is ok in both runs, successful requests only; other points are listed "
         "as not compared with the reason.",
     ]

@@ -10,8 +10,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from context_research.analysis.stats import (MIN_SAMPLES, bootstrap_interval, mean, small_sample_note,
-                                              small_sample_part, summarize_pooled_with_ci, summarize_with_ci)
+from context_research.analysis.intervals import peak_in_flight, rate_interval, rate_windows
+from context_research.analysis.stats import (interval_part, mean, small_sample_note, small_sample_part,
+                                              summarize_pooled_with_ci, summarize_with_ci)
 from context_research.records import RequestRecord, read_whole
 
 _MS = 1000.0
@@ -24,7 +25,7 @@ LATENCY_COLUMNS = (
        for c in (f"{m}_ms_{s}", *(f"{m}_ms_{s}_{b}" for b in CI_SUFFIXES))]
     + ["stats_note", "prompt_tokens_mean", "output_tokens_mean"]
 )
-# goodput()'s rates that get a bootstrap CI (``<rate>_ci_low`` / ``<rate>_ci_high``).
+# goodput()'s rates that get a batch-means CI (``<rate>_ci_low`` / ``<rate>_ci_high``, ``throughput_ci``).
 THROUGHPUT_CI_METRICS = ("request_throughput_rps", "output_throughput_tok_s", "total_token_throughput_tok_s",
                          "goodput_rps")
 
@@ -36,11 +37,12 @@ def latency_row(records: Sequence[RequestRecord], **keys: Any) -> dict[str, Any]
     successful request (as ``vllm bench serve`` does). TPOT is None for single-token outputs and
     such requests are left out of the TPOT statistics. Missing values give None, never a crash.
 
-    Every statistic is followed by its 95 % bootstrap CI (``_ci_low``, ``_ci_high``; see
-    ``analysis.stats``: percentile method, requests resampled, fixed seed). A statistic with fewer
-    samples than ``stats.MIN_SAMPLES`` asks for is None together with its CI, and ``stats_note``
-    lists every such statistic with its n (None when all are stated). The token means have no CI:
-    they are server counts of lengths the workload fixes, not estimates.
+    Every statistic is followed by its 95 % CI (``_ci_low``, ``_ci_high``; ``analysis.stats``:
+    order-statistic intervals for percentiles, bootstrap-t for means, requests as the unit for
+    ITL). A statistic with fewer samples than ``stats.MIN_SAMPLES`` asks for is None together with
+    its CI; one with fewer than ``stats.MIN_INTERVAL`` keeps its value without a CI; ``stats_note``
+    lists both kinds with their n (None when every statistic has its CI). The token means have no
+    CI: they are server counts of lengths the workload fixes, not estimates.
     """
     ok = [r for r in records if r.ok]
     row: dict[str, Any] = dict(keys)
@@ -52,16 +54,15 @@ def latency_row(records: Sequence[RequestRecord], **keys: Any) -> dict[str, Any]
     tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
     itl = [list(r.itl_s) for r in ok if r.itl_s]
     e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
-    row.update(summarize_with_ci(ttft, "ttft_ms", _MS))
-    row.update(summarize_with_ci(tpot, "tpot_ms", _MS))
-    row.update(summarize_pooled_with_ci(itl, "itl_ms", _MS))
-    row.update(summarize_with_ci(e2e, "e2e_ms", _MS))
-    row["stats_note"] = small_sample_note([
-        small_sample_part("ttft", len(ttft)),
-        small_sample_part("tpot", len(tpot)),
-        small_sample_part("itl", sum(len(g) for g in itl), len(itl), "gaps"),
-        small_sample_part("e2e", len(e2e)),
-    ])
+    summaries = {"ttft": summarize_with_ci(ttft, "ttft_ms", _MS), "tpot": summarize_with_ci(tpot, "tpot_ms", _MS),
+                 "itl": summarize_pooled_with_ci(itl, "itl_ms", _MS), "e2e": summarize_with_ci(e2e, "e2e_ms", _MS)}
+    for summary in summaries.values():
+        row.update(summary)
+    gaps = sum(len(g) for g in itl)
+    sizes = {"ttft": (len(ttft), None), "tpot": (len(tpot), None), "itl": (gaps, len(itl)), "e2e": (len(e2e), None)}
+    row["stats_note"] = small_sample_note(
+        [small_sample_part(m, n, g, "gaps") for m, (n, g) in sizes.items()],
+        [interval_part(m, summaries[m], f"{m}_ms", n, g) for m, (n, g) in sizes.items()])
     row["prompt_tokens_mean"] = mean([r.prompt_tokens for r in ok])
     row["output_tokens_mean"] = mean([r.output_tokens for r in ok])
     return row
@@ -100,7 +101,7 @@ def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: fl
     count as misses), request_throughput_rps (succeeded / duration), output_throughput_tok_s
     (output tokens of successful requests / duration), total_token_throughput_tok_s (prompt +
     output tokens of successful requests / duration), and the counts and SLOs used; then, per
-    rate of THROUGHPUT_CI_METRICS, its bootstrap CI (``throughput_ci``).
+    rate of THROUGHPUT_CI_METRICS, its batch-means CI (``throughput_ci``).
     """
     if not duration_s or duration_s <= 0 or math.isnan(duration_s):
         raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
@@ -127,36 +128,45 @@ def goodput(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: fl
 
 
 def throughput_ci(records: Sequence[RequestRecord], duration_s: float, ttft_slo_ms: float,
-                  tpot_slo_ms: float) -> dict[str, float | None]:
-    """95 % bootstrap CIs of goodput()'s rates: ``<rate>_ci_low`` / ``<rate>_ci_high`` for each of
-    THROUGHPUT_CI_METRICS.
+                  tpot_slo_ms: float) -> dict[str, Any]:
+    """95 % batch-means CIs of goodput()'s rates: ``<rate>_ci_low`` / ``<rate>_ci_high`` for each of
+    THROUGHPUT_CI_METRICS, ``throughput_ci_windows`` (how many windows) and ``throughput_ci_note``
+    (why there is none).
 
-    A throughput of one run is one number: (sum over the requests sent of what each contributed)
-    / duration. The CI resamples the REQUESTS SENT with replacement (what each contributed: 1 if
-    it succeeded; its output tokens; its prompt + output tokens; 1 if it met both SLOs) and keeps
-    the duration fixed, i.e. rate = n / duration x mean contribution, with the percentile
-    bootstrap CI of that mean. It shows how much the rate depends on which requests happened to
-    be in the run; it does NOT cover run-to-run variation of the duration or of the arrival
-    process (an approximation, stated in the column meaning). A rate every request contributed
-    alike to (all met the SLOs) gets a zero-width CI: the bootstrap cannot see misses that did
-    not happen. None with fewer than MIN_SAMPLES["mean"] requests sent.
+    A rate of one point is (what its requests contributed) / duration. Each successful request
+    contributes at its completion (start + E2E, from the point's start): 1, its output tokens, its
+    prompt + output tokens, and 1 if it met both SLOs. The duration is cut into 5 equal windows
+    (``intervals.rate_windows``: valid with 3 completions per window and 4 waves of the point's
+    peak in flight); each window's rate is what completed in it / its length; the CI is Student-t
+    over the windows' rates, centred on the point's rate. It covers the long-run rate of the
+    arrivals and service times of this run (``analysis.calibration`` measures it on queues of known
+    throughput; it under-covers within a few percent of capacity); not a drift between engine
+    starts. A point too short for the windows gets no CI and the note says why.
     """
-    out: dict[str, float | None] = {f"{m}_{b}": None for m in THROUGHPUT_CI_METRICS for b in CI_SUFFIXES}
-    n = len(records)
-    if n < MIN_SAMPLES["mean"] or not duration_s or duration_s <= 0 or math.isnan(duration_s):
+    out: dict[str, Any] = {f"{m}_{b}": None for m in THROUGHPUT_CI_METRICS for b in CI_SUFFIXES}
+    out.update(throughput_ci_windows=None, throughput_ci_note=None)
+    if not duration_s or duration_s <= 0 or math.isnan(duration_s):
         return out
-    contrib = np.array([[1.0 if r.ok else 0.0,
-                         float(r.output_tokens or 0) if r.ok else 0.0,
-                         float((r.prompt_tokens or 0) + (r.output_tokens or 0)) if r.ok else 0.0,
-                         1.0 if meets_slo(r, ttft_slo_ms, tpot_slo_ms) else 0.0] for r in records])
-
-    def mean_contribution(idx, axis=-1):  # (..., requests) indices -> (4, ...) means
-        return np.moveaxis(contrib[np.moveaxis(idx, axis, -1)].mean(axis=-2), -1, 0)
-
-    low, high = bootstrap_interval(n, mean_contribution, elements_per_resample=contrib.size)
-    scale = n / duration_s
+    done = [r for r in records if r.ok and r.start_s is not None and r.e2e_s is not None]
+    ended = [r for r in records if r.start_s is not None and r.e2e_s is not None]
+    peak = peak_in_flight(np.array([r.start_s for r in ended]), np.array([r.start_s + r.e2e_s for r in ended]))
+    windows, why = rate_windows(duration_s, len(done), peak)
+    if not windows:
+        out["throughput_ci_note"] = f"throughput: no interval ({why})"
+        return out
+    times = np.array([r.start_s + r.e2e_s for r in done])
+    weights = np.array([[1.0, float(r.output_tokens or 0), float((r.prompt_tokens or 0) + (r.output_tokens or 0)),
+                         1.0 if meets_slo(r, ttft_slo_ms, tpot_slo_ms) else 0.0] for r in done])
+    low, high = rate_interval(times, weights, duration_s, windows)
+    out["throughput_ci_windows"] = windows
+    flat = []
     for i, m in enumerate(THROUGHPUT_CI_METRICS):
-        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = float(low[i]) * scale, float(high[i]) * scale
+        if math.isnan(low[i]):
+            flat.append(m)
+            continue
+        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = float(low[i]), float(high[i])
+    if flat:
+        out["throughput_ci_note"] = f"throughput: no interval for {', '.join(flat)} (every window alike)"
     return out
 
 

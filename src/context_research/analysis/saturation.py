@@ -29,6 +29,7 @@ import numpy as np
 
 from ..records import RequestRecord
 from .latency import meets_slo
+from .stats import interval_part, small_sample_note, small_sample_part, summarize_with_ci
 
 MIN_STEADY_REQUESTS = 4
 
@@ -138,33 +139,39 @@ def steady_state(records: Sequence[RequestRecord], trim_fraction: float) -> tupl
     return kept[0].start_s, kept[-1].start_s, kept
 
 
+STEADY_PERCENTILES = ("steady_ttft_ms_p50", "steady_ttft_ms_p99", "steady_tpot_ms_p50", "steady_tpot_ms_p99")
+STEADY_PERCENTILE_COLUMNS = tuple(c for name in STEADY_PERCENTILES for c in (name, f"{name}_ci_low", f"{name}_ci_high"))
+
+
 def steady_state_columns(records: Sequence[RequestRecord], trim_fraction: float, ttft_slo_ms: float,
                          tpot_slo_ms: float) -> dict[str, Any]:
-    """The concurrency.csv ``steady_*`` columns; empty, with ``steady_note``, on too few requests."""
+    """The concurrency.csv ``steady_*`` columns; empty, with ``steady_note``, on too few requests.
+    Its percentiles follow the client's rules (``analysis.stats``: MIN_SAMPLES to be stated,
+    MIN_INTERVAL for a CI, which follows each); ``steady_note`` says what is left out."""
     t0, t1, kept = steady_state(records, trim_fraction)
     out: dict[str, Any] = {k: None for k in (
         "steady_window_start_s", "steady_window_s", "steady_requests", "steady_request_throughput_rps",
-        "steady_output_throughput_tok_s", "steady_ttft_ms_p50", "steady_ttft_ms_p99", "steady_tpot_ms_p50",
-        "steady_tpot_ms_p99", "steady_slo_attainment")}
+        "steady_output_throughput_tok_s", *STEADY_PERCENTILE_COLUMNS, "steady_slo_attainment")}
     if len(kept) < MIN_STEADY_REQUESTS or not t1 or t1 <= t0:
         out["steady_note"] = (f"{len(kept)} request(s) sent inside the steady-state window (trim {trim_fraction:g}"
                               f" of sends at each end); at least {MIN_STEADY_REQUESTS} needed")
         return out
     done = [r for r in records if r.ok and r.e2e_s is not None and r.start_s is not None
             and t0 <= r.start_s + r.e2e_s <= t1]
-    ttft = [r.ttft_s * 1000 for r in kept if r.ok and r.ttft_s is not None]
-    tpot = [r.tpot_s * 1000 for r in kept if r.ok and r.tpot_s is not None]
     out.update({
         "steady_window_start_s": t0, "steady_window_s": t1 - t0, "steady_requests": len(kept),
         "steady_request_throughput_rps": len(done) / (t1 - t0),
         "steady_output_throughput_tok_s": sum(r.output_tokens or 0 for r in done) / (t1 - t0),
-        "steady_ttft_ms_p50": _pct(ttft, 50), "steady_ttft_ms_p99": _pct(ttft, 99),
-        "steady_tpot_ms_p50": _pct(tpot, 50), "steady_tpot_ms_p99": _pct(tpot, 99),
         "steady_slo_attainment": sum(meets_slo(r, ttft_slo_ms, tpot_slo_ms) for r in kept) / len(kept),
         "steady_note": None,
     })
+    missing, no_interval = [], []
+    for metric in ("ttft", "tpot"):
+        values = [getattr(r, f"{metric}_s") * 1000 for r in kept if r.ok and getattr(r, f"{metric}_s") is not None]
+        summary = summarize_with_ci(values, f"steady_{metric}_ms")
+        shown = {k: summary[k] for k in STEADY_PERCENTILE_COLUMNS if k in summary}
+        out.update(shown)
+        missing.append(small_sample_part(f"steady {metric}", len(values), only=("p50", "p99")))
+        no_interval.append(interval_part(f"steady {metric}", shown, f"steady_{metric}_ms", len(values)))
+    out["steady_note"] = small_sample_note(missing, no_interval)
     return out
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None

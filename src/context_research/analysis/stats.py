@@ -1,4 +1,5 @@
-"""Summary statistics over per-request records, with bootstrap confidence intervals."""
+"""Summary statistics over per-request records, with confidence intervals whose coverage is measured
+(``analysis.intervals`` computes them, ``analysis.calibration`` measures them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import math
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .intervals import (LEVEL, mean_interval, pooled_mean_interval, pooled_quantile_interval, quantile_interval,
+                        quantile_interval_min_n)
 
 PERCENTILES = (50, 95, 99)
 
@@ -50,41 +54,38 @@ def summarize(values: Sequence[float | None], prefix: str, scale: float = 1.0) -
     return out
 
 
-# -- uncertainty: bootstrap confidence intervals and minimum sample sizes --------------------------
+# -- uncertainty: intervals and minimum sample sizes -----------------------------------------------
 #
-# Method: scipy.stats.bootstrap, PERCENTILE interval, 95 %, 2000 resamples, a fixed seed (every
-# call starts a fresh generator from BOOTSTRAP_SEED, so a CI depends only on its data). The unit
-# resampled is the REQUEST: a per-request value (TTFT, TPOT, E2E), a request's whole list of
-# inter-chunk gaps (ITL is pooled, and gaps of one request are correlated, so they are resampled
-# together), or a request's contribution to a throughput.
-# Why percentile and not BCa: BCa's acceleration is a jackknife estimate, and the jackknife is
-# inconsistent for sample quantiles (p50/p95/p99 are most of what we report); on small samples of
-# tied or identical timings BCa returns NaN with a warning where the percentile interval returns
-# the (degenerate) interval. The percentile interval never leaves the range of the observed values,
-# so it never states a latency nobody measured; its known weakness, under-coverage on small samples
-# (it cannot be wider than the data), is what MIN_SAMPLES below guards against.
+# Methods (analysis.intervals; docs/statistics.md, "Intervals", gives their measured coverage):
+# a quantile of independent values (TTFT, TPOT, E2E of the requests of a point) gets the
+# distribution-free order-statistic interval, interpolated between neighbouring order statistics;
+# a mean gets the bootstrap-t interval; pooled values (ITL: every gap of every request) count the
+# REQUEST as the unit: cluster-robust ratio mean with Student-t, Woodruff's interval for quantiles.
+# Every interval is 95 % and deterministic (a CI depends only on its data).
+#
+# Two minimum sample sizes, one rule for every statistic the project prints (client, engine,
+# steady state):
+# * MIN_SAMPLES: below it a statistic is not stated at all. A percentile q needs at least one
+#   sample expected above it, n >= 1 / (1 - q) (p95 from fewer than 20 samples is an interpolation
+#   towards the maximum, not a tail), and at least 3 samples; a mean needs 2.
+# * MIN_INTERVAL: below it a stated statistic gets no interval, and the row's note says so. For a
+#   quantile it is where the widest order-statistic interval [min, max] first reaches 95 %:
+#   1 - q^n - (1 - q)^n >= 0.95, i.e. 6 (p50), 59 (p95), 299 (p99): below, no distribution-free
+#   interval exists. For the mean it is measured: no interval of a mean is distribution-free
+#   (Bahadur & Savage, 1956), and the bootstrap-t's coverage of a skewed (lognormal, log-SD 1) and
+#   a bimodal sample stays within 92-98 % from about 60 values (0.82-0.92 at 5-32 lognormal values,
+#   0.55-0.69 at 3-5 bimodal ones: docs/evidence/2026-12-07-cpu-calibration/interval_coverage.csv).
+# For pooled gaps both minima of an interval count requests, not gaps: the gaps of one request
+# are alike, and the interval's unit is the request.
 
-CI_LEVEL = 0.95
-BOOTSTRAP_METHOD = "percentile"
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 20_251_123
+CI_LEVEL = LEVEL
 STATS = ("mean", "p50", "p95", "p99")
-# Fewest samples for which a statistic (its value AND its CI) is stated; below it both are left
-# empty and the row's note says why. One rule: a percentile q needs at least one sample expected
-# above it, n >= 1 / (1 - q), or it is only an interpolation towards the largest sample (p95 with
-# fewer than 20 samples, p99 with fewer than 100, says something about the maximum, not the
-# tail), and at least 3 samples, or it is only a blend of the smallest and the largest; a mean
-# needs 2 (one sample has no spread, hence no CI). So E1's 3 trials per length give mean and p50
-# with a CI, never p95 / p99. Caveat, stated rather than hidden: near these minima the percentile
-# interval under-covers (at n = 3 the median's interval is about [min, max], which holds the true
-# median 75 % of the time, not 95 %); only from n >= 6 (p50), 59 (p95), 299 (p99) can [min, max]
-# reach 95 % coverage without assuming a distribution.
 MIN_SAMPLES = {"mean": 2, "p50": 3, "p95": 20, "p99": 100}
-# Pooled samples (ITL: every gap of every request) are resampled by request: a CI needs this many
-# requests besides the pooled count above (a single request has no between-request spread).
+MEAN_INTERVAL_MIN_N = 60
+MIN_INTERVAL = {"mean": MEAN_INTERVAL_MIN_N, **{f"p{q}": quantile_interval_min_n(q / 100.0) for q in PERCENTILES}}
+# Pooled samples (ITL: every gap of every request): a statistic needs this many requests besides
+# the pooled count above (a single request has no between-request spread).
 MIN_POOLED_GROUPS = 2
-# Largest resampled array one bootstrap batch builds (elements), to bound memory on long ITL pools.
-_MAX_BATCH_ELEMENTS = 2_000_000
 
 
 def stated_stats(n: int, n_groups: int | None = None) -> tuple[str, ...]:
@@ -94,109 +95,97 @@ def stated_stats(n: int, n_groups: int | None = None) -> tuple[str, ...]:
     return tuple(s for s in STATS if n >= MIN_SAMPLES[s])
 
 
-def _stat_matrix(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """mean, p50, p95, p99 of ``x`` along ``axis`` (NaN entries are padding and are ignored);
-    percentiles as numpy's default linear interpolation. Returns shape (4, *other axes)."""
-    x = np.sort(np.moveaxis(np.asarray(x, dtype=float), axis, -1), axis=-1)  # NaN sorts last
-    valid = ~np.isnan(x)
-    k = valid.sum(axis=-1)
-    out = [np.where(valid, x, 0.0).sum(axis=-1) / k]
-    for q in (50, 95, 99):
-        rank = (q / 100.0) * (k - 1)
-        lo = np.floor(rank).astype(int)
-        hi = np.minimum(lo + 1, k - 1)
-        frac = rank - lo
-        a = np.take_along_axis(x, lo[..., None], axis=-1)[..., 0]
-        b = np.take_along_axis(x, hi[..., None], axis=-1)[..., 0]
-        out.append(a + (b - a) * frac)
-    return np.stack(out)
+def interval_stats(n: int, n_groups: int | None = None) -> tuple[str, ...]:
+    """The stated statistics that may also get an interval: ``n`` independent samples, or (pooled)
+    ``n_groups`` requests, reach MIN_INTERVAL."""
+    units = n if n_groups is None else n_groups
+    return tuple(s for s in stated_stats(n, n_groups) if units >= MIN_INTERVAL[s])
 
 
-def bootstrap_interval(n_units: int, statistic, *, n_resamples: int = BOOTSTRAP_RESAMPLES,
-                       seed: int = BOOTSTRAP_SEED, level: float = CI_LEVEL,
-                       elements_per_resample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap CI of ``statistic(idx, axis)`` over ``n_units`` resampling units.
-
-    ``statistic`` receives an integer array of unit indices (resampled with replacement along
-    ``axis``) and returns one value or a vector of values per resample; the CI is returned as
-    (low, high) arrays of that vector's length. ``scipy.stats.bootstrap`` does the resampling and
-    the interval, with a fresh ``numpy`` generator seeded by ``seed`` (deterministic).
-    """
-    from scipy.stats import bootstrap  # noqa: PLC0415 (scipy is heavy; only CI computations need it)
-
-    per = max(1, elements_per_resample or n_units)
-    batch = max(1, min(n_resamples, _MAX_BATCH_ELEMENTS // per))
-    res = bootstrap((np.arange(n_units),), statistic, n_resamples=n_resamples, batch=batch, vectorized=True,
-                    confidence_level=level, method=BOOTSTRAP_METHOD, rng=np.random.default_rng(seed))
-    return np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
+def _points(x: np.ndarray) -> dict[str, np.ndarray]:
+    """mean, p50, p95, p99 of each row of ``x`` (numpy's linear-interpolated percentiles)."""
+    return {"mean": x.mean(axis=-1), **{f"p{q}": np.percentile(x, q, axis=-1) for q in PERCENTILES}}
 
 
-def bootstrap_ci(values: Sequence[float | None], stat: str = "mean", **kwargs) -> tuple[float, float] | None:
-    """95 % percentile-bootstrap CI of one statistic of STATS over ``values`` (None / NaN dropped);
-    None when fewer than MIN_SAMPLES[stat] values remain."""
-    data = np.asarray(clean(values), dtype=float)
-    if len(data) < MIN_SAMPLES[stat]:
-        return None
-    low, high = bootstrap_interval(len(data), lambda idx, axis=-1: _stat_matrix(data[idx], axis), **kwargs)
-    i = STATS.index(stat)
-    return float(low[i]), float(high[i])
+def sample_intervals(x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The 95 % interval of each statistic of STATS for each row of ``x`` (rows: samples of the
+    same size n, no NaN): (low, high) arrays, NaN where the statistic gets none: n below
+    MIN_SAMPLES or MIN_INTERVAL, or no spread (an interval of width zero is no interval). What
+    ``summarize_with_ci`` prints, vectorised over many samples (``analysis.calibration``)."""
+    x = np.sort(np.atleast_2d(np.asarray(x, dtype=float)), axis=-1)
+    n = x.shape[-1]
+    allowed = interval_stats(n)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for s in STATS:
+        if s not in allowed:
+            low = high = np.full(x.shape[0], np.nan)
+        elif s == "mean":
+            low, high = mean_interval(x)
+        else:
+            low, high = quantile_interval(x, int(s[1:]) / 100.0, is_sorted=True)
+        out[s] = _no_zero_width(low, high)
+    return out
 
 
-def _with_ci(prefix: str, values: dict[str, float | None], low: np.ndarray | None, high: np.ndarray | None,
+def _no_zero_width(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    low, high = np.array(low, dtype=float, copy=True), np.array(high, dtype=float, copy=True)
+    flat = ~(high > low)
+    low[flat], high[flat] = np.nan, np.nan
+    return low, high
+
+
+def _with_ci(prefix: str, values: dict[str, float | None], bounds: dict[str, tuple[float, float]],
              stated: tuple[str, ...], scale: float) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for i, s in enumerate(STATS):
+    for s in STATS:
         ok = s in stated and values[s] is not None
+        low, high = bounds.get(s, (math.nan, math.nan))
+        has_ci = ok and not (math.isnan(low) or math.isnan(high))
         out[f"{prefix}_{s}"] = values[s] * scale if ok else None
-        out[f"{prefix}_{s}_ci_low"] = float(low[i]) * scale if ok and low is not None else None
-        out[f"{prefix}_{s}_ci_high"] = float(high[i]) * scale if ok and high is not None else None
+        out[f"{prefix}_{s}_ci_low"] = float(low) * scale if has_ci else None
+        out[f"{prefix}_{s}_ci_high"] = float(high) * scale if has_ci else None
     return out
 
 
 def summarize_with_ci(values: Sequence[float | None], prefix: str, scale: float = 1.0) -> dict[str, float | None]:
-    """``summarize`` with a CI after each statistic, and the small-sample rule applied:
+    """``summarize`` with a CI after each statistic, and the small-sample rules applied:
     ``{prefix_mean, prefix_mean_ci_low, prefix_mean_ci_high, prefix_p50, ...}``, each times
-    ``scale``. A statistic with fewer than MIN_SAMPLES values is None, and so is its CI
-    (``small_sample_note`` says why). Values are exactly ``summarize``'s."""
+    ``scale``. A statistic with fewer than MIN_SAMPLES values is None with its CI; one with fewer
+    than MIN_INTERVAL, or no spread, keeps its value and has no CI (``small_sample_part`` and
+    ``interval_part`` say why). Values are exactly ``summarize``'s."""
     data = clean(values)
     stated = stated_stats(len(data))
     point = {"mean": mean(data), **{f"p{q}": percentile(data, q) for q in PERCENTILES}}
-    low = high = None
+    bounds = {}
     if stated:
-        arr = np.asarray(data, dtype=float)
-        low, high = bootstrap_interval(len(arr), lambda idx, axis=-1: _stat_matrix(arr[idx], axis))
-    return _with_ci(prefix, point, low, high, stated, scale)
+        bounds = {s: (float(lo[0]), float(hi[0])) for s, (lo, hi) in sample_intervals(np.asarray(data)).items()}
+    return _with_ci(prefix, point, bounds, stated, scale)
 
 
 def summarize_pooled_with_ci(groups: Sequence[Sequence[float | None]], prefix: str,
                              scale: float = 1.0) -> dict[str, float | None]:
     """``summarize_with_ci`` of the values of every group pooled together (ITL: every gap of every
-    request), the bootstrap resampling whole groups (requests), so the CI reflects the spread
-    between requests and not only between the gaps of one. The small-sample rule applies to the
-    pooled count, and a CI also needs MIN_POOLED_GROUPS non-empty groups."""
-    cleaned = [c for c in (clean(g) for g in groups) if c]
+    request). The statistic's value needs MIN_SAMPLES pooled values from MIN_POOLED_GROUPS
+    requests; its interval treats the request as the unit (cluster-robust: ``analysis.intervals``)
+    and needs MIN_INTERVAL requests."""
+    cleaned = [np.asarray(c, dtype=float) for c in (clean(g) for g in groups) if c]
     pooled = [x for g in cleaned for x in g]
     stated = stated_stats(len(pooled), len(cleaned))
     point = {"mean": mean(pooled), **{f"p{q}": percentile(pooled, q) for q in PERCENTILES}}
-    low = high = None
-    if stated:
-        width = max(len(g) for g in cleaned)
-        padded = np.full((len(cleaned), width), np.nan)
-        for i, g in enumerate(cleaned):
-            padded[i, :len(g)] = g
-
-        def statistic(idx, axis=-1):
-            picked = padded[np.moveaxis(idx, axis, -1)]  # (..., groups, width)
-            return _stat_matrix(picked.reshape(*picked.shape[:-2], -1), -1)
-
-        low, high = bootstrap_interval(len(cleaned), statistic, elements_per_resample=padded.size)
-    return _with_ci(prefix, point, low, high, stated, scale)
+    bounds = {}
+    for s in interval_stats(len(pooled), len(cleaned)):
+        low, high = pooled_mean_interval(cleaned) if s == "mean" else \
+            pooled_quantile_interval(cleaned, int(s[1:]) / 100.0)
+        lo_arr, hi_arr = _no_zero_width(np.array([low]), np.array([high]))
+        bounds[s] = (float(lo_arr[0]), float(hi_arr[0]))
+    return _with_ci(prefix, point, bounds, stated, scale)
 
 
-def small_sample_part(label: str, n: int, n_groups: int | None = None, unit: str = "values") -> str | None:
-    """``"ttft p95, p99 (n=3)"``: the statistics ``n`` samples may not state, or None if none."""
+def small_sample_part(label: str, n: int, n_groups: int | None = None, unit: str = "values",
+                      only: tuple[str, ...] = STATS) -> str | None:
+    """``"ttft p95, p99 (n=3)"``: the statistics (of ``only``) ``n`` samples may not state, or None."""
     stated = stated_stats(n, n_groups)
-    missing = [s for s in STATS if s not in stated]
+    missing = [s for s in only if s not in stated]
     if not missing:
         return None
     if n_groups is None:
@@ -204,20 +193,46 @@ def small_sample_part(label: str, n: int, n_groups: int | None = None, unit: str
     return f"{label} {', '.join(missing)} (n={n} {unit} from {n_groups} request{'' if n_groups == 1 else 's'})"
 
 
-def small_sample_note(parts: Iterable[str | None]) -> str | None:
-    """One note for a row: which statistics were left empty, with the rule; None if none was."""
-    parts = [p for p in parts if p]
-    if not parts:
-        return None
-    rule = ", ".join(f"{s} {n}" for s, n in MIN_SAMPLES.items())
-    return (f"not stated, too few samples (minimum n: {rule}; pooled: {MIN_POOLED_GROUPS} requests): "
-            + "; ".join(parts))
+def interval_part(label: str, summary: dict[str, float | None], prefix: str, n: int,
+                  n_groups: int | None = None) -> str | None:
+    """``"ttft mean (n=20 < 60), p95 (n=20 < 59)"``: the statistics of ``summary`` (a
+    ``summarize_with_ci`` output) stated without an interval, each with why: too few samples
+    (requests, for pooled values) for one, or none valid (no spread; Woodruff's interval of a
+    pooled quantile reaching beyond the data); None if none."""
+    units = n if n_groups is None else n_groups
+    what = "requests" if n_groups is not None else "n"
+    parts = []
+    for s in STATS:
+        if summary.get(f"{prefix}_{s}") is None or summary.get(f"{prefix}_{s}_ci_low") is not None:
+            continue
+        parts.append(f"{s} ({what}={units} < {MIN_INTERVAL[s]})" if units < MIN_INTERVAL[s] else
+                     f"{s} (none valid: no spread, or wider than the data)")
+    return f"{label} {', '.join(parts)}" if parts else None
+
+
+def small_sample_note(parts: Iterable[str | None], no_interval: Iterable[str | None] = (),
+                      extra: Iterable[str | None] = ()) -> str | None:
+    """One note for a row: which statistics were left empty, with the rule; which were stated
+    without an interval, with that rule; then ``extra`` parts (e.g. a rate's interval); None if
+    nothing was left out."""
+    parts, no_interval = [p for p in parts if p], [p for p in no_interval if p]
+    pieces = []
+    if parts:
+        rule = ", ".join(f"{s} {n}" for s, n in MIN_SAMPLES.items())
+        pieces.append(f"not stated, too few samples (minimum n: {rule}; pooled: {MIN_POOLED_GROUPS} requests): "
+                      + "; ".join(parts))
+    if no_interval:
+        rule = ", ".join(f"{s} {n}" for s, n in MIN_INTERVAL.items())
+        pieces.append(f"no interval (minimum n for one: {rule}; pooled: requests): " + "; ".join(no_interval))
+    pieces += [p for p in extra if p]
+    return " | ".join(pieces) if pieces else None
 
 
 def format_with_ci(row: dict, column: str, nd: int = 2) -> str:
     """A report cell for a statistic with its CI: ``"41.62 [40.10, 43.05]"``; ``"not stated
     (n < 20)"`` where the small-sample rule left it empty (the suffix of ``column`` names the
-    statistic), ``"n/a"`` where it is missing otherwise; a value without CI columns prints alone."""
+    statistic), ``"n/a"`` where it is missing otherwise; a value without an interval (none
+    valid, or one of zero width, which is no interval) prints alone."""
     def num(x):
         return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
@@ -226,6 +241,6 @@ def format_with_ci(row: dict, column: str, nd: int = 2) -> str:
         stat = column.rsplit("_", 1)[-1]
         return f"not stated (n < {MIN_SAMPLES[stat]})" if stat in MIN_SAMPLES and row.get("stats_note") else "n/a"
     low, high = num(row.get(f"{column}_ci_low")), num(row.get(f"{column}_ci_high"))
-    if low is None or high is None:
+    if low is None or high is None or not high > low:
         return f"{value:.{nd}f}"
     return f"{value:.{nd}f} [{low:.{nd}f}, {high:.{nd}f}]"

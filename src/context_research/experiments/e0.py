@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 from ..analysis.integrity import check_records
-from ..analysis.stats import (coefficient_of_variation, mean, ms, small_sample_note, small_sample_part,
+from ..analysis.stats import (coefficient_of_variation, interval_part, mean, ms, small_sample_note, small_sample_part,
                               summarize_with_ci)
 from ..backends.client import auth_headers
 from ..hashing import sha256_obj
@@ -255,12 +255,7 @@ def run(run: ExperimentRun) -> dict:
         "streams_read_whole": {"read_whole": sum(read_whole(r) for r in all_repeat_records + restart_records),
                                "requests": sum(r.ok for r in all_repeat_records + restart_records),
                                "scope": "successful repeat requests of every engine start", "measured_on": "client"},
-        "latency_client": {**summarize_with_ci([r.ttft_s for r in all_repeat_records], "ttft_ms", 1000),
-                           **summarize_with_ci([r.tpot_s for r in all_repeat_records], "tpot_ms", 1000),
-                           **summarize_with_ci([r.e2e_s for r in all_repeat_records], "e2e_ms", 1000),
-                           "stats_note": small_sample_note(small_sample_part(m, len(all_repeat_records))
-                                                           for m in ("ttft", "tpot", "e2e")),
-                           "measured_on": "client"},
+        "latency_client": client_latency(all_repeat_records),
         # Histograms: counts, sums and exact means only; percentiles from vLLM's per-request metrics.
         "latency_engine": {**(engine_summary(before, after) if before and after else {"available": False}),
                            "per_request": per_request_summary(all_repeat_records)},
@@ -278,6 +273,20 @@ def run(run: ExperimentRun) -> dict:
     return {"all_identical": determinism["all_identical"],
             "cv_ttft": variability["cv_ttft"], "cv_tpot": variability["cv_tpot"],
             "cv_ttft_across_restarts": across.get("cv_ttft"), "cv_tpot_across_restarts": across.get("cv_tpot")}
+
+
+def client_latency(records: list[RequestRecord]) -> dict[str, Any]:
+    """summary.json's ``latency_client``: TTFT, TPOT and E2E of the repeat requests with their CIs,
+    and ``stats_note``: what is not stated, or stated without a CI, and why (``analysis.stats``)."""
+    out: dict[str, Any] = {}
+    missing, no_interval = [], []
+    for metric in ("ttft", "tpot", "e2e"):
+        values = [getattr(r, f"{metric}_s") for r in records if getattr(r, f"{metric}_s") is not None]
+        summary = summarize_with_ci(values, f"{metric}_ms", 1000)
+        out.update(summary)
+        missing.append(small_sample_part(metric, len(values)))
+        no_interval.append(interval_part(metric, summary, f"{metric}_ms", len(values)))
+    return {**out, "stats_note": small_sample_note(missing, no_interval), "measured_on": "client"}
 
 
 def analyse(results_dir, analysis_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -70,9 +70,9 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                     "Verdict: FAIL: " + "; ".join(s.get("failed_because") or ["see below"]) + ".")
     facts = [
         ("prompt / output tokens", f"{s['workload']['prompt_tokens']} / {s['workload']['max_tokens']}"),
-        ("TTFT p50 / p95 (ms, client, 95% CI)",
+        ("TTFT p50 / p95 (ms, client; [95% CI] where valid)",
          f"{format_with_ci(lat, 'ttft_ms_p50')} / {format_with_ci(lat, 'ttft_ms_p95')}"),
-        ("TPOT p50 / p95 (ms, client, 95% CI)",
+        ("TPOT p50 / p95 (ms, client; [95% CI] where valid)",
          f"{format_with_ci(lat, 'tpot_ms_p50', 3)} / {format_with_ci(lat, 'tpot_ms_p95', 3)}"),
         ("TTFT mean (ms, engine histogram)", _fmt(ms(eng.get("engine_ttft_mean_s")))),
         ("failed requests", s["failed_requests"]),

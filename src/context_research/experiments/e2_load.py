@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from ..analysis.saturation import SaturationMonitor, steady_state_columns
+from ..analysis.saturation import STEADY_PERCENTILE_COLUMNS, SaturationMonitor, steady_state_columns
 from ..gpu_stats import ENERGY_COLUMNS, energy_columns, energy_device_indices, read_energy_mj
 from ..records import RequestRecord
 
 SATURATION_COLUMNS = ("saturated", "stopped_early", "saturation_note", "in_flight_peak", "engine_waiting_peak",
                       "load_samples")
 STEADY_COLUMNS = ("steady_window_start_s", "steady_window_s", "steady_requests", "steady_request_throughput_rps",
-                  "steady_output_throughput_tok_s", "steady_ttft_ms_p50", "steady_ttft_ms_p99", "steady_tpot_ms_p50",
-                  "steady_tpot_ms_p99", "steady_slo_attainment", "steady_note")
+                  "steady_output_throughput_tok_s", *STEADY_PERCENTILE_COLUMNS, "steady_slo_attainment", "steady_note")
 PARETO_COLUMNS = ("gpus", "output_tok_s_per_user", "output_tok_s_per_gpu")
 LOAD_COLUMNS = ("probe_phase", *SATURATION_COLUMNS, *STEADY_COLUMNS, *ENERGY_COLUMNS, *PARETO_COLUMNS)
 

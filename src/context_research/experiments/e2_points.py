@@ -62,11 +62,15 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
             "tpot_slo_attainment": sum(meets_slo(r, math.inf, tpot_slo_ms) for r in records) / n,
             "goodput_rps": g["goodput_rps"],
             **{k: v for k, v in g.items() if k.endswith(("_ci_low", "_ci_high"))},
+            "throughput_ci_windows": g["throughput_ci_windows"],
         })
+        if g["throughput_ci_note"]:
+            row["stats_note"] = " | ".join(p for p in (row["stats_note"], g["throughput_ci_note"]) if p)
     else:
         row.update({k: None for k in ("duration_s", "request_throughput_rps", "output_throughput_tok_s",
                                       "total_token_throughput_tok_s", "n_slo_met", "slo_attainment",
-                                      "ttft_slo_attainment", "tpot_slo_attainment", "goodput_rps")})
+                                      "ttft_slo_attainment", "tpot_slo_attainment", "goodput_rps",
+                                      "throughput_ci_windows")})
         row.update({f"{m}_ci_{side}": None for m in THROUGHPUT_CI_METRICS for side in ("low", "high")})
         row.update({"ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms})
     row["offered_rate_rps"] = level if mode in ("rate", "capacity") else None
