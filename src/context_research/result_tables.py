@@ -895,6 +895,33 @@ TABLES: dict[str, Table] = {t.file: t for t in (
     E3_TRANSFERS, E4_QUALITY, E4_BY_LENGTH, E5_MEMORY, E6_STRESS)}
 
 
+# -- calibration tables (docs/evidence/<date>-cpu-calibration/: simulations of known truth, no run) --
+
+CALIBRATION_CAPACITY = Table("calibration/capacity_coverage.csv", (
+    C("settings", "", "config", "E2 settings the searches ran with: default (config/config.yaml, the CPU ones) or "
+                                "qwen3-8b (its overlay)"),
+    C("server", "", "label", "simulated server (analysis.queue_sim.calibration_servers): M/D/1, M/M/4 or drift"),
+    C("server_model", "", "label", "the server in words: queue, mean service time, drift"),
+    C("search", "", "label", "this code's capacity search, or bf77132's as analysis.queue_sim reproduces it"),
+    C("seeds", "count", "config", "searches run, one per seed; seed k's server is 2^((k mod 16) / 16) times slower"),
+    C("truth_min_rps", "req/s", "derived", "smallest true capacity among the seeds' servers: the highest Poisson "
+                                           "rate whose long-run SLO attainment reaches the target (Erlang's "
+                                           "formulas, not simulated)"),
+    C("truth_max_rps", "req/s", "derived", "largest true capacity among them"),
+    C("rel_tol", "ratio", "config", "capacity_rel_tol of the settings: the tolerance of the next column"),
+    C("share_capacity_within_tolerance", "ratio", "derived", "searches whose capacity_rps <= truth x (1 + rel_tol) "
+                                                             "(none found counts as within)"),
+    C("share_bracket_holds_truth", "ratio", "derived", "searches whose capacity_low_rps <= truth < capacity_high_rps "
+                                                       "(an open upper end holds any truth above the lower)"),
+    C("median_capacity_over_truth", "ratio", "derived", "median of capacity_rps / truth over searches that found one"),
+    C("median_probes", "count", "derived", "median probes a search ran"),
+    C("median_probing_s", "s", "derived", "median simulated seconds of probing per search (each probe: first send "
+                                          "to last completion)"),
+), "one row per E2 settings, simulated server and search")
+
+CALIBRATION_TABLES: dict[str, Table] = {t.file: t for t in (CALIBRATION_CAPACITY,)}
+
+
 def table_for(experiment: str, filename: str) -> Table:
     """The declared table of ``results/<experiment>/<filename>``."""
     key = f"{experiment}/{filename}"
@@ -938,8 +965,11 @@ def glossary_markdown() -> str:
         *(f"| {s} | {_cell(m)} |" for s, m in SOURCE_MEANINGS.items()),
         "",
         "Tables: " + ", ".join(f"[`{key}`](#{_anchor(key)})" for key in TABLES),
+        "",
+        "Calibration tables (simulations of known truth under `docs/evidence/<date>-cpu-calibration/`, no run): "
+        + ", ".join(f"[`{key}`](#{_anchor(key)})" for key in CALIBRATION_TABLES),
     ]
-    for key, table in TABLES.items():
+    for key, table in {**TABLES, **CALIBRATION_TABLES}.items():
         out += ["", f"## {key}", ""]
         if table.description:
             out += [f"{table.description[0].upper()}{table.description[1:]}; {len(table.columns)} columns.", ""]

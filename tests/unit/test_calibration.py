@@ -4,6 +4,7 @@ Each section proves one statistic against samples or simulated servers whose ans
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from context_research.analysis import queue_sim
@@ -84,3 +85,13 @@ def test_the_truth_is_where_long_run_attainment_crosses_the_target():
     # a drifting server's long run is the server it settles to
     drift = SimServer("drift", 0.025, boost=1.5, settle_s=2.0)
     assert true_capacity(drift, 250.0, 50.0, 0.9) == true_capacity(SimServer("M/D/1", 0.025), 250.0, 50.0, 0.9)
+
+
+def test_the_evidence_entry_writes_the_coverage_table_and_figure(tmp_path):
+    from context_research.analysis import capacity_evidence
+
+    assert capacity_evidence.main(["--seeds", "16", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "capacity_coverage.csv")
+    assert len(table) == 2 * 3 * 2 and set(table["server"]) == {"M/D/1", "M/M/4", "drift"}
+    assert (table["seeds"] == 16).all() and table["share_bracket_holds_truth"].between(0, 1).all()
+    assert (tmp_path / "capacity_coverage.svg").read_text().lstrip().startswith("<?xml")

@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "docs" / "evidence"
 # Comparisons (compare.csv) span two runs, not one experiment's table: their columns are checked
 # against analysis.compare.COMPARE_COLUMNS below.
-EVIDENCE_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv") if p.name != "compare.csv")
+# Calibration tables (docs/evidence/<date>-cpu-calibration/) come from simulations, not a run: their
+# columns are checked against result_tables.CALIBRATION_TABLES below.
+CALIBRATION_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv") if p.parent.name.endswith("-calibration"))
+EVIDENCE_CSVS = sorted(p for p in EVIDENCE.rglob("*.csv") if p.name != "compare.csv" and p not in CALIBRATION_CSVS)
 COMPARE_CSVS = sorted(EVIDENCE.rglob("compare.csv"))
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
 
@@ -42,6 +45,14 @@ def test_every_evidence_column_is_declared(path):
     table = table_for(_experiment_of(path), path.name)
     columns = list(pd.read_csv(path, nrows=0).columns)
     assert table.undeclared(columns, allow_retired=True) == [], f"{path.relative_to(REPO)}: undeclared columns"
+
+
+@pytest.mark.parametrize("path", CALIBRATION_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
+def test_every_calibration_table_is_declared(path):
+    from context_research.result_tables import CALIBRATION_TABLES
+
+    table = CALIBRATION_TABLES[f"calibration/{path.name}"]
+    assert list(pd.read_csv(path, nrows=0).columns) == list(table.names)
 
 
 @pytest.mark.parametrize("path", COMPARE_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
