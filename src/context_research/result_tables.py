@@ -385,8 +385,10 @@ def _steady_percentile_columns() -> tuple[Column, ...]:
 def e2_load_columns() -> tuple[Column, ...]:
     """``experiments.e2_load.LOAD_COLUMNS``: saturation, steady state, energy, Pareto coordinates."""
     return (
-        C("probe_phase", "", "label", "capacity points: bracket (growing or shrinking the rate) or bisect (between the "
-                                      "highest passing and lowest failing rate); empty otherwise"),
+        C("probe_phase", "", "label", "capacity points: bracket (growing or shrinking the rate), bisect (between the "
+                                      "highest passing rate and the lowest above it that did not pass), confirm (the "
+                                      "capacity a second time), repeat (after an invalid probe) or extend (longer, "
+                                      "after an inconclusive one); empty otherwise"),
         C("saturated", "bool", "derived", "open-loop point over-saturated: the client's in-flight count grew through "
                                           "the run (least-squares rise >= 4 requests and second-half mean >= 1.5 x "
                                           "first-half) and so did vllm:num_requests_waiting where exported"),
@@ -425,6 +427,33 @@ def e2_load_columns() -> tuple[Column, ...]:
     )
 
 
+def probe_verdict_columns() -> tuple[Column, ...]:
+    """``analysis.probe.Verdict.columns()`` of a capacity probe (empty for other points)."""
+    window = "of the probe's steady window (planned sends between the steady_state_trim quantiles)"
+    return (
+        C("probe_length", "ratio", "derived", "capacity probes: the window asked for, in minimum windows "
+                                              "(capacity.csv probe_min_window_s); above 1 for a longer second probe"),
+        C("probe_verdict", "", "derived", "capacity probes: pass, fail, inconclusive or invalid (analysis.probe; "
+                                          "docs/statistics.md, Capacity)"),
+        C("probe_verdict_reason", "", "label", "the numbers behind probe_verdict"),
+        C("probe_window_s", "s", "derived", "length " + window),
+        C("probe_window_requests", "count", "client", "requests " + window),
+        C("probe_completed_rps", "req/s", "derived", "the rate at which the window's requests completed: the offered "
+                                                     "rate / the least-squares slope of their completion times against "
+                                                     "their planned sends"),
+        C("probe_backlog_rise", "count", "derived", "least-squares rise of requests in flight (sent, not finished, "
+                                                    "from the records) over the window"),
+        C("attainment_lower_bound", "ratio", "derived", "one-sided 95 % Wilson lower bound of the window's SLO "
+                                                        "attainment over window requests / probe_design_effect"),
+        C("attainment_upper_bound", "ratio", "derived", "one-sided 95 % Wilson upper bound, likewise"),
+        C("probe_design_effect", "ratio", "derived", "requests that count as one independent one: 2 x the integrated "
+                                                     "autocorrelation time (Geyer) of the window's SLO slack and "
+                                                     "met/missed series"),
+        C("probe_extend", "ratio", "derived", "inconclusive probes: how many times longer a second probe at the rate "
+                                              "runs (empty: none)"),
+    )
+
+
 E2_CONCURRENCY = Table("e2/concurrency.csv", (
     C("mode", "", "config", "concurrency (closed loop, at most level requests in flight), rate (open-loop Poisson "
                             "arrivals), capacity (a rate probed by the capacity search) or trace (a replayed trace)"),
@@ -449,6 +478,7 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
     *engine_point_columns(),
     *ttft_gap_columns(),
     *e2_load_columns(),
+    *probe_verdict_columns(),
     integrity_note_column(),
     measured_on_column("client; engine_* columns: engine /metrics; energy_*: NVML"),
     *stamp_columns(),
@@ -457,33 +487,56 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
 E2_CAPACITY = Table("e2/capacity.csv", (
     C("prompt_tokens", "tokens", "config", "prompt length searched (experiments.e2.capacity_prompt_tokens)"),
     C("max_tokens", "tokens", "config", "output tokens per request"),
-    C("capacity_rps", "req/s", "derived", "DistServe goodput: the highest Poisson rate seen to keep SLO attainment >= "
-                                          "attainment_target (= capacity_low_rps; the true capacity lies in "
-                                          "[capacity_low_rps, capacity_high_rps)); empty when no rate passed"),
-    C("capacity_low_rps", "req/s", "derived", "highest probed Poisson rate whose SLO attainment >= attainment_target "
-                                              "(0 when none passed)"),
-    C("capacity_high_rps", "req/s", "derived", "lowest probed rate above capacity_low_rps that missed the target; empty "
-                                               "when none did (not bracketed above)"),
-    C("converged", "bool", "derived", "capacity_high_rps / capacity_low_rps - 1 <= rel_tol"),
-    C("probes", "count", "derived", "rates probed (each a capacity row of concurrency.csv)"),
-    C("implausible_probes", "count", "derived", "probes whose row is implausible (analysis.integrity); their "
-                                                "attainment was used, a failed probe's counts as a miss"),
-    C("stop_reason", "", "label", "converged, probe budget exhausted (with every probe passing: a lower bound), not "
-                                  "bracketed above, none passed, or why no search ran"),
-    C("non_monotonic_note", "", "label", "probes that passed above a failing rate (bisection assumes attainment "
-                                         "falls with the rate)"),
+    C("capacity_rps", "req/s", "derived", "DistServe goodput as E2 measures it: the highest Poisson rate whose probe "
+                                          "passed (analysis.probe: SLO attainment's lower bound >= "
+                                          "attainment_target, completions keeping pace, no growing backlog); = "
+                                          "capacity_low_rps; empty when no rate passed"),
+    C("capacity_low_rps", "req/s", "derived", "lower end of the bracket: the highest rate that passed (0 when none "
+                                              "did)"),
+    C("capacity_high_rps", "req/s", "derived", "upper end of the bracket: the lowest rate above capacity_low_rps "
+                                               "that failed (attainment's upper bound < target); inconclusive rates "
+                                               "are never an end; empty when none failed (open above). A bracket "
+                                               "from probes, not a confidence interval"),
+    C("capacity_achieved_rps", "req/s", "derived", "what the probe defining capacity_rps completed: its steady "
+                                                   "window's requests per second of completion (probe_completed_rps); "
+                                                   "capacity_rps <= (1 + rate_tolerance) x this"),
+    C("attainment_lower_bound", "ratio", "derived", "that probe's one-sided 95 % lower bound of SLO attainment "
+                                                    "(attainment_lower_bound in concurrency.csv)"),
+    C("converged", "bool", "derived", "the search stopped on a confirmed capacity_rps within rel_tol of a rate that "
+                                      "failed"),
+    C("confirmed", "bool", "derived", "capacity_rps passed two probes (the search probes it again before stopping)"),
+    C("probes", "count", "derived", "probes run (each a capacity row of concurrency.csv, repeats included)"),
+    C("inconclusive_probes", "count", "derived", "probes whose attainment bounds straddled the target or that missed "
+                                                 "the rate or backlog rule without failing"),
+    C("invalid_probes", "count", "derived", "probes that could not be judged (failed, implausible or stopped early); "
+                                            "each is probed again once, and a second in a row stops the search"),
+    C("stop_reason", "", "label", "converged, resolved (the rate above capacity_rps was inconclusive), the probe "
+                                  "budget (before or after a second pass), every rate passing, none passing, two "
+                                  "invalid probes, or why no search ran"),
+    C("non_monotonic_note", "", "label", "rates that passed above a rate that did not (the search trusts the highest "
+                                         "pass)"),
     C("attainment_target", "ratio", "config", "share of requests that must meet both SLOs"),
-    C("rel_tol", "ratio", "config", "stopping tolerance on the bracket (high / low - 1)"),
+    C("rel_tol", "ratio", "config", "the search stops once the rate above capacity_rps that did not pass is within "
+                                    "this of it (high / low - 1)"),
+    C("rate_tolerance", "ratio", "config", "capacity_rate_tolerance: a passing probe completed at least rate / (1 + "
+                                           "this)"),
     C("max_probes", "count", "config", "probe budget per prompt length"),
     C("ttft_slo_ms", "ms", "config", "TTFT SLO (client, inclusive)"),
     C("tpot_slo_ms", "ms", "config", "TPOT SLO (client, inclusive)"),
-    C("requests_per_probe", "count", "config", "requests a probe sends at least (fewer when it stopped early; more "
-                                               "where its arrivals would not span probe_window_s)"),
-    C("probe_window_s", "s", "derived", "shortest arrival window of a probe: ttft_slo_ms / 1000 / rel_tol, the "
-                                        "window in which a rate rel_tol above capacity builds a backlog past the TTFT "
-                                        "SLO; each probe sends max(requests_per_probe, rate x window) requests"),
+    C("requests_per_probe", "count", "config", "capacity_requests_per_probe: requests a probe sends at least (empty: "
+                                               "no floor beyond the minimum window's)"),
+    C("probe_min_window_s", "s", "derived", "the minimum steady window of a probe: ttft_slo_ms / 1000 x (1 + "
+                                            "rate_tolerance) / rate_tolerance, in which a rate rate_tolerance over "
+                                            "capacity adds a whole TTFT SLO to the wait; a probe sends rate x this "
+                                            "(x probe_length) planned requests in its window, plus the trimmed ends"),
+    C("probe_min_window_requests", "count", "derived", "the fewest requests a window holds: z^2 t / (1 - t), below "
+                                                       "which not even every request meeting the SLOs can pass"),
     *stamp_columns(),
-), "one row per prompt length searched")
+), "one row per prompt length searched", retired=(
+    ("implausible_probes", "before the probe verdicts (bf77132 and earlier): implausible probes, whose attainment the "
+                           "search used; now invalid_probes, which it does not use"),
+    ("probe_window_s", "before the probe verdicts: ttft_slo_ms / 1000 / rel_tol; now probe_min_window_s"),
+))
 
 E2_REQUESTS = Table("e2/requests.csv", (
     C("phase", "", "label", "warmup (unmeasured) or measured"),
@@ -877,6 +930,61 @@ TABLES: dict[str, Table] = {t.file: t for t in (
     E3_TRANSFERS, E4_QUALITY, E4_BY_LENGTH, E5_MEMORY, E6_STRESS)}
 
 
+# -- calibration tables (docs/evidence/<date>-cpu-calibration/: simulations of known truth, no run) --
+
+CALIBRATION_CAPACITY = Table("calibration/capacity_coverage.csv", (
+    C("settings", "", "config", "E2 settings the searches ran with: default (config/config.yaml, the CPU ones) or "
+                                "qwen3-8b (its overlay)"),
+    C("server", "", "label", "simulated server (analysis.queue_sim.calibration_servers): M/D/1, M/M/4 or drift"),
+    C("server_model", "", "label", "the server in words: queue, mean service time, drift"),
+    C("search", "", "label", "this code's capacity search, or bf77132's as analysis.queue_sim reproduces it"),
+    C("seeds", "count", "config", "searches run, one per seed; seed k's server is 2^((k mod 16) / 16) times slower"),
+    C("truth_min_rps", "req/s", "derived", "smallest true capacity among the seeds' servers: the highest Poisson "
+                                           "rate whose long-run SLO attainment reaches the target (Erlang's "
+                                           "formulas, not simulated)"),
+    C("truth_max_rps", "req/s", "derived", "largest true capacity among them"),
+    C("rel_tol", "ratio", "config", "capacity_rel_tol of the settings: the tolerance of the next column"),
+    C("share_capacity_within_tolerance", "ratio", "derived", "searches whose capacity_rps <= truth x (1 + rel_tol) "
+                                                             "(none found counts as within)"),
+    C("share_bracket_holds_truth", "ratio", "derived", "searches whose capacity_low_rps <= truth < capacity_high_rps "
+                                                       "(an open upper end holds any truth above the lower)"),
+    C("median_capacity_over_truth", "ratio", "derived", "median of capacity_rps / truth over searches that found one"),
+    C("median_probes", "count", "derived", "median probes a search ran"),
+    C("median_probing_s", "s", "derived", "median simulated seconds of probing per search (each probe: first send "
+                                          "to last completion)"),
+), "one row per E2 settings, simulated server and search")
+
+CALIBRATION_INTERVALS = Table("calibration/interval_coverage.csv", (
+    C("method", "", "label", "interval method: the one the reports use (order statistic, bootstrap-t, cluster-robust, "
+                             "batch means) or a reference (the percentile bootstrap used before issue 25, Student-t)"),
+    C("statistic", "", "label", "what the interval is of: mean, p50, p95, p99, or request throughput"),
+    C("distribution", "", "label", "simulated samples (lognormal, bimodal, ...) or queue model (analysis.calibration)"),
+    C("n", "count", "config", "samples per simulated interval (requests for pooled ITL and rates)"),
+    C("coverage", "ratio", "derived", "share of simulated intervals that held the true value; empty where withheld"),
+    C("withheld", "ratio", "derived", "share of simulations where the rules stated no interval"),
+    C("simulations", "count", "config", "simulated samples"),
+    C("stated", "count", "derived", "simulations where an interval was stated"),
+    C("median_relative_width", "ratio", "derived", "median of (high - low) / truth over stated intervals"),
+    C("config_uses", "", "label", "which configs use this n (E1 trials, E0 requests per start, ...)"),
+), "one row per interval method, statistic, distribution and n")
+
+CALIBRATION_COMPARISONS = Table("calibration/comparison_calibration.csv", (
+    C("model", "", "label", "the simulated comparison: tests, runs per side, requests per run, request and "
+                            "between-run log-SDs"),
+    C("tests", "count", "config", "tests in the family (Holm's adjustment spans them)"),
+    C("alpha", "ratio", "config", "family-wise error rate"),
+    C("min_effect", "ratio", "config", "smallest |relative_delta| that counts"),
+    C("simulations", "count", "config", "simulated comparisons"),
+    C("false_call_rate", "ratio", "derived", "share of A/A comparisons (drift, no change) with any test called"),
+    C("median_mde_pct", "%", "derived", "median mde_pct over tests and simulations"),
+    C("power_at_1x_mde", "ratio", "derived", "share of tests called when B carries a change of 1 x its mde_pct"),
+    C("power_at_2x_mde", "ratio", "derived", "share of tests called when B carries a change of 2 x its mde_pct"),
+), "one row per simulated comparison model")
+
+CALIBRATION_TABLES: dict[str, Table] = {t.file: t for t in (CALIBRATION_CAPACITY, CALIBRATION_INTERVALS,
+                                                             CALIBRATION_COMPARISONS)}
+
+
 def table_for(experiment: str, filename: str) -> Table:
     """The declared table of ``results/<experiment>/<filename>``."""
     key = f"{experiment}/{filename}"
@@ -920,8 +1028,11 @@ def glossary_markdown() -> str:
         *(f"| {s} | {_cell(m)} |" for s, m in SOURCE_MEANINGS.items()),
         "",
         "Tables: " + ", ".join(f"[`{key}`](#{_anchor(key)})" for key in TABLES),
+        "",
+        "Calibration tables (simulations of known truth under `docs/evidence/<date>-cpu-calibration/`, no run): "
+        + ", ".join(f"[`{key}`](#{_anchor(key)})" for key in CALIBRATION_TABLES),
     ]
-    for key, table in TABLES.items():
+    for key, table in {**TABLES, **CALIBRATION_TABLES}.items():
         out += ["", f"## {key}", ""]
         if table.description:
             out += [f"{table.description[0].upper()}{table.description[1:]}; {len(table.columns)} columns.", ""]

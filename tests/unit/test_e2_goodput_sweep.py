@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from context_research.analysis.latency import goodput, poisson_schedule
+from context_research.analysis.probe import ProbeRules, window_indices
 from context_research.experiments import e2, e2_points, e2_report
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
@@ -23,10 +24,12 @@ CFG = {"seed": 3, "prompt_tokens": 256, "max_tokens": 8, "concurrency_levels": [
        "tpot_slo_ms": 10.0, "min_waves": 2}
 
 
-# The capacity search on FakeSession's curve (SLO met up to 10 req/s): 4, 8, 16, then 11.3 fails.
+# The capacity search on FakeSession's curve (SLO met up to 10 req/s): 4 and 8 pass, 16 and 11.3
+# fail, 8 passes again (the confirmation).
 CAPACITY_CFG = {**CFG, "attainment_target": 0.9, "capacity_prompt_tokens": [], "capacity_start_rate_rps": 4.0,
                 "capacity_growth_factor": 2.0, "capacity_rel_tol": 0.5, "capacity_max_probes": 6,
                 "capacity_min_rate_rps": 0.05, "capacity_max_rate_rps": 512.0, "capacity_requests_per_probe": 16,
+                "capacity_rate_tolerance": 0.05, "capacity_max_extension": 2.0,
                 "stop_when_saturated": True, "steady_state_trim": 0.1, "trace_file": None}
 
 
@@ -144,16 +147,21 @@ def test_rate_points_are_open_loop_on_a_seeded_poisson_schedule():
 
 
 def test_capacity_probes_last_long_enough_to_overload_the_engine():
-    # The H200 profile: TTFT SLO 2 s, rel_tol 0.25 -> an 8 s arrival window. 64 requests at
-    # 128 req/s (0.5 s of arrivals) met the SLOs on an engine serving 25 req/s; now such a probe
-    # sends 1,024 requests. Below 8 req/s the configured 64 already span the window.
-    h200 = {**CAPACITY_CFG, "ttft_slo_ms": 2000.0, "capacity_rel_tol": 0.25, "capacity_requests_per_probe": 64}
-    assert e2_points.capacity_probe_window_s(h200) == pytest.approx(8.0)
-    assert [e2_points.capacity_probe_requests(h200, r) for r in (4.0, 8.0, 16.0, 128.0)] == [64, 64, 128, 1024]
-    requests = e2.point_requests(PromptFactory(MODEL, 3), "capacity", 32.0, h200, 5, 256)
-    assert len(requests) == 256
-    # a Poisson schedule of 256 arrivals at 32 req/s spans ~8 s (SD ~0.5 s)
-    assert 6.0 < requests[-1].scheduled_offset_s < 10.0
+    # The H200 profile: TTFT SLO 2 s, tolerance 0.05 -> a 42 s steady window (2 s x 1.05 / 0.05).
+    # 64 requests at 128 req/s (0.5 s of arrivals) had met the SLOs on an engine serving 25 req/s.
+    h200 = {**CAPACITY_CFG, "ttft_slo_ms": 2000.0, "capacity_requests_per_probe": 64}
+    rules = ProbeRules.from_config(h200)
+    assert rules.min_window_s == pytest.approx(42.0)
+    for rate in (0.5, 4.0, 32.0):
+        requests = e2.point_requests(PromptFactory(MODEL, 3), "capacity", rate, h200, 5, 256)
+        offsets = sorted(r.scheduled_offset_s for r in requests)
+        i0, i1 = window_indices(len(offsets), rules.trim)
+        # the steady window spans the minimum window and holds exactly `rate` planned sends per second
+        assert offsets[i1] - offsets[i0] >= 42.0 - 1e-9
+        assert (i1 - i0) / (offsets[i1] - offsets[i0]) == pytest.approx(rate)
+        assert len(requests) >= 64 and len({r.request_id for r in requests}) == len(requests)
+    # a longer second probe at the same rate sends about twice the requests
+    assert e2_points.probe_requests(32.0, rules, 2.0) > 1.9 * e2_points.probe_requests(32.0, rules)
 
 
 def _ctx(outdir):
@@ -221,8 +229,14 @@ def test_figures_and_packet_section(tmp_path):
     assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
     packet = render_packet(tmp_path, tmp_path / "packet.html", ["e2"]).read_text()
     assert 'id="e2"' in packet and packet.count("<svg") >= 3 and ctx.run_id in packet
-    assert section["tables"][0]["html"].count("<tr") == 1 + 3 + 4         # header + one row per point and probe
-    assert "Capacity (DistServe goodput" in text and "vllm bench serve" in text
+    assert section["tables"][0]["html"].count("<tr") == 1 + 3 + 5         # header + one row per point and probe
+    assert "Capacity at 256 prompt tokens (DistServe goodput" in text and "vllm bench serve" in text
+    assert "8.000 req/s, its probe completing 8.000 req/s" in text
+    assert "Bracket from probes (not a confidence interval): [8.000, 11.314) after 5 probe(s); converged." in text
+    # the packet's key-figures line calls it a bracket too
+    figures = dict(e2_report.headline(outdir)["figures"])
+    assert figures["capacity at 256 prompt tokens (req/s; a bracket from probes, not a CI)"] == \
+        "8.000, bracket [8.000, 11.314)"
     assert "Energy per token: unavailable" in text
 
 
@@ -284,22 +298,51 @@ def test_capacity_search_rows_and_capacity_csv(tmp_path):
     assert list(cap.columns[:5]) == ["prompt_tokens", "max_tokens", "capacity_rps", "capacity_low_rps",
                                      "capacity_high_rps"]
     first = cap.iloc[0]
-    # 4 and 8 req/s pass, 16 fails, 11.3 (the geometric midpoint) fails: [8, 11.3) is within rel_tol 0.5.
+    # 4 and 8 req/s pass, 16 fails, 11.3 (the geometric midpoint) fails: [8, 11.3) is within rel_tol
+    # 0.5, and 8 passes a second probe.
     assert first["capacity_rps"] == first["capacity_low_rps"] == 8.0
-    assert first["capacity_high_rps"] == pytest.approx(8 * 2 ** 0.5) and first["converged"]
-    assert first["probes"] == 4 and first["stop_reason"] == "converged"
+    assert first["capacity_high_rps"] == pytest.approx(8 * 2 ** 0.5) and first["converged"] and first["confirmed"]
+    assert first["probes"] == 5 and first["stop_reason"] == "converged"
+    # the capacity never exceeds (1 + tolerance) x what its probe completed, and its attainment bound met the target
+    assert first["capacity_rps"] <= 1.05 * first["capacity_achieved_rps"]
+    assert first["attainment_lower_bound"] >= 0.9 and first["probe_min_window_s"] == pytest.approx(2.1)
     # 4096 + 8 tokens exceed max_model_len 2048: no search, the reason in the row
     assert pd.isna(cap.iloc[1]["capacity_rps"]) and "max_model_len" in cap.iloc[1]["stop_reason"]
     frame = pd.read_csv(tmp_path / "concurrency.csv")
     probes = frame[frame["mode"] == "capacity"]
-    assert list(probes["offered_rate_rps"]) == pytest.approx([4, 8, 16, 8 * 2 ** 0.5])
-    assert list(probes["probe_phase"]) == ["bracket", "bracket", "bracket", "bisect"]
-    assert (probes["n"] == 16).all() and (probes["prompt_tokens"] == 256).all()
+    assert list(probes["offered_rate_rps"]) == pytest.approx([4, 8, 16, 8 * 2 ** 0.5, 8])
+    assert list(probes["probe_phase"]) == ["bracket", "bracket", "bracket", "bisect", "confirm"]
+    assert list(probes["probe_verdict"]) == ["pass", "pass", "fail", "fail", "pass"]
+    assert (probes["probe_window_s"] >= 2.1 - 1e-9).all() and (probes["prompt_tokens"] == 256).all()
+    assert (probes["n"] >= 25).all() and frame.loc[frame["mode"] != "capacity", "probe_verdict"].isna().all()
     assert frame["energy_available"].eq(False).all()
     assert frame["energy_note"].str.contains("does not run on a GPU").all()
     assert result["capacity"][0]["capacity_rps"] == 8.0
     requests = pd.read_csv(tmp_path / "requests.csv")
     assert set(requests.loc[requests["mode"] == "capacity", "prompt_tokens_point"]) == {256}
+    assert requests["request_id"].is_unique                                # the confirmation's ids are its own
+
+
+def test_capacity_probe_that_cannot_be_judged_is_probed_again_then_stops_the_search(tmp_path):
+    """An implausible probe neither passes nor fails: probed again once; twice in a row, the search stops."""
+    class LateSender(FakeSession):
+        async def measure(self, requests, **kwargs):
+            out = await super().measure(requests, **kwargs)
+            if requests[0].request_id.startswith("c8-"):                  # every probe at 8 req/s sends late
+                for r in out["records"]:
+                    r.send_lag_s = 1.0
+            return out
+
+    asyncio.run(e2.run(LateSender(), CAPACITY_CFG, _ctx(tmp_path)))
+    cap = pd.read_csv(tmp_path / "capacity.csv").iloc[0]
+    probes = pd.read_csv(tmp_path / "concurrency.csv").query("mode == 'capacity'")
+    assert list(probes["offered_rate_rps"]) == [4, 8, 8] and list(probes["probe_phase"]) == ["bracket", "bracket",
+                                                                                          "repeat"]
+    assert list(probes["probe_verdict"]) == ["pass", "invalid", "invalid"]
+    assert probes["probe_verdict_reason"].iloc[1].startswith("implausible: ") and "send lag" in \
+        probes["probe_verdict_reason"].iloc[1]
+    assert cap["stop_reason"].startswith("two probes in a row at one rate could not be judged")
+    assert cap["capacity_rps"] == 4.0 and cap["invalid_probes"] == 2 and not cap["confirmed"]
 
 
 def test_trace_replay_sends_each_request_at_its_offset_with_its_lengths(tmp_path):

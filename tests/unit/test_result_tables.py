@@ -21,13 +21,14 @@ EVIDENCE = REPO / "docs" / "evidence"
 # Every CSV of the evidence folders, in the tree or packed in a folder's raw.tar.xz (requests.csv),
 # as paths relative to docs/evidence. Comparisons (compare.csv) span two runs, not one experiment's
 # table: their columns are checked against analysis.compare.COMPARE_COLUMNS below. Calibration tables
-# (docs/evidence/*-calibration/) come from simulations, not a run: tests/unit/test_calibration.py
-# checks theirs.
+# (docs/evidence/<date>-cpu-calibration/) come from simulations, not a run: their columns are checked
+# against result_tables.CALIBRATION_TABLES below.
 ALL_CSVS = sorted(PurePosixPath(folder.name, rel) for folder in EVIDENCE.iterdir()
                   if folder.is_dir() and not folder.name.endswith("-calibration")
                   for rel in evidence.listed_files(folder) if rel.endswith(".csv"))
 EVIDENCE_CSVS = [p for p in ALL_CSVS if p.name != "compare.csv"]
 COMPARE_CSVS = [p for p in ALL_CSVS if p.name == "compare.csv"]
+CALIBRATION_CSVS = sorted(EVIDENCE.glob("*-calibration/*.csv"))
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
 
 
@@ -62,6 +63,14 @@ def test_every_evidence_column_is_declared(path):
     table = table_for(_experiment_of(path), path.name)
     columns = list(pd.read_csv(_open(path), nrows=0).columns)
     assert table.undeclared(columns, allow_retired=True) == [], f"docs/evidence/{path}: undeclared columns"
+
+
+@pytest.mark.parametrize("path", CALIBRATION_CSVS, ids=lambda p: str(p.relative_to(EVIDENCE)))
+def test_every_calibration_table_is_declared(path):
+    from context_research.result_tables import CALIBRATION_TABLES
+
+    table = CALIBRATION_TABLES[f"calibration/{path.name}"]
+    assert list(pd.read_csv(path, nrows=0).columns) == list(table.names)
 
 
 @pytest.mark.parametrize("path", COMPARE_CSVS, ids=str)

@@ -6,9 +6,10 @@ Points, each a row of ``results/e2/concurrency.csv``:
   as one finishes (``vllm bench serve --max-concurrency``);
 * ``rate``: open loop, requests sent at the offsets of a seeded Poisson process of ``level``
   requests/s whether or not earlier ones finished (``vllm bench serve --request-rate``);
-* ``capacity``: the rate points a capacity search probes, per prompt length
-  (``analysis.capacity``): the highest Poisson rate whose SLO attainment is at least
-  ``attainment_target`` is DistServe's goodput, written with its bracket to ``capacity.csv``;
+* ``capacity``: the probes of a capacity search, per prompt length (``analysis.capacity``): each
+  is judged over its steady window (``analysis.probe``: pass, fail, inconclusive or invalid), and
+  the highest Poisson rate that passed is DistServe's goodput, written with its bracket (from
+  probes, not a confidence interval) to ``capacity.csv``;
 * ``trace``: a JSONL trace replayed at its arrival offsets with its per-request lengths.
 
 Per point: throughput, client TTFT / TPOT / E2E, SLO attainment and vLLM bench's per-run goodput
@@ -26,24 +27,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..analysis.capacity import CapacitySearch
+from ..analysis.capacity import CapacitySearch, search_from_config
+from ..analysis.probe import ProbeRules, probe_requests
 from ..io import write_json
 from ..traces import read_trace
 from ..tables import fmt as _f
 from ..workload import PointProgress, PromptFactory, context_overflow, engine_gpu_name, request_rows, sweep_summary
 from .declaration import ONE_ENGINE, Experiment, Figure
 # The point functions are E2's API too (benchmarks/ measures one point with measure_point).
-from .e2_points import (MODES, OPEN_LOOP, capacity_probe_window_s, failed_point_row, measure_point,  # noqa: F401
+from .e2_points import (MODES, OPEN_LOOP, capacity_verdict, failed_point_row, measure_point,  # noqa: F401
                         point_requests, point_row, requests_for_point, sweep_points)
 from .runner import RunContext
 from .session import EngineSession
-
-
-def capacity_search(cfg: dict[str, Any]) -> CapacitySearch:
-    return CapacitySearch(start_rate_rps=cfg["capacity_start_rate_rps"], attainment_target=cfg["attainment_target"],
-                          rel_tol=cfg["capacity_rel_tol"], max_probes=cfg["capacity_max_probes"],
-                          growth_factor=cfg["capacity_growth_factor"], min_rate_rps=cfg["capacity_min_rate_rps"],
-                          max_rate_rps=cfg["capacity_max_rate_rps"])
 
 
 def capacity_row(prompt_tokens: int, search: CapacitySearch | None, cfg: dict[str, Any],
@@ -51,13 +46,27 @@ def capacity_row(prompt_tokens: int, search: CapacitySearch | None, cfg: dict[st
     """The capacity.csv row of one prompt length (``reason``: why no search ran)."""
     result = search.result() if search is not None and search.probes else {"capacity_rps": None, "probes": 0,
                                                                             "stop_reason": reason}
+    rules = ProbeRules.from_config(cfg)
     return {"prompt_tokens": prompt_tokens, "max_tokens": cfg["max_tokens"], "capacity_low_rps": None,
-            "capacity_high_rps": None, "converged": False, **result,
-            "attainment_target": cfg["attainment_target"], "rel_tol": cfg["capacity_rel_tol"],
+            "capacity_high_rps": None, "capacity_achieved_rps": None, "attainment_lower_bound": None,
+            "converged": False, **result, "attainment_target": cfg["attainment_target"],
+            "rel_tol": cfg["capacity_rel_tol"], "rate_tolerance": rules.rate_tolerance,
             "max_probes": cfg["capacity_max_probes"], "ttft_slo_ms": cfg["ttft_slo_ms"],
-            "tpot_slo_ms": cfg["tpot_slo_ms"], "requests_per_probe":
-                int(cfg.get("capacity_requests_per_probe") or cfg["requests_per_point"]),
-            "probe_window_s": capacity_probe_window_s(cfg)}
+            "tpot_slo_ms": cfg["tpot_slo_ms"], "requests_per_probe": cfg.get("capacity_requests_per_probe"),
+            "probe_min_window_s": rules.min_window_s, "probe_min_window_requests": rules.min_window_requests}
+
+
+async def search_capacity(cfg: dict[str, Any], prompt_tokens: int, point) -> CapacitySearch:
+    """One capacity search at ``prompt_tokens``: ``point(mode, rate, prompt_tokens, length)`` measures
+    a probe and returns its row and records; each row gets its verdict's columns."""
+    search, rules = search_from_config(cfg), ProbeRules.from_config(cfg)
+    while (nxt := search.next_probe()) is not None:
+        rate, length = nxt
+        row, records = await point("capacity", rate, prompt_tokens, length)
+        verdict = capacity_verdict(row, records, rate, rules, probe_requests(rate, rules, length))
+        probe = search.record(rate, verdict, length)
+        row.update({"probe_phase": probe.phase, "probe_length": length, **verdict.columns()})
+    return search
 
 
 def planned_points(cfg: dict[str, Any]) -> list[tuple[str, float, int | None]]:
@@ -100,21 +109,21 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
             max_concurrency=top, desc="e2 warmup")
         requests += request_rows(warm, phase="warmup", mode=None, level=None)
 
-    async def point(mode, level, prompt_tokens, index, phase=None, not_measurable=None):
+    async def point(mode, level, prompt_tokens, index, not_measurable=None, length=1.0):
         not_measurable = not_measurable or session.exit_reason()
         label = f"{mode}={level:.3g}" + (f" @{prompt_tokens} tokens" if mode == "capacity" else "")
         if not_measurable:
             rows.append(failed_point_row(mode, level, not_measurable, cfg, prefix_caching, prompt_tokens))
             progress.point(label, "failed: " + not_measurable)
-            return rows[-1]
+            return rows[-1], []
         row, records = await measure_point(session, factory, mode, level, cfg, index, prefix_caching,
-                                           gpu_name=gpu_name, prompt_tokens=prompt_tokens, probe_phase=phase)
+                                           gpu_name=gpu_name, prompt_tokens=prompt_tokens, length=length)
         rows.append(row)
         requests.extend(request_rows(records, phase="measured", mode=mode, level=level, prompt_tokens_point=prompt_tokens))
         progress.point(label, f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, attainment "
                               f"{_f(row['slo_attainment'])}, TTFT p99 {_f(row['ttft_ms_p99'])} ms"
                               + (", stopped early: saturated" if row.get("stopped_early") else ""))
-        return row
+        return row, records
 
     for i, (mode, level, prompt_tokens) in enumerate(fixed):
         await point(mode, level, prompt_tokens, i,
@@ -124,15 +133,9 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         if overflow:
             capacity.append(capacity_row(prompt_tokens, None, cfg, overflow))
             continue
-        search, implausible = capacity_search(cfg), 0
-        while (rate := search.next_rate()) is not None:
-            phase = "bisect" if search.low is not None and search.high is not None else "bracket"
-            row = await point("capacity", rate, prompt_tokens, len(rows), phase=phase)
-            # An implausible probe was measured (a stalled stream on a busy host): its attainment
-            # counts, and capacity.csv says how many there were; a failed one counts as a miss.
-            search.record(rate, row["slo_attainment"] if row["status"] != "failed" else None)
-            implausible += row["status"] == "implausible"
-        capacity.append({**capacity_row(prompt_tokens, search, cfg), "implausible_probes": implausible})
+        search = await search_capacity(cfg, prompt_tokens, lambda mode, rate, tokens, length: point(
+            mode, rate, tokens, len(rows), length=length))
+        capacity.append(capacity_row(prompt_tokens, search, cfg))
     ctx.write_table("concurrency", ctx.frame(rows))
     ctx.write_table("requests", ctx.frame(requests))
     ctx.write_table("capacity", ctx.frame(capacity))

@@ -1,5 +1,5 @@
 """One E2 point: its requests (closed loop, Poisson schedule or trace), its measurement between
-/metrics scrapes and NVML readings, and its ``concurrency.csv`` row."""
+/metrics scrapes and NVML readings, its ``concurrency.csv`` row, and a capacity probe's verdict."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from ..analysis.integrity import SEND_LAG_QUANTILE, apply_status, check_point_row, check_send_lag, send_lag_stats
 from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
+from ..analysis.probe import ProbeRules, ProbeSample, Verdict, probe_requests, probe_schedule, probe_verdict
 from ..analysis.saturation import SaturationMonitor
 from ..records import GenerationRequest, RequestRecord
 from ..traces import read_trace
@@ -103,19 +104,18 @@ def schedule_mean_gap_s(records: Sequence[RequestRecord]) -> float | None:
     return (offsets[-1] - offsets[0]) / (len(offsets) - 1) if len(offsets) > 1 and offsets[-1] > offsets[0] else None
 
 
-def capacity_probe_window_s(cfg: dict[str, Any]) -> float:
-    """The shortest arrival window that can show a rate ``capacity_rel_tol`` above capacity: there
-    the backlog grows by rel_tol x capacity per second, so the last arrival of a window W waits
-    W x rel_tol; past the TTFT SLO only when W > ttft_slo / rel_tol."""
-    return cfg["ttft_slo_ms"] / 1000.0 / cfg["capacity_rel_tol"]
-
-
-def capacity_probe_requests(cfg: dict[str, Any], rate_rps: float) -> int:
-    """Requests of a capacity probe at ``rate_rps``: the configured count, or more, so that their
-    arrivals span ``capacity_probe_window_s`` (shorter probes meet the SLOs at any rate: on an
-    H200, 64 requests at 128 req/s drained within a 2 s TTFT SLO at 25 req/s of throughput)."""
-    configured = int(cfg.get("capacity_requests_per_probe") or cfg["requests_per_point"])
-    return max(configured, math.ceil(rate_rps * capacity_probe_window_s(cfg)))
+def capacity_verdict(row: dict[str, Any], records: Sequence[RequestRecord], rate_rps: float, rules: ProbeRules,
+                     planned_requests: int) -> Verdict:
+    """A capacity probe's verdict (``analysis.probe``): its records judged, or invalid when its row
+    failed, is implausible (the checks' reason) or stopped early."""
+    if row["status"] in ("failed", "implausible"):
+        return probe_verdict(ProbeSample.from_records([], rules.ttft_slo_ms, rules.tpot_slo_ms), rate_rps, rules,
+                             not_judged=f"{row['status']}: {row['reason']}")
+    if row.get("stopped_early"):
+        return probe_verdict(ProbeSample.from_records([], rules.ttft_slo_ms, rules.tpot_slo_ms), rate_rps, rules,
+                             not_judged=f"stopped early: {row.get('saturation_note')}")
+    sample = ProbeSample.from_records(records, rules.ttft_slo_ms, rules.tpot_slo_ms)
+    return probe_verdict(sample, rate_rps, rules, planned_requests=planned_requests)
 
 
 def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], prefix_caching: bool,
@@ -127,14 +127,21 @@ def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], 
 
 
 def point_requests(factory: PromptFactory, mode: str, level: float, cfg: dict[str, Any], point_index: int,
-                   prompt_tokens: int) -> list[GenerationRequest]:
-    """The requests of one point: a closed-loop batch, a seeded Poisson schedule, or the trace."""
-    label = f"{mode[0]}{level:g}" + ("" if mode != "capacity" else f"-p{prompt_tokens}")
+                   prompt_tokens: int, length: float = 1.0) -> list[GenerationRequest]:
+    """The requests of one point: a closed-loop batch, a seeded Poisson schedule, or the trace. A
+    capacity probe sends ``probe.probe_requests`` (``length`` minimum windows) on a schedule whose
+    steady window holds exactly ``level`` sends per second (``probe.probe_schedule``)."""
+    label = f"{mode[0]}{level:g}" + ("" if mode != "capacity" else f"-p{prompt_tokens}-k{point_index}")
     if mode == "concurrency":
         return factory.requests(label, requests_for_point(cfg, mode, level), prompt_tokens, cfg["max_tokens"])
-    if mode in ("rate", "capacity"):
-        n = requests_for_point(cfg, mode, level) if mode == "rate" else capacity_probe_requests(cfg, float(level))
+    if mode == "rate":
+        n = requests_for_point(cfg, mode, level)
         offsets = poisson_schedule(n, float(level), cfg["seed"] + point_index)
+        return factory.requests(label, n, prompt_tokens, cfg["max_tokens"], offsets=offsets)
+    if mode == "capacity":
+        rules = ProbeRules.from_config(cfg)
+        n = probe_requests(float(level), rules, length)
+        offsets = probe_schedule(n, float(level), cfg["seed"] + point_index, rules.trim)
         return factory.requests(label, n, prompt_tokens, cfg["max_tokens"], offsets=offsets)
     if mode == "trace":
         return [r for t in read_trace(cfg["trace_file"])
@@ -145,13 +152,16 @@ def point_requests(factory: PromptFactory, mode: str, level: float, cfg: dict[st
 async def measure_point(session: EngineSession, factory: PromptFactory, mode: str, level: float,
                         cfg: dict[str, Any], point_index: int, prefix_caching: bool,
                         sample_kv_usage: bool = True, gpu_name: str | None = None, prompt_tokens: int | None = None,
-                        probe_phase: str | None = None) -> tuple[dict[str, Any], list[RequestRecord]]:
+                        probe_phase: str | None = None,
+                        length: float = 1.0) -> tuple[dict[str, Any], list[RequestRecord]]:
     """Serve one point between two /metrics scrapes (and NVML energy readings) and build its row
-    (also used by benchmarks/). Open-loop points are watched for over-saturation."""
+    (also used by benchmarks/). Open-loop points are watched for over-saturation; a capacity probe
+    is never stopped early (its verdict needs its whole window: ``analysis.probe``)."""
     prompt_tokens = cfg["prompt_tokens"] if prompt_tokens is None else prompt_tokens
-    reqs = point_requests(factory, mode, level, cfg, point_index, prompt_tokens)
+    reqs = point_requests(factory, mode, level, cfg, point_index, prompt_tokens, length)
     monitor = SaturationMonitor(cfg["ttft_slo_ms"], cfg["tpot_slo_ms"], cfg.get("attainment_target", 0.9),
-                                stop_enabled=cfg.get("stop_when_saturated", True)) if mode in OPEN_LOOP else None
+                                stop_enabled=cfg.get("stop_when_saturated", True) and mode != "capacity") \
+        if mode in OPEN_LOOP else None
     # A CPU engine on a GPU host must not be charged the idle GPUs' energy.
     on_gpu = (session.backend.info() or {}).get("device") == "cuda"
     energy_before = energy_reading(on_gpu)

@@ -233,19 +233,7 @@ def load_findings(s: dict[str, Any], frame: pd.DataFrame) -> list[str]:
     out = []
     target = s["slo"].get("attainment_target", 0.9)
     for c in s.get("capacity") or []:
-        if c.get("capacity_rps") is None:
-            lowest = c.get("capacity_high_rps")
-            out.append(f"Capacity at {c['prompt_tokens']} prompt tokens: none found"
-                       + (f", every probe down to {_fmt(lowest, 3)} req/s missed the {target * 100:g} % target"
-                          if lowest is not None and lowest == lowest else "") + f" ({c.get('stop_reason')}).")
-            continue
-        high = c.get("capacity_high_rps")
-        out.append(
-            f"Capacity (DistServe goodput: the highest Poisson rate with at least {target * 100:g} % of requests "
-            f"meeting both SLOs) at {c['prompt_tokens']} prompt tokens: {_fmt(c['capacity_rps'], 3)} req/s, bracket "
-            f"[{_fmt(c['capacity_low_rps'], 3)}, {_fmt(high, 3) if high is not None else 'not found'}) after "
-            f"{c['probes']} probe(s), {c['stop_reason']}" + (f"; {c['non_monotonic_note']}" if c.get(
-                "non_monotonic_note") else "") + ".")
+        out.append(capacity_finding(c, target))
     sat = s.get("saturated_points") or []
     if sat:
         out.append(f"{len(sat)} open-loop point(s) over-saturated (queues growing through the run), "
@@ -270,13 +258,36 @@ def load_findings(s: dict[str, Any], frame: pd.DataFrame) -> list[str]:
     return out
 
 
+def capacity_finding(c: dict[str, Any], target: float) -> str:
+    """One prompt length's capacity: the rate, its bracket (from probes, not a confidence interval),
+    what its probe completed and how the search ended."""
+    head = f"Capacity at {c['prompt_tokens']} prompt tokens"
+    if c.get("capacity_rps") is None:
+        lowest = c.get("capacity_high_rps")
+        return (head + ": none found" + (f", every rate probed down to {_fmt(lowest, 3)} req/s failed the "
+                                        f"{target * 100:g} % target" if lowest is not None and lowest == lowest else "")
+                + f" ({c.get('stop_reason')}).")
+    high = c.get("capacity_high_rps")
+    probes = f"{c['probes']} probe(s)" + "".join(f", {c[k]} {k.split('_')[0]}" for k in ("inconclusive_probes",
+                                                                                       "invalid_probes") if c.get(k))
+    return (f"{head} (DistServe goodput: the highest Poisson rate whose probe passed, i.e. at least {target * 100:g} % "
+            f"of its requests meeting both SLOs at a one-sided 95 % lower bound, completions keeping pace with the "
+            f"sends): {_fmt(c['capacity_rps'], 3)} req/s, its probe completing {_fmt(c.get('capacity_achieved_rps'), 3)} "
+            f"req/s with attainment's lower bound {_fmt(c.get('attainment_lower_bound'), 3)}"
+            + ("" if c.get("confirmed") else " (passed once: not confirmed by a second probe)")
+            + f". Bracket from probes (not a confidence interval): [{_fmt(c['capacity_low_rps'], 3)}, "
+            f"{_fmt(high, 3) if high is not None and high == high else 'none failed'}) after {probes}; "
+            f"{c['stop_reason']}" + (f"; {c['non_monotonic_note']}" if c.get("non_monotonic_note") else "") + ".")
+
+
 def headline(results_dir: Path) -> dict[str, Any]:
     """The packet summary's key figures: the best goodput point and its throughput."""
     s = read_json(e2.EXPERIMENT.path(results_dir, "summary"))
     frame = load(results_dir)
     best = s.get("best_goodput")
-    capacity = [(f"capacity at {c['prompt_tokens']} prompt tokens (req/s)",
-                 f"{_fmt(c['capacity_rps'], 3)} [{_fmt(c['capacity_low_rps'], 3)}, {_fmt(c['capacity_high_rps'], 3)})")
+    capacity = [(f"capacity at {c['prompt_tokens']} prompt tokens (req/s; a bracket from probes, not a CI)",
+                 f"{_fmt(c['capacity_rps'], 3)}, bracket [{_fmt(c['capacity_low_rps'], 3)}, "
+                 f"{_fmt(c['capacity_high_rps'], 3)})")
                 for c in s.get("capacity") or [] if c.get("capacity_rps") is not None]
     if not best:
         return {"figures": capacity + [("per-run goodput", "no point met both SLOs")]}
