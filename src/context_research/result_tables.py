@@ -273,8 +273,10 @@ def measured_on_column(text: str) -> Column:
 def integrity_note_column() -> Column:
     """``analysis.integrity.apply_status``'s note, for a table whose rows go through the checks."""
     return C("integrity_note", "", "label", "what analysis.integrity checked on the row (client TPOT vs engine ITL, "
-                                            "client TTFT vs engine TTFT, physical floors), what it could not check "
-                                            "and why, and what it found")
+                                            "client TTFT vs engine TTFT, client delivery: a client TTFT beyond the "
+                                            "engine's queue + TTFT plus the delivery margin or a stream that arrived "
+                                            "whole, physical floors), what it could not check and why, and what it "
+                                            "found, with the numbers")
 
 
 def _override(cols: Iterable[Column], meaning: dict[str, str]) -> tuple[Column, ...]:
