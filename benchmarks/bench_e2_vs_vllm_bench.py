@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import context_research
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
 from context_research.device_lock import RunDeviceGuard
@@ -230,7 +231,8 @@ def main(argv=None) -> int:
     result = {
         "workload": {"input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts,
                      "concurrency": args.concurrency, "repeats": args.repeats, "seed": args.seed},
-        "commit": git_commit(), "engine": engine_distribution(), "hardware": hardware_label(hardware()),
+        "commit": git_commit(), "driver_package": str(Path(context_research.__file__).parent),
+        "engine": engine_distribution(), "hardware": hardware_label(hardware()),
         "model": model["path"], "weights": model["weights"], "server_command": backend.command,
         "measured_on": "client", "contention": guard.metadata().get("contention"),
         "runs": {str(level): r for level, r in runs.items()}, "levels": levels,
