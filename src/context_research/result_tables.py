@@ -326,6 +326,11 @@ E1_LATENCY = Table("e1/latency.csv", (
                                            "memory bandwidth"),
     C("tpot_efficiency", "ratio", "derived", "tpot_floor_ms / tpot_ms_p50 (client TPOT)"),
     C("floor_note", "", "label", "datasheet used for the floors, or why there is none"),
+    C("warmup_requests_sent", "count", "client", "unmeasured requests of this length sent before its trials, until "
+                                                 "the engine was steady (context_research.warmup: the last "
+                                                 "warmup_window TTFTs within warmup_tolerance of their median)"),
+    C("warmup_settled", "bool", "client", "whether that warm-up settled; False: it stopped at warmup_max_requests "
+                                          "and the trials may still drift"),
     integrity_note_column(),
     measured_on_column("client; engine_* columns: engine /metrics"),
     *stamp_columns(),

@@ -31,6 +31,7 @@ class EngineSession:
         self._kv_peak: float | None = None
         self.scrape_error: str | None = None
         self._in_flight = 0  # client: requests sent and not finished (run_requests)
+        self.warmups: list[dict[str, Any]] = []  # every warm-up's result (warmup.warm_session)
 
     @property
     def backend_mode(self) -> str:
