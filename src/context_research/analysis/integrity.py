@@ -18,18 +18,14 @@ What is compared, and why these statistics:
   server) and stops after it (SSE, parsing), so the client may not be *below* the engine beyond
   clock noise; far *above* it means the client measured something other than the engine (a
   stalled client or API server, a prompt echo): *client delivery*, an implausible point. Row:
-  ``ttft_ms_mean`` vs ``engine_ttft_ms_mean`` (histogram: API-server arrival to first token,
-  queue included). Per request: ``ttft_s`` vs ``engine_queue_ms + engine_ttft_ms``. vLLM's
-  per-request ``time_to_first_token_ms`` does NOT include the queue: vLLM 0.32
-  (``vllm/entrypoints/generate/base/serving.py``, ``build_per_request_timing_metrics``) computes it
-  as ``first_token_ts - scheduled_ts`` and ``queue_time_ms`` as ``scheduled_ts - queued_ts``, all
-  three engine-core timestamps (``RequestStateStats``, ``vllm/v1/metrics/stats.py``); only their
-  sum spans queued -> first token, strictly inside the client's interval. (The histogram's TTFT
-  is measured from the API server's ``arrival_time`` and so includes the queue.)
-* **Client delivery.** A request whose stream arrived whole (``records.read_whole``: every token in
-  one burst at the end) was not read while the engine made it: its client TTFT is the time the
-  client got the stream, not the engine's first token. Such a request makes its point implausible,
-  like a client TTFT above the engine's queue + TTFT by more than the delivery margin.
+  ``ttft_ms_mean`` vs ``engine_ttft_ms_mean`` (histogram: from the API server's arrival, queue
+  included). Per request: ``ttft_s`` vs ``engine_queue_ms + engine_ttft_ms``: vLLM's per-request
+  ``time_to_first_token_ms`` EXCLUDES the queue (vLLM 0.32, ``build_per_request_timing_metrics``
+  in ``vllm/entrypoints/generate/base/serving.py``: ``first_token_ts - scheduled_ts``, and
+  ``queue_time_ms`` = ``scheduled_ts - queued_ts``, engine-core timestamps), so only the sum spans
+  queued -> first token, strictly inside the client's interval.
+* **Client delivery.** A stream that arrived whole (``records.read_whole``) was not read while the
+  engine made it: like a client TTFT beyond the delivery margin, it makes the point implausible.
 * **Physical floors** (``model_math.ttft_floor_s`` / ``tpot_floor_s`` with the datasheet of
   ``hardware.lookup_gpu``): prefill FLOPs / peak FLOP/s and bytes of one decode step / memory
   bandwidth. Both are optimistic by construction (datasheet peaks; only matmuls and weight + KV
@@ -66,22 +62,18 @@ TPOT_OVER_ITL_MS = 1.0
 # the engine's, so only timer resolution and histogram/request-set edge effects can put it below.
 TTFT_UNDER_ENGINE_MS = 2.0
 TTFT_UNDER_ENGINE_REL = 0.05
-# ... and above it by at most the delivery margin, an absolute part plus a part relative to the
-# engine's (queue +) TTFT; beyond it the point is implausible ("client delivery": the client's
-# TTFT measured the API server or the client, not the engine). Measured normal overheads, client
-# TTFT - engine queue + TTFT per measured request (warm-ups excluded: an engine start's first
-# request is 35-75 ms slower on every host, a cold path):
-# * served one at a time: H200 E1 (Qwen3-8B shapes) 6.5 / 11 / 17 / 27 / 41 ms (p50) at 1K / 4K /
-#   8K / 16K / 32K, the largest 59 ms at 32K against an engine TTFT of 1.19 s (5 %); H100 holdout
-#   3.4-31 ms (means, FACTS.md); H200 E0 at most 11 ms; the 2-core CPU host (EngineCore at nice 19)
-#   E0 / E1 at most 26 ms. 50 ms + 25 % passes all of them; E1 at 512 tokens of
-#   docs/evidence/2026-11-29-cpu-integrity (72.1 ms against 9.5 ms, streams read whole) fails it.
-# * requests overlapping (E2 above concurrency 1, open-loop points, E3 above 1): the API server
-#   handles every stream on one event loop, so its share grows with the load: H200 E2 up to 64
-#   in flight reached 428 ms over an engine queue + TTFT of 1.46 s, and 128 ms over 57 ms (x 2.25).
+# ... and above it by at most the delivery margin (absolute + relative to the engine's queue +
+# TTFT); beyond it the point is implausible ("client delivery": the client measured the API server
+# or itself, not the engine). Measured normal overheads per request (warm-ups excluded: an engine
+# start's first request is 35-75 ms slower on every host, a cold path):
+# * one at a time: H200 E1 (Qwen3-8B shapes) p50 6.5 / 11 / 17 / 27 / 41 ms at 1K / 4K / 8K / 16K /
+#   32K, at most 59 ms against 1.19 s; H100 holdout 3.4-31 ms (means, FACTS.md); H200 E0 <= 11 ms;
+#   the 2-core CPU host (EngineCore at nice 19) E0 / E1 <= 26 ms. 50 ms + 25 % passes them all and
+#   catches E1 at 512 tokens of docs/evidence/2026-11-29-cpu-integrity (72.1 ms vs 9.5 ms).
+# * overlapping (E2 above concurrency 1, open loop, E3 above 1): the API server's share grows with
+#   the load: H200 E2 up to 64 in flight, 428 ms over 1.15 s, 128 ms over 57 ms (x 2.25).
 #   100 ms + 100 % passes every measured request of that run (the closest by 28 ms).
-# Not applied where the engine's TTFT does not cover the client's (E3 disaggregated rows: the
-# decode engine's TTFT has no producer prefill).
+# Not applied where the engine's TTFT does not cover the client's (E3 disaggregated rows).
 DELIVERY_MARGIN_MS = 50.0
 DELIVERY_MARGIN_REL = 0.25
 DELIVERY_MARGIN_MS_UNDER_LOAD = 100.0
