@@ -13,7 +13,9 @@ Repeats are interleaved (repeat k runs every level, each level the three clients
 rotates with k) so drift on a shared machine hits them all alike; per level each ratio is the
 median over the repeats of ours / theirs within one repeat. Two ratios per level and per variant of
 ours: output-token throughput (target >= 0.98: our client must not be the bottleneck) and mean
-TTFT (target within 1 +- 0.05: our watching must not slow what it measures).
+TTFT (target within 1 +- 0.05: our watching must not slow what it measures); and the same two of
+ours with sampling over ours without (the sampling's own cost). ``--with-full-scrape`` adds ours
+sampling as E2 did up to bf77132 (the whole /metrics text every 0.25 s), in the same rotation.
 
 Run on demand, not in the test suite (see benchmarks/README.md):
 
@@ -48,6 +50,17 @@ from context_research.workload import PromptFactory
 THROUGHPUT_RATIO_TARGET = 0.98
 TTFT_RATIO_TOLERANCE = 0.05
 VARIANTS = ("ours", "ours_no_kv_sampling")
+# --with-full-scrape: ours once more, sampling as E2 did up to bf77132 (the whole /metrics text,
+# parsed with prometheus_client, every 0.25 s), in the same engine start: before and after, paired.
+FULL_SCRAPE = "ours_full_scrape"
+
+
+class FullScrapeSession(EngineSession):
+    """E2's sampling up to bf77132: each sample a full scrape and prometheus_client's parse."""
+
+    def gauges(self, names=None):
+        snap = self.snapshot()
+        return None if snap is None else {n: v for n in names or () if (v := snap.total(n)) is not None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="measured runs of each client per level, interleaved")
     p.add_argument("--warmup-prompts", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-full-scrape", action="store_true",
+                   help="also run ours sampling as E2 did up to bf77132 (full /metrics scrape), interleaved")
     p.add_argument("--out", default="results/bench/e2_vs_vllm_bench.json")
     args = p.parse_args(argv)
     if len(args.num_prompts) not in (1, len(args.concurrency)):
@@ -111,12 +126,12 @@ def run_vllm_bench(backend: VllmServerBackend, model: dict, args, result_dir: st
 
 
 def run_ours(backend: VllmServerBackend, model: dict, args, factory: PromptFactory, num_prompts: int,
-             sample_kv_usage: bool, concurrency: int) -> dict:
+             sample_kv_usage: bool, concurrency: int, full_scrape: bool = False) -> dict:
     cfg = {"requests_per_point": num_prompts, "prompt_tokens": args.input_len, "max_tokens": args.output_len,
            "seed": args.seed, "ttft_slo_ms": 1e9, "tpot_slo_ms": 1e9, "rate_max_concurrency": None}
 
     async def go():
-        session = EngineSession(backend, model, progress=False)
+        session = (FullScrapeSession if full_scrape else EngineSession)(backend, model, progress=False)
         try:
             return await measure_point(session, factory, "concurrency", concurrency, cfg, 0,
                                        prefix_caching=bool(backend.serving.get("enable_prefix_caching")),
@@ -126,7 +141,8 @@ def run_ours(backend: VllmServerBackend, model: dict, args, factory: PromptFacto
 
     row, _ = asyncio.run(go())
     return {
-        "client": "context-research E2" + ("" if sample_kv_usage else " (no KV sampling)"),
+        "client": "context-research E2" + (" (full scrape)" if full_scrape else "" if sample_kv_usage
+                                           else " (no KV sampling)"),
         "completed": row["n_ok"], "failed": row["n_failed"], "duration_s": row["duration_s"],
         "request_throughput_rps": row["request_throughput_rps"],
         "output_throughput_tok_s": row["output_throughput_tok_s"],
@@ -167,11 +183,16 @@ def targets_met(ratios: dict) -> dict:
 LABELS = ("ours", "vllm_bench", "ours_no_kv_sampling")
 
 
+def labels_of(args) -> tuple[str, ...]:
+    return LABELS + ((FULL_SCRAPE,) if args.with_full_scrape else ())
+
+
 def one_run(label: str, k: int, level: int, n: int, backend, model, args, factory, tmp: str) -> dict:
     if label == "vllm_bench":
         r = run_vllm_bench(backend, model, args, tmp, f"c{level}-run{k}.json", n, args.seed + k, level)
     else:
-        r = run_ours(backend, model, args, factory, n, sample_kv_usage=label == "ours", concurrency=level)
+        r = run_ours(backend, model, args, factory, n, sample_kv_usage=label != "ours_no_kv_sampling",
+                     concurrency=level, full_scrape=label == FULL_SCRAPE)
     r.update(repeat=k, concurrency=level)
     print(f"  c={level:<4} repeat {k} {r['client']:<38} {r['output_throughput_tok_s']:8.1f} output tok/s  "
           f"mean TTFT {r['mean_ttft_ms']:8.2f} ms  ({r['completed']} ok, {r['failed']} failed)",
@@ -181,7 +202,8 @@ def one_run(label: str, k: int, level: int, n: int, backend, model, args, factor
 
 def measure(backend, model, args, factory) -> dict[int, dict[str, list[dict]]]:
     """Every run, per level and client: repeat k runs each level, its clients in an order rotated by k."""
-    runs = {level: {label: [] for label in LABELS} for level in args.concurrency}
+    labels = labels_of(args)
+    runs = {level: {label: [] for label in labels} for level in args.concurrency}
     with tempfile.TemporaryDirectory(prefix="bench-e2-") as tmp:
         # Warm both client paths (and the engine's shapes) before anything is measured.
         for level in args.concurrency:
@@ -190,7 +212,7 @@ def measure(backend, model, args, factory) -> dict[int, dict[str, list[dict]]]:
                            args.seed + 999, level)
         for k in range(args.repeats):
             for level, n in zip(args.concurrency, args.num_prompts):
-                for label in LABELS[k % 3:] + LABELS[:k % 3]:
+                for label in labels[k % len(labels):] + labels[:k % len(labels)]:
                     runs[level][label].append(one_run(label, k, level, n, backend, model, args, factory, tmp))
     return runs
 
@@ -199,9 +221,13 @@ def level_summary(runs: dict[str, list[dict]]) -> dict:
     medians = {label: {key: median(rs, key) for key in ("output_throughput_tok_s", "mean_ttft_ms",
                                                          "request_throughput_rps", "prompt_tokens_mean",
                                                          "output_tokens_mean")} for label, rs in runs.items()}
-    ratios = {v: ratio_summary(runs[v], runs["vllm_bench"]) for v in VARIANTS}
+    variants = [v for v in (*VARIANTS, FULL_SCRAPE) if v in runs]
+    ratios = {v: ratio_summary(runs[v], runs["vllm_bench"]) for v in variants}
+    # the sampling's own cost: the same driver with sampling over without, paired per repeat
+    cost = {v: ratio_summary(runs[v], runs["ours_no_kv_sampling"]) for v in ("ours", FULL_SCRAPE) if v in runs}
     return {"medians": medians, "ratios_ours_over_vllm_bench": ratios,
-            "targets": {v: targets_met(ratios[v]) for v in VARIANTS},
+            "targets": {v: targets_met(ratios[v]) for v in variants},
+            "sampling_cost_over_no_sampling": cost, "sampling_cost_targets": {v: targets_met(c) for v, c in cost.items()},
             "kv_cache_usage_peak_ours": median(runs["ours"], "engine_kv_cache_usage_peak")}
 
 
@@ -249,15 +275,19 @@ def main(argv=None) -> int:
 
 
 def print_level(level: str, summ: dict) -> None:
-    for variant, what in (("ours", "as E2 runs it"), ("ours_no_kv_sampling", "without sampling")):
-        r = {k: ("n/a" if v is None else v) for k, v in summ["ratios_ours_over_vllm_bench"][variant].items()}
-        t = summ["targets"][variant]
-        spread = lambda key: ", ".join(f"{x:.2f}" for x in r[key + "_per_repeat"]) or "none"  # noqa: E731
-        print(f"concurrency {level}, ours ({what}) / vllm bench: throughput {_f(r['output_throughput_ratio'])} "
-              f"(>= {THROUGHPUT_RATIO_TARGET}: {'met' if t['throughput_target_met'] else 'NOT met'}; per repeat "
-              f"{spread('output_throughput_ratio')}), mean TTFT {_f(r['mean_ttft_ratio'])} (1 +- "
-              f"{TTFT_RATIO_TOLERANCE}: {'met' if t['ttft_target_met'] else 'NOT met'}; per repeat "
-              f"{spread('mean_ttft_ratio')})")
+    names = {"ours": "as E2 runs it", "ours_no_kv_sampling": "without sampling", FULL_SCRAPE: "full scrape, bf77132"}
+    for block, over in (("ratios_ours_over_vllm_bench", "vllm bench"), ("sampling_cost_over_no_sampling",
+                                                                        "ours without sampling")):
+        for variant, ratios in summ[block].items():
+            r = {k: ("n/a" if v is None else v) for k, v in ratios.items()}
+            t = targets_met(ratios)
+            spread = lambda key: ", ".join(f"{x:.2f}" for x in r[key + "_per_repeat"]) or "none"  # noqa: E731
+            print(f"concurrency {level}, ours ({names[variant]}) / {over}: throughput "
+                  f"{_f(r['output_throughput_ratio'])} (>= {THROUGHPUT_RATIO_TARGET}: "
+                  f"{'met' if t['throughput_target_met'] else 'NOT met'}; per repeat "
+                  f"{spread('output_throughput_ratio')}), mean TTFT {_f(r['mean_ttft_ratio'])} (1 +- "
+                  f"{TTFT_RATIO_TOLERANCE}: {'met' if t['ttft_target_met'] else 'NOT met'}; per repeat "
+                  f"{spread('mean_ttft_ratio')})")
 
 
 def _f(x) -> str:
