@@ -58,9 +58,9 @@ FULL_SCRAPE = "ours_full_scrape"
 class FullScrapeSession(EngineSession):
     """E2's sampling up to bf77132: each sample a full scrape and prometheus_client's parse."""
 
-    def gauges(self, names=None):
+    def gauges(self, names=("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting")):
         snap = self.snapshot()
-        return None if snap is None else {n: v for n in names or () if (v := snap.total(n)) is not None}
+        return None if snap is None else {n: v for n in names if (v := snap.total(n)) is not None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
