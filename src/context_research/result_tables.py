@@ -299,8 +299,10 @@ def measured_on_column(text: str) -> Column:
 def integrity_note_column() -> Column:
     """``analysis.integrity.apply_status``'s note, for a table whose rows go through the checks."""
     return C("integrity_note", "", "label", "what analysis.integrity checked on the row (client TPOT vs engine ITL, "
-                                            "client TTFT vs engine TTFT, physical floors), what it could not check "
-                                            "and why, and what it found")
+                                            "client TTFT vs engine TTFT, client delivery: a client TTFT beyond the "
+                                            "engine's queue + TTFT plus the delivery margin or a stream that arrived "
+                                            "whole, physical floors), what it could not check and why, and what it "
+                                            "found, with the numbers")
 
 
 def _override(cols: Iterable[Column], meaning: dict[str, str]) -> tuple[Column, ...]:
@@ -350,6 +352,11 @@ E1_LATENCY = Table("e1/latency.csv", (
                                            "memory bandwidth"),
     C("tpot_efficiency", "ratio", "derived", "tpot_floor_ms / tpot_ms_p50 (client TPOT)"),
     C("floor_note", "", "label", "datasheet used for the floors, or why there is none"),
+    C("warmup_requests_sent", "count", "client", "unmeasured requests of this length sent before its trials, until "
+                                                 "the engine was steady (context_research.warmup: the last "
+                                                 "warmup_window TTFTs within warmup_tolerance of their median)"),
+    C("warmup_settled", "bool", "client", "whether that warm-up settled; False: it stopped at warmup_max_requests "
+                                          "and the trials may still drift"),
     integrity_note_column(),
     measured_on_column("client; engine_* columns: engine /metrics"),
     *stamp_columns(),

@@ -58,8 +58,13 @@ def test_e0_summary_is_real_and_deterministic(workflow_dir, cfg):
 def test_e0_requests_csv_matches_the_workload(workflow_dir, cfg):
     frame = pd.read_csv(workflow_dir / "results/e0/requests.csv")
     restarts = cfg["engine_starts"] - 1
-    per_start = cfg["warmup_requests"] + cfg["repeats"] * cfg["requests_per_repeat"]
-    assert len(frame) == cfg["identical_requests"] + per_start * (1 + restarts)
+    # each start warmed until steady: as many requests as summary.json's warmup says, within the bounds
+    warmup = json.loads((workflow_dir / "results/e0/summary.json").read_text())["warmup"]
+    assert len(warmup) == 1 + restarts
+    assert all(cfg["warmup_requests"] <= w["requests"] <= max(cfg["warmup_requests"], cfg["warmup_max_requests"])
+               for w in warmup)
+    per_start = cfg["repeats"] * cfg["requests_per_repeat"]
+    assert len(frame) == cfg["identical_requests"] + per_start * (1 + restarts) + sum(w["requests"] for w in warmup)
     assert set(frame["phase"]) == {"warmup", "identical", *(f"repeat-{k}" for k in range(cfg["repeats"])),
                                    *(f"start{s}-warmup" for s in range(1, 1 + restarts)),
                                    *(f"start{s}-repeat-{k}" for s in range(1, 1 + restarts)

@@ -79,7 +79,13 @@ def test_e1_requests_csv_matches_the_workload(workflow_dir, config):
     measured = req[req["phase"] == "measured"]
     lengths = sorted(set(req["prompt_tokens_point"]))
     assert len(measured) == cfg["trials"] * len(lengths)
-    assert len(req) == (cfg["trials"] + cfg["warmup_requests"]) * len(lengths)
+    # the warm-up of each length went until steady: between warmup_requests and warmup_max_requests,
+    # as many as latency.csv says
+    latency = pd.read_csv(workflow_dir / "results/e1/latency.csv")
+    warm = req[req["phase"] == "warmup"].groupby("prompt_tokens_point").size()
+    assert warm.between(cfg["warmup_requests"], max(cfg["warmup_requests"], cfg["warmup_max_requests"])).all()
+    assert dict(warm) == dict(zip(latency["prompt_tokens"], latency["warmup_requests_sent"]))
+    assert len(req) == cfg["trials"] * len(lengths) + warm.sum()
     assert req["ok"].all() and req["request_id"].is_unique
     assert (req["prompt_tokens"] == req["prompt_tokens_target"]).all() and req["prompt_tokens_match"].all()
     assert (req["output_tokens"] == cfg["max_tokens"]).all()

@@ -43,10 +43,11 @@ def test_both_modes_have_a_row_for_every_point(e3):
     assert len(rows) == len(expected)
     # The CPU-sized defaults are all measurable: no refused or failed point. On a 2-core host a
     # stream can stall (every token in one burst): the integrity check calls that point implausible
-    # and says why (client TPOT below the engine's ITL); it never fails it.
+    # and says why (client TPOT below the engine's ITL, or client delivery: a stream read whole or
+    # a client TTFT far above the engine's); it never fails it.
     assert rows["status"].isin(["ok", "implausible"]).all(), \
         rows.loc[~rows["status"].isin(["ok", "implausible"]), ["mode", "reason"]].to_string()
-    assert texts(rows.loc[rows["status"] == "implausible", "reason"]).str.contains("engine ITL").all()
+    assert texts(rows.loc[rows["status"] == "implausible", "reason"]).str.contains("engine ITL|client delivery").all()
     assert (rows["n_ok"] == cfg["requests_per_point"]).all()
     assert (rows["backend_mode"] == "real").all() and (rows["weights"] == "random-embedded").all()
     assert (rows["ttft_ms_p50"] > 0).all() and (rows["tpot_ms_p50"].dropna() >= 0).all()

@@ -81,6 +81,10 @@ def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monke
     for start in (1, 2):
         assert (out / f"engine_restart{start}.log").exists()
     assert len(meta["engine"]["restarts"]) == 2 and meta["engine"]["mode"] == "simulated"
+    # every start warmed until steady (at least warmup_requests 2, at most 16), said in summary and metadata
+    assert [w["start"] for w in summary["warmup"]] == [0, 1, 2]
+    assert all(2 <= w["requests"] <= 16 and w["settled"] in (True, False) for w in summary["warmup"])
+    assert [w["requests"] for w in meta["warmup"]] == [w["requests"] for w in summary["warmup"]]
     phases = (out / "requests.csv").read_text()
     assert "start2-repeat-1" in phases and "identical" in phases
     section = e0.e0_report.report_section(out)
@@ -139,8 +143,9 @@ def test_records_that_cannot_be_written_go_to_the_partial_folder_and_the_error_n
     message = str(err.value)
     assert f"could not write {out / 'requests.csv'} (Read-only file system)" in message
     kept = next((tmp_path / "results" / "e0.partial").iterdir()) / "requests.csv"
-    # header + 2 warmup + 8 identical + 2 repeats x 1 request
-    assert str(kept) in message and len(kept.read_text().splitlines()) == 1 + 2 + 8 + 2
+    # header + the warm-up (at least warmup_requests 2, until steady) + 8 identical + 2 repeats x 1 request
+    warm = sum(line.startswith("warmup,") for line in kept.read_text().splitlines())
+    assert str(kept) in message and warm >= 2 and len(kept.read_text().splitlines()) == 1 + warm + 8 + 2
 
 
 def test_the_analysis_judges_saved_cvs_against_any_threshold(tmp_path):
@@ -155,3 +160,22 @@ def test_the_analysis_judges_saved_cvs_against_any_threshold(tmp_path):
     loose = e0.analyse(tmp_path, {"cv_threshold": 0.10})
     assert loose["passed"] is True and loose["variability"]["across_restarts"]["cv_threshold"] == 0.10
     assert json.loads((tmp_path / "summary.json").read_text())["passed"] is True
+
+
+def test_a_warm_up_that_did_not_settle_fails_the_verdict(tmp_path):
+    """An engine start whose warm-up stopped at its bound may carry drift into the repeats' CVs:
+    the verdict says so instead of passing."""
+    variability = {"cv_ttft": 0.01, "cv_tpot": 0.01,
+                   "across_restarts": {"engine_starts": 2, "cv_ttft": 0.01, "cv_tpot": 0.02}}
+    warmup = [{"start": 0, "settled": True, "requests": 5, "note": "settled after 5 requests"},
+              {"start": 1, "settled": False, "requests": 16, "note": "did not settle within 16 requests: ..."}]
+    measured = {"backend_mode": "real", "variability": variability, "prompt_tokens_mismatch": [],
+                "determinism": {"all_identical": True, "distinct_outputs": 1}, "integrity": {"implausible": []},
+                "warmup": warmup}
+    (tmp_path / "measured.json").write_text(json.dumps(measured))
+    out = e0.analyse(tmp_path, {"cv_threshold": 0.05})
+    assert out["passed"] is False
+    assert out["failed_because"] == ["engine start 1: warm-up did not settle within 16 requests: ..."]
+    measured["warmup"][1]["settled"] = True
+    (tmp_path / "measured.json").write_text(json.dumps(measured))
+    assert e0.analyse(tmp_path, {"cv_threshold": 0.05})["passed"] is True

@@ -217,6 +217,20 @@ def test_run_body_writes_one_row_per_length(tmp_path):
     assert len(requests) == 2 * (1 + 3) and set(requests["phase"]) == {"warmup", "measured"}
     assert requests["request_id"].is_unique and requests["prompt_tokens_match"].all()
     assert result == {"points": 3, "points_ok": 2, "prompt_tokens_mismatches": 0, "local_cache_hit_tokens": 0.0}
+    # warm-up until steady, at most warmup_max_requests (here unset: warmup_requests, 1): said per length
+    assert list(frame["warmup_requests_sent"][:2]) == [1, 1] and list(frame["warmup_settled"][:2]) == [False, False]
+    warmups = json.loads((tmp_path / "summary.json").read_text())["warmup"]
+    assert [w["label"] for w in warmups] == ["128 tokens", "256 tokens"] and warmups[0]["requests"] == 1
+
+
+def test_e1_warms_each_length_until_its_ttft_is_steady(tmp_path):
+    """FakeSession's TTFT is the same every request: steady at once, so the warm-up stops after
+    warmup_window requests (4), well before warmup_max_requests."""
+    session = FakeSession()
+    asyncio.run(e1.run(session, {**CFG, "prompt_tokens": [128], "warmup_max_requests": 12}, _ctx(tmp_path, "e1")))
+    frame = pd.read_csv(tmp_path / "latency.csv")
+    assert frame.loc[0, "warmup_requests_sent"] == 4 and bool(frame.loc[0, "warmup_settled"]) is True
+    assert [c[:2] for c in session.calls] == [("run", 1)] * 4 + [("measure", 3)]
 
 
 def test_run_body_flags_a_prompt_length_mismatch(tmp_path):

@@ -188,6 +188,7 @@ def test_run_body_rows_and_summary(tmp_path):
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["points_ok"] == 3 and s["best_goodput"]["goodput_rps"] == pytest.approx(4.0)
     assert s["local_cache_hit_tokens"] == 0.0 and s["kv_cache_usage_peak"] == pytest.approx(0.04)
+    assert s["warmup"]["requests"] == 2 and s["warmup"]["settled"] is False  # the bound: warmup_requests alone
     requests = pd.read_csv(tmp_path / "requests.csv")
     assert len(requests) == 2 + 4 + 8 + 4 and set(requests["phase"]) == {"warmup", "measured"}
 

@@ -121,3 +121,115 @@ def test_per_request_summary_of_e0():
     assert "engine_ttft_ms p95, p99 (n=4)" in s["stats_note"]
     empty = per_request_summary([_rec(0)])
     assert empty["requests_with_metrics"] == 0 and empty["engine_ttft_ms_p50"] is None and empty["note"]
+
+
+# What vLLM 0.32's /metrics/?name[]=... returns for E2's two gauges (2-core CPU host), plus label
+# values a line scan must not trip on (a space, a brace) and a sample of a longer-named metric.
+GAUGES_TEXT = """# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="embedded"} 0.125
+vllm:kv_cache_usage_perc{engine="1",model_name="a }b c"} 0.25
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="embedded"} 3.0
+vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 7.0
+vllm:num_requests_waiting 2 1712000000000
+"""
+
+
+def test_parse_gauges_reads_what_the_full_parser_reads():
+    from context_research.engine_metrics import WATCHED_GAUGES, parse_gauges
+
+    full = MetricsSnapshot.parse(GAUGES_TEXT)
+    got = parse_gauges(GAUGES_TEXT)
+    assert got == {name: full.total(name) for name in WATCHED_GAUGES}
+    assert got == {"vllm:kv_cache_usage_perc": 0.375, "vllm:num_requests_waiting": 5.0}
+    # the whole exposition (a server that ignores name[]): the same values, other metrics skipped
+    assert parse_gauges(AFTER) == {"vllm:kv_cache_usage_perc": 0.25}
+    assert parse_gauges("", WATCHED_GAUGES) == {}
+
+
+def test_the_gauge_path_reaches_prometheus_clients_filtered_app():
+    """vLLM answers /metrics from prometheus-fastapi-instrumentator (every metric, query ignored);
+    /metrics/ reaches prometheus_client's app, which honours name[]."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from context_research.engine_metrics import WATCHED_GAUGES, gauge_path
+
+    url = urlsplit(gauge_path())
+    assert url.path == "/metrics/"
+    assert parse_qs(url.query) == {"name[]": list(WATCHED_GAUGES)}
+
+
+def test_the_vllm_backend_asks_for_the_gauges_alone(monkeypatch, tmp_path):
+    import io
+    import urllib.request
+
+    from context_research.backends import vllm_server
+    from context_research.engine_metrics import gauge_path
+
+    asked = []
+
+    def urlopen(request, timeout=None):
+        asked.append(request.full_url)
+        return io.BytesIO(GAUGES_TEXT.encode())
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    backend = vllm_server.VllmServerBackend({"name": "m", "path": "m", "max_model_len": 64},
+                                            {"device": "cpu"}, tmp_path / "engine.log")
+    backend.port = 1234
+    assert backend.gauges(("vllm:num_requests_waiting",)) == {"vllm:num_requests_waiting": 5.0}
+    assert asked == [backend.base_url + gauge_path(("vllm:num_requests_waiting",))]
+
+
+def test_the_session_watches_gauges_without_a_full_scrape():
+    """While a point runs, E2's sampler reads the two gauges (KV peak, the monitor's waiting queue)
+    and never the full /metrics text, whose render and parse slowed the measured requests."""
+    import asyncio
+
+    from context_research.experiments.session import EngineSession
+    from context_research.records import GenerationRequest
+
+    class Backend:
+        mode = "real"
+        sampled = 0
+
+        def metrics_text(self):
+            raise AssertionError("a full /metrics scrape while requests run")
+
+        def gauges(self, names):
+            self.sampled += 1
+            return {"vllm:kv_cache_usage_perc": 0.1 * self.sampled, "vllm:num_requests_waiting": 2.0}
+
+        async def generate(self, req, t0):
+            await asyncio.sleep(0.3)  # long enough for the sampler's first two looks
+            return RequestRecord(request_id=req.request_id, prompt_tokens_target=4)
+
+    class Monitor:
+        def __init__(self):
+            self.samples = []
+
+        def on_sample(self, t, in_flight, waiting):
+            self.samples.append((in_flight, waiting))
+
+        def on_completion(self, record):
+            pass
+
+        def stop_reason(self):
+            return None
+
+    backend, monitor = Backend(), Monitor()
+    session = EngineSession(backend, {}, progress=False)
+    reqs = [GenerationRequest(request_id=f"q{i}", prompt=[5] * 4, max_tokens=2) for i in range(2)]
+    asyncio.run(session.run_requests(reqs, max_concurrency=2, monitor=monitor))
+    assert backend.sampled >= 2 and session._kv_peak == pytest.approx(0.1 * backend.sampled)
+    assert monitor.samples[0] == (2, 2.0)
+    # a backend with only the text (the base class's gauges) is read the same way
+    from context_research.backends.base import ServingBackend
+
+    class TextOnly(ServingBackend):
+        start = stop = generate = None
+
+        def metrics_text(self):
+            return GAUGES_TEXT
+
+    assert TextOnly({}, {}, "x").gauges(("vllm:num_requests_waiting",)) == {"vllm:num_requests_waiting": 5.0}

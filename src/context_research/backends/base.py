@@ -51,6 +51,14 @@ class ServingBackend(abc.ABC):
         """Prometheus exposition text, or None when the backend has none."""
         return None
 
+    def gauges(self, names: tuple[str, ...]) -> dict[str, float] | None:
+        """The current values of the gauges ``names`` (``engine_metrics.parse_gauges``), or None
+        when the backend has no /metrics. A backend that can ask for just these overrides it."""
+        from ..engine_metrics import parse_gauges
+
+        text = self.metrics_text()
+        return None if text is None else parse_gauges(text, names)
+
     def exit_reason(self) -> str | None:
         """None while the server runs; once it has exited, why (for failed rows and the error)."""
         return None

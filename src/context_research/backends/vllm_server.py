@@ -402,6 +402,14 @@ class VllmServerBackend(ServingBackend):
         with urllib.request.urlopen(self._request("/metrics"), timeout=30) as resp:
             return resp.read().decode("utf-8", errors="replace")
 
+    def gauges(self, names: tuple[str, ...]) -> dict[str, float] | None:
+        """Only ``names`` from /metrics (``engine_metrics.gauge_path``): the API server renders a few
+        lines on its event loop instead of every metric, and the client scans them."""
+        from ..engine_metrics import gauge_path, parse_gauges
+
+        with urllib.request.urlopen(self._request(gauge_path(names)), timeout=30) as resp:
+            return parse_gauges(resp.read().decode("utf-8", errors="replace"), names)
+
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "device": self.device, "command": redact_command(self.command), "port": self.port,
                 "startup_s": self.startup_s, "env": self.engine_env, "log": str(self.log_path),

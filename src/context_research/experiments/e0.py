@@ -23,6 +23,7 @@ from ..io import write_json
 from ..metadata import engine_distribution
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord, read_whole
+from ..warmup import WarmupRule, warm_session
 from ..workload import prompt_length_mismatches
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .runner import ExperimentRun
@@ -120,13 +121,23 @@ def verdict(determinism: dict, variability: dict, prompt_mismatch: list, backend
     return not reasons, reasons
 
 
+async def warm(session: EngineSession, cfg: dict, prefix: str, keep) -> dict[str, Any]:
+    """Warm-up until steady (``warmup.WarmupRule`` from the config): the same prompt, one request
+    per round; its records are kept under ``prefix``, the result returned."""
+    prompt = token_id_prompt(cfg["prompt_tokens"], cfg["seed"] + 1_000_003, session.model)
+    records, result = await warm_session(
+        session,
+        lambda k: [GenerationRequest(request_id=f"{prefix}-{k}", prompt=list(prompt), max_tokens=cfg["max_tokens"],
+                                     prompt_tokens_target=len(prompt), temperature=0.0, seed=cfg["seed"])],
+        WarmupRule.from_cfg(cfg), desc=prefix, label=prefix)
+    keep(prefix, records)
+    return result
+
+
 async def first_start(session: EngineSession, cfg: dict, keep) -> dict[str, Any]:
     """Warmup, the determinism check and the timed repeats on the first engine start."""
     seed = cfg["seed"]
-    warm_prompt = token_id_prompt(cfg["prompt_tokens"], seed + 1_000_003, session.model)
-    warm, _ = await session.run_requests(_requests("warmup", cfg["warmup_requests"], warm_prompt, cfg, seed),
-                                         max_concurrency=1, desc="warmup")
-    keep("warmup", warm)
+    warmup = await warm(session, cfg, "warmup", keep)
 
     prompt = token_id_prompt(cfg["prompt_tokens"], seed, session.model)
     identical, _ = await session.run_requests(
@@ -159,15 +170,13 @@ async def first_start(session: EngineSession, cfg: dict, keep) -> dict[str, Any]
     after = session.snapshot()
     return {"identical": identical, "determinism": determinism, "per_repeat": per_repeat,
             "records": all_repeat_records, "before": before, "after": after,
-            "strict_backend": strict_backend_checks(session)}
+            "strict_backend": strict_backend_checks(session), "warmup": warmup}
 
 
-async def restart_pass(session: EngineSession, cfg: dict, start: int, keep) -> list[RequestRecord]:
+async def restart_pass(session: EngineSession, cfg: dict, start: int, keep,
+                       warmups: list[dict[str, Any]]) -> list[RequestRecord]:
     """A later engine start: the same warmup and the same repeat requests as the first."""
-    warm_prompt = token_id_prompt(cfg["prompt_tokens"], cfg["seed"] + 1_000_003, session.model)
-    warm, _ = await session.run_requests(_requests(f"start{start}-warmup", cfg["warmup_requests"], warm_prompt, cfg,
-                                                   cfg["seed"]), max_concurrency=1, desc=f"start {start} warmup")
-    keep(f"start{start}-warmup", warm)
+    warmups.append(await warm(session, cfg, f"start{start}-warmup", keep))
     records: list[RequestRecord] = []
     for k in range(cfg["repeats"]):
         recs, _ = await session.run_requests(_repeat_requests(cfg, session.model, k, f"start{start}-"),
@@ -213,13 +222,15 @@ def run(run: ExperimentRun) -> dict:
     measured = _serve(run, first, lambda session: first_start(session, cfg, keep))
     per_start = [_start_summary(0, measured["records"], first.info().get("startup_s"))]
     restart_records: list[RequestRecord] = []
+    warmups = [measured["warmup"]]
     for start in range(1, cfg["engine_starts"]):
         backend = run.backend(run.model, run.serving, "engine_restart", start)
-        records = _serve(run, backend, lambda session, s=start: restart_pass(session, cfg, s, keep))
+        records = _serve(run, backend, lambda session, s=start: restart_pass(session, cfg, s, keep, warmups))
         restart_records += records
         per_start.append(_start_summary(start, records, backend.info().get("startup_s")))
     run.engine_info = {**first.info(), "restarts": [b.info() for b in run.backends[1:]]} if len(run.backends) > 1 \
         else first.info()
+    run.metadata_extra["warmup"] = warmups
 
     from ..engine_metrics import engine_summary, per_request_summary
 
@@ -260,10 +271,13 @@ def run(run: ExperimentRun) -> dict:
         "latency_engine": {**(engine_summary(before, after) if before and after else {"available": False}),
                            "per_request": per_request_summary(all_repeat_records)},
         "integrity": {"implausible": integrity.reasons, "note": integrity.note()},
+        # per engine start: how many warm-up requests it took until the engine was steady
+        "warmup": [{"start": k, **w} for k, w in enumerate(warmups)],
         "prompt_tokens_mismatch": prompt_mismatch,
         "failed_requests": sum(1 for r in rows if not r["ok"]),
-        "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "max_tokens", "warmup_requests",
-                                         "identical_requests", "repeats", "requests_per_repeat", "engine_starts")},
+        "workload": {k: cfg.get(k) for k in ("seed", "prompt_tokens", "max_tokens", "warmup_requests",
+                                             "warmup_max_requests", "warmup_window", "warmup_tolerance",
+                                             "identical_requests", "repeats", "requests_per_repeat", "engine_starts")},
     }
     ctx.write_table("requests", ctx.frame(rows))
     # Everything but the judgement against cv_threshold (an analysis key): rule e0_analysis
@@ -308,6 +322,9 @@ def analyse(results_dir, analysis_cfg: dict[str, Any]) -> dict[str, Any]:
     implausible = (summary.get("integrity") or {}).get("implausible") or []
     if implausible:
         passed, reasons = False, [*reasons, *("implausible: " + r for r in implausible)]
+    unsettled = [w for w in summary.get("warmup") or [] if w.get("settled") is False]
+    if unsettled:  # its repeats may carry warm-up drift into the CVs
+        passed, reasons = False, [*reasons, *(f"engine start {w['start']}: warm-up {w['note']}" for w in unsettled)]
     summary.update(passed=passed, failed_because=reasons)
     write_json(EXPERIMENT.path(results_dir, "summary"), summary)
     return summary

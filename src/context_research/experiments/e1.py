@@ -1,6 +1,7 @@
 """E1: prompt-length latency sweep (batch 1, one engine start for every length).
 
-For each configured prompt length: ``warmup_requests`` unmeasured requests, then ``trials``
+For each configured prompt length: unmeasured requests until the engine is steady (``warmup``:
+at least ``warmup_requests``, at most ``warmup_max_requests``), then ``trials``
 measured requests sent one at a time, all with exact-length never-shared token-id prompts and
 ``max_tokens`` output tokens (``ignore_eos``). Per length, ``results/e1/latency.csv`` gets one
 row: client-side TTFT / TPOT / ITL / E2E (mean, p50, p95, p99), the engine's own view of the same
@@ -25,6 +26,7 @@ from ..tables import fmt as _fmt
 from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
                         point_status, prompt_length_mismatches, request_rows, sweep_summary,
                         ttft_gap_columns)
+from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
@@ -110,6 +112,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     factory = PromptFactory(model, cfg["seed"])
     rows: list[dict] = []
     requests: list[dict] = []
+    warmups: list[dict] = []
     progress = PointProgress("e1", len(cfg["prompt_tokens"]))
     for n in cfg["prompt_tokens"]:
         not_measurable = context_overflow(n, max_tokens, max_len, profile) or session.exit_reason()
@@ -118,9 +121,9 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
                                          model.get("hf_config")))
             progress.point(f"{n} prompt tokens", "failed: " + not_measurable)
             continue
-        # Standard warmup: the same shape as the measured requests, outside the /metrics window.
-        warm, _ = await session.run_requests(factory.requests(f"warmup-{n}", cfg["warmup_requests"], n, max_tokens),
-                                             max_concurrency=1, desc=f"e1 warmup {n}")
+        # Warm-up until steady: the same shape as the measured requests, outside the /metrics window.
+        warm, warmup = await warm_session(session, lambda k: factory.requests(f"warmup-{n}-{k}", 1, n, max_tokens),
+                                             WarmupRule.from_cfg(cfg), desc=f"e1 warmup {n}", label=f"{n} tokens")
         requests += request_rows(warm, phase="warmup", prompt_tokens_point=n)
         measured = await session.measure(factory.requests(f"len{n}", trials, n, max_tokens), max_concurrency=1,
                                          desc=f"e1 {n} tokens")
@@ -128,6 +131,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         requests += request_rows(records, phase="measured", prompt_tokens_point=n)
         row = point_row(n, max_tokens, records, measured["engine"], model.get("hf_config"), gpu_name,
                         prefix_caching)
+        row.update(warmup_requests_sent=warmup["requests"], warmup_settled=warmup["settled"])
+        warmups.append(warmup)
         rows.append(row)
         progress.point(f"{n} prompt tokens", f"{row['status']}, TTFT p50 {_fmt(row['ttft_ms_p50'])} ms, "
                                              f"TPOT p50 {_fmt(row['tpot_ms_p50'])} ms")
@@ -136,11 +141,13 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     summary = {
         **ctx.stamp(),
         "workload": {"seed": cfg["seed"], "prompt_tokens": cfg["prompt_tokens"], "max_tokens": max_tokens,
-                     "trials": trials, "warmup_requests": cfg["warmup_requests"], "max_concurrency": 1,
+                     "trials": trials, "warmup_requests": cfg["warmup_requests"],
+                     "warmup_max_requests": cfg.get("warmup_max_requests"), "max_concurrency": 1,
                      "max_model_len": max_len, "prompt_kind": "token ids, unique prefix per request"},
         "prefix_caching": prefix_caching,
         "gpu": gpu_name,
         "floor_note": rows[0]["floor_note"] if rows else None,
+        "warmup": warmups,  # per length: how many warm-up requests it took to settle
         **sweep_summary(rows, lambda r: {"prompt_tokens": r["prompt_tokens"]}),
     }
     write_json(ctx.path("summary"), summary)

@@ -33,6 +33,7 @@ from ..io import write_json
 from ..traces import read_trace
 from ..tables import fmt as _f
 from ..workload import PointProgress, PromptFactory, context_overflow, engine_gpu_name, request_rows, sweep_summary
+from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 # The point functions are E2's API too (benchmarks/ measures one point with measure_point).
 from .e2_points import (MODES, OPEN_LOOP, capacity_verdict, failed_point_row, measure_point,  # noqa: F401
@@ -102,11 +103,14 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     capacity: list[dict] = []
     progress = PointProgress("e2", len(fixed) + len(capacity_lengths) * cfg.get("capacity_max_probes", 0))
     too_long = context_overflow(cfg["prompt_tokens"], cfg["max_tokens"], max_len, profile)
+    warmup = None
     if not too_long and cfg["warmup_requests"]:
+        # Warm-up until steady, in rounds of warmup_requests at the highest concurrency level.
         top = max(cfg["concurrency_levels"], default=1)
-        warm, _ = await session.run_requests(
-            factory.requests("warmup", cfg["warmup_requests"], cfg["prompt_tokens"], cfg["max_tokens"]),
-            max_concurrency=top, desc="e2 warmup")
+        warm, warmup = await warm_session(
+            session,
+            lambda k: factory.requests(f"warmup{k}", cfg["warmup_requests"], cfg["prompt_tokens"], cfg["max_tokens"]),
+            WarmupRule.from_cfg(cfg), max_concurrency=top, desc="e2 warmup", label="e2")
         requests += request_rows(warm, phase="warmup", mode=None, level=None)
 
     async def point(mode, level, prompt_tokens, index, not_measurable=None, length=1.0):
@@ -144,12 +148,14 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         **ctx.stamp(),
         "workload": {k: cfg.get(k) for k in ("seed", "prompt_tokens", "max_tokens", "concurrency_levels", "request_rates",
                                              "rate_max_concurrency", "requests_per_point", "min_waves", "warmup_requests",
+                                             "warmup_max_requests", "warmup_window", "warmup_tolerance",
                                              "trace_file", "steady_state_trim", "stop_when_saturated")},
         "requests_per_point_sent": {f"{m}={lv:g}": requests_for_point(cfg, m, lv) for m, lv in sweep_points(cfg)},
         "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client",
                 "attainment_target": cfg.get("attainment_target", 0.9)},
         "capacity": capacity,
         "prefix_caching": prefix_caching,
+        "warmup": warmup,  # how many warm-up requests it took until the engine was steady
         **{k: sweep[k] for k in ("points", "points_ok", "failed_points", "prompt_tokens_mismatches",
                                  "local_cache_hit_tokens")},
         "saturated_points": [{"mode": r["mode"], "level": r["level"], "prompt_tokens": r["prompt_tokens"],

@@ -34,6 +34,7 @@ from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tok
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
 from ..workload import engine_gpu_name
+from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
 from .session import EngineSession
@@ -240,10 +241,10 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     log_text = session.backend.log_text()
     parsed = parse_vllm_memory_log(log_text)
     engine = engine_facts(session, log_text, parsed)
-    if cfg["warmup_requests"]:
-        warm = [GenerationRequest(request_id=f"warmup-{i}", prompt=token_id_prompt(64, 10_007 + i, session.model),
-                                  max_tokens=4, prompt_tokens_target=64) for i in range(cfg["warmup_requests"])]
-        await session.run_requests(warm, max_concurrency=1, desc="warmup")
+    if cfg["warmup_requests"]:  # until steady (warmup.WarmupRule); how long it took goes to run_metadata.json
+        await warm_session(session, lambda k: [GenerationRequest(
+            request_id=f"warmup-{k}", prompt=token_id_prompt(64, 10_007 + k, session.model), max_tokens=4,
+            prompt_tokens_target=64)], WarmupRule.from_cfg(cfg), label="e5")
     rows: list[dict] = []
     for mode in cfg["modes"]:
         measurer = MODE_MEASURERS.get(mode)

@@ -37,6 +37,7 @@ from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tok
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
 from ..workload import engine_gpu_name
+from ..warmup import WarmupRule, warm_session
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .e6_model import derive_rope_config, model_source_dir, write_derived_model
 from .runner import ExperimentRun
@@ -115,9 +116,10 @@ async def measure_points(session: EngineSession, cfg: dict, targets: list[int], 
     engine["engine_max_model_len"] = int(served_len.group(1)) if served_len else None
     kv_dtype = engine.get("kv_effective_dtype")
     pool_bytes, _ = allocated_kv_bytes(parsed, engine)
-    for i in range(cfg["warmup_requests"]):
-        await session.run_requests([GenerationRequest(request_id=f"{pass_label}-warmup-{i}", prompt=token_id_prompt(
-            64, 7_919 + i, session.model), max_tokens=4, prompt_tokens_target=64)], desc="warmup")
+    # warm-up until steady (warmup.WarmupRule), stated in the engine facts
+    _, engine["warmup"] = await warm_session(session, lambda k: [GenerationRequest(
+        request_id=f"{pass_label}-warmup-{k}", prompt=token_id_prompt(64, 7_919 + k, session.model), max_tokens=4,
+        prompt_tokens_target=64)], WarmupRule.from_cfg(cfg), label=pass_label)
     rows = []
     hf = session.model["hf_config"]
     gpu_name = engine_gpu_name(session)

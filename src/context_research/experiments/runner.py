@@ -175,6 +175,7 @@ class ExperimentRun:
             try:
                 return await body(session, self.cfg, self.ctx, **kwargs)
             finally:
+                self.metadata_extra["warmup"] = session.warmups  # how long each warm-up took to settle
                 await session.aclose()
 
         return asyncio.run(main())
