@@ -14,6 +14,12 @@ from context_research.provenance import code_digest
 from context_research.variants import (BASELINE, other_variants, results_root, side_runs, variant_configs,
                                        variant_rule, variant_runs)
 
+# A closed terminal stops Snakemake as Ctrl-C does, so it releases its lock and the plain command
+# reruns (profiles/default/config.yaml: rerun-incomplete); see watchdog.hangup_stops_like_ctrl_c.
+from context_research.watchdog import hangup_stops_like_ctrl_c
+
+hangup_stops_like_ctrl_c()
+
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
     # names the file that set the bad key last (the schema's defaults belong to no file).

@@ -19,11 +19,10 @@ from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..errors import ConfigError
-from ..io import write_json
 from ..records import RequestRecord
 from ..tables import fmt as _fmt
-from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
-                        point_status, prompt_length_mismatches, request_rows, sweep_summary,
+from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_columns,
+                        engine_gpu_name, point_status, prompt_length_mismatches, request_rows, sweep_summary,
                         ttft_gap_columns)
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
@@ -111,6 +110,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     rows: list[dict] = []
     requests: list[dict] = []
     progress = PointProgress("e1", len(cfg["prompt_tokens"]))
+    ctx.keep_on_failure("latency", rows)      # the points finished before an interrupt are kept
+    ctx.keep_on_failure("requests", requests)
     for n in cfg["prompt_tokens"]:
         not_measurable = context_overflow(n, max_tokens, max_len, profile) or session.exit_reason()
         if not_measurable:
@@ -128,9 +129,10 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         requests += request_rows(records, phase="measured", prompt_tokens_point=n)
         row = point_row(n, max_tokens, records, measured["engine"], model.get("hf_config"), gpu_name,
                         prefix_caching)
-        rows.append(row)
+        rows.append(died_in_flight(row, records, session.exit_reason()))
         progress.point(f"{n} prompt tokens", f"{row['status']}, TTFT p50 {_fmt(row['ttft_ms_p50'])} ms, "
                                              f"TPOT p50 {_fmt(row['tpot_ms_p50'])} ms")
+        ctx.checkpoint()
     ctx.write_table("latency", ctx.frame(rows))
     ctx.write_table("requests", ctx.frame(requests))
     summary = {
@@ -143,7 +145,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "floor_note": rows[0]["floor_note"] if rows else None,
         **sweep_summary(rows, lambda r: {"prompt_tokens": r["prompt_tokens"]}),
     }
-    write_json(ctx.path("summary"), summary)
+    ctx.write_json("summary", summary)
     session.raise_if_died()
     return {"points": summary["points"], "points_ok": summary["points_ok"], "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
             "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}
