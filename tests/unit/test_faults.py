@@ -128,7 +128,7 @@ def restore_signals():
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGHUP, Terminated),
                                             (signal.SIGTERM, Terminated)])
 def test_a_signal_after_a_point_keeps_that_point(tiny_model, tmp_path, simulated, monkeypatch, restore_signals,
-                                                 signum, raised):
+                                                 capsys, signum, raised):
     out = tmp_path / "results" / "e1"
     _signal_after_first_point(monkeypatch, signum)
     with pytest.raises(raised):
@@ -139,6 +139,7 @@ def test_a_signal_after_a_point_keeps_that_point(tiny_model, tmp_path, simulated
     assert len(pd.read_csv(kept / "requests.csv")) == 1 + 3
     assert (kept / "engine.log").exists()
     assert watchdog.stopping.is_set()   # the driver watchdog will not SIGTERM this cleanup
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_second_signal_does_not_abort_the_cleanup(tiny_model, tmp_path, simulated, monkeypatch, restore_signals,

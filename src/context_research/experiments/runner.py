@@ -149,36 +149,50 @@ STOP_SIGNALS = (signal.SIGINT, *HANDLED_SIGNALS)
 
 
 class StopSignals:
-    """While a run is on: the first stop signal raises (so every ``finally`` runs: engines stop,
-    records are kept); any later one, a second Ctrl-C or the driver watchdog's SIGTERM after a
-    closed terminal, is noted and ignored, so it cannot abort that cleanup. A signal the process
-    was started with ignored (``nohup``) stays ignored."""
+    """While a run is on, the first stop signal stops it so that every ``finally`` runs (engines
+    stop, records are kept): outside an event loop it raises at once (``KeyboardInterrupt`` for
+    SIGINT, else ``Terminated``); inside one it cancels the loop's tasks instead, so no socket
+    write of the client is cut in half (asyncio would log that as a traceback), and the run turns
+    the cancellation back into the signal's exception (``stopped``). Any later signal (a second
+    Ctrl-C, the driver watchdog's SIGTERM after a closed terminal) and any during the run's own
+    cleanup (``cleaning``) is noted, never raised, so nothing aborts that cleanup. A signal the
+    process was started with ignored (``nohup``) stays ignored."""
 
     def __init__(self):
         self.first: int | None = None
         self.later: list[int] = []
+        self.cleaning = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> "StopSignals":
         for s in STOP_SIGNALS:
-            previous = signal.getsignal(s)
-            if previous is not signal.SIG_IGN:
+            if signal.getsignal(s) is not signal.SIG_IGN:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
+    def exception(self) -> BaseException:
+        return KeyboardInterrupt() if self.first == signal.SIGINT else Terminated(self.first)
+
+    def stopped(self, exc: BaseException | None) -> BaseException | None:
+        """The signal's exception when it stopped the run: ``exc`` is the cancellation it caused,
+        or the run ended (or was being cleaned up) as it came."""
+        if self.first is None or (exc is not None and not isinstance(exc, asyncio.CancelledError)):
+            return None
+        return self.exception()
+
     def _handle(self, signum, frame):
-        if self.first is None:
-            self.first = signum
-            watchdog.stopping.set()   # the driver watchdog sends no SIGTERM of its own now
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise Terminated(signum)
-        self.later.append(signum)
+        if self.first is not None or self.cleaning:
+            self.first = signum if self.first is None else self.first
+            self.later.append(signum)
+            _say_while_stopping(signum)
+            return
+        self.first = signum
+        watchdog.stopping.set()   # the driver watchdog sends no SIGTERM of its own now
         try:
-            sys.stderr.write(f"context-research: {signal.Signals(signum).name} while stopping: "
-                             "the engines are being stopped and the records kept; that goes on\n")
-        except Exception:
-            pass
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise self.exception() from None
+        loop.call_soon_threadsafe(_cancel_all, loop)
 
     def restore(self) -> None:
         """The previous handlers, unless a signal came: the process is ending then, and a late
@@ -186,6 +200,19 @@ class StopSignals:
         if self.first is None:
             for s, previous in self._previous.items():
                 signal.signal(s, previous)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+def _say_while_stopping(signum: int) -> None:
+    try:
+        sys.stderr.write(f"context-research: {signal.Signals(signum).name} while stopping: the engines are "
+                         "being stopped and the records kept; that goes on\n")
+    except Exception:
+        pass
 
 
 class ExperimentRun:
@@ -261,22 +288,27 @@ class ExperimentRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._signals.cleaning = True   # from here a signal is noted, never raised
         try:
+            failure = exc
             try:
                 gpu = self._stop_all()
-                if exc is None:
+                failure = self._signals.stopped(exc) or exc
+                if failure is None:
                     if self.ctx.diverted:  # the results folder refused files: kept, and the run fails
                         raise partial.diverted_error(self.ctx.diverted)
                     self.ctx.notes.extend(self.device_guard.notes())
                     self._write(gpu)
                     partial.discard_checkpoint(self.ctx)
             except BaseException as late:
-                self._keep_partial(exc if exc is not None else late)
+                self._keep_partial(failure if failure is not None else late)
                 raise
-            if exc is not None:
-                self._keep_partial(exc)
+            if failure is not None:
+                self._keep_partial(failure)
         finally:
             self._signals.restore()
+        if failure is not exc:   # a signal stopped the run: its exception, not the cancellation
+            raise failure from None
         return False
 
     def _stop_all(self) -> dict[str, Any]:
