@@ -323,3 +323,37 @@ def test_a_run_that_succeeds_leaves_no_partial_folder(tiny_model, tmp_path, simu
     out = tmp_path / "results" / "e1"
     run_declared(e1.EXPERIMENT, _e1_config(tiny_model), out)
     assert (out / "run_metadata.json").exists() and not out.with_name("e1.partial").exists()
+
+
+def test_the_engine_log_survives_snakemake_deleting_the_outputs_before_the_cleanup(
+        tiny_model, tmp_path, simulated, monkeypatch, restore_signals):
+    """After SIGTERM Snakemake removes the job's outputs without waiting for the driver: the engine
+    log, linked into .partial before the engine started, is kept whole, its last line included."""
+    from context_research.backends.simulated import SimulatedBackend
+
+    def start(self):   # as vllm_server: the engine writes into the file opened at its start
+        self.handle = open(self.log_path, "w")
+        self.handle.write("INFO engine started\n")
+        self.handle.flush()
+
+    def stop(self):
+        self.handle.write("INFO engine stopped\n")
+        self.handle.close()
+
+    monkeypatch.setattr(SimulatedBackend, "start", start)
+    monkeypatch.setattr(SimulatedBackend, "stop", stop)
+    out = tmp_path / "results" / "e1"
+    real_point = PointProgress.point
+
+    def point(self, label, outcome):
+        real_point(self, label, outcome)
+        for p in out.iterdir():   # Snakemake's "Removing output files of failed job e1"
+            p.unlink()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PointProgress, "point", point)
+    with pytest.raises(Terminated):
+        run_declared(e1.EXPERIMENT, _e1_config(tiny_model), out)
+    kept = _kept(out)
+    assert (kept / "engine.log").read_text() == "INFO engine started\nINFO engine stopped\n"
+    assert len(pd.read_csv(kept / "latency.csv")) == 1 and not (kept / "INCOMPLETE.txt").exists()

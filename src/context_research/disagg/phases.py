@@ -260,7 +260,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
             outcome.start_error = f"{name} engine did not start: {first_line(err)}"
             outcome.rows = [failed_row(p, "disaggregated", cfg, outcome.start_error, gpus) for p in points]
             for b in engines.values():
-                if not b.log_path.exists():
+                if not b.log_path.exists() or not b.log_path.stat().st_size:
                     write_text(b.log_path, f"# not started: {outcome.start_error}\n")
             return outcome
         prefill = EngineSession(prefill_be, model, progress=False)

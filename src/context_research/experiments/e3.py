@@ -104,7 +104,7 @@ def run(run: ExperimentRun) -> dict[str, Any]:
     ctx.write_jsonl("routes_aggregated", agg.route_log.rows)
     ctx.write_jsonl("routes_disaggregated", dis.route_log.rows)
     for key in ENGINE_LOGS.values():
-        if not ctx.path(key).exists():
+        if not ctx.path(key).exists() or not ctx.path(key).stat().st_size:  # (an empty one: linked, never started)
             ctx.write_text(key, "# engine not started\n")
     summary = build_summary(ctx.stamp(), cfg, rows, agg, dis, assignment, servings, storage, handoff_rows, budget)
     summary["connector"]["link_ceiling"] = ceiling

@@ -10,14 +10,16 @@ a results folder that turned read-only or full) keeps its records in
 * the files the run did write (tables, summaries, engine logs) are copied there;
 * rows a body registered with ``RunContext.keep_on_failure`` and had not written yet (the points
   finished before an interrupt or an engine death) are written there; a body also writes them
-  there after each point (``RunContext.checkpoint``), so a driver killed by SIGKILL, which runs no
-  cleanup, keeps them too (with ``INCOMPLETE.txt``; a run that succeeds removes them).
+  there after each point (``RunContext.checkpoint``), and each engine log is hard-linked there
+  before its engine starts (``link_log``), so a driver killed by SIGKILL, which runs no cleanup,
+  keeps them too (with ``INCOMPLETE.txt``; a run that succeeds removes its partial folder).
 
 The error then lists each kept file, and the paths it names point at those copies.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,27 +102,46 @@ def write_pending(ctx, dest: Path) -> list[str]:
     return problems
 
 
-def checkpoint(ctx) -> None:
-    """After a point: the rows so far into the partial folder, so even a driver killed by SIGKILL
-    (which runs no cleanup) loses no finished point; ``INCOMPLETE.txt`` says so. A run that
-    succeeds removes them (``discard_checkpoint``); one that fails replaces them."""
-    if not ctx.pending:
-        return
-    dest = ctx.partial_dir()
-    problems = write_pending(ctx, dest)
+def _mark_incomplete(dest: Path, problems: list[str] = ()) -> None:
     try:
         with kept_files():
-            write_text(dest / INCOMPLETE, "The rows here were written while the run was going, after each finished "
-                       "point. If this file is still here, the run never finished: its driver was killed before it "
-                       "could end (SIGKILL, a lost node).\n" + "".join(f"{p}\n" for p in problems))
+            write_text(dest / INCOMPLETE, "Written while the run was going: the engine logs (links to the files the "
+                       "engines write) and, after each finished point, the rows so far. If this file is still here, "
+                       "the run never finished: its driver was killed before it could end (SIGKILL, a lost node).\n"
+                       + "".join(f"{p}\n" for p in problems))
     except OSError:
         pass   # the run goes on; its end keeps the records again
 
 
-def discard_checkpoint(ctx) -> None:
-    """The run succeeded: its rows are in the results folder, the checkpoint goes."""
+def link_log(ctx, log: Path) -> None:
+    """Keep an engine's log in the partial folder from before the engine starts: a hard link to
+    the file it will write (``start`` truncates that file, never replaces it). After SIGTERM
+    Snakemake deletes the job's outputs without waiting for the driver's cleanup, and a SIGKILLed
+    driver runs none: the link keeps the log either way. A run that succeeds removes the folder."""
+    dest = ctx.partial_dir() / log.relative_to(ctx.outdir)
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.touch()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        os.link(log, dest)
+    except OSError:
+        return   # another filesystem, a read-only folder: the end of a failed run copies it
+    _mark_incomplete(ctx.partial_dir())
+
+
+def checkpoint(ctx) -> None:
+    """After a point: the rows so far into the partial folder, so even a driver killed by SIGKILL
+    (which runs no cleanup) loses no finished point; ``INCOMPLETE.txt`` says so. A run that
+    succeeds removes them (``discard``); one that fails replaces them."""
+    if ctx.pending:
+        _mark_incomplete(ctx.partial_dir(), write_pending(ctx, ctx.partial_dir()))
+
+
+def discard(ctx) -> None:
+    """The run succeeded: its files are in the results folder, the partial folder goes."""
     dest = ctx.partial_dir()
-    if (dest / INCOMPLETE).exists() and not (dest / FAILED).exists():
+    if dest.is_dir() and not (dest / FAILED).exists():
         shutil.rmtree(dest, ignore_errors=True)
         try:
             dest.parent.rmdir()   # the experiment's .partial folder, when no other run is kept there
@@ -138,7 +159,7 @@ def keep_failed_run(ctx, files: dict[str, str], exc: BaseException) -> list[str]
     written = [p for name in files.values() for p in sorted(ctx.outdir.glob(name.replace("{}", "*"))) if p.is_file()]
     for p in written:
         target = dest / p.relative_to(ctx.outdir)
-        if target in diverted:   # the results folder's copy is older
+        if target in diverted or (target.exists() and os.path.samefile(p, target)):  # kept already
             continue
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

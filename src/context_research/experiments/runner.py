@@ -257,6 +257,7 @@ class ExperimentRun:
         b = make_backend(model, serving, self.ctx.path(log_key, *log_name_args))
         self._hold_device(b, serving)
         self.backends.append(b)
+        partial.link_log(self.ctx, b.log_path)   # kept whatever happens to the results folder's copy
         return b
 
     def _hold_device(self, backend: ServingBackend, serving: dict[str, Any]) -> None:
@@ -299,7 +300,7 @@ class ExperimentRun:
                         raise partial.diverted_error(self.ctx.diverted)
                     self.ctx.notes.extend(self.device_guard.notes())
                     self._write(gpu)
-                    partial.discard_checkpoint(self.ctx)
+                    partial.discard(self.ctx)
             except BaseException as late:
                 self._keep_partial(failure if failure is not None else late)
                 raise
