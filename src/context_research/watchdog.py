@@ -162,6 +162,35 @@ def hangup_stops_like_ctrl_c() -> bool:
     return True
 
 
+def unremovable_outputs_say_so(job_class=None) -> bool:
+    """In Snakemake's own process (``common.smk``): Snakemake deletes a failed job's outputs, and
+    one it cannot delete (a results folder that turned read-only) ended its run in a raw
+    traceback. Now one line says which file stays and why; the run kept its records in
+    ``results/<eN>.partial/`` before. Wraps ``job_class.cleanup`` (default Snakemake's ``Job``);
+    returns whether it did (a Snakemake without that coroutine is left as it is)."""
+    import inspect
+
+    if job_class is None:
+        try:
+            from snakemake.jobs import Job as job_class
+        except ImportError:
+            return False
+    original = getattr(job_class, "cleanup", None)
+    if not inspect.iscoroutinefunction(original) or getattr(original, "_context_research", False):
+        return False
+
+    async def cleanup(self, *args, **kwargs):
+        try:
+            return await original(self, *args, **kwargs)
+        except OSError as exc:
+            _say(f"could not remove {exc.filename or 'an output'} of the failed job {self} ({exc.strerror or exc}): "
+                 "it stays; what the run measured is kept in results/<eN>.partial/")
+
+    cleanup._context_research = True
+    job_class.cleanup = cleanup
+    return True
+
+
 def orphaned() -> bool:
     """True when ``die_with_parent()`` is on and the parent it watches is gone: whatever this
     process writes now, nobody accepts it (the rule has already failed)."""

@@ -357,3 +357,23 @@ def test_the_engine_log_survives_snakemake_deleting_the_outputs_before_the_clean
     kept = _kept(out)
     assert (kept / "engine.log").read_text() == "INFO engine started\nINFO engine stopped\n"
     assert len(pd.read_csv(kept / "latency.csv")) == 1 and not (kept / "INCOMPLETE.txt").exists()
+
+
+def test_an_output_snakemake_cannot_remove_is_one_line_not_a_traceback(capsys):
+    import asyncio
+
+    class Job:   # Snakemake's Job.cleanup in a read-only results folder
+        async def cleanup(self, skip_outputs=()):
+            raise OSError(errno.EROFS, "Read-only file system", "results/e1/engine.log")
+
+        def __str__(self):
+            return "e1"
+
+    assert watchdog.unremovable_outputs_say_so(Job) and not watchdog.unremovable_outputs_say_so(Job)  # once
+    asyncio.run(Job().cleanup([]))
+    err = capsys.readouterr().err
+    assert "could not remove results/e1/engine.log of the failed job e1 (Read-only file system): it stays" in err
+    from snakemake.jobs import Job as SnakemakeJob   # the installed Snakemake still has the coroutine
+
+    import inspect
+    assert inspect.iscoroutinefunction(SnakemakeJob.cleanup)
