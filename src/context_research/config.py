@@ -200,6 +200,8 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
 
     if not isinstance(config, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
+    given = [k for k, v in (config.get("experiments") or {}).items() if v] \
+        if isinstance(config.get("experiments"), dict) else []
     try:
         validate(config, _merged_schema_file(schema_path or default_schema()))
     except WorkflowError as exc:
@@ -233,6 +235,10 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
 
         for key, problem in explicit_file_problems(e4):
             raise ConfigError(f"Invalid configuration ({_where(source, key, origins)}): {problem}")
+    from .input_checks import input_problems  # what no run could serve: refused before any engine starts
+
+    for key, problem in input_problems(config, given):
+        raise ConfigError(f"Invalid configuration ({_where(source, key, origins)}): {problem}")
     return config
 
 

@@ -660,6 +660,10 @@ def _combine(ours: dict[str, Any], sampler: dict[str, Any] | None) -> dict[str, 
             "other_cpu": sampler.get("other_cpu"), "gpu_processes": gpu}
 
 
+# The line the driver sends the sampler to ask for its last sample (``ContentionMonitor.stop``).
+SAMPLER_STOP = "stop"
+
+
 class ContentionMonitor:
     """The driver's side: snapshots before the first engine and at the end, and a sampler
     **process** in between (every ``interval_s``, at nice 19), so that the sampling never holds
@@ -710,10 +714,17 @@ class ContentionMonitor:
         return self
 
     def stop(self) -> None:
-        """Ask the sampler for its last sample and record (closing its stdin), then read it."""
+        """Ask the sampler for its last sample and record (``stop``, then closing its stdin), then
+        read it. An end of its stdin without ``stop`` means this driver died: the sampler then
+        removes its record itself."""
         if self._proc is None:
             return
         proc, self._proc = self._proc, None
+        try:
+            proc.stdin.write(SAMPLER_STOP + "\n")
+            proc.stdin.flush()
+        except OSError:
+            pass
         try:
             proc.stdin.close()
         except OSError:
@@ -759,6 +770,18 @@ def _sampler_main(argv: list[str]) -> int:
         os.nice(19)   # never ahead of the engine it watches
     except OSError:
         pass
+    out = Path(args.out)
+    tmp = Path(args.out + ".tmp")
+
+    def discard(*_):   # nobody will read the record
+        for p in (out, tmp):
+            p.unlink(missing_ok=True)
+
+    # Ctrl-C and a closed terminal reach the driver's whole process group: the driver decides
+    # when this sampler ends (``stop`` on stdin), so neither may end it with a traceback.
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: (discard(), os._exit(0)))
     state = ContentionState([Device(*d) for d in json.loads(args.devices)], root=args.root,
                             interval_s=args.interval)
 
@@ -766,9 +789,8 @@ def _sampler_main(argv: list[str]) -> int:
         ours = state.ours()
         state.sample_cpu(ours)
         state.snapshot(engines_running=True, ours=ours)
-        tmp = Path(args.out + ".tmp")
         tmp.write_text(json.dumps(state.summary()), encoding="utf-8")
-        os.replace(tmp, args.out)
+        os.replace(tmp, out)
 
     state.sample_cpu(state.ours())
     next_at = time.monotonic() + args.interval
@@ -776,16 +798,16 @@ def _sampler_main(argv: list[str]) -> int:
         ready, _, _ = select.select([sys.stdin], [], [], max(0.0, next_at - time.monotonic()))
         if ready:
             line = sys.stdin.readline()
-            if not line:
+            if not line:   # stdin closed without "stop": the driver died (a SIGKILL)
                 break
+            if line.strip() == SAMPLER_STOP:
+                sample()   # the last sample, for the driver to read
+                return 0
             state.devices = [Device(*d) for d in json.loads(line)]
             continue
         sample()
         next_at = time.monotonic() + args.interval
-    else:   # the driver is gone: nobody will read the record
-        Path(args.out).unlink(missing_ok=True)
-        return 0
-    sample()
+    discard()   # the driver is gone
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import secrets
@@ -26,6 +27,22 @@ def _new_temp_file(target: Path) -> Path:
     raise FileExistsError(f"no free temp name beside {target}")
 
 
+# True inside ``kept_files()``: what is written there is no rule output (a failed run's ``.partial``
+# copy), so it is kept even when the rule has already failed.
+_KEEPING = contextvars.ContextVar("context_research_keeping", default=False)
+
+
+@contextlib.contextmanager
+def kept_files() -> Iterator[None]:
+    """Writes in this block are a failed run's kept records, not rule outputs: they stay even
+    when the driver is orphaned (``watchdog.orphaned()``), since nobody else will keep them."""
+    token = _KEEPING.set(True)
+    try:
+        yield
+    finally:
+        _KEEPING.reset(token)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -40,7 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
-        if watchdog.orphaned():
+        if watchdog.orphaned() and not _KEEPING.get():
             target.unlink(missing_ok=True)
             raise watchdog.Orphaned(target)
     finally:

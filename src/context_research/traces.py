@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ def read_trace(path: str | Path) -> list[TraceRequest]:
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{n}: not a trace line (arrival_offset_s, input_tokens, output_tokens): "
                               f"{exc}") from None
-        if req.arrival_offset_s < 0 or req.input_tokens < 1 or req.output_tokens < 1:
+        if not math.isfinite(req.arrival_offset_s) or req.arrival_offset_s < 0 or req.input_tokens < 1 \
+                or req.output_tokens < 1:
             raise ConfigError(f"{path}:{n}: negative offset or a length below 1: {line.strip()}")
         out.append(req)
     if not out:

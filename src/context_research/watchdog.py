@@ -117,16 +117,23 @@ def _say(message: str) -> None:
 
 # -- the driver ------------------------------------------------------------------------------
 _driver: Watchdog | None = None
+# Set once this process has begun to stop (a signal reached the run, experiments.runner): the
+# watchdog then sends no SIGTERM of its own, which would only interrupt that cleanup.
+stopping = threading.Event()
 
 
 def die_with_parent(grace_s: float = DRIVER_GRACE_S, interval_s: float = POLL_S) -> Watchdog:
-    """This process stops as on SIGTERM when its parent dies, and is SIGKILLed ``grace_s`` later
-    if it is still alive. Idempotent."""
+    """This process stops as on SIGTERM when its parent dies (unless it is stopping already), and
+    is SIGKILLed ``grace_s`` later if it is still alive. Idempotent."""
     global _driver
     if _driver is None:
         def terminate_self() -> None:
-            _say(f"the process that started this one (pid {_driver.parent.pid}) is gone: stopping")
-            os.kill(os.getpid(), signal.SIGTERM)
+            if stopping.is_set():
+                _say(f"the process that started this one (pid {_driver.parent.pid}) is gone; "
+                     "this one is already stopping")
+            else:
+                _say(f"the process that started this one (pid {_driver.parent.pid}) is gone: stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(grace_s)
             _say(f"still running {grace_s:g} s after SIGTERM: killing this process")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -134,6 +141,54 @@ def die_with_parent(grace_s: float = DRIVER_GRACE_S, interval_s: float = POLL_S)
         _driver = Watchdog(terminate_self, interval_s=interval_s, name="driver-watchdog")
         _driver.start()
     return _driver
+
+
+def hangup_stops_like_ctrl_c() -> bool:
+    """In Snakemake's own process (``common.smk``): a closed terminal (SIGHUP) stops it the way
+    Ctrl-C does, through its own cleanup, which releases its lock on the working directory (by
+    default SIGHUP kills it on the spot and leaves the lock, so the plain command would not rerun).
+    Only the first SIGHUP counts; a later one is ignored so it cannot abort that cleanup. A
+    SIGHUP the process was started to ignore (``nohup``) stays ignored. Returns whether it is on."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL:
+        return False
+
+    def on_hangup(signum, frame):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _say("the terminal was closed (SIGHUP): stopping as on Ctrl-C")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    return True
+
+
+def unremovable_outputs_say_so(job_class=None) -> bool:
+    """In Snakemake's own process (``common.smk``): Snakemake deletes a failed job's outputs, and
+    one it cannot delete (a results folder that turned read-only) ended its run in a raw
+    traceback. Now one line says which file stays and why; the run kept its records in
+    ``results/<eN>.partial/`` before. Wraps ``job_class.cleanup`` (default Snakemake's ``Job``);
+    returns whether it did (a Snakemake without that coroutine is left as it is)."""
+    import inspect
+
+    if job_class is None:
+        try:
+            from snakemake.jobs import Job as job_class
+        except ImportError:
+            return False
+    original = getattr(job_class, "cleanup", None)
+    if not inspect.iscoroutinefunction(original) or getattr(original, "_context_research", False):
+        return False
+
+    async def cleanup(self, *args, **kwargs):
+        try:
+            return await original(self, *args, **kwargs)
+        except OSError as exc:
+            _say(f"could not remove {exc.filename or 'an output'} of the failed job {self} ({exc.strerror or exc}): "
+                 "it stays; what the run measured is kept in results/<eN>.partial/")
+
+    cleanup._context_research = True
+    job_class.cleanup = cleanup
+    return True
 
 
 def orphaned() -> bool:

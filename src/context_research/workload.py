@@ -89,6 +89,14 @@ def point_status(records: Sequence[RequestRecord], cache_hits: float | None) -> 
     return ("failed", "; ".join(reasons)) if reasons else ("ok", "")
 
 
+def died_in_flight(row: dict[str, Any], records: Sequence[RequestRecord], exit_reason: str | None) -> dict[str, Any]:
+    """A point during which the engine died (it has exited and some request of the point failed,
+    or none was served): failed, with the engine's reason rather than its clients' broken streams."""
+    if exit_reason and (not records or any(not r.ok for r in records)):
+        row.update(status="failed", reason=exit_reason)
+    return row
+
+
 def engine_columns(engine: dict[str, Any], records: Sequence[RequestRecord] | None = None) -> dict[str, Any]:
     """Engine-side view of one point (ms).
 

@@ -6,6 +6,9 @@
    nothing that makes Snakemake take the job as done.
 2. The plain command redoes the job; once its engine is healthy, the driver is SIGKILLed: no
    process of that engine may remain (the engine's own watchdog, context_research.watchdog).
+
+And a closed terminal (SIGHUP to the whole session) after E1's first point: the point is kept,
+nothing is left behind, and the plain command resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -178,3 +182,60 @@ def test_nothing_outlives_its_parent(workflow_dir, tmp_path):
                     p.send_signal(signal.SIGKILL)
                 except psutil.Error:
                     pass
+
+
+FAULT_CONFIG = "experiments:\n  e1: {prompt_tokens: [128, 256, 512], trials: 5, warmup_requests: 1}\n"
+E1_ARGS = ["results/e1/latency.csv", "--configfile", "config/config.yaml", "config/fault.yaml"]
+
+
+def _terminal_defaults():
+    """In the child: SIGINT and SIGHUP at their defaults, as a terminal's foreground job has them."""
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _temp_files(snakemake: subprocess.Popen) -> list[Path]:
+    """The run's files in /tmp: its engine's temp folder and the contention sampler's record."""
+    root = psutil.Process(snakemake.pid)
+    server = _descendant(root, "context_research.backends.vllm_cli", "serve")
+    sampler = _descendant(root, "context_research.device_lock", "sample")
+    assert server is not None and sampler is not None
+    cmd = sampler.cmdline()
+    return [Path(server.environ()["CONTEXT_RESEARCH_ENGINE_TMPDIR"]), Path(cmd[cmd.index("--out") + 1])]
+
+
+def test_a_closed_terminal_keeps_the_finished_point_and_the_plain_command_resumes(workflow_dir, tmp_path):
+    """SIGHUP to the whole session after E1's first point (a closed terminal): Snakemake releases
+    its lock, the driver stops its engine without a traceback and keeps that point in .partial, no
+    process or /tmp/cr-* file of the run is left, and the plain command then runs E1 to its end."""
+    workdir = copy_checkout(tmp_path / "wf")
+    shutil.copytree(workflow_dir / MODEL, workdir / MODEL)
+    (workdir / "config" / "fault.yaml").write_text(FAULT_CONFIG)
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("CONTEXT_RESEARCH_CACHE", str(REPO / ".cache"))
+    log = tmp_path / "snakemake-hup.log"
+    sm = subprocess.Popen([*snakemake_cmd(), "--cores", "1", *E1_ARGS], cwd=workdir, env=env, stdout=log.open("w"),
+                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_terminal_defaults)
+    try:
+        e1_log = workdir / "logs" / "e1.log"
+        _wait_for(lambda: e1_log.exists() and "[e1 1/" in e1_log.read_text(errors="replace"),
+                  "E1's first point", STARTUP_S, sm, log)
+        temp_files = _temp_files(sm)
+        assert all(p.exists() for p in temp_files)
+        os.killpg(sm.pid, signal.SIGHUP)
+        assert sm.wait(120) != 0
+        _wait_for(lambda: not _group(sm.pid), "every process of the session to end", DRIVER_GONE_S)
+    finally:
+        for p in _group(sm.pid):
+            p.kill()
+    text = e1_log.read_text(errors="replace")
+    assert "received SIGHUP; the engine was stopped" in text and "Traceback" not in text, text[-3000:]
+    assert not list((workdir / ".snakemake" / "locks").glob("*")), "Snakemake's lock was left behind"
+    kept = next((workdir / "results" / "e1.partial").iterdir())
+    assert list(pd.read_csv(kept / "latency.csv")["prompt_tokens"]) == [128] and (kept / "engine.log").exists()
+    assert not [p for p in temp_files if p.exists()], "a /tmp/cr-* file of the run was left"
+
+    rerun = run_snakemake(workdir, *E1_ARGS)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert list(pd.read_csv(workdir / "results" / "e1" / "latency.csv")["prompt_tokens"]) == [128, 256, 512]

@@ -319,20 +319,50 @@ DRIVER = r"""
 import sys
 from context_research import device_lock as dl
 mon = dl.ContentionMonitor([dl.CPU], interval_s=0.05).start()
-print(mon._proc.pid, flush=True)
+print(mon._proc.pid, mon._out, flush=True)
 sys.stdin.readline()
 """
 
 
-def test_the_sampler_ends_with_its_driver(children):
+def test_the_sampler_ends_with_its_driver_and_leaves_no_record_file(children):
+    """A SIGKILLed driver closes the sampler's stdin without asking for the last sample: the
+    sampler ends and removes its /tmp/cr-contention-*.json (nobody will read it)."""
     driver = subprocess.Popen([sys.executable, "-c", DRIVER], env={**os.environ, "PYTHONPATH": str(SRC)}, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     children.append(driver)
-    sampler = psutil.Process(int(driver.stdout.readline()))
+    pid, out = driver.stdout.readline().split()
+    sampler = psutil.Process(int(pid))
     assert sampler.ppid() == driver.pid and "sample" in sampler.cmdline()
+    _wait_until(lambda: Path(out).stat().st_size > 0)   # it has sampled at least once
     driver.kill()                        # no cleanup runs in the driver
     driver.wait(timeout=WAIT)
     sampler.wait(timeout=WAIT)           # raises if it outlives the bound
+    assert not Path(out).exists() and not Path(out + ".tmp").exists()
+
+
+def test_ctrl_c_does_not_end_the_sampler_and_it_still_gives_its_record():
+    """Ctrl-C reaches the driver's whole process group: the sampler must neither die with a
+    KeyboardInterrupt traceback nor lose the record the driver asks for afterwards."""
+    mon = dl.ContentionMonitor([dl.CPU], interval_s=0.05)
+    mon.start()
+    sampler, out = mon._proc, mon._out
+    _wait_until(lambda: out.stat().st_size > 0)   # it runs (its first sample is written)
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        sampler.send_signal(sig)
+    out.unlink()
+    _wait_until(lambda: out.exists())             # it goes on sampling
+    assert sampler.poll() is None
+    mon.stop()
+    assert sampler.returncode == 0 and "sampler_error" not in mon.summary() and not out.exists()
+
+
+def _wait_until(predicate, timeout=WAIT):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
 
 
 # -- through ExperimentRun --------------------------------------------------------------------------

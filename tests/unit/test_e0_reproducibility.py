@@ -1,6 +1,7 @@
 """E0's verdict honours its criterion, and reproducibility is measured across engine restarts."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,27 +95,32 @@ def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monke
 
 
 def test_a_failed_run_keeps_what_it_wrote_where_snakemake_does_not_delete_it(tiny_model, tmp_path, monkeypatch):
-    """Snakemake deletes a failed job's outputs; the run copies its declared files aside first."""
+    """Snakemake deletes a failed job's outputs; the run copies its declared files aside first, and
+    a summary the results folder refuses (a full disk) is written there too."""
+    from context_research import io
+    from context_research.errors import ContextResearchError
+
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
                               "serving": {"backend": "simulated", "device": "cpu"},
                               "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1}}})
-    real_write_json = e0.write_json
+    out = tmp_path / "results" / "e0"
+    real_write_json = io.write_json
 
-    def fail_on_summary(path, obj):
-        if path.name == "measured.json":
+    def full_results_folder(path, obj):
+        if Path(path).parent == out:
             raise OSError(28, "No space left on device", str(path))
         return real_write_json(path, obj)
 
-    monkeypatch.setattr(e0, "write_json", fail_on_summary)
-    out = tmp_path / "results" / "e0"
-    with pytest.raises(OSError):
+    monkeypatch.setattr(io, "write_json", full_results_folder)
+    with pytest.raises(ContextResearchError, match="No space left on device"):
         run_declared(e0.EXPERIMENT, config, out)
     kept = list((tmp_path / "results" / "e0.partial").iterdir())
     assert len(kept) == 1
     names = sorted(p.name for p in kept[0].iterdir())
-    assert names == ["FAILED.txt", "engine.log", "engine_restart1.log", "requests.csv"]
+    assert names == ["FAILED.txt", "engine.log", "engine_restart1.log", "measured.json", "requests.csv"]
     assert "No space left on device" in (kept[0] / "FAILED.txt").read_text()
+    assert json.loads((kept[0] / "measured.json").read_text())["determinism"]["requests"] == 8
     assert not (out / "run_metadata.json").exists()
 
 

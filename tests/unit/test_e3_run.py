@@ -146,3 +146,29 @@ def test_a_terminated_run_stops_every_engine_and_writes_no_metadata(tiny_model, 
     assert len(fake_engines.made) == 1 and fake_engines.made[0].stops >= 1
     assert not e3.EXPERIMENT.path(out, "metadata").exists()
     assert not any(p.exists() for p in shared_folders)
+
+
+def test_an_engine_death_fails_the_run_and_its_later_points(tiny_model, tmp_path, monkeypatch, shared_folders):
+    """The aggregated engine dies after its second point: the points measured stay, the later ones
+    are failed rows with the engine's reason, every table is kept, and the run fails."""
+    from context_research.backends.simulated import SimulatedBackend
+    from context_research.errors import EngineDiedError
+
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    asked = []
+
+    def exit_reason(self):   # asked once after each served point
+        asked.append(1)
+        return "engine died: its server was killed by SIGKILL" if len(asked) >= 2 else None
+
+    monkeypatch.setattr(SimulatedBackend, "exit_reason", exit_reason)
+    out = tmp_path / "e3"
+    with pytest.raises(EngineDiedError, match="aggregated engine died: its server was killed by SIGKILL"):
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", prompt_tokens=[256, 512]), out)
+    kept = next(out.with_name("e3.partial").iterdir())
+    rows = pd.read_csv(kept / "mode_comparison.csv")
+    agg = rows[rows["mode"] == "aggregated"]
+    assert list(agg["status"]) == ["ok", "ok", "failed", "failed"]
+    assert agg["reason"].iloc[2:].str.startswith("aggregated engine died: its server was killed by SIGKILL").all()
+    assert (kept / "requests.csv").exists() and (kept / "summary.json").exists()
+    assert not (out / "run_metadata.json").exists()

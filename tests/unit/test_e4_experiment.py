@@ -482,6 +482,18 @@ class _Session:
     backend = object()
     backend_mode = "simulated"
 
+    def __init__(self, died: str | None = None):
+        self.died = died  # the engine's exit reason once it has died (EngineSession.exit_reason)
+
+    def exit_reason(self):
+        return self.died
+
+    def raise_if_died(self):
+        from context_research.errors import EngineDiedError
+
+        if self.died:
+            raise EngineDiedError(self.died)
+
     async def measure(self, reqs, max_concurrency, desc):
         from context_research.records import RequestRecord
 
@@ -539,6 +551,32 @@ def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path,
     assert s["dataset_manifest_sha256"] == specs.combined_manifest_sha256(
         {ds.key: ds.manifest_path(tmp_path / "data") for ds, _, _ in loaded})
     assert s["datasets"]["ruler/vt-512"]["manifest_sha256"] == shas["ruler/vt-512"]
+
+
+def test_an_engine_death_fails_the_run_after_writing_every_prediction(tmp_path, monkeypatch):
+    """The engine died during the generation requests: every prediction and table is written,
+    the failed requests say "engine died" (not their broken streams), and the run fails."""
+    import asyncio
+
+    from context_research.errors import EngineDiedError
+
+    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.chdir(REPO)
+    cfg = _small_config()
+    M.materialize_all(specs.dataset_specs(cfg), tmp_path / "data")
+    block = cfg["experiments"]["e4"]
+    loaded = M.load_materialized(specs.datasets(block), tmp_path / "data")
+    ctx = _run_context(tmp_path / "out")
+    ctx.outdir.mkdir()
+    died = "engine died: its server was killed by SIGKILL"
+    with pytest.raises(EngineDiedError, match="killed by SIGKILL"):
+        asyncio.run(e4.run(_Session(died=died), block, ctx, loaded=loaded,
+                           manifest_sha256={ds.key: "0" * 64 for ds, _, _ in loaded}))
+    preds = read_jsonl(ctx.outdir / "predictions.jsonl")
+    vt = [p for p in preds if p["dataset"] == "vt-512"]
+    assert vt[0]["status"] == "failed" and vt[0]["reason"] == died
+    assert (ctx.outdir / "quality.csv").exists() and (ctx.outdir / "summary.json").exists()
 
 
 def test_prepare_loads_and_hashes_the_datasets_once(tmp_path, monkeypatch):

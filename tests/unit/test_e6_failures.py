@@ -141,3 +141,26 @@ def test_no_fallback_without_the_config_key(tiny_model, tmp_path, monkeypatch):
     assert calls == ["primary"]
     frame = pd.read_csv(tmp_path / "e6" / "stress.csv")
     assert len(frame) == 3 and (frame["status"] == "failed").all() and frame["reason"].str.contains("KV cache").all()
+
+
+def test_an_engine_death_no_pass_made_up_for_fails_the_run(tiny_model, tmp_path, monkeypatch):
+    """The engine died after the first target and no fallback pass served the others: stress.csv
+    keeps every row, and the rule fails naming the targets left unmeasured."""
+    from context_research.errors import EngineDiedError
+
+    died = "engine process exited before this point: RuntimeError: worker died"
+
+    def fake_pass(backend, cfg, targets, *, pass_label, context, **kw):
+        rows = [{"target_prompt_tokens": targets[0], "pass": pass_label, "status": "ok", "failure_kind": None,
+                 **context}] + [failure_row(t, died, kind="engine_died", pass_label=pass_label, context=context)
+                                for t in targets[1:]]
+        return {"pass": pass_label, "kv_cache_dtype_requested": "auto", "backend_mode": "real", "started": True,
+                "info": {}, "engine": {}, "rows": rows}
+
+    monkeypatch.setattr(e6, "serve_pass", fake_pass)
+    out = tmp_path / "results" / "e6"
+    with pytest.raises(EngineDiedError, match=r"target\(s\) 8192, 16000 were left unmeasured .*worker died"):
+        run_declared(e6.EXPERIMENT, _config(tiny_model), out)
+    kept = next(out.with_name("e6.partial").iterdir())
+    frame = pd.read_csv(kept / "stress.csv")
+    assert list(frame["status"]) == ["ok", "failed", "failed"] and (kept / "summary.json").exists()

@@ -14,6 +14,14 @@ from context_research.provenance import code_digest
 from context_research.variants import (BASELINE, other_variants, results_root, side_runs, variant_configs,
                                        variant_rule, variant_runs)
 
+# A closed terminal stops Snakemake as Ctrl-C does, so it releases its lock and the plain command
+# reruns (profiles/default/config.yaml: rerun-incomplete); a failed job's output Snakemake cannot
+# delete (a read-only results folder) is one line, not a traceback. See context_research.watchdog.
+from context_research.watchdog import hangup_stops_like_ctrl_c, unremovable_outputs_say_so
+
+hangup_stops_like_ctrl_c()
+unremovable_outputs_say_so()
+
 try:
     # Snakemake has merged config/config.yaml, every --configfile and --config already: an error
     # names the file that set the bad key last (the schema's defaults belong to no file).

@@ -348,6 +348,17 @@ class VllmServerBackend(ServingBackend):
         return "Fix the cause above, or check `vllm serve` by hand with the command on the log's first line."
 
     def stop(self) -> None:
+        try:
+            self._stop_processes()
+        finally:
+            if self._log_handle:
+                self._log_handle.close()
+                self._log_handle = None
+            if self._tmpdir:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                self._tmpdir = None
+
+    def _stop_processes(self) -> None:
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
         if proc is not None and proc.poll() is None:
@@ -367,12 +378,6 @@ class VllmServerBackend(ServingBackend):
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if self._log_handle:
-            self._log_handle.close()
-            self._log_handle = None
-        if self._tmpdir:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
 
     # -- requests -----------------------------------------------------------------------
     async def generate(self, req: GenerationRequest, run_t0: float) -> RequestRecord:
@@ -390,8 +395,11 @@ class VllmServerBackend(ServingBackend):
     def exit_reason(self) -> str | None:
         if self.proc is None or self.proc.poll() is None:
             return None
-        last = [line.strip() for line in self.log_text().splitlines() if line.strip()][-1:]
-        return f"engine died (exit code {self.proc.returncode}); last log line: {last[0] if last else 'none'}"
+        from ..engine_log import exit_description
+
+        if self._log_handle:
+            self._log_handle.flush()
+        return exit_description(self.proc.returncode, self.log_text())
 
     def _request(self, path: str) -> urllib.request.Request:
         """A GET of ``path`` on this server, carrying its API key if it has one (vLLM checks the

@@ -27,7 +27,7 @@ from ..errors import ConfigError, EngineStartError
 from ..experiments.session import EngineSession
 from ..io import write_text
 from ..tables import fmt
-from ..workload import engine_gpu_name
+from ..workload import died_in_flight, engine_gpu_name
 from . import connectors
 from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment
@@ -134,6 +134,15 @@ def log(msg: str) -> None:
     print(f"e3: {msg}", file=sys.stderr, flush=True)
 
 
+def engine_died(engines: Mapping[str, ServingBackend]) -> str | None:
+    """Why one of ``engines`` has died ("decode engine died: ..."), or None while all run."""
+    for name, b in engines.items():
+        why = b.exit_reason()
+        if why:
+            return f"{name} {why}"
+    return None
+
+
 # -- the two phases -----------------------------------------------------------------------------
 @dataclass
 class ModeOutcome:
@@ -146,6 +155,8 @@ class ModeOutcome:
     # shared folder's total bytes; the broker holds every handoff.
     transfer_setup: dict[str, Any] = field(default_factory=dict)
     broker: KvBroker | None = None
+    # Why an engine of this mode died mid-phase (its later points are failed rows); None if none did.
+    engine_died: str | None = None
 
 
 def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[str, Any], cfg: dict[str, Any],
@@ -180,8 +191,9 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
                     if real:
                         await sched.prefill_baseline(warm_reqs[:1], 1, warmup_point(warm_reqs), label="warmup")
                 for p in points:
-                    reason = refusal_reason(p, "aggregated", max_tokens=cfg["max_tokens"],
-                                            max_model_len=int(model["max_model_len"]), budget=budget)
+                    reason = outcome.engine_died or refusal_reason(
+                        p, "aggregated", max_tokens=cfg["max_tokens"], max_model_len=int(model["max_model_len"]),
+                        budget=budget)
                     if reason:
                         outcome.rows.append(failed_row(p, "aggregated", cfg, reason, gpus))
                         continue
@@ -198,7 +210,8 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
                     if before is not None and after is not None:
                         row["engine_ttft_ms_mean"] = ms(engine_summary(before, after).get("engine_ttft_mean_s"))
                     apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))
-                    outcome.rows.append(row)
+                    outcome.engine_died = engine_died({"aggregated": backend})
+                    outcome.rows.append(died_in_flight(row, served.records, outcome.engine_died))
                     outcome.requests.extend(request_rows(served.records, "aggregated", p, "measured"))
                     log(f"aggregated {p.label}: {row['status']}, TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, "
                         f"TPOT p50 {fmt(row['tpot_ms_p50'], 1)} ms")
@@ -247,7 +260,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
             outcome.start_error = f"{name} engine did not start: {first_line(err)}"
             outcome.rows = [failed_row(p, "disaggregated", cfg, outcome.start_error, gpus) for p in points]
             for b in engines.values():
-                if not b.log_path.exists():
+                if not b.log_path.exists() or not b.log_path.stat().st_size:
                     write_text(b.log_path, f"# not started: {outcome.start_error}\n")
             return outcome
         prefill = EngineSession(prefill_be, model, progress=False)
@@ -284,7 +297,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                     join_ledger(warm.handoffs, ledger, tail)
                     outcome.requests.extend(request_rows(warm.records, "disaggregated", None, "warmup", warm.handoffs))
                 for p in points:
-                    reason = refused(p)
+                    reason = outcome.engine_died or refused(p)
                     if reason:
                         row = failed_row(p, "disaggregated", cfg, reason, gpus)
                         row.update(common)
@@ -303,7 +316,8 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                     if d_eng:
                         row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
                     apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))
-                    outcome.rows.append(row)
+                    outcome.engine_died = engine_died(engines)
+                    outcome.rows.append(died_in_flight(row, served.records, outcome.engine_died))
                     outcome.requests.extend(request_rows(served.records, "disaggregated", p, "measured",
                                                          served.handoffs))
                     log(f"disaggregated {p.label}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}"

@@ -18,6 +18,7 @@ from ..analysis.integrity import check_records
 from ..analysis.stats import (coefficient_of_variation, interval_part, mean, ms, small_sample_note, small_sample_part,
                               summarize_with_ci)
 from ..backends.client import auth_headers
+from ..errors import EngineDiedError
 from ..hashing import sha256_obj
 from ..io import write_json
 from ..metadata import engine_distribution
@@ -197,7 +198,11 @@ def _serve(run: ExperimentRun, backend, body):
             await session.aclose()
 
     try:
-        return asyncio.run(main())
+        result = asyncio.run(main())
+        died = backend.exit_reason()
+        if died:  # its requests failed for that reason, not for a lack of reproducibility
+            raise EngineDiedError(f"{died}. E0 stops there: its requests so far are kept.")
+        return result
     finally:
         backend.stop()  # before the next start: two engines would share the device
 
@@ -213,10 +218,12 @@ def run(run: ExperimentRun) -> dict:
     determinism. Run-to-run variation is reported within one start and across starts."""
     cfg, ctx = run.cfg, run.ctx
     rows: list[dict] = []
+    ctx.keep_on_failure("requests", rows)  # the requests served before an interrupt are kept
 
     def keep(phase: str, records: list[RequestRecord]) -> None:
         for r in records:
             rows.append({"phase": phase, **r.as_row(keep_tokens=phase == "identical")})
+        ctx.checkpoint()
 
     first = run.backend(run.model, run.serving)
     measured = _serve(run, first, lambda session: first_start(session, cfg, keep))
@@ -282,7 +289,7 @@ def run(run: ExperimentRun) -> dict:
     ctx.write_table("requests", ctx.frame(rows))
     # Everything but the judgement against cv_threshold (an analysis key): rule e0_analysis
     # writes summary.json with the verdict.
-    write_json(ctx.path("measured"), measured_summary)
+    ctx.write_json("measured", measured_summary)
     across = variability["across_restarts"]
     return {"all_identical": determinism["all_identical"],
             "cv_ttft": variability["cv_ttft"], "cv_tpot": variability["cv_tpot"],

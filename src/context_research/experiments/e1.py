@@ -20,11 +20,10 @@ from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..errors import ConfigError
-from ..io import write_json
 from ..records import RequestRecord
 from ..tables import fmt as _fmt
-from ..workload import (PointProgress, PromptFactory, context_overflow, engine_columns, engine_gpu_name,
-                        point_status, prompt_length_mismatches, request_rows, sweep_summary,
+from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_columns,
+                        engine_gpu_name, point_status, prompt_length_mismatches, request_rows, sweep_summary,
                         ttft_gap_columns)
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
@@ -114,6 +113,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     requests: list[dict] = []
     warmups: list[dict] = []
     progress = PointProgress("e1", len(cfg["prompt_tokens"]))
+    ctx.keep_on_failure("latency", rows)      # the points finished before an interrupt are kept
+    ctx.keep_on_failure("requests", requests)
     for n in cfg["prompt_tokens"]:
         not_measurable = context_overflow(n, max_tokens, max_len, profile) or session.exit_reason()
         if not_measurable:
@@ -133,9 +134,10 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
                         prefix_caching)
         row.update(warmup_requests_sent=warmup["requests"], warmup_settled=warmup["settled"])
         warmups.append(warmup)
-        rows.append(row)
+        rows.append(died_in_flight(row, records, session.exit_reason()))
         progress.point(f"{n} prompt tokens", f"{row['status']}, TTFT p50 {_fmt(row['ttft_ms_p50'])} ms, "
                                              f"TPOT p50 {_fmt(row['tpot_ms_p50'])} ms")
+        ctx.checkpoint()
     ctx.write_table("latency", ctx.frame(rows))
     ctx.write_table("requests", ctx.frame(requests))
     summary = {
@@ -150,7 +152,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "warmup": warmups,  # per length: how many warm-up requests it took to settle
         **sweep_summary(rows, lambda r: {"prompt_tokens": r["prompt_tokens"]}),
     }
-    write_json(ctx.path("summary"), summary)
+    ctx.write_json("summary", summary)
     session.raise_if_died()
     return {"points": summary["points"], "points_ok": summary["points_ok"], "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"],
             "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}

@@ -29,10 +29,10 @@ from typing import Any
 
 from ..analysis.capacity import CapacitySearch, search_from_config
 from ..analysis.probe import ProbeRules, probe_requests
-from ..io import write_json
 from ..traces import read_trace
 from ..tables import fmt as _f
-from ..workload import PointProgress, PromptFactory, context_overflow, engine_gpu_name, request_rows, sweep_summary
+from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_gpu_name, request_rows,
+                        sweep_summary)
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 # The point functions are E2's API too (benchmarks/ measures one point with measure_point).
@@ -102,6 +102,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     requests: list[dict] = []
     capacity: list[dict] = []
     progress = PointProgress("e2", len(fixed) + len(capacity_lengths) * cfg.get("capacity_max_probes", 0))
+    for key, kept in (("concurrency", rows), ("requests", requests), ("capacity", capacity)):
+        ctx.keep_on_failure(key, kept)   # the points finished before an interrupt are kept
     too_long = context_overflow(cfg["prompt_tokens"], cfg["max_tokens"], max_len, profile)
     warmup = None
     if not too_long and cfg["warmup_requests"]:
@@ -122,11 +124,12 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
             return rows[-1], []
         row, records = await measure_point(session, factory, mode, level, cfg, index, prefix_caching,
                                            gpu_name=gpu_name, prompt_tokens=prompt_tokens, length=length)
-        rows.append(row)
+        rows.append(died_in_flight(row, records, session.exit_reason()))
         requests.extend(request_rows(records, phase="measured", mode=mode, level=level, prompt_tokens_point=prompt_tokens))
         progress.point(label, f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, attainment "
                               f"{_f(row['slo_attainment'])}, TTFT p99 {_f(row['ttft_ms_p99'])} ms"
                               + (", stopped early: saturated" if row.get("stopped_early") else ""))
+        ctx.checkpoint()
         return row, records
 
     for i, (mode, level, prompt_tokens) in enumerate(fixed):
@@ -172,7 +175,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "kv_cache_usage_peak": max((r["engine_kv_cache_usage_peak"] for r in rows
                                     if r["engine_kv_cache_usage_peak"] is not None), default=None),
     }
-    write_json(ctx.path("summary"), summary)
+    ctx.write_json("summary", summary)
     session.raise_if_died()
     return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
             "capacity": [{k: c.get(k) for k in ("prompt_tokens", "capacity_rps", "capacity_low_rps", "capacity_high_rps")}

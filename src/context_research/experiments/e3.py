@@ -47,8 +47,7 @@ from ..disagg.phases import (ENGINE_LOGS, engine_servings, require_installed_con
 from ..disagg.plan import batched_tokens_budget, plan_workload
 from ..disagg.rows import POINT_COLUMNS, add_deltas, handoff_columns, sort_rows
 from ..disagg.summary import build_summary, result_summary
-from ..errors import ConfigError
-from ..io import write_json, write_jsonl, write_text
+from ..errors import ConfigError, EngineDiedError
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .runner import ExperimentRun
 
@@ -83,10 +82,14 @@ def run(run: ExperimentRun) -> dict[str, Any]:
         servings = engine_servings(run.config, cfg, model, assignment, storage, ledger_dir)
         agg, baselines = run_aggregated(run.backend, model, without_private_keys(servings["aggregated"]), cfg,
                                         workload, assignment, budget)
+        # phase 1's points are kept if phase 2 is interrupted
+        ctx.keep_on_failure("comparison", lambda: sort_rows(agg.rows), POINT_COLUMNS)
+        ctx.keep_on_failure("requests", agg.requests)
+        ctx.checkpoint()
         dis = run_disaggregated(run.backend, model, servings, cfg, workload, assignment, budget, storage, baselines,
                                 ledger_dir)
         # The engines' raw events, kept beside the tables they were joined into.
-        write_jsonl(ctx.path("kv_ledger"), read_events(ledger_dir))
+        ctx.write_jsonl("kv_ledger", read_events(ledger_dir))
     finally:
         connectors.remove_shared_storage(storage)
         shutil.rmtree(ledger_dir, ignore_errors=True)
@@ -98,17 +101,21 @@ def run(run: ExperimentRun) -> dict[str, Any]:
     ctx.write_table("requests", ctx.frame(agg.requests + dis.requests))
     handoff_rows = [h.as_row(tolerance) for h in (dis.broker.handoffs if dis.broker else [])]
     ctx.write_table("transfers", ctx.frame(handoff_rows, handoff_columns()))
-    agg.route_log.write(ctx.path("routes_aggregated"))
-    dis.route_log.write(ctx.path("routes_disaggregated"))
+    ctx.write_jsonl("routes_aggregated", agg.route_log.rows)
+    ctx.write_jsonl("routes_disaggregated", dis.route_log.rows)
     for key in ENGINE_LOGS.values():
-        if not ctx.path(key).exists():
-            write_text(ctx.path(key), "# engine not started\n")
+        if not ctx.path(key).exists() or not ctx.path(key).stat().st_size:  # (an empty one: linked, never started)
+            ctx.write_text(key, "# engine not started\n")
     summary = build_summary(ctx.stamp(), cfg, rows, agg, dis, assignment, servings, storage, handoff_rows, budget)
     summary["connector"]["link_ceiling"] = ceiling
     decode_log = ctx.path("engine_decode")
     summary["connector"]["kv_transport"] = kv_transport(decode_log.read_text(errors="replace")
                                                         if decode_log.exists() else "")
-    write_json(ctx.path("summary"), summary)
+    ctx.write_json("summary", summary)
+    died = agg.engine_died or dis.engine_died
+    if died:  # the rows are written; the points after the death are failed rows with its reason
+        raise EngineDiedError(f"{died}. The points measured before that were written; the points after it are "
+                              "failed rows with this reason.")
 
     engines = {**agg.engines, **dis.engines}
     run.engine_info = {"mode": ctx.backend_mode, "device": device, "engines": engines,

@@ -32,7 +32,6 @@ from ..backends.client import http_session
 from ..datasets.materialize import load_materialized
 from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets
 from ..hashing import sha256_file
-from ..io import write_json, write_jsonl
 from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields, pg19_token_ids
 from ..quality.prompting import ChatPrompter, load_tokenizer, prompt_budget
 from ..quality.scorers import score_sample
@@ -123,11 +122,12 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
 
     measured = await session.measure([r for _, r in generate], max_concurrency=int(cfg["max_concurrency"]),
                                      desc="e4 generate")
+    died = session.exit_reason()  # a request that failed then failed because the engine had died
     for (item, _), rec in zip(generate, measured["records"]):
         line = item.line
         line.update(input_tokens=rec.prompt_tokens, output_tokens=rec.output_tokens, finish_reason=rec.finish_reason)
         if not rec.ok:
-            line["reason"] = rec.error
+            line["reason"] = died or rec.error
             continue
         line["prediction"] = rec.text
         line["score"], line["score_percent"] = score_sample(item.sample, rec.text)
@@ -182,7 +182,8 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext, *, loaded: Loa
         "measured_on": {"scores": "client (scorers on the served text)", "input_tokens": "server usage",
                         "durations": "client"},
     }
-    write_json(ctx.path("summary"), summary)
+    ctx.write_json("summary", summary)
+    session.raise_if_died()
     overall = rows[-1]
     return {"samples": summary["samples"], "failed": summary["failed"], "truncated": summary["truncated"],
             "overall_score": overall["score"], "meaningful": summary["meaningful"]}
@@ -216,7 +217,7 @@ async def _run_perplexity(session: EngineSession, items: list[tuple[_Pending, li
                 got = await fetch_prompt_logprobs(http, base_url, session.backend.served_name, ids)
             line = item.line
             if "error" in got:
-                line["reason"] = got["error"]
+                line["reason"] = session.exit_reason() or got["error"]
                 return
             line["input_tokens"] = got.get("prompt_tokens")
             try:
@@ -237,7 +238,7 @@ def _write_outputs(ctx: RunContext, rows: list[dict], predictions: list[dict], b
     buckets = ctx.frame(by_length, BY_LENGTH_COLUMNS)
     buckets["length_bucket"] = buckets["length_bucket"].astype("Int64")
     ctx.write_table("by_length", buckets)
-    write_jsonl(ctx.path("predictions"), predictions)
+    ctx.write_jsonl("predictions", predictions)
 
 
 def data_inputs(config: dict) -> list[str]:

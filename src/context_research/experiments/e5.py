@@ -29,11 +29,10 @@ import pandas as pd
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
-from ..io import write_json
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
-from ..workload import engine_gpu_name
+from ..workload import died_in_flight, engine_gpu_name
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
@@ -202,7 +201,8 @@ async def measure_aggregated(session: EngineSession, cfg: dict, ctx: RunContext,
     """One request at a time on the one engine (prefill and decode share it). A point whose gauge
     missed the last block is re-sent (fresh prompt, same length) up to ``kv_gauge_attempts``
     times; memory peaks are the maximum over attempts."""
-    rows = []
+    rows: list[dict] = []
+    ctx.keep_on_failure("memory", lambda: pd.DataFrame(rows))  # the points finished before an interrupt
     gpu_name = engine_gpu_name(session)
     for i, n in enumerate(cfg["prompt_tokens"]):
         rss_peak, nvml, row = None, None, None
@@ -225,7 +225,9 @@ async def measure_aggregated(session: EngineSession, cfg: dict, ctx: RunContext,
                              extra={"kv_gauge_samples": probe.kv_samples, "attempts": attempt + 1})
             if row["kv_check_verdict"] not in _RETRY_VERDICTS:
                 break
-        rows.append(apply_status(row, check_request_row(row, gpu_name, session.model["hf_config"])))
+        rows.append(died_in_flight(apply_status(row, check_request_row(row, gpu_name, session.model["hf_config"])),
+                                   records, session.exit_reason()))
+        ctx.checkpoint()
     return rows
 
 
@@ -271,7 +273,7 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "workload": {k: cfg[k] for k in ("prompt_tokens", "max_tokens", "modes", "seed", "kv_check_tolerance",
                                          "kv_gauge_attempts", "poll_interval_s")},
     }
-    write_json(ctx.path("summary"), summary)
+    ctx.write_json("summary", summary)
     session.raise_if_died()
     return {"points": summary["points"], "ok_points": summary["ok_points"],
             "kv_check_verdicts": summary["kv_check_verdicts"], "kv_cache_gib": parsed.get("kv_cache_gib"),

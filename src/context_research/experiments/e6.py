@@ -30,9 +30,9 @@ import pandas as pd
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..backends.base import ServingBackend
+from ..engine_log import engine_error_lines
 from ..engine_metrics import engine_summary
-from ..errors import ContextResearchError
-from ..io import write_json
+from ..errors import ContextResearchError, EngineDiedError
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
@@ -69,27 +69,6 @@ def classify_failure(text: str) -> str:
         if re.search(pattern, text or "", re.IGNORECASE):
             return kind
     return "server_error"
-
-
-_ERROR_LINE = re.compile(r"\b\w*(?:Error|Exception)\b:\s|out of memory", re.IGNORECASE)
-_LOG_PREFIX = re.compile(r"^(?:\([^)]*\)\s+)?(?:[A-Z]+\s+\d\d-\d\d \d\d:\d\d:\d\d\s+\[[^\]]*\]\s*)?")
-_WARNING_LINE = re.compile(r"\b(?:WARNING|INFO|DEBUG)\b \d")  # vLLM's "LEVEL MM-DD" prefix
-# vLLM's wrappers around the root cause ("See root cause above"): kept only if nothing else is.
-_WRAPPER_LINE = re.compile(r"initialization failed|See (?:stack trace|root cause)", re.IGNORECASE)
-
-
-def engine_error_lines(log_text: str, n: int = 3) -> str:
-    """The engine's reason for failing: the last ``n`` distinct "SomethingError: message" lines of
-    its log, root causes preferred over vLLM's "initialization failed" wrappers; " | "-joined."""
-    found: list[str] = []
-    for line in (log_text or "").splitlines():
-        if not _ERROR_LINE.search(line) or _WARNING_LINE.search(line):
-            continue
-        line = _LOG_PREFIX.sub("", line.strip())  # the same error is logged with and without a prefix
-        if line not in found:
-            found.append(line)
-    causes = [line for line in found if not _WRAPPER_LINE.search(line)]
-    return " | ".join((causes or found)[-n:])
 
 
 def failure_row(target: int, reason: str, *, kind: str | None = None, pass_label: str = "primary",
@@ -244,8 +223,11 @@ def run(run: ExperimentRun) -> dict:
                "original_max_position_embeddings": rope["original_max_position_embeddings"],
                "max_model_len": cfg["max_model_len"], **ctx.stamp()}
     native = rope["original_max_position_embeddings"]
-    passes = [serve_pass(run.backend(served, serving, "engine_log"), cfg, cfg["targets"], pass_label="primary",
-                         context=context, native=native)]
+    passes: list[dict[str, Any]] = []
+    ctx.keep_on_failure("stress", lambda: pd.DataFrame([r for p in passes for r in p["rows"]]))
+    passes.append(serve_pass(run.backend(served, serving, "engine_log"), cfg, cfg["targets"], pass_label="primary",
+                             context=context, native=native))
+    ctx.checkpoint()
     retry = fallback_targets(passes[0]["rows"])
     fallback = cfg["kv_cache_dtype_fallback"]
     if retry and fallback:
@@ -258,7 +240,7 @@ def run(run: ExperimentRun) -> dict:
     final = final_outcomes(rows)
     engine_passes = [{k: v for k, v in p.items() if k != "rows"} for p in passes]
     derived_model = {"path": str(model_dir), **{k: v for k, v in derived.items() if k != "rope"}}
-    write_json(ctx.path("summary"), {
+    ctx.write_json("summary", {
         **ctx.stamp(),
         "rope": rope,
         "derived_model": derived_model,
@@ -278,6 +260,10 @@ def run(run: ExperimentRun) -> dict:
     run.metadata_model = served
     run.model_config = new_cfg
     run.metadata_extra = {"rope": rope, "derived_model": derived_model, "engine_passes": engine_passes}
+    unmeasured = [t for t, o in final.items() if o["failure_kind"] == "engine_died"]
+    if unmeasured:  # a death the fallback pass did not make up for: the rule fails, the rows stay
+        raise EngineDiedError(f"the engine died: target(s) {', '.join(unmeasured)} were left unmeasured ("
+                              + next(r["reason"] for r in rows if r.get("failure_kind") == "engine_died") + ")")
     return {"final_outcome": final, "rope_type": rope["rope_type"], "factor": rope["factor"],
             "max_position_embeddings": rope["max_position_embeddings"], "max_model_len": cfg["max_model_len"],
             "passes": [p["pass"] for p in passes]}

@@ -11,7 +11,6 @@ device, across Snakemake invocations), stops every engine the body started, and 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -20,17 +19,19 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from .. import io
 from ..columns import write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
 from ..device_lock import RunDeviceGuard
-from ..errors import ContextResearchError
+from .. import watchdog
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
 from ..metadata import build_run_metadata, make_run_id, utc_now
 from ..models import resolve_model
 from ..provenance import resolved_model
+from . import partial
 from .declaration import ONE_ENGINE, Experiment, Prepared
 from .session import EngineSession
 
@@ -49,6 +50,11 @@ class RunContext:
     notes: list[str] = field(default_factory=list)
     # output key -> file name; by default the catalog's declaration of ``experiment``
     files: Mapping[str, str] | None = None
+    # output keys written (or diverted) so far; files the results folder refused (partial.Diverted);
+    # rows to keep if the run fails before writing them (keep_on_failure)
+    written: set[str] = field(default_factory=set)
+    diverted: list[Any] = field(default_factory=list)
+    pending: dict[str, tuple[Any, Sequence[str] | None]] = field(default_factory=dict)
 
     def stamp(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "run_id": self.run_id, "config_hash": self.config_hash,
@@ -72,17 +78,42 @@ class RunContext:
 
         path = self.path(key)
         table = table_for(self.experiment, path.name)
+        return self._write(key, path, lambda p: write_table(p, frame, table), f"{len(frame)} rows")
+
+    def write_json(self, key: str, obj: Any) -> Path:
+        """Write the declared JSON output ``key`` (a summary)."""
+        return self._write(key, self.path(key), lambda p: io.write_json(p, obj), "")
+
+    def write_jsonl(self, key: str, rows: list[dict]) -> Path:
+        return self._write(key, self.path(key), lambda p: io.write_jsonl(p, rows), f"{len(rows)} records")
+
+    def write_text(self, key: str, text: str) -> Path:
+        return self._write(key, self.path(key), lambda p: io.write_text(p, text), "")
+
+    def _write(self, key: str, path: Path, writer: Callable[[Path], Any], what: str) -> Path:
+        """``writer(path)``; if the results folder refuses it (read-only, full), ``writer`` into the
+        partial folder instead, and the run goes on (``ExperimentRun`` fails it at its end), so
+        every later record is kept too."""
         try:
-            return write_table(path, frame, table)
-        except OSError as err:  # a read-only or full results folder: the records must survive
-            fallback = self.partial_dir() / path.name
-            try:
-                write_table(fallback, frame, table)
-            except OSError:
-                raise ContextResearchError(f"could not write {path} ({err.strerror or err}), nor the records' "
-                                           f"fallback {fallback}: the run's records are lost") from err
-            raise ContextResearchError(f"could not write {path} ({err.strerror or err}); its {len(frame)} measured "
-                                       f"rows were written to {fallback} instead") from err
+            out = writer(path)
+        except OSError as err:
+            kept = partial.divert(path, self.partial_dir(), self.outdir, writer, what, err)
+            self.diverted.append(kept)
+            out = kept.kept
+        self.written.add(key)
+        return out
+
+    def keep_on_failure(self, key: str, rows: list[dict] | Callable[[], Any], columns: Sequence[str] | None = None) -> None:
+        """Rows of the declared table ``key`` that the body is still collecting (a list it appends
+        to, or a function returning rows or a frame): if the run fails before the body writes
+        ``key``, they are written to the partial folder, so points finished before an interrupt
+        or an engine death are kept."""
+        self.pending[key] = (rows, columns)
+
+    def checkpoint(self) -> None:
+        """After each point: the ``keep_on_failure`` rows so far go to the partial folder, so a
+        driver killed by SIGKILL keeps them too (``partial.checkpoint``); removed on success."""
+        partial.checkpoint(self)
 
     def partial_dir(self) -> Path:
         """Where a failed run's files are kept: Snakemake deletes a failed job's outputs."""
@@ -111,6 +142,77 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum, frame):
     raise Terminated(signum)
+
+
+# The signals that stop a run: SIGINT (Ctrl-C) raises KeyboardInterrupt, the others Terminated.
+STOP_SIGNALS = (signal.SIGINT, *HANDLED_SIGNALS)
+
+
+class StopSignals:
+    """While a run is on, the first stop signal stops it so that every ``finally`` runs (engines
+    stop, records are kept): outside an event loop it raises at once (``KeyboardInterrupt`` for
+    SIGINT, else ``Terminated``); inside one it cancels the loop's tasks instead, so no socket
+    write of the client is cut in half (asyncio would log that as a traceback), and the run turns
+    the cancellation back into the signal's exception (``stopped``). Any later signal (a second
+    Ctrl-C, the driver watchdog's SIGTERM after a closed terminal) and any during the run's own
+    cleanup (``cleaning``) is noted, never raised, so nothing aborts that cleanup. A signal the
+    process was started with ignored (``nohup``) stays ignored."""
+
+    def __init__(self):
+        self.first: int | None = None
+        self.later: list[int] = []
+        self.cleaning = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopSignals":
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def exception(self) -> BaseException:
+        return KeyboardInterrupt() if self.first == signal.SIGINT else Terminated(self.first)
+
+    def stopped(self, exc: BaseException | None) -> BaseException | None:
+        """The signal's exception when it stopped the run: ``exc`` is the cancellation it caused,
+        or the run ended (or was being cleaned up) as it came."""
+        if self.first is None or (exc is not None and not isinstance(exc, asyncio.CancelledError)):
+            return None
+        return self.exception()
+
+    def _handle(self, signum, frame):
+        if self.first is not None or self.cleaning:
+            self.first = signum if self.first is None else self.first
+            self.later.append(signum)
+            _say_while_stopping(signum)
+            return
+        self.first = signum
+        watchdog.stopping.set()   # the driver watchdog sends no SIGTERM of its own now
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise self.exception() from None
+        loop.call_soon_threadsafe(_cancel_all, loop)
+
+    def restore(self) -> None:
+        """The previous handlers, unless a signal came: the process is ending then, and a late
+        signal must not turn its last steps into a traceback."""
+        if self.first is None:
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+def _say_while_stopping(signum: int) -> None:
+    try:
+        sys.stderr.write(f"context-research: {signal.Signals(signum).name} while stopping: the engines are "
+                         "being stopped and the records kept; that goes on\n")
+    except Exception:
+        pass
 
 
 class ExperimentRun:
@@ -155,6 +257,7 @@ class ExperimentRun:
         b = make_backend(model, serving, self.ctx.path(log_key, *log_name_args))
         self._hold_device(b, serving)
         self.backends.append(b)
+        partial.link_log(self.ctx, b.log_path)   # kept whatever happens to the results folder's copy
         return b
 
     def _hold_device(self, backend: ServingBackend, serving: dict[str, Any]) -> None:
@@ -181,53 +284,57 @@ class ExperimentRun:
         return asyncio.run(main())
 
     def __enter__(self) -> "ExperimentRun":
-        self._previous = {s: signal.signal(s, _raise_terminated) for s in HANDLED_SIGNALS}
+        self._signals = StopSignals().install()
         self._sampler = NvmlSampler().start()
         self._started = utc_now()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._signals.cleaning = True   # from here a signal is noted, never raised
         try:
+            failure = exc
             try:
-                for b in self.backends:
-                    b.stop()
-                gpu = self._sampler.stop()
-            finally:
-                self.device_guard.close()  # every engine has stopped: the next run may take the device
+                gpu = self._stop_all()
+                failure = self._signals.stopped(exc) or exc
+                if failure is None:
+                    if self.ctx.diverted:  # the results folder refused files: kept, and the run fails
+                        raise partial.diverted_error(self.ctx.diverted)
+                    self.ctx.notes.extend(self.device_guard.notes())
+                    self._write(gpu)
+                    partial.discard(self.ctx)
+            except BaseException as late:
+                self._keep_partial(failure if failure is not None else late)
+                raise
+            if failure is not None:
+                self._keep_partial(failure)
         finally:
-            for s, previous in self._previous.items():
-                signal.signal(s, previous)
-        if exc_type is None:
-            self.ctx.notes.extend(self.device_guard.notes())
-            self._write(gpu)
-        else:
-            self._keep_partial(exc)
+            self._signals.restore()
+        if failure is not exc:   # a signal stopped the run: its exception, not the cancellation
+            raise failure from None
         return False
+
+    def _stop_all(self) -> dict[str, Any]:
+        """Stop every engine, then the NVML sampler; then the device locks go."""
+        try:
+            for b in self.backends:
+                b.stop()
+            return self._sampler.stop()
+        finally:
+            self.device_guard.close()  # every engine has stopped: the next run may take the device
 
     def partial_dir(self) -> Path:
         return self.ctx.partial_dir()
 
     def _keep_partial(self, exc: BaseException) -> None:
-        """Copy what a failed run wrote (rows measured so far, engine logs) where Snakemake leaves
-        it, and say where, so a late failure never loses measured data or the log that explains it."""
-        # The declared files only: a run folder may also hold large things (E6's derived model).
-        written = [p for name in self.experiment.all_files.values()
-                   for p in sorted(self.outdir.glob(name.replace("{}", "*"))) if p.is_file()]
-        if not written:
-            return
+        """Keep what the failed run measured (rows so far, summaries, engine logs) where Snakemake
+        leaves it, say where, and point the error's paths at those copies."""
         dest = self.partial_dir()
-        try:
-            for p in written:
-                target = dest / p.relative_to(self.outdir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(p, target)
-            (dest / "FAILED.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
-        except OSError as copy_error:
-            print(f"context-research: could not keep the failed run's files in {dest}: {copy_error}",
-                  file=sys.stderr)
+        lines = partial.keep_failed_run(self.ctx, self.experiment.all_files, exc)
+        if not lines:
             return
-        print(f"context-research: the run failed; what it had written (measured rows, engine logs) is kept in "
-              f"{dest}", file=sys.stderr)
+        partial.repoint(exc, self.outdir, dest)
+        print(f"context-research: the run failed; what it had measured is kept in {dest}:\n"
+              + "".join(f"  {line}\n" for line in lines), file=sys.stderr, end="")
 
     def _default_engine_info(self) -> dict[str, Any]:
         if len(self.backends) == 1:
@@ -236,7 +343,9 @@ class ExperimentRun:
 
     def _write(self, gpu: dict[str, Any]) -> None:
         ctx, name = self.ctx, self.experiment.name
-        write_json(ctx.path("gpu_stats"), {**ctx.stamp(), "nvml": gpu, **self.gpu_stats_extra})
+        ctx.write_json("gpu_stats", {**ctx.stamp(), "nvml": gpu, **self.gpu_stats_extra})
+        if ctx.diverted:
+            raise partial.diverted_error(ctx.diverted)
         model = self.metadata_model or self.model
         meta = build_run_metadata(
             experiment=name, config_hash=ctx.config_hash,
