@@ -45,7 +45,7 @@ def _e1_config(tiny_model, **e1_cfg):
     return validate_config({
         "model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
         "serving": {"backend": "simulated", "device": "cpu"},
-        "experiments": {"e1": {"prompt_tokens": [16, 32, 64], "max_tokens": 4, "trials": 3, "warmup_requests": 1,
+        "experiments": {"e1": {"prompt_tokens": [16, 32, 64], "max_tokens": 4, "trials": 3, "warmup_requests": 1, "warmup_max_requests": 1,
                                **e1_cfg}}})
 
 
@@ -219,7 +219,8 @@ def test_e0_fails_when_its_engine_dies_instead_of_blaming_reproducibility(tiny_m
                         lambda self: "engine died: its server was killed by SIGKILL", raising=False)
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
                               "serving": {"backend": "simulated", "device": "cpu"},
-                              "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1}}})
+                              "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1,
+                                                         "warmup_max_requests": 2}}})
     out = tmp_path / "results" / "e0"
     with pytest.raises(EngineDiedError, match="killed by SIGKILL"):
         run_declared(e0.EXPERIMENT, config, out)
