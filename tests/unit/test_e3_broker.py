@@ -194,7 +194,11 @@ def test_served_kv_dtype_sources():
 def test_connectors_without_a_folder_get_only_the_analytical_size(tmp_path):
     broker = KvBroker("NixlConnector", 512, 16, None)
     h = broker.open("r", list(range(1000)))
-    assert h.storage_key is None and h.analytical_bytes == 1000 * 512
+    # NIXL moves whole blocks: 1000 tokens fill 63 blocks of 16, the last one partly.
+    assert h.storage_key is None and h.stored_tokens_expected == 1008 and h.analytical_bytes == 1008 * 512
+    assert h.expected_external_kv_tokens == 1000
+    assert KvBroker("NixlPushConnector", 512, 16, None).open("r", list(range(1024))).analytical_bytes == 1024 * 512
+    assert KvBroker("P2pNcclConnector", 512, 16, None).open("r", list(range(1000))).analytical_bytes == 1000 * 512
     broker.account_store(h)
     row = h.as_row()
     assert row["bytes_moved"] is None and row["bytes_agree"] is None

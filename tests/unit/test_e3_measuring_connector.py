@@ -253,3 +253,55 @@ def test_an_asynchronous_load_is_attributed_to_the_step_that_started_it(tmp_path
     t = Ledger(events).timing("handoff-00003")
     assert t.kv_load_async is True and t.kv_load_ms is not None and t.kv_load_ms >= 0
     assert t.external_kv_tokens == 256 and t.kv_bytes_loaded == 256 * 128
+
+
+def test_a_push_connector_is_wrapped_with_its_worker_and_scheduler_hooks(tmp_path):
+    """NixlPushConnector-shaped: the consumer's load step hands a registration to the producer,
+    the producer WRITEs from its own thread (no connector call to time) and reports the send when
+    its WRITE is done; the consumer reports the receive when the completion notice comes."""
+
+    class PushConnector(FakeConnector):
+        sent: set = frozenset()
+        received: set = frozenset()
+
+        def has_pending_push_work(self):
+            return not self.sent
+
+        def get_finished(self, finished_req_ids):
+            return set(self.sent), set(self.received)
+
+    cls = mc.measured(PushConnector)
+    p_sched = cls(_config(tmp_path, "prefill", "kv_producer", True), "KVConnectorRole.SCHEDULER", None)
+    p_work = cls(_config(tmp_path, "prefill", "kv_producer", True), "KVConnectorRole.WORKER",
+                 SimpleNamespace(num_blocks=10))
+    c_sched = cls(_config(tmp_path, "decode"), "KVConnectorRole.SCHEDULER", None)
+    c_work = cls(_config(tmp_path, "decode"), "KVConnectorRole.WORKER", SimpleNamespace(num_blocks=10))
+    c_work.register_kv_caches({"l0": FakeTensor(10 * 16 * 64)})
+    assert p_sched.has_pending_push_work() is True          # not wrapped: the engine loop still sees it
+    preq, creq = _request("cmpl-handoff-00004-0"), _request("cmpl-handoff-00004-0-cd34")
+    p_sched.get_num_new_matched_tokens(preq, 0)
+    p_work.bind_connector_metadata(_step(p_sched, [preq.request_id]))
+    p_work.start_load_kv(None)                              # the producer loads nothing: not timed
+    p_work.save_kv_layer("l0", None, None)                  # NIXL saves nothing in the forward pass
+    p_work.wait_for_save()
+    p_sched.request_finished(preq, [1])
+    c_sched.offer, c_sched.load_async = 256, True
+    c_sched.get_num_new_matched_tokens(creq, 0)
+    c_sched.update_state_after_alloc(creq, None, 256)
+    c_work.bind_connector_metadata(_step(c_sched, []))      # registration handed to the writer thread
+    c_work.start_load_kv(None)
+    c_work.get_finished(set())
+    p_work.sent = {preq.request_id}                         # the producer's WRITE is done ...
+    p_work.get_finished(set())
+    c_work.received = {creq.request_id}                     # ... and its notice reached the consumer
+    c_work.get_finished(set())
+    c_sched.update_connector_output(SimpleNamespace(finished_recving=[creq.request_id], finished_sending=[]))
+    c_work.bind_connector_metadata(_step(c_sched, [creq.request_id]))
+    events = read_events(tmp_path)
+    assert [e["label"] for e in events if e["event"] == "load"] == ["decode"]
+    assert [e["label"] for e in events if e["event"] == "send_done"] == ["prefill"]
+    t = Ledger(events).timing("handoff-00004")
+    assert t.kv_load_async is True and t.kv_load_ms >= 0 and t.external_kv_tokens == 256
+    assert t.kv_send_done_ms is not None and t.kv_send_done_ms >= 0
+    assert t.kv_save_ms is not None and t.t_consumer_kv_ready is not None
+    assert t.source == "engine: measuring connector around PushConnector"

@@ -11,7 +11,7 @@ from context_research.backends.base import ServingBackend
 from context_research.config import validate_config
 from context_research.disagg import connectors
 from context_research.disagg.rows import POINT_COLUMNS, handoff_columns
-from context_research.errors import EngineStartError
+from context_research.errors import ConfigError, EngineStartError
 from context_research.experiments import e3, runner
 from context_research.experiments.runner import Terminated, run_declared
 
@@ -67,7 +67,7 @@ def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_p
     # run_metadata.json: the E3 engine block, then model_config, gpu_assignment, result_summary.
     assert list(meta["engine"]) == ["mode", "device", "engines", "startup_s"]
     assert meta["engine"]["mode"] == "simulated" and list(meta["engine"]["engines"]) == ["aggregated"]
-    assert list(meta)[-3:] == ["model_config", "gpu_assignment", "result_summary"]
+    assert list(meta)[-4:] == ["model_config", "gpu_assignment", "kv_transfer", "result_summary"]
     assert meta["model_config"]["hidden_size"] == 64
     assert meta["result_summary"] == {"points": 4, "rows_ok": 2, "rows_failed": 6, "bytes_agree": None,
                                       "handoffs": 0, "handoffs_kv_moved": 0}
@@ -146,3 +146,25 @@ def test_a_terminated_run_stops_every_engine_and_writes_no_metadata(tiny_model, 
     assert len(fake_engines.made) == 1 and fake_engines.made[0].stops >= 1
     assert not e3.EXPERIMENT.path(out, "metadata").exists()
     assert not any(p.exists() for p in shared_folders)
+
+
+def test_the_ucx_environment_is_recorded_in_the_run_metadata_and_its_hash(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    ucx = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+    meta = run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", connector="NixlPushConnector", ucx_env=ucx),
+                        tmp_path / "e3")
+    assert meta["kv_transfer"] == {"connector": "NixlPushConnector", "direction": "write", "ucx_env": ucx}
+    assert meta["hash_inputs"]["experiment_config"]["ucx_env"] == ucx
+    plain = run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", connector="NixlPushConnector"),
+                         tmp_path / "plain")
+    assert plain["config_hash"] != meta["config_hash"] and plain["kv_transfer"]["ucx_env"] == {}
+
+
+def test_nixl_without_the_nixl_package_is_refused_before_any_engine_starts(tiny_model, tmp_path, monkeypatch):
+    FakeEngine.made = []
+    monkeypatch.setattr(runner, "make_backend", FakeEngine)
+    monkeypatch.setattr(connectors, "nixl_importable", lambda: False)   # the installed vLLM's own source is read
+    with pytest.raises(ConfigError, match="experiments.e3.connector") as err:
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", connector="NixlPushConnector"), tmp_path / "e3")
+    assert "NIXL" in str(err.value) or "vLLM is not installed" in str(err.value)
+    assert FakeEngine.made == []

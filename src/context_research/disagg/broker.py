@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .connectors import NIXL_CONNECTORS
 from .ledger import KvTiming
 
 DEFAULT_TOLERANCE = 0.02
@@ -53,13 +54,19 @@ def example_connector_lookup_tokens(n_tokens: int, block_size: int) -> int:
 
 def expected_external_kv_tokens(connector: str, n_tokens: int, block_size: int | None) -> int | None:
     """Prompt tokens the consumer should load instead of computing: ExampleConnector looks up
-    ``((n-2)//block)*block``; NixlConnector pulls every prompt block (vLLM's remote-prefill count,
-    no back-off for a dense model); other connectors: unknown (None)."""
+    ``((n-2)//block)*block``; NIXL (pull and push) moves every prompt token (vLLM's remote-prefill
+    count, no back-off for a dense model); other connectors: unknown (None)."""
     if connector == "ExampleConnector":
         return example_connector_lookup_tokens(n_tokens, block_size) if block_size else None
-    if connector == "NixlConnector":
+    if connector in NIXL_CONNECTORS:
         return n_tokens
     return None
+
+
+def nixl_moved_tokens(n_tokens: int, block_size: int | None) -> int:
+    """Token slots whose KV NIXL moves for an n-token prompt: it transfers whole blocks (one
+    descriptor per block and layer), so the last, partly filled block counts whole."""
+    return -(-n_tokens // block_size) * block_size if block_size else n_tokens
 
 
 def example_connector_folder(token_ids: Sequence[int], block_size: int) -> str:
@@ -222,10 +229,12 @@ class KvBroker:
         if self.connector == "ExampleConnector" and self.block_size and not isinstance(prompt, str):
             h.stored_tokens_expected = example_connector_stored_tokens(n, self.block_size)
             h.storage_key = example_connector_folder(prompt, self.block_size)
+        elif self.connector in NIXL_CONNECTORS:
+            # NIXL moves whole blocks; there is no folder to measure: NIXL's own byte counter over the
+            # point is checked against the sum of these (rows.transfer_columns).
+            h.stored_tokens_expected = nixl_moved_tokens(n, self.block_size)
         elif self.connector != "ExampleConnector":
-            # NIXL / P2P NCCL send the KV of every prompt token; there is no folder to measure: the
-            # engine's loaded bytes (the ledger) are checked instead.
-            h.stored_tokens_expected = n
+            h.stored_tokens_expected = n  # P2P NCCL: every prompt token, nothing to measure them by
         h.expected_external_kv_tokens = expected_external_kv_tokens(self.connector, n, self.block_size)
         if h.stored_tokens_expected is not None:
             h.analytical_bytes = h.stored_tokens_expected * self.kv_bytes_per_token

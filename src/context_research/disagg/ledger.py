@@ -13,8 +13,9 @@ Definitions (engine side, milliseconds; "step" = one engine forward step):
   compute between the saves included), summed over the same steps.
 - ``kv_load_ms`` (consumer worker): a synchronous load (ExampleConnector): time inside
   ``start_load_kv`` and every ``wait_for_layer_load`` of the step that loaded the request; an
-  asynchronous load (NIXL): from the ``start_load_kv`` of the step that issued the read to the
-  worker reporting the receive done.
+  asynchronous load (NIXL): from the ``start_load_kv`` of the step that requested the KV (pull:
+  issued the READ; push: sent the registration the producer WRITEs against) to the worker
+  reporting the receive done.
 - ``kv_wait_ms`` (consumer scheduler): from the request's first KV lookup to the step in which it
   was first scheduled to compute: how long it waited for remote KV (and, under load, for a slot)
   before it could run.
@@ -54,7 +55,9 @@ class KvTiming:
     producer_engine_ms: float | None = None
     external_kv_tokens: int | None = None
     kv_bytes_loaded: float | None = None
-    kv_send_done_ms: float | None = None  # producer: request end -> its KV reported sent (async connectors)
+    # producer: request end -> its KV reported sent (pull: the consumer's read-done notice came;
+    # push: its own WRITE completed)
+    kv_send_done_ms: float | None = None
     # Times on the shared monotonic clock (perf_counter), for the waterfall.
     t_producer_lookup: float | None = None
     t_producer_save_end: float | None = None

@@ -28,6 +28,24 @@ What is recorded (engine side):
   synchronizations: the layers' queued compute is not counted, and a copy still queued on the
   GPU is not missed.
 
+NIXL, pull and push (vLLM 0.26.0, ``kv_connector/v1/nixl/``). Neither saves inside the forward
+pass: ``save_kv_layer`` and ``wait_for_layer_load`` do nothing and ``wait_for_save`` only copies to
+a host buffer where one is configured, so the producer's ``save`` events time near-empty calls. The
+consumer's scheduler offers the whole prompt asynchronously in both modes, and its worker's
+``start_load_kv`` of the step that allocated the blocks is where the transfer is requested:
+
+- pull (``NixlConnector`` = ``NixlPullConnector``): the consumer issues a READ of the producer's
+  blocks there; ``get_finished`` reports the receive when the READ is done, and the producer
+  reports the send when the consumer's read-done notice reaches it;
+- push (``NixlPushConnector``): the consumer hands a registration of its blocks to its writer
+  thread there, which sends it to the producer; the producer's writer thread WRITEs the blocks
+  (outside any connector call this module can time) and notifies the consumer, whose
+  ``get_finished`` then reports the receive; the producer reports the send when its WRITE is done.
+
+So the load (``start_load_kv`` to the receive reported done) spans the whole transfer as the
+consumer waits for it in both modes, registration and WRITE included for push. The wrapped
+methods are the same for both classes: nothing here depends on which side issues the transfer.
+
 This module runs inside the engine process; it imports vLLM only when vLLM asks for a class.
 """
 

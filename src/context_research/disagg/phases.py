@@ -82,14 +82,15 @@ def without_private_keys(serving: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in serving.items() if not k.startswith("_")}
 
 
-def require_installed_connector(cfg: dict[str, Any]) -> None:
-    """Refuse, before any engine starts, a connector (or a field of its config) the installed vLLM lacks."""
+def require_installed_connector(cfg: dict[str, Any], key: str = "experiments.e3.connector") -> None:
+    """Refuse, before any engine starts, a connector (or a field of its config) the installed vLLM
+    or NIXL lacks."""
     connector = cfg["connector"]
     probe = connectors.kv_transfer_config(connector, "decode", cfg, "/nonexistent")
     unsupported = connectors.installed_support(connector, probe)
     if unsupported:
-        raise ConfigError(f"config key 'experiments.e3.connector': {unsupported}; choose one the installed "
-                          f"vLLM provides (ExampleConnector works everywhere)")
+        raise ConfigError(f"config key '{key}': {unsupported}; choose one the installed vLLM provides "
+                          f"(ExampleConnector works everywhere)")
 
 
 def join_ledger(handoffs: list[Handoff], ledger: Ledger, tail: LedgerTail) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import connectors
 from .broker import DEFAULT_TOLERANCE
 from .gpus import GpuAssignment
 from .phases import ModeOutcome
@@ -41,6 +42,8 @@ def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[st
         "gpu_assignment": assignment.as_dict(),
         "connector": {
             "name": cfg["connector"],
+            "direction": connectors.transfer_direction(cfg["connector"], cfg),
+            "ucx_env": connectors.ucx_env(cfg),
             "kv_transfer_config": {pool: servings.get(pool, {}).get("_kv_transfer_config")
                                    for pool in ("prefill", "decode")},
             "shared_storage": str(storage) if storage else None,

@@ -41,7 +41,7 @@ from ..disagg import connectors
 from ..disagg.broker import DEFAULT_TOLERANCE
 from ..disagg.gpus import assign_gpus, discover_gpus
 from ..disagg.ledger import read_events
-from ..disagg.transport import kv_transport, measure_link_ceiling
+from ..disagg.transport import ISSUING_ENGINE, kv_transport, measure_link_ceiling
 from ..disagg.phases import (ENGINE_LOGS, engine_servings, require_installed_connector, run_aggregated,
                              run_disaggregated, without_private_keys)
 from ..disagg.plan import batched_tokens_budget, plan_workload
@@ -105,9 +105,10 @@ def run(run: ExperimentRun) -> dict[str, Any]:
             write_text(ctx.path(key), "# engine not started\n")
     summary = build_summary(ctx.stamp(), cfg, rows, agg, dis, assignment, servings, storage, handoff_rows, budget)
     summary["connector"]["link_ceiling"] = ceiling
-    decode_log = ctx.path("engine_decode")
-    summary["connector"]["kv_transport"] = kv_transport(decode_log.read_text(errors="replace")
-                                                        if decode_log.exists() else "")
+    direction = connectors.transfer_direction(cfg["connector"], cfg)
+    issuing_log = ctx.path(ENGINE_LOGS[ISSUING_ENGINE.get(direction, "decode")])
+    summary["connector"]["kv_transport"] = kv_transport(issuing_log.read_text(errors="replace")
+                                                        if issuing_log.exists() else "", direction)
     write_json(ctx.path("summary"), summary)
 
     engines = {**agg.engines, **dis.engines}
@@ -115,6 +116,9 @@ def run(run: ExperimentRun) -> dict[str, Any]:
                        "startup_s": {k: v.get("startup_s") for k, v in engines.items()}}
     ctx.notes.extend(assignment.notes)
     run.metadata_extra["gpu_assignment"] = assignment.as_dict()
+    # What the NIXL engines' UCX was told (also in hash_inputs.experiment_config, so a change reruns E3).
+    run.metadata_extra["kv_transfer"] = {"connector": cfg["connector"], "direction": direction,
+                                         "ucx_env": connectors.ucx_env(cfg)}
     run.gpu_stats_extra["gpu_assignment"] = assignment.as_dict()
     return result_summary(len(workload.points), rows, summary)
 
