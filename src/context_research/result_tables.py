@@ -510,16 +510,23 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
                                                       "included); empty for connectors without a folder (NIXL, P2P "
                                                       "NCCL)"),
     C("transfer_bytes_total", "bytes", "files", "sum of the connector's file sizes over the point's ok handoffs"),
-    C("kv_bytes_loaded_per_request", "bytes", "engine", "mean over ok handoffs of the consumer's loaded tokens x its "
-                                                        "KV-cache bytes per token (measuring connector)"),
+    C("kv_bytes_loaded_per_request", "bytes", "derived", "mean over ok handoffs of the consumer's loaded tokens x its "
+                                                         "KV-cache bytes per token: derived from a token count, not a "
+                                                         "byte count, so never a byte check"),
     C("analytical_bytes_per_request", "bytes", "analytical", "mean over ok handoffs of kv_bytes_per_token x expected "
                                                              "stored tokens"),
-    C("bytes_source", "", "label", "what bytes_agree compared: files (the connector's folder) or engine "
-                                   "(kv_bytes_loaded)"),
-    C("bytes_relative_error_max", "ratio", "derived", "signed (measured - analytical) / analytical of the handoff with "
-                                                      "the largest magnitude"),
-    C("bytes_agree", "bool", "derived", "every ok handoff's bytes within experiments.e3.bytes_tolerance of analytical; "
-                                        "empty when bytes were not measured"),
+    C("analytical_bytes_total", "bytes", "analytical", "sum over ok handoffs of kv_bytes_per_token x expected stored "
+                                                       "tokens (NIXL: every block the prompt touches)"),
+    C("bytes_source", "", "label", "what bytes_agree compared with the analytical count: files (the connector's "
+                                   "folder, per handoff) or NIXL's engine counter vllm:nixl_bytes_transferred over the "
+                                   "point (and which engine's); empty when nothing counted the bytes"),
+    C("bytes_relative_error_max", "ratio", "derived", "signed (measured - analytical) / analytical: files: the handoff "
+                                                      "with the largest magnitude; NIXL: the point's sum"),
+    C("bytes_agree", "bool", "derived", "measured bytes within experiments.e3.bytes_tolerance of analytical (files: "
+                                        "every ok handoff; NIXL: the point's counter); false fails the row; empty when "
+                                        "nothing counted the bytes (kv_bytes_check says so)"),
+    C("kv_bytes_check", "", "label", "the point's byte check in words: what was compared and the result, or 'could "
+                                     "not check' and why (disagg.verdict.point_bytes_check)"),
     C("baseline_prefill_ms_p50", "ms", "client", "median E2E of isolated max_tokens=1 non-streamed prefills of this "
                                                  "length on the AGGREGATED engine (what the prefill costs alone)"),
     C("producer_e2e_ms_p50", "ms", "client", "median E2E of the producer requests (max_tokens=1, non-streamed, KV "
@@ -545,21 +552,25 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
       "Δ decode engine's vllm:prompt_tokens_by_source_total{source=external_kv_transfer} over the point"),
     C("consumer_local_compute_tokens", "tokens", "engine",
       "Δ decode engine's vllm:prompt_tokens_by_source_total{source=local_compute} over the point"),
-    C("kv_moved", "bool", "derived", "every handoff moved its KV (bytes agree, expected tokens loaded) and the engine's "
-                                     "external_kv_transfer count equals consumer_expected_kv_tokens; false fails the "
-                                     "row (disagg.verdict)"),
-    C("nixl_bytes_transferred", "bytes", "engine", "Δ decode engine's vllm:nixl_bytes_transferred sum over the point "
-                                                   "(NIXL's own telemetry); empty for other connectors"),
+    C("kv_moved", "bool", "derived", "every handoff moved its KV (expected tokens loaded; files' bytes agree), the "
+                                     "engine's external_kv_transfer count equals consumer_expected_kv_tokens and the "
+                                     "point's bytes do not disagree; false fails the row (disagg.verdict)"),
+    C("nixl_bytes_transferred", "bytes", "engine", "Δ vllm:nixl_bytes_transferred sum over the point on the engine "
+                                                   "that issues the transfers (nixl_counter_engine; NIXL's own "
+                                                   "telemetry); empty for other connectors"),
     C("nixl_transfers", "count", "engine", "Δ vllm:nixl_bytes_transferred count over the point"),
     C("nixl_xfer_ms_mean", "ms", "engine", "mean of vllm:nixl_xfer_time_seconds over the point (Δsum / Δcount)"),
     C("nixl_failed_transfers", "count", "engine", "Δ vllm:nixl_num_failed_transfers over the point"),
-    C("nixl_bytes_over_loaded", "ratio", "derived", "nixl_bytes_transferred / (kv_bytes_loaded_per_request x "
-                                                    "handoffs_ok): NIXL's telemetry against the measuring connector"),
+    C("nixl_counter_engine", "", "label", "whose NIXL telemetry the nixl_* columns read: decode for reads (pull), "
+                                          "prefill for writes (push), as vLLM 0.26.0 records a transfer where it is "
+                                          "issued"),
+    C("nixl_gb_s", "GB/s", "derived", "nixl_bytes_transferred / (nixl_transfers x nixl_xfer_ms_mean): NIXL's own "
+                                      "transfer rate, post to done (1 GB = 1e9 bytes)"),
     *(C(f"delta_{m}", _DELTA_UNIT.get(m, "ms"), "derived",
         f"disaggregated {m} - aggregated {m} at the same point (ok disaggregated rows only)") for m in _DELTA),
     integrity_note_column(),
     measured_on_column("client; kv_* columns: engine (measuring connector); consumer_* and engine_* and "
-                       "nixl_* columns: engine /metrics; bytes: shared folder"),
+                       "nixl_* columns: engine /metrics; bytes: shared folder or NIXL's counter"),
     *stamp_columns(),
 ), "one row per point (prompt length, concurrency) and mode", retired=(
     ("store_ms_p50", f"producer E2E minus another engine's prefill: {_STAND_IN}; see kv_save_ms_p50"),
@@ -570,6 +581,8 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     ("stall_ratio_p50", "consumer TTFT / E2E, which max_tokens decides; see kv_stall_ratio_p50"),
     ("stall_ratio_mean", "as stall_ratio_p50"),
     ("consumer_loaded_all", "external tokens >= expected; see kv_moved (equality, per request and per point)"),
+    ("nixl_bytes_over_loaded", "NIXL's bytes over tokens x bytes per token; see bytes_relative_error_max (NIXL's "
+                               "counter against the analytical count, part of the verdict)"),
 ))
 
 E3_REQUESTS = Table("e3/requests.csv", (
@@ -640,18 +653,19 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
     C("kv_stall_ratio", "ratio", "derived", "kv_stall_ms / consumer_engine_ms"),
     C("producer_engine_ms", "ms", "engine", "producer: first KV lookup to the request's end in the scheduler"),
     C("external_kv_tokens", "tokens", "engine", "tokens the consumer's connector loaded (allocated as external)"),
-    C("kv_bytes_loaded", "bytes", "engine", "external_kv_tokens x bytes per token of the consumer's registered KV "
-                                            "cache tensors"),
+    C("kv_bytes_loaded", "bytes", "derived", "external_kv_tokens x bytes per token of the consumer's registered KV "
+                                             "cache tensors: derived from a token count, not a byte count"),
     C("kv_send_done_ms", "ms", "engine", "producer: request end to its KV reported sent (asynchronous connectors; "
                                          "empty otherwise)"),
     C("kv_timing_source", "", "label", "who timed the kv_* columns, or what the ledger lacked"),
     C("kv_load_gb_s_derived", "GB/s", "derived", "kv_bytes_loaded / kv_load_ms (1 GB = 1e9 bytes)"),
-    C("bytes_source", "", "label", "bytes the check compares: files, engine (kv_bytes_loaded) or not measured"),
+    C("bytes_source", "", "label", "bytes this handoff's check compares: files; for NIXL 'per point' (its byte "
+                                   "counter is checked in mode_comparison.csv); else not measured"),
     C("bytes_relative_error", "ratio", "derived", "(measured bytes - analytical_bytes) / analytical_bytes"),
-    C("bytes_agree", "bool", "derived", "|bytes_relative_error| <= experiments.e3.bytes_tolerance; empty when bytes "
-                                        "were not measured"),
-    C("kv_moved", "bool", "derived", "consumer ok, bytes agree and external_kv_tokens == expected_external_kv_tokens "
-                                     "(disagg.verdict)"),
+    C("bytes_agree", "bool", "derived", "|bytes_relative_error| <= experiments.e3.bytes_tolerance; empty when this "
+                                        "handoff's bytes were not measured (NIXL: checked per point)"),
+    C("kv_moved", "bool", "derived", "consumer ok, the files' bytes agree (connectors with files) and "
+                                     "external_kv_tokens == expected_external_kv_tokens (disagg.verdict)"),
     C("kv_check", "", "label", "why kv_moved is what it is"),
     C("waterfall_producer_frontend_ms", "ms", "derived", "producer send (client) to its first KV lookup (engine)"),
     C("waterfall_producer_engine_ms", "ms", "engine", "producer's first KV lookup to its end (queue, prefill, save)"),

@@ -20,6 +20,8 @@ def row(n, c, mode, ttft, tpot, goodput, **extra):
     return r
 
 
+FILES_AGREE = ("the connector's files agree with the analytical count over 4 handoff(s): largest relative error "
+               "+0.27%, tolerance 2%")
 WATERFALL = {  # one handoff per point, ms
     256: dict(waterfall_producer_frontend_ms=2.0, waterfall_producer_engine_ms=20.0, waterfall_producer_reply_ms=1.0,
               waterfall_broker_ms=0.5, waterfall_consumer_frontend_ms=2.0, waterfall_kv_wait_load_ms=55.0,
@@ -33,7 +35,8 @@ WATERFALL = {  # one handoff per point, ms
 @pytest.fixture()
 def results(tmp_path):
     transfer = dict(connector="ExampleConnector", block_size=128, kv_bytes_per_token=512, bytes_agree=True,
-                    bytes_relative_error_max=0.0027, kv_stall_ratio_p50=0.3, kv_moved=True, bytes_source="files")
+                    bytes_relative_error_max=0.0027, kv_stall_ratio_p50=0.3, kv_moved=True, bytes_source="files",
+                    kv_bytes_check=FILES_AGREE)
     rows = [
         row(256, 1, "aggregated", 25.0, 3.0, 15.0),
         row(256, 1, "disaggregated", 95.0, 7.0, 5.0, stored_tokens=128, transfer_bytes_per_request=65712,
@@ -77,7 +80,8 @@ def test_verdicts_say_plainly_whether_the_transfer_pays_off(results):
             "higher than aggregated through shared storage (engine-timed p50: KV save 4.00 ms on the producer, "
             "KV wait 0.30 ms and load 50.00 ms on the consumer)") in text
     assert "The handoff saves more than it costs at 1,024 tokens (concurrency 1): disaggregated TTFT p50 is 40.0 ms" in text
-    assert "65,712 bytes moved per request (files) vs 65,536 analytical (128 stored tokens x 512 B)" in text
+    assert (f"256 tokens, concurrency 1: KV bytes: {FILES_AGREE} (65,536 analytical bytes per request = 128 tokens "
+            "x 512 B)") in text
     assert "over the point's 4 handoffs the consumer loaded 128 of 128 expected prompt tokens" in text
     assert "agree" in text and "DISAGREE" not in text
     assert "1 point/mode row(s) not measured" in text and "too long" in text
@@ -101,21 +105,23 @@ def test_verdicts_say_plainly_whether_the_transfer_pays_off(results):
 def test_disagreeing_bytes_are_flagged_in_the_section(results):
     frame = pd.read_csv(results / "mode_comparison.csv")
     frame.loc[frame["prompt_tokens"] == 1024, "bytes_agree"] = False
+    frame.loc[frame["prompt_tokens"] == 1024, "kv_bytes_check"] = FILES_AGREE.replace("agree", "DISAGREE")
     write_csv(results / "mode_comparison.csv", frame)
     text = "\n".join(e3_report.report_section(results)["findings"])
-    assert "1,024 tokens, concurrency 1" in text and "DISAGREE" in text
+    assert "1,024 tokens, concurrency 1: KV bytes: the connector's files DISAGREE" in text
 
 
-def test_unmeasured_bytes_are_reported_as_not_measured_not_as_disagreement(results):
-    # A row whose bytes were not measured: bytes_agree stays empty (NaN once read back from CSV).
+def test_unmeasured_bytes_are_reported_as_could_not_check_not_as_disagreement(results):
+    # A row whose bytes nothing counted: bytes_agree stays empty (NaN once read back from CSV).
     frame = pd.read_csv(results / "mode_comparison.csv")
     dis = frame["mode"] == "disaggregated"
     frame.loc[dis, ["bytes_agree", "transfer_bytes_per_request", "bytes_relative_error_max"]] = None
+    frame.loc[dis, "kv_bytes_check"] = "could not check: the decode engine exported no vllm:nixl_bytes_transferred"
     write_csv(results / "mode_comparison.csv", frame)
     sec = e3_report.report_section(results)
     text = "\n".join(sec["findings"])
-    assert "DISAGREE" not in text and "measured and analytical agree" not in text
-    assert text.count("bytes moved not measured") == 2
+    assert "DISAGREE" not in text and " agree " not in text
+    assert text.count("KV bytes: could not check: the decode engine exported no") == 2
     # In the table a value never measured is a blank cell, never "NO".
     assert set(e3_report._table_frame(frame)["bytes agree"]) == {""}
 

@@ -11,13 +11,14 @@ completed, outside every timed window):
   reads exactly these files. Connectors without a folder (NIXL, P2P NCCL) leave it empty.
 - ``payload_bytes``: the tensor bytes inside those files (from the safetensors headers);
   ``stored_tokens_measured`` is the token dimension of the stored tensors.
-- ``kv_bytes_loaded`` (engine): the tokens the consumer's connector loaded x the bytes per token of
-  the consumer's registered KV cache.
+- ``kv_bytes_loaded`` (derived, not a byte count): the tokens the consumer's connector loaded x the
+  bytes per token of the consumer's registered KV cache.
 - ``analytical_bytes``: ``kv_bytes_per_token(model config, served KV dtype)`` x the tokens the
   connector should store for an n-token prompt (ExampleConnector: ``((n - 1) // block) * block``,
-  whole blocks, never the last token; NIXL: n). ``bytes_agree`` compares the measured bytes
-  (``bytes_source``: the files where there are files, else ``kv_bytes_loaded``) with it:
-  ``|measured - analytical| / analytical <= tolerance`` (default 2%).
+  whole blocks, never the last token; NIXL: every block the prompt touches,
+  ``ceil(n / block) * block``). ``bytes_agree`` compares the files' bytes with it:
+  ``|measured - analytical| / analytical <= tolerance`` (default 2%). NIXL leaves no files: its own
+  byte counter is compared per point (``verdict.point_bytes_check``).
 - ``expected_external_kv_tokens``: the prompt tokens the consumer should load rather than compute
   (ExampleConnector: ``((n - 2) // block) * block``; NIXL: n). ``kv_moved`` is true only when the
   consumer succeeded, the bytes agree and the consumer's connector loaded exactly that many
@@ -168,11 +169,13 @@ class Handoff:
     t_consumer_first_token: float | None = None
 
     def measured_bytes(self) -> tuple[float | None, str]:
-        """The bytes the agreement check uses, and where they come from."""
+        """The bytes this handoff's own check uses, and where they come from: the connector's files.
+        NIXL's bytes are counted per point (``verdict.point_bytes_check``); loaded tokens x bytes per
+        token (``kv_bytes_loaded``) is derived from a token count and never checks bytes."""
         if self.bytes_moved is not None:
             return self.bytes_moved, "files"
-        if self.timing is not None and self.timing.kv_bytes_loaded is not None:
-            return self.timing.kv_bytes_loaded, "engine"
+        if self.connector in NIXL_CONNECTORS:
+            return None, "per point: NIXL's byte counter"
         return None, "not measured"
 
     def waterfall(self) -> dict[str, float | None]:

@@ -33,7 +33,7 @@ from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment
 from .ledger import Ledger, LedgerTail
 from .plan import Point, Workload, batched_tokens_budget, refusal_reason, warmup_point
-from .rows import empty_row, failed_row, latency_columns, request_rows, transfer_columns
+from .rows import empty_row, failed_row, latency_columns, nixl_counter, request_rows, transfer_columns
 from .schedulers import AggregatedScheduler, DisaggregatedScheduler, RouteLog, ServeResult
 
 # Each engine's log: the experiment's declared output key.
@@ -269,6 +269,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
             "cache_config_info": info})
         sched = DisaggregatedScheduler(prefill, decode, broker, cfg, route_log,
                                        float(servings["decode"].get("request_timeout_s", 900)))
+        direction = connectors.transfer_direction(connector, cfg)
         common = {"connector": connector, "block_size": block_size, "kv_dtype": kv_dtype,
                   "kv_bytes_per_token": per_token}
 
@@ -291,16 +292,18 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                         row.update(common)
                         outcome.rows.append(row)
                         continue
-                    d_before = decode.snapshot()
+                    d_before, p_before = decode.snapshot(), prefill.snapshot()
                     served: ServeResult = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict(),
                                                             baseline_prefill_s=baselines.get(p.prompt_tokens))
-                    d_after = decode.snapshot()
+                    d_after, p_after = decode.snapshot(), prefill.snapshot()
                     d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
                     join_ledger(served.handoffs, ledger, tail)
                     row = empty_row(p, "disaggregated", cfg)
                     row.update(common)
                     latency_columns(row, served.records, served.duration_s, cfg, gpus)
-                    transfer_columns(row, served.handoffs, d_eng, tolerance, nixl_telemetry(d_before, d_after))
+                    telemetry, counter = ({}, None) if not connectors.is_nixl(connector) else nixl_counter(
+                        direction, nixl_telemetry(d_before, d_after), nixl_telemetry(p_before, p_after))
+                    transfer_columns(row, served.handoffs, d_eng, tolerance, telemetry, counter)
                     if d_eng:
                         row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
                     apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))

@@ -14,8 +14,13 @@ from .rows import combine_agreement
 
 DEFINITIONS = {
     "bytes_moved": "sum of the connector's files for the prompt in the shared folder (headers included)",
-    "kv_bytes_loaded": "tokens the consumer's connector loaded x bytes per token of the consumer's KV cache tensors",
+    "kv_bytes_loaded": ("derived, not a byte count: tokens the consumer's connector loaded x bytes per token of "
+                        "the consumer's KV cache tensors"),
     "analytical_bytes": "kv_bytes_per_token(config.json, served KV dtype) x the tokens the connector should store",
+    "kv_bytes_check": ("per point: the connector's files (ExampleConnector, per handoff) or NIXL's own "
+                       "vllm:nixl_bytes_transferred (summed over the point on the engine that issues the transfers) "
+                       "against the analytical count; a disagreement fails the point, no count says 'could not "
+                       "check'"),
     "kv_save_ms": "producer engine: time inside save_kv_layer and wait_for_save over the request's steps",
     "kv_load_ms": ("consumer engine: time inside start_load_kv and wait_for_layer_load of the loading step; "
                    "asynchronous loads: start_load_kv to the receive reported done"),
@@ -31,6 +36,10 @@ def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[st
                   storage: Path | None, handoff_rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     setup = dis.transfer_setup
     ok_handoffs = [h for h in handoff_rows if h["ok"]]
+    measured_points = [r for r in rows if r["mode"] == "disaggregated" and r.get("handoffs_ok")]
+    # Files are checked per handoff (warm-ups included), NIXL's counter per point.
+    byte_flags = ([h["bytes_agree"] for h in ok_handoffs if h["bytes_source"] == "files"]
+                  + [r["bytes_agree"] for r in measured_points if r.get("bytes_source") != "files"])
     moved = sum(h["bytes_moved"] or 0 for h in ok_handoffs)
     all_moved = sum(h["bytes_moved"] or 0 for h in handoff_rows)
     return {
@@ -60,9 +69,12 @@ def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[st
             "storage_matches_handoffs": (setup.get("storage_total_bytes") == all_moved
                                          if setup.get("storage_total_bytes") is not None else None),
             "bytes_tolerance": float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE)),
-            "bytes_agree_all": combine_agreement([h["bytes_agree"] for h in ok_handoffs]),
+            "bytes_agree_all": combine_agreement(byte_flags),
             "bytes_disagreements": [{"handoff_id": h["handoff_id"], "relative_error": h["bytes_relative_error"]}
                                     for h in ok_handoffs if h["bytes_agree"] is False],
+            "bytes_checks": [{"prompt_tokens": r["prompt_tokens"], "concurrency": r["concurrency"],
+                              "bytes_agree": r.get("bytes_agree"), "kv_bytes_check": r.get("kv_bytes_check")}
+                             for r in measured_points],
             "handoffs_kv_moved": sum(bool(h["kv_moved"]) for h in handoff_rows),
             "kv_not_moved": [{"handoff_id": h["handoff_id"], "reason": h["kv_check"]}
                              for h in handoff_rows if not h["kv_moved"]],

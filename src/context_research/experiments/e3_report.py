@@ -168,7 +168,7 @@ def _cell(value: Any, column: str) -> str:
         return ""
     if column in ("bytes_agree", "kv_moved"):
         flag = agreement(value)
-        return "not measured" if flag is None else ("yes" if flag else "NO")
+        return "could not check" if flag is None else ("yes" if flag else "NO")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if column in _INT_COLUMNS:
             return f"{value:,.0f}"
@@ -277,20 +277,12 @@ def report_section(results_dir: Path) -> dict[str, Any]:
     findings = transfer_verdicts(frame, conn["name"])
     dis_ok = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
     for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
-        err = _num(r.bytes_relative_error_max)
-        flag = agreement(r.bytes_agree)
-        verdict = {True: "measured and analytical agree", False: "measured and analytical DISAGREE",
-                   None: "bytes moved not measured (no shared folder to measure for this connector), so "
-                         "measured and analytical are not compared"}[flag]
-        bytes_shown = (r.transfer_bytes_per_request if _num(r.transfer_bytes_per_request) is not None
-                       else r.kv_bytes_loaded_per_request)
+        check = r.kv_bytes_check if isinstance(getattr(r, "kv_bytes_check", None), str) else "bytes not checked"
         findings.append(
-            f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: "
-            f"{fmt(_num(bytes_shown), 0, grouped=True)} bytes moved per request ({r.bytes_source}) vs "
-            f"{fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical "
-            f"({fmt(_num(r.stored_tokens), 0, grouped=True)} stored tokens x {fmt(_num(r.kv_bytes_per_token), 0, grouped=True)} B): "
-            f"{verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
-            f"{tr['bytes_tolerance']:.0%}); over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
+            f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: KV bytes: {check} "
+            f"({fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical bytes per request = "
+            f"{fmt(_num(r.stored_tokens), 0, grouped=True)} tokens x {fmt(_num(r.kv_bytes_per_token), 0, grouped=True)} B); "
+            f"over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
             f"{fmt(_num(r.external_kv_tokens), 0, grouped=True)} of {fmt(_num(r.consumer_expected_kv_tokens), 0, grouped=True)} "
             f"expected prompt tokens; stall ratio "
             f"{fmt(_num(r.kv_stall_ratio_p50), 2, grouped=True)} (engine-timed), "
@@ -304,8 +296,10 @@ def report_section(results_dir: Path) -> dict[str, Any]:
                         + "; ".join(f"{h['handoff_id']}: {h['reason']}" for h in not_moved[:3])
                         + (" ..." if len(not_moved) > 3 else ""))
     if tr.get("bytes_agree_all") is False:
-        findings.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) differ from the "
-                        f"analytical KV size by more than the tolerance (see {e3.EXPERIMENT.outputs['transfers']}).")
+        points = [c for c in tr.get("bytes_checks") or [] if c.get("bytes_agree") is False]
+        findings.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) and {len(points)} "
+                        f"point(s) differ from the analytical KV size by more than the tolerance (see "
+                        f"{e3.EXPERIMENT.outputs['transfers']} and {e3.EXPERIMENT.outputs['comparison']}).")
     failed = s.get("failed_rows", [])
     if failed:
         findings.append(f"{len(failed)} point/mode row(s) not measured: " + "; ".join(
