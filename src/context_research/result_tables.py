@@ -532,10 +532,17 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     C("producer_e2e_ms_p50", "ms", "client", "median E2E of the producer requests (max_tokens=1, non-streamed, KV "
                                              "written by the connector)"),
     C("consumer_ttft_ms_p50", "ms", "client", "median TTFT of the consumer requests from their own send"),
-    C("kv_save_ms_p50", "ms", "engine", "median over handoffs of the producer's time inside save_kv_layer and "
-                                        "wait_for_save (measuring connector, per step)"),
-    C("kv_load_ms_p50", "ms", "engine", "median over handoffs of the consumer's load: time inside start_load_kv and "
-                                        "wait_for_layer_load; asynchronous loads: read issued to receive done"),
+    C("kv_save_ms_p50", "ms", "derived", "median over handoffs of kv_save_ms: each request's token share of the "
+                                         "producer steps' save time (transfers.csv)"),
+    C("kv_save_step_ms_p50", "ms", "engine", "median over handoffs of kv_save_step_ms: the whole time of the producer "
+                                             "steps that saved the request, shared with the others they saved"),
+    C("kv_load_ms_p50", "ms", "derived", "median over handoffs of kv_load_ms: synchronous loads, each request's "
+                                         "token share of the loading step; asynchronous loads, its own interval from "
+                                         "the transfer requested to its receive done"),
+    C("kv_load_step_ms_p50", "ms", "engine", "median over handoffs of kv_load_step_ms: time inside the connector's "
+                                             "load calls of the steps that loaded (or requested) the request"),
+    C("kv_step_requests_max", "count", "engine", "the most requests one engine step saved or loaded together in "
+                                                 "this point (1: no step was shared, share = step)"),
     C("kv_wait_ms_p50", "ms", "engine", "median over handoffs of the consumer's first KV lookup to its first "
                                         "scheduling"),
     C("kv_stall_ms_p50", "ms", "engine", "median over handoffs of the consumer's first KV lookup to KV in place"),
@@ -607,7 +614,8 @@ E3_REQUESTS = Table("e3/requests.csv", (
     C("producer_e2e_s", "s", "client", "the producer request's E2E (max_tokens=1, non-streamed)"),
     C("consumer_ttft_s", "s", "client", "the consumer request's own TTFT, from its send"),
     C("kv_wait_ms", "ms", "engine", "the consumer's first KV lookup to its first scheduling (transfers.csv)"),
-    C("kv_load_ms", "ms", "engine", "the consumer's KV load (transfers.csv)"),
+    C("kv_load_ms", "ms", "derived", "the consumer's KV load: its share of a synchronous loading step, or its own "
+                                     "asynchronous interval (transfers.csv)"),
     C("external_kv_tokens", "tokens", "engine", "tokens the consumer's connector loaded for the request"),
     *stamp_columns(),
 ), "one row per request of both modes")
@@ -639,12 +647,22 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
     C("consumer_e2e_s", "s", "client", "consumer request E2E from its own send"),
     C("ok", "bool", "label", "the consumer request succeeded"),
     C("error", "", "label", "which pool failed and why"),
-    C("kv_save_ms", "ms", "engine", "producer: time inside the connector's save_kv_layer calls and wait_for_save, "
-                                    "summed over the steps that computed the prompt (requests of one step share it)"),
+    C("kv_save_ms", "ms", "derived", "producer: the request's share of kv_save_step_ms, each step's time x the "
+                                     "request's tokens in it / all tokens it saved (ledger.share)"),
+    C("kv_save_step_ms", "ms", "engine", "producer: time inside the connector's save_kv_layer calls and "
+                                         "wait_for_save, summed over the steps that computed the prompt: the steps' "
+                                         "whole time, shared with every request they saved"),
+    C("kv_save_step_requests", "count", "engine", "producer: the most requests one of those steps saved"),
     C("kv_save_window_ms", "ms", "engine", "producer: first layer saved to wait_for_save done, summed over those "
-                                           "steps (the layers' compute in between included)"),
-    C("kv_load_ms", "ms", "engine", "consumer: time inside start_load_kv and wait_for_layer_load of the loading "
-                                    "step; asynchronous loads (kv_load_async): read issued to receive reported done"),
+                                           "steps (the layers' compute in between included; the steps', not shared)"),
+    C("kv_load_ms", "ms", "derived", "consumer: synchronous loads, the request's share of kv_load_step_ms by its "
+                                     "loaded tokens (ledger.share); asynchronous loads (kv_load_async), its own "
+                                     "interval from the transfer requested (pull: READ issued; push: registration "
+                                     "sent) to its receive reported done"),
+    C("kv_load_step_ms", "ms", "engine", "consumer: time inside start_load_kv and wait_for_layer_load of the steps "
+                                         "that loaded (or, asynchronously, requested) the request, shared with every "
+                                         "request they loaded"),
+    C("kv_load_step_requests", "count", "engine", "consumer: the most requests one of those steps loaded"),
     C("kv_load_async", "bool", "engine", "the connector loads asynchronously, between engine steps (NIXL)"),
     C("kv_wait_ms", "ms", "engine", "consumer: first KV lookup by the scheduler to the step in which the request "
                                     "was first scheduled to compute"),

@@ -175,3 +175,21 @@ def test_transport_and_link_ceiling_are_reported(results):
             "device copy on one GPU).") in text
     facts = dict(sec["facts"])
     assert facts["KV transport (UCX)"] == "tcp/lo" and facts["link ceiling"] == "2,000 GB/s (device copy on one GPU)"
+
+
+def test_the_section_says_how_a_shared_step_is_split(results):
+    import json
+
+    frame = pd.read_csv(results / "mode_comparison.csv")
+    dis = (frame["mode"] == "disaggregated") & (frame["prompt_tokens"] == 1024)
+    frame.loc[dis, ["kv_step_requests_max", "kv_save_step_ms_p50", "kv_load_step_ms_p50"]] = [2, 18.0, 70.0]
+    write_csv(results / "mode_comparison.csv", frame)
+    summary = json.loads((results / "summary.json").read_text())
+    summary["transfer"]["definitions"]["per_request_share"] = "RULE"
+    write_json(results / "summary.json", summary)
+    sec = e3_report.report_section(results)
+    text = "\n".join(sec["findings"])
+    assert ("1,024 tokens, c=1: up to 2 requests shared one engine step; per request, KV save p50 9.00 ms of a "
+            "18.00 ms step and KV load p50 35.00 ms (step 70.00 ms) are token shares.") in text
+    assert "256 tokens, c=1: up to" not in text
+    assert dict(sec["facts"])["per-request save and load times"].startswith("RULE; kv_save_step_ms and kv_load_step_ms")

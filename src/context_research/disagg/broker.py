@@ -130,7 +130,8 @@ WATERFALL = (
     ("waterfall_kv_wait_load_ms", "t_consumer_lookup", "t_consumer_kv_ready"),
     ("waterfall_first_token_ms", "t_consumer_kv_ready", "t_consumer_first_token"),
 )
-TIMING_COLUMNS = ("kv_save_ms", "kv_save_window_ms", "kv_load_ms", "kv_load_async", "kv_wait_ms", "kv_stall_ms",
+TIMING_COLUMNS = ("kv_save_ms", "kv_save_step_ms", "kv_save_step_requests", "kv_save_window_ms", "kv_load_ms",
+                  "kv_load_step_ms", "kv_load_step_requests", "kv_load_async", "kv_wait_ms", "kv_stall_ms",
                   "consumer_engine_ms", "kv_stall_ratio", "producer_engine_ms", "external_kv_tokens",
                   "kv_bytes_loaded", "kv_send_done_ms")
 

@@ -22,7 +22,8 @@ What is recorded (engine side):
   and the request's end (``request_finished``).
 - worker: per forward step, the time spent inside ``start_load_kv`` and ``wait_for_layer_load``
   (the load) and inside ``save_kv_layer`` and ``wait_for_save`` (the save), with the requests
-  that loaded or saved in that step; asynchronous receives and sends reported done
+  that loaded or saved in that step and each one's tokens (loaded, or computed and saved), so the
+  step's time can be shared among them; asynchronous receives and sends reported done
   (``get_finished`` / ``get_transfer_results``); once, the bytes per token of the KV cache
   tensors the engine registered. On CUDA each timed call runs between two device
   synchronizations: the layers' queued compute is not counted, and a copy still queued on the
@@ -162,8 +163,10 @@ class MeasuringMixin:
                 self._ledger.write("scheduled", req=new.req_id, t=now, step=self._step,
                                    computed_tokens=new.num_computed_tokens)
         scheduled = dict(getattr(scheduler_output, "num_scheduled_tokens", None) or {})
+        # Saves: every request the step computes, with its tokens (the step's save time is shared
+        # by them in proportion, ledger.share); loads: the requests allocated external tokens.
         tag = {"step": self._step, "loads": dict(self._loads_this_step),
-               "saves": sorted(scheduled) if self._saves_kv else []}
+               "saves": {rid: int(n) for rid, n in sorted(scheduled.items())} if self._saves_kv else {}}
         self._loads_this_step.clear()
         try:
             setattr(meta, STEP_TAG, tag)

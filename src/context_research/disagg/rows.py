@@ -120,8 +120,11 @@ def transfer_columns(row: dict[str, Any], handoffs: Sequence[Handoff], decode_en
     row["baseline_prefill_ms_p50"] = ms(ok[0].baseline_prefill_s) if ok else None
     row["producer_e2e_ms_p50"] = ms(percentile([h.producer_e2e_s for h in ok], 50))
     row["consumer_ttft_ms_p50"] = ms(percentile([h.consumer_ttft_s for h in ok], 50))
-    for name in ("kv_save_ms", "kv_load_ms", "kv_wait_ms", "kv_stall_ms", "kv_stall_ratio", "kv_load_gb_s_derived"):
+    for name in ("kv_save_ms", "kv_save_step_ms", "kv_load_ms", "kv_load_step_ms", "kv_wait_ms", "kv_stall_ms",
+                 "kv_stall_ratio", "kv_load_gb_s_derived"):
         row[f"{name}_p50"] = percentile([r[name] for r in ok_rows], 50)
+    shared = [r[k] for r in ok_rows for k in ("kv_save_step_requests", "kv_load_step_requests") if r[k] is not None]
+    row["kv_step_requests_max"] = max(shared) if shared else None
     row["kv_timing_source"] = "; ".join(sorted({r["kv_timing_source"] for r in ok_rows})) or None
     expected = [r["expected_external_kv_tokens"] for r in ok_rows if r["expected_external_kv_tokens"] is not None]
     row["consumer_expected_kv_tokens"] = sum(expected) if expected else None

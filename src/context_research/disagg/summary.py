@@ -9,6 +9,7 @@ from typing import Any
 from . import connectors
 from .broker import DEFAULT_TOLERANCE
 from .gpus import GpuAssignment
+from .ledger import SHARE_RULE
 from .phases import ModeOutcome
 from .rows import combine_agreement
 
@@ -21,9 +22,12 @@ DEFINITIONS = {
                        "vllm:nixl_bytes_transferred (summed over the point on the engine that issues the transfers) "
                        "against the analytical count; a disagreement fails the point, no count says 'could not "
                        "check'"),
-    "kv_save_ms": "producer engine: time inside save_kv_layer and wait_for_save over the request's steps",
-    "kv_load_ms": ("consumer engine: time inside start_load_kv and wait_for_layer_load of the loading step; "
-                   "asynchronous loads: start_load_kv to the receive reported done"),
+    "kv_save_ms": ("producer engine: the request's share of the time inside save_kv_layer and wait_for_save of the "
+                   "steps that saved it (kv_save_step_ms: those steps' whole time)"),
+    "kv_load_ms": ("consumer engine: the request's share of the time inside start_load_kv and wait_for_layer_load of "
+                   "the loading step (kv_load_step_ms: the step's whole time); asynchronous loads: its own interval "
+                   "from start_load_kv to its receive reported done"),
+    "per_request_share": SHARE_RULE,
     "kv_wait_ms": "consumer engine: first KV lookup to the step in which the request was first scheduled",
     "kv_stall_ratio": "consumer engine: (first lookup to KV in place) / (first lookup to request end)",
     "kv_moved": ("consumer succeeded, bytes agree with the analytical count and the consumer loaded exactly the "

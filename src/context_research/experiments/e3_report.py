@@ -26,6 +26,7 @@ TABLE_COLUMNS = {
     "transfer_bytes_per_request": "KV bytes moved / req", "analytical_bytes_per_request": "analytical bytes / req",
     "bytes_agree": "bytes agree", "kv_moved": "KV moved", "kv_save_ms_p50": "KV save p50 (ms)",
     "kv_wait_ms_p50": "KV wait p50 (ms)", "kv_load_ms_p50": "KV load p50 (ms)",
+    "kv_step_requests_max": "requests per step (max)",
     "kv_load_gb_s_derived_p50": "load GB/s (derived)", "kv_stall_ratio_p50": "stall ratio",
     "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "delta_tpot_ms_p50": "Δ TPOT p50 (ms)", "delta_goodput_rps": "Δ goodput",
     "reason": "reason",
@@ -246,6 +247,29 @@ def waterfall_sentences(transfers: pd.DataFrame) -> list[str]:
     return out
 
 
+def share_rule_sentence(definitions: dict) -> str:
+    """How a step that served several requests is split among them (the report says which rule)."""
+    rule = definitions.get("per_request_share")
+    if not rule:
+        return "not stated: this run predates per-step sharing (a request's time is its steps' whole time)"
+    return (f"{rule}; kv_save_step_ms and kv_load_step_ms keep the steps' whole time and kv_step_requests_max how "
+            f"many requests one step served")
+
+
+def shared_step_sentences(dis_ok: pd.DataFrame) -> list[str]:
+    """Points where one engine step saved or loaded several requests: per-request times are shares."""
+    out = []
+    for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
+        shared = _num(getattr(r, "kv_step_requests_max", None))
+        if shared is not None and shared > 1:
+            out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)}: up to {int(shared)} requests shared "
+                       f"one engine step; per request, KV save p50 {fmt(_num(r.kv_save_ms_p50), 2, grouped=True)} ms "
+                       f"of a {fmt(_num(getattr(r, 'kv_save_step_ms_p50', None)), 2, grouped=True)} ms step and KV "
+                       f"load p50 {fmt(_num(r.kv_load_ms_p50), 2, grouped=True)} ms (step "
+                       f"{fmt(_num(getattr(r, 'kv_load_step_ms_p50', None)), 2, grouped=True)} ms) are token shares.")
+    return out
+
+
 def _availability(fact: dict | None, show) -> str:
     if not fact:
         return "not recorded"
@@ -288,6 +312,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
             f"{fmt(_num(r.kv_stall_ratio_p50), 2, grouped=True)} (engine-timed), "
             f"Δ TPOT p50 {fmt(_num(r.delta_tpot_ms_p50), 2, grouped=True)} ms, "
             f"Δ goodput {fmt(_num(r.delta_goodput_rps), 2, grouped=True)} req/s.")
+    findings.extend(shared_step_sentences(dis_ok))
     findings.extend(waterfall_sentences(_transfers(results_dir)))
     findings.extend(link_sentences(dis_ok, conn))
     not_moved = tr.get("kv_not_moved") or []
@@ -323,6 +348,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("definitions", "; ".join(f"{k} = {tr['definitions'][k]}" for k in ("kv_save_ms", "kv_load_ms",
                                                                               "kv_wait_ms", "kv_stall_ratio")
                                   if k in tr["definitions"])),
+        ("per-request save and load times", share_rule_sentence(tr.get("definitions") or {})),
     ]
     table = _table_frame(frame)
     markdown = table.to_markdown(index=False, disable_numparse=True) if _has_tabulate() else table.to_string()
