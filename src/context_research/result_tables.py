@@ -475,6 +475,9 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     C("concurrency", "count", "config", "requests in flight at most"),
     C("mode", "", "config", "aggregated (one engine) or disaggregated (prefill producer + decode consumer joined by a "
                             "KV connector)"),
+    C("kv_path", "", "config", "disaggregated rows: the way the KV moved (experiments.e3.kv_paths name; without "
+                               "kv_paths the connector's name); each way has its own engine pair; empty for "
+                               "aggregated rows"),
     *_status("row"),
     C("max_tokens", "tokens", "config", "output tokens per request"),
     C("gpus_used", "count", "config", "GPUs the mode's engines are pinned to (union of CUDA_VISIBLE_DEVICES); 0 on "
@@ -494,7 +497,18 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     C("engine_ttft_ms_mean", "ms", "engine", "mean vLLM TTFT histogram delta: aggregated rows the one engine's; "
                                              "disaggregated rows the DECODE engine's only (KV load + first token, no "
                                              "producer prefill)"),
-    C("connector", "", "config", "vLLM KV connector of the disaggregated engines (experiments.e3.connector)"),
+    C("connector", "", "config", "vLLM KV connector of the way's engines (its kv_paths entry, else "
+                                 "experiments.e3.connector)"),
+    C("kv_transfer_direction", "", "label", "how the KV crosses: read (the consumer pulls it: NixlConnector = "
+                                            "NixlPullConnector), write (the producer pushes it: NixlPushConnector) or "
+                                            "files (ExampleConnector: stored, then loaded)"),
+    C("ucx_env", "", "config", "UCX variables set on the way's NIXL engines (K=V;K=V), e.g. "
+                               "UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y; empty when none"),
+    C("kv_transport", "", "engine", "the UCX transport(s) of the GPU-to-GPU transfer, from UCX_PROTO_INFO in the log "
+                                    "of the engine that issues it (read: decode; write: prefill), e.g. cuda_ipc/cuda "
+                                    "or tcp/lo; empty when UCX printed none (ExampleConnector, CPU)"),
+    C("kv_transport_slow", "bool", "derived", "the transport is slower than the host allows (TCP or emulation where "
+                                              "CUDA IPC or NVLink could carry GPU memory): flagged, not failed"),
     C("block_size", "tokens", "engine", "KV block size: experiments.e3.block_size, else the decode engine's "
                                         "cache_config_info"),
     C("kv_dtype", "", "engine", "KV dtype served: cache_config_info.cache_dtype, else the model dtype in the engine "
@@ -549,6 +563,10 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     C("kv_stall_ratio_p50", "ratio", "derived", "median of kv_stall_ms / consumer_engine_ms (the decode side's wait "
                                                 "for KV over its request time, both engine-timed)"),
     C("kv_load_gb_s_derived_p50", "GB/s", "derived", "median of kv_bytes_loaded / kv_load_ms (1 GB = 1e9 bytes)"),
+    C("link_ceiling_gb_s", "GB/s", "client", "what the KV's link can carry: a torch copy between the prefill and "
+                                             "decode GPUs (device copy on one GPU), timed by our driver before any "
+                                             "engine started; empty on CPU"),
+    C("kv_load_share_of_ceiling", "ratio", "derived", "kv_load_gb_s_derived_p50 / link_ceiling_gb_s"),
     C("kv_timing_source", "", "label", "who timed the kv_* columns (the measuring connector and the connector it "
                                        "wraps), or why they were not measured"),
     C("consumer_expected_kv_tokens", "tokens", "analytical", "sum over ok handoffs of the tokens the consumer should "
@@ -594,6 +612,7 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
 
 E3_REQUESTS = Table("e3/requests.csv", (
     C("mode", "", "config", "aggregated or disaggregated"),
+    C("kv_path", "", "config", "disaggregated requests: the way the KV moved (mode_comparison.csv kv_path)"),
     C("label", "", "label", "warmup or measured"),
     C("point_prompt_tokens", "tokens", "config", "prompt length of the request's point; empty for warmup"),
     C("concurrency", "count", "config", "concurrency of the request's point; empty for warmup"),
@@ -625,6 +644,7 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
     C("request_id", "", "label", "the request it carried (requests.csv)"),
     C("prompt_tokens", "tokens", "client", "tokens of the prompt the broker sent"),
     C("connector", "", "config", "vLLM KV connector"),
+    C("kv_path", "", "config", "the way the KV moved (mode_comparison.csv kv_path)"),
     C("label", "", "label", "warmup or measured"),
     C("concurrency", "count", "config", "concurrency of the handoff's point; empty for warmup"),
     C("storage_key", "", "label", "ExampleConnector's folder name for the prompt (md5 of the stored token ids)"),
@@ -647,6 +667,7 @@ E3_TRANSFERS = Table("e3/transfers.csv", (
     C("consumer_e2e_s", "s", "client", "consumer request E2E from its own send"),
     C("ok", "bool", "label", "the consumer request succeeded"),
     C("error", "", "label", "which pool failed and why"),
+    C("kv_transfer_direction", "", "label", "read (the consumer pulls), write (the producer pushes) or files"),
     C("kv_save_ms", "ms", "derived", "producer: the request's share of kv_save_step_ms, each step's time x the "
                                      "request's tokens in it / all tokens it saved (ledger.share)"),
     C("kv_save_step_ms", "ms", "engine", "producer: time inside the connector's save_kv_layer calls and "

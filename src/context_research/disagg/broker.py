@@ -33,11 +33,11 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .connectors import NIXL_CONNECTORS
+from .connectors import DIRECTIONS, NIXL_CONNECTORS
 from .ledger import KvTiming
 
 DEFAULT_TOLERANCE = 0.02
@@ -144,6 +144,7 @@ class Handoff:
     request_id: str
     prompt_tokens: int
     connector: str
+    kv_path: str | None = None
     label: str = "measured"
     concurrency: int | None = None
     storage_key: str | None = None
@@ -193,6 +194,7 @@ class Handoff:
         from .verdict import handoff_verdict
 
         row = {k: v for k, v in asdict(self).items() if k != "timing" and not k.startswith("t_")}
+        row["kv_transfer_direction"] = DIRECTIONS.get(self.connector)
         row["stored_dtypes"] = ",".join(self.stored_dtypes)
         row["stored_tokens_measured"] = ",".join(map(str, self.stored_tokens_measured))
         timing = self.timing.as_dict() if self.timing else {}
@@ -217,19 +219,22 @@ class KvBroker:
     """
 
     def __init__(self, connector: str, kv_bytes_per_token: int, block_size: int | None,
-                 storage_dir: Path | None = None, prefix: str = "handoff"):
+                 storage_dir: Path | None = None, prefix: str = "handoff", kv_path: str | None = None,
+                 ids: Iterator[int] | None = None):
         self.connector = connector
         self.kv_bytes_per_token = int(kv_bytes_per_token)
         self.block_size = block_size
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
         self.prefix = prefix
-        self._ids = itertools.count()
+        self.kv_path = kv_path
+        # One counter for every way of a run keeps handoff ids unique across its transfers.csv.
+        self._ids = ids if ids is not None else itertools.count()
         self.handoffs: list[Handoff] = []
 
     def open(self, request_id: str, prompt: Sequence[int] | str) -> Handoff:
         n = len(prompt)
         h = Handoff(handoff_id=f"{self.prefix}-{next(self._ids):05d}", request_id=request_id, prompt_tokens=n,
-                    connector=self.connector)
+                    connector=self.connector, kv_path=self.kv_path)
         if self.connector == "ExampleConnector" and self.block_size and not isinstance(prompt, str):
             h.stored_tokens_expected = example_connector_stored_tokens(n, self.block_size)
             h.storage_key = example_connector_folder(prompt, self.block_size)

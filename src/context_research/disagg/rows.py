@@ -45,9 +45,15 @@ def failed_row(point: Point, mode: str, cfg: dict[str, Any], reason: str,
     return row
 
 
-def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By prompt length, then concurrency, the aggregated row before the disaggregated one."""
-    return sorted(rows, key=lambda r: (r["prompt_tokens"], r["concurrency"], MODES.index(r["mode"])))
+def sort_rows(rows: list[dict[str, Any]], kv_paths: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """By prompt length, then concurrency, the aggregated row before the disaggregated ones, those
+    in the order of ``kv_paths`` (the configured ways)."""
+    order = list(kv_paths)
+
+    def way(r: dict[str, Any]) -> int:
+        return order.index(r.get("kv_path")) if r.get("kv_path") in order else -1
+
+    return sorted(rows, key=lambda r: (r["prompt_tokens"], r["concurrency"], MODES.index(r["mode"]), way(r)))
 
 
 def latency_columns(row: dict[str, Any], records: Sequence[RequestRecord], duration_s: float | None,
@@ -148,7 +154,8 @@ def transfer_columns(row: dict[str, Any], handoffs: Sequence[Handoff], decode_en
 
 
 def add_deltas(rows: list[dict[str, Any]]) -> None:
-    """On each ok disaggregated row: disaggregated - aggregated of DELTA_METRICS at the same point."""
+    """On each ok disaggregated row (every way's): disaggregated - aggregated of DELTA_METRICS at
+    the same point."""
     agg = {(r["prompt_tokens"], r["concurrency"]): r for r in rows if r["mode"] == "aggregated" and r["status"] == "ok"}
     for r in rows:
         if r["mode"] != "disaggregated" or r["status"] != "ok":
@@ -164,7 +171,8 @@ def request_rows(records: Sequence[RequestRecord], mode: str, point: Point | Non
     by_id = {h.request_id: h for h in handoffs}
     out = []
     for r in records:
-        row = {"mode": mode, "label": label, "point_prompt_tokens": point.prompt_tokens if point else None,
+        row = {"mode": mode, "kv_path": None, "label": label,
+               "point_prompt_tokens": point.prompt_tokens if point else None,
                "concurrency": point.concurrency if point else None, **r.as_row()}
         h = by_id.get(r.request_id)
         row["handoff_id"] = h.handoff_id if h else None
