@@ -81,7 +81,8 @@ def make_figures(results_dir: Path) -> None:
     write_text(e3.EXPERIMENT.figure_path(results_dir, "table"), _table_html(frame))
 
 
-_INT_COLUMNS = ("transfer_bytes_per_request", "analytical_bytes_per_request")
+_INT_COLUMNS = ("transfer_bytes_per_request", "analytical_bytes_per_request", "prompt_tokens", "concurrency",
+                "kv_step_requests_max")
 _FLAG_COLUMNS = ("bytes_agree", "kv_moved", "kv_transport_slow")
 
 
@@ -323,7 +324,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
     tables = [_table("Aggregated vs disaggregated per point (client-side; Δ = disaggregated - aggregated)",
                      _table_frame(frame))]
     dis = frame[frame["mode"] == "disaggregated"]
-    if len(dis):
+    if len(dis) and (several or dis.get("kv_transfer_direction", pd.Series(dtype=object)).isin(["read", "write"]).any()):
         tables.append(_table("The ways of moving the KV per point: rate against the link ceiling, transport, wait, "
                              "stall and Δ TTFT", _table_frame(dis, PATH_COLUMNS)))
     return {"findings": findings, "facts": facts, "tables": tables}
