@@ -22,7 +22,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # os.environ on) and change what it does. Caches, temp folders and keys are left out: they change
 # where things are kept, not the numbers. So are OMP_*/MKL_* thread counts: Snakemake sets them in
 # every job from the rule's threads, where the DAG (which computes this hash too) cannot see them.
-ENGINE_ENV_PREFIXES = ("VLLM_", "CUDA_VISIBLE_DEVICES", "NCCL_", "TORCH_", "PYTORCH_")
+# UCX_ and NIXL_: the KV transport of E3's NIXL engines (e.g. UCX_CUDA_IPC_ENABLE_GET_ZCOPY) changes
+# what a run measures, exported in the shell or set in serving.env alike.
+ENGINE_ENV_PREFIXES = ("VLLM_", "CUDA_VISIBLE_DEVICES", "NCCL_", "TORCH_", "PYTORCH_", "UCX_", "NIXL_")
 ENGINE_ENV_IGNORED = ("VLLM_API_KEY", "VLLM_CACHE_ROOT", "VLLM_RPC_BASE_PATH", "TORCHINDUCTOR_CACHE_DIR",
                       "VLLM_NO_USAGE_STATS")
 # Model files whose bytes decide what the engine computes: config, tokenizer, weight index.
@@ -130,7 +132,7 @@ def code_digest(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, 
 
 
 def engine_environment(serving: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The engine variables a run sets: inherited ``VLLM_*`` (and CUDA/NCCL/torch/OpenMP) ones,
+    """The engine variables a run sets: inherited ``VLLM_*`` (and CUDA/NCCL/torch/UCX/NIXL) ones,
     then ``serving.env`` on top, as ``vllm_server.build_env`` does."""
     environ = os.environ if environ is None else environ
     env = {k: v for k, v in environ.items()

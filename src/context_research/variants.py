@@ -1,7 +1,8 @@
 """Named variants: overlays on the engine settings, run side by side and compared with the baseline.
 
 A variant (``variants.<name>`` in the config) may change only what a comparison is about: how the
-engine serves (``serving``, but not its backend), the model profile, and E3's KV connector. The
+engine serves (``serving``, but not its backend), the model profile, and E3's KV connector (the
+UCX environment of its NIXL engines, or its list of ways, ``kv_paths``). The
 workload (every other ``experiments`` key) stays the baseline's, so the two runs' numbers answer
 the same question. ``baseline`` is the config itself; its outputs stay under ``results/`` and
 ``reports/``, and every other variant's under ``results/variants/<name>/`` with its own hashes
@@ -25,7 +26,10 @@ COMPARE_FILES = {"csv": "compare.csv", "markdown": "compare.md", "html": "compar
 
 # What a variant may set, as dotted keys; "serving.*" is any key of serving but those in
 # FIXED_SERVING_KEYS. experiments.e3.* is E3's connector and the settings it passes to it.
-VARIABLE_KEYS = ("model_profile", "serving.*", "experiments.e3.connector", "experiments.e3.kv_connector_extra_config")
+VARIABLE_KEYS = ("model_profile", "serving.*", "experiments.e3.connector", "experiments.e3.kv_connector_extra_config",
+                 "experiments.e3.ucx_env", "experiments.e3.kv_paths")
+# Free-form mappings a variant sets as a whole (their keys are not config keys).
+FREE_FORM_KEYS = ("experiments.e3.kv_connector_extra_config", "experiments.e3.ucx_env")
 # A variant on another backend would pit simulated rows against real ones, which compare refuses.
 FIXED_SERVING_KEYS = ("backend",)
 
@@ -113,8 +117,8 @@ def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
     out: list[str] = []
     for key, value in data.items():
         path = f"{prefix}{key}"
-        # kv_connector_extra_config is free-form: a variant sets it as a whole
-        if isinstance(value, dict) and value and path != "experiments.e3.kv_connector_extra_config":
+        # kv_connector_extra_config and ucx_env are free-form: a variant sets them as a whole
+        if isinstance(value, dict) and value and path not in FREE_FORM_KEYS:
             out += _dotted_keys(value, path + ".")
         else:
             out.append(path)

@@ -24,11 +24,13 @@ def e3(workflow_dir):
         proc = run_snakemake(workflow_dir, *TARGETS)
         assert proc.returncode == 0, proc.stderr[-4000:] + "\n" + (workflow_dir / "logs/e3.log").read_text()[-4000:]
     d = workflow_dir / "results/e3"
+    summary = json.loads((d / "summary.json").read_text())
     return {
         "dir": d,
         "root": workflow_dir,
         "rows": pd.read_csv(d / "mode_comparison.csv"),
-        "summary": json.loads((d / "summary.json").read_text()),
+        "summary": summary,
+        "way": summary["kv_paths"][0],   # the CI config's one way: ExampleConnector
         "meta": json.loads((d / "run_metadata.json").read_text()),
         "transfers": pd.read_csv(d / "transfers.csv"),
     }
@@ -58,8 +60,8 @@ def test_both_modes_have_a_row_for_every_point(e3):
 
 
 def test_measured_kv_bytes_match_the_analytical_size(e3):
-    s, meta = e3["summary"], e3["meta"]
-    conn = s["connector"]
+    s, meta, way = e3["summary"], e3["meta"], e3["way"]
+    conn = way["connector"]
     block, dtype = conn["block_size"], conn["kv_dtype"]
     assert block and dtype
     per_token = kv_bytes_per_token(meta["model_config"], dtype_bytes(dtype))
@@ -77,17 +79,19 @@ def test_measured_kv_bytes_match_the_analytical_size(e3):
     assert measured["bytes_agree"].all()
     assert (measured["files"] == meta["model_config"]["num_hidden_layers"]).all()   # one file per layer
     assert (measured["payload_bytes"] == measured["stored_tokens_expected"] * per_token).all()
-    assert s["transfer"]["bytes_agree_all"] is True
+    assert way["transfer"]["bytes_agree_all"] is True and s["bytes_agree_all"] is True
+    assert (dis["bytes_source"] == "files").all() and dis["kv_bytes_check"].str.contains("files agree").all()
 
 
 def test_every_handoff_is_accounted_and_the_shared_folder_is_gone(e3):
-    s, t = e3["summary"], e3["transfers"]
-    assert t["handoff_id"].is_unique and len(t) == s["transfer"]["handoffs"]
-    assert t["ok"].all()
-    assert int(t["bytes_moved"].sum()) == s["transfer"]["bytes_moved_total"]
+    s, t, way = e3["summary"], e3["transfers"], e3["way"]
+    assert len(s["kv_paths"]) == 1 and way["name"] == "ExampleConnector" and s["engine_starts"] == 3
+    assert t["handoff_id"].is_unique and len(t) == way["transfer"]["handoffs"] == s["handoffs"]
+    assert t["ok"].all() and (t["kv_path"] == "ExampleConnector").all()
+    assert int(t["bytes_moved"].sum()) == way["transfer"]["bytes_moved_total"]
     # Every byte in the shared folder belongs to one handoff (nothing stored twice or elsewhere).
-    assert s["transfer"]["storage_matches_handoffs"] is True
-    assert s["connector"]["shared_storage"] and s["connector"]["shared_storage_removed"] is True
+    assert way["transfer"]["storage_matches_handoffs"] is True
+    assert way["connector"]["shared_storage"] and way["connector"]["shared_storage_removed"] is True
 
 
 
@@ -129,6 +133,7 @@ def test_route_logs_cover_both_pools(e3):
     dis = [json.loads(x) for x in (d / "routes_disaggregated.jsonl").read_text().splitlines()]
     assert {r["pool"] for r in agg} == {"aggregated"} and {r["mode"] for r in agg} == {"aggregated"}
     assert {r["pool"] for r in dis} == {"prefill", "decode"} and {r["mode"] for r in dis} == {"disaggregated"}
+    assert {r["kv_path"] for r in dis} == {"ExampleConnector"} and {r["kv_path"] for r in agg} == {None}
     measured = [r for r in dis if r["label"] == "measured"]
     cfg = e3["summary"]["workload"]
     n_requests = len(cfg["prompt_tokens"]) * len(cfg["concurrency_levels"]) * cfg["requests_per_point"]
@@ -151,6 +156,7 @@ def test_route_logs_cover_both_pools(e3):
 
 
 def test_deltas_are_disaggregated_minus_aggregated(e3):
+    assert (e3["rows"].loc[e3["rows"]["mode"] == "disaggregated", "kv_path"] == "ExampleConnector").all()
     rows = e3["rows"].set_index(["prompt_tokens", "concurrency", "mode"])
     for (n, c, mode), r in rows.iterrows():
         if mode != "disaggregated":

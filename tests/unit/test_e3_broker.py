@@ -165,15 +165,25 @@ def test_handoff_row_takes_its_timings_from_the_engine_ledger():
     assert not any(k.startswith("t_") or k == "timing" for k in row)
 
 
-def test_without_files_the_engine_bytes_are_checked_and_without_a_ledger_nothing_is():
+def test_tokens_times_bytes_per_token_is_never_a_byte_check():
+    """issue 27: for NIXL the handoff compared loaded tokens x bytes per token with tokens x bytes
+    per token (relative error exactly 0.0) and called it an engine measurement. Its bytes are now
+    checked per point against NIXL's own counter; the handoff rests on the tokens it loaded."""
     nixl = Handoff("h", "r", 1024, "NixlConnector", stored_tokens_expected=1024, expected_external_kv_tokens=1024,
                    analytical_bytes=1024 * 1024, ok=True,
                    timing=KvTiming(external_kv_tokens=1024, kv_bytes_loaded=1024 * 1024.0))
-    assert nixl.measured_bytes() == (1024 * 1024.0, "engine") and nixl.as_row()["bytes_agree"] is True
+    assert nixl.measured_bytes() == (None, "per point: NIXL's byte counter")
+    row = nixl.as_row()
+    assert row["bytes_agree"] is None and row["bytes_relative_error"] is None
+    assert row["kv_moved"] is True and "bytes are checked per point" in row["kv_check"]
+    wrong = Handoff(**{**nixl.__dict__, "timing": KvTiming(external_kv_tokens=512, kv_bytes_loaded=512 * 1024.0)})
+    assert wrong.as_row()["kv_moved"] is False        # the token count, which the derived bytes follow, still fails
     bare = Handoff("h", "r", 1024, "NixlConnector", analytical_bytes=1024, ok=True)
     row = bare.as_row()
-    assert row["bytes_source"] == "not measured" and row["bytes_agree"] is None
+    assert row["bytes_agree"] is None
     assert row["kv_timing_source"] == "not measured: no ledger joined" and row["kv_moved"] is False
+    p2p = Handoff("h", "r", 1024, "P2pNcclConnector", analytical_bytes=1024, ok=True)
+    assert p2p.measured_bytes() == (None, "not measured")
 
 
 def test_expected_external_tokens_per_connector():
@@ -194,7 +204,11 @@ def test_served_kv_dtype_sources():
 def test_connectors_without_a_folder_get_only_the_analytical_size(tmp_path):
     broker = KvBroker("NixlConnector", 512, 16, None)
     h = broker.open("r", list(range(1000)))
-    assert h.storage_key is None and h.analytical_bytes == 1000 * 512
+    # NIXL moves whole blocks: 1000 tokens fill 63 blocks of 16, the last one partly.
+    assert h.storage_key is None and h.stored_tokens_expected == 1008 and h.analytical_bytes == 1008 * 512
+    assert h.expected_external_kv_tokens == 1000
+    assert KvBroker("NixlPushConnector", 512, 16, None).open("r", list(range(1024))).analytical_bytes == 1024 * 512
+    assert KvBroker("P2pNcclConnector", 512, 16, None).open("r", list(range(1000))).analytical_bytes == 1000 * 512
     broker.account_store(h)
     row = h.as_row()
     assert row["bytes_moved"] is None and row["bytes_agree"] is None

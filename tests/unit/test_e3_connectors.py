@@ -120,3 +120,73 @@ def test_shared_storage_is_fresh_per_run_and_removed(tmp_path):
     assert not a.exists() and b.exists()
     with pytest.raises(ConfigError, match="shared_storage_root"):
         c.shared_storage_root({"shared_storage_root": str(tmp_path / "nope")})
+
+
+# -- NIXL push and pull, and the UCX environment ---------------------------------------------------
+GET_ZCOPY = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+
+
+@pytest.mark.parametrize("connector,direction", [("NixlConnector", "read"), ("NixlPullConnector", "read"),
+                                                 ("NixlPushConnector", "write"), ("ExampleConnector", "files")])
+def test_nixl_pull_and_push_configs_name_their_class_and_direction(connector, direction):
+    p, d = parsed(connector, "prefill"), parsed(connector, "decode")
+    assert p == {"kv_connector": connector, "kv_role": "kv_producer",
+                 "kv_connector_extra_config": p["kv_connector_extra_config"]}
+    assert d["kv_connector"] == connector and d["kv_role"] == "kv_consumer"
+    assert c.transfer_direction(connector, CFG) == direction
+
+
+def test_p2p_direction_follows_its_send_type():
+    assert c.transfer_direction("P2pNcclConnector", CFG) == "write"
+    assert c.transfer_direction("P2pNcclConnector", {**CFG, "p2p_send_type": "GET"}) == "read"
+
+
+def test_push_requests_flow_like_pull():
+    assert c.producer_request_extra("NixlPushConnector", CFG) == c.producer_request_extra("NixlConnector", CFG)
+    params = {"do_remote_prefill": True, "remote_engine_id": "e", "remote_block_ids": [1], "remote_request_id": "x"}
+    assert c.consumer_request_extra("NixlPushConnector", params) == {"kv_transfer_params": params}
+    with pytest.raises(ValueError, match="NixlPushConnector"):
+        c.consumer_request_extra("NixlPushConnector", {})
+
+
+@pytest.mark.parametrize("connector", c.NIXL_CONNECTORS)
+def test_the_ucx_environment_reaches_both_nixl_engines(connector):
+    cfg = {**CFG, "connector": connector, "ucx_env": GET_ZCOPY}
+    for pool, port in (("prefill", "5600"), ("decode", "5601")):
+        env = c.connector_env(connector, pool, cfg)
+        assert env["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "y" and env["UCX_PROTO_INFO"] == "y"
+        assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == port
+    # As shipped: no UCX variable besides the protocol report.
+    plain = c.connector_env(connector, "decode", {**CFG, "connector": connector})
+    assert [k for k in plain if k.startswith("UCX_")] == ["UCX_PROTO_INFO"]
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES is not a UCX variable"),
+    ({"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": True}, "unquoted yes/no is a YAML boolean"),
+    ("y", "must be a mapping"),
+])
+def test_a_bad_ucx_environment_is_refused_naming_the_key(env, fragment):
+    with pytest.raises(ConfigError, match="experiments.e3.ucx_env") as err:
+        c.connector_env("NixlConnector", "decode", {**CFG, "connector": "NixlConnector", "ucx_env": env})
+    assert fragment in str(err.value)
+
+
+def test_a_ucx_environment_for_a_connector_without_ucx_is_refused():
+    with pytest.raises(ConfigError, match="does not move the KV through UCX"):
+        c.connector_env("ExampleConnector", "decode", {**CFG, "connector": "ExampleConnector", "ucx_env": GET_ZCOPY})
+    assert c.connector_env("ExampleConnector", "decode", {**CFG, "connector": "ExampleConnector", "ucx_env": {}}) == {}
+
+
+def test_nixl_is_refused_where_python_cannot_import_it(monkeypatch):
+    """The installed vLLM registers both NIXL connectors (read from its source); without the
+    ``nixl`` package the check says so instead of letting an engine fail to start."""
+    monkeypatch.setattr(c, "_module_source", lambda module: (
+        'register_connector(\n    "NixlConnector"\nregister_connector(\n    "NixlPushConnector"'
+        if module.endswith("factory") else "    kv_connector: str\n    kv_role: str\n"))
+    monkeypatch.setattr(c, "nixl_importable", lambda: False)
+    reason = c.installed_support("NixlPushConnector", {"kv_connector": "NixlPushConnector", "kv_role": "kv_consumer"})
+    assert "NIXL Python package" in reason and "PYTHONPATH" in reason
+    assert c.installed_support("ExampleConnector") is not None      # not registered in this fake source
+    monkeypatch.setattr(c, "nixl_importable", lambda: True)
+    assert c.installed_support("NixlPushConnector", {"kv_connector": "x", "kv_role": "y"}) is None

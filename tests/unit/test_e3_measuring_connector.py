@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from context_research.disagg import measuring_connector as mc
-from context_research.disagg.ledger import Ledger, read_events
+from context_research.disagg.ledger import Ledger, read_events, share
 
 
 class FakeTensor:
@@ -111,7 +111,7 @@ def test_producer_and_synchronous_consumer_events_join_into_one_handoff(tmp_path
     req = _request("cmpl-handoff-00007-0")
     assert p_sched.get_num_new_matched_tokens(req, 0) == (0, False)
     meta = _step(p_sched, [req.request_id])
-    assert getattr(meta, mc.STEP_TAG)["saves"] == [req.request_id]
+    assert getattr(meta, mc.STEP_TAG)["saves"] == {req.request_id: 256}   # with the tokens the step computed
     p_work.bind_connector_metadata(meta)
     p_work.start_load_kv(None)
     for layer in ("l0", "l1"):
@@ -129,7 +129,7 @@ def test_producer_and_synchronous_consumer_events_join_into_one_handoff(tmp_path
     c_sched.get_num_new_matched_tokens(creq, 0)
     c_sched.update_state_after_alloc(creq, None, 240)
     cmeta = _step(c_sched, [creq.request_id])
-    assert getattr(cmeta, mc.STEP_TAG) == {"step": 1, "loads": {creq.request_id: 240}, "saves": []}
+    assert getattr(cmeta, mc.STEP_TAG) == {"step": 1, "loads": {creq.request_id: 240}, "saves": {}}
     c_work.bind_connector_metadata(cmeta)
     c_work.start_load_kv(None)
     c_work.wait_for_layer_load("l0")
@@ -253,3 +253,124 @@ def test_an_asynchronous_load_is_attributed_to_the_step_that_started_it(tmp_path
     t = Ledger(events).timing("handoff-00003")
     assert t.kv_load_async is True and t.kv_load_ms is not None and t.kv_load_ms >= 0
     assert t.external_kv_tokens == 256 and t.kv_bytes_loaded == 256 * 128
+
+
+def test_a_push_connector_is_wrapped_with_its_worker_and_scheduler_hooks(tmp_path):
+    """NixlPushConnector-shaped: the consumer's load step hands a registration to the producer,
+    the producer WRITEs from its own thread (no connector call to time) and reports the send when
+    its WRITE is done; the consumer reports the receive when the completion notice comes."""
+
+    class PushConnector(FakeConnector):
+        sent: set = frozenset()
+        received: set = frozenset()
+
+        def has_pending_push_work(self):
+            return not self.sent
+
+        def get_finished(self, finished_req_ids):
+            return set(self.sent), set(self.received)
+
+    cls = mc.measured(PushConnector)
+    p_sched = cls(_config(tmp_path, "prefill", "kv_producer", True), "KVConnectorRole.SCHEDULER", None)
+    p_work = cls(_config(tmp_path, "prefill", "kv_producer", True), "KVConnectorRole.WORKER",
+                 SimpleNamespace(num_blocks=10))
+    c_sched = cls(_config(tmp_path, "decode"), "KVConnectorRole.SCHEDULER", None)
+    c_work = cls(_config(tmp_path, "decode"), "KVConnectorRole.WORKER", SimpleNamespace(num_blocks=10))
+    c_work.register_kv_caches({"l0": FakeTensor(10 * 16 * 64)})
+    assert p_sched.has_pending_push_work() is True          # not wrapped: the engine loop still sees it
+    preq, creq = _request("cmpl-handoff-00004-0"), _request("cmpl-handoff-00004-0-cd34")
+    p_sched.get_num_new_matched_tokens(preq, 0)
+    p_work.bind_connector_metadata(_step(p_sched, [preq.request_id]))
+    p_work.start_load_kv(None)                              # the producer loads nothing: not timed
+    p_work.save_kv_layer("l0", None, None)                  # NIXL saves nothing in the forward pass
+    p_work.wait_for_save()
+    p_sched.request_finished(preq, [1])
+    c_sched.offer, c_sched.load_async = 256, True
+    c_sched.get_num_new_matched_tokens(creq, 0)
+    c_sched.update_state_after_alloc(creq, None, 256)
+    c_work.bind_connector_metadata(_step(c_sched, []))      # registration handed to the writer thread
+    c_work.start_load_kv(None)
+    c_work.get_finished(set())
+    p_work.sent = {preq.request_id}                         # the producer's WRITE is done ...
+    p_work.get_finished(set())
+    c_work.received = {creq.request_id}                     # ... and its notice reached the consumer
+    c_work.get_finished(set())
+    c_sched.update_connector_output(SimpleNamespace(finished_recving=[creq.request_id], finished_sending=[]))
+    c_work.bind_connector_metadata(_step(c_sched, [creq.request_id]))
+    events = read_events(tmp_path)
+    assert [e["label"] for e in events if e["event"] == "load"] == ["decode"]
+    assert [e["label"] for e in events if e["event"] == "send_done"] == ["prefill"]
+    t = Ledger(events).timing("handoff-00004")
+    assert t.kv_load_async is True and t.kv_load_ms >= 0 and t.external_kv_tokens == 256
+    assert t.kv_send_done_ms is not None and t.kv_send_done_ms >= 0
+    assert t.kv_save_ms is not None and t.t_consumer_kv_ready is not None
+    assert t.source == "engine: measuring connector around PushConnector"
+
+
+# -- one engine step, several requests: the step's time and each request's share ---------------------
+def _save(step, reqs, busy_s, t0=1.0):
+    return {"label": "prefill", "event": "save", "step": step, "reqs": reqs, "t0": t0, "t1": t0 + busy_s,
+            "busy_s": busy_s}
+
+
+def _handoff_events(i, label="prefill"):
+    return [_event(label, "lookup", 0.5, req=f"cmpl-handoff-0000{i}-0", external_tokens=0, load_async=False)]
+
+
+def test_a_shared_save_step_is_recorded_whole_and_shared_by_tokens():
+    """issue 27: at concurrency 2 on the H200 handoffs 6 and 7 showed the same save time, the step's.
+    Now the step's time and its request count are kept, and each request gets its token share."""
+    a, b = "cmpl-handoff-00001-0", "cmpl-handoff-00002-0"
+    events = _handoff_events(1) + _handoff_events(2) + [_save(4, {a: 3072, b: 1024}, 0.008)]
+    ledger = Ledger(events)
+    ta, tb = ledger.timing("handoff-00001"), ledger.timing("handoff-00002")
+    assert ta.kv_save_step_ms == tb.kv_save_step_ms == pytest.approx(8.0)
+    assert ta.kv_save_step_requests == tb.kv_save_step_requests == 2
+    assert (ta.kv_save_ms, tb.kv_save_ms) == (pytest.approx(6.0), pytest.approx(2.0))
+    assert ta.kv_save_window_ms == pytest.approx(8.0)          # the step's window, not shared
+    # A ledger written before token counts were recorded (a list): shared equally.
+    old = Ledger(_handoff_events(1) + _handoff_events(2) + [_save(4, [a, b], 0.008)])
+    assert old.timing("handoff-00001").kv_save_ms == pytest.approx(4.0)
+
+
+def test_a_shared_synchronous_load_is_shared_and_an_asynchronous_one_keeps_its_own_interval():
+    a, b = "cmpl-handoff-00001-0", "cmpl-handoff-00002-0"
+    base = [{"label": "decode", "event": "start", "connector": "X"}]
+    for rid, is_async in ((a, False), (b, False)):
+        base.append(_event("decode", "lookup", 1.0, req=rid, external_tokens=128, load_async=is_async))
+    load = {"label": "decode", "event": "load", "step": 2, "reqs": {a: 128, b: 128}, "t0": 1.01, "t1": 1.02,
+            "busy_s": 0.010}
+    ledger = Ledger(base + [load])
+    for hid in ("handoff-00001", "handoff-00002"):
+        t = ledger.timing(hid)
+        assert t.kv_load_ms == pytest.approx(5.0) and t.kv_load_step_ms == pytest.approx(10.0)
+        assert t.kv_load_step_requests == 2 and t.t_consumer_kv_ready == pytest.approx(1.02)
+    asynchronous = [{**e, "load_async": True} if e.get("event") == "lookup" else e for e in base] + [
+        {**load, "busy_s": 0.0004}, {"label": "decode", "event": "recv_done", "reqs": [a], "t": 1.05},
+        {"label": "decode", "event": "recv_done", "reqs": [b], "t": 1.09}]
+    ledger = Ledger(asynchronous)
+    ta, tb = ledger.timing("handoff-00001"), ledger.timing("handoff-00002")
+    assert (ta.kv_load_ms, tb.kv_load_ms) == (pytest.approx(40.0), pytest.approx(80.0))   # each its own receive
+    assert ta.kv_load_step_ms == tb.kv_load_step_ms == pytest.approx(0.4)
+
+
+def test_token_shares_recover_per_request_costs_of_known_truth_and_the_step_time_does_not():
+    """Simulated steps of 1-4 requests whose true save cost is proportional to their tokens (as
+    their bytes are): the token share recovers each request's cost, every step's shares add up to
+    its time, and the step's time given to each request (the old per-request value) overstates
+    their total by the number of requests that shared the step."""
+    import numpy as np
+
+    rng = np.random.default_rng(27)
+    per_token_s, errors, overstated = 2e-7, [], []
+    for step in range(400):
+        n = int(rng.integers(1, 5))
+        tokens = {f"cmpl-handoff-{step * 10 + i:05d}-0": int(rng.integers(16, 16_384)) for i in range(n)}
+        truth = {rid: k * per_token_s for rid, k in tokens.items()}
+        event = _save(step, tokens, sum(truth.values()))
+        shares = {rid: share(event, rid) for rid in tokens}
+        assert sum(shares.values()) == pytest.approx(event["busy_s"])
+        errors += [shares[rid] - truth[rid] for rid in tokens]
+        overstated.append(n * event["busy_s"] / sum(truth.values()))
+    assert max(abs(e) for e in errors) < 1e-12                      # exact for costs proportional to tokens
+    assert np.mean(overstated) > 2.0                                 # the old per-request value: n x the step

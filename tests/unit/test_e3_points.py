@@ -8,7 +8,7 @@ from context_research.disagg.ledger import KvTiming
 from context_research.disagg.phases import engine_servings
 from context_research.disagg.plan import (Point, PromptIds, batched_tokens_budget, build_requests, refusal_reason,
                                           sweep_points)
-from context_research.disagg.rows import (MODES, POINT_COLUMNS, add_deltas, combine_agreement, empty_row,
+from context_research.disagg.rows import (MODES, POINT_COLUMNS, add_deltas, combine_agreement, empty_row, nixl_counter,
                                           latency_columns, transfer_columns)
 from context_research.records import RequestRecord
 
@@ -209,3 +209,41 @@ def test_prompts_are_distinct_and_identical_across_modes():
     fresh = PromptIds()
     again = [r for p in pts for r in build_requests(model, CFG, p, "e3", 3, 16, fresh)]
     assert [r.prompt for r in again] == [r.prompt for r in reqs]   # same config -> same workload
+
+
+def nixl_handoff(i, n=4096, connector="NixlConnector"):
+    timing = KvTiming(kv_save_ms=0.01, kv_load_ms=20.0 + i, kv_load_async=True, kv_wait_ms=21.0, kv_stall_ratio=0.1,
+                      external_kv_tokens=n, kv_bytes_loaded=n * 1024.0,
+                      source=f"engine: measuring connector around {connector}")
+    return Handoff(f"h{i}", f"r{i}", n, connector, stored_tokens_expected=n, expected_external_kv_tokens=n,
+                   analytical_bytes=n * 1024, producer_e2e_s=0.1, consumer_ttft_s=0.1, consumer_e2e_s=0.3, ok=True,
+                   timing=timing)
+
+
+def test_nixls_own_byte_count_is_part_of_the_point_verdict():
+    tel = {"nixl_bytes_transferred": 2 * 4096 * 1024.0, "nixl_transfers": 2.0, "nixl_xfer_ms_mean": 4.0,
+           "nixl_failed_transfers": 0.0}
+    row = _served_row()
+    transfer_columns(row, [nixl_handoff(0), nixl_handoff(1)], None, 0.02, tel, "decode")
+    assert row["status"] == "ok" and row["bytes_agree"] is True and row["bytes_relative_error_max"] == 0.0
+    assert row["nixl_counter_engine"] == "decode" and row["analytical_bytes_total"] == 2 * 4096 * 1024
+    assert row["nixl_gb_s"] == pytest.approx(2 * 4096 * 1024 / 0.008 / 1e9)
+    short = _served_row()
+    transfer_columns(short, [nixl_handoff(0), nixl_handoff(1)], None, 0.02,
+                     {**tel, "nixl_bytes_transferred": 4096 * 1024.0}, "decode")   # only one of two transfers counted
+    assert short["status"] == "failed" and short["bytes_agree"] is False and short["kv_moved"] is False
+    assert short["reason"].startswith("KV bytes: NIXL's byte counter (decode engine") and "-50.00%" in short["reason"]
+    blind = _served_row()
+    transfer_columns(blind, [nixl_handoff(0)], None, 0.02, {}, "decode")
+    assert blind["status"] == "ok" and blind["bytes_agree"] is None
+    assert blind["kv_bytes_check"].startswith("could not check: the decode engine exported no")
+
+
+def test_nixls_counter_is_read_where_the_transfer_is_issued():
+    pulled, pushed = {"nixl_bytes_transferred": 10.0}, {"nixl_bytes_transferred": 0.0}
+    assert nixl_counter("read", pulled, pushed) == (pulled, "decode")
+    assert nixl_counter("write", pushed, pulled) == (pulled, "prefill")
+    # The issuing engine counted nothing and the other did: used, and the label says so.
+    tel, label = nixl_counter("write", pulled, pushed)
+    assert tel is pulled and label == "decode (the prefill engine, which issues the transfers, counted none)"
+    assert nixl_counter("read", None, None) == ({}, "decode")

@@ -11,7 +11,7 @@ from context_research.backends.base import ServingBackend
 from context_research.config import validate_config
 from context_research.disagg import connectors
 from context_research.disagg.rows import POINT_COLUMNS, handoff_columns
-from context_research.errors import EngineStartError
+from context_research.errors import ConfigError, EngineStartError
 from context_research.experiments import e3, runner
 from context_research.experiments.runner import Terminated, run_declared
 
@@ -56,7 +56,7 @@ def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_p
     assert set(comparison.loc[comparison["mode"] == "disaggregated", "status"]) == {"failed"}
     assert list(pd.read_csv(e3.EXPERIMENT.path(out, "transfers")).columns) == handoff_columns() + STAMP
     requests = pd.read_csv(e3.EXPERIMENT.path(out, "requests"))
-    assert list(requests.columns[:4]) == ["mode", "label", "point_prompt_tokens", "concurrency"]
+    assert list(requests.columns[:5]) == ["mode", "kv_path", "label", "point_prompt_tokens", "concurrency"]
     assert list(requests.columns[-len(STAMP) - 6:]) == ["handoff_id", "producer_e2e_s", "consumer_ttft_s", "kv_wait_ms",
                                                         "kv_load_ms", "external_kv_tokens"] + STAMP
 
@@ -67,10 +67,10 @@ def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_p
     # run_metadata.json: the E3 engine block, then model_config, gpu_assignment, result_summary.
     assert list(meta["engine"]) == ["mode", "device", "engines", "startup_s"]
     assert meta["engine"]["mode"] == "simulated" and list(meta["engine"]["engines"]) == ["aggregated"]
-    assert list(meta)[-3:] == ["model_config", "gpu_assignment", "result_summary"]
+    assert list(meta)[-4:] == ["model_config", "gpu_assignment", "kv_paths", "result_summary"]
     assert meta["model_config"]["hidden_size"] == 64
     assert meta["result_summary"] == {"points": 4, "rows_ok": 2, "rows_failed": 6, "bytes_agree": None,
-                                      "handoffs": 0, "handoffs_kv_moved": 0}
+                                      "handoffs": 0, "handoffs_kv_moved": 0, "kv_paths": ["ExampleConnector"]}
     assert any(n.startswith("CPU engines, no GPU") for n in meta["notes"])
     assert json.loads(e3.EXPERIMENT.path(out, "metadata").read_text())["run_id"] == meta["run_id"]
     gpu = json.loads(e3.EXPERIMENT.path(out, "gpu_stats").read_text())
@@ -78,8 +78,9 @@ def test_simulated_run_writes_every_declared_file_in_its_shape(tiny_model, tmp_p
 
     summary = json.loads(e3.EXPERIMENT.path(out, "summary").read_text())
     assert summary["run_id"] == meta["run_id"] and summary["rows"] == 8 and summary["rows_ok"] == 2
-    assert "simulated backend has no KV connector" in summary["modes"]["disaggregated"]["start_error"]
-    assert summary["connector"]["shared_storage_removed"] is True
+    (way,) = summary["kv_paths"]
+    assert "simulated backend has no KV connector" in way["start_error"]
+    assert way["connector"]["shared_storage_removed"] is True and summary["engine_starts"] == 3
     assert shared_folders and not any(p.exists() for p in shared_folders)
 
 
@@ -172,3 +173,88 @@ def test_an_engine_death_fails_the_run_and_its_later_points(tiny_model, tmp_path
     assert agg["reason"].iloc[2:].str.startswith("aggregated engine died: its server was killed by SIGKILL").all()
     assert (kept / "requests.csv").exists() and (kept / "summary.json").exists()
     assert not (out / "run_metadata.json").exists()
+
+
+def test_the_ucx_environment_is_recorded_in_the_run_metadata_and_its_hash(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    ucx = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+    meta = run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", connector="NixlPushConnector", ucx_env=ucx),
+                        tmp_path / "e3")
+    assert meta["kv_paths"] == [{"name": "NixlPushConnector", "connector": "NixlPushConnector", "direction": "write",
+                                 "ucx_env": ucx, "kv_connector_extra_config": {}}]
+    assert meta["hash_inputs"]["experiment_config"]["ucx_env"] == ucx
+    plain = run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", connector="NixlPushConnector"),
+                         tmp_path / "plain")
+    assert plain["config_hash"] != meta["config_hash"] and plain["kv_paths"][0]["ucx_env"] == {}
+
+
+def test_nixl_without_the_nixl_package_is_refused_before_any_engine_starts(tiny_model, tmp_path, monkeypatch):
+    FakeEngine.made = []
+    monkeypatch.setattr(runner, "make_backend", FakeEngine)
+    monkeypatch.setattr(connectors, "nixl_importable", lambda: False)   # the installed vLLM's own source is read
+    with pytest.raises(ConfigError, match="experiments.e3.connector") as err:
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", connector="NixlPushConnector"), tmp_path / "e3")
+    assert "NIXL" in str(err.value) or "vLLM is not installed" in str(err.value)
+    assert FakeEngine.made == []
+
+
+TWO_WAYS = [{"name": "shm", "connector": "ExampleConnector"},
+            {"name": "tmp", "connector": "ExampleConnector", "kv_connector_extra_config": {"x": 1}}]
+
+
+def test_several_ways_share_one_aggregated_engine_and_each_gets_its_own_pair(tiny_model, tmp_path, fake_engines,
+                                                                              shared_folders):
+    """1 + 2 x ways engine starts: the aggregated engine once, then a pair per way, each stopped."""
+    out = tmp_path / "e3"
+    meta = run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", concurrency_levels=[1], kv_paths=TWO_WAYS), out)
+    assert len(fake_engines.made) == 1 + 2 * 2 and all(e.stops >= 1 for e in fake_engines.made)
+    assert [e.log_path.name for e in fake_engines.made] == [
+        "engine_aggregated.log", "engine_prefill.shm.log", "engine_decode.shm.log", "engine_prefill.tmp.log",
+        "engine_decode.tmp.log"]
+    assert e3.EXPERIMENT.path(out, "engine_kv_path", "prefill", "tmp").read_text() == "the prefill engine's own log\n"
+    index = e3.EXPERIMENT.path(out, "engine_prefill").read_text()
+    assert "2 ways" in index and "# shm: engine_prefill.shm.log" in index and "# tmp: engine_prefill.tmp.log" in index
+    rows = pd.read_csv(e3.EXPERIMENT.path(out, "comparison"))
+    dis = rows[rows["mode"] == "disaggregated"]
+    assert list(rows["mode"]) == ["aggregated", "disaggregated", "disaggregated"] * 2
+    assert list(dis["kv_path"]) == ["shm", "tmp", "shm", "tmp"]
+    assert rows.loc[rows["mode"] == "aggregated", "kv_path"].isna().all()
+    assert (dis["kv_transfer_direction"] == "files").all() and dis["reason"].str.contains("did not start").all()
+    assert list(meta["engine"]["engines"]) == ["aggregated", "prefill.shm", "decode.shm", "prefill.tmp", "decode.tmp"]
+    assert [w["name"] for w in meta["kv_paths"]] == ["shm", "tmp"]
+    assert meta["kv_paths"][1]["kv_connector_extra_config"] == {"x": 1}
+    summary = json.loads(e3.EXPERIMENT.path(out, "summary").read_text())
+    assert summary["engine_starts"] == 5 and [w["name"] for w in summary["kv_paths"]] == ["shm", "tmp"]
+    assert all("did not start" in w["start_error"] for w in summary["kv_paths"])
+    assert len(shared_folders) == 2 and not any(p.exists() for p in shared_folders)   # one folder per way, removed
+
+
+def test_a_simulated_run_of_several_ways_names_each_row_its_way(tiny_model, tmp_path, monkeypatch, shared_folders):
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    ways = [{"name": "example", "connector": "ExampleConnector"},
+            {"name": "push", "connector": "NixlPushConnector", "ucx_env": {"UCX_TLS": "cuda_ipc,tcp"}}]
+    out = tmp_path / "e3"
+    meta = run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", kv_paths=ways), out)
+    rows = pd.read_csv(e3.EXPERIMENT.path(out, "comparison"))
+    push = rows[rows["kv_path"] == "push"]
+    assert len(push) == 4 and (push["kv_transfer_direction"] == "write").all()
+    assert (push["ucx_env"] == "UCX_TLS=cuda_ipc,tcp").all() and (push["connector"] != "ExampleConnector").all()
+    assert meta["result_summary"]["kv_paths"] == ["example", "push"]
+    assert meta["hash_inputs"]["experiment_config"]["kv_paths"] == ways
+    requests = pd.read_csv(e3.EXPERIMENT.path(out, "requests"))
+    assert requests.loc[requests["mode"] == "aggregated", "kv_path"].isna().all()
+
+
+def test_every_way_is_checked_before_any_engine_starts(tiny_model, tmp_path, monkeypatch):
+    """The first way (ExampleConnector) would run; the second (NIXL) cannot: nothing starts."""
+    FakeEngine.made = []
+    monkeypatch.setattr(runner, "make_backend", FakeEngine)
+    monkeypatch.setattr(connectors, "nixl_importable", lambda: False)
+    ways = [{"name": "example", "connector": "ExampleConnector"}, {"name": "push", "connector": "NixlPushConnector"}]
+    with pytest.raises(ConfigError, match=r"experiments\.e3\.kv_paths\[1\]\.connector"):
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", kv_paths=ways), tmp_path / "e3")
+    assert FakeEngine.made == []
+    bad_env = [{"name": "example", "connector": "ExampleConnector", "ucx_env": {"UCX_TLS": "tcp"}}]
+    with pytest.raises(ConfigError, match=r"kv_paths\[0\]\.ucx_env"):
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", kv_paths=bad_env), tmp_path / "e3b")
+    assert FakeEngine.made == []

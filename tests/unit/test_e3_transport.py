@@ -46,3 +46,30 @@ def test_no_protocol_lines_say_so():
 def test_the_ceiling_probe_without_a_gpu_gives_a_reason():
     c = link_ceiling_gb_s("cuda:0", "cuda:0")
     assert c["available"] is False and c["reason"]
+
+
+# As UCX prints a GPU-to-GPU put (NIXL push: the prefill engine WRITEs into the decode engine's blocks).
+PUSH_CUDA_IPC = """\
+[1795966369.52] [vm:1741 :6]   | remote memory write by ucp_put*(multi) from cuda/GPU0 to cuda/dev[1] |
+[1795966369.52] [vm:1741 :6]   | 0..inf | zero-copy          | cuda_ipc/cuda                           |
+[1795966369.52] [vm:1741 :0]   | remote memory write by ucp_put* from host memory to cuda/dev[1] |
+[1795966369.52] [vm:1741 :0]   | 0..inf | copy-in            | tcp/lo                                  |
+"""
+
+
+def test_push_writes_are_read_from_the_prefill_engine_log():
+    t = kv_transport(PUSH_CUDA_IPC, "write")
+    assert t["available"] and t["engine"] == "prefill" and t["direction"] == "write"
+    assert t["transports"] == ["cuda_ipc/cuda"] and t["slower_than_host_allows"] is False   # the host write is not counted
+    assert t["note"] == "GPU-to-GPU KV writes (prefill engine) went over cuda_ipc/cuda"
+    slow = kv_transport(PUSH_CUDA_IPC.replace("zero-copy         ", "software emulation").replace(
+        "cuda_ipc/cuda", "tcp/lo       "), "write")
+    assert slow["slower_than_host_allows"] is True and slow["transports"] == ["tcp/lo"]
+
+
+def test_a_direction_finds_only_its_own_operations():
+    assert kv_transport(PUSH_CUDA_IPC, "read")["available"] is False
+    missing = kv_transport(H200_TCP, "write")
+    assert missing["available"] is False and "prefill engine log" in missing["reason"]
+    assert kv_transport(H200_TCP, "files") == {"available": False, "direction": "files",
+                                               "reason": "the KV moves by files, not by a UCX read or write"}

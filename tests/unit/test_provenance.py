@@ -176,3 +176,19 @@ def test_cli_says_when_a_hash_does_not_match_its_inputs_or_none_are_listed(tmp_p
     (folder / "run_metadata.json").write_text(json.dumps({"config_hash": "0" * 64}))
     assert cli.main(["provenance", str(folder)]) == 2
     assert "lists no hash_inputs" in capsys.readouterr().err
+
+
+def test_e3s_ucx_environment_is_a_run_key_and_an_exported_ucx_variable_is_an_engine_fact(monkeypatch):
+    """issue 27: UCX_CUDA_IPC_ENABLE_GET_ZCOPY changed E3's transfer 300-fold and was recorded nowhere."""
+    monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", raising=False)
+    base = hash_inputs(CONFIG, "e3")
+    configured = copy.deepcopy(CONFIG)
+    configured["experiments"]["e3"]["ucx_env"] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+    inputs = hash_inputs(configured, "e3")
+    assert inputs["experiment_config"]["ucx_env"] == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+    assert sha256_obj(inputs) != sha256_obj(base)
+    assert sha256_obj(hash_inputs(configured, "e1")) == sha256_obj(hash_inputs(CONFIG, "e1"))   # E3's key only
+    monkeypatch.setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")   # exported in the shell instead
+    exported = hash_inputs(CONFIG, "e3")
+    assert exported["engine_env"]["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "y"
+    assert sha256_obj(exported) != sha256_obj(base)

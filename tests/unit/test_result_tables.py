@@ -177,9 +177,10 @@ def _requests_rows(key):
         return request_rows(records, phase="measured", prompt_tokens_point=16)
     if key == "e2/requests.csv":
         return request_rows(records, phase="measured", mode="rate", level=2.0, prompt_tokens_point=16)
-    return [{"mode": "disaggregated", "label": "measured", "point_prompt_tokens": 16, "concurrency": 1, **r.as_row(),
-             "handoff_id": "h", "producer_e2e_s": 0.1, "consumer_ttft_s": 0.05, "kv_wait_ms": 0.2, "kv_load_ms": 1.0,
-             "external_kv_tokens": 16} for r in records]
+    from context_research.disagg.plan import Point
+    from context_research.disagg.rows import request_rows as e3_request_rows
+
+    return e3_request_rows(records, "disaggregated", Point(0, 16, 1), "measured")
 
 
 @pytest.mark.parametrize("key", ["e0/requests.csv", "e1/requests.csv", "e2/requests.csv", "e3/requests.csv"])

@@ -61,6 +61,15 @@ def test_each_variant_has_its_own_hash_and_an_empty_one_the_baselines():
     assert experiment_hash(configs["nixl"], "e3") != experiment_hash(configs[BASELINE], "e3")
 
 
+def test_a_variant_may_set_the_ucx_environment_of_e3s_nixl_engines_as_a_whole():
+    ucx = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
+    config = with_variants({"zcopy": {"experiments": {"e3": {"connector": "NixlConnector", "ucx_env": ucx}}}})
+    configs = variant_configs(config)
+    assert configs["zcopy"]["experiments"]["e3"]["ucx_env"] == ucx
+    assert experiment_hash(configs["zcopy"], "e3") != experiment_hash(configs[BASELINE], "e3")
+    assert experiment_hash(configs["zcopy"], "e1") == experiment_hash(configs[BASELINE], "e1")
+
+
 def test_a_model_profile_variant_serves_another_model():
     config = with_variants({"big": {"model_profile": "qwen3-8b"}})
     assert variant_config(config, "big")["model_profile"] == "qwen3-8b"

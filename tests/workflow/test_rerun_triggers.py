@@ -162,6 +162,17 @@ def test_e2_slo_is_a_run_key_it_steers_the_capacity_search(workdir, tmp_path):
     assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e2", engine=True))
 
 
+def test_e3s_ucx_environment_and_ways_rerun_e3_only(workdir, tmp_path):
+    """issue 27: the UCX variable that changed NIXL's transport 300-fold must rerun E3."""
+    overlay = tmp_path / "ucx.yaml"
+    overlay.write_text("experiments:\n  e3:\n    connector: NixlConnector\n    ucx_env:\n"
+                       "      UCX_CUDA_IPC_ENABLE_GET_ZCOPY: \"y\"\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=overlay)) == merged(downstream("e3", engine=True))
+    ways = tmp_path / "ways.yaml"
+    ways.write_text("experiments:\n  e3:\n    kv_paths:\n      - {name: a, connector: ExampleConnector}\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=ways)) == merged(downstream("e3", engine=True))
+
+
 def test_e3_slo_stays_a_run_key_until_e3_has_an_analysis_step(workdir, tmp_path):
     overlay = tmp_path / "e3.yaml"
     overlay.write_text("experiments:\n  e3:\n    ttft_slo_ms: 12345\n")

@@ -272,7 +272,7 @@ class VllmServerBackend(ServingBackend):
             # vLLM then answers /v1/* only with "Authorization: Bearer <key>", which our clients send.
             env[VLLM_API_KEY_ENV] = self.api_key
         self.engine_env = {k: (REDACTED if k == VLLM_API_KEY_ENV else env[k])
-                           for k in sorted(env) if k.startswith(("VLLM_", "CUDA_VISIBLE", "NCCL_", "TORCH"))}
+                           for k in sorted(env) if k.startswith(("VLLM_", "CUDA_VISIBLE", "NCCL_", "TORCH", "UCX_", "NIXL_"))}
         return env
 
     def start(self) -> None:

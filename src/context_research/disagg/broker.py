@@ -11,13 +11,14 @@ completed, outside every timed window):
   reads exactly these files. Connectors without a folder (NIXL, P2P NCCL) leave it empty.
 - ``payload_bytes``: the tensor bytes inside those files (from the safetensors headers);
   ``stored_tokens_measured`` is the token dimension of the stored tensors.
-- ``kv_bytes_loaded`` (engine): the tokens the consumer's connector loaded x the bytes per token of
-  the consumer's registered KV cache.
+- ``kv_bytes_loaded`` (derived, not a byte count): the tokens the consumer's connector loaded x the
+  bytes per token of the consumer's registered KV cache.
 - ``analytical_bytes``: ``kv_bytes_per_token(model config, served KV dtype)`` x the tokens the
   connector should store for an n-token prompt (ExampleConnector: ``((n - 1) // block) * block``,
-  whole blocks, never the last token; NIXL: n). ``bytes_agree`` compares the measured bytes
-  (``bytes_source``: the files where there are files, else ``kv_bytes_loaded``) with it:
-  ``|measured - analytical| / analytical <= tolerance`` (default 2%).
+  whole blocks, never the last token; NIXL: every block the prompt touches,
+  ``ceil(n / block) * block``). ``bytes_agree`` compares the files' bytes with it:
+  ``|measured - analytical| / analytical <= tolerance`` (default 2%). NIXL leaves no files: its own
+  byte counter is compared per point (``verdict.point_bytes_check``).
 - ``expected_external_kv_tokens``: the prompt tokens the consumer should load rather than compute
   (ExampleConnector: ``((n - 2) // block) * block``; NIXL: n). ``kv_moved`` is true only when the
   consumer succeeded, the bytes agree and the consumer's connector loaded exactly that many
@@ -32,10 +33,11 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .connectors import DIRECTIONS, NIXL_CONNECTORS
 from .ledger import KvTiming
 
 DEFAULT_TOLERANCE = 0.02
@@ -53,13 +55,19 @@ def example_connector_lookup_tokens(n_tokens: int, block_size: int) -> int:
 
 def expected_external_kv_tokens(connector: str, n_tokens: int, block_size: int | None) -> int | None:
     """Prompt tokens the consumer should load instead of computing: ExampleConnector looks up
-    ``((n-2)//block)*block``; NixlConnector pulls every prompt block (vLLM's remote-prefill count,
-    no back-off for a dense model); other connectors: unknown (None)."""
+    ``((n-2)//block)*block``; NIXL (pull and push) moves every prompt token (vLLM's remote-prefill
+    count, no back-off for a dense model); other connectors: unknown (None)."""
     if connector == "ExampleConnector":
         return example_connector_lookup_tokens(n_tokens, block_size) if block_size else None
-    if connector == "NixlConnector":
+    if connector in NIXL_CONNECTORS:
         return n_tokens
     return None
+
+
+def nixl_moved_tokens(n_tokens: int, block_size: int | None) -> int:
+    """Token slots whose KV NIXL moves for an n-token prompt: it transfers whole blocks (one
+    descriptor per block and layer), so the last, partly filled block counts whole."""
+    return -(-n_tokens // block_size) * block_size if block_size else n_tokens
 
 
 def example_connector_folder(token_ids: Sequence[int], block_size: int) -> str:
@@ -122,7 +130,8 @@ WATERFALL = (
     ("waterfall_kv_wait_load_ms", "t_consumer_lookup", "t_consumer_kv_ready"),
     ("waterfall_first_token_ms", "t_consumer_kv_ready", "t_consumer_first_token"),
 )
-TIMING_COLUMNS = ("kv_save_ms", "kv_save_window_ms", "kv_load_ms", "kv_load_async", "kv_wait_ms", "kv_stall_ms",
+TIMING_COLUMNS = ("kv_save_ms", "kv_save_step_ms", "kv_save_step_requests", "kv_save_window_ms", "kv_load_ms",
+                  "kv_load_step_ms", "kv_load_step_requests", "kv_load_async", "kv_wait_ms", "kv_stall_ms",
                   "consumer_engine_ms", "kv_stall_ratio", "producer_engine_ms", "external_kv_tokens",
                   "kv_bytes_loaded", "kv_send_done_ms")
 
@@ -135,6 +144,7 @@ class Handoff:
     request_id: str
     prompt_tokens: int
     connector: str
+    kv_path: str | None = None
     label: str = "measured"
     concurrency: int | None = None
     storage_key: str | None = None
@@ -161,11 +171,13 @@ class Handoff:
     t_consumer_first_token: float | None = None
 
     def measured_bytes(self) -> tuple[float | None, str]:
-        """The bytes the agreement check uses, and where they come from."""
+        """The bytes this handoff's own check uses, and where they come from: the connector's files.
+        NIXL's bytes are counted per point (``verdict.point_bytes_check``); loaded tokens x bytes per
+        token (``kv_bytes_loaded``) is derived from a token count and never checks bytes."""
         if self.bytes_moved is not None:
             return self.bytes_moved, "files"
-        if self.timing is not None and self.timing.kv_bytes_loaded is not None:
-            return self.timing.kv_bytes_loaded, "engine"
+        if self.connector in NIXL_CONNECTORS:
+            return None, "per point: NIXL's byte counter"
         return None, "not measured"
 
     def waterfall(self) -> dict[str, float | None]:
@@ -182,6 +194,7 @@ class Handoff:
         from .verdict import handoff_verdict
 
         row = {k: v for k, v in asdict(self).items() if k != "timing" and not k.startswith("t_")}
+        row["kv_transfer_direction"] = DIRECTIONS.get(self.connector)
         row["stored_dtypes"] = ",".join(self.stored_dtypes)
         row["stored_tokens_measured"] = ",".join(map(str, self.stored_tokens_measured))
         timing = self.timing.as_dict() if self.timing else {}
@@ -206,26 +219,31 @@ class KvBroker:
     """
 
     def __init__(self, connector: str, kv_bytes_per_token: int, block_size: int | None,
-                 storage_dir: Path | None = None, prefix: str = "handoff"):
+                 storage_dir: Path | None = None, prefix: str = "handoff", kv_path: str | None = None,
+                 ids: Iterator[int] | None = None):
         self.connector = connector
         self.kv_bytes_per_token = int(kv_bytes_per_token)
         self.block_size = block_size
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
         self.prefix = prefix
-        self._ids = itertools.count()
+        self.kv_path = kv_path
+        # One counter for every way of a run keeps handoff ids unique across its transfers.csv.
+        self._ids = ids if ids is not None else itertools.count()
         self.handoffs: list[Handoff] = []
 
     def open(self, request_id: str, prompt: Sequence[int] | str) -> Handoff:
         n = len(prompt)
         h = Handoff(handoff_id=f"{self.prefix}-{next(self._ids):05d}", request_id=request_id, prompt_tokens=n,
-                    connector=self.connector)
+                    connector=self.connector, kv_path=self.kv_path)
         if self.connector == "ExampleConnector" and self.block_size and not isinstance(prompt, str):
             h.stored_tokens_expected = example_connector_stored_tokens(n, self.block_size)
             h.storage_key = example_connector_folder(prompt, self.block_size)
+        elif self.connector in NIXL_CONNECTORS:
+            # NIXL moves whole blocks; there is no folder to measure: NIXL's own byte counter over the
+            # point is checked against the sum of these (rows.transfer_columns).
+            h.stored_tokens_expected = nixl_moved_tokens(n, self.block_size)
         elif self.connector != "ExampleConnector":
-            # NIXL / P2P NCCL send the KV of every prompt token; there is no folder to measure: the
-            # engine's loaded bytes (the ledger) are checked instead.
-            h.stored_tokens_expected = n
+            h.stored_tokens_expected = n  # P2P NCCL: every prompt token, nothing to measure them by
         h.expected_external_kv_tokens = expected_external_kv_tokens(self.connector, n, self.block_size)
         if h.stored_tokens_expected is not None:
             h.analytical_bytes = h.stored_tokens_expected * self.kv_bytes_per_token

@@ -11,9 +11,14 @@ Request flow per connector (what the broker in front of the two pools must send)
   with ``max_tokens=1`` and writes the KV of the prompt's first ``((n-1)//block)*block`` tokens
   to ``<shared_storage_path>/<md5 of those token ids>/<layer>.safetensors``; the consumer gets
   the SAME prompt, finds the folder (it looks up ``((n-2)//block)*block`` tokens) and loads it.
-- ``NixlConnector``: the producer request carries ``kv_transfer_params.do_remote_decode=true``;
-  its (non-streamed) response returns ``kv_transfer_params`` that the consumer request carries.
-  Each engine needs its own ``VLLM_NIXL_SIDE_CHANNEL_PORT`` on a shared host.
+- ``NixlConnector`` (vLLM 0.26.0: an alias of ``NixlPullConnector``, the consumer READs the
+  producer's KV) and ``NixlPushConnector`` (the producer WRITEs into the consumer's blocks once the
+  consumer has registered them): the producer request carries
+  ``kv_transfer_params.do_remote_decode=true``; its (non-streamed) response returns
+  ``kv_transfer_params`` that the consumer request carries. Each engine needs its own
+  ``VLLM_NIXL_SIDE_CHANNEL_PORT`` on a shared host. ``experiments.e3.ucx_env`` is added to both
+  NIXL engines' environment (e.g. ``UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y``: the UCX of the
+  ``nixl-cu13`` wheel turns CUDA-IPC reads off on a host without NVLink).
 - ``P2pNcclConnector``: both requests carry the same ``request_id`` naming the producer's and the
   consumer's ZMQ addresses (``___prefill_addr_H:P___decode_addr_H:P_<uuid>``).
 """
@@ -34,10 +39,47 @@ from ..errors import ConfigError
 from .measuring_connector import LABEL_KEY, LEDGER_DIR_KEY
 
 MEASURING_MODULE = "context_research.disagg.measuring_connector"
-CONNECTORS = ("ExampleConnector", "NixlConnector", "P2pNcclConnector")
+NIXL_CONNECTORS = ("NixlConnector", "NixlPullConnector", "NixlPushConnector")
+CONNECTORS = ("ExampleConnector", *NIXL_CONNECTORS, "P2pNcclConnector")
+# How the KV crosses from producer to consumer: the consumer READs (pulls) it, the producer
+# WRITEs (pushes) it, or the producer stores files that the consumer loads.
+DIRECTIONS = {"ExampleConnector": "files", "NixlConnector": "read", "NixlPullConnector": "read",
+              "NixlPushConnector": "write"}
+UCX_ENV_PREFIX = "UCX_"
 ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
 # P2pNccl: the producer needs no receive buffer in PUT/PUT_ASYNC mode (vLLM's design doc).
 P2P_PRODUCER_BUFFER_BYTES = 1e1
+
+
+def is_nixl(connector: str) -> bool:
+    return connector in NIXL_CONNECTORS
+
+
+def transfer_direction(connector: str, cfg: dict[str, Any] | None = None) -> str | None:
+    """``read`` (the consumer pulls), ``write`` (the producer pushes) or ``files`` (ExampleConnector:
+    stored, then loaded); P2P NCCL by its send type; None for an unknown connector."""
+    if connector == "P2pNcclConnector":
+        return "read" if (cfg or {}).get("p2p_send_type", "PUT_ASYNC") == "GET" else "write"
+    return DIRECTIONS.get(connector)
+
+
+def ucx_env(cfg: dict[str, Any], key: str = "experiments.e3.ucx_env") -> dict[str, str]:
+    """``cfg["ucx_env"]`` as strings, every name a UCX variable; ConfigError naming ``key`` otherwise."""
+    env = cfg.get("ucx_env") or {}
+    if not isinstance(env, dict):
+        raise ConfigError(f"config key '{key}' must be a mapping of UCX variables, got {type(env).__name__}")
+    bad = sorted(k for k in env if not str(k).startswith(UCX_ENV_PREFIX))
+    if bad:
+        raise ConfigError(f"config key '{key}': {', '.join(map(str, bad))} is not a UCX variable (names start "
+                          f"with {UCX_ENV_PREFIX}); other engine variables go in serving.env")
+    flags = sorted(k for k, v in env.items() if isinstance(v, bool) or not isinstance(v, (str, int)))
+    if flags:
+        raise ConfigError(f"config key '{key}': {', '.join(flags)} must be a string or a number (write \"y\" or "
+                          f"\"n\" in quotes: unquoted yes/no is a YAML boolean, which UCX would not read)")
+    if env and not is_nixl(cfg.get("connector", "")):
+        raise ConfigError(f"config key '{key}' is set, but connector {cfg.get('connector')} does not move the KV "
+                          f"through UCX (only {', '.join(NIXL_CONNECTORS)} do)")
+    return {str(k): str(v) for k, v in env.items()}
 
 
 def _role(pool: str) -> str:
@@ -74,7 +116,7 @@ def _plain_transfer_config(connector: str, pool: str, cfg: dict[str, Any],
             raise ConfigError("experiments.e3.connector ExampleConnector needs a shared storage folder")
         extra["shared_storage_path"] = str(shared_storage_path)
         return {"kv_connector": connector, "kv_role": role, "kv_connector_extra_config": extra}
-    if connector == "NixlConnector":
+    if is_nixl(connector):
         return {"kv_connector": connector, "kv_role": role, "kv_connector_extra_config": extra}
     if connector == "P2pNcclConnector":
         ports = list(cfg.get("p2p_kv_ports") or [])
@@ -91,15 +133,17 @@ def _plain_transfer_config(connector: str, pool: str, cfg: dict[str, Any],
 
 
 def connector_env(connector: str, pool: str, cfg: dict[str, Any]) -> dict[str, str]:
-    """Environment the engine process needs for the connector (none for ExampleConnector)."""
+    """Environment the engine process needs for the connector (none for ExampleConnector): for
+    NIXL the side channel, ``UCX_PROTO_INFO`` and ``experiments.e3.ucx_env``."""
     _role(pool)
-    if connector == "NixlConnector":
+    extra = ucx_env(cfg, cfg.get("_ucx_env_key", "experiments.e3.ucx_env"))
+    if is_nixl(connector):
         # Two engines on one host must not share a NIXL side-channel port. UCX_PROTO_INFO makes UCX
         # print the transport it selects, which transport.kv_transport reads from the engine log.
         port = int(cfg.get("nixl_side_channel_port", 5600)) + (0 if pool == "prefill" else 1)
         return {"VLLM_NIXL_SIDE_CHANNEL_HOST": connector_host(cfg), "VLLM_NIXL_SIDE_CHANNEL_PORT": str(port),
-                "UCX_PROTO_INFO": "y"}
-    return {}
+                "UCX_PROTO_INFO": "y", **extra}
+    return extra
 
 
 def connector_host(cfg: dict[str, Any]) -> str:
@@ -139,7 +183,7 @@ NIXL_PRODUCER_PARAMS = {"do_remote_decode": True, "do_remote_prefill": False, "r
 
 def producer_request_extra(connector: str, cfg: dict[str, Any], p2p_id: str | None = None) -> dict[str, Any]:
     """Fields the prefill (producer) request body carries besides the prompt."""
-    if connector == "NixlConnector":
+    if is_nixl(connector):
         return {"kv_transfer_params": dict(NIXL_PRODUCER_PARAMS)}
     if connector == "P2pNcclConnector":
         return {"request_id": p2p_id or p2p_request_id(cfg)}
@@ -149,9 +193,9 @@ def producer_request_extra(connector: str, cfg: dict[str, Any], p2p_id: str | No
 def consumer_request_extra(connector: str, producer_kv_params: dict[str, Any] | None,
                            p2p_id: str | None = None) -> dict[str, Any]:
     """Fields the decode (consumer) request body carries, given what the producer answered."""
-    if connector == "NixlConnector":
+    if is_nixl(connector):
         if not producer_kv_params:
-            raise ValueError("NixlConnector: the producer's response carried no kv_transfer_params")
+            raise ValueError(f"{connector}: the producer's response carried no kv_transfer_params")
         return {"kv_transfer_params": producer_kv_params}
     if connector == "P2pNcclConnector":
         if not p2p_id:
@@ -192,7 +236,19 @@ def installed_support(connector: str, transfer_config: dict[str, Any] | None = N
     if unknown:
         return (f"the installed vLLM's KVTransferConfig has no field(s) {', '.join(unknown)} "
                 f"that {connector} needs")
+    if is_nixl(connector) and not nixl_importable():
+        return (f"{connector} needs the NIXL Python package (module 'nixl'), which this Python cannot import "
+                f"(install nixl and its CUDA build, e.g. nixl-cu13, or put them on PYTHONPATH)")
     return None
+
+
+def nixl_importable() -> bool:
+    """Whether the engines can import NIXL: vLLM's own lightweight check (``find_spec('nixl')``,
+    ``vllm.distributed.nixl_utils.is_nixl_available``), without importing it."""
+    try:
+        return importlib.util.find_spec("nixl") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 # -- ExampleConnector's shared folder -------------------------------------------------------

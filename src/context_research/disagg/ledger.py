@@ -6,15 +6,23 @@ puts into both requests' ``request_id`` (vLLM wraps it, e.g. ``cmpl-handoff-0000
 
 Definitions (engine side, milliseconds; "step" = one engine forward step):
 
-- ``kv_save_ms`` (producer worker): time spent inside the connector's ``save_kv_layer`` calls and
-  ``wait_for_save``, summed over the steps that computed the request's prompt. Requests saved in
-  the same step share that step's time.
+- ``kv_save_step_ms`` (producer worker): time spent inside the connector's ``save_kv_layer`` calls
+  and ``wait_for_save``, summed over the steps that computed the request's prompt: the steps'
+  whole time, whoever else they saved. ``kv_save_step_requests``: the most requests one of those
+  steps saved.
+- ``kv_save_ms``: the request's share of that time (``share``): each step's time x the request's
+  tokens in the step / all tokens the step saved. Requests of equal length share a step equally;
+  the shares of a step add up to the step's time.
 - ``kv_save_window_ms``: from the first layer saved to ``wait_for_save`` done (the layers'
-  compute between the saves included), summed over the same steps.
-- ``kv_load_ms`` (consumer worker): a synchronous load (ExampleConnector): time inside
-  ``start_load_kv`` and every ``wait_for_layer_load`` of the step that loaded the request; an
-  asynchronous load (NIXL): from the ``start_load_kv`` of the step that issued the read to the
-  worker reporting the receive done.
+  compute between the saves included), summed over the same steps (the step's, not shared).
+- ``kv_load_step_ms`` (consumer worker): time inside ``start_load_kv`` and every
+  ``wait_for_layer_load`` of the steps that loaded the request (an asynchronous load: of the step
+  that requested it); ``kv_load_step_requests``: the most requests one of them loaded.
+- ``kv_load_ms``: a synchronous load (ExampleConnector): the request's share of
+  ``kv_load_step_ms`` by the same rule (its loaded tokens / the step's); an asynchronous load
+  (NIXL): the request's own interval, from the ``start_load_kv`` of the step that requested the
+  KV (pull: issued the READ; push: sent the registration the producer WRITEs against) to the
+  worker reporting its receive done. Requests issued together overlap in that interval.
 - ``kv_wait_ms`` (consumer scheduler): from the request's first KV lookup to the step in which it
   was first scheduled to compute: how long it waited for remote KV (and, under load, for a slot)
   before it could run.
@@ -44,8 +52,12 @@ class KvTiming:
     producer_request_id: str | None = None
     consumer_request_id: str | None = None
     kv_save_ms: float | None = None
+    kv_save_step_ms: float | None = None
+    kv_save_step_requests: int | None = None
     kv_save_window_ms: float | None = None
     kv_load_ms: float | None = None
+    kv_load_step_ms: float | None = None
+    kv_load_step_requests: int | None = None
     kv_load_async: bool | None = None
     kv_wait_ms: float | None = None
     kv_stall_ms: float | None = None
@@ -54,7 +66,9 @@ class KvTiming:
     producer_engine_ms: float | None = None
     external_kv_tokens: int | None = None
     kv_bytes_loaded: float | None = None
-    kv_send_done_ms: float | None = None  # producer: request end -> its KV reported sent (async connectors)
+    # producer: request end -> its KV reported sent (pull: the consumer's read-done notice came;
+    # push: its own WRITE completed)
+    kv_send_done_ms: float | None = None
     # Times on the shared monotonic clock (perf_counter), for the waterfall.
     t_producer_lookup: float | None = None
     t_producer_save_end: float | None = None
@@ -67,6 +81,22 @@ class KvTiming:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SHARE_RULE = ("a step's save or load time is shared among the requests it served in proportion to their tokens "
+              "(saved: computed in the step; loaded: allocated as external); equal tokens, equal shares")
+
+
+def share(event: dict[str, Any], request_id: str) -> float:
+    """``request_id``'s share (seconds) of a load or save event's time by ``SHARE_RULE``. An event
+    whose requests carry no token counts (a list) is shared equally."""
+    reqs = event.get("reqs") or ()
+    busy = float(event["busy_s"])
+    if isinstance(reqs, dict):
+        total = sum(float(n or 0) for n in reqs.values())
+        if total > 0:
+            return busy * float(reqs.get(request_id) or 0) / total
+    return busy / len(reqs) if reqs else busy
 
 
 def read_events(folder: Path | None) -> list[dict[str, Any]]:
@@ -164,7 +194,9 @@ class Ledger:
         if out.producer_request_id:
             saves = [e for e in self._steps.get(("prefill", out.producer_request_id), ()) if e["event"] == "save"]
             if saves:
-                out.kv_save_ms = sum(e["busy_s"] for e in saves) * MS
+                out.kv_save_step_ms = sum(e["busy_s"] for e in saves) * MS
+                out.kv_save_ms = sum(share(e, out.producer_request_id) for e in saves) * MS
+                out.kv_save_step_requests = max(len(e.get("reqs") or ()) for e in saves)
                 out.kv_save_window_ms = sum(e["t1"] - e["t0"] for e in saves) * MS
                 out.t_producer_save_end = max(e["t1"] for e in saves)
             sent = self._done.get(("prefill", "send_done", out.producer_request_id))
@@ -186,11 +218,14 @@ class Ledger:
         if out.consumer_request_id:
             loads = [e for e in self._steps.get(("decode", out.consumer_request_id), ()) if e["event"] == "load"]
             recv = self._done.get(("decode", "recv_done", out.consumer_request_id))
+            if loads:
+                out.kv_load_step_ms = sum(e["busy_s"] for e in loads) * MS
+                out.kv_load_step_requests = max(len(e.get("reqs") or ()) for e in loads)
             if out.kv_load_async and loads and recv is not None:
                 out.kv_load_ms = (recv - min(e["t0"] for e in loads)) * MS
                 out.t_consumer_kv_ready = recv
             elif loads:
-                out.kv_load_ms = sum(e["busy_s"] for e in loads) * MS
+                out.kv_load_ms = sum(share(e, out.consumer_request_id) for e in loads) * MS
                 out.t_consumer_kv_ready = max(e["t1"] for e in loads)
         if c_end:
             out.t_consumer_finished = c_end["t"]

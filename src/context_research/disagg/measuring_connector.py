@@ -22,11 +22,30 @@ What is recorded (engine side):
   and the request's end (``request_finished``).
 - worker: per forward step, the time spent inside ``start_load_kv`` and ``wait_for_layer_load``
   (the load) and inside ``save_kv_layer`` and ``wait_for_save`` (the save), with the requests
-  that loaded or saved in that step; asynchronous receives and sends reported done
+  that loaded or saved in that step and each one's tokens (loaded, or computed and saved), so the
+  step's time can be shared among them; asynchronous receives and sends reported done
   (``get_finished`` / ``get_transfer_results``); once, the bytes per token of the KV cache
   tensors the engine registered. On CUDA each timed call runs between two device
   synchronizations: the layers' queued compute is not counted, and a copy still queued on the
   GPU is not missed.
+
+NIXL, pull and push (vLLM 0.26.0, ``kv_connector/v1/nixl/``). Neither saves inside the forward
+pass: ``save_kv_layer`` and ``wait_for_layer_load`` do nothing and ``wait_for_save`` only copies to
+a host buffer where one is configured, so the producer's ``save`` events time near-empty calls. The
+consumer's scheduler offers the whole prompt asynchronously in both modes, and its worker's
+``start_load_kv`` of the step that allocated the blocks is where the transfer is requested:
+
+- pull (``NixlConnector`` = ``NixlPullConnector``): the consumer issues a READ of the producer's
+  blocks there; ``get_finished`` reports the receive when the READ is done, and the producer
+  reports the send when the consumer's read-done notice reaches it;
+- push (``NixlPushConnector``): the consumer hands a registration of its blocks to its writer
+  thread there, which sends it to the producer; the producer's writer thread WRITEs the blocks
+  (outside any connector call this module can time) and notifies the consumer, whose
+  ``get_finished`` then reports the receive; the producer reports the send when its WRITE is done.
+
+So the load (``start_load_kv`` to the receive reported done) spans the whole transfer as the
+consumer waits for it in both modes, registration and WRITE included for push. The wrapped
+methods are the same for both classes: nothing here depends on which side issues the transfer.
 
 This module runs inside the engine process; it imports vLLM only when vLLM asks for a class.
 """
@@ -144,8 +163,10 @@ class MeasuringMixin:
                 self._ledger.write("scheduled", req=new.req_id, t=now, step=self._step,
                                    computed_tokens=new.num_computed_tokens)
         scheduled = dict(getattr(scheduler_output, "num_scheduled_tokens", None) or {})
+        # Saves: every request the step computes, with its tokens (the step's save time is shared
+        # by them in proportion, ledger.share); loads: the requests allocated external tokens.
         tag = {"step": self._step, "loads": dict(self._loads_this_step),
-               "saves": sorted(scheduled) if self._saves_kv else []}
+               "saves": {rid: int(n) for rid, n in sorted(scheduled.items())} if self._saves_kv else {}}
         self._loads_this_step.clear()
         try:
             setattr(meta, STEP_TAG, tag)

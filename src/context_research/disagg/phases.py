@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.model_math import kv_bytes_per_token
@@ -33,7 +33,7 @@ from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment
 from .ledger import Ledger, LedgerTail
 from .plan import Point, Workload, batched_tokens_budget, refusal_reason, warmup_point
-from .rows import empty_row, failed_row, latency_columns, request_rows, transfer_columns
+from .rows import empty_row, failed_row, latency_columns, nixl_counter, request_rows, transfer_columns
 from .schedulers import AggregatedScheduler, DisaggregatedScheduler, RouteLog, ServeResult
 
 # Each engine's log: the experiment's declared output key.
@@ -58,17 +58,25 @@ def merge_serving(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-def engine_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any], assignment: GpuAssignment,
-                    storage: Path | None, ledger_dir: Path | None = None) -> dict[str, dict[str, Any]]:
-    """``serving`` dicts of the aggregated, prefill and decode engines (the last two also carry
-    their ``_kv_transfer_config``, for the summary; ``without_private_keys`` drops it). With a
-    ``ledger_dir`` the two connectors are loaded through the measuring connector."""
+def _base_serving(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     common: dict[str, Any] = {"max_num_batched_tokens": batched_tokens_budget(cfg, int(model["max_model_len"]))}
     if cfg.get("block_size"):
         common["extra_args"] = ["--block-size", str(cfg["block_size"])]
-    base = merge_serving(config["serving"], common)
-    out = {"aggregated": merge_serving(base, assignment.engine_settings("aggregated"))}
-    connector = cfg["connector"]
+    return merge_serving(config["serving"], common)
+
+
+def aggregated_serving(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any],
+                       assignment: GpuAssignment) -> dict[str, Any]:
+    """``serving`` of the aggregated engine (the same for every way of moving the KV)."""
+    return merge_serving(_base_serving(config, cfg, model), assignment.engine_settings("aggregated"))
+
+
+def pair_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any], assignment: GpuAssignment,
+                  storage: Path | str | None, ledger_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``serving`` dicts of the prefill and decode engines for ``cfg["connector"]`` (each also
+    carries its ``_kv_transfer_config``, for the summary; ``without_private_keys`` drops it). With
+    a ``ledger_dir`` the two connectors are loaded through the measuring connector."""
+    base, connector, out = _base_serving(config, cfg, model), cfg["connector"], {}
     for pool in ("prefill", "decode"):
         transfer = connectors.kv_transfer_config(connector, pool, cfg, storage, ledger_dir)
         out[pool] = merge_serving(base, assignment.engine_settings(pool),
@@ -78,18 +86,26 @@ def engine_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str
     return out
 
 
+def engine_servings(config: dict[str, Any], cfg: dict[str, Any], model: dict[str, Any], assignment: GpuAssignment,
+                    storage: Path | None, ledger_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``serving`` dicts of the aggregated, prefill and decode engines of one way."""
+    return {"aggregated": aggregated_serving(config, cfg, model, assignment),
+            **pair_servings(config, cfg, model, assignment, storage, ledger_dir)}
+
+
 def without_private_keys(serving: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in serving.items() if not k.startswith("_")}
 
 
-def require_installed_connector(cfg: dict[str, Any]) -> None:
-    """Refuse, before any engine starts, a connector (or a field of its config) the installed vLLM lacks."""
+def require_installed_connector(cfg: dict[str, Any], key: str = "experiments.e3.connector") -> None:
+    """Refuse, before any engine starts, a connector (or a field of its config) the installed vLLM
+    or NIXL lacks."""
     connector = cfg["connector"]
     probe = connectors.kv_transfer_config(connector, "decode", cfg, "/nonexistent")
     unsupported = connectors.installed_support(connector, probe)
     if unsupported:
-        raise ConfigError(f"config key 'experiments.e3.connector': {unsupported}; choose one the installed "
-                          f"vLLM provides (ExampleConnector works everywhere)")
+        raise ConfigError(f"config key '{key}': {unsupported}; choose one the installed vLLM provides "
+                          f"(ExampleConnector works everywhere)")
 
 
 def join_ledger(handoffs: list[Handoff], ledger: Ledger, tail: LedgerTail) -> None:
@@ -152,9 +168,10 @@ class ModeOutcome:
     engines: dict[str, Any]  # engine name -> info()
     start_error: str | None = None
     # Disaggregated only: block size, KV dtype, bytes per token (with their sources) and the
-    # shared folder's total bytes; the broker holds every handoff.
+    # shared folder's total bytes; the broker holds every handoff; each engine's log file.
     transfer_setup: dict[str, Any] = field(default_factory=dict)
     broker: KvBroker | None = None
+    log_paths: dict[str, Path] = field(default_factory=dict)
     # Why an engine of this mode died mid-phase (its later points are failed rows); None if none did.
     engine_died: str | None = None
 
@@ -229,17 +246,35 @@ def run_aggregated(new_engine: NewEngine, model: dict[str, Any], serving: dict[s
 def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: dict[str, dict[str, Any]],
                       cfg: dict[str, Any], workload: Workload, assignment: GpuAssignment, budget: int,
                       storage: Path | None, baselines: dict[int, float | None],
-                      ledger_dir: Path | None = None) -> ModeOutcome:
-    """Phase 2: a prefill (producer) and a decode (consumer) engine joined by the KV connector;
-    each handoff is joined to what the measuring connector recorded in ``ledger_dir``."""
+                      ledger_dir: Path | None = None, *, columns: dict[str, Any] | None = None,
+                      handoff_ids: Iterator[int] | None = None) -> ModeOutcome:
+    """Phase 2 for one way of moving the KV: a prefill (producer) and a decode (consumer) engine
+    joined by ``cfg["connector"]``; each handoff is joined to what the measuring connector
+    recorded in ``ledger_dir``. ``columns`` (the way's name, direction, UCX variables) go on every
+    row; ``handoff_ids`` continues the run's handoff numbering."""
+    columns = dict(columns or {})
+    outcome = _disaggregated(new_engine, model, servings, cfg, workload, assignment, budget, storage, baselines,
+                             ledger_dir, columns.get("kv_path"), handoff_ids)
+    for row in outcome.rows:
+        row.update(columns)
+    for row in outcome.requests:
+        row["kv_path"] = columns.get("kv_path")
+    return outcome
+
+
+def _disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: dict[str, dict[str, Any]],
+                   cfg: dict[str, Any], workload: Workload, assignment: GpuAssignment, budget: int,
+                   storage: Path | None, baselines: dict[int, float | None], ledger_dir: Path | None,
+                   kv_path: str | None, handoff_ids: Iterator[int] | None) -> ModeOutcome:
     connector = cfg["connector"]
     points, warm_reqs = workload.points, workload.warmup
-    route_log = RouteLog("disaggregated")
+    route_log = RouteLog("disaggregated", kv_path)
     outcome = ModeOutcome(rows=[], requests=[], route_log=route_log, engines={})
     gpus = assignment.gpus_used("disaggregated")
     ledger, tail = Ledger(), LedgerTail(ledger_dir)
     engines = {pool: new_engine(model, without_private_keys(servings[pool]), ENGINE_LOGS[pool])
                for pool in ("prefill", "decode")}
+    outcome.log_paths = {pool: b.log_path for pool, b in engines.items()}
     prefill_be, decode_be = engines["prefill"], engines["decode"]
     if prefill_be.mode != "real":
         reason = f"the {prefill_be.mode} backend has no KV connector: disaggregation needs the real engine"
@@ -271,8 +306,8 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
         kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
         per_token = kv_bytes_per_token(model["hf_config"], kv_dtype)
         tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
-        broker = KvBroker(connector, per_token, block_size,
-                          storage if connector == "ExampleConnector" else None)
+        broker = KvBroker(connector, per_token, block_size, storage if connector == "ExampleConnector" else None,
+                          kv_path=kv_path, ids=handoff_ids)
         outcome.broker = broker
         outcome.transfer_setup.update({
             "block_size": block_size,
@@ -281,6 +316,7 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
             "cache_config_info": info})
         sched = DisaggregatedScheduler(prefill, decode, broker, cfg, route_log,
                                        float(servings["decode"].get("request_timeout_s", 900)))
+        direction = connectors.transfer_direction(connector, cfg)
         common = {"connector": connector, "block_size": block_size, "kv_dtype": kv_dtype,
                   "kv_bytes_per_token": per_token}
 
@@ -303,16 +339,18 @@ def run_disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: di
                         row.update(common)
                         outcome.rows.append(row)
                         continue
-                    d_before = decode.snapshot()
+                    d_before, p_before = decode.snapshot(), prefill.snapshot()
                     served: ServeResult = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict(),
                                                             baseline_prefill_s=baselines.get(p.prompt_tokens))
-                    d_after = decode.snapshot()
+                    d_after, p_after = decode.snapshot(), prefill.snapshot()
                     d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
                     join_ledger(served.handoffs, ledger, tail)
                     row = empty_row(p, "disaggregated", cfg)
                     row.update(common)
                     latency_columns(row, served.records, served.duration_s, cfg, gpus)
-                    transfer_columns(row, served.handoffs, d_eng, tolerance, nixl_telemetry(d_before, d_after))
+                    telemetry, counter = ({}, None) if not connectors.is_nixl(connector) else nixl_counter(
+                        direction, nixl_telemetry(d_before, d_after), nixl_telemetry(p_before, p_after))
+                    transfer_columns(row, served.handoffs, d_eng, tolerance, telemetry, counter)
                     if d_eng:
                         row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
                     apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))

@@ -12,7 +12,7 @@ are directly comparable:
   proxy in front of two pools, like vLLM's disaggregation examples, delivers).
 
 Route-log rows (one per engine call): ``request_id``, ``handoff_id`` (None when aggregated),
-``mode``, ``pool`` ("aggregated" | "prefill" | "decode"), ``phase`` ("prefill+decode" |
+``mode``, ``kv_path`` (the way the KV moved; None when aggregated), ``pool`` ("aggregated" | "prefill" | "decode"), ``phase`` ("prefill+decode" |
 "prefill" | "decode" | "prefill_baseline"), ``engine_url``, the point (``prompt_tokens``,
 ``concurrency``), ``label`` (measured | warmup), timestamps ``t_sent_s`` / ``t_first_token_s`` /
 ``t_done_s`` (seconds since the scheduler's epoch, ``time.perf_counter``) and ``unix_sent``,
@@ -38,7 +38,7 @@ from ..records import GenerationRequest, RequestRecord
 from . import connectors
 from .broker import Handoff, KvBroker
 
-ROUTE_FIELDS = ("request_id", "handoff_id", "mode", "pool", "phase", "engine_url", "prompt_tokens",
+ROUTE_FIELDS = ("request_id", "handoff_id", "mode", "kv_path", "pool", "phase", "engine_url", "prompt_tokens",
                 "concurrency", "label", "t_sent_s", "t_first_token_s", "t_done_s", "unix_sent",
                 "output_tokens", "ok", "error")
 PHASES = ("prefill+decode", "prefill", "decode", "prefill_baseline")
@@ -48,8 +48,9 @@ POOLS = ("aggregated", "prefill", "decode")
 class RouteLog:
     """Rows of one scheduler's routing decisions; ``write`` saves them as JSONL."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, kv_path: str | None = None):
         self.mode = mode
+        self.kv_path = kv_path
         self.epoch = time.perf_counter()
         self.epoch_unix = time.time()
         self.rows: list[dict[str, Any]] = []
@@ -66,7 +67,8 @@ class RouteLog:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
         point = point or {}
-        row = {"request_id": request_id, "handoff_id": handoff_id, "mode": self.mode, "pool": pool,
+        row = {"request_id": request_id, "handoff_id": handoff_id, "mode": self.mode, "kv_path": self.kv_path,
+               "pool": pool,
                "phase": phase, "engine_url": engine_url, "prompt_tokens": point.get("prompt_tokens"),
                "concurrency": point.get("concurrency"), "label": label, "t_sent_s": t_sent_s,
                "t_first_token_s": t_first_token_s, "t_done_s": t_done_s,

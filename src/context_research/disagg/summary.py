@@ -1,37 +1,93 @@
-"""E3's ``summary.json`` and the run's result summary: workload, connector setup, transfer
-accounting over every handoff (warmups included), and the rows that could not be measured."""
+"""E3's ``summary.json`` and the run's result summary: workload, the link ceiling, per way of
+moving the KV its connector setup and transfer accounting over every handoff (warmups included),
+and the rows that could not be measured."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from .broker import DEFAULT_TOLERANCE
 from .gpus import GpuAssignment
+from .ledger import SHARE_RULE
+from .paths import PathOutcome
 from .phases import ModeOutcome
 from .rows import combine_agreement
 
 DEFINITIONS = {
     "bytes_moved": "sum of the connector's files for the prompt in the shared folder (headers included)",
-    "kv_bytes_loaded": "tokens the consumer's connector loaded x bytes per token of the consumer's KV cache tensors",
+    "kv_bytes_loaded": ("derived, not a byte count: tokens the consumer's connector loaded x bytes per token of "
+                        "the consumer's KV cache tensors"),
     "analytical_bytes": "kv_bytes_per_token(config.json, served KV dtype) x the tokens the connector should store",
-    "kv_save_ms": "producer engine: time inside save_kv_layer and wait_for_save over the request's steps",
-    "kv_load_ms": ("consumer engine: time inside start_load_kv and wait_for_layer_load of the loading step; "
-                   "asynchronous loads: start_load_kv to the receive reported done"),
+    "kv_bytes_check": ("per point: the connector's files (ExampleConnector, per handoff) or NIXL's own "
+                       "vllm:nixl_bytes_transferred (summed over the point on the engine that issues the transfers) "
+                       "against the analytical count; a disagreement fails the point, no count says 'could not "
+                       "check'"),
+    "kv_save_ms": ("producer engine: the request's share of the time inside save_kv_layer and wait_for_save of the "
+                   "steps that saved it (kv_save_step_ms: those steps' whole time)"),
+    "kv_load_ms": ("consumer engine: the request's share of the time inside start_load_kv and wait_for_layer_load of "
+                   "the loading step (kv_load_step_ms: the step's whole time); asynchronous loads: its own interval "
+                   "from start_load_kv to its receive reported done"),
+    "per_request_share": SHARE_RULE,
     "kv_wait_ms": "consumer engine: first KV lookup to the step in which the request was first scheduled",
     "kv_stall_ratio": "consumer engine: (first lookup to KV in place) / (first lookup to request end)",
-    "kv_moved": ("consumer succeeded, bytes agree with the analytical count and the consumer loaded exactly the "
-                 "expected external tokens (disagg.verdict)"),
+    "kv_moved": ("consumer succeeded and loaded exactly the expected external tokens, the files' bytes agree "
+                 "(ExampleConnector) and the point's byte count does not disagree (disagg.verdict)"),
 }
 
 
-def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[str, Any]], agg: ModeOutcome,
-                  dis: ModeOutcome, assignment: GpuAssignment, servings: dict[str, dict[str, Any]],
-                  storage: Path | None, handoff_rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
+def path_block(po: PathOutcome, rows: list[dict[str, Any]], handoff_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One way of moving the KV: its connector setup and its transfer accounting over every handoff
+    (warm-ups included)."""
+    dis, storage = po.outcome, po.storage
     setup = dis.transfer_setup
     ok_handoffs = [h for h in handoff_rows if h["ok"]]
-    moved = sum(h["bytes_moved"] or 0 for h in ok_handoffs)
+    measured_points = [r for r in rows if r["mode"] == "disaggregated" and r.get("handoffs_ok")]
+    # Files are checked per handoff (warm-ups included), NIXL's counter per point.
+    byte_flags = ([h["bytes_agree"] for h in ok_handoffs if h["bytes_source"] == "files"]
+                  + [r["bytes_agree"] for r in measured_points if r.get("bytes_source") != "files"])
     all_moved = sum(h["bytes_moved"] or 0 for h in handoff_rows)
+    return {
+        "name": po.path.name,
+        "start_error": dis.start_error,
+        "engines": list(dis.engines),
+        "connector": {
+            **po.description,
+            "kv_transfer_config": {pool: po.servings.get(pool, {}).get("_kv_transfer_config")
+                                   for pool in ("prefill", "decode")},
+            "shared_storage": str(storage) if storage else None,
+            "shared_storage_removed": bool(storage) and not storage.exists(),
+            **{k: setup.get(k) for k in ("block_size", "block_size_source", "kv_dtype", "kv_dtype_source",
+                                         "kv_bytes_per_token", "cache_config_info")},
+            "kv_transport": po.transport,
+        },
+        "transfer": {
+            "handoffs": len(handoff_rows),
+            "handoffs_ok": len(ok_handoffs),
+            "bytes_moved_total": sum(h["bytes_moved"] or 0 for h in ok_handoffs),
+            "storage_total_bytes": setup.get("storage_total_bytes"),
+            # Every file in the shared folder belongs to a handoff (warmups included).
+            "storage_matches_handoffs": (setup.get("storage_total_bytes") == all_moved
+                                         if setup.get("storage_total_bytes") is not None else None),
+            "bytes_agree_all": combine_agreement(byte_flags),
+            "bytes_disagreements": [{"handoff_id": h["handoff_id"], "relative_error": h["bytes_relative_error"]}
+                                    for h in ok_handoffs if h["bytes_agree"] is False],
+            "bytes_checks": [{"prompt_tokens": r["prompt_tokens"], "concurrency": r["concurrency"],
+                              "bytes_agree": r.get("bytes_agree"), "kv_bytes_check": r.get("kv_bytes_check")}
+                             for r in measured_points],
+            "handoffs_kv_moved": sum(bool(h["kv_moved"]) for h in handoff_rows),
+            "kv_not_moved": [{"handoff_id": h["handoff_id"], "reason": h["kv_check"]}
+                             for h in handoff_rows if not h["kv_moved"]],
+            "kv_timing_sources": sorted({h["kv_timing_source"] for h in handoff_rows}),
+            "consumer_kv_layout": setup.get("consumer_kv_layout"),
+        },
+    }
+
+
+def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[str, Any]], agg: ModeOutcome,
+                  paths: list[PathOutcome], assignment: GpuAssignment, handoff_rows: list[dict[str, Any]],
+                  budget: int, ceiling: dict[str, Any]) -> dict[str, Any]:
+    blocks = [path_block(po, [r for r in rows if r.get("kv_path") == po.path.name],
+                         [h for h in handoff_rows if h.get("kv_path") == po.path.name]) for po in paths]
     return {
         **stamp,
         "workload": {k: cfg[k] for k in ("seed", "prompt_tokens", "concurrency_levels", "requests_per_point",
@@ -39,40 +95,17 @@ def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[st
         "slo": {"ttft_slo_ms": cfg["ttft_slo_ms"], "tpot_slo_ms": cfg["tpot_slo_ms"], "measured_on": "client"},
         "max_num_batched_tokens": budget,
         "gpu_assignment": assignment.as_dict(),
-        "connector": {
-            "name": cfg["connector"],
-            "kv_transfer_config": {pool: servings.get(pool, {}).get("_kv_transfer_config")
-                                   for pool in ("prefill", "decode")},
-            "shared_storage": str(storage) if storage else None,
-            "shared_storage_removed": bool(storage) and not storage.exists(),
-            **{k: setup.get(k) for k in ("block_size", "block_size_source", "kv_dtype", "kv_dtype_source",
-                                         "kv_bytes_per_token", "cache_config_info")},
-        },
-        "transfer": {
-            "handoffs": len(handoff_rows),
-            "handoffs_ok": len(ok_handoffs),
-            "bytes_moved_total": moved,
-            "storage_total_bytes": setup.get("storage_total_bytes"),
-            # Every file in the shared folder belongs to a handoff (warmups included).
-            "storage_matches_handoffs": (setup.get("storage_total_bytes") == all_moved
-                                         if setup.get("storage_total_bytes") is not None else None),
-            "bytes_tolerance": float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE)),
-            "bytes_agree_all": combine_agreement([h["bytes_agree"] for h in ok_handoffs]),
-            "bytes_disagreements": [{"handoff_id": h["handoff_id"], "relative_error": h["bytes_relative_error"]}
-                                    for h in ok_handoffs if h["bytes_agree"] is False],
-            "handoffs_kv_moved": sum(bool(h["kv_moved"]) for h in handoff_rows),
-            "kv_not_moved": [{"handoff_id": h["handoff_id"], "reason": h["kv_check"]}
-                             for h in handoff_rows if not h["kv_moved"]],
-            "kv_timing_sources": sorted({h["kv_timing_source"] for h in handoff_rows}),
-            "consumer_kv_layout": setup.get("consumer_kv_layout"),
-            "definitions": dict(DEFINITIONS),
-        },
-        "modes": {
-            "aggregated": {"start_error": agg.start_error, "engines": list(agg.engines)},
-            "disaggregated": {"start_error": dis.start_error, "engines": list(dis.engines)},
-        },
-        "failed_rows": [{"mode": r["mode"], "prompt_tokens": r["prompt_tokens"], "concurrency": r["concurrency"],
-                         "reason": r["reason"]} for r in rows if r["status"] != "ok"],
+        "link_ceiling": ceiling,
+        "bytes_tolerance": float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE)),
+        "definitions": dict(DEFINITIONS),
+        "engine_starts": 1 + 2 * len(paths),
+        "aggregated": {"start_error": agg.start_error, "engines": list(agg.engines)},
+        "kv_paths": blocks,
+        "handoffs": sum(b["transfer"]["handoffs"] for b in blocks),
+        "handoffs_kv_moved": sum(b["transfer"]["handoffs_kv_moved"] for b in blocks),
+        "bytes_agree_all": combine_agreement([b["transfer"]["bytes_agree_all"] for b in blocks]),
+        "failed_rows": [{"mode": r["mode"], "kv_path": r.get("kv_path"), "prompt_tokens": r["prompt_tokens"],
+                         "concurrency": r["concurrency"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
         "rows": len(rows),
         "rows_ok": sum(r["status"] == "ok" for r in rows),
     }
@@ -82,6 +115,5 @@ def result_summary(points: int, rows: list[dict[str, Any]], summary: dict[str, A
     """What ``run_metadata.json`` and the CLI report of the run: points, rows, byte agreement."""
     return {"points": points, "rows_ok": sum(r["status"] == "ok" for r in rows),
             "rows_failed": sum(r["status"] != "ok" for r in rows),
-            "bytes_agree": summary["transfer"]["bytes_agree_all"],
-            "handoffs": summary["transfer"]["handoffs"],
-            "handoffs_kv_moved": summary["transfer"]["handoffs_kv_moved"]}
+            "bytes_agree": summary["bytes_agree_all"], "handoffs": summary["handoffs"],
+            "handoffs_kv_moved": summary["handoffs_kv_moved"], "kv_paths": [b["name"] for b in summary["kv_paths"]]}

@@ -7,9 +7,10 @@ and the transport ("Config" column), e.g.::
     | remote memory read by ucp_get*(multi) into cuda/GPU0 from cuda/dev[1] |
     | 0..inf | software emulation | tcp/lo                                  |
 
-``kv_transport`` reads the decode engine's log for the GPU-to-GPU reads (NIXL's consumer pulls
-the KV) and says whether the transport is slower than the host allows: on one host, GPU memory
-should move by CUDA IPC (``cuda_ipc``) or NVLink, not over TCP or in software emulation.
+``kv_transport`` reads the log of the engine that issues the transfer (pull, ``read``: the decode
+engine's GPU-to-GPU reads; push, ``write``: the prefill engine's GPU-to-GPU writes) and says
+whether the transport is slower than the host allows: on one host, GPU memory should move by CUDA
+IPC (``cuda_ipc``) or NVLink, not over TCP or in software emulation.
 
 ``link_ceiling_gb_s`` measures what the link can do: a device-to-device copy on one GPU, or a
 GPU-to-GPU copy between the prefill and decode GPUs, with torch, in the driver process.
@@ -46,23 +47,34 @@ def ucx_protocols(log_text: str) -> list[dict[str, str]]:
     return out
 
 
-def kv_transport(log_text: str) -> dict[str, Any]:
-    """The transport of the decode engine's GPU-to-GPU reads, and whether it is slower than a
-    host with CUDA IPC allows. ``available: false`` with the reason when UCX printed nothing."""
-    reads = [p for p in ucx_protocols(log_text)
-             if p["operation"].startswith("remote memory read") and p["operation"].count("cuda") >= 2]
-    if not reads:
-        return {"available": False, "reason": "no UCX protocol selection for a GPU-to-GPU read in the decode "
-                                              "engine log (UCX_PROTO_INFO unset, or not a NIXL run)"}
-    transports = sorted({p["transport"] for p in reads})
-    descriptions = sorted({p["description"] for p in reads})
+# Which engine issues the transfer, by direction: its log has UCX's protocol selection.
+ISSUING_ENGINE = {"read": "decode", "write": "prefill"}
+
+
+def kv_transport(log_text: str, direction: str = "read") -> dict[str, Any]:
+    """The transport of the GPU-to-GPU ``direction`` ("read": the decode engine pulls; "write":
+    the prefill engine pushes) in the issuing engine's log, and whether it is slower than a host
+    with CUDA IPC allows. ``available: false`` with the reason when UCX printed nothing."""
+    if direction not in ISSUING_ENGINE:
+        return {"available": False, "direction": direction,
+                "reason": f"the KV moves by {direction}, not by a UCX read or write"}
+    engine = ISSUING_ENGINE[direction]
+    ops = [p for p in ucx_protocols(log_text)
+           if p["operation"].startswith(f"remote memory {direction}") and p["operation"].count("cuda") >= 2]
+    if not ops:
+        return {"available": False, "direction": direction, "engine": engine,
+                "reason": f"no UCX protocol selection for a GPU-to-GPU {direction} in the {engine} engine log "
+                          f"(UCX_PROTO_INFO unset, or not a NIXL run)"}
+    transports = sorted({p["transport"] for p in ops})
+    descriptions = sorted({p["description"] for p in ops})
     fast = [t for t in transports if any(t.startswith(f) for f in FAST_GPU_TRANSPORTS)]
     slow = not fast
-    return {"available": True, "transports": transports, "descriptions": descriptions, "slower_than_host_allows": slow,
-            "note": (f"GPU-to-GPU KV reads went over {', '.join(transports)} ({', '.join(descriptions)}): slower than "
-                     f"CUDA IPC or NVLink, which one host allows; UCX found no GPU transport (is its cuda_ipc "
-                     f"module present, and may the engines share CUDA memory?)") if slow
-                    else f"GPU-to-GPU KV reads went over {', '.join(transports)}"}
+    what = f"GPU-to-GPU KV {direction}s ({engine} engine) went over {', '.join(transports)}"
+    return {"available": True, "direction": direction, "engine": engine, "transports": transports,
+            "descriptions": descriptions, "slower_than_host_allows": slow,
+            "note": (f"{what} ({', '.join(descriptions)}): slower than CUDA IPC or NVLink, which one host allows; "
+                     f"UCX found no GPU transport (is its cuda_ipc module present, may the engines share CUDA "
+                     f"memory, and does its UCX allow this operation over CUDA IPC?)") if slow else what}
 
 
 def link_ceiling_gb_s(src_device: str, dst_device: str, gib: float = 1.0, repeats: int = 5) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""E3 figures, table and packet section: does moving the KV cost more than recomputing it?"""
+"""E3's table and packet section: does moving the KV cost more than recomputing it, and which way
+of moving it (``kv_path``) comes closest? The figures are drawn by ``e3_figures``."""
 
 from __future__ import annotations
 
@@ -6,35 +7,43 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 from ..analysis.stats import format_with_ci
-from ..analysis.plots import SVG_RC, line_plot  # noqa: E402
-from ..io import read_json, write_figure, write_text  # noqa: E402
-from ..report import provenance_line  # noqa: E402
-from ..tables import fmt, html_table  # noqa: E402
+from ..io import read_json, write_text
+from ..report import provenance_line
+from ..tables import fmt, html_table
 from . import e3  # noqa: E402  (the declaration; e3 bottom-imports this module, resolved at call time)
+from .e3_figures import (WATERFALL_SEGMENTS, goodput_figure, latency_figure, num as _num, series_labels,
+                         transfer_figure, waterfall_requests, way_of)
 
 TABLE_COLUMNS = {
-    "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "mode": "mode", "status": "status",
+    "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "mode": "mode", "kv_path": "KV path",
+    "status": "status",
     "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95 (ms)", "tpot_ms_p50": "TPOT p50 (ms)",
     "tpot_ms_p95": "TPOT p95 (ms)", "e2e_ms_p50": "E2E p50 (ms)", "goodput_rps": "goodput (req/s)",
     "transfer_bytes_per_request": "KV bytes moved / req", "analytical_bytes_per_request": "analytical bytes / req",
     "bytes_agree": "bytes agree", "kv_moved": "KV moved", "kv_save_ms_p50": "KV save p50 (ms)",
     "kv_wait_ms_p50": "KV wait p50 (ms)", "kv_load_ms_p50": "KV load p50 (ms)",
+    "kv_step_requests_max": "requests per step (max)",
     "kv_load_gb_s_derived_p50": "load GB/s (derived)", "kv_stall_ratio_p50": "stall ratio",
     "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "delta_tpot_ms_p50": "Δ TPOT p50 (ms)", "delta_goodput_rps": "Δ goodput",
     "reason": "reason",
+}
+# The ways compared (item 4 of issue 27): one row per way and point.
+PATH_COLUMNS = {
+    "kv_path": "KV path", "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "connector": "connector",
+    "kv_transfer_direction": "direction", "ucx_env": "UCX env", "kv_transport": "transport",
+    "kv_transport_slow": "transport slow", "kv_load_gb_s_derived_p50": "load GB/s (derived)",
+    "nixl_gb_s": "NIXL GB/s", "kv_load_share_of_ceiling": "load / link ceiling", "kv_wait_ms_p50": "KV wait p50 (ms)",
+    "kv_stall_ratio_p50": "stall ratio", "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "bytes_agree": "bytes agree",
+    "status": "status",
 }
 
 
 def _frame(results_dir: Path) -> pd.DataFrame:
     frame = pd.read_csv(e3.EXPERIMENT.path(results_dir, "comparison"))
-    frame["series"] = frame["mode"] + " c=" + frame["concurrency"].astype(str)
+    frame["series"] = series_labels(frame)
     return frame
 
 
@@ -46,10 +55,17 @@ def _transfers(results_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def _ways(summary: dict) -> list[dict]:
+    return summary.get("kv_paths") or []
+
+
+def _connectors(summary: dict) -> str:
+    return ", ".join(sorted({w["connector"].get("connector") or w["name"] for w in _ways(summary)})) or "none"
+
+
 def _provenance(results_dir: Path, summary: dict) -> str:
     meta = read_json(e3.EXPERIMENT.path(results_dir, "metadata"))
-    conn = summary.get("connector", {})
-    return f"{provenance_line(meta)}; client and engine (measuring connector); connector {conn.get('name')}"
+    return f"{provenance_line(meta)}; client and engine (measuring connector); connector {_connectors(summary)}"
 
 
 def make_figures(results_dir: Path) -> None:
@@ -58,128 +74,38 @@ def make_figures(results_dir: Path) -> None:
     frame = _frame(results_dir)
     ok = frame[frame["status"] == "ok"]
     prov = _provenance(results_dir, summary)
-    _latency_figure(ok, e3.EXPERIMENT.figure_path(results_dir, "latency"), prov)
-    line_plot(ok, "prompt_tokens", ["goodput_rps"], e3.EXPERIMENT.figure_path(results_dir, "goodput"),
-              f"E3: goodput (TTFT <= {summary['slo']['ttft_slo_ms']:g} ms and TPOT <= "
-              f"{summary['slo']['tpot_slo_ms']:g} ms), aggregated vs disaggregated",
-              "prompt tokens", "requests/s within both SLOs", provenance=prov, group="series")
-    _transfer_figure(frame, _transfers(results_dir), e3.EXPERIMENT.figure_path(results_dir, "transfer"), prov,
-                     summary)
+    latency_figure(ok, e3.EXPERIMENT.figure_path(results_dir, "latency"), prov)
+    goodput_figure(ok, e3.EXPERIMENT.figure_path(results_dir, "goodput"), prov, summary["slo"])
+    transfer_figure(frame, _transfers(results_dir), e3.EXPERIMENT.figure_path(results_dir, "transfer"), prov,
+                    f"E3: where a disaggregated request's first token goes ({_connectors(summary)})")
     write_text(e3.EXPERIMENT.figure_path(results_dir, "table"), _table_html(frame))
 
 
-def _latency_figure(ok: pd.DataFrame, path: Path, provenance: str) -> Path:
-    with matplotlib.rc_context(SVG_RC):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-        try:
-            for ax, (col, label) in zip(axes, (("ttft_ms_p50", "TTFT p50 (ms)"), ("tpot_ms_p50", "TPOT p50 (ms)"))):
-                drawn = 0
-                for series, sub in ok.groupby("series", sort=True):
-                    sub = sub[["prompt_tokens", col]].apply(pd.to_numeric, errors="coerce").dropna().sort_values(
-                        "prompt_tokens")
-                    if sub.empty:
-                        continue
-                    style = "-" if series.startswith("aggregated") else "--"
-                    ax.plot(sub["prompt_tokens"], sub[col], style, marker="o", label=series)
-                    drawn += 1
-                if drawn:
-                    ax.legend(fontsize=8)
-                    ax.grid(True, alpha=0.3)
-                else:
-                    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-                ax.set_xlabel("prompt tokens")
-                ax.set_ylabel(label)
-            fig.suptitle("E3: user-visible latency, aggregated (solid) vs disaggregated (dashed)")
-            fig.text(0.5, 0.90, provenance, ha="center", fontsize=8, style="italic")
-            fig.tight_layout(rect=(0, 0, 1, 0.9))
-            return write_figure(path, fig)
-        finally:
-            plt.close(fig)
-
-
-# Waterfall segments (transfers.csv), in order, with their colours' legend labels.
-WATERFALL_SEGMENTS = {
-    "waterfall_producer_frontend_ms": "producer: HTTP + tokenize",
-    "waterfall_producer_engine_ms": "producer engine: queue + prefill + KV save",
-    "waterfall_producer_reply_ms": "producer: reply",
-    "waterfall_broker_ms": "broker: hand to consumer",
-    "waterfall_consumer_frontend_ms": "consumer: HTTP + tokenize",
-    "waterfall_kv_wait_load_ms": "consumer engine: KV wait + load",
-    "waterfall_first_token_ms": "consumer: first token",
-}
-
-
-def waterfall_requests(transfers: pd.DataFrame) -> pd.DataFrame:
-    """One measured handoff per point: the one whose consumer TTFT is the point's median (lower
-    middle for an even count), so the waterfall shows a typical request, not the best."""
-    measured = transfers[(transfers["label"] == "measured") & (transfers["ok"].astype(str) == "True")]
-    picks = []
-    for _, sub in measured.groupby(["prompt_tokens", "concurrency"], sort=True):
-        sub = sub.sort_values("consumer_ttft_s")
-        picks.append(sub.iloc[(len(sub) - 1) // 2])
-    return pd.DataFrame(picks)
-
-
-def _transfer_figure(frame: pd.DataFrame, transfers: pd.DataFrame, path: Path, provenance: str,
-                     summary: dict) -> Path:
-    """Per point, one request's measured waterfall (client and engine times on one clock), beside the
-    aggregated TTFT p50 of the same point (recomputing the prefill instead)."""
-    picks = waterfall_requests(transfers) if len(transfers) else pd.DataFrame()
-    agg = frame[(frame["mode"] == "aggregated") & (frame["status"] == "ok")].set_index(["prompt_tokens", "concurrency"])
-    with matplotlib.rc_context(SVG_RC):
-        fig, ax = plt.subplots(figsize=(10, max(3.5, 0.9 * len(picks) + 2.5)))
-        try:
-            if picks.empty:
-                ax.text(0.5, 0.5, "no disaggregated request measured", ha="center", va="center",
-                        transform=ax.transAxes)
-            else:
-                ys = list(range(len(picks)))
-                left = [0.0] * len(picks)
-                for col, label in WATERFALL_SEGMENTS.items():
-                    widths = [max(0.0, _num(v) or 0.0) for v in picks[col]]
-                    ax.barh(ys, widths, left=left, height=0.5, label=label)
-                    left = [a + w for a, w in zip(left, widths)]
-                recompute = [_num(agg["ttft_ms_p50"].get((int(r.prompt_tokens), int(r.concurrency)), math.nan))
-                             for r in picks.itertuples()]
-                ax.scatter([x if x is not None else math.nan for x in recompute], ys, marker="|", s=400, color="black",
-                           label="aggregated TTFT p50 (recompute)", zorder=3)
-                ax.set_yticks(ys)
-                ax.set_yticklabels([f"{int(r.prompt_tokens)} tok, c={int(r.concurrency)}" for r in picks.itertuples()],
-                                   fontsize=8)
-                ax.invert_yaxis()
-                ax.legend(fontsize=7, loc="lower right")
-                ax.grid(True, axis="x", alpha=0.3)
-            ax.set_xlabel("ms from the producer send (one median-TTFT request per point)")
-            conn = summary.get("connector", {})
-            fig.suptitle(f"E3: where a disaggregated request's first token goes ({conn.get('name')})")
-            ax.set_title(provenance, fontsize=8, style="italic")
-            fig.tight_layout()
-            return write_figure(path, fig)
-        finally:
-            plt.close(fig)
-
-
-_INT_COLUMNS = ("transfer_bytes_per_request", "analytical_bytes_per_request")
+_INT_COLUMNS = ("transfer_bytes_per_request", "analytical_bytes_per_request", "prompt_tokens", "concurrency",
+                "kv_step_requests_max")
+_FLAG_COLUMNS = ("bytes_agree", "kv_moved", "kv_transport_slow")
 
 
 def _cell(value: Any, column: str) -> str:
     """Display text: blank for missing, yes/no for flags, whole bytes, 3 significant decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if column in ("bytes_agree", "kv_moved"):
+    if column in _FLAG_COLUMNS:
         flag = agreement(value)
-        return "not measured" if flag is None else ("yes" if flag else "NO")
+        return "could not check" if flag is None else ("yes" if flag else "NO")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if column in _INT_COLUMNS:
             return f"{value:,.0f}"
+        if column == "kv_load_share_of_ceiling":
+            return f"{value:.2%}"
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
     return str(value)
 
 
-def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in TABLE_COLUMNS if c in frame.columns]
+def _table_frame(frame: pd.DataFrame, columns: dict[str, str] = TABLE_COLUMNS) -> pd.DataFrame:
+    cols = [c for c in columns if c in frame.columns]
     shown = pd.DataFrame({c: [_cell(v, c) for v in frame[c]] for c in cols})
-    return shown.rename(columns=TABLE_COLUMNS)
+    return shown.rename(columns=columns)
 
 
 def _table_html(frame: pd.DataFrame) -> str:
@@ -187,8 +113,7 @@ def _table_html(frame: pd.DataFrame) -> str:
 
 
 def agreement(value: Any) -> bool | None:
-    """A ``bytes_agree`` cell as read back from CSV: True, False, or None when the bytes were not
-    measured (NaN/empty: e.g. NIXL / P2P NCCL connectors, which leave no folder to measure)."""
+    """A flag cell as read back from CSV: True, False, or None when nothing was measured (NaN/empty)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value).strip()
@@ -199,16 +124,16 @@ def agreement(value: Any) -> bool | None:
     return None
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
+def _via(way: dict) -> str:
+    conn = way.get("connector") or {}
+    if conn.get("connector", way["name"]) == "ExampleConnector":
+        return "shared storage"
+    env = "; ".join(f"{k}={v}" for k, v in sorted((conn.get("ucx_env") or {}).items()))
+    return f"{way['name']} ({conn.get('connector')}, {conn.get('direction')}{', ' + env if env else ''})"
 
 
-def transfer_verdicts(frame: pd.DataFrame, connector: str) -> list[str]:
-    """One plain sentence per prompt length (lowest measured concurrency): does the handoff pay off?"""
+def transfer_verdicts(frame: pd.DataFrame, way: dict) -> list[str]:
+    """One plain sentence per prompt length (lowest measured concurrency): does this way's handoff pay off?"""
     out = []
     dis = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
     for n, sub in dis.groupby("prompt_tokens", sort=True):
@@ -216,17 +141,48 @@ def transfer_verdicts(frame: pd.DataFrame, connector: str) -> list[str]:
         delta = _num(row.get("delta_ttft_ms_p50"))
         if delta is None:
             continue
-        via = "shared storage" if connector == "ExampleConnector" else connector
         where = f"at {int(n):,} tokens (concurrency {int(row['concurrency'])})"
         timed = (f"engine-timed p50: KV save {fmt(_num(row.get('kv_save_ms_p50')), 2, grouped=True)} ms on the "
                  f"producer, KV wait {fmt(_num(row.get('kv_wait_ms_p50')), 2, grouped=True)} ms and load "
                  f"{fmt(_num(row.get('kv_load_ms_p50')), 2, grouped=True)} ms on the consumer")
-        if delta > 0:
-            out.append(f"The handoff costs more than it saves {where}: disaggregated TTFT p50 is {delta:,.1f} ms "
-                       f"higher than aggregated through {via} ({timed}).")
-        else:
-            out.append(f"The handoff saves more than it costs {where}: disaggregated TTFT p50 is {-delta:,.1f} ms "
-                       f"lower than aggregated through {via} ({timed}).")
+        word, verb = ("higher", "costs more than it saves") if delta > 0 else ("lower", "saves more than it costs")
+        out.append(f"The handoff {verb} {where}: disaggregated TTFT p50 is {abs(delta):,.1f} ms {word} than "
+                   f"aggregated through {_via(way)} ({timed}).")
+    return out
+
+
+def pay_off_sentence(frame: pd.DataFrame) -> str | None:
+    """Across the ways: where, if anywhere, disaggregation beats recomputing on this hardware."""
+    dis = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")].copy()
+    dis["delta"] = pd.to_numeric(dis.get("delta_ttft_ms_p50"), errors="coerce")
+    dis = dis.dropna(subset=["delta"])
+    if dis.empty or way_of(dis).nunique() < 2:
+        return None
+    wins = dis[dis["delta"] <= 0]
+    if wins.empty:
+        best = dis.sort_values("delta").iloc[0]
+        return (f"No way of moving the KV made disaggregation pay off at any measured point: the smallest cost is "
+                f"{best['delta']:+,.1f} ms TTFT p50 ({best['kv_path']}, {int(best['prompt_tokens']):,} tokens, "
+                f"c={int(best['concurrency'])}).")
+    return "Disaggregation paid off (TTFT p50 no higher than aggregated) with: " + "; ".join(
+        f"{r.kv_path} at {int(r.prompt_tokens):,} tokens, c={int(r.concurrency)} ({r.delta:+,.1f} ms)"
+        for r in wins.sort_values(["kv_path", "prompt_tokens", "concurrency"]).itertuples()) + "."
+
+
+def byte_sentences(dis_ok: pd.DataFrame) -> list[str]:
+    out = []
+    for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
+        check = r.kv_bytes_check if isinstance(getattr(r, "kv_bytes_check", None), str) else "bytes not checked"
+        def n(x: Any, digits: int = 0) -> str:
+            return fmt(_num(x), digits, grouped=True)
+
+        out.append(
+            f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: KV bytes: {check} "
+            f"({n(r.analytical_bytes_per_request)} analytical bytes per request = {n(r.stored_tokens)} tokens x "
+            f"{n(r.kv_bytes_per_token)} B); over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
+            f"{n(r.external_kv_tokens)} of {n(r.consumer_expected_kv_tokens)} expected prompt tokens; stall ratio "
+            f"{n(r.kv_stall_ratio_p50, 2)} (engine-timed), Δ TPOT p50 {n(r.delta_tpot_ms_p50, 2)} ms, "
+            f"Δ goodput {n(r.delta_goodput_rps, 2)} req/s.")
     return out
 
 
@@ -246,99 +202,137 @@ def waterfall_sentences(transfers: pd.DataFrame) -> list[str]:
     return out
 
 
+def share_rule_sentence(definitions: dict) -> str:
+    """How a step that served several requests is split among them (the report says which rule)."""
+    rule = definitions.get("per_request_share")
+    if not rule:
+        return "not stated: this run predates per-step sharing (a request's time is its steps' whole time)"
+    return (f"{rule}; kv_save_step_ms and kv_load_step_ms keep the steps' whole time and kv_step_requests_max how "
+            f"many requests one step served")
+
+
+def shared_step_sentences(dis_ok: pd.DataFrame) -> list[str]:
+    """Points where one engine step saved or loaded several requests: per-request times are shares."""
+    out = []
+    for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
+        shared = _num(getattr(r, "kv_step_requests_max", None))
+        if shared is not None and shared > 1:
+            out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)}: up to {int(shared)} requests shared "
+                       f"one engine step; per request, KV save p50 {fmt(_num(r.kv_save_ms_p50), 2, grouped=True)} ms "
+                       f"of a {fmt(_num(getattr(r, 'kv_save_step_ms_p50', None)), 2, grouped=True)} ms step and KV "
+                       f"load p50 {fmt(_num(r.kv_load_ms_p50), 2, grouped=True)} ms (step "
+                       f"{fmt(_num(getattr(r, 'kv_load_step_ms_p50', None)), 2, grouped=True)} ms) are token shares.")
+    return out
+
+
 def _availability(fact: dict | None, show) -> str:
     if not fact:
         return "not recorded"
     return show(fact) if fact.get("available") else f"not measured: {fact.get('reason')}"
 
 
-def link_sentences(dis_ok: pd.DataFrame, conn: dict) -> list[str]:
+def link_sentences(dis_ok: pd.DataFrame, transport: dict, ceiling: dict) -> list[str]:
     """The achieved KV load rate against what the link can carry, and a transport slower than
     the host allows."""
     out = []
-    transport, ceiling = conn.get("kv_transport") or {}, conn.get("link_ceiling") or {}
-    if transport.get("available"):
+    if (transport or {}).get("available"):
         out.append(("FLAGGED: " if transport.get("slower_than_host_allows") else "") + transport["note"] + ".")
-    if ceiling.get("available"):
+    if (ceiling or {}).get("available"):
         for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
-            rate = _num(getattr(r, "kv_load_gb_s_derived_p50", None))
+            rate, nixl = _num(getattr(r, "kv_load_gb_s_derived_p50", None)), _num(getattr(r, "nixl_gb_s", None))
             if rate is not None:
+                own = f"; NIXL's own rate {nixl:,.2f} GB/s ({nixl / ceiling['gb_s']:.2%})" if nixl is not None else ""
                 out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)}: the consumer loaded the KV at "
                            f"{rate:,.2f} GB/s, {rate / ceiling['gb_s']:.2%} of the link ceiling "
-                           f"({ceiling['gb_s']:,.0f} GB/s, {ceiling['kind']}).")
+                           f"({ceiling['gb_s']:,.0f} GB/s, {ceiling['kind']}){own}.")
     return out
 
 
-def report_section(results_dir: Path) -> dict[str, Any]:
-    results_dir = Path(results_dir)
-    s = read_json(e3.EXPERIMENT.path(results_dir, "summary"))
-    frame = _frame(results_dir)
-    conn, tr, gpu = s["connector"], s["transfer"], s["gpu_assignment"]
-    findings = transfer_verdicts(frame, conn["name"])
-    dis_ok = frame[(frame["mode"] == "disaggregated") & (frame["status"] == "ok")]
-    for r in dis_ok.sort_values(["prompt_tokens", "concurrency"]).itertuples():
-        err = _num(r.bytes_relative_error_max)
-        flag = agreement(r.bytes_agree)
-        verdict = {True: "measured and analytical agree", False: "measured and analytical DISAGREE",
-                   None: "bytes moved not measured (no shared folder to measure for this connector), so "
-                         "measured and analytical are not compared"}[flag]
-        bytes_shown = (r.transfer_bytes_per_request if _num(r.transfer_bytes_per_request) is not None
-                       else r.kv_bytes_loaded_per_request)
-        findings.append(
-            f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: "
-            f"{fmt(_num(bytes_shown), 0, grouped=True)} bytes moved per request ({r.bytes_source}) vs "
-            f"{fmt(_num(r.analytical_bytes_per_request), 0, grouped=True)} analytical "
-            f"({fmt(_num(r.stored_tokens), 0, grouped=True)} stored tokens x {fmt(_num(r.kv_bytes_per_token), 0, grouped=True)} B): "
-            f"{verdict} (largest difference {'n/a' if err is None else f'{err:+.2%}'}, tolerance "
-            f"{tr['bytes_tolerance']:.0%}); over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
-            f"{fmt(_num(r.external_kv_tokens), 0, grouped=True)} of {fmt(_num(r.consumer_expected_kv_tokens), 0, grouped=True)} "
-            f"expected prompt tokens; stall ratio "
-            f"{fmt(_num(r.kv_stall_ratio_p50), 2, grouped=True)} (engine-timed), "
-            f"Δ TPOT p50 {fmt(_num(r.delta_tpot_ms_p50), 2, grouped=True)} ms, "
-            f"Δ goodput {fmt(_num(r.delta_goodput_rps), 2, grouped=True)} req/s.")
-    findings.extend(waterfall_sentences(_transfers(results_dir)))
-    findings.extend(link_sentences(dis_ok, conn))
+def way_findings(frame: pd.DataFrame, transfers: pd.DataFrame, way: dict, summary: dict, several: bool) -> list[str]:
+    """Every finding of one way, each prefixed with its name when the run compared several."""
+    name, tr = way["name"], way["transfer"]
+    mine = frame[way_of(frame) == name] if several else frame
+    dis_ok = mine[(mine["mode"] == "disaggregated") & (mine["status"] == "ok")]
+    agg = frame[frame["mode"] == "aggregated"]
+    found = transfer_verdicts(pd.concat([agg, mine[mine["mode"] == "disaggregated"]]), way)
+    found += byte_sentences(dis_ok) + shared_step_sentences(dis_ok)
+    found += waterfall_sentences(transfers[way_of(transfers) == name] if several and len(transfers) else transfers)
+    found += link_sentences(dis_ok, way["connector"].get("kv_transport") or {}, summary.get("link_ceiling") or {})
+    if way.get("start_error"):
+        found.append(f"Its engines did not start: {way['start_error']}")
     not_moved = tr.get("kv_not_moved") or []
     if not_moved:
-        findings.append(f"KV NOT MOVED for {len(not_moved)} handoff(s); their points fail: "
-                        + "; ".join(f"{h['handoff_id']}: {h['reason']}" for h in not_moved[:3])
-                        + (" ..." if len(not_moved) > 3 else ""))
+        found.append(f"KV NOT MOVED for {len(not_moved)} handoff(s); their points fail: "
+                     + "; ".join(f"{h['handoff_id']}: {h['reason']}" for h in not_moved[:3])
+                     + (" ..." if len(not_moved) > 3 else ""))
     if tr.get("bytes_agree_all") is False:
-        findings.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) differ from the "
-                        f"analytical KV size by more than the tolerance (see {e3.EXPERIMENT.outputs['transfers']}).")
-    failed = s.get("failed_rows", [])
-    if failed:
-        findings.append(f"{len(failed)} point/mode row(s) not measured: " + "; ".join(
-            f"{f['mode']} {f['prompt_tokens']} tok c={f['concurrency']}: {f['reason']}" for f in failed[:4])
-            + (" ..." if len(failed) > 4 else ""))
+        points = [c for c in tr.get("bytes_checks") or [] if c.get("bytes_agree") is False]
+        found.append(f"Byte accounting FLAGGED: {len(tr['bytes_disagreements'])} handoff(s) and {len(points)} "
+                     f"point(s) differ from the analytical KV size by more than the tolerance (see "
+                     f"{e3.EXPERIMENT.outputs['transfers']} and {e3.EXPERIMENT.outputs['comparison']}).")
+    return [f"[{name}] {f}" for f in found] if several else found
+
+
+def way_facts(way: dict, several: bool) -> list[tuple[str, Any]]:
+    conn, tr = way["connector"], way["transfer"]
+    env = "; ".join(f"{k}={v}" for k, v in sorted((conn.get("ucx_env") or {}).items())) or "none"
     facts = [
-        ("connector", f"{conn['name']} (prefill kv_producer -> decode kv_consumer)"),
+        ("connector", f"{conn.get('connector')} (prefill kv_producer -> decode kv_consumer; the KV moves by "
+                      f"{conn.get('direction')}); UCX variables: {env}"),
         ("KV block size / dtype", f"{conn.get('block_size')} tokens ({conn.get('block_size_source')}) / "
                                   f"{conn.get('kv_dtype')} ({conn.get('kv_dtype_source')})"),
         ("analytical KV bytes per token", fmt(conn.get("kv_bytes_per_token"), 0, grouped=True)),
         ("handoffs (ok / all)", f"{tr['handoffs_ok']} / {tr['handoffs']}"),
         ("KV bytes moved, all handoffs", fmt(tr["bytes_moved_total"], 0, grouped=True)),
         ("shared folder bytes = sum of handoffs", str(tr.get("storage_matches_handoffs"))),
+        ("handoffs whose KV moved", f"{tr.get('handoffs_kv_moved')} / {tr['handoffs']}"),
+        ("KV transport (UCX)", _availability(conn.get("kv_transport"), lambda t: ", ".join(t["transports"]))),
+        ("transfer timing", "; ".join(tr.get("kv_timing_sources") or []) or "not measured"),
+    ]
+    return [(f"{way['name']}: {k}", v) for k, v in facts] if several else facts
+
+
+def report_section(results_dir: Path) -> dict[str, Any]:
+    results_dir = Path(results_dir)
+    s = read_json(e3.EXPERIMENT.path(results_dir, "summary"))
+    frame, transfers = _frame(results_dir), _transfers(results_dir)
+    ways, gpu = _ways(s), s["gpu_assignment"]
+    several = len(ways) > 1
+    findings = [f for way in ways for f in way_findings(frame, transfers, way, s, several)]
+    pays = pay_off_sentence(frame)
+    if pays:
+        findings.insert(0, pays)
+    failed = s.get("failed_rows", [])
+    if failed:
+        findings.append(f"{len(failed)} point/mode row(s) not measured: " + "; ".join(
+            f"{f['mode']}{' ' + f['kv_path'] if f.get('kv_path') and several else ''} {f['prompt_tokens']} tok "
+            f"c={f['concurrency']}: {f['reason']}" for f in failed[:4]) + (" ..." if len(failed) > 4 else ""))
+    facts = [
+        ("KV paths (engine starts)", f"{', '.join(w['name'] for w in ways)} ({s.get('engine_starts')}: the aggregated "
+                                     f"engine once, then one pair per path)"),
+        *[f for way in ways for f in way_facts(way, several)],
         ("GPU assignment", "; ".join(gpu.get("notes") or []) or gpu.get("device")),
         ("max_num_batched_tokens (all engines)", s.get("max_num_batched_tokens")),
         ("SLOs (client-side)", f"TTFT <= {s['slo']['ttft_slo_ms']:g} ms, TPOT <= {s['slo']['tpot_slo_ms']:g} ms"),
-        ("handoffs whose KV moved", f"{tr.get('handoffs_kv_moved')} / {tr['handoffs']}"),
-        ("KV transport (UCX)", _availability(conn.get("kv_transport"), lambda t: ", ".join(t["transports"]))),
-        ("link ceiling", _availability(conn.get("link_ceiling"), lambda c: f"{c['gb_s']:,.0f} GB/s ({c['kind']})")),
-        ("transfer timing", "; ".join(tr.get("kv_timing_sources") or []) or "not measured"),
-        ("definitions", "; ".join(f"{k} = {tr['definitions'][k]}" for k in ("kv_save_ms", "kv_load_ms",
-                                                                              "kv_wait_ms", "kv_stall_ratio")
-                                  if k in tr["definitions"])),
+        ("link ceiling", _availability(s.get("link_ceiling"), lambda c: f"{c['gb_s']:,.0f} GB/s ({c['kind']})")),
+        ("byte check tolerance", f"{s.get('bytes_tolerance', 0):.0%}"),
+        ("definitions", "; ".join(f"{k} = {s['definitions'][k]}" for k in ("kv_save_ms", "kv_load_ms", "kv_wait_ms",
+                                                                             "kv_stall_ratio", "kv_bytes_check")
+                                  if k in s.get("definitions", {}))),
+        ("per-request save and load times", share_rule_sentence(s.get("definitions") or {})),
     ]
-    table = _table_frame(frame)
-    markdown = table.to_markdown(index=False, disable_numparse=True) if _has_tabulate() else table.to_string()
-    return {
-        "findings": findings,
-        "facts": facts,
-        "tables": [{"caption": "Aggregated vs disaggregated per point (client-side; Δ = disaggregated - aggregated)",
-                    "html": _table_html(frame),
-                    "markdown": markdown}],
-    }
+    tables = [_table("Aggregated vs disaggregated per point (client-side; Δ = disaggregated - aggregated)",
+                     _table_frame(frame))]
+    dis = frame[frame["mode"] == "disaggregated"]
+    if len(dis) and (several or dis.get("kv_transfer_direction", pd.Series(dtype=object)).isin(["read", "write"]).any()):
+        tables.append(_table("The ways of moving the KV per point: rate against the link ceiling, transport, wait, "
+                             "stall and Δ TTFT", _table_frame(dis, PATH_COLUMNS)))
+    return {"findings": findings, "facts": facts, "tables": tables}
+
+
+def _table(caption: str, shown: pd.DataFrame) -> dict[str, str]:
+    markdown = shown.to_markdown(index=False, disable_numparse=True) if _has_tabulate() else shown.to_string()
+    return {"caption": caption, "html": html_table(shown), "markdown": markdown}
 
 
 def _has_tabulate() -> bool:
@@ -350,14 +344,14 @@ def _has_tabulate() -> bool:
 
 
 def headline(results_dir: Path) -> dict[str, Any]:
-    """The packet summary's key figures: TTFT p50 of both modes at the largest ok point."""
+    """The packet summary's key figures: TTFT p50 of both modes (each way) at the largest ok point."""
     frame = pd.read_csv(e3.EXPERIMENT.path(results_dir, "comparison"))
+    frame["_way"] = way_of(frame)
     ok = frame[frame["status"] == "ok"].sort_values(["prompt_tokens", "concurrency"])
     figures = []
-    for mode in ("aggregated", "disaggregated"):
-        rows = ok[ok["mode"] == mode]
-        if len(rows):
-            row = rows.iloc[-1]
-            figures.append((f"{mode} TTFT p50 at {int(row['prompt_tokens'])} tokens, c={int(row['concurrency'])} (ms)",
-                            format_with_ci(row, "ttft_ms_p50", 1)))
+    for (mode, way), rows in ok.groupby(["mode", "_way"], sort=False):
+        row = rows.iloc[-1]
+        label = mode if not way or frame.loc[frame["_way"] != "", "_way"].nunique() < 2 else f"{mode} {way}"
+        figures.append((f"{label} TTFT p50 at {int(row['prompt_tokens'])} tokens, c={int(row['concurrency'])} (ms)",
+                        format_with_ci(row, "ttft_ms_p50", 1)))
     return {"figures": figures or [("points", "no ok point")]}
