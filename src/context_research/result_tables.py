@@ -481,6 +481,10 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
                                          "kept); empty for closed-loop points"),
     C("send_lag_ms_max", "ms", "client", "largest send lag of the point's open-loop requests; empty for closed-loop "
                                          "points"),
+    C("client_delivery_only", "bool", "derived", "true when client delivery (the client got tokens later than the engine "
+                                                 "made them) is the only reason the point is implausible; its "
+                                                 "client-side latencies then overstate the engine's, so a capacity probe "
+                                                 "that passes on them stands (docs/statistics.md, Capacity)"),
     *point_check_columns(),
     *engine_point_columns(),
     *ttft_gap_columns(),

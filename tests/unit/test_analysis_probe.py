@@ -143,3 +143,34 @@ def test_from_records_reads_sends_completions_and_slos():
     assert s.done_s[:2] == pytest.approx([0.31, 1.12]) and np.isnan(s.done_s[2])
     assert list(s.met) == [True, False, False] and s.slack[1] == pytest.approx(0.4 / 0.25)
     assert completed_rps(np.arange(10.0), np.arange(10.0) * 2 + 1, 1.0) == pytest.approx(0.5)
+
+
+def _records(rate, ttft_s):
+    """A probe's records at ``rate``: each request sent on time, first token after ``ttft_s``,
+    8 tokens 10 ms apart."""
+    n = probe_requests(rate, RULES)
+    planned = probe_schedule(n, rate, 0, RULES.trim)
+    return [RequestRecord(f"r{i}", 16, 16, 8, 8, start_s=t, ttft_s=ttft_s, e2e_s=ttft_s + 0.07, tpot_s=0.01,
+                          scheduled_offset_s=t) for i, t in enumerate(planned)]
+
+
+@pytest.mark.parametrize("delivery_only", [True, False])
+def test_a_probe_implausible_only_for_client_delivery_keeps_a_pass_and_nothing_else(delivery_only):
+    """Client delivery delays inflate the client's latencies: a pass on them stands, a fail may be
+    the client's and is invalid; any other implausible reason makes the probe invalid."""
+    from context_research.experiments.e2_points import capacity_verdict
+
+    rate = 20.0
+    row = {"status": "implausible", "reason": "client delivery: 3 of 100 streams arrived whole",
+           "client_delivery_only": delivery_only}
+    good, slow = _records(rate, 0.05), _records(rate, 0.40)     # TTFT SLO 250 ms: all met, none met
+    n = len(good)
+    passed = capacity_verdict(row, good, rate, RULES, n)
+    failed = capacity_verdict(row, slow, rate, RULES, n)
+    assert capacity_verdict({**row, "status": "ok"}, good, rate, RULES, n).outcome == PASS
+    assert capacity_verdict({**row, "status": "ok"}, slow, rate, RULES, n).outcome == FAIL
+    if delivery_only:
+        assert passed.outcome == PASS and "the pass stands" in passed.reason
+        assert failed.outcome == INVALID and "would be 'fail'" in failed.reason
+    else:
+        assert passed.outcome == INVALID and failed.outcome == INVALID

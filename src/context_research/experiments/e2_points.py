@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
-from ..analysis.integrity import SEND_LAG_QUANTILE, apply_status, check_point_row, check_send_lag, send_lag_stats
+from ..analysis.integrity import (CLIENT_DELIVERY, SEND_LAG_QUANTILE, apply_status, check_point_row, check_send_lag,
+                                  send_lag_stats)
 from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
 from ..analysis.probe import ProbeRules, ProbeSample, Verdict, probe_requests, probe_schedule, probe_verdict
 from ..analysis.saturation import SaturationMonitor
@@ -85,6 +87,7 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
     findings = check_point_row(row, gpu_name, hf_config, records)
     if mode in OPEN_LOOP:
         findings.merge(check_send_lag([r.send_lag_s for r in records], schedule_mean_gap_s(records)))
+    row["client_delivery_only"] = bool(findings.reasons) and all(r.startswith(CLIENT_DELIVERY) for r in findings.reasons)
     return apply_status(row, findings)
 
 
@@ -107,15 +110,29 @@ def schedule_mean_gap_s(records: Sequence[RequestRecord]) -> float | None:
 def capacity_verdict(row: dict[str, Any], records: Sequence[RequestRecord], rate_rps: float, rules: ProbeRules,
                      planned_requests: int) -> Verdict:
     """A capacity probe's verdict (``analysis.probe``): its records judged, or invalid when its row
-    failed, is implausible (the checks' reason) or stopped early."""
-    if row["status"] in ("failed", "implausible"):
+    failed, is implausible (the checks' reason) or stopped early.
+
+    One exception: a probe implausible only for client delivery (the client got its tokens later
+    than the engine made them) is judged on its client-side records, and only a pass stands. Those
+    latencies include the delay, so they overstate what the engine did: a pass is a lower bound the
+    engine met, while any other verdict may be the client's and is invalid."""
+    delivery = row["status"] == "implausible" and bool(row.get("client_delivery_only"))
+    if row["status"] in ("failed", "implausible") and not delivery:
         return probe_verdict(ProbeSample.from_records([], rules.ttft_slo_ms, rules.tpot_slo_ms), rate_rps, rules,
                              not_judged=f"{row['status']}: {row['reason']}")
     if row.get("stopped_early"):
         return probe_verdict(ProbeSample.from_records([], rules.ttft_slo_ms, rules.tpot_slo_ms), rate_rps, rules,
                              not_judged=f"stopped early: {row.get('saturation_note')}")
     sample = ProbeSample.from_records(records, rules.ttft_slo_ms, rules.tpot_slo_ms)
-    return probe_verdict(sample, rate_rps, rules, planned_requests=planned_requests)
+    verdict = probe_verdict(sample, rate_rps, rules, planned_requests=planned_requests)
+    if delivery and not verdict.passed:
+        return probe_verdict(sample, rate_rps, rules, not_judged=(
+            f"implausible: {row['reason']} (judged on the client's records it would be '{verdict.outcome}', which "
+            "the delay may have caused)"))
+    if delivery:
+        return dataclasses.replace(verdict, reason=verdict.reason + "; the point is implausible only for client "
+                                   "delivery, whose delay the client's latencies include: the pass stands")
+    return verdict
 
 
 def failed_point_row(mode: str, level: float, reason: str, cfg: dict[str, Any], prefix_caching: bool,
