@@ -258,3 +258,31 @@ def test_every_way_is_checked_before_any_engine_starts(tiny_model, tmp_path, mon
     with pytest.raises(ConfigError, match=r"kv_paths\[0\]\.ucx_env"):
         run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", kv_paths=bad_env), tmp_path / "e3b")
     assert FakeEngine.made == []
+
+
+def test_an_interrupt_during_a_later_way_keeps_the_ways_finished_before(tiny_model, tmp_path, monkeypatch,
+                                                                       shared_folders):
+    """Found on the H100 (2026-12-07): a call's time limit stopped the second way's pair, and the
+    first way's measured rows were lost with it. Every finished way is checkpointed."""
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    real = e3.run_path
+    calls = []
+
+    def run_path(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Terminated(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(e3, "run_path", run_path)
+    ways = [{"name": "example", "connector": "ExampleConnector"}, {"name": "push", "connector": "NixlPushConnector"}]
+    out = tmp_path / "e3"
+    with pytest.raises(Terminated):
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", kv_paths=ways), out)
+    kept = next(out.with_name("e3.partial").iterdir())
+    rows = pd.read_csv(kept / "mode_comparison.csv")
+    assert list(rows["mode"]).count("aggregated") == 4
+    assert (rows.loc[rows["mode"] == "disaggregated", "kv_path"] == "example").sum() == 4
+    assert len(pd.read_csv(kept / "requests.csv")) > 0
+    # (a simulated engine moves no KV: there are no handoff rows to keep; transfers.csv is registered
+    # the same way and written when it has rows)
