@@ -104,3 +104,13 @@ def test_the_checker_finds_a_missing_file_a_missing_heading_and_skips_code(tmp_p
         "README.md:2: docs/other.md#nowhere: no heading #nowhere in docs/other.md",
         "README.md:3: docs/missing.svg: no such file",
     ]
+
+
+def test_every_source_file_the_e1_walk_names_exists():
+    """docs/architecture.md walks E1 through the code by file name: a move or split must update it."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    walk = text.split("## E1 from config key to packet", 1)[1]
+    names = re.findall(r"`([\w./-]+\.(?:py|smk|yaml|j2|rst)|Snakefile)`", walk)
+    assert len(names) >= 20, names
+    missing = [n for n in names if not (REPO / n).exists() and not (REPO / "src" / "context_research" / n).exists()]
+    assert missing == [], f"docs/architecture.md names files that are gone: {missing}"
