@@ -52,7 +52,9 @@ def stamp_columns() -> tuple[Column, ...]:
 _TPOT = ("decode time per output token: (last chunk - anchor chunk) / (output tokens after the anchor); the anchor "
          "is the second token-carrying chunk or, after an opening burst (opening_burst_tokens > 0), the first chunk "
          "after it, moved past chunks that were waiting behind it, so a late chunk does not shorten it "
-         "(records.finalize_timing); empty when no token followed the anchor or the per-chunk counts were not exact")
+         "(records.finalize_timing); empty when no token followed the anchor or the per-chunk counts were not exact. "
+         "Unlike vllm bench serve's (E2E - TTFT) / (output tokens - 1), it counts neither the opening burst's "
+         "tokens nor the first chunk's delay as decode time")
 
 
 def per_request_engine_columns(**meaning: str) -> tuple[Column, ...]:
