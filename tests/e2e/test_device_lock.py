@@ -41,7 +41,7 @@ GONE_S = 120
 
 def hold_e0_devices(workdir: Path) -> list[str]:
     """Take, in this process, the locks of every device an e0 engine of ``workdir``'s config uses."""
-    from context_research import device_lock as dl
+    from context_research.device_lock import lockfile as dl
     from context_research.backends.vllm_server import resolve_device
     from context_research.config import load_config
 
@@ -54,7 +54,7 @@ def hold_e0_devices(workdir: Path) -> list[str]:
 
 
 def release(keys: list[str]) -> None:
-    from context_research import device_lock as dl
+    from context_research.device_lock import lockfile as dl
 
     for key in keys:
         dl.release(key)

@@ -1,4 +1,4 @@
-"""The host-wide device lock (``device_lock.py``) with real processes contending for it in a temp
+"""The host-wide device lock (the ``device_lock`` package) with real processes contending for it in a temp
 lock folder: the second waits and proceeds (mode wait) or fails naming the holder (mode fail);
 re-entrant within a process; released by the kernel when its holder is SIGKILLed. Then how
 ``ExperimentRun`` takes it and what run_metadata.json records. No engine starts here."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from context_research import device_lock as dl
+from context_research.device_lock import lockfile as dl
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import validate_config
 from context_research.errors import ConfigError
@@ -30,7 +30,7 @@ WAIT = 60  # bound on every wait for a child process (never reached when things 
 # when a line arrives on stdin (or is killed).
 HOLDER = r"""
 import json, sys
-from context_research import device_lock as dl
+from context_research.device_lock import lockfile as dl
 mode, experiment, *keys = sys.argv[1:]
 out = []
 try:
@@ -317,7 +317,7 @@ def test_monitor_samples_in_its_own_process_and_hears_of_new_devices():
 
 DRIVER = r"""
 import sys
-from context_research import device_lock as dl
+from context_research.device_lock import lockfile as dl
 mon = dl.ContentionMonitor([dl.CPU], interval_s=0.05).start()
 print(mon._proc.pid, mon._out, flush=True)
 sys.stdin.readline()

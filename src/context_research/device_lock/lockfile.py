@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping
 
-from .errors import ConfigError, ContextResearchError
+from ..errors import ConfigError, ContextResearchError
 
 LOCK_DIR_ENV = "CONTEXT_RESEARCH_LOCK_DIR"
 DEFAULT_LOCK_DIR = "/tmp/context-research-locks"
@@ -701,7 +701,7 @@ class ContentionMonitor:
         os.close(fd)
         self._out = Path(out)
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[1])   # this very code, whatever is installed
+        package_root = str(Path(__file__).resolve().parents[2])   # this very code, whatever is installed
         env["PYTHONPATH"] = os.pathsep.join(x for x in (package_root, env.get("PYTHONPATH")) if x)
         try:
             self._proc = subprocess.Popen(
@@ -913,8 +913,3 @@ class RunDeviceGuard:
                        + " (run_metadata.json contention block); the timings may be disturbed")
         return out
 
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["sample"]:
-        sys.exit(_sampler_main(sys.argv[2:]))
-    sys.exit("usage: python -m context_research.device_lock sample --root PID --out FILE [--interval S] [--devices JSON]")

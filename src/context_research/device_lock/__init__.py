@@ -1,0 +1,1 @@
+"""The host-wide device lock and the contention record (``lockfile``)."""
