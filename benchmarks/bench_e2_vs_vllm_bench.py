@@ -38,7 +38,7 @@ from pathlib import Path
 import context_research
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
-from context_research.device_lock.lockfile import RunDeviceGuard
+from context_research.device_lock.guard import RunDeviceGuard
 from context_research.errors import ContextResearchError
 from context_research.experiments.e2 import measure_point
 from context_research.experiments.session import EngineSession

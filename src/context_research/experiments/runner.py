@@ -24,7 +24,7 @@ from ..columns import write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
-from ..device_lock.lockfile import RunDeviceGuard
+from ..device_lock.guard import RunDeviceGuard
 from .. import watchdog
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
