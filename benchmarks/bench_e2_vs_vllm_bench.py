@@ -45,7 +45,7 @@ from context_research.experiments.session import EngineSession
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
 from context_research.models import resolve_model
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
 
 THROUGHPUT_RATIO_TARGET = 0.98
 TTFT_RATIO_TOLERANCE = 0.05

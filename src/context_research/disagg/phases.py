@@ -26,8 +26,9 @@ from ..engine_metrics import cache_config_info, engine_summary, nixl_telemetry
 from ..errors import ConfigError, EngineStartError
 from ..experiments.session import EngineSession
 from ..io import write_text
+from ..metadata import engine_gpu_name
 from ..tables import fmt
-from ..workload import died_in_flight, engine_gpu_name
+from ..workload.checks import died_in_flight
 from . import connectors
 from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment

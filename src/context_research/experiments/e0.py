@@ -25,7 +25,7 @@ from ..metadata import engine_distribution
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord, read_whole
 from ..warmup import WarmupRule, warm_session
-from ..workload import prompt_length_mismatches
+from ..workload.checks import prompt_length_mismatches
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .runner import ExperimentRun
 from .session import EngineSession

@@ -29,10 +29,13 @@ from typing import Any
 
 from ..analysis.capacity import CapacitySearch, search_from_config
 from ..analysis.probe import ProbeRules, probe_requests
+from ..metadata import engine_gpu_name
 from ..traces import read_trace
 from ..tables import fmt as _f
-from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_gpu_name, request_rows,
-                        sweep_summary)
+from ..workload.checks import died_in_flight
+from ..workload.columns import request_rows, sweep_summary
+from ..workload.progress import PointProgress
+from ..workload.prompts import PromptFactory, context_overflow
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 # The point functions are E2's API too (benchmarks/ measures one point with measure_point).

@@ -38,7 +38,7 @@ from ..quality.scorers import score_sample
 from ..quality.verdicts import (BY_LENGTH_COLUMNS, PERPLEXITY, QUALITY_COLUMNS, by_length_rows, dataset_row,
                                 length_bucket, length_edges, overall_row, summary_verdict)
 from ..records import GenerationRequest
-from ..workload import prompt_length_mismatches
+from ..workload.checks import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
 from .runner import RunContext
 from .session import EngineSession
