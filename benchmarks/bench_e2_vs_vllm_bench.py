@@ -38,14 +38,14 @@ from pathlib import Path
 import context_research
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
-from context_research.device_lock import RunDeviceGuard
+from context_research.device_lock.guard import RunDeviceGuard
 from context_research.errors import ContextResearchError
 from context_research.experiments.e2 import measure_point
 from context_research.experiments.session import EngineSession
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
 from context_research.models import resolve_model
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
 
 THROUGHPUT_RATIO_TARGET = 0.98
 TTFT_RATIO_TOLERANCE = 0.05

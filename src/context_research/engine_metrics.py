@@ -4,7 +4,7 @@ A snapshot is taken before and after a workload; histogram and counter deltas gi
 engine's own view of the same requests the client timed. A histogram serves its exact mean
 (Δsum / Δcount) and count only: a percentile interpolated inside its coarse buckets is not a
 measured percentile, so none is computed. Per-request engine percentiles come from vLLM's
-per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``workload.engine_ttft_percentiles``).
+per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``workload.columns.engine_ttft_percentiles``).
 """
 
 from __future__ import annotations

@@ -86,6 +86,14 @@ def gpu_inventory() -> dict[str, Any]:
         return {"available": False, "reason": f"NVML unavailable: {type(exc).__name__}: {exc}"}
 
 
+def engine_gpu_name(session) -> str | None:
+    """NVML name of the GPU the engine runs on (the one run_metadata records), or None on CPU."""
+    if (session.backend.info() or {}).get("device") != "cuda":
+        return None
+    inv = gpu_inventory()
+    return inv["gpus"][0]["name"] if inv.get("available") else None
+
+
 def hardware() -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),

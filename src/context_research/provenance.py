@@ -38,7 +38,7 @@ WORKFLOW_BUILT = "built by the workflow (its manifest is an input of the rule; t
 # ``e2_figures.py``): left out of the run's code digest, in the figures/report rules' digest.
 REPORT_ONLY_SUFFIXES = ("_report.py", "_figures.py")
 # Modules that read saved runs and never run one (comparisons of two result folders).
-ANALYSIS_ONLY_MODULES = ("analysis/compare.py",)
+ANALYSIS_ONLY_MODULES = ("analysis/compare.py", "analysis/compare_io.py")
 # Modules no rule runs (packing evidence folders): in no digest, so editing them reruns nothing.
 TOOL_ONLY_MODULES = ("evidence.py",)
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from context_research import cli
-from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Options, between_run_sds,
-                                               bootstrap_median_delta, compare, holm, start_sds, verdict)
+from context_research.analysis.compare import COMPARE_COLUMNS, Options, compare, start_sds
+from context_research.analysis.compare_stats import DeltaTest, between_run_sds, bootstrap_median_delta, holm, verdict
 from context_research.compare_report import compare_runs, write_index
 from context_research.errors import ContextResearchError
 

@@ -15,8 +15,9 @@ from context_research.experiments import e1, e1_report
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
 from context_research.report import render_packet, section as report_section_of
-from context_research.workload import (PromptFactory, context_overflow, local_cache_hit_tokens, point_status,
-                                       prompt_length_mismatches, sweep_summary)
+from context_research.workload.checks import local_cache_hit_tokens, point_status, prompt_length_mismatches
+from context_research.workload.columns import sweep_summary
+from context_research.workload.prompts import PromptFactory, context_overflow
 
 REPO = Path(__file__).resolve().parents[2]
 QWEN3_8B = json.loads((REPO / "config/models/qwen3-8b/config.json").read_text())

@@ -13,7 +13,7 @@ from context_research.experiments import e2, e2_points, e2_report
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
 from context_research.report import render_packet, section as report_section_of
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
 
 TINY = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,

@@ -3,7 +3,7 @@ import pytest
 from context_research.engine_metrics import (MetricsSnapshot, engine_summary,
                                              per_request_summary)
 from context_research.records import RequestRecord
-from context_research.workload import engine_columns
+from context_research.workload.columns import engine_columns
 
 BEFORE = """
 # TYPE vllm:time_to_first_token_seconds histogram

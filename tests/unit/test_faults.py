@@ -31,7 +31,8 @@ from context_research.engine_log import exit_description
 from context_research.errors import ContextResearchError, EngineDiedError, EngineStartError
 from context_research.experiments import e0, e1
 from context_research.experiments.runner import Terminated, run_declared
-from context_research.workload import PointProgress, died_in_flight
+from context_research.workload.checks import died_in_flight
+from context_research.workload.progress import PointProgress
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -292,7 +293,7 @@ KILLED = textwrap.dedent(r"""
     from context_research.config import validate_config
     from context_research.experiments import e1
     from context_research.experiments.runner import run_declared
-    from context_research.workload import PointProgress
+    from context_research.workload.progress import PointProgress
 
     real_point, calls = PointProgress.point, []
 

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from context_research.analysis import integrity
-from context_research.analysis.integrity import (Findings, apply_status, check_latency, check_point_row,
-                                                 check_records, check_request_row, floors_ms)
+from context_research.analysis.findings import Findings
+from context_research.analysis.integrity import (apply_status, check_latency, check_point_row, check_records,
+                                                 check_request_row, floors_ms)
 
 REPO = Path(__file__).resolve().parents[2]
 QWEN3_8B = json.loads((REPO / "config" / "models" / "qwen3-8b" / "config.json").read_text())

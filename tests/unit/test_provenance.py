@@ -84,6 +84,7 @@ def test_code_files_leave_out_other_experiments_and_reports():
     assert "experiments/e1_report.py" not in provenance.code_files("e2", reports=True)
     # A comparison of saved runs is not run code: fixing its statistics reruns no experiment.
     assert "analysis/compare.py" not in files and "compare_report.py" not in files
+    assert "analysis/compare_io.py" not in files
     assert "analysis/compare.py" in provenance.code_files(None, reports=True)
 
 

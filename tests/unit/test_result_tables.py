@@ -14,7 +14,7 @@ from context_research.columns import SOURCES, UNITS, Column, Table, UndeclaredCo
 from context_research.disagg.broker import Handoff
 from context_research.records import RequestRecord
 from context_research.result_tables import TABLES, UnknownTableError, glossary_markdown, table_for
-from context_research.workload import engine_columns, request_rows, ttft_gap_columns
+from context_research.workload.columns import engine_columns, request_rows, ttft_gap_columns
 
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "docs" / "evidence"

@@ -37,11 +37,11 @@ What is compared, and why these statistics:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .findings import IMPLAUSIBLE, Findings
 from .hardware import lookup_gpu
 from .model_math import tpot_floor_s, ttft_floor_s
 from ..records import read_whole
@@ -89,43 +89,7 @@ FLOOR_MARGIN = 0.05
 SEND_LAG_QUANTILE = 0.9
 
 NOTE_COLUMN = "integrity_note"
-IMPLAUSIBLE = "implausible"
 _MS = 1000.0
-
-
-@dataclass
-class Findings:
-    """What the checks of one row found: ``reasons`` make it implausible; ``checked`` and
-    ``not_checked`` (each "what: why") say what was and was not compared."""
-
-    reasons: list[str] = field(default_factory=list)
-    checked: list[str] = field(default_factory=list)
-    not_checked: list[str] = field(default_factory=list)
-    # Client slower than the engine beyond the tolerance: real latency outside the engine (API
-    # server, HTTP, a starved client), said on the row, but no reason to distrust the number.
-    outside_engine: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return IMPLAUSIBLE if self.reasons else "ok"
-
-    def merge(self, other: "Findings") -> "Findings":
-        for mine, theirs in ((self.reasons, other.reasons), (self.checked, other.checked),
-                             (self.not_checked, other.not_checked), (self.outside_engine, other.outside_engine)):
-            mine.extend(x for x in theirs if x not in mine)
-        return self
-
-    def note(self) -> str:
-        """One line for the row: what was checked, what was not and why, what failed."""
-        parts = []
-        if self.reasons:
-            parts.append("implausible: " + "; ".join(self.reasons))
-        parts.append("checked: " + (", ".join(self.checked) if self.checked else "nothing"))
-        if self.not_checked:
-            parts.append("not checked: " + "; ".join(self.not_checked))
-        if self.outside_engine:
-            parts.append("time outside the engine: " + "; ".join(self.outside_engine))
-        return " | ".join(parts)
 
 
 def _num(value: Any) -> float | None:

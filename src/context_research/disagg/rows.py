@@ -13,7 +13,7 @@ from ..analysis.latency import goodput, latency_row
 from ..analysis.stats import mean, ms, percentile
 from ..records import RequestRecord
 from ..result_tables import data_columns
-from ..workload import point_status
+from ..workload.checks import point_status
 from .broker import Handoff
 from .plan import Point
 from .connectors import NIXL_CONNECTORS

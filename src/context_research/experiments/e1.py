@@ -20,11 +20,13 @@ from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..errors import ConfigError
+from ..metadata import engine_gpu_name
 from ..records import RequestRecord
 from ..tables import fmt as _fmt
-from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_columns,
-                        engine_gpu_name, point_status, prompt_length_mismatches, request_rows, sweep_summary,
-                        ttft_gap_columns)
+from ..workload.checks import died_in_flight, point_status, prompt_length_mismatches
+from ..workload.columns import engine_columns, request_rows, sweep_summary, ttft_gap_columns
+from ..workload.progress import PointProgress
+from ..workload.prompts import PromptFactory, context_overflow
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext

@@ -14,7 +14,9 @@ from ..analysis.probe import ProbeRules, ProbeSample, Verdict, probe_requests, p
 from ..analysis.saturation import SaturationMonitor
 from ..records import GenerationRequest, RequestRecord
 from ..traces import read_trace
-from ..workload import PromptFactory, engine_columns, point_status, prompt_length_mismatches, ttft_gap_columns
+from ..workload.checks import point_status, prompt_length_mismatches
+from ..workload.columns import engine_columns, ttft_gap_columns
+from ..workload.prompts import PromptFactory
 from .e2_load import LOAD_COLUMNS, energy_reading, point_load_columns
 from .session import EngineSession
 

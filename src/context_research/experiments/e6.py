@@ -34,9 +34,9 @@ from ..engine_log import engine_error_lines
 from ..engine_metrics import engine_summary
 from ..errors import ContextResearchError, EngineDiedError
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
+from ..metadata import engine_gpu_name
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
-from ..workload import engine_gpu_name
 from ..warmup import WarmupRule, warm_session
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .e6_model import derive_rope_config, model_source_dir, write_derived_model

@@ -24,7 +24,7 @@ from ..columns import write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
-from ..device_lock import RunDeviceGuard
+from ..device_lock.guard import RunDeviceGuard
 from .. import watchdog
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
@@ -248,7 +248,7 @@ class ExperimentRun:
         self.gpu_stats_extra: dict[str, Any] = {}
         self.result_summary: Any = None
         self.metadata: dict[str, Any] | None = None
-        # The run's device locks and contention record (device_lock.py); taken by backend().
+        # The run's device locks and contention record (device_lock/); taken by backend().
         self.device_guard = RunDeviceGuard(self.serving, experiment=experiment.name, run_id=self.ctx.run_id)
 
     def backend(self, model: dict[str, Any], serving: dict[str, Any], log_key: str = "engine_log",
