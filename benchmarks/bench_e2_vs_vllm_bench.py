@@ -36,12 +36,12 @@ import time
 from pathlib import Path
 
 import context_research
+from context_research.backends.session import EngineSession
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
 from context_research.device_lock import RunDeviceGuard
 from context_research.errors import ContextResearchError
 from context_research.experiments.e2 import measure_point
-from context_research.experiments.session import EngineSession
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
 from context_research.models import resolve_model

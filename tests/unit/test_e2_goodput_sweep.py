@@ -368,7 +368,7 @@ def test_trace_replay_sends_each_request_at_its_offset_with_its_lengths(tmp_path
 
 def test_session_stops_sending_once_the_monitor_says_saturated():
     """Requests not yet sent when the monitor gives a stop reason are skipped; no clock involved."""
-    from context_research.experiments.session import EngineSession
+    from context_research.backends.session import EngineSession
     from context_research.records import GenerationRequest
 
     class InstantBackend(FakeBackend):
@@ -402,7 +402,7 @@ def test_session_records_how_late_each_scheduled_request_was_sent():
     scheduled sends late by at least that much, less their offsets; closed-loop sends have no lag."""
     import time
 
-    from context_research.experiments.session import EngineSession
+    from context_research.backends.session import EngineSession
     from context_research.records import GenerationRequest
 
     class BlockingBackend(FakeBackend):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.client import http_session
+from ..backends.session import EngineSession
 from ..datasets.materialize import load_materialized
 from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets
 from ..hashing import sha256_file
@@ -41,7 +42,6 @@ from ..records import GenerationRequest
 from ..workload import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
 from .runner import RunContext
-from .session import EngineSession
 
 Loaded = list[tuple[Dataset, dict, list[dict]]]  # load_materialized: (dataset, manifest, samples)
 

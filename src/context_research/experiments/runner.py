@@ -20,8 +20,10 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import pandas as pd
 
 from .. import io
+from ..backends.base import ServingBackend, backend_mode
+from ..backends.factory import make_backend
+from ..backends.session import EngineSession
 from ..columns import write_table
-from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
 from ..device_lock import RunDeviceGuard
@@ -33,7 +35,6 @@ from ..models import resolve_model
 from ..provenance import resolved_model
 from . import partial
 from .declaration import ONE_ENGINE, Experiment, Prepared
-from .session import EngineSession
 
 
 @dataclass
