@@ -13,10 +13,11 @@ from .errors import ContextResearchError
 
 def _config_from_args(args) -> dict:
     from .config import load_config, validate_config
+    from .experiments.catalog import EXPERIMENTS
 
     if args.config_json:
-        return validate_config(json.loads(args.config_json), source="--config-json")
-    return load_config(args.configfile[0], args.configfile[1:])
+        return validate_config(json.loads(args.config_json), source="--config-json", experiments=EXPERIMENTS)
+    return load_config(args.configfile[0], args.configfile[1:], experiments=EXPERIMENTS)
 
 
 def cmd_run(args) -> int:

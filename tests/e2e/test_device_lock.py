@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from context_research.experiments.catalog import EXPERIMENTS
+
 from .conftest import REPO, VENV_BIN, copy_checkout, run_snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +47,7 @@ def hold_e0_devices(workdir: Path) -> list[str]:
     from context_research.backends.vllm_server import resolve_device
     from context_research.config import load_config
 
-    serving = load_config(workdir / "config" / "config.yaml")["serving"]
+    serving = load_config(workdir / "config" / "config.yaml", experiments=EXPERIMENTS)["serving"]
     keys = []
     for device in dl.engine_devices(resolve_device(serving), serving):
         dl.acquire(device, mode="fail", holder=HOLDER)

@@ -232,11 +232,11 @@ class ExperimentRun:
         self.outdir.mkdir(parents=True, exist_ok=True)
         # The run keys only: a body that reads an analysis key fails here rather than using the
         # schema default the engine rule's config view was filled with.
-        self.cfg = run_config(config, experiment.name)
+        self.cfg = run_config(config, experiment)
         self.serving: dict[str, Any] = config["serving"]
         self.model = resolve_model(model_profile(config))
         self._dataset_sha = dataset_manifest_sha256
-        self.hash_inputs = hash_inputs(config, experiment.name, dataset_manifest_sha256)
+        self.hash_inputs = hash_inputs(config, experiment, dataset_manifest_sha256)
         chash = sha256_obj(self.hash_inputs)
         self.ctx = RunContext(experiment=experiment.name, run_id=make_run_id(chash), config_hash=chash,
                               backend_mode=backend_mode(self.serving), weights=self.model["weights"],
