@@ -48,9 +48,9 @@ class RunContext:
     weights: str
     model_id: str
     outdir: Path
+    # output key -> file name: the declaration's ``all_files``
+    files: Mapping[str, str]
     notes: list[str] = field(default_factory=list)
-    # output key -> file name; by default the catalog's declaration of ``experiment``
-    files: Mapping[str, str] | None = None
     # output keys written (or diverted) so far; files the results folder refused (partial.Diverted);
     # rows to keep if the run fails before writing them (keep_on_failure)
     written: set[str] = field(default_factory=set)
@@ -64,10 +64,6 @@ class RunContext:
     def path(self, key: str, *name_args: Any) -> Path:
         """The declared output ``key`` of this run (e.g. ``ctx.path("latency")``); ``name_args``
         fill a numbered optional output's name (``ctx.path("engine_restart", 2)``)."""
-        if self.files is None:
-            from .catalog import get
-
-            self.files = get(self.experiment).all_files
         try:
             return self.outdir / self.files[key].format(*name_args)
         except KeyError:
