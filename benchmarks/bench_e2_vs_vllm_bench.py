@@ -36,12 +36,13 @@ import time
 from pathlib import Path
 
 import context_research
+from context_research.backends.session import EngineSession
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
 from context_research.device_lock.guard import RunDeviceGuard
 from context_research.errors import ContextResearchError
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.e2 import measure_point
-from context_research.experiments.session import EngineSession
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
 from context_research.models import resolve_model
@@ -233,7 +234,7 @@ def level_summary(runs: dict[str, list[dict]]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = load_config(args.configfile[0], args.configfile[1:])
+    config = load_config(args.configfile[0], args.configfile[1:], experiments=EXPERIMENTS)
     model = resolve_model(model_profile(config))
     serving = dict(config["serving"])
     if serving.get("backend") != "vllm":

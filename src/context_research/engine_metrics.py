@@ -120,7 +120,7 @@ def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str,
     return out
 
 
-# The gauges E2 watches while a point runs (experiments.session.EngineSession, every
+# The gauges E2 watches while a point runs (backends.session.EngineSession, every
 # WATCH_INTERVAL_S): the KV cache's fill (its peak is engine_kv_cache_usage_peak) and the engine's
 # waiting queue (the saturation monitor's engine-side backlog).
 WATCHED_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting")

@@ -52,6 +52,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cpus() -> list[int]:
+    """The CPU ids this process may run on (its affinity; every core where that is unknown)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 def _ram_bytes() -> int | None:
     try:
         import psutil

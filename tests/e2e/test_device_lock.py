@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from context_research.experiments.catalog import EXPERIMENTS
+
 from .conftest import REPO, VENV_BIN, copy_checkout, run_snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +48,7 @@ def hold_e0_devices(workdir: Path) -> list[str]:
     from context_research.device_lock.devices import engine_devices
     from context_research.device_lock.lockfile import acquire
 
-    serving = load_config(workdir / "config" / "config.yaml")["serving"]
+    serving = load_config(workdir / "config" / "config.yaml", experiments=EXPERIMENTS)["serving"]
     keys = []
     for device in engine_devices(resolve_device(serving), serving):
         acquire(device, mode="fail", holder=HOLDER)

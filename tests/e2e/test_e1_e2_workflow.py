@@ -11,6 +11,7 @@ from context_research.analysis.capacity import BUDGET, CONVERGED, INVALID_TWICE,
 from context_research.analysis.latency import poisson_schedule
 from context_research.config import load_config
 from context_research.experiments import e2
+from context_research.experiments.catalog import EXPERIMENTS
 
 from .conftest import copy_checkout, run_snakemake, texts
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def config(workflow_dir):
     return load_config(workflow_dir / "config/config.yaml",
-                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml")
+                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml", experiments=EXPERIMENTS)
 
 
 def _ordered(frame, metric):

@@ -28,6 +28,7 @@ from context_research.device_lock.processes import is_engine_cmdline, other_engi
 from context_research.device_lock.sampler import ContentionMonitor
 from context_research.errors import ConfigError, ContextResearchError
 from context_research.experiments import e0, runner
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import ExperimentRun
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -246,7 +247,7 @@ def test_gpus_per_engine(args, n):
 
 def test_lock_settings_defaults_agree_with_the_schema():
     serving = validate_config({"model_profile": "m", "models": {"m": {"source": "embedded"}},
-                               "serving": {"device_lock": {}}})["serving"]
+                               "serving": {"device_lock": {}}}, experiments=EXPERIMENTS)["serving"]
     assert serving["device_lock"] == {"mode": DEFAULT_MODE, "timeout_s": DEFAULT_TIMEOUT_S}
     assert lock_settings({}) == (DEFAULT_MODE, DEFAULT_TIMEOUT_S)
     with pytest.raises(ConfigError, match="serving.device_lock.mode"):
@@ -384,7 +385,7 @@ class NeverStarted(VllmServerBackend):
 
 def _config(tiny_model, **serving):
     return validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 2048}},
-                            "serving": {"backend": "vllm", "device": "cpu", **serving}})
+                            "serving": {"backend": "vllm", "device": "cpu", **serving}}, experiments=EXPERIMENTS)
 
 
 def test_a_run_holds_its_device_while_its_engines_live_and_records_contention(tiny_model, tmp_path, monkeypatch,
@@ -428,7 +429,7 @@ def test_a_run_in_fail_mode_starts_no_engine_beside_the_holder(tiny_model, tmp_p
 def test_a_simulated_run_takes_no_lock(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
     cfg = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 2048}},
-                           "serving": {"backend": "simulated", "device": "cpu"}})
+                           "serving": {"backend": "simulated", "device": "cpu"}}, experiments=EXPERIMENTS)
     with ExperimentRun(e0.EXPERIMENT, cfg, tmp_path / "e0") as run:
         run.backend(run.model, run.serving)
         assert held_devices() == []

@@ -9,6 +9,7 @@ from context_research.disagg.gpus import assign_gpus
 from context_research.disagg.paths import kv_paths
 from context_research.disagg.phases import aggregated_serving, pair_servings
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.variants import BASELINE, variant_configs
 
 CONFIG = REPO_ROOT / "config"
@@ -18,7 +19,8 @@ TWO_GPUS = CONFIG / "e3-two-gpus.yaml"
 
 
 def configs(*overlays):
-    return variant_configs(load_config(CONFIG / "config.yaml", [*MODEL, *overlays]))
+    return variant_configs(load_config(CONFIG / "config.yaml", [*MODEL, *overlays], experiments=EXPERIMENTS),
+                           experiments=EXPERIMENTS)
 
 
 def test_the_plan_runs_the_four_ways_as_three_runs():
@@ -35,8 +37,8 @@ def test_the_plan_runs_the_four_ways_as_three_runs():
         e3 = cfg["experiments"]["e3"]
         assert (e3["prompt_tokens"], e3["concurrency_levels"], e3["requests_per_point"]) == ([4096, 16384], [1, 2], 4)
     for variant in ("get-zcopy", "push"):
-        assert experiment_hash(runs[variant], "e3") != experiment_hash(runs[BASELINE], "e3")
-        assert experiment_hash(runs[variant], "e1") == experiment_hash(runs[BASELINE], "e1")
+        assert experiment_hash(runs[variant], EXPERIMENTS["e3"]) != experiment_hash(runs[BASELINE], EXPERIMENTS["e3"])
+        assert experiment_hash(runs[variant], EXPERIMENTS["e1"]) == experiment_hash(runs[BASELINE], EXPERIMENTS["e1"])
 
 
 def test_each_way_of_the_plan_gets_the_engine_settings_it_needs():

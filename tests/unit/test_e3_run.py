@@ -13,6 +13,7 @@ from context_research.disagg import connectors
 from context_research.disagg.rows import POINT_COLUMNS, handoff_columns
 from context_research.errors import ConfigError, EngineStartError
 from context_research.experiments import e3, runner
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import Terminated, run_declared
 
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
@@ -24,7 +25,7 @@ def _config(src, backend, **e3cfg):
     return validate_config({"model_profile": "m", "models": {"m": {"source": str(src), "max_model_len": 2048}},
                             "serving": {"backend": backend, "device": "cpu"},
                             "experiments": {"e3": {"prompt_tokens": [256, 2040], "concurrency_levels": [1, 2],
-                                                   "requests_per_point": 2, **e3cfg}}})
+                                                   "requests_per_point": 2, **e3cfg}}}, experiments=EXPERIMENTS)
 
 
 @pytest.fixture

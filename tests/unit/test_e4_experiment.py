@@ -15,6 +15,7 @@ from context_research.datasets import specs
 from context_research.errors import ConfigError
 from context_research.experiments import e4
 from context_research.experiments import e4_report
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import RunContext
 from context_research.hashing import sha256_file
 from context_research.io import read_json, read_jsonl, write_json
@@ -236,7 +237,7 @@ def test_meaningful_verdict(weights, mode, source, expected):
 
 
 def default_config():
-    return load_config(REPO / "config" / "config.yaml")
+    return load_config(REPO / "config" / "config.yaml", experiments=EXPERIMENTS)
 
 
 def test_default_datasets_cover_ruler_lengths_and_every_fixture():

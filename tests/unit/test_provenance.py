@@ -11,43 +11,46 @@ import pytest
 
 from context_research import cli, provenance
 from context_research.config import REPO_ROOT, analysis_config, experiment_view, hash_inputs, load_config, run_config
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.hashing import sha256_obj
 
-CONFIG = load_config(REPO_ROOT / "config" / "config.yaml")
+CONFIG = load_config(REPO_ROOT / "config" / "config.yaml", experiments=EXPERIMENTS)
 
 
 def test_analysis_keys_are_not_run_keys_where_an_analysis_step_reads_them():
-    assert "cv_threshold" not in run_config(CONFIG, "e0") and "repeats" in run_config(CONFIG, "e0")
-    assert analysis_config(CONFIG, "e0") == {"cv_threshold": CONFIG["experiments"]["e0"]["cv_threshold"]}
-    assert "cv_threshold" not in experiment_view(CONFIG, "e0")["experiments"]["e0"]
+    e0 = EXPERIMENTS["e0"]
+    assert "cv_threshold" not in run_config(CONFIG, e0) and "repeats" in run_config(CONFIG, e0)
+    assert analysis_config(CONFIG, EXPERIMENTS["e0"]) == {"cv_threshold": CONFIG["experiments"]["e0"]["cv_threshold"]}
+    assert "cv_threshold" not in experiment_view(CONFIG, EXPERIMENTS["e0"])["experiments"]["e0"]
     # E3 has no analysis step yet: its SLOs stay in its run config
-    assert "ttft_slo_ms" in run_config(CONFIG, "e3") and analysis_config(CONFIG, "e3") == {}
+    assert "ttft_slo_ms" in run_config(CONFIG, EXPERIMENTS["e3"]) and analysis_config(CONFIG, EXPERIMENTS["e3"]) == {}
 
 
 def test_e2_slos_and_attainment_target_are_run_keys_they_steer_the_capacity_search():
     for key in ("ttft_slo_ms", "tpot_slo_ms", "attainment_target"):
-        assert key in run_config(CONFIG, "e2") and key in experiment_view(CONFIG, "e2")["experiments"]["e2"]
-    assert analysis_config(CONFIG, "e2") == {}
+        assert key in run_config(CONFIG, EXPERIMENTS["e2"])
+        assert key in experiment_view(CONFIG, EXPERIMENTS["e2"])["experiments"]["e2"]
+    assert analysis_config(CONFIG, EXPERIMENTS["e2"]) == {}
 
 
 def test_an_analysis_key_leaves_the_run_hash_alone_and_a_run_key_changes_it():
-    base = hash_inputs(CONFIG, "e0")
+    base = hash_inputs(CONFIG, EXPERIMENTS["e0"])
     threshold = copy.deepcopy(CONFIG)
     threshold["experiments"]["e0"]["cv_threshold"] = 0.5
-    assert sha256_obj(hash_inputs(threshold, "e0")) == sha256_obj(base)
+    assert sha256_obj(hash_inputs(threshold, EXPERIMENTS["e0"])) == sha256_obj(base)
     run = copy.deepcopy(CONFIG)
     run["experiments"]["e0"]["repeats"] += 1
-    assert sha256_obj(hash_inputs(run, "e0")) != sha256_obj(base)
+    assert sha256_obj(hash_inputs(run, EXPERIMENTS["e0"])) != sha256_obj(base)
     # E2's SLOs and attainment target decide which rates the capacity search probes
-    e2 = sha256_obj(hash_inputs(CONFIG, "e2"))
+    e2 = sha256_obj(hash_inputs(CONFIG, EXPERIMENTS["e2"]))
     for key, value in (("ttft_slo_ms", 1.0), ("tpot_slo_ms", 1.0), ("attainment_target", 0.5)):
         changed = copy.deepcopy(CONFIG)
         changed["experiments"]["e2"][key] = value
-        assert sha256_obj(hash_inputs(changed, "e2")) != e2, key
+        assert sha256_obj(hash_inputs(changed, EXPERIMENTS["e2"])) != e2, key
 
 
 def test_hash_inputs_name_every_fact_the_config_does_not_say():
-    inputs = hash_inputs(CONFIG, "e1")
+    inputs = hash_inputs(CONFIG, EXPERIMENTS["e1"])
     assert {"engine", "torch", "code_sha256", "model_files", "engine_env", "gpu"} <= set(inputs)
     assert inputs["gpu"] == provenance.gpu_model()
     assert inputs["model_files"]["source"] == "embedded"
@@ -131,10 +134,10 @@ def test_revision_is_a_valid_profile_key():
     config["models"]["qwen3-8b"]["revision"] = "main"
     from context_research.config import validate_config
 
-    validate_config(config)
+    validate_config(config, experiments=EXPERIMENTS)
     config["models"]["qwen3-8b"]["revision"] = ""
     with pytest.raises(Exception, match="revision"):
-        validate_config(config)
+        validate_config(config, experiments=EXPERIMENTS)
 
 
 def _run_folder(root: Path, name: str, **changes) -> Path:
@@ -182,14 +185,15 @@ def test_cli_says_when_a_hash_does_not_match_its_inputs_or_none_are_listed(tmp_p
 def test_e3s_ucx_environment_is_a_run_key_and_an_exported_ucx_variable_is_an_engine_fact(monkeypatch):
     """issue 27: UCX_CUDA_IPC_ENABLE_GET_ZCOPY changed E3's transfer 300-fold and was recorded nowhere."""
     monkeypatch.delenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", raising=False)
-    base = hash_inputs(CONFIG, "e3")
+    base = hash_inputs(CONFIG, EXPERIMENTS["e3"])
     configured = copy.deepcopy(CONFIG)
     configured["experiments"]["e3"]["ucx_env"] = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
-    inputs = hash_inputs(configured, "e3")
+    inputs = hash_inputs(configured, EXPERIMENTS["e3"])
     assert inputs["experiment_config"]["ucx_env"] == {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
     assert sha256_obj(inputs) != sha256_obj(base)
-    assert sha256_obj(hash_inputs(configured, "e1")) == sha256_obj(hash_inputs(CONFIG, "e1"))   # E3's key only
+    # E3's key only
+    assert sha256_obj(hash_inputs(configured, EXPERIMENTS["e1"])) == sha256_obj(hash_inputs(CONFIG, EXPERIMENTS["e1"]))
     monkeypatch.setenv("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")   # exported in the shell instead
-    exported = hash_inputs(CONFIG, "e3")
+    exported = hash_inputs(CONFIG, EXPERIMENTS["e3"])
     assert exported["engine_env"]["UCX_CUDA_IPC_ENABLE_GET_ZCOPY"] == "y"
     assert sha256_obj(exported) != sha256_obj(base)

@@ -158,7 +158,7 @@ def test_shared_groups_match_the_code():
     from context_research.experiments.runner import RunContext
 
     ctx = RunContext(experiment="e1", run_id="r", config_hash="h", backend_mode="real", weights="real",
-                     model_id="m", outdir=Path("."))
+                     model_id="m", outdir=Path("."), files={})
     assert stamp_names == list(ctx.stamp()) == STAMP
     assert [c.name for c in result_tables.latency_stat_columns()] == list(LATENCY_COLUMNS)
     assert [c.name for c in result_tables.engine_point_columns()] == list(engine_columns({}))

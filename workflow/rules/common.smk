@@ -27,9 +27,9 @@ try:
     # names the file that set the bad key last (the schema's defaults belong to no file).
     _CONFIG_SOURCE, _CONFIG_ORIGINS = snakemake_config_origins(workflow)
     _SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-    validate_config(config, _SCHEMA, source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS)
+    validate_config(config, _SCHEMA, source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS, experiments=EXPERIMENTS)
     # {name: merged config} of every variant, baseline first, each validated like the main config
-    VARIANT_CONFIGS = variant_configs(config, _SCHEMA)
+    VARIANT_CONFIGS = variant_configs(config, _SCHEMA, experiments=EXPERIMENTS)
 except ConfigError as exc:
     sys.exit(f"context-research: {exc}")
 
@@ -104,7 +104,7 @@ def config_hash(experiment, variant=BASELINE):
     torch versions, package code, model files, engine environment, GPU model), computed here while
     the DAG is built, from the variant's merged config. A param, so any change of them reruns the
     engine rule."""
-    return experiment_hash(VARIANT_CONFIGS[variant], experiment)
+    return experiment_hash(VARIANT_CONFIGS[variant], EXPERIMENTS[experiment])
 
 
 def report_code(experiment):
@@ -115,7 +115,7 @@ def report_code(experiment):
 
 def analysis_config_json(experiment, variant=BASELINE):
     """What an analysis rule passes to `context-research analyse`: the experiment's analysis keys."""
-    return json.dumps(analysis_config(VARIANT_CONFIGS[variant], experiment), sort_keys=True)
+    return json.dumps(analysis_config(VARIANT_CONFIGS[variant], EXPERIMENTS[experiment]), sort_keys=True)
 
 
 def analysis_outputs(experiment, root="results"):
@@ -127,7 +127,7 @@ def experiment_config_json(experiment, variant=BASELINE):
     """What an engine rule passes to `context-research run`: only the config its hash covers,
     so changing another experiment's block (or another variant) leaves this rule's params (and
     outputs) alone."""
-    return json.dumps(experiment_view(VARIANT_CONFIGS[variant], experiment), sort_keys=True)
+    return json.dumps(experiment_view(VARIANT_CONFIGS[variant], EXPERIMENTS[experiment]), sort_keys=True)
 
 
 def data_inputs(experiment):

@@ -24,7 +24,7 @@ from ..analysis.stats import ms, percentile
 from ..backends.base import ServingBackend
 from ..engine_metrics import cache_config_info, engine_summary, nixl_telemetry
 from ..errors import ConfigError, EngineStartError
-from ..experiments.session import EngineSession
+from ..backends.session import EngineSession
 from ..io import write_text
 from ..metadata import engine_gpu_name
 from ..tables import fmt

@@ -75,6 +75,9 @@ class Experiment:
     data_inputs: Callable[[dict], list[str]] | None = None
     # Experiments whose results this one's figures join when they are in the report (E4: E1, E5).
     figure_joins: tuple[str, ...] = ()
+    # (config key, message) for each thing its validated block names that no run could use (E4: a
+    # data file that cannot be read); ``config.validate_config`` refuses the first before any rule runs.
+    config_problems: Callable[[dict], list[tuple[str, str]]] | None = None
 
     def __post_init__(self):
         if self.engines not in (ONE_ENGINE, SEVERAL_ENGINES):

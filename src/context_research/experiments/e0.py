@@ -18,6 +18,7 @@ from ..analysis.integrity import check_records
 from ..analysis.stats import (coefficient_of_variation, interval_part, mean, ms, small_sample_note, small_sample_part,
                               summarize_with_ci)
 from ..backends.client import auth_headers
+from ..backends.session import EngineSession
 from ..errors import EngineDiedError
 from ..hashing import sha256_obj
 from ..io import write_json
@@ -28,7 +29,6 @@ from ..warmup import WarmupRule, warm_session
 from ..workload.checks import prompt_length_mismatches
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .runner import ExperimentRun
-from .session import EngineSession
 
 
 def _requests(prefix: str, n: int, prompt: list[int], cfg: dict, seed: int,

@@ -19,6 +19,7 @@ from ..analysis.hardware import lookup_gpu
 from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
+from ..backends.session import EngineSession
 from ..errors import ConfigError
 from ..metadata import engine_gpu_name
 from ..records import RequestRecord
@@ -30,7 +31,6 @@ from ..workload.prompts import PromptFactory, context_overflow
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
-from .session import EngineSession
 
 _MS = 1000.0
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..analysis.capacity import CapacitySearch, search_from_config
 from ..analysis.probe import ProbeRules, probe_requests
+from ..backends.session import EngineSession
 from ..metadata import engine_gpu_name
 from ..traces import read_trace
 from ..tables import fmt as _f
@@ -43,7 +44,6 @@ from .declaration import ONE_ENGINE, Experiment, Figure
 from .e2_points import (MODES, OPEN_LOOP, capacity_verdict, failed_point_row, measure_point,  # noqa: F401
                         point_requests, point_row, requests_for_point, sweep_points)
 from .runner import RunContext
-from .session import EngineSession
 
 
 def capacity_row(prompt_tokens: int, search: CapacitySearch | None, cfg: dict[str, Any],

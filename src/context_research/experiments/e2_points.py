@@ -12,13 +12,13 @@ from ..analysis.integrity import (CLIENT_DELIVERY, SEND_LAG_QUANTILE, apply_stat
 from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
 from ..analysis.probe import ProbeRules, ProbeSample, Verdict, probe_requests, probe_schedule, probe_verdict
 from ..analysis.saturation import SaturationMonitor
+from ..backends.session import EngineSession
 from ..records import GenerationRequest, RequestRecord
 from ..traces import read_trace
 from ..workload.checks import point_status, prompt_length_mismatches
 from ..workload.columns import engine_columns, ttft_gap_columns
 from ..workload.prompts import PromptFactory
 from .e2_load import LOAD_COLUMNS, energy_reading, point_load_columns
-from .session import EngineSession
 
 MODES = ("concurrency", "rate", "capacity", "trace")
 OPEN_LOOP = ("rate", "capacity", "trace")

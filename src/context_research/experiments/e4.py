@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..backends.client import http_session
+from ..backends.session import EngineSession
 from ..datasets.materialize import load_materialized
-from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets
+from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets, explicit_file_problems
 from ..hashing import sha256_file
 from ..quality.perplexity import fetch_prompt_logprobs, perplexity_fields, pg19_token_ids
 from ..quality.prompting import ChatPrompter, load_tokenizer, prompt_budget
@@ -40,7 +41,6 @@ from ..records import GenerationRequest
 from ..workload.checks import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
 from .runner import RunContext
-from .session import EngineSession
 
 Loaded = list[tuple[Dataset, dict, list[dict]]]  # load_materialized: (dataset, manifest, samples)
 
@@ -299,6 +299,7 @@ EXPERIMENT = Experiment(
              Figure("table", "quality.html", "e4_table.rst"),
              Figure("beside_speed", "beside_speed.svg", "e4_beside_speed.rst")),
     figure_joins=("e1", "e5"),
+    config_problems=explicit_file_problems,  # E4's data files: never a silent fixture
     report=e4_report,
     # every key of experiments.e4 shapes the datasets, the prompts or the decoding; the scorers
     # are fixed per sample (its ``metric``), so no key only analyses saved predictions

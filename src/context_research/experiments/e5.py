@@ -29,6 +29,7 @@ import pandas as pd
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
+from ..backends.session import EngineSession
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..metadata import engine_gpu_name
 from ..prompts import token_id_prompt
@@ -37,7 +38,6 @@ from ..workload.checks import died_in_flight
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
-from .session import EngineSession
 
 
 # -- the KV check and the row ------------------------------------------------------------------

@@ -30,6 +30,7 @@ import pandas as pd
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..backends.base import ServingBackend
+from ..backends.session import EngineSession
 from ..engine_log import engine_error_lines
 from ..engine_metrics import engine_summary
 from ..errors import ContextResearchError, EngineDiedError
@@ -41,7 +42,6 @@ from ..warmup import WarmupRule, warm_session
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .e6_model import derive_rope_config, model_source_dir, write_derived_model
 from .runner import ExperimentRun
-from .session import EngineSession
 
 # Failure kinds a smaller KV cache can fix: these are retried with kv_cache_dtype_fallback.
 MEMORY_FAILURES = {"oom", "kv_cache_capacity", "engine_died"}

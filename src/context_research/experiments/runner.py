@@ -20,8 +20,10 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import pandas as pd
 
 from .. import io
+from ..backends.base import ServingBackend, backend_mode
+from ..backends.factory import make_backend
+from ..backends.session import EngineSession
 from ..columns import write_table
-from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
 from ..device_lock.guard import RunDeviceGuard
@@ -33,7 +35,6 @@ from ..models import resolve_model
 from ..provenance import resolved_model
 from . import partial
 from .declaration import ONE_ENGINE, Experiment, Prepared
-from .session import EngineSession
 
 
 @dataclass
@@ -47,9 +48,9 @@ class RunContext:
     weights: str
     model_id: str
     outdir: Path
+    # output key -> file name: the declaration's ``all_files``
+    files: Mapping[str, str]
     notes: list[str] = field(default_factory=list)
-    # output key -> file name; by default the catalog's declaration of ``experiment``
-    files: Mapping[str, str] | None = None
     # output keys written (or diverted) so far; files the results folder refused (partial.Diverted);
     # rows to keep if the run fails before writing them (keep_on_failure)
     written: set[str] = field(default_factory=set)
@@ -63,10 +64,6 @@ class RunContext:
     def path(self, key: str, *name_args: Any) -> Path:
         """The declared output ``key`` of this run (e.g. ``ctx.path("latency")``); ``name_args``
         fill a numbered optional output's name (``ctx.path("engine_restart", 2)``)."""
-        if self.files is None:
-            from .catalog import get
-
-            self.files = get(self.experiment).all_files
         try:
             return self.outdir / self.files[key].format(*name_args)
         except KeyError:
@@ -231,11 +228,11 @@ class ExperimentRun:
         self.outdir.mkdir(parents=True, exist_ok=True)
         # The run keys only: a body that reads an analysis key fails here rather than using the
         # schema default the engine rule's config view was filled with.
-        self.cfg = run_config(config, experiment.name)
+        self.cfg = run_config(config, experiment)
         self.serving: dict[str, Any] = config["serving"]
         self.model = resolve_model(model_profile(config))
         self._dataset_sha = dataset_manifest_sha256
-        self.hash_inputs = hash_inputs(config, experiment.name, dataset_manifest_sha256)
+        self.hash_inputs = hash_inputs(config, experiment, dataset_manifest_sha256)
         chash = sha256_obj(self.hash_inputs)
         self.ctx = RunContext(experiment=experiment.name, run_id=make_run_id(chash), config_hash=chash,
                               backend_mode=backend_mode(self.serving), weights=self.model["weights"],
