@@ -196,8 +196,9 @@ def method_lines(comp: Comparison) -> list[str]:
             if max(len(comp.runs_a), len(comp.runs_b)) > 1 else
             "One run per side: a host that drifts between runs (minutes apart) beyond E0's back-to-back starts "
             "is not covered; compare.runs_per_side >= 2 measures that drift."),
-        "Compared: points whose status is ok in both runs, successful requests only; other points are listed "
-        "as not compared with the reason.",
+        "Compared: points whose status is ok in both runs, successful requests only; the engine's own metrics "
+        "(engine_*) also where a run is implausible for client delivery only (its client-side metrics are not "
+        "compared there); other points are listed as not compared with the reason.",
     ]
 
 def report_context(comp: Comparison, figures: dict[str, Path]) -> dict[str, Any]:

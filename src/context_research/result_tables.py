@@ -298,6 +298,16 @@ def measured_on_column(text: str) -> Column:
     return C("measured_on", "", "label", f"where the row's numbers come from ({text})")
 
 
+def integrity_columns() -> tuple[Column, ...]:
+    """``analysis.integrity.apply_status``'s note and delivery flag, for a table whose rows go
+    through the checks."""
+    return (integrity_note_column(), C(
+        "client_delivery_only", "bool", "derived", "true when client delivery (the client got tokens later than the "
+                                                   "engine made them) is the only reason the row is implausible: its "
+                                                   "engine-side timings stand and are compared; its client-side "
+                                                   "latencies overstate the engine's (docs/statistics.md)"))
+
+
 def integrity_note_column() -> Column:
     """``analysis.integrity.apply_status``'s note, for a table whose rows go through the checks."""
     return C("integrity_note", "", "label", "what analysis.integrity checked on the row (client TPOT vs engine ITL, "
@@ -359,7 +369,7 @@ E1_LATENCY = Table("e1/latency.csv", (
                                                  "warmup_window TTFTs within warmup_tolerance of their median)"),
     C("warmup_settled", "bool", "client", "whether that warm-up settled; False: it stopped at warmup_max_requests "
                                           "and the trials may still drift"),
-    integrity_note_column(),
+    *integrity_columns(),
     measured_on_column("client; engine_* columns: engine /metrics"),
     *stamp_columns(),
 ), "one row per prompt length, batch 1")
@@ -483,16 +493,12 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
                                          "kept); empty for closed-loop points"),
     C("send_lag_ms_max", "ms", "client", "largest send lag of the point's open-loop requests; empty for closed-loop "
                                          "points"),
-    C("client_delivery_only", "bool", "derived", "true when client delivery (the client got tokens later than the engine "
-                                                 "made them) is the only reason the point is implausible; its "
-                                                 "client-side latencies then overstate the engine's, so a capacity probe "
-                                                 "that passes on them stands (docs/statistics.md, Capacity)"),
     *point_check_columns(),
     *engine_point_columns(),
     *ttft_gap_columns(),
     *e2_load_columns(),
     *probe_verdict_columns(),
-    integrity_note_column(),
+    *integrity_columns(),
     measured_on_column("client; engine_* columns: engine /metrics; energy_*: NVML"),
     *stamp_columns(),
 ), "one row per point (mode, level, prompt length), every capacity probe included")
@@ -694,7 +700,7 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
                                       "transfer rate, post to done (1 GB = 1e9 bytes)"),
     *(C(f"delta_{m}", _DELTA_UNIT.get(m, "ms"), "derived",
         f"disaggregated {m} - aggregated {m} at the same point (ok disaggregated rows only)") for m in _DELTA),
-    integrity_note_column(),
+    *integrity_columns(),
     measured_on_column("client; kv_* columns: engine (measuring connector); consumer_* and engine_* and "
                        "nixl_* columns: engine /metrics; bytes: shared folder or NIXL's counter"),
     *stamp_columns(),
@@ -942,7 +948,7 @@ E5_MEMORY = Table("e5/memory.csv", (
     C("e2e_s", "s", "client", "E2E of the (last) attempt's request"),
     C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the (last) attempt"),
     C("attempts", "count", "client", "requests sent for the point (a gauge that missed the last block is retried)"),
-    integrity_note_column(),
+    *integrity_columns(),
     *stamp_columns(),
 ), "one row per prompt length and mode (one request in flight)")
 
@@ -986,7 +992,7 @@ E6_STRESS = Table("e6/stress.csv", (
     C("nvml_peak_used_gib", "GiB", "nvml", "sum over every GPU NVML sees of its peak used memory during the request; "
                                            "empty on CPU"),
     C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees"),
-    integrity_note_column(),
+    *integrity_columns(),
 ), "one row per target length and engine pass (one request each)")
 
 # -- the registry --------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ PACKAGE_DIR = Path(context_research.__file__).resolve().parent
 # relative to the package; a module named exactly here takes this layer before any "pkg.*" pattern.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("", "errors", "hashing", "io", "watchdog", "tables", "records", "prompts", "metadata", "models",
-              "gpu_stats", "engine_log", "traces", "device_lock", "warmup", "evidence", "provenance",
-              "input_checks", "columns", "dummy_model", "embedded_model", "config", "variants")),
-    ("analysis", ("analysis", "analysis.*", "engine_metrics", "workload", "result_tables")),
+              "gpu_stats", "engine_log", "traces", "device_lock", "device_lock.*", "warmup", "evidence", "provenance",
+              "input_checks", "columns", "dummy_model", "embedded_tokenizer", "embedded_model", "config", "variants")),
+    ("analysis", ("analysis", "analysis.*", "engine_metrics", "workload", "workload.*", "result_tables")),
     ("backends", ("backends", "backends.*")),
     ("domain", ("datasets", "datasets.*", "quality", "quality.*", "disagg", "disagg.*", "memory_probe",
                 "report", "compare_report")),

@@ -88,6 +88,8 @@ class Metric:
     lower_is_better: bool = True
     # The E0 metric whose between-start SD applies (``start_noise``), or None (none applies).
     noise: str | None = None
+    # vLLM's own per-request timing: it stands at a point implausible only for client delivery.
+    engine_side: bool = False
 
 
 # E0 sends a short prompt and many output tokens: these three measure the same decode pace, so
@@ -99,8 +101,8 @@ CLIENT_METRICS = (
     Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
 )
 ENGINE_METRICS = (
-    Metric("engine_ttft_ms", "engine_ttft_ms", noise="engine_ttft_ms"),
-    Metric("engine_itl_ms", "engine_itl_ms", noise="engine_itl_ms"),
+    Metric("engine_ttft_ms", "engine_ttft_ms", noise="engine_ttft_ms", engine_side=True),
+    Metric("engine_itl_ms", "engine_itl_ms", noise="engine_itl_ms", engine_side=True),
 )
 
 
@@ -156,8 +158,9 @@ LAYOUTS: dict[str, Layout] = {
                  keep=_ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
                  single=True),
     "e6": Layout("stress.csv", ("target_prompt_tokens", "pass"),
-                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms"),
-                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms")),
+                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms", engine_side=True),
+                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms",
+                                          engine_side=True)),
                  keep=_ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
                  single=True),
 }
@@ -374,11 +377,12 @@ def _walk_experiment(found: _Found, exp: str, side_a: list[Run], side_b: list[Ru
     labels = list(dict.fromkeys([*(k for ps in points_a + points_b for k in ps),
                                  *(k for st in status_a + status_b for k in (st or {}))]))
     for point in labels:
-        reason = next((r for r in (
-            *(_not_compared_reason(point, pa, points_b[0], sa, status_b[0]) for pa, sa in zip(points_a, status_a)),
-            *(_not_compared_reason(point, points_a[0], pb, status_a[0], sb) for pb, sb in zip(points_b, status_b)))
-            if r), None)
         for metric in layout.metrics:
+            reason = next((r for r in (
+                *(_not_compared_reason(point, pa, points_b[0], sa, status_b[0], metric.engine_side)
+                  for pa, sa in zip(points_a, status_a)),
+                *(_not_compared_reason(point, points_a[0], pb, status_a[0], sb, metric.engine_side)
+                  for pb, sb in zip(points_b, status_b))) if r), None)
             runs_a = [ps.get(point, {}).get(metric.name, np.empty(0)) for ps in points_a]
             runs_b = [ps.get(point, {}).get(metric.name, np.empty(0)) for ps in points_b]
             _add_metric(found, exp, layout, point, metric, reason, runs_a, runs_b, opts)
@@ -438,14 +442,17 @@ def _judge_pending(found: _Found, noise: StartNoise, opts: Options, resamples: i
                              df=result["df"], note=result["note"])
 
 
-def _not_compared_reason(point, pa, pb, status_a, status_b) -> str | None:
+def _not_compared_reason(point, pa, pb, status_a, status_b, engine_side: bool = False) -> str | None:
+    """Why ``point`` is not compared (None: it is). A point is compared when it is ``ok`` in both
+    runs; an engine-side metric also where a run's only finding is client delivery (the client got
+    its tokens later than the engine made them: the engine's timings stand, the client's do not)."""
     for side, points, status in (("A", pa, status_a), ("B", pb, status_b)):
         if status is not None:
             if point not in status:
                 return f"point not in {side}'s point table"
-            state, why = status[point]
-            if state != "ok":
-                return f"status {state} in {side}" + (f" ({why})" if why else "")
+            state = status[point]
+            if state.status != "ok" and not (engine_side and state.delivery_only):
+                return f"status {state.status} in {side}" + (f" ({state.reason})" if state.reason else "")
         elif point not in points:
             return f"no successful request at this point in {side}"
     return None

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,8 @@ from ..errors import ContextResearchError
 from ..evidence import packed_under
 from ..io import read_json
 from ..provenance import flatten
+from .findings import IMPLAUSIBLE
+from .integrity import DELIVERY_ONLY_COLUMN, delivery_only
 
 # -- finding the runs ------------------------------------------------------------------------------
 
@@ -179,8 +181,16 @@ def point_label(columns: Sequence[str], values: Sequence[Any]) -> str:
     return ", ".join(f"{c}={_key_value(v)}" for c, v in zip(columns, values)) if columns else "all"
 
 
-def point_status(folder: Path, layout: Any) -> dict[str, tuple[str, str]] | None:
-    """Point label -> (status, reason) from the point table, or None where the run has none."""
+class PointState(NamedTuple):
+    """A point's row in its run's point table: its status, reason (the start of it), and whether
+    client delivery is its only finding (the engine's own timings stand)."""
+    status: str
+    reason: str
+    delivery_only: bool = False
+
+
+def point_status(folder: Path, layout: Any) -> dict[str, PointState] | None:
+    """Point label -> its ``PointState`` from the point table, or None where the run has none."""
     if layout.points_table is None or not (folder / layout.points_table).is_file():
         return None
     table = pd.read_csv(folder / layout.points_table, low_memory=False)
@@ -192,8 +202,15 @@ def point_status(folder: Path, layout: Any) -> dict[str, tuple[str, str]] | None
         reason = row.get("reason")
         reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) else " ".join(
             str(reason).split())
+        flag = row.get(DELIVERY_ONLY_COLUMN)
+        if flag is None or (isinstance(flag, float) and math.isnan(flag)):
+            # a table from before the column: the reasons say it ("; "-joined, each naming its check)
+            only = delivery_only(reason.split("; ")) if reason else False
+        else:
+            only = str(flag).lower() in ("true", "1", "1.0")
         # a reason can hold a whole server reply: the note keeps its start
-        out[label] = (str(row["status"]), reason if len(reason) <= 200 else reason[:197] + "...")
+        out[label] = PointState(str(row["status"]), reason if len(reason) <= 200 else reason[:197] + "...",
+                                str(row["status"]) == IMPLAUSIBLE and only)
     return out
 
 

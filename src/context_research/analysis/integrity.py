@@ -89,6 +89,8 @@ FLOOR_MARGIN = 0.05
 SEND_LAG_QUANTILE = 0.9
 
 NOTE_COLUMN = "integrity_note"
+# Set with the note: the row is implausible for client delivery only (``delivery_only``).
+DELIVERY_ONLY_COLUMN = "client_delivery_only"
 _MS = 1000.0
 
 
@@ -465,7 +467,8 @@ def apply_status(row: dict[str, Any], findings: Findings, note_column: str | Non
     An ``ok`` row with a finding becomes ``implausible`` and its ``reason`` gets the findings
     appended ("; "-joined). A ``failed`` (or any other non-ok) row keeps its status and reason.
     ``note_column`` (default ``integrity_note``; None for no note) gets ``findings.note()``: what
-    was checked, what was not and why, and the findings, on every row, failed ones included.
+    was checked, what was not and why, and the findings, on every row, failed ones included;
+    ``client_delivery_only`` is set with it (``delivery_only``).
     """
     status = row.get("status", "ok")
     if findings.reasons and status == "ok":
@@ -475,4 +478,11 @@ def apply_status(row: dict[str, Any], findings: Findings, note_column: str | Non
         row["reason"] = "; ".join(keep + findings.reasons)
     if note_column:
         row[note_column] = findings.note()
+        row[DELIVERY_ONLY_COLUMN] = row.get("status") == IMPLAUSIBLE and delivery_only(findings.reasons)
     return row
+
+
+def delivery_only(reasons: Sequence[str]) -> bool:
+    """True when there are reasons and every one is client delivery: the engine's own timings
+    stand, only the client's include the delay (``DELIVERY_ONLY_COLUMN``)."""
+    return bool(reasons) and all(r.startswith(CLIENT_DELIVERY) for r in reasons)
