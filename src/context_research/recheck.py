@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .analysis.integrity import DELIVERY_ONLY_COLUMN, NOTE_COLUMN, apply_status, check_point_row, check_request_row
+from .analysis.integrity import DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN, NOTE_COLUMN, apply_status, check_point_row, check_request_row
 from .io import read_json, write_csv, write_json, write_text
 from .metadata import git_commit, utc_now
 
@@ -53,8 +53,8 @@ def recheck_table(path: Path, check: Callable[..., Any], gpu: str | None, hf_con
         row = {k: _plain(v) for k, v in raw.items()}
         before = row.get("status")
         apply_status(row, check(row, gpu, hf_config))
-        for key in ("status", "reason", NOTE_COLUMN, DELIVERY_ONLY_COLUMN):
-            if key not in text.columns and key == DELIVERY_ONLY_COLUMN:
+        for key in ("status", "reason", NOTE_COLUMN, DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN):
+            if key not in text.columns and key in (DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN):
                 continue  # a table written before the column existed keeps its columns
             text.loc[i, key] = "" if row.get(key) is None else str(row[key])
         if row.get("status") != before:

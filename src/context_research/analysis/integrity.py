@@ -91,6 +91,11 @@ SEND_LAG_QUANTILE = 0.9
 NOTE_COLUMN = "integrity_note"
 # Set with the note: the row is implausible for client delivery only (``delivery_only``).
 DELIVERY_ONLY_COLUMN = "client_delivery_only"
+# Set with the note: every finding is the client's (``engine_timings_stand``).
+ENGINE_STANDS_COLUMN = "engine_timings_stand"
+# A client TPOT below the engine's ITL: the client saw tokens faster than the engine made them
+# (they had waited and came bunched); the engine's clock is the reference, the client's is wrong.
+CLIENT_TPOT_BELOW = "client TPOT"
 _MS = 1000.0
 
 
@@ -468,7 +473,8 @@ def apply_status(row: dict[str, Any], findings: Findings, note_column: str | Non
     appended ("; "-joined). A ``failed`` (or any other non-ok) row keeps its status and reason.
     ``note_column`` (default ``integrity_note``; None for no note) gets ``findings.note()``: what
     was checked, what was not and why, and the findings, on every row, failed ones included;
-    ``client_delivery_only`` is set with it (``delivery_only``).
+    ``client_delivery_only`` (``delivery_only``) and ``engine_timings_stand``
+    (``engine_timings_stand``) are set with it.
     """
     status = row.get("status", "ok")
     if findings.reasons and status == "ok":
@@ -478,11 +484,23 @@ def apply_status(row: dict[str, Any], findings: Findings, note_column: str | Non
         row["reason"] = "; ".join(keep + findings.reasons)
     if note_column:
         row[note_column] = findings.note()
-        row[DELIVERY_ONLY_COLUMN] = row.get("status") == IMPLAUSIBLE and delivery_only(findings.reasons)
+        implausible = row.get("status") == IMPLAUSIBLE
+        row[DELIVERY_ONLY_COLUMN] = implausible and delivery_only(findings.reasons)
+        row[ENGINE_STANDS_COLUMN] = implausible and engine_timings_stand(findings.reasons)
     return row
 
 
 def delivery_only(reasons: Sequence[str]) -> bool:
-    """True when there are reasons and every one is client delivery: the engine's own timings
-    stand, only the client's include the delay (``DELIVERY_ONLY_COLUMN``)."""
+    """True when there are reasons and every one is client delivery (the client got its tokens
+    later than the engine made them): the client's latencies overstate the engine's, so a
+    capacity probe that passes on them stands (``DELIVERY_ONLY_COLUMN``)."""
     return bool(reasons) and all(r.startswith(CLIENT_DELIVERY) for r in reasons)
+
+
+def engine_timings_stand(reasons: Sequence[str]) -> bool:
+    """True when there are reasons and every one is the client's: client delivery, or a client
+    TPOT below the engine's ITL (bunched tokens). vLLM's own per-request timings are the
+    reference these checks hold the client to, so they stand and may be compared; the client's
+    may not (``ENGINE_STANDS_COLUMN``). A bunched stream also understates the client's TPOT, so
+    it is not ``delivery_only``."""
+    return bool(reasons) and all(r.startswith((CLIENT_DELIVERY, CLIENT_TPOT_BELOW)) for r in reasons)
