@@ -61,3 +61,21 @@ def test_the_committed_h200_packet_agrees_with_todays_checks(tmp_path):
     assert len(sections) >= 3 and "- no judgement changed" in sections[-1]  # the committed history kept
     for table in TABLES:
         assert [r["status"] for r in _rows(H200 / table)] == [r["status"] for r in _rows(root / table)]
+
+
+def test_a_row_implausible_before_keeps_its_flags_and_a_newly_implausible_one_gets_them(tmp_path):
+    from context_research.analysis.findings import Findings
+    import pandas as pd
+
+    from context_research.recheck import recheck_table
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"status": ["implausible", "ok"], "reason": ["client delivery: 3 of 5 streams arrived whole", ""],
+                  "client_delivery_only": [True, False], "engine_timings_stand": [True, False],
+                  "integrity_note": ["", ""]}).to_csv(path, index=False)
+    # a table row alone cannot redo the record-level delivery check: the recheck finds only this
+    found = lambda row, gpu, hf: Findings(reasons=["client TPOT 1 ms is below 0.8 x engine ITL 2 ms (row)"])
+    recheck_table(path, found, None, None)
+    out = pd.read_csv(path)
+    assert list(out["status"]) == ["implausible", "implausible"]
+    assert list(out["client_delivery_only"]) == [True, False] and list(out["engine_timings_stand"]) == [True, True]
