@@ -326,28 +326,21 @@ def experiment_config(config: dict, experiment: str) -> dict:
         raise ConfigError(f"config key 'experiments.{experiment}' is missing") from None
 
 
-def separated_analysis_keys(experiment: str) -> tuple[str, ...]:
-    """Keys of ``experiments.<experiment>`` that only its analysis step reads (not run keys)."""
-    from .experiments.catalog import get
-
-    return get(experiment).separated_analysis_keys
-
-
-def run_config(config: dict, experiment: str) -> dict:
-    """``experiments.<experiment>`` without the keys only its analysis step reads: what the engine
-    run depends on."""
-    dropped = separated_analysis_keys(experiment)
-    return {k: v for k, v in experiment_config(config, experiment).items() if k not in dropped}
+def run_config(config: dict, experiment: Any) -> dict:
+    """``experiments.<name>`` of ``experiment`` (its declaration) without its analysis keys, which
+    only its analysis step reads: what the engine run depends on."""
+    return {k: v for k, v in experiment_config(config, experiment.name).items() if k not in experiment.analysis_keys}
 
 
-def analysis_config(config: dict, experiment: str) -> dict:
-    """The analysis keys of ``experiments.<experiment>`` (what rule eN_analysis passes)."""
-    block = experiment_config(config, experiment)
-    return {k: block[k] for k in separated_analysis_keys(experiment) if k in block}
+def analysis_config(config: dict, experiment: Any) -> dict:
+    """The analysis keys of ``experiments.<name>`` (what rule eN_analysis passes)."""
+    block = experiment_config(config, experiment.name)
+    return {k: block[k] for k in experiment.analysis_keys if k in block}
 
 
-def experiment_view(config: dict, experiment: str) -> dict:
-    """The part of the config one experiment's run depends on, itself a valid config.
+def experiment_view(config: dict, experiment: Any) -> dict:
+    """The part of the config one experiment's run (``experiment``: its declaration) depends on,
+    itself a valid config.
 
     Rules pass this (not the whole config) to the engine, so that a change elsewhere in the
     config (another experiment's block, an analysis key of this one) does not alter the rule's
@@ -359,27 +352,28 @@ def experiment_view(config: dict, experiment: str) -> dict:
         "model_profile": name,
         "models": {name: config["models"][name]},
         "serving": config["serving"],
-        "experiments": {experiment: run_config(config, experiment)},
+        "experiments": {experiment.name: run_config(config, experiment)},
     }
     if config["models"][name]["source"] == "embedded":
         view["embedded_model"] = config.get("embedded_model", {})
     return view
 
 
-def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> dict:
-    """Everything an experiment's run depends on, as a canonical mapping: its run keys, model
-    profile, serving settings and dataset manifest, plus what the config does not say
-    (``provenance.machine_facts``: engine and torch versions, package code, model files, engine
-    environment, GPU model)."""
+def hash_inputs(config: dict, experiment: Any, dataset_manifest_sha256: str | None = None) -> dict:
+    """Everything an experiment's run (``experiment``: its declaration) depends on, as a canonical
+    mapping: its run keys, model profile, serving settings (but those that change no number,
+    ``provenance.UNHASHED_SERVING_KEYS``) and dataset manifest, plus what the config does not say
+    (``provenance.machine_facts``: engine and torch versions, its declared code, model files,
+    engine environment, GPU model)."""
     from .models import dummy_model_dir
-    from .provenance import machine_facts
+    from .provenance import hashed_serving, machine_facts
 
     model = model_profile(config)
     inputs = {
-        "experiment": experiment,
+        "experiment": experiment.name,
         "experiment_config": run_config(config, experiment),
         "model": model,
-        "serving": config["serving"],
+        "serving": hashed_serving(config["serving"]),
         "dataset_manifest_sha256": dataset_manifest_sha256,
     }
     if model["source"] == "embedded":
@@ -389,6 +383,6 @@ def hash_inputs(config: dict, experiment: str, dataset_manifest_sha256: str | No
     return inputs
 
 
-def experiment_hash(config: dict, experiment: str, dataset_manifest_sha256: str | None = None) -> str:
+def experiment_hash(config: dict, experiment: Any, dataset_manifest_sha256: str | None = None) -> str:
     """sha256 of ``hash_inputs``: run keys, model, serving, dataset manifest and machine facts."""
     return sha256_obj(hash_inputs(config, experiment, dataset_manifest_sha256))

@@ -6,6 +6,7 @@ import yaml
 from context_research.config import (REPO_ROOT, experiment_hash, load_config, model_profile,
                                      validate_config)
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import get
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 
@@ -81,26 +82,26 @@ def test_overlay_error_names_the_overlay_not_the_base(tmp_path):
 
 def test_experiment_hash_tracks_exactly_its_inputs():
     cfg = load_config(DEFAULT)
-    h0 = experiment_hash(cfg, "e0")
-    assert len(h0) == 64 and h0 == experiment_hash(copy.deepcopy(cfg), "e0")
+    h0 = experiment_hash(cfg, get("e0"))
+    assert len(h0) == 64 and h0 == experiment_hash(copy.deepcopy(cfg), get("e0"))
     changed = copy.deepcopy(cfg)
     changed["experiments"]["e0"]["max_tokens"] += 1
-    assert experiment_hash(changed, "e0") != h0
+    assert experiment_hash(changed, get("e0")) != h0
     serving = copy.deepcopy(cfg)
     serving["serving"]["enforce_eager"] = True
-    assert experiment_hash(serving, "e0") != h0
+    assert experiment_hash(serving, get("e0")) != h0
     other_model = copy.deepcopy(cfg)
     other_model["models"]["qwen3-8b"]["max_model_len"] = 1024  # not the served profile
-    assert experiment_hash(other_model, "e0") == h0
-    assert experiment_hash(cfg, "e0", dataset_manifest_sha256="ab" * 32) != h0
+    assert experiment_hash(other_model, get("e0")) == h0
+    assert experiment_hash(cfg, get("e0"), dataset_manifest_sha256="ab" * 32) != h0
 
 
 def test_experiment_view_is_a_valid_config_holding_only_the_hashed_inputs():
     from context_research.config import experiment_view, hash_inputs
 
     cfg = load_config(DEFAULT)
-    view = experiment_view(cfg, "e0")
+    view = experiment_view(cfg, get("e0"))
     assert set(view["models"]) == {"embedded"} and set(view["experiments"]) == {"e0"}
     revalidated = validate_config(copy.deepcopy(view))
-    assert experiment_hash(revalidated, "e0") == experiment_hash(cfg, "e0")
-    assert hash_inputs(revalidated, "e0") == hash_inputs(cfg, "e0")
+    assert experiment_hash(revalidated, get("e0")) == experiment_hash(cfg, get("e0"))
+    assert hash_inputs(revalidated, get("e0")) == hash_inputs(cfg, get("e0"))

@@ -9,6 +9,7 @@ from context_research.disagg.gpus import assign_gpus
 from context_research.disagg.paths import kv_paths
 from context_research.disagg.phases import aggregated_serving, pair_servings
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import get
 from context_research.variants import BASELINE, variant_configs
 
 CONFIG = REPO_ROOT / "config"
@@ -34,8 +35,8 @@ def test_the_plan_runs_the_four_ways_as_two_runs_of_two_ways():
     for cfg in runs.values():
         e3 = cfg["experiments"]["e3"]
         assert (e3["prompt_tokens"], e3["concurrency_levels"], e3["requests_per_point"]) == ([4096, 16384], [1, 2], 4)
-    assert experiment_hash(runs["cuda-ipc"], "e3") != experiment_hash(runs[BASELINE], "e3")
-    assert experiment_hash(runs["cuda-ipc"], "e1") == experiment_hash(runs[BASELINE], "e1")
+    assert experiment_hash(runs["cuda-ipc"], get("e3")) != experiment_hash(runs[BASELINE], get("e3"))
+    assert experiment_hash(runs["cuda-ipc"], get("e1")) == experiment_hash(runs[BASELINE], get("e1"))
 
 
 def test_each_way_of_the_plan_gets_the_engine_settings_it_needs():

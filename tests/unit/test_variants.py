@@ -7,6 +7,7 @@ import yaml
 
 from context_research.config import REPO_ROOT, experiment_hash, load_config, validate_config
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import get
 from context_research.variants import (BASELINE, VariantError, compare_paths, other_variants, results_root,
                                        variant_config, variant_configs, variant_names)
 
@@ -53,12 +54,12 @@ def test_each_variant_has_its_own_hash_and_an_empty_one_the_baselines():
     config = with_variants({"fp8": {"serving": {"kv_cache_dtype": "fp8"}}, "aa": {},
                             "nixl": {"experiments": {"e3": {"connector": "NixlConnector"}}}})
     configs = variant_configs(config)
-    base = experiment_hash(configs[BASELINE], "e1")
-    assert base == experiment_hash(config, "e1")  # the variants block is no hash input
-    assert experiment_hash(configs["fp8"], "e1") != base
-    assert experiment_hash(configs["aa"], "e1") == base  # an A/A pair: the same inputs
-    assert experiment_hash(configs["nixl"], "e1") == base  # E3's connector moves E3's hash only
-    assert experiment_hash(configs["nixl"], "e3") != experiment_hash(configs[BASELINE], "e3")
+    base = experiment_hash(configs[BASELINE], get("e1"))
+    assert base == experiment_hash(config, get("e1"))  # the variants block is no hash input
+    assert experiment_hash(configs["fp8"], get("e1")) != base
+    assert experiment_hash(configs["aa"], get("e1")) == base  # an A/A pair: the same inputs
+    assert experiment_hash(configs["nixl"], get("e1")) == base  # E3's connector moves E3's hash only
+    assert experiment_hash(configs["nixl"], get("e3")) != experiment_hash(configs[BASELINE], get("e3"))
 
 
 def test_a_variant_may_set_the_ucx_environment_of_e3s_nixl_engines_as_a_whole():
@@ -66,8 +67,8 @@ def test_a_variant_may_set_the_ucx_environment_of_e3s_nixl_engines_as_a_whole():
     config = with_variants({"zcopy": {"experiments": {"e3": {"connector": "NixlConnector", "ucx_env": ucx}}}})
     configs = variant_configs(config)
     assert configs["zcopy"]["experiments"]["e3"]["ucx_env"] == ucx
-    assert experiment_hash(configs["zcopy"], "e3") != experiment_hash(configs[BASELINE], "e3")
-    assert experiment_hash(configs["zcopy"], "e1") == experiment_hash(configs[BASELINE], "e1")
+    assert experiment_hash(configs["zcopy"], get("e3")) != experiment_hash(configs[BASELINE], get("e3"))
+    assert experiment_hash(configs["zcopy"], get("e1")) == experiment_hash(configs[BASELINE], get("e1"))
 
 
 def test_a_model_profile_variant_serves_another_model():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from ..errors import ContextResearchError
 from ..evidence import packed_under
 from ..io import read_json
 from ..provenance import flatten
+from .compare_layout import Layout, Metric, NotCompared
 from .compare_stats import (BOOTSTRAP_RESAMPLES, POWER, DeltaTest, Pair, between_run_sds,  # noqa: F401 (re-exported)
                             bootstrap_median_delta, holm, judge, median_delta_test, verdict)
 from .stats import MIN_SAMPLES
@@ -44,8 +45,8 @@ from .stats import MIN_SAMPLES
 VERDICTS = ("better", "worse", "no significant change", "not enough samples")
 # Requests per run a median (and its CI) needs: the project's small-sample rule for p50.
 MIN_REQUESTS = MIN_SAMPLES["p50"]
-# compare.csv, column by column (documented in the report and README; not a result table of an
-# experiment, so not in result_tables.TABLES, whose keys are "eN/<file>.csv").
+# compare.csv, column by column (documented in the report and README; it spans two runs, so it
+# is no experiment's declared table).
 COMPARE_COLUMNS: dict[str, str] = {
     "experiment": "experiment (e0 ... e6)",
     "metric": "what is compared, with its unit (ttft_ms: client TTFT; engine_ttft_ms: vLLM per-request "
@@ -80,89 +81,11 @@ COMPARE_COLUMNS: dict[str, str] = {
 COMPARE_COLUMNS_ADDED = ("mde_pct", "df")
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A per-request value compared between runs: ``column`` of the records times ``scale``."""
-    name: str
-    column: str
-    scale: float = 1.0
-    lower_is_better: bool = True
-    # The E0 metric whose between-start SD applies (``start_noise``), or None (none applies).
-    noise: str | None = None
-
-
 # E0 sends a short prompt and many output tokens: these three measure the same decode pace, so
 # their between-start SDs are pooled (three estimates from E0's few starts instead of one).
 DECODE_PACE = ("tpot_ms", "engine_itl_ms", "e2e_ms")
-CLIENT_METRICS = (
-    Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"),
-    Metric("tpot_ms", "tpot_s", 1000.0, noise="tpot_ms"),
-    Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
-)
-ENGINE_METRICS = (
-    Metric("engine_ttft_ms", "engine_ttft_ms", noise="engine_ttft_ms"),
-    Metric("engine_itl_ms", "engine_itl_ms", noise="engine_itl_ms"),
-)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where an experiment keeps its per-request records and how a record names its point."""
-    records: str                        # file of one row per request
-    point_columns: tuple[str, ...]      # columns of ``records`` naming the point (empty: the whole run)
-    metrics: tuple[Metric, ...]
-    keep: Callable[[pd.DataFrame], pd.Series] | None = None   # measured rows (warm-ups dropped)
-    points_table: str | None = None     # the table carrying each point's status
-    points_table_columns: tuple[str, ...] = ()                # the same point columns there
-    single: bool = False                # one request per point: a difference, never a CI
-    # Point column -> the column older records carry instead (results written before the point
-    # column existed: their requests' own target length).
-    fallbacks: tuple[tuple[str, str], ...] = (("prompt_tokens_point", "prompt_tokens_target"),
-                                              ("point_prompt_tokens", "prompt_tokens_target"))
-
-
-def _not_warmup(column: str) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda f: f[column].astype(str) != "warmup" if column in f.columns else pd.Series(True, f.index)
-
-
-def _e0_repeats(frame: pd.DataFrame) -> pd.Series:
-    # repeat-<k> and start<s>-repeat-<k>: the variability requests (not warm-ups, not the
-    # determinism check's identical prompts)
-    return frame["phase"].astype(str).str.contains(r"(?:^|-)repeat-\d+$", regex=True)
-
-
-def _ok_status(frame: pd.DataFrame) -> pd.Series:
-    return frame["status"].astype(str) == "ok"
-
-
-LAYOUTS: dict[str, Layout] = {
-    "e0": Layout("requests.csv", (), CLIENT_METRICS + ENGINE_METRICS, keep=_e0_repeats),
-    "e1": Layout("requests.csv", ("prompt_tokens_point",), CLIENT_METRICS + ENGINE_METRICS,
-                 keep=_not_warmup("phase"), points_table="latency.csv", points_table_columns=("prompt_tokens",)),
-    "e2": Layout("requests.csv", ("mode", "level", "prompt_tokens_point"), CLIENT_METRICS + ENGINE_METRICS,
-                 keep=_not_warmup("phase"), points_table="concurrency.csv",
-                 points_table_columns=("mode", "level", "prompt_tokens")),
-    "e3": Layout("requests.csv", ("point_prompt_tokens", "concurrency", "mode"), CLIENT_METRICS + ENGINE_METRICS,
-                 keep=_not_warmup("label"), points_table="mode_comparison.csv",
-                 points_table_columns=("prompt_tokens", "concurrency", "mode")),
-    # E5 and E6 send one request per point: the point table is the record.
-    "e5": Layout("memory.csv", ("prompt_tokens_target", "mode"),
-                 (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"), Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
-                  Metric("kv_cache_allocated_gib", "kv_cache_allocated_gib", lower_is_better=False),
-                  Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib"),
-                  # what a KV format changes: bytes per token (vLLM's pool / its token capacity) and
-                  # the pool's capacity in blocks at the same memory budget
-                  Metric("kv_bytes_per_token_engine", "kv_bytes_per_token_engine"),
-                  Metric("num_kv_blocks", "num_kv_blocks", lower_is_better=False)),
-                 keep=_ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
-                 single=True),
-    "e6": Layout("stress.csv", ("target_prompt_tokens", "pass"),
-                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms"),
-                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms")),
-                 keep=_ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
-                 single=True),
-}
-NOT_COMPARED_EXPERIMENTS = {"e4": "quality scores, not per-request latencies (not compared yet)"}
+# Experiment name -> its comparison layout, or why it is not compared (the catalog's, handed in).
+Layouts = Mapping[str, "Layout | NotCompared"]
 
 
 # -- finding the runs ------------------------------------------------------------------------------
@@ -208,11 +131,11 @@ def find_run(where: str | Path, label: str) -> Run:
     return Run(label, root, experiments, {name: read_json(p / "run_metadata.json") for name, p in experiments.items()})
 
 
-def _e0_folder(run: Run) -> Path | None:
+def _e0_folder(run: Run, layout: Layout) -> Path | None:
     """E0's folder for the run: its own e0, else the e0 beside a single experiment folder."""
     single = (run.root / "run_metadata.json").is_file()
     folder = run.experiments.get("e0") or (run.root.parent / "e0" if single else None)
-    return folder if folder is not None and (folder / LAYOUTS["e0"].records).is_file() else None
+    return folder if folder is not None and (folder / layout.records).is_file() else None
 
 
 # -- refusals --------------------------------------------------------------------------------------
@@ -238,7 +161,7 @@ def _backend_modes(meta: dict, records: pd.DataFrame | None) -> set[str]:
     return modes
 
 
-def check_comparable(a: Run, b: Run, experiments: Sequence[str],
+def check_comparable(a: Run, b: Run, experiments: Sequence[str], layouts: Layouts,
                      allow_different_hardware: bool = False) -> list[str]:
     """Raise ContextResearchError naming what differs when the runs may not be compared: simulated
     against real rows (always), a different GPU / hardware or model (unless
@@ -246,8 +169,8 @@ def check_comparable(a: Run, b: Run, experiments: Sequence[str],
     refusals, allowed = [], []
     for name in experiments:
         ma, mb = a.metadata[name], b.metadata[name]
-        modes_a = _backend_modes(ma, _read_records(a.experiments[name], name))
-        modes_b = _backend_modes(mb, _read_records(b.experiments[name], name))
+        modes_a = _backend_modes(ma, _read_records(a.experiments[name], layouts.get(name)))
+        modes_b = _backend_modes(mb, _read_records(b.experiments[name], layouts.get(name)))
         if modes_a != modes_b or len(modes_a) > 1:
             refusals.append(f"{name}: backend_mode {'+'.join(sorted(modes_a)) or '?'} in A vs "
                             f"{'+'.join(sorted(modes_b)) or '?'} in B (simulated rows are never compared with real ones)")
@@ -302,9 +225,8 @@ def _show(value: Any) -> str:
 
 # -- records and points ----------------------------------------------------------------------------
 
-def _read_records(folder: Path, experiment: str) -> pd.DataFrame | None:
-    layout = LAYOUTS.get(experiment)
-    if layout is None or not (folder / layout.records).is_file():
+def _read_records(folder: Path, layout: Layout | NotCompared | None) -> pd.DataFrame | None:
+    if not isinstance(layout, Layout) or not (folder / layout.records).is_file():
         return None
     return pd.read_csv(folder / layout.records, low_memory=False)
 
@@ -347,10 +269,9 @@ def _is_ok(series: pd.Series) -> pd.Series:
     return series.astype(str).str.lower().isin(("true", "1", "1.0"))
 
 
-def points_of(folder: Path, experiment: str) -> dict[str, dict[str, np.ndarray]]:
+def points_of(folder: Path, layout: Layout) -> dict[str, dict[str, np.ndarray]]:
     """Point label -> metric name -> the successful requests' values (scaled), in file order."""
-    layout = LAYOUTS[experiment]
-    frame = _read_records(folder, experiment)
+    frame = _read_records(folder, layout)
     if frame is None:
         return {}
     for column, older in layout.fallbacks:
@@ -378,17 +299,17 @@ def _engine_start(phase: pd.Series) -> pd.Series:
     return phase.astype(str).str.extract(r"^start(\d+)-", expand=False).fillna("0")
 
 
-def start_sds(records: pd.DataFrame) -> tuple[dict[str, float], int]:
+def start_sds(records: pd.DataFrame, layout: Layout) -> tuple[dict[str, float], int]:
     """E0's between-start noise: per metric, the SD (ddof 1) of the log of each engine start's
     median over its repeat requests; the decode-pace metrics (``DECODE_PACE``) each at least
     their pooled SD (root mean square). Returns (metric name -> SD, engine starts); no SDs with
     fewer than two starts."""
-    frame = records[_e0_repeats(records)]
+    frame = records[layout.keep(records)] if layout.keep is not None else records
     if "ok" in frame.columns:
         frame = frame[_is_ok(frame["ok"])]
     starts = _engine_start(frame["phase"])
     sds: dict[str, float] = {}
-    for metric in LAYOUTS["e0"].metrics:
+    for metric in layout.metrics:
         if metric.column not in frame.columns:
             continue
         medians = (pd.to_numeric(frame[metric.column], errors="coerce") * metric.scale).groupby(starts).median()
@@ -412,7 +333,7 @@ class StartNoise:
         return self.sds.get(metric.noise, 0.0) if metric.noise else 0.0
 
 
-def start_noise(a: Run, b: Run, use_e0: bool = True) -> StartNoise:
+def start_noise(a: Run, b: Run, use_e0: bool = True, layout: Layout | NotCompared | None = None) -> StartNoise:
     """The between-start SDs of the comparison: per metric the larger of the two runs' E0 (either
     run's noise can make a difference); one run's where only one has an E0 with several starts;
     none otherwise, which the report states."""
@@ -421,10 +342,10 @@ def start_noise(a: Run, b: Run, use_e0: bool = True) -> StartNoise:
                               "request-to-request variation only")
     measured = {}
     for run in (a, b):
-        folder = _e0_folder(run)
+        folder = _e0_folder(run, layout) if isinstance(layout, Layout) else None
         if folder is None:
             continue
-        sds, starts = start_sds(_read_records(folder, "e0"))
+        sds, starts = start_sds(_read_records(folder, layout), layout)
         if sds:
             measured[run.label] = (sds, starts, folder)
     if not measured:
@@ -497,11 +418,12 @@ def _side_paths(where: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequence[str | Path],
-            options: Options | None = None) -> Comparison:
+            options: Options | None = None, *, layouts: Layouts) -> Comparison:
     """Compare the runs in ``a_path`` and ``b_path`` (see ``find_run``); either side may be
     several runs of the same settings (comma-separated), whose requests are pooled and whose
-    medians' spread is the between-run noise. Raise ContextResearchError when they may not be
-    compared (``check_comparable``, also between the runs of one side)."""
+    medians' spread is the between-run noise. ``layouts`` are the experiments' declared
+    comparison layouts (E0's gives the between-start noise). Raise ContextResearchError when they
+    may not be compared (``check_comparable``, also between the runs of one side)."""
     opts = options or Options()
     if not 0 < opts.alpha < 1:
         raise ContextResearchError(f"--alpha must lie in (0, 1), got {opts.alpha}")
@@ -519,26 +441,26 @@ def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequ
     common = sorted(in_a & in_b)
     not_compared = {e: f"only in {'A' if e in in_a else 'B'}" for e in sorted(in_a ^ in_b)}
     for e in list(common):
-        if e not in LAYOUTS:
-            not_compared[e] = NOT_COMPARED_EXPERIMENTS.get(e, "no comparison layout for this experiment")
-    comparable = [e for e in common if e in LAYOUTS]
+        if not isinstance(layouts.get(e), Layout):
+            not_compared[e] = getattr(layouts.get(e), "reason", "no comparison layout for this experiment")
+    comparable = [e for e in common if isinstance(layouts.get(e), Layout)]
     if not comparable:
         raise ContextResearchError(f"{a.root} and {b.root} share no comparable experiment "
                                    f"(A: {', '.join(sorted(in_a))}; B: {', '.join(sorted(in_b))})")
-    allowed = check_comparable(a, b, comparable, opts.allow_different_hardware)
+    allowed = check_comparable(a, b, comparable, layouts, opts.allow_different_hardware)
     for first, more in ((a, side_a[1:]), (b, side_b[1:])):
         for run in more:  # the runs of one side must be the same settings on the same hardware
-            check_comparable(first, run, comparable, False)
-    noise = start_noise(a, b, opts.use_e0_start_noise)
+            check_comparable(first, run, comparable, layouts, False)
+    noise = start_noise(a, b, opts.use_e0_start_noise, layouts.get("e0"))
 
     rows: list[dict] = []
     pending: list[tuple[int, list[np.ndarray], list[np.ndarray], Metric, str]] = []
     samples: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
     per_run: dict[str, dict[str, dict[str, list[list[np.ndarray]]]]] = {}  # exp -> point -> metric -> sides
     for exp in comparable:
-        layout = LAYOUTS[exp]
-        points_a = [points_of(r.experiments[exp], exp) for r in side_a]
-        points_b = [points_of(r.experiments[exp], exp) for r in side_b]
+        layout = layouts[exp]
+        points_a = [points_of(r.experiments[exp], layout) for r in side_a]
+        points_b = [points_of(r.experiments[exp], layout) for r in side_b]
         status_a = [_point_status(r.experiments[exp], layout) for r in side_a]
         status_b = [_point_status(r.experiments[exp], layout) for r in side_b]
         samples[exp], per_run[exp] = {}, {}

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..analysis.compare_layout import NotCompared
 from ..backends.client import http_session
 from ..datasets.materialize import load_materialized
 from ..datasets.specs import Dataset, combine_manifest_digests, data_source_kind, datasets
@@ -40,6 +41,7 @@ from ..quality.verdicts import (BY_LENGTH_COLUMNS, PERPLEXITY, QUALITY_COLUMNS, 
 from ..records import GenerationRequest
 from ..workload import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
+from .e4_tables import E4_QUALITY, E4_BY_LENGTH, E4_BESIDE_SPEED
 from .runner import RunContext
 from .session import EngineSession
 
@@ -247,8 +249,6 @@ def data_inputs(config: dict) -> list[str]:
     return [str(ds.data_path()) for ds in dss] + [str(ds.manifest_path()) for ds in dss]
 
 
-from . import e4_report  # noqa: E402  (bottom import: the report reads this module's declaration)
-
 EXPERIMENT = Experiment(
     name="e4", title="E4 — long-context quality", category="E4 long-context quality",
     engines=ONE_ENGINE, body=run, prepare=prepare, data_inputs=data_inputs,
@@ -260,7 +260,17 @@ EXPERIMENT = Experiment(
              Figure("table", "quality.html", "e4_table.rst"),
              Figure("beside_speed", "beside_speed.svg", "e4_beside_speed.rst")),
     figure_joins=("e1", "e5"),
-    report=e4_report,
+    report_module="context_research.experiments.e4_report",
+    code=("experiments/e4.py", "experiments/e4_tables.py", "datasets/", "data/upstream_prompts.json", "quality/__init__.py",
+          "quality/perplexity.py", "quality/prompting.py", "quality/scorers.py", "quality/verdicts.py"),
+    report_code=("experiments/e4_report.py", "quality/beside_speed.py"),
+    # rule e4_data: materializes the datasets with the served model's tokenizer (RULER's haystacks
+    # from wonderwords' word lists); a change of any of these rematerializes them, and so reruns E4
+    data_code=("datasets/", "data/upstream_prompts.json", "quality/__init__.py", "quality/prompting.py",
+               "quality/scorers.py", "config.py", "models.py", "metadata.py", "provenance.py"),
+    data_packages=("tokenizers", "transformers", "wonderwords"),
+    tables=(E4_QUALITY, E4_BY_LENGTH, E4_BESIDE_SPEED),
+    comparison=NotCompared("quality scores, not per-request latencies (not compared yet)"),
     # every key of experiments.e4 shapes the datasets, the prompts or the decoding; the scorers
     # are fixed per sample (its ``metric``), so no key only analyses saved predictions
     analysis_keys=(),

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import pandas as pd
 
 from .. import io
-from ..columns import write_table
+from ..columns import Table, find_table, write_table
 from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
@@ -48,8 +48,9 @@ class RunContext:
     model_id: str
     outdir: Path
     notes: list[str] = field(default_factory=list)
-    # output key -> file name; by default the catalog's declaration of ``experiment``
+    # output key -> file name, and the declared tables; by default the catalog's declaration's
     files: Mapping[str, str] | None = None
+    tables: Sequence[Table] | None = None
     # output keys written (or diverted) so far; files the results folder refused (partial.Diverted);
     # rows to keep if the run fails before writing them (keep_on_failure)
     written: set[str] = field(default_factory=set)
@@ -72,12 +73,18 @@ class RunContext:
         except KeyError:
             raise KeyError(f"{self.experiment} declares no output {key!r}; it declares {', '.join(self.files)}") from None
 
+    def table(self, filename: str) -> Table:
+        """The declared table of the run's file ``filename``."""
+        if self.tables is None:
+            from .catalog import get
+
+            self.tables = get(self.experiment).tables
+        return find_table(self.tables, self.experiment, filename)
+
     def write_table(self, key: str, frame: pd.DataFrame) -> Path:
         """Write the declared CSV output ``key``, checked against its column declarations."""
-        from ..result_tables import table_for
-
         path = self.path(key)
-        table = table_for(self.experiment, path.name)
+        table = self.table(path.name)
         return self._write(key, path, lambda p: write_table(p, frame, table), f"{len(frame)} rows")
 
     def write_json(self, key: str, obj: Any) -> Path:
@@ -231,15 +238,16 @@ class ExperimentRun:
         self.outdir.mkdir(parents=True, exist_ok=True)
         # The run keys only: a body that reads an analysis key fails here rather than using the
         # schema default the engine rule's config view was filled with.
-        self.cfg = run_config(config, experiment.name)
+        self.cfg = run_config(config, experiment)
         self.serving: dict[str, Any] = config["serving"]
         self.model = resolve_model(model_profile(config))
         self._dataset_sha = dataset_manifest_sha256
-        self.hash_inputs = hash_inputs(config, experiment.name, dataset_manifest_sha256)
+        self.hash_inputs = hash_inputs(config, experiment, dataset_manifest_sha256)
         chash = sha256_obj(self.hash_inputs)
         self.ctx = RunContext(experiment=experiment.name, run_id=make_run_id(chash), config_hash=chash,
                               backend_mode=backend_mode(self.serving), weights=self.model["weights"],
-                              model_id=self.model["source"], outdir=self.outdir, files=experiment.all_files)
+                              model_id=self.model["source"], outdir=self.outdir, files=experiment.all_files,
+                              tables=experiment.tables)
         self.backends: list[ServingBackend] = []
         self.engine_info: dict[str, Any] | None = None
         self.metadata_model: dict[str, Any] | None = None  # the model actually served, if not the profile's
