@@ -33,19 +33,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import context_research
+from context_research.backends.session import EngineSession
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, model_profile
-from context_research.device_lock import RunDeviceGuard
+from context_research.device_lock.guard import RunDeviceGuard
 from context_research.errors import ContextResearchError
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.e2 import measure_point
-from context_research.experiments.session import EngineSession
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
 from context_research.models import resolve_model
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
 
 THROUGHPUT_RATIO_TARGET = 0.98
 TTFT_RATIO_TOLERANCE = 0.05
@@ -231,28 +233,37 @@ def level_summary(runs: dict[str, list[dict]]) -> dict:
             "kv_cache_usage_peak_ours": median(runs["ours"], "engine_kv_cache_usage_peak")}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    config = load_config(args.configfile[0], args.configfile[1:])
+@contextmanager
+def engine_for(configfiles: list[str], log: str | Path, name: str):
+    """The configured real engine, started and healthy, with the device lock held as a run holds
+    it; yields (model, backend, guard) and stops the engine and frees the lock on the way out.
+    The evidence scripts beside this benchmark start their engine here too."""
+    config = load_config(configfiles[0], configfiles[1:], experiments=EXPERIMENTS)
     model = resolve_model(model_profile(config))
     serving = dict(config["serving"])
     if serving.get("backend") != "vllm":
-        raise ContextResearchError("this benchmark needs serving.backend: vllm (the real engine)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    backend = VllmServerBackend(model, serving, out.with_suffix(".engine.log"))
-    guard = RunDeviceGuard(serving, experiment="bench_e2_vs_vllm_bench", run_id=f"bench-{os.getpid()}")
-    factory = PromptFactory(model, args.seed)
-    t0 = time.perf_counter()
+        raise ContextResearchError(f"{name} needs serving.backend: vllm (the real engine)")
+    backend = VllmServerBackend(model, serving, log)
+    guard = RunDeviceGuard(serving, experiment=name, run_id=f"{name}-{os.getpid()}")
     guard.engine(backend.device, serving)  # one engine on the device at a time, as a run takes it
     try:
         print(f"starting vllm serve on {model['path']} ...", file=sys.stderr, flush=True)
         backend.start()
         print(f"server healthy after {backend.startup_s:.0f} s at {backend.base_url}", file=sys.stderr, flush=True)
-        runs = measure(backend, model, args, factory)
+        yield model, backend, guard
     finally:
         backend.stop()
         guard.close()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with engine_for(args.configfile, out.with_suffix(".engine.log"), "bench_e2_vs_vllm_bench") as (model, backend,
+                                                                                                   guard):
+        runs = measure(backend, model, args, PromptFactory(model, args.seed))
     levels = {str(level): level_summary(runs[level]) for level in args.concurrency}
     result = {
         "workload": {"input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts,

@@ -13,10 +13,11 @@ from .errors import ContextResearchError
 
 def _config_from_args(args) -> dict:
     from .config import load_config, validate_config
+    from .experiments.catalog import EXPERIMENTS
 
     if args.config_json:
-        return validate_config(json.loads(args.config_json), source="--config-json")
-    return load_config(args.configfile[0], args.configfile[1:])
+        return validate_config(json.loads(args.config_json), source="--config-json", experiments=EXPERIMENTS)
+    return load_config(args.configfile[0], args.configfile[1:], experiments=EXPERIMENTS)
 
 
 def cmd_run(args) -> int:
@@ -113,20 +114,22 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .experiments.catalog import EXPERIMENTS, get
     from .report import render_experiment_markdown, render_packet
 
     if args.markdown:
-        render_experiment_markdown(args.experiment, Path(args.results), Path(args.markdown))
+        render_experiment_markdown(get(args.experiment), Path(args.results), Path(args.markdown))
     if args.packet:
-        render_packet(Path(args.results), Path(args.packet), args.experiments,
-                      json.loads(args.not_run_reasons))
+        render_packet(Path(args.results), Path(args.packet), [get(e) for e in args.experiments],
+                      json.loads(args.not_run_reasons), declared=EXPERIMENTS)
     return 0
 
 
 def cmd_plots(args) -> int:
+    from .experiments.catalog import get
     from .report import experiment_figures
 
-    experiment_figures(args.experiment, Path(args.results))
+    experiment_figures(get(args.experiment), Path(args.results))
     return 0
 
 

@@ -18,8 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .analysis.compare import (COMPARE_COLUMNS, Comparison, Layouts, Options, compare, method_lines,  # noqa: E402
+from .analysis.compare import (COMPARE_COLUMNS, MIN_REQUESTS, Comparison, Layouts, Options, compare,  # noqa: E402
                                significant)
+from .analysis.compare_stats import POWER  # noqa: E402
 from .analysis.plots import SVG_RC, check_provenance  # noqa: E402
 from .errors import ContextResearchError  # noqa: E402
 from .io import read_json, write_csv, write_figure, write_json, write_text  # noqa: E402
@@ -164,6 +165,41 @@ def _run_facts(comp: Comparison) -> list[dict[str, str]]:
                       "commit": ", ".join(sorted({str((m.get('git') or {}).get('commit')) for m in metas}))})
     return facts
 
+
+
+def method_lines(comp: Comparison) -> list[str]:
+    """The statistical method, stated in every report."""
+    o = comp.options
+    level = 1.0 - o.alpha
+    return [
+        f"Statistic: the median of each side's successful requests at a point (a side's runs pooled); delta = B - A, "
+        f"relative delta = delta / A. Test of log(B / A) (analysis.compare_stats; docs/statistics.md).",
+        f"Noise: each side's request-level variance of its log median by bootstrap ({comp.resamples} resamples, "
+        f"numpy generator seeded with {o.seed} for every test), plus the between-run variance s^2 (1/runs A + "
+        f"1/runs B), s below; Student-t on Welch-Satterthwaite degrees of freedom (column df).",
+        f"CI: {level:.0%}, exp(log(B / A) -/+ t se) - 1, times A. p-value: two-sided Student-t.",
+        f"Multiple comparisons: Holm's step-down adjustment over all {comp.tests} tests of this comparison, "
+        f"family-wise error rate alpha = {o.alpha}.",
+        f"Verdict: better / worse only when the CI excludes zero, the Holm-adjusted p <= {o.alpha} and "
+        f"|relative delta| >= {o.min_effect:.1%} (--min-effect); lower is better for latencies. Fewer than "
+        f"{MIN_REQUESTS} requests in either run: not enough samples.",
+        f"Power: mde_pct is the smallest change each test detects with {POWER:.0%} probability at its noise, n and "
+        f"alpha / {max(comp.tests, 1)} (Holm's strictest threshold); 'no significant change' is printed with it. A "
+        f"change smaller than it may be real and unseen.",
+        f"Between-start noise s: {comp.noise.source}. Its degrees of freedom count engine starts - 1 "
+        f"({comp.noise.df:g}); few starts make s uncertain, and the t quantile says so.",
+        f"Runs per side: A {len(comp.runs_a)}, B {len(comp.runs_b)}. " + (
+            "Each side's requests are pooled; the runs' medians' spread around their side's mean beyond what their "
+            "requests explain, pooled over points, is the between-run SD where it exceeds E0's; its degrees of "
+            "freedom count runs (runs - 1 per side), not points, since a drift moves every point of a run together "
+            "(the note of each row says which applied)."
+            if max(len(comp.runs_a), len(comp.runs_b)) > 1 else
+            "One run per side: a host that drifts between runs (minutes apart) beyond E0's back-to-back starts "
+            "is not covered; compare.runs_per_side >= 2 measures that drift."),
+        "Compared: points whose status is ok in both runs, successful requests only; the engine's own metrics "
+        "(engine_*) also where a run is implausible for client delivery only (its client-side metrics are not "
+        "compared there); other points are listed as not compared with the reason.",
+    ]
 
 def report_context(comp: Comparison, figures: dict[str, Path]) -> dict[str, Any]:
     table = comp.table

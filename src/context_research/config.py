@@ -2,6 +2,10 @@
 
 Validation uses ``snakemake.utils.validate`` (which also fills the schema's defaults); its
 jsonschema error is turned into one line that names the offending key.
+
+This module knows no experiment: the callers (the CLI, ``workflow/rules/common.smk``, tests) pass
+the declarations (``experiments.catalog.EXPERIMENTS``, or one ``Experiment``) to whatever needs
+them: their names and config checks to validation, an experiment's analysis keys to its hash.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -109,18 +113,17 @@ def _describe(error) -> str:
     return f"config key '{key}': {error.message}"
 
 
-def merged_schema(schema_path: str | os.PathLike | None = None) -> dict:
-    """The top-level schema with every ``experiments/<eN>.schema.yaml`` merged in.
+def merged_schema(schema_path: str | os.PathLike | None = None, *, experiments: Mapping[str, Any]) -> dict:
+    """The top-level schema with the ``experiments/<eN>.schema.yaml`` of every declared experiment
+    (``experiments``: {name: declaration}, in catalog order) merged in.
 
     Inlined rather than ``$ref``-ed: defaults inside referenced schemas are not filled by
     ``snakemake.utils.validate``.
     """
-    from .experiments.catalog import EXPERIMENTS
-
     top = Path(schema_path or default_schema())
     schema = yaml.safe_load(top.read_text(encoding="utf-8"))
-    experiments = schema["properties"]["experiments"].setdefault("properties", {})
-    for name in EXPERIMENTS:
+    blocks = schema["properties"]["experiments"].setdefault("properties", {})
+    for name in experiments:
         part = top.parent / "experiments" / f"{name}.schema.yaml"
         try:
             sub = yaml.safe_load(part.read_text(encoding="utf-8"))
@@ -128,9 +131,9 @@ def merged_schema(schema_path: str | os.PathLike | None = None) -> dict:
             raise ConfigError(f"experiment {name} has no config schema: {part} is missing") from None
         sub.pop("$schema", None)
         sub.setdefault("default", {})
-        experiments[name] = sub
+        blocks[name] = sub
     report = schema["properties"]["report"]["properties"]
-    names = list(EXPERIMENTS)
+    names = list(experiments)
     report["experiments"]["items"]["enum"] = names
     report["experiments"]["default"] = names
     report["not_run_reasons"]["propertyNames"]["enum"] = names
@@ -138,15 +141,16 @@ def merged_schema(schema_path: str | os.PathLike | None = None) -> dict:
     return schema
 
 
-def _merged_schema_file(schema_path: str | os.PathLike) -> str:
-    """Write the merged schema once per process; ``snakemake.utils.validate`` takes a path."""
-    key = str(Path(schema_path).resolve())
+def _merged_schema_file(schema_path: str | os.PathLike, experiments: Mapping[str, Any]) -> str:
+    """Write the merged schema once per process (and experiment list); ``snakemake.utils.validate``
+    takes a path."""
+    key = (str(Path(schema_path).resolve()), tuple(experiments))
     if key not in _MERGED_SCHEMA_FILES:
         import tempfile
 
         fd, path = tempfile.mkstemp(prefix="context-research-schema-", suffix=".yaml")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(merged_schema(schema_path), handle, sort_keys=False)
+            yaml.safe_dump(merged_schema(schema_path, experiments=experiments), handle, sort_keys=False)
         _MERGED_SCHEMA_FILES[key] = path
         import atexit
 
@@ -154,7 +158,7 @@ def _merged_schema_file(schema_path: str | os.PathLike) -> str:
     return _MERGED_SCHEMA_FILES[key]
 
 
-_MERGED_SCHEMA_FILES: dict[str, str] = {}
+_MERGED_SCHEMA_FILES: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def record_origins(origins: dict[str, str], data: dict, origin: str, prefix: str = "") -> dict[str, str]:
@@ -190,10 +194,12 @@ def _where(source: str, key: str | None, origins: dict[str, str] | None) -> str:
 
 
 def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
-                    source: str = "config/config.yaml", origins: dict[str, str] | None = None) -> dict:
+                    source: str = "config/config.yaml", origins: dict[str, str] | None = None, *,
+                    experiments: Mapping[str, Any]) -> dict:
     """Validate ``config`` in place (defaults filled) and return it; raise ConfigError naming the key
     and the file it came from (``origins``: {dotted key: file}, see ``record_origins``; else
-    ``source``)."""
+    ``source``). ``experiments`` ({name: declaration}, ``experiments.catalog.EXPERIMENTS``): the
+    blocks the schema allows, and each declaration's ``config_problems`` for its block."""
     import jsonschema
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -203,7 +209,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
     given = [k for k, v in (config.get("experiments") or {}).items() if v] \
         if isinstance(config.get("experiments"), dict) else []
     try:
-        validate(config, _merged_schema_file(schema_path or default_schema()))
+        validate(config, _merged_schema_file(schema_path or default_schema(), experiments))
     except WorkflowError as exc:
         cause = next((a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None)
         cause = cause or exc.__cause__ or exc.__context__
@@ -229,11 +235,9 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
             f"Invalid configuration ({_where(source, 'serving.env.VLLM_API_KEY', origins)}): config key "
             f"'serving.env.VLLM_API_KEY': a key does not belong in the config (it would be hashed and stored); "
             f"set serving.allow_remote: true and the environment variable {API_KEY_ENV} instead")
-    e4 = (config.get("experiments") or {}).get("e4")
-    if e4:
-        from .datasets.specs import explicit_file_problems  # E4's data files: never a silent fixture
-
-        for key, problem in explicit_file_problems(e4):
+    for exp in experiments.values():  # what a block names that cannot be used (E4's data files)
+        block = (config.get("experiments") or {}).get(exp.name)
+        for key, problem in (exp.config_problems(block) if block and exp.config_problems else ()):
             raise ConfigError(f"Invalid configuration ({_where(source, key, origins)}): {problem}")
     from .input_checks import input_problems  # what no run could serve: refused before any engine starts
 
@@ -243,15 +247,17 @@ def validate_config(config: dict, schema_path: str | os.PathLike | None = None,
 
 
 def load_config(path: str | os.PathLike, overlays: list[str | os.PathLike] = (),
-                schema_path: str | os.PathLike | None = None) -> dict:
-    """Read a YAML config (plus overlays merged on top, like ``--configfile``) and validate it."""
+                schema_path: str | os.PathLike | None = None, *, experiments: Mapping[str, Any]) -> dict:
+    """Read a YAML config (plus overlays merged on top, like ``--configfile``) and validate it
+    against the declared ``experiments`` (see ``validate_config``)."""
     config: dict = {}
     origins: dict[str, str] = {}
     for p in [path, *overlays]:
         data = _read_config_file(p)
         deep_update(config, data)
         record_origins(origins, data, str(p))
-    return validate_config(config, schema_path, source=", ".join(map(str, [path, *overlays])), origins=origins)
+    return validate_config(config, schema_path, source=", ".join(map(str, [path, *overlays])), origins=origins,
+                           experiments=experiments)
 
 
 def _read_config_file(p: str | os.PathLike) -> dict:

@@ -4,7 +4,7 @@ A snapshot is taken before and after a workload; histogram and counter deltas gi
 engine's own view of the same requests the client timed. A histogram serves its exact mean
 (Δsum / Δcount) and count only: a percentile interpolated inside its coarse buckets is not a
 measured percentile, so none is computed. Per-request engine percentiles come from vLLM's
-per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``workload.engine_ttft_percentiles``).
+per-request metrics instead (``records.RequestRecord.engine_*_ms``, ``workload.columns.engine_ttft_percentiles``).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def engine_summary(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str,
     return out
 
 
-# The gauges E2 watches while a point runs (experiments.session.EngineSession, every
+# The gauges E2 watches while a point runs (backends.session.EngineSession, every
 # WATCH_INTERVAL_S): the KV cache's fill (its peak is engine_kv_cache_usage_peak) and the engine's
 # waiting queue (the saturation monitor's engine-side backlog).
 WATCHED_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting")

@@ -19,7 +19,7 @@ from .engine_metrics import cache_config_info
 from .gpu_stats import NvmlSampler
 
 if TYPE_CHECKING:
-    from .experiments.session import EngineSession
+    from .backends.session import EngineSession
 
 # -- engine facts that are not in the memory-profile lines -------------------------------------
 

@@ -52,6 +52,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cpus() -> list[int]:
+    """The CPU ids this process may run on (its affinity; every core where that is unknown)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 def _ram_bytes() -> int | None:
     try:
         import psutil
@@ -84,6 +92,14 @@ def gpu_inventory() -> dict[str, Any]:
             pynvml.nvmlShutdown()
     except Exception as exc:
         return {"available": False, "reason": f"NVML unavailable: {type(exc).__name__}: {exc}"}
+
+
+def engine_gpu_name(session) -> str | None:
+    """NVML name of the GPU the engine runs on (the one run_metadata records), or None on CPU."""
+    if (session.backend.info() or {}).get("device") != "cuda":
+        return None
+    inv = gpu_inventory()
+    return inv["gpus"][0]["name"] if inv.get("available") else None
 
 
 def hardware() -> dict[str, Any]:

@@ -50,10 +50,10 @@ WORKFLOW_BUILT = "built by the workflow (its manifest is an input of the rule; t
 # is here too.
 SHARED_RUN_CODE = (
     "__init__.py", "experiments/__init__.py", "experiments/declaration.py", "experiments/runner.py",
-    "experiments/session.py", "experiments/partial.py",
-    "backends/", "engine_log.py", "engine_metrics.py", "gpu_stats.py", "device_lock.py", "watchdog.py",
+    "experiments/partial.py",
+    "backends/", "engine_log.py", "engine_metrics.py", "gpu_stats.py", "device_lock/", "watchdog.py",
     "disagg/__init__.py", "disagg/gpus.py",
-    "records.py", "workload.py", "warmup.py", "prompts.py",
+    "records.py", "workload/", "warmup.py", "prompts.py",
     "config.py", "models.py", "hashing.py", "provenance.py", "metadata.py", "errors.py", "io.py",
     "columns.py", "result_tables/__init__.py",
     "analysis/__init__.py", "analysis/stats.py", "analysis/intervals.py", "analysis/latency.py",
@@ -71,13 +71,14 @@ NOT_RUN_CODE = {
 # What every figures and report rule runs besides the experiment's code and its ``report_code``.
 REPORT_CODE = ("report.py", "tables.py", "analysis/plots.py", "templates/")
 # What the comparison rule runs besides the experiments' code (their declarations hold the layouts).
-COMPARE_CODE = ("analysis/compare.py", "analysis/compare_stats.py", "analysis/compare_layout.py",
+COMPARE_CODE = ("analysis/compare.py", "analysis/compare_io.py", "analysis/compare_stats.py", "analysis/compare_layout.py",
                 "compare_report.py", "evidence.py", "experiments/catalog.py")
 # Rules that build inputs: the code each runs and the distributions whose data it uses (the
 # embedded model's tokenizer is trained on wonderwords' word lists, RULER's haystacks drawn from them).
 BUILD_BASE = ("__init__.py", "errors.py", "hashing.py", "io.py", "watchdog.py")
 BUILD_CODE = {
-    "embedded_model": (("embedded_model.py",), ("numpy", "safetensors", "tokenizers", "wonderwords")),
+    "embedded_model": (("embedded_model.py", "embedded_tokenizer.py"),
+                       ("numpy", "safetensors", "tokenizers", "wonderwords")),
     "dummy_model": (("dummy_model.py",), ("tokenizers",)),
 }
 # Serving keys that cannot change a number, left out of the run's hash (and so of what reruns
@@ -151,13 +152,15 @@ def _expand(paths: Iterable[str], package_dir: Path) -> list[str]:
     return sorted(files)
 
 
-def code_files(experiment: Any, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> list[str]:
+def code_files(experiment: Any, package_dir: Path = PACKAGE_DIR, reports: bool = False,
+               joined: Iterable[Any] = ()) -> list[str]:
     """The files a run of ``experiment`` (its declaration) reads: ``SHARED_RUN_CODE`` and its
     declared ``code``; with ``reports``, what its figures and report rules run as well
-    (``REPORT_CODE`` and its ``report_code``)."""
+    (``REPORT_CODE``, its ``report_code`` and the code of the ``joined`` declarations: the
+    experiments its figures join, whose modules its report imports for their file names)."""
     paths = [*SHARED_RUN_CODE, *experiment.code]
     if reports:
-        paths += [*REPORT_CODE, *experiment.report_code]
+        paths += [*REPORT_CODE, *experiment.report_code, *(path for exp in joined for path in exp.code)]
     return _expand(paths, package_dir)
 
 
@@ -183,10 +186,11 @@ def files_digest(files: Iterable[str], package_dir: Path = PACKAGE_DIR) -> str:
     return sha256_obj(digests)
 
 
-def code_digest(experiment: Any, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> str:
+def code_digest(experiment: Any, package_dir: Path = PACKAGE_DIR, reports: bool = False,
+                joined: Iterable[Any] = ()) -> str:
     """The digest of ``code_files``: the code and data a run (``reports``: its figures and report
-    too) reads."""
-    return files_digest(code_files(experiment, package_dir, reports), package_dir)
+    too, with the ``joined`` experiments' code) reads."""
+    return files_digest(code_files(experiment, package_dir, reports, joined), package_dir)
 
 
 def build_digest(rule: str, package_dir: Path = PACKAGE_DIR) -> str:

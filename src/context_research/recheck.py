@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from .analysis.integrity import NOTE_COLUMN, apply_status
+from .analysis.integrity import DELIVERY_ONLY_COLUMN, NOTE_COLUMN, apply_status
 from .io import read_json, write_csv, write_text
 from .metadata import git_commit, utc_now
 
@@ -45,7 +45,9 @@ def recheck_table(path: Path, check: Callable[..., Any], gpu: str | None, hf_con
         row = {k: _plain(v) for k, v in raw.items()}
         before = row.get("status")
         apply_status(row, check(row, gpu, hf_config))
-        for key in ("status", "reason", NOTE_COLUMN):
+        for key in ("status", "reason", NOTE_COLUMN, DELIVERY_ONLY_COLUMN):
+            if key not in text.columns and key == DELIVERY_ONLY_COLUMN:
+                continue  # a table written before the column existed keeps its columns
             text.loc[i, key] = "" if row.get(key) is None else str(row[key])
         if row.get("status") != before:
             changes.append(f"{path.parent.name}/{path.name} row {i}: {before} -> {row['status']}: {row['reason']}")

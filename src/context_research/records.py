@@ -54,17 +54,6 @@ from typing import Any
 BURST_GAP_FRACTION = 0.5
 BURST_GAP_MIN_S = 0.001
 
-# The client's TPOT in one sentence, for reports (see finalize_timing).
-TPOT_DEFINITION = ("client TPOT = (last streamed chunk - anchor chunk) / (output tokens after the anchor); the "
-                   "anchor is the second chunk or, when the stream opens with a burst (a first chunk carrying "
-                   "several tokens, or chunks right behind it that carry several tokens or arrive less than half "
-                   "the stream's typical per-token gap or 1 ms apart: tokens the engine decoded while vLLM's API server "
-                   "detokenized the prompt at the first token), the first chunk after the burst, moved past chunks "
-                   "that were waiting right behind it. It is the pace "
-                   "at which tokens arrived once the stream ran at the engine's pace, whenever the first chunk "
-                   "came, unlike (E2E - TTFT) / (output tokens - 1)")
-
-
 @dataclass
 class GenerationRequest:
     """One request as the workload generator describes it."""

@@ -3,14 +3,15 @@
 Each experiment's declaration names its report module (``make_figures(results_dir)`` and
 ``report_section(results_dir) -> dict`` of findings, facts and tables) and its figures with
 their caption files; this module only renders them, stamped with the run's hardware, backend
-mode, weights and run_id.
+mode, weights and run_id. The caller (the CLI) hands in the declarations: the report modules
+import this one, so it imports no experiment.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jinja2
 import pandas as pd
@@ -51,20 +52,14 @@ def provenance_line(meta: dict[str, Any]) -> str:
             f"run {p['run_id']}")
 
 
-def _catalog():
-    # Imported when used: the experiment modules import this one for provenance_line.
-    from .experiments import catalog
-
-    return catalog
-
-
 def caption_text(caption_file: str) -> str:
     """A figure's caption, from the same ``workflow/report/`` file Snakemake's report shows."""
     return " ".join(workflow_file("workflow", "report", caption_file).read_text(encoding="utf-8").split())
 
 
-def experiment_figures(experiment: str, results_dir: Path) -> None:
-    _catalog().get(experiment).report.make_figures(results_dir)
+def experiment_figures(exp: Any, results_dir: Path) -> None:
+    """The figures and HTML tables of the declared experiment ``exp`` (its report module draws them)."""
+    exp.report.make_figures(results_dir)
 
 
 def row_health(exp, results_dir: Path) -> dict[str, int]:
@@ -93,8 +88,8 @@ def verdict_line(health: dict[str, int], passed: bool | None = None) -> str:
     return "all rows ok" if not bad else f"{bad} of {health['rows']} rows not ok"
 
 
-def section(experiment: str, results_root: Path) -> dict[str, Any]:
-    exp = _catalog().get(experiment)
+def section(exp: Any, results_root: Path) -> dict[str, Any]:
+    """The packet's section of the declared experiment ``exp``, from ``results_root/<name>/``."""
     results_dir = results_root / exp.name
     meta_path = exp.path(results_dir, "metadata")
     if not meta_path.exists():
@@ -115,19 +110,21 @@ def section(experiment: str, results_root: Path) -> dict[str, Any]:
             "verdict": verdict_line(health, headline.get("passed"))}
 
 
-def render_experiment_markdown(experiment: str, results_root: Path, out: Path) -> Path:
-    sec = section(experiment, results_root)
+def render_experiment_markdown(exp: Any, results_root: Path, out: Path) -> Path:
+    sec = section(exp, results_root)
     return write_text(out, _env().get_template("experiment.md.j2").render(s=sec))
 
 
-def render_packet(results_root: Path, out: Path, experiments: list[str],
-                  not_run_reasons: dict[str, str] | None = None) -> Path:
+def render_packet(results_root: Path, out: Path, experiments: Sequence[Any],
+                  not_run_reasons: dict[str, str] | None = None, *, declared: Mapping[str, Any]) -> Path:
+    """The evidence packet: a section per selected declaration (``experiments``) and a not-run
+    line for every other one of ``declared`` ({name: declaration}, the catalog)."""
     sections = [section(e, results_root) for e in experiments]
-    listed = set(experiments)
+    listed = {e.name for e in experiments}
     reasons = not_run_reasons or {}
     sections += [{"id": x.name, "title": x.title, "ran": False,
                   "reason": reasons.get(x.name, "not selected in report.experiments")}
-                 for x in _catalog().EXPERIMENTS.values() if x.name not in listed]
+                 for x in declared.values() if x.name not in listed]
     sections.sort(key=lambda s: s["id"])
     ran = [s for s in sections if s["ran"]]
     modes = sorted({s["provenance"]["backend_mode"] for s in ran})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 from .config import deep_update, validate_config
 from .errors import ConfigError
@@ -144,10 +145,12 @@ def check_variable_keys(name: str, data: dict) -> None:
                 f"(serving.* but {fixed})")
 
 
-def variant_config(config: dict, name: str, schema_path: str | os.PathLike | Path | None = None) -> dict:
+def variant_config(config: dict, name: str, schema_path: str | os.PathLike | Path | None = None, *,
+                   experiments: Mapping[str, Any]) -> dict:
     """The config variant ``name`` runs: the base config (without ``variants``) with the variant's
-    overlay merged on, validated like the main config (defaults filled). Raises VariantError naming
-    the variant and the key."""
+    overlay merged on, validated like the main config (defaults filled; ``experiments``: the
+    declarations, as ``config.validate_config`` takes them). Raises VariantError naming the variant
+    and the key."""
     data = overlay(config, name)
     check_variable_keys(name, data)
     merged = copy.deepcopy({k: v for k, v in config.items() if k != "variants"})
@@ -155,15 +158,17 @@ def variant_config(config: dict, name: str, schema_path: str | os.PathLike | Pat
     if not data:
         return merged
     try:
-        validate_config(merged, schema_path, source=f"config with variants.{name} merged on")
+        validate_config(merged, schema_path, source=f"config with variants.{name} merged on", experiments=experiments)
     except ConfigError as exc:
         raise VariantError(f"variant {name!r}: {exc}") from None
     merged.pop("variants", None)  # the schema's default, filled again: a variant has no variants
     return merged
 
 
-def variant_configs(config: dict, schema_path: str | os.PathLike | Path | None = None) -> dict[str, dict]:
+def variant_configs(config: dict, schema_path: str | os.PathLike | Path | None = None, *,
+                    experiments: Mapping[str, Any]) -> dict[str, dict]:
     """{run: merged config} for every variant and its replicates, baseline first; the first bad
     variant raises. A replicate shares its variant's config (and so its hashes)."""
-    configs = {name: variant_config(config, name, schema_path) for name in variant_names(config)}
+    configs = {name: variant_config(config, name, schema_path, experiments=experiments)
+               for name in variant_names(config)}
     return {run: configs[name] for name in configs for run in side_runs(config, name)}

@@ -125,7 +125,7 @@ async def warm_up(serve_round: Callable[[int], Awaitable[list[RequestRecord]]],
 async def warm_session(session: Any, make_round: Callable[[int], list[GenerationRequest]], rule: WarmupRule,
                        max_concurrency: int | None = 1, desc: str = "warmup",
                        label: str | None = None) -> tuple[list[RequestRecord], dict[str, Any]]:
-    """``warm_up`` on an ``experiments.session.EngineSession``: round k serves ``make_round(k)`` at
+    """``warm_up`` on a ``backends.session.EngineSession``: round k serves ``make_round(k)`` at
     ``max_concurrency``. Returns the records and the result (``as_dict`` with ``label``, e.g. the
     prompt length it warmed), also appended to ``session.warmups`` for the run's metadata."""
     async def serve_round(k: int) -> list[RequestRecord]:

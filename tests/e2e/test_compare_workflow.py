@@ -18,7 +18,7 @@ from .conftest import run_snakemake
 
 pytestmark = pytest.mark.e2e
 
-# The README's comparison command for the CPU: config/compare-cpu.yaml (A/A and 16-token prefill
+# The comparison command for the CPU in docs/comparisons.md: config/compare-cpu.yaml (A/A and 16-token prefill
 # chunks, E1 only, three runs per side).
 OVERLAY = "config/compare-cpu.yaml"
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from context_research.experiments.catalog import EXPERIMENTS
+
 from .conftest import REPO, VENV_BIN, copy_checkout, run_snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.e2e
@@ -41,23 +43,24 @@ GONE_S = 120
 
 def hold_e0_devices(workdir: Path) -> list[str]:
     """Take, in this process, the locks of every device an e0 engine of ``workdir``'s config uses."""
-    from context_research import device_lock as dl
     from context_research.backends.vllm_server import resolve_device
     from context_research.config import load_config
+    from context_research.device_lock.devices import engine_devices
+    from context_research.device_lock.lockfile import acquire
 
-    serving = load_config(workdir / "config" / "config.yaml")["serving"]
+    serving = load_config(workdir / "config" / "config.yaml", experiments=EXPERIMENTS)["serving"]
     keys = []
-    for device in dl.engine_devices(resolve_device(serving), serving):
-        dl.acquire(device, mode="fail", holder=HOLDER)
+    for device in engine_devices(resolve_device(serving), serving):
+        acquire(device, mode="fail", holder=HOLDER)
         keys.append(device.key)
     return keys
 
 
 def release(keys: list[str]) -> None:
-    from context_research import device_lock as dl
+    from context_research.device_lock.lockfile import release as release_lock
 
     for key in keys:
-        dl.release(key)
+        release_lock(key)
 
 
 def _no_engine_was_started(workdir: Path) -> None:

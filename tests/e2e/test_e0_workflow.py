@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from context_research.config import load_config
+from context_research.experiments.catalog import EXPERIMENTS
 
 from .conftest import copy_checkout, run_snakemake
 
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.e2e
 def cfg(workflow_dir):
     """E0's block as the workflow ran it (config/config.yaml plus schema defaults)."""
     return load_config(workflow_dir / "config/config.yaml",
-                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml")["experiments"]["e0"]
+                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml",
+                       experiments=EXPERIMENTS)["experiments"]["e0"]
 
 
 def test_e0_summary_is_real_and_deterministic(workflow_dir, cfg):

@@ -11,6 +11,7 @@ from context_research.analysis.capacity import BUDGET, CONVERGED, INVALID_TWICE,
 from context_research.analysis.latency import poisson_schedule
 from context_research.config import load_config
 from context_research.experiments import e2
+from context_research.experiments.catalog import EXPERIMENTS
 
 from .conftest import copy_checkout, run_snakemake, texts
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def config(workflow_dir):
     return load_config(workflow_dir / "config/config.yaml",
-                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml")
+                       schema_path=workflow_dir / "workflow/schemas/config.schema.yaml", experiments=EXPERIMENTS)
 
 
 def _ordered(frame, metric):
@@ -50,7 +51,10 @@ def test_e1_latency_csv_has_one_exact_row_per_length(workflow_dir, config):
     fits = [n + cfg["max_tokens"] <= config["models"][config["model_profile"]]["max_model_len"]
             for n in cfg["prompt_tokens"]]
     ok = frame[fits]
-    assert (ok["status"] == "ok").all(), ok["reason"].tolist()
+    # ok, or implausible for client delivery only (a stream this 2-core host delivered late; the
+    # engine's own timings stand): never for anything else
+    delivered_late = (ok["status"] == "implausible") & ok["client_delivery_only"].astype(bool)
+    assert ((ok["status"] == "ok") | delivered_late).all(), ok["reason"].tolist()
     assert (frame.loc[[not f for f in fits], "status"] == "failed").all()
     assert (ok["n"] == cfg["trials"]).all() and (ok["n_ok"] == cfg["trials"]).all()
     for metric in ("ttft", "tpot", "e2e"):

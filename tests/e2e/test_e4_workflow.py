@@ -8,6 +8,7 @@ import pytest
 
 from context_research.config import load_config
 from context_research.datasets import specs
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.hashing import sha256_file, sha256_obj
 from context_research.quality.scorers import score_sample
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _config(workflow_dir):
-    return load_config(workflow_dir / "config" / "config.yaml")
+    return load_config(workflow_dir / "config" / "config.yaml", experiments=EXPERIMENTS)
 
 
 def _datasets(workflow_dir):

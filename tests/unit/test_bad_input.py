@@ -20,6 +20,7 @@ from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import load_config, snakemake_config_origins, validate_config
 from context_research.datasets import loaders, materialize as M, specs
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import resolve_model
 from context_research.quality.perplexity import fetch_prompt_logprobs
 from context_research.records import GenerationRequest
@@ -35,7 +36,7 @@ def ws_count(text: str) -> int:
 
 
 def default_config():
-    return load_config(DEFAULT)
+    return load_config(DEFAULT, experiments=EXPERIMENTS)
 
 
 # ----------------------------------------------------------------------------- 1. E4 explicit files
@@ -66,14 +67,14 @@ def test_a_missing_explicit_file_stops_the_workflow_before_any_rule(monkeypatch,
     overlay.write_text("experiments:\n  e4:\n    benchmarks:\n      longbench:\n        files:\n"
                        "          qasper: /data/does-not-exist.jsonl\n")
     with pytest.raises(ConfigError) as err:
-        load_config(DEFAULT, [overlay])
+        load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     assert str(err.value).startswith(f"Invalid configuration ({overlay}): config key "
                                      "'experiments.e4.benchmarks.longbench.files.qasper': /data/does-not-exist.jsonl "
                                      "does not exist")
     # a file for a task that is not configured is not read, so not checked
     overlay.write_text("experiments:\n  e4:\n    benchmarks:\n      longbench:\n        files:\n"
                        "          narrativeqa: /data/does-not-exist.jsonl\n")
-    assert load_config(DEFAULT, [overlay])
+    assert load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     cfg = default_config()
     cfg["experiments"]["e4"]["benchmarks"]["longbench"]["files"] = {"qasper": "/data/does-not-exist.jsonl"}
     with pytest.raises(ConfigError) as err:
@@ -146,15 +147,15 @@ def test_an_error_in_an_overlay_names_the_overlay(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("serving:\n  backend: vlm\n")
     with pytest.raises(ConfigError) as err:
-        load_config(DEFAULT, [overlay])
+        load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     assert str(err.value).startswith(f"Invalid configuration ({overlay}): config key 'serving.backend'")
     assert "config.yaml" not in str(err.value)
     overlay.write_text("experiments:\n  e0:\n    bogus: 1\n")
     with pytest.raises(ConfigError, match=rf"\({overlay}\): config key 'experiments.e0.bogus' is not allowed"):
-        load_config(DEFAULT, [overlay])
+        load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     overlay.write_text("model_profile: nope\n")
     with pytest.raises(ConfigError, match=rf"\({overlay}\): config key 'model_profile'"):
-        load_config(DEFAULT, [overlay])
+        load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     # a bad value in the base file still names the base file, even with an overlay on top
     base = tmp_path / "base.yaml"
     data = yaml.safe_load(DEFAULT.read_text())
@@ -162,11 +163,11 @@ def test_an_error_in_an_overlay_names_the_overlay(tmp_path):
     base.write_text(yaml.safe_dump(data))
     overlay.write_text("serving:\n  enforce_eager: true\n")
     with pytest.raises(ConfigError, match=rf"\({base}\): config key 'experiments.e0.repeats'"):
-        load_config(base, [overlay])
+        load_config(base, [overlay], experiments=EXPERIMENTS)
     # ... unless the overlay replaced it
     overlay.write_text("experiments:\n  e0:\n    repeats: 0\n")
     with pytest.raises(ConfigError, match=rf"\({overlay}\): config key 'experiments.e0.repeats'"):
-        load_config(base, [overlay])
+        load_config(base, [overlay], experiments=EXPERIMENTS)
 
 
 def test_record_origins_follows_deep_update():
@@ -193,7 +194,7 @@ def test_snakemake_config_is_attributed_to_the_last_file_that_sets_the_key(tmp_p
     merged = yaml.safe_load(DEFAULT.read_text())
     C.deep_update(merged, {"serving": {"backend": "vlm"}})
     with pytest.raises(ConfigError) as err:
-        validate_config(merged, source=source, origins=origins)
+        validate_config(merged, source=source, origins=origins, experiments=EXPERIMENTS)
     assert str(err.value).startswith(f"Invalid configuration ({overlay}): config key 'serving.backend'")
     assert C.origin_of("experiments.e0.repeats", origins) == "--config on the command line"
     assert C.origin_of("experiments.e0.seed", origins) == cfg
@@ -212,14 +213,14 @@ def test_a_non_loopback_host_needs_allow_remote(host, monkeypatch):
     cfg = yaml.safe_load(DEFAULT.read_text())
     cfg["serving"]["host"] = host
     with pytest.raises(ConfigError) as err:
-        validate_config(copy.deepcopy(cfg))
+        validate_config(copy.deepcopy(cfg), experiments=EXPERIMENTS)
     msg = str(err.value)
     assert "config key 'serving.host'" in msg and "serving.allow_remote: true" in msg and repr(host) in msg
     assert "\n" not in msg
     with pytest.raises(ConfigError, match="serving.allow_remote"):
         VllmServerBackend({"path": "x", "max_model_len": 8}, {"host": host, "device": "cpu"}, "engine.log")
     cfg["serving"]["allow_remote"] = True
-    assert validate_config(cfg)["serving"]["allow_remote"] is True
+    assert validate_config(cfg, experiments=EXPERIMENTS)["serving"]["allow_remote"] is True
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "LOCALHOST", "::1", "[::1]"])
@@ -227,7 +228,8 @@ def test_loopback_hosts_need_nothing(host, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     cfg = yaml.safe_load(DEFAULT.read_text())
     cfg["serving"]["host"] = host
-    assert "allow_remote" not in validate_config(cfg)["serving"]   # no default: config hashes unchanged
+    # no default: config hashes unchanged
+    assert "allow_remote" not in validate_config(cfg, experiments=EXPERIMENTS)["serving"]
     assert VllmServerBackend({"path": "x", "max_model_len": 8}, {"host": host, "device": "cpu"}, "e.log").api_key is None
 
 
@@ -236,7 +238,7 @@ def test_allow_remote_without_the_key_names_the_variable(monkeypatch, tmp_path):
     cfg = yaml.safe_load(DEFAULT.read_text())
     cfg["serving"].update(host="0.0.0.0", allow_remote=True)
     with pytest.raises(ConfigError, match=f"set the environment variable {KEY_ENV}"):
-        validate_config(copy.deepcopy(cfg))
+        validate_config(copy.deepcopy(cfg), experiments=EXPERIMENTS)
     monkeypatch.setenv(KEY_ENV, "   ")                                # empty counts as missing
     with pytest.raises(ConfigError, match=KEY_ENV):
         VllmServerBackend({"path": "x", "max_model_len": 8}, cfg["serving"], tmp_path / "e.log")
@@ -246,7 +248,7 @@ def test_a_key_in_the_config_is_refused(monkeypatch):
     cfg = yaml.safe_load(DEFAULT.read_text())
     cfg["serving"]["env"] = {"VLLM_API_KEY": "abc"}
     with pytest.raises(ConfigError, match=rf"'serving.env.VLLM_API_KEY'.*{KEY_ENV}"):
-        validate_config(cfg)
+        validate_config(cfg, experiments=EXPERIMENTS)
 
 
 MODEL = {"name": "m", "source": "Qwen/x", "path": "Qwen/x", "max_model_len": 2048, "load_format": "dummy"}
@@ -363,7 +365,7 @@ def test_a_model_folder_without_a_tokenizer_is_refused_before_any_engine(tmp_pat
 
     monkeypatch.setattr(vllm_server.subprocess, "Popen", no_engine)
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(d), "max_model_len": 512}},
-                              "serving": {"device": "cpu"}})
+                              "serving": {"device": "cpu"}}, experiments=EXPERIMENTS)
     with pytest.raises(ConfigError, match="has no tokenizer"):
         run_declared(e0.EXPERIMENT, config, tmp_path / "out")
     # E4's materialization refuses it in the same words

@@ -18,6 +18,7 @@ from context_research.analysis import queue_sim
 from context_research.analysis.queue_sim import (SimServer, calibrate, calibration_servers, coverage,
                                                  long_run_attainment, true_capacity)
 from context_research.config import load_config
+from context_research.experiments.catalog import EXPERIMENTS
 
 # -- intervals -------------------------------------------------------------------------------------
 
@@ -25,7 +26,7 @@ SIMULATIONS = 1000
 
 
 def test_the_sample_sizes_are_the_configs():
-    sizes = config_sample_sizes()
+    sizes = config_sample_sizes(experiments=EXPERIMENTS)
     # E1's trials (3 on qwen3-8b, 5 on the CPU default and the H200 comparison), E3's 4, CPU E2's
     # 16 and 32, E0's 20 per start on the CPU, 64 / 256 / 320 on qwen3-8b
     assert {3, 4, 5, 16, 20, 32, 64, 256, 320} == set(sizes)
@@ -33,7 +34,7 @@ def test_the_sample_sizes_are_the_configs():
 
 
 @pytest.mark.parametrize("dist", DISTRIBUTIONS, ids=lambda d: d.name)
-@pytest.mark.parametrize("n", sorted(config_sample_sizes()))
+@pytest.mark.parametrize("n", sorted(config_sample_sizes(experiments=EXPERIMENTS)))
 def test_intervals_cover_the_truth_at_the_configs_sample_sizes_or_are_withheld(dist, n):
     """The 95 % intervals of the mean, median, p95 and p99 of ``n`` lognormal (log-SD 1) or bimodal
     values, from ``analysis.stats.sample_intervals`` (what every report prints), cover the truth
@@ -135,7 +136,7 @@ CONFIGS = {"default": [], "qwen3-8b": ["config/qwen3-8b.yaml"]}
 
 
 def e2_settings(name):
-    return load_config("config/config.yaml", CONFIGS[name])["experiments"]["e2"]
+    return load_config("config/config.yaml", CONFIGS[name], experiments=EXPERIMENTS)["experiments"]["e2"]
 
 
 def _cases():

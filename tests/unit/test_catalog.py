@@ -36,7 +36,7 @@ def test_cli_run_of_an_unknown_experiment_fails_before_any_engine(capsys):
 
 
 def test_schema_lists_exactly_the_catalog():
-    schema = merged_schema(REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    schema = merged_schema(REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml", experiments=EXPERIMENTS)
     names = list(EXPERIMENTS)
     assert list(schema["properties"]["experiments"]["properties"]) == names
     report_block = schema["properties"]["report"]["properties"]
@@ -48,7 +48,7 @@ def test_schema_lists_exactly_the_catalog():
 
 
 def test_declarations_are_complete():
-    config = load_config(REPO_ROOT / "config" / "config.yaml")
+    config = load_config(REPO_ROOT / "config" / "config.yaml", experiments=EXPERIMENTS)
     for name, exp in EXPERIMENTS.items():
         assert exp.name == name
         assert callable(exp.report.make_figures) and callable(exp.report.report_section)

@@ -13,8 +13,8 @@ import pytest
 
 from context_research import cli
 from context_research.analysis import compare as compare_module
-from context_research.analysis.compare import (COMPARE_COLUMNS, DeltaTest, Options, between_run_sds,
-                                               bootstrap_median_delta, holm, verdict)
+from context_research.analysis.compare import COMPARE_COLUMNS, Options
+from context_research.analysis.compare_stats import DeltaTest, between_run_sds, bootstrap_median_delta, holm, verdict
 from context_research.compare_report import compare_runs as write_compared, write_index
 from context_research.errors import ContextResearchError
 from context_research.experiments.catalog import EXPERIMENTS
@@ -289,6 +289,47 @@ def test_a_point_not_ok_in_either_run_is_not_compared_with_its_reason(tmp_path):
     assert row["verdict"] == "not compared"
     assert row["note"] == "not compared: status failed in B (server error)"
     assert _row(comp, "ttft_ms", 1024)["verdict"] == "no significant change"
+
+
+def _mark(root: Path, length: int, reason: str, flag: bool | None) -> None:
+    """Make ``length``'s point implausible in ``root``'s latency.csv with ``reason``; ``flag``: its
+    client_delivery_only cell (None: a table from before the column)."""
+    path = root / "e1" / "latency.csv"
+    table = pd.read_csv(path, keep_default_na=False)
+    table.loc[table["prompt_tokens"] == length, ["status", "reason"]] = ["implausible", reason]
+    if flag is not None:
+        table["client_delivery_only"] = [flag if n == length else False for n in table["prompt_tokens"]]
+    table.to_csv(path, index=False)
+
+
+DELIVERY = "client delivery: client TTFT 72.1 ms exceeds engine queue + TTFT 9.5 ms by 62.6 ms"
+
+
+@pytest.mark.parametrize("flag", [True, None])
+def test_a_point_implausible_for_client_delivery_only_compares_the_engines_timings(tmp_path, flag):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2, ttft_ms=(100.0, 520.0))  # 30 % slower at 4K
+    _mark(b, 4096, DELIVERY, flag)
+    comp = compare(a, b)
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):  # the client's timings carry the delay: refused
+        row = _row(comp, metric, 4096)
+        assert row["verdict"] == "not compared" and row["note"].startswith("not compared: status implausible in B")
+    assert _row(comp, "engine_ttft_ms", 4096)["verdict"] == "worse"  # the engine's own timings stand
+    assert _row(comp, "engine_itl_ms", 4096)["verdict"] == "no significant change"
+
+
+@pytest.mark.parametrize("reason, flag", [("client TPOT 1.0 ms is below the engine ITL 5.0 ms", False),
+                                          (DELIVERY + "; TTFT under the physical floor", False),
+                                          ("client TPOT 1.0 ms is below the engine ITL 5.0 ms", None),
+                                          (DELIVERY + "; TTFT 0.1 ms under the physical floor", None)])
+def test_any_other_finding_keeps_the_engines_timings_out_too(tmp_path, reason, flag):
+    a = write_run(tmp_path / "a", seed=1)
+    b = write_run(tmp_path / "b", seed=2)
+    _mark(b, 4096, reason, flag)
+    comp = compare(a, b)
+    for metric in ("ttft_ms", "engine_ttft_ms", "engine_itl_ms"):
+        assert _row(comp, metric, 4096)["verdict"] == "not compared", metric
+    assert _row(comp, "engine_ttft_ms", 1024)["verdict"] == "no significant change"
 
 
 def test_single_experiment_folders_compare_too(tmp_path):

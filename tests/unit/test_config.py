@@ -6,7 +6,7 @@ import yaml
 from context_research.config import (REPO_ROOT, experiment_hash, load_config, model_profile,
                                      validate_config)
 from context_research.errors import ConfigError
-from context_research.experiments.catalog import get
+from context_research.experiments.catalog import EXPERIMENTS
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
 
@@ -16,7 +16,7 @@ def base():
 
 
 def test_default_config_is_valid_and_defaults_are_filled():
-    cfg = load_config(DEFAULT)
+    cfg = load_config(DEFAULT, experiments=EXPERIMENTS)
     assert cfg["model_profile"] == "embedded"
     assert cfg["serving"]["host"] == "127.0.0.1"          # from the schema's default
     assert cfg["serving"]["extra_args"] == []
@@ -40,7 +40,7 @@ def test_bad_config_names_the_key(mutate, key):
     cfg = base()
     mutate(cfg)
     with pytest.raises(ConfigError) as err:
-        validate_config(cfg)
+        validate_config(cfg, experiments=EXPERIMENTS)
     assert f"'{key}'" in str(err.value)
     assert "\n" not in str(err.value)  # one line
 
@@ -50,24 +50,24 @@ def test_simulated_backend_needs_explicit_opt_in(monkeypatch):
     cfg["serving"]["backend"] = "simulated"
     monkeypatch.delenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", raising=False)
     with pytest.raises(ConfigError, match="CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND=1"):
-        validate_config(copy.deepcopy(cfg))
+        validate_config(copy.deepcopy(cfg), experiments=EXPERIMENTS)
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
-    assert validate_config(cfg)["serving"]["backend"] == "simulated"
+    assert validate_config(cfg, experiments=EXPERIMENTS)["serving"]["backend"] == "simulated"
 
 
 def test_missing_or_broken_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml", experiments=EXPERIMENTS)
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_profile: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
-        load_config(bad)
+        load_config(bad, experiments=EXPERIMENTS)
 
 
 def test_overlay_merges_deeply(tmp_path):
     overlay = tmp_path / "o.yaml"
     overlay.write_text("serving:\n  enforce_eager: true\n")
-    cfg = load_config(DEFAULT, [overlay])
+    cfg = load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     assert cfg["serving"]["enforce_eager"] is True
     assert cfg["serving"]["backend"] == "vllm"
 
@@ -76,32 +76,32 @@ def test_overlay_error_names_the_overlay_not_the_base(tmp_path):
     overlay = tmp_path / "o.yaml"
     overlay.write_text("serving:\n  enforce_eager: maybe\n")
     with pytest.raises(ConfigError) as err:
-        load_config(DEFAULT, [overlay])
+        load_config(DEFAULT, [overlay], experiments=EXPERIMENTS)
     assert str(err.value).startswith(f"Invalid configuration ({overlay}): config key 'serving.enforce_eager'")
 
 
 def test_experiment_hash_tracks_exactly_its_inputs():
-    cfg = load_config(DEFAULT)
-    h0 = experiment_hash(cfg, get("e0"))
-    assert len(h0) == 64 and h0 == experiment_hash(copy.deepcopy(cfg), get("e0"))
+    cfg = load_config(DEFAULT, experiments=EXPERIMENTS)
+    h0 = experiment_hash(cfg, EXPERIMENTS["e0"])
+    assert len(h0) == 64 and h0 == experiment_hash(copy.deepcopy(cfg), EXPERIMENTS["e0"])
     changed = copy.deepcopy(cfg)
     changed["experiments"]["e0"]["max_tokens"] += 1
-    assert experiment_hash(changed, get("e0")) != h0
+    assert experiment_hash(changed, EXPERIMENTS["e0"]) != h0
     serving = copy.deepcopy(cfg)
     serving["serving"]["enforce_eager"] = True
-    assert experiment_hash(serving, get("e0")) != h0
+    assert experiment_hash(serving, EXPERIMENTS["e0"]) != h0
     other_model = copy.deepcopy(cfg)
     other_model["models"]["qwen3-8b"]["max_model_len"] = 1024  # not the served profile
-    assert experiment_hash(other_model, get("e0")) == h0
-    assert experiment_hash(cfg, get("e0"), dataset_manifest_sha256="ab" * 32) != h0
+    assert experiment_hash(other_model, EXPERIMENTS["e0"]) == h0
+    assert experiment_hash(cfg, EXPERIMENTS["e0"], dataset_manifest_sha256="ab" * 32) != h0
 
 
 def test_experiment_view_is_a_valid_config_holding_only_the_hashed_inputs():
     from context_research.config import experiment_view, hash_inputs
 
-    cfg = load_config(DEFAULT)
-    view = experiment_view(cfg, get("e0"))
+    cfg = load_config(DEFAULT, experiments=EXPERIMENTS)
+    view = experiment_view(cfg, EXPERIMENTS["e0"])
     assert set(view["models"]) == {"embedded"} and set(view["experiments"]) == {"e0"}
-    revalidated = validate_config(copy.deepcopy(view))
-    assert experiment_hash(revalidated, get("e0")) == experiment_hash(cfg, get("e0"))
-    assert hash_inputs(revalidated, get("e0")) == hash_inputs(cfg, get("e0"))
+    revalidated = validate_config(copy.deepcopy(view), experiments=EXPERIMENTS)
+    assert experiment_hash(revalidated, EXPERIMENTS["e0"]) == experiment_hash(cfg, EXPERIMENTS["e0"])
+    assert hash_inputs(revalidated, EXPERIMENTS["e0"]) == hash_inputs(cfg, EXPERIMENTS["e0"])

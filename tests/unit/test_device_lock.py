@@ -1,4 +1,4 @@
-"""The host-wide device lock (``device_lock.py``) with real processes contending for it in a temp
+"""The host-wide device lock (the ``device_lock`` package) with real processes contending for it in a temp
 lock folder: the second waits and proceeds (mode wait) or fails naming the holder (mode fail);
 re-entrant within a process; released by the kernel when its holder is SIGKILLed. Then how
 ``ExperimentRun`` takes it and what run_metadata.json records. No engine starts here."""
@@ -16,11 +16,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from context_research import device_lock as dl
 from context_research.backends.vllm_server import VllmServerBackend
 from context_research.config import validate_config
-from context_research.errors import ConfigError
+from context_research.device_lock import devices as device_ids
+from context_research.device_lock.contention import _window_max, contention_flags
+from context_research.device_lock.devices import CPU, Device, engine_devices, gpus_per_engine
+from context_research.device_lock.lockfile import (DEFAULT_MODE, DEFAULT_TIMEOUT_S, LOCK_DIR_ENV, DeviceBusyError,
+                                                   acquire, held_devices, lock_path, lock_settings, read_holder,
+                                                   release)
+from context_research.device_lock.processes import is_engine_cmdline, other_engines, own_tree
+from context_research.device_lock.sampler import ContentionMonitor
+from context_research.errors import ConfigError, ContextResearchError
 from context_research.experiments import e0, runner
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import ExperimentRun
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -30,31 +38,32 @@ WAIT = 60  # bound on every wait for a child process (never reached when things 
 # when a line arrives on stdin (or is killed).
 HOLDER = r"""
 import json, sys
-from context_research import device_lock as dl
+from context_research.device_lock.devices import Device
+from context_research.device_lock.lockfile import DeviceBusyError, acquire, release
 mode, experiment, *keys = sys.argv[1:]
 out = []
 try:
     for key in keys:
-        out.append(dl.acquire(dl.Device(key, key), mode=mode, timeout_s=30, poll_s=0.05, report_s=0.2,
-                              holder={"experiment": experiment, "run_id": "run-" + experiment}))
-except dl.DeviceBusyError as exc:
+        out.append(acquire(Device(key, key), mode=mode, timeout_s=30, poll_s=0.05, report_s=0.2,
+                           holder={"experiment": experiment, "run_id": "run-" + experiment}))
+except DeviceBusyError as exc:
     print("BUSY " + str(exc), flush=True)
     sys.exit(3)
 print("HELD " + json.dumps(out), flush=True)
 sys.stdin.readline()
 for key in keys:
-    dl.release(key)
+    release(key)
 """
 
 
 @pytest.fixture(autouse=True)
 def lock_dir(tmp_path, monkeypatch):
     d = tmp_path / "locks"
-    monkeypatch.setenv(dl.LOCK_DIR_ENV, str(d))
+    monkeypatch.setenv(LOCK_DIR_ENV, str(d))
     yield d
-    for key in dl.held_devices():   # a failed test must not leave this process holding one
-        while key in dl.held_devices():
-            dl.release(key)
+    for key in held_devices():   # a failed test must not leave this process holding one
+        while key in held_devices():
+            release(key)
 
 
 def spawn(mode: str, experiment: str, *keys: str) -> subprocess.Popen:
@@ -106,10 +115,10 @@ def test_second_process_waits_with_a_message_and_proceeds_once_the_first_release
     assert got["waited_for"]["pid"] == first.pid and got["waited_for"]["experiment"] == "e0"
     assert got["waited_s"] > 0
     # The file now names the second holder.
-    holder = dl.read_holder(Path(got["path"]))
+    holder = read_holder(Path(got["path"]))
     assert holder["pid"] == second.pid and holder["run_id"] == "run-e1" and holder["device"] == "cpu"
     finish(second)
-    assert dl.read_holder(Path(got["path"])) == {}   # released: no stale name
+    assert read_holder(Path(got["path"])) == {}   # released: no stale name
 
 
 def test_fail_mode_refuses_at_once_naming_the_holder_and_the_config_key(children):
@@ -122,13 +131,13 @@ def test_fail_mode_refuses_at_once_naming_the_holder_and_the_config_key(children
     assert second.returncode == 3
     assert out.startswith(f"BUSY device cpu is in use: pid {first.pid} (e0, run run-e0, user ")
     assert "serving.device_lock.mode is 'fail'" in out and "serving.device_lock.mode: wait" in out
-    assert str(dl.lock_path(dl.CPU)) in out
+    assert str(lock_path(CPU)) in out
     # The same refusal in this process, with the holder's command line and start time.
-    with pytest.raises(dl.DeviceBusyError, match=rf"pid {first.pid} \(e0, run run-e0.*\) since .*: .*-c"):
-        dl.acquire(dl.CPU, mode="fail")
+    with pytest.raises(DeviceBusyError, match=rf"pid {first.pid} \(e0, run run-e0.*\) since .*: .*-c"):
+        acquire(CPU, mode="fail")
     finish(first)
-    assert dl.acquire(dl.CPU, mode="fail")["waited_for"] is None
-    dl.release("cpu")
+    assert acquire(CPU, mode="fail")["waited_for"] is None
+    release("cpu")
 
 
 def test_wait_mode_gives_up_after_its_timeout_naming_the_holder(children):
@@ -136,24 +145,24 @@ def test_wait_mode_gives_up_after_its_timeout_naming_the_holder(children):
     children.append(first)
     held(first)
     lines: list[str] = []
-    with pytest.raises(dl.DeviceBusyError, match=r"serving.device_lock.timeout_s: 0.3\) for device cpu: "
+    with pytest.raises(DeviceBusyError, match=r"serving.device_lock.timeout_s: 0.3\) for device cpu: "
                                                  rf"pid {first.pid} \(e0"):
-        dl.acquire(dl.CPU, mode="wait", timeout_s=0.3, poll_s=0.05, report_s=0.1, say=lines.append)
+        acquire(CPU, mode="wait", timeout_s=0.3, poll_s=0.05, report_s=0.1, say=lines.append)
     assert lines and all(f"held by pid {first.pid}" in line for line in lines)
-    assert dl.held_devices() == []
+    assert held_devices() == []
 
 
 def test_the_lock_is_reentrant_within_a_process_and_freed_by_the_last_release(children):
-    a = dl.acquire(dl.CPU, mode="fail", holder={"experiment": "e3"})
-    b = dl.acquire(dl.CPU, mode="fail")               # a second engine of the same run: no deadlock
+    a = acquire(CPU, mode="fail", holder={"experiment": "e3"})
+    b = acquire(CPU, mode="fail")               # a second engine of the same run: no deadlock
     assert not a["reentrant"] and b["reentrant"]
-    dl.release("cpu")
+    release("cpu")
     other = spawn("fail", "e1", "cpu")
     children.append(other)
     out, _ = other.communicate(timeout=WAIT)
     assert out.startswith(f"BUSY device cpu is in use: pid {os.getpid()} (e3")   # still held once
-    dl.release("cpu")
-    assert dl.held_devices() == []
+    release("cpu")
+    assert held_devices() == []
     other = spawn("fail", "e1", "cpu")
     children.append(other)
     held(other)
@@ -164,85 +173,85 @@ def test_a_sigkilled_holder_leaves_no_stale_lock(children):
     first = spawn("wait", "e0", "cpu", "gpu0")
     children.append(first)
     held(first)
-    with pytest.raises(dl.DeviceBusyError):
-        dl.acquire(dl.CPU, mode="fail")
+    with pytest.raises(DeviceBusyError):
+        acquire(CPU, mode="fail")
     first.send_signal(signal.SIGKILL)                  # no cleanup runs in the holder
     first.wait(timeout=WAIT)
-    assert dl.read_holder(dl.lock_path(dl.CPU))["pid"] == first.pid   # its name is still in the file...
+    assert read_holder(lock_path(CPU))["pid"] == first.pid   # its name is still in the file...
     for key in ("cpu", "gpu0"):                        # ...but the kernel released the flock
-        got = dl.acquire(dl.Device(key, key), mode="fail")
+        got = acquire(Device(key, key), mode="fail")
         assert got["waited_for"] is None
-        dl.release(key)
+        release(key)
 
 
 def test_two_runs_waiting_for_each_other_do_not_deadlock(children):
-    mine = dl.acquire(dl.Device("gpu1", "gpu1"), mode="fail")
+    mine = acquire(Device("gpu1", "gpu1"), mode="fail")
     assert mine["waited_for"] is None
     other = spawn("wait", "e3", "gpu0", "gpu1")        # holds gpu0, then waits for our gpu1
     children.append(other)
     assert other.stderr.readline().startswith("context-research: e3 waiting for device gpu1")
     gave_way = None
     try:
-        dl.acquire(dl.Device("gpu0", "gpu0"), mode="wait", timeout_s=WAIT, poll_s=0.05, say=lambda s: None)
-    except dl.DeviceBusyError as exc:
+        acquire(Device("gpu0", "gpu0"), mode="wait", timeout_s=WAIT, poll_s=0.05, say=lambda s: None)
+    except DeviceBusyError as exc:
         gave_way = str(exc)
     out, _ = other.communicate(timeout=WAIT)
     if gave_way is None:   # the younger (higher pid) run gives way: normally the child
         assert other.returncode == 3 and "the two runs would wait for each other" in out, out
-        assert dl.held_devices() == ["gpu0", "gpu1"]
+        assert held_devices() == ["gpu0", "gpu1"]
     else:
         assert os.getpid() > other.pid and "the two runs would wait for each other" in gave_way
-    for key in dl.held_devices():
-        dl.release(key)
+    for key in held_devices():
+        release(key)
 
 
 def test_lock_folder_and_files_are_shared_by_every_user(lock_dir):
-    dl.acquire(dl.CPU, mode="fail")
-    dl.release("cpu")
+    acquire(CPU, mode="fail")
+    release("cpu")
     assert stat.S_IMODE(lock_dir.stat().st_mode) == 0o1777
-    assert stat.S_IMODE(dl.lock_path(dl.CPU).stat().st_mode) == 0o666
+    assert stat.S_IMODE(lock_path(CPU).stat().st_mode) == 0o666
 
 
 def test_an_unusable_lock_folder_is_an_error_naming_the_variable(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv(dl.LOCK_DIR_ENV, str(blocker / "locks"))
-    with pytest.raises(dl.ContextResearchError, match=dl.LOCK_DIR_ENV):
-        dl.acquire(dl.CPU)
+    monkeypatch.setenv(LOCK_DIR_ENV, str(blocker / "locks"))
+    with pytest.raises(ContextResearchError, match=LOCK_DIR_ENV):
+        acquire(CPU)
 
 
 # -- devices ----------------------------------------------------------------------------------------
 def test_engine_devices_cpu_and_gpus(monkeypatch):
-    monkeypatch.setattr(dl, "_nvml_gpu", lambda i: None)   # as on a host without NVML
-    assert dl.engine_devices("cpu", {}) == [dl.CPU]
-    assert [d.key for d in dl.engine_devices("cuda", {}, environ={})] == ["gpu0"]
-    assert [d.key for d in dl.engine_devices("cuda", {}, environ={"CUDA_VISIBLE_DEVICES": "3,2"})] == ["gpu3"]
+    monkeypatch.setattr(device_ids, "_nvml_gpu", lambda i: None)   # as on a host without NVML
+    assert engine_devices("cpu", {}) == [CPU]
+    assert [d.key for d in engine_devices("cuda", {}, environ={})] == ["gpu0"]
+    assert [d.key for d in engine_devices("cuda", {}, environ={"CUDA_VISIBLE_DEVICES": "3,2"})] == ["gpu3"]
     # E3 pins an engine with serving.env; tensor parallel uses the first N visible
     serving = {"env": {"CUDA_VISIBLE_DEVICES": "1,2,3"}, "extra_args": ["--tensor-parallel-size", "2"]}
-    assert [d.key for d in dl.engine_devices("cuda", serving, environ={"CUDA_VISIBLE_DEVICES": "0"})] == ["gpu1", "gpu2"]
-    assert dl.engine_devices("cuda", {"env": {"CUDA_VISIBLE_DEVICES": "GPU-abc"}})[0].gpu_uuid == "GPU-abc"
+    assert [d.key for d in engine_devices("cuda", serving, environ={"CUDA_VISIBLE_DEVICES": "0"})] == ["gpu1", "gpu2"]
+    assert engine_devices("cuda", {"env": {"CUDA_VISIBLE_DEVICES": "GPU-abc"}})[0].gpu_uuid == "GPU-abc"
 
 
 def test_a_gpu_is_keyed_by_its_nvml_uuid(monkeypatch):
-    monkeypatch.setattr(dl, "_nvml_gpu", lambda i: (f"GPU-uuid-{i}", "NVIDIA H200"))
-    d = dl.engine_devices("cuda", {}, environ={"CUDA_VISIBLE_DEVICES": "0"})[0]
-    assert d == dl.Device("GPU-uuid-0", "gpu0 (NVIDIA H200, GPU-uuid-0)", gpu_uuid="GPU-uuid-0")
-    assert dl.lock_path(d).name == "GPU-uuid-0.lock"
+    monkeypatch.setattr(device_ids, "_nvml_gpu", lambda i: (f"GPU-uuid-{i}", "NVIDIA H200"))
+    d = engine_devices("cuda", {}, environ={"CUDA_VISIBLE_DEVICES": "0"})[0]
+    assert d == Device("GPU-uuid-0", "gpu0 (NVIDIA H200, GPU-uuid-0)", gpu_uuid="GPU-uuid-0")
+    assert lock_path(d).name == "GPU-uuid-0.lock"
 
 
 @pytest.mark.parametrize("args, n", [([], 1), (["-tp", "2"], 2), (["--tensor-parallel-size=4", "-pp", "2"], 8),
                                      (["--data-parallel-size", "2", "--enforce-eager"], 2)])
 def test_gpus_per_engine(args, n):
-    assert dl.gpus_per_engine(args) == n
+    assert gpus_per_engine(args) == n
 
 
 def test_lock_settings_defaults_agree_with_the_schema():
     serving = validate_config({"model_profile": "m", "models": {"m": {"source": "embedded"}},
-                               "serving": {"device_lock": {}}})["serving"]
-    assert serving["device_lock"] == {"mode": dl.DEFAULT_MODE, "timeout_s": dl.DEFAULT_TIMEOUT_S}
-    assert dl.lock_settings({}) == (dl.DEFAULT_MODE, dl.DEFAULT_TIMEOUT_S)
+                               "serving": {"device_lock": {}}}, experiments=EXPERIMENTS)["serving"]
+    assert serving["device_lock"] == {"mode": DEFAULT_MODE, "timeout_s": DEFAULT_TIMEOUT_S}
+    assert lock_settings({}) == (DEFAULT_MODE, DEFAULT_TIMEOUT_S)
     with pytest.raises(ConfigError, match="serving.device_lock.mode"):
-        dl.lock_settings({"device_lock": {"mode": "queue"}})
+        lock_settings({"device_lock": {"mode": "queue"}})
 
 
 # -- contention -------------------------------------------------------------------------------------
@@ -255,56 +264,56 @@ def test_lock_settings_defaults_agree_with_the_schema():
     (["snakemake", "--cores", "1"], False),
 ])
 def test_is_engine_cmdline(cmdline, engine):
-    assert dl.is_engine_cmdline(cmdline) is engine
+    assert is_engine_cmdline(cmdline) is engine
 
 
 def test_other_engines_sees_an_engine_outside_the_excluded_tree(children):
     fake = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()", "vllm", "serve", "/m"],
                             stdin=subprocess.PIPE, text=True)
     children.append(fake)
-    assert fake.pid in [e["pid"] for e in dl.other_engines(exclude=set())]
-    assert fake.pid not in [e["pid"] for e in dl.other_engines(exclude={fake.pid})]
-    assert fake.pid not in [e["pid"] for e in dl.other_engines(exclude={p.pid for p in dl.own_tree()})]
+    assert fake.pid in [e["pid"] for e in other_engines(exclude=set())]
+    assert fake.pid not in [e["pid"] for e in other_engines(exclude={fake.pid})]
+    assert fake.pid not in [e["pid"] for e in other_engines(exclude={p.pid for p in own_tree()})]
     fake.communicate("\n", timeout=WAIT)
 
 
 def test_contention_flags():
-    cpu, gpu = [dl.CPU], [dl.Device("GPU-a", "gpu0", gpu_uuid="GPU-a")]
+    cpu, gpu = [CPU], [Device("GPU-a", "gpu0", gpu_uuid="GPU-a")]
     quiet = {"cpus": 2, "other_engines": [], "load_avg_1m_max": 1.5,
              "other_cpu": {"mean_cores": 0.1, "max_30s_cores": 0.2, "over_s": 60}, "gpu_processes": {"available": False}}
-    assert dl.contention_flags(quiet, cpu) == []
+    assert contention_flags(quiet, cpu) == []
     engine = {"pid": 7, "command": "vllm serve x"}
-    assert dl.contention_flags({**quiet, "other_engines": [engine]}, cpu) == [
+    assert contention_flags({**quiet, "other_engines": [engine]}, cpu) == [
         "1 other vLLM engine process(es) ran on this host during the run: pid 7 (vllm serve x)"]
-    assert dl.contention_flags({**quiet, "other_engines": [engine]}, gpu) == []   # another GPU's engine
+    assert contention_flags({**quiet, "other_engines": [engine]}, gpu) == []   # another GPU's engine
     on_gpu = {"available": True, "other_processes": {"GPU-a": [{"pid": 9}]}}
-    assert dl.contention_flags({**quiet, "gpu_processes": on_gpu}, gpu) == [
+    assert contention_flags({**quiet, "gpu_processes": on_gpu}, gpu) == [
         "1 other process(es) computed on GPU GPU-a during the run: pid 9"]
     # The load average alone is not judged: it counts our own engine and lags behind.
-    assert dl.contention_flags({**quiet, "load_avg_1m_max": 2.5}, cpu) == []
+    assert contention_flags({**quiet, "load_avg_1m_max": 2.5}, cpu) == []
     busy = {"mean_cores": 0.3, "max_30s_cores": 0.8, "over_s": 200}
-    assert dl.contention_flags({**quiet, "other_cpu": busy}, cpu) == [
+    assert contention_flags({**quiet, "other_cpu": busy}, cpu) == [
         "other processes used 0.8 of the host's 2 cores over 30 s (0.3 on average over the run's 200 s)"]
-    assert dl.contention_flags({**quiet, "cpus": 16, "other_cpu": busy}, cpu) == []   # 0.8 of 16 cores
+    assert contention_flags({**quiet, "cpus": 16, "other_cpu": busy}, cpu) == []   # 0.8 of 16 cores
 
 
 def test_window_max_is_the_busiest_stretch():
-    assert dl._window_max([]) == 0.0
-    assert dl._window_max([(5.0, 1.0)]) == 0.2                      # shorter than a window: the whole span
+    assert _window_max([]) == 0.0
+    assert _window_max([(5.0, 1.0)]) == 0.2                      # shorter than a window: the whole span
     quiet, busy = (5.0, 0.0), (5.0, 5.0)
-    assert dl._window_max([quiet] * 10 + [busy] * 6 + [quiet] * 10) == 1.0
-    assert dl._window_max([quiet] * 10 + [busy] * 3 + [quiet] * 10) == 0.5
+    assert _window_max([quiet] * 10 + [busy] * 6 + [quiet] * 10) == 1.0
+    assert _window_max([quiet] * 10 + [busy] * 3 + [quiet] * 10) == 0.5
 
 
 def test_monitor_samples_in_its_own_process_and_hears_of_new_devices():
-    mon = dl.ContentionMonitor([dl.CPU], interval_s=0.05)
+    mon = ContentionMonitor([CPU], interval_s=0.05)
     snap = mon.snapshot()
     assert set(snap) == {"at", "load_avg", "cpus", "other_engines", "gpu_processes"}
     assert snap["gpu_processes"] == {"available": False, "reason": "no GPU among the run's devices"}
     mon.start()
     sampler = mon._proc
-    assert sampler is not None and sampler.pid in {p.pid for p in dl.own_tree()}   # ours, not a thread
-    mon.add_devices([dl.Device("gpu7", "gpu7")])   # E3's decode engine on a second GPU
+    assert sampler is not None and sampler.pid in {p.pid for p in own_tree()}   # ours, not a thread
+    mon.add_devices([Device("gpu7", "gpu7")])   # E3's decode engine on a second GPU
     mon.stop()
     assert sampler.returncode == 0
     summary = mon.summary()
@@ -317,8 +326,9 @@ def test_monitor_samples_in_its_own_process_and_hears_of_new_devices():
 
 DRIVER = r"""
 import sys
-from context_research import device_lock as dl
-mon = dl.ContentionMonitor([dl.CPU], interval_s=0.05).start()
+from context_research.device_lock.devices import CPU
+from context_research.device_lock.sampler import ContentionMonitor
+mon = ContentionMonitor([CPU], interval_s=0.05).start()
 print(mon._proc.pid, mon._out, flush=True)
 sys.stdin.readline()
 """
@@ -343,7 +353,7 @@ def test_the_sampler_ends_with_its_driver_and_leaves_no_record_file(children):
 def test_ctrl_c_does_not_end_the_sampler_and_it_still_gives_its_record():
     """Ctrl-C reaches the driver's whole process group: the sampler must neither die with a
     KeyboardInterrupt traceback nor lose the record the driver asks for afterwards."""
-    mon = dl.ContentionMonitor([dl.CPU], interval_s=0.05)
+    mon = ContentionMonitor([CPU], interval_s=0.05)
     mon.start()
     sampler, out = mon._proc, mon._out
     _wait_until(lambda: out.stat().st_size > 0)   # it runs (its first sample is written)
@@ -375,7 +385,7 @@ class NeverStarted(VllmServerBackend):
 
 def _config(tiny_model, **serving):
     return validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 2048}},
-                            "serving": {"backend": "vllm", "device": "cpu", **serving}})
+                            "serving": {"backend": "vllm", "device": "cpu", **serving}}, experiments=EXPERIMENTS)
 
 
 def test_a_run_holds_its_device_while_its_engines_live_and_records_contention(tiny_model, tmp_path, monkeypatch,
@@ -384,12 +394,12 @@ def test_a_run_holds_its_device_while_its_engines_live_and_records_contention(ti
     with ExperimentRun(e0.EXPERIMENT, _config(tiny_model), tmp_path / "e0") as run:
         run.backend(run.model, run.serving)
         run.backend(run.model, run.serving, "engine_restart", 1)   # a second engine: same lock
-        assert dl.held_devices() == ["cpu"]
+        assert held_devices() == ["cpu"]
         probe = spawn("fail", "e1", "cpu")
         children.append(probe)
         out, _ = probe.communicate(timeout=WAIT)
         assert f"pid {os.getpid()} (e0, run {run.ctx.run_id}" in out
-    assert dl.held_devices() == []
+    assert held_devices() == []
     meta = json.loads((tmp_path / "e0" / "run_metadata.json").read_text())
     lock = meta["device_lock"]
     assert lock["taken"] and lock["mode"] == "wait" and lock["timeout_s"] == 7200
@@ -408,20 +418,20 @@ def test_a_run_in_fail_mode_starts_no_engine_beside_the_holder(tiny_model, tmp_p
     holder = spawn("wait", "e1", "cpu")
     children.append(holder)
     held(holder)
-    with pytest.raises(dl.DeviceBusyError, match=rf"device cpu is in use: pid {holder.pid} \(e1"):
+    with pytest.raises(DeviceBusyError, match=rf"device cpu is in use: pid {holder.pid} \(e1"):
         with ExperimentRun(e0.EXPERIMENT, _config(tiny_model, device_lock={"mode": "fail"}), tmp_path / "e0") as run:
             run.backend(run.model, run.serving)
     assert run.backends == [] and not (tmp_path / "e0" / "run_metadata.json").exists()
-    assert dl.held_devices() == []
+    assert held_devices() == []
     finish(holder)
 
 
 def test_a_simulated_run_takes_no_lock(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
     cfg = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 2048}},
-                           "serving": {"backend": "simulated", "device": "cpu"}})
+                           "serving": {"backend": "simulated", "device": "cpu"}}, experiments=EXPERIMENTS)
     with ExperimentRun(e0.EXPERIMENT, cfg, tmp_path / "e0") as run:
         run.backend(run.model, run.serving)
-        assert dl.held_devices() == []
+        assert held_devices() == []
     meta = json.loads((tmp_path / "e0" / "run_metadata.json").read_text())
     assert meta["device_lock"]["taken"] is False and meta["contention"]["recorded"] is False

@@ -7,6 +7,7 @@ import pytest
 
 from context_research.config import validate_config
 from context_research.experiments import e0
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import run_declared
 
 DETERMINISTIC = {"all_identical": True, "distinct_outputs": 1}
@@ -59,7 +60,8 @@ def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monke
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
                               "serving": {"backend": "simulated", "device": "cpu"},
-                              "experiments": {"e0": {"engine_starts": 3, "repeats": 2, "requests_per_repeat": 2}}})
+                              "experiments": {"e0": {"engine_starts": 3, "repeats": 2, "requests_per_repeat": 2}}},
+                             experiments=EXPERIMENTS)
     out = tmp_path / "e0"
     meta = run_declared(e0.EXPERIMENT, config, out)
     # run_metadata.json lists every hash input; the config hash is the hash of exactly them
@@ -103,7 +105,8 @@ def test_a_failed_run_keeps_what_it_wrote_where_snakemake_does_not_delete_it(tin
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
                               "serving": {"backend": "simulated", "device": "cpu"},
-                              "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1}}})
+                              "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1}}},
+                             experiments=EXPERIMENTS)
     out = tmp_path / "results" / "e0"
     real_write_json = io.write_json
 
@@ -134,7 +137,8 @@ def test_records_that_cannot_be_written_go_to_the_partial_folder_and_the_error_n
     monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
                               "serving": {"backend": "simulated", "device": "cpu"},
-                              "experiments": {"e0": {"engine_starts": 1, "repeats": 2, "requests_per_repeat": 1}}})
+                              "experiments": {"e0": {"engine_starts": 1, "repeats": 2, "requests_per_repeat": 1}}},
+                             experiments=EXPERIMENTS)
     out = tmp_path / "results" / "e0"
     real_write_csv = columns.write_csv
 

@@ -12,11 +12,13 @@ import pytest
 from context_research.analysis.hardware import lookup_gpu
 from context_research.analysis.model_math import tpot_floor_s, ttft_floor_s
 from context_research.experiments import e1, e1_report
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
 from context_research.report import render_packet, section as report_section_of
-from context_research.workload import (PromptFactory, context_overflow, local_cache_hit_tokens, point_status,
-                                       prompt_length_mismatches, sweep_summary)
+from context_research.workload.checks import local_cache_hit_tokens, point_status, prompt_length_mismatches
+from context_research.workload.columns import sweep_summary
+from context_research.workload.prompts import PromptFactory, context_overflow
 
 REPO = Path(__file__).resolve().parents[2]
 QWEN3_8B = json.loads((REPO / "config/models/qwen3-8b/config.json").read_text())
@@ -190,7 +192,8 @@ CFG = {"seed": 0, "prompt_tokens": [128, 256, 4096], "max_tokens": 16, "trials":
 
 def _ctx(tmp_path, exp):
     return RunContext(experiment=exp, run_id="20260101T000000Z-test0001", config_hash="h" * 64,
-                      backend_mode="real", weights="random-embedded", model_id="embedded", outdir=tmp_path)
+                      backend_mode="real", weights="random-embedded", model_id="embedded", outdir=tmp_path,
+                      files=EXPERIMENTS[exp].all_files, tables=EXPERIMENTS[exp].tables)
 
 
 def _meta(tmp_path, ctx):
@@ -297,10 +300,10 @@ def test_figures_and_packet_section(tmp_path):
     assert "exceeds engine-side TTFT" in text and "2.00 ms" in text
     assert "0 prompt-length mismatch" in text and "4096 tokens" in text
     # the packet's figures and captions come from the declaration, in its order
-    packet_section = report_section_of("e1", tmp_path)
+    packet_section = report_section_of(e1.EXPERIMENT, tmp_path)
     assert [f["name"] for f in packet_section["figures"]] == ["ttft.svg", "tpot.svg"]
     assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
-    packet = render_packet(tmp_path, tmp_path / "packet.html", ["e1"]).read_text()
+    packet = render_packet(tmp_path, tmp_path / "packet.html", [e1.EXPERIMENT], declared=EXPERIMENTS).read_text()
     assert 'id="e1"' in packet and ctx.run_id in packet and packet.count("<svg") >= 2
     # one-screen summary first: verdict, key figures, failed and implausible rows
     summary = packet[packet.index('id="summary"'):packet.index("<nav>")]
@@ -313,7 +316,7 @@ def test_figures_and_packet_section(tmp_path):
 
 def test_packet_states_why_a_left_out_experiment_was_not_run(tmp_path):
     packet = render_packet(tmp_path, tmp_path / "packet.html", [],
-                           {"e4": "needs real weights & a <tokenizer>"}).read_text()
+                           {"e4": "needs real weights & a <tokenizer>"}, declared=EXPERIMENTS).read_text()
     assert "Not run: needs real weights &amp; a &lt;tokenizer&gt;" in packet
     # Others fall back to the generic reason; nothing claims to have run.
     sections = packet[packet.index("<nav>"):]  # the summary table at the top repeats each reason once

@@ -10,10 +10,11 @@ import pytest
 from context_research.analysis.latency import goodput, poisson_schedule
 from context_research.analysis.probe import ProbeRules, window_indices
 from context_research.experiments import e2, e2_points, e2_report
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import RunContext
 from context_research.records import RequestRecord
 from context_research.report import render_packet, section as report_section_of
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
 
 TINY = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 3072,
@@ -166,7 +167,8 @@ def test_capacity_probes_last_long_enough_to_overload_the_engine():
 
 def _ctx(outdir):
     return RunContext(experiment="e2", run_id="20260101T000000Z-test0002", config_hash="h" * 64,
-                      backend_mode="real", weights="random-embedded", model_id="embedded", outdir=outdir)
+                      backend_mode="real", weights="random-embedded", model_id="embedded", outdir=outdir,
+                      files=e2.EXPERIMENT.all_files, tables=e2.EXPERIMENT.tables)
 
 
 def test_run_body_rows_and_summary(tmp_path):
@@ -224,11 +226,11 @@ def test_figures_and_packet_section(tmp_path):
     assert "DistServe" in text and "SLOs start to be missed at concurrency=4" in text
     assert "exceeds engine-side TTFT" in text and "5.00 ms" in text
     # the packet's figures and captions come from the declaration, in its order
-    packet_section = report_section_of("e2", tmp_path)
+    packet_section = report_section_of(e2.EXPERIMENT, tmp_path)
     assert [f["name"] for f in packet_section["figures"]] == ["throughput.svg", "latency.svg", "goodput.svg",
                                                               "attainment.svg", "timeline.svg", "pareto.svg"]
     assert all(f["caption"] and f["svg"].startswith("<svg") for f in packet_section["figures"])
-    packet = render_packet(tmp_path, tmp_path / "packet.html", ["e2"]).read_text()
+    packet = render_packet(tmp_path, tmp_path / "packet.html", [e2.EXPERIMENT], declared=EXPERIMENTS).read_text()
     assert 'id="e2"' in packet and packet.count("<svg") >= 3 and ctx.run_id in packet
     assert section["tables"][0]["html"].count("<tr") == 1 + 3 + 5         # header + one row per point and probe
     assert "Capacity at 256 prompt tokens (DistServe goodput" in text and "vllm bench serve" in text
@@ -368,7 +370,7 @@ def test_trace_replay_sends_each_request_at_its_offset_with_its_lengths(tmp_path
 
 def test_session_stops_sending_once_the_monitor_says_saturated():
     """Requests not yet sent when the monitor gives a stop reason are skipped; no clock involved."""
-    from context_research.experiments.session import EngineSession
+    from context_research.backends.session import EngineSession
     from context_research.records import GenerationRequest
 
     class InstantBackend(FakeBackend):
@@ -402,7 +404,7 @@ def test_session_records_how_late_each_scheduled_request_was_sent():
     scheduled sends late by at least that much, less their offsets; closed-loop sends have no lag."""
     import time
 
-    from context_research.experiments.session import EngineSession
+    from context_research.backends.session import EngineSession
     from context_research.records import GenerationRequest
 
     class BlockingBackend(FakeBackend):

@@ -5,14 +5,16 @@ import pytest
 from context_research.config import REPO_ROOT, load_config, validate_config
 from context_research.disagg.paths import kv_paths, link_columns, ucx_env_text
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import EXPERIMENTS
 
-CONFIG = load_config(REPO_ROOT / "config" / "config.yaml")
+CONFIG = load_config(REPO_ROOT / "config" / "config.yaml", experiments=EXPERIMENTS)
 BLOCK = CONFIG["experiments"]["e3"]
 
 
 def with_e3(**e3):
     """The repository's config with E3's block changed, validated like the workflow does."""
-    return validate_config({k: v for k, v in CONFIG.items() if k != "experiments"} | {"experiments": {"e3": e3}})
+    return validate_config({k: v for k, v in CONFIG.items() if k != "experiments"} | {"experiments": {"e3": e3}},
+                           experiments=EXPERIMENTS)
 ZCOPY = {"UCX_CUDA_IPC_ENABLE_GET_ZCOPY": "y"}
 FOUR = [{"name": "example", "connector": "ExampleConnector"},
         {"name": "nixl-pull", "connector": "NixlConnector"},

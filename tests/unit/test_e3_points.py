@@ -139,7 +139,7 @@ def test_a_point_whose_engine_counter_disagrees_fails():
 def test_a_failed_request_fails_the_row_with_its_reason():
     row = empty_row(Point(0, 256, 1), "aggregated", CFG)
     latency_columns(row, [rec(0, 0.1, 0.01, 0.2), rec(1, None, None, None, error="HTTP 500: boom")], 1.0, CFG, 0)
-    # Reason worded by workload.point_status, the rule shared with E1/E2.
+    # Reason worded by workload.checks.point_status, the rule shared with E1/E2.
     assert row["status"] == "failed" and row["reason"] == "1 of 2 requests failed (first: HTTP 500: boom)"
 
 

@@ -81,18 +81,18 @@ def test_verdicts_say_plainly_whether_the_transfer_pays_off(results):
     sec = e3_report.report_section(results)
     text = "\n".join(sec["findings"])
     assert ("The handoff costs more than it saves at 256 tokens (concurrency 1): disaggregated TTFT p50 is 70.0 ms "
-            "higher than aggregated through shared storage (engine-timed p50: KV save 4.00 ms on the producer, "
-            "KV wait 0.30 ms and load 50.00 ms on the consumer)") in text
+            "higher than aggregated through shared storage. Engine-timed p50: KV save 4.00 ms on the producer, "
+            "KV wait 0.30 ms and load 50.00 ms on the consumer.") in text
     assert "The handoff saves more than it costs at 1,024 tokens (concurrency 1): disaggregated TTFT p50 is 40.0 ms" in text
     assert (f"256 tokens, concurrency 1: KV bytes: {FILES_AGREE} (65,536 analytical bytes per request = 128 tokens "
             "x 512 B)") in text
-    assert "over the point's 4 handoffs the consumer loaded 128 of 128 expected prompt tokens" in text
+    assert "Over the point's 4 handoffs the consumer loaded 128 of 128 expected prompt tokens" in text
     assert "agree" in text and "DISAGREE" not in text
     assert "1 point/mode row(s) not measured" in text and "too long" in text
     # The waterfall sentence of the measured (not the warmup) handoff, its largest segment named.
     assert ("256 tokens, c=1 (handoff handoff-00000): producer: HTTP + tokenize 2.0 ms, producer engine: queue + "
             "prefill + KV save 20.0 ms") in text
-    assert "largest: consumer engine: KV wait + load (58% of 95.0 ms)" in text and "handoff-00009" not in text
+    assert "Largest: consumer engine: KV wait + load (58% of 95.0 ms)" in text and "handoff-00009" not in text
     facts = dict(sec["facts"])
     assert facts["analytical KV bytes per token"] == "512"
     assert facts["handoffs whose KV moved"] == "8 / 8"

@@ -13,6 +13,7 @@ from context_research.disagg import connectors
 from context_research.disagg.rows import POINT_COLUMNS, handoff_columns
 from context_research.errors import ConfigError, EngineStartError
 from context_research.experiments import e3, runner
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import Terminated, run_declared
 
 STAMP = ["experiment", "run_id", "config_hash", "backend_mode", "weights", "model_id"]
@@ -24,7 +25,7 @@ def _config(src, backend, **e3cfg):
     return validate_config({"model_profile": "m", "models": {"m": {"source": str(src), "max_model_len": 2048}},
                             "serving": {"backend": backend, "device": "cpu"},
                             "experiments": {"e3": {"prompt_tokens": [256, 2040], "concurrency_levels": [1, 2],
-                                                   "requests_per_point": 2, **e3cfg}}})
+                                                   "requests_per_point": 2, **e3cfg}}}, experiments=EXPERIMENTS)
 
 
 @pytest.fixture
@@ -258,3 +259,31 @@ def test_every_way_is_checked_before_any_engine_starts(tiny_model, tmp_path, mon
     with pytest.raises(ConfigError, match=r"kv_paths\[0\]\.ucx_env"):
         run_declared(e3.EXPERIMENT, _config(tiny_model, "vllm", kv_paths=bad_env), tmp_path / "e3b")
     assert FakeEngine.made == []
+
+
+def test_an_interrupt_during_a_later_way_keeps_the_ways_finished_before(tiny_model, tmp_path, monkeypatch,
+                                                                       shared_folders):
+    """Found on the H100 (2026-12-07): a call's time limit stopped the second way's pair, and the
+    first way's measured rows were lost with it. Every finished way is checkpointed."""
+    monkeypatch.setenv("CONTEXT_RESEARCH_ALLOW_SIMULATED_BACKEND", "1")
+    real = e3.run_path
+    calls = []
+
+    def run_path(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Terminated(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(e3, "run_path", run_path)
+    ways = [{"name": "example", "connector": "ExampleConnector"}, {"name": "push", "connector": "NixlPushConnector"}]
+    out = tmp_path / "e3"
+    with pytest.raises(Terminated):
+        run_declared(e3.EXPERIMENT, _config(tiny_model, "simulated", kv_paths=ways), out)
+    kept = next(out.with_name("e3.partial").iterdir())
+    rows = pd.read_csv(kept / "mode_comparison.csv")
+    assert list(rows["mode"]).count("aggregated") == 4
+    assert (rows.loc[rows["mode"] == "disaggregated", "kv_path"] == "example").sum() == 4
+    assert len(pd.read_csv(kept / "requests.csv")) > 0
+    # (a simulated engine moves no KV: there are no handoff rows to keep; transfers.csv is registered
+    # the same way and written when it has rows)

@@ -15,6 +15,7 @@ from context_research.datasets import specs
 from context_research.errors import ConfigError
 from context_research.experiments import e4
 from context_research.experiments import e4_report
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import RunContext
 from context_research.hashing import sha256_file
 from context_research.io import read_json, read_jsonl, write_json
@@ -236,7 +237,7 @@ def test_meaningful_verdict(weights, mode, source, expected):
 
 
 def default_config():
-    return load_config(REPO / "config" / "config.yaml")
+    return load_config(REPO / "config" / "config.yaml", experiments=EXPERIMENTS)
 
 
 def test_default_datasets_cover_ruler_lengths_and_every_fixture():
@@ -509,19 +510,24 @@ class _Session:
 
 def _run_context(outdir):
     return RunContext(experiment="e4", run_id="r", config_hash="h", backend_mode="real", weights="real",
-                      model_id="m", outdir=outdir, files=e4.EXPERIMENT.files)
+                      model_id="m", outdir=outdir, files=e4.EXPERIMENT.files, tables=e4.EXPERIMENT.tables)
 
 
-def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path, monkeypatch):
-    import asyncio
-
+def _materialized(tmp_path, monkeypatch):
+    """The small config's E4 block and its datasets, materialized under tmp_path (word tokenizer)."""
     monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
     monkeypatch.chdir(REPO)
     cfg = _small_config()
     M.materialize_all(specs.dataset_specs(cfg), tmp_path / "data")
     block = cfg["experiments"]["e4"]
-    loaded = M.load_materialized(specs.datasets(block), tmp_path / "data")
+    return block, M.load_materialized(specs.datasets(block), tmp_path / "data")
+
+
+def test_run_keeps_server_counts_and_derives_the_summary_from_the_rows(tmp_path, monkeypatch):
+    import asyncio
+
+    block, loaded = _materialized(tmp_path, monkeypatch)
     shas = {ds.key: sha256_file(ds.manifest_path(tmp_path / "data")) for ds, _, _ in loaded}
     ctx = _run_context(tmp_path / "out")
     ctx.outdir.mkdir()
@@ -560,13 +566,7 @@ def test_an_engine_death_fails_the_run_after_writing_every_prediction(tmp_path, 
 
     from context_research.errors import EngineDiedError
 
-    monkeypatch.setattr(e4, "load_tokenizer", lambda source: WordTokenizer())
-    monkeypatch.setattr(M, "load_tokenizer", lambda source: WordTokenizer())
-    monkeypatch.chdir(REPO)
-    cfg = _small_config()
-    M.materialize_all(specs.dataset_specs(cfg), tmp_path / "data")
-    block = cfg["experiments"]["e4"]
-    loaded = M.load_materialized(specs.datasets(block), tmp_path / "data")
+    block, loaded = _materialized(tmp_path, monkeypatch)
     ctx = _run_context(tmp_path / "out")
     ctx.outdir.mkdir()
     died = "engine died: its server was killed by SIGKILL"

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from context_research.datasets import ruler
+from context_research.datasets import ruler, ruler_common
 from context_research.errors import ConfigError
 
 
@@ -22,9 +22,9 @@ def bpe_count():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["[UNK]"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    words = ruler.wordlists()["all"]
+    words = ruler_common.wordlists()["all"]
     corpus = [" ".join(words[i:i + 40]) for i in range(0, len(words), 40)]
-    corpus += [" ".join(ruler.NOISE_SENTENCES)] * 10
+    corpus += [" ".join(ruler_common.NOISE_SENTENCES)] * 10
     tok.train_from_iterator(corpus, trainer)
     return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
 
@@ -155,9 +155,9 @@ def test_too_small_budget_and_unknown_task():
 
 def test_sample_seed_values_are_pinned():
     # materialized subsets (RULER samples, PG19 window starts) depend on these exact values
-    assert ruler.sample_seed(0, "vt", 512, 0) == 1344329270180507786
-    assert ruler.sample_seed(7, "niah_single_1", 4096, -1) == 4248118157216682375
-    assert ruler.sample_seed(3, "pg19", 300, "pg19-123") == 15541109574044505472
+    assert ruler_common.sample_seed(0, "vt", 512, 0) == 1344329270180507786
+    assert ruler_common.sample_seed(7, "niah_single_1", 4096, -1) == 4248118157216682375
+    assert ruler_common.sample_seed(3, "pg19", 300, "pg19-123") == 15541109574044505472
 
 
 def test_prompts_are_rulers_templates():

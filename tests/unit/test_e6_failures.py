@@ -7,6 +7,7 @@ import pytest
 
 from context_research.config import validate_config
 from context_research.experiments import e6
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.e6 import (classify_failure, engine_error_lines, failure_row, fallback_targets,
                                              final_outcomes)
 from context_research.experiments.runner import run_declared
@@ -83,7 +84,7 @@ def test_final_outcome_is_the_last_pass():
 
 def _config(src, **e6cfg):
     return validate_config({"model_profile": "m", "models": {"m": {"source": str(src)}},
-                            "experiments": {"e6": {"targets": [2048, 8192, 16000], **e6cfg}}})
+                            "experiments": {"e6": {"targets": [2048, 8192, 16000], **e6cfg}}}, experiments=EXPERIMENTS)
 
 
 def test_fallback_pass_retries_memory_failures_with_fp8(tiny_model, tmp_path, monkeypatch):

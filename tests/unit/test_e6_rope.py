@@ -7,6 +7,7 @@ import pytest
 
 from context_research.config import validate_config
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.e6_model import derive_rope_config, requested_rope_type, write_derived_model
 
 TINY = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
@@ -91,7 +92,8 @@ def test_missing_native_length_names_the_key():
 
 
 def test_schema_defaults_are_consistent_for_the_embedded_model(tmp_path):
-    config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tmp_path)}}})
+    config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tmp_path)}}},
+                             experiments=EXPERIMENTS)
     cfg = config["experiments"]["e6"]
     new, eff = derive_rope_config(cfg, TINY)
     assert eff["max_position_embeddings"] == cfg["max_model_len"] == 16384
@@ -99,7 +101,7 @@ def test_schema_defaults_are_consistent_for_the_embedded_model(tmp_path):
     bad = {"model_profile": "m", "models": {"m": {"source": str(tmp_path)}},
            "experiments": {"e6": {"rope_scaling": {"type": "yarn"}}}}
     with pytest.raises(ConfigError, match="experiments.e6.rope_scaling.factor"):
-        validate_config(bad)
+        validate_config(bad, experiments=EXPERIMENTS)
 
 
 def test_derived_folder_links_files_and_rewrites_configs(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 import context_research
 from context_research import embedded_model as em
+from context_research.embedded_tokenizer import CHAT_TEMPLATE
 from context_research.errors import ConfigError
 from context_research.hashing import sha256_file
 
@@ -190,8 +191,8 @@ def test_transformers_tokenizer_and_chat_template(built):
         "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq1<|im_end|>\n"
         "<|im_start|>assistant\na1<|im_end|>\n<|im_start|>user\nq2<|im_end|>\n"
     )
-    assert (out / "chat_template.jinja").read_text() == em.CHAT_TEMPLATE
-    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == em.CHAT_TEMPLATE
+    assert (out / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
 
 
 def test_transformers_model_loads_every_weight(built):

@@ -3,7 +3,7 @@ import pytest
 from context_research.engine_metrics import (MetricsSnapshot, engine_summary,
                                              per_request_summary)
 from context_research.records import RequestRecord
-from context_research.workload import engine_columns
+from context_research.workload.columns import engine_columns
 
 BEFORE = """
 # TYPE vllm:time_to_first_token_seconds histogram
@@ -54,7 +54,7 @@ def test_a_scrape_of_a_dead_engine_is_none_and_says_why():
     """A point whose engine died must become a recorded row, not crash the run."""
     import urllib.error
 
-    from context_research.experiments.session import EngineSession
+    from context_research.backends.session import EngineSession
 
     class Backend:
         mode = "real"
@@ -186,7 +186,7 @@ def test_the_session_watches_gauges_without_a_full_scrape():
     and never the full /metrics text, whose render and parse slowed the measured requests."""
     import asyncio
 
-    from context_research.experiments.session import EngineSession
+    from context_research.backends.session import EngineSession
     from context_research.records import GenerationRequest
 
     class Backend:

@@ -221,7 +221,7 @@ def test_the_tool_is_in_no_run_digest():
 
 
 def test_a_comparison_refuses_a_results_folder_whose_records_are_packed(tmp_path):
-    from context_research.analysis.compare import find_run
+    from context_research.analysis.compare_io import find_run
     from context_research.errors import ContextResearchError
 
     folder = _make(tmp_path, files=dict(FILES, **{"results/e1/run_metadata.json": '{"experiment": "e1"}\n'}))

@@ -30,8 +30,10 @@ from context_research.config import validate_config
 from context_research.engine_log import exit_description
 from context_research.errors import ContextResearchError, EngineDiedError, EngineStartError
 from context_research.experiments import e0, e1
+from context_research.experiments.catalog import EXPERIMENTS
 from context_research.experiments.runner import Terminated, run_declared
-from context_research.workload import PointProgress, died_in_flight
+from context_research.workload.checks import died_in_flight
+from context_research.workload.progress import PointProgress
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -46,7 +48,7 @@ def _e1_config(tiny_model, **e1_cfg):
         "model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
         "serving": {"backend": "simulated", "device": "cpu"},
         "experiments": {"e1": {"prompt_tokens": [16, 32, 64], "max_tokens": 4, "trials": 3, "warmup_requests": 1, "warmup_max_requests": 1,
-                               **e1_cfg}}})
+                               **e1_cfg}}}, experiments=EXPERIMENTS)
 
 
 def _kept(out: Path) -> Path:
@@ -220,7 +222,7 @@ def test_e0_fails_when_its_engine_dies_instead_of_blaming_reproducibility(tiny_m
     config = validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}},
                               "serving": {"backend": "simulated", "device": "cpu"},
                               "experiments": {"e0": {"engine_starts": 2, "repeats": 2, "requests_per_repeat": 1,
-                                                         "warmup_max_requests": 2}}})
+                                                         "warmup_max_requests": 2}}}, experiments=EXPERIMENTS)
     out = tmp_path / "results" / "e0"
     with pytest.raises(EngineDiedError, match="killed by SIGKILL"):
         run_declared(e0.EXPERIMENT, config, out)
@@ -291,8 +293,9 @@ KILLED = textwrap.dedent(r"""
     import json, os, signal, sys
     from context_research.config import validate_config
     from context_research.experiments import e1
+    from context_research.experiments.catalog import EXPERIMENTS
     from context_research.experiments.runner import run_declared
-    from context_research.workload import PointProgress
+    from context_research.workload.progress import PointProgress
 
     real_point, calls = PointProgress.point, []
 
@@ -303,7 +306,7 @@ KILLED = textwrap.dedent(r"""
         real_point(self, label, outcome)
 
     PointProgress.point = point
-    run_declared(e1.EXPERIMENT, validate_config(json.loads(sys.argv[1])), sys.argv[2])
+    run_declared(e1.EXPERIMENT, validate_config(json.loads(sys.argv[1]), experiments=EXPERIMENTS), sys.argv[2])
 """)
 
 

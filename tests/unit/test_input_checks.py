@@ -12,6 +12,7 @@ import yaml
 from context_research import cli
 from context_research.config import load_config, validate_config
 from context_research.errors import ConfigError
+from context_research.experiments.catalog import EXPERIMENTS
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "config" / "config.yaml"
@@ -26,7 +27,7 @@ def _overlay(tmp_path: Path, data: dict) -> Path:
 def _refused(tmp_path: Path, data: dict) -> str:
     overlay = _overlay(tmp_path, data)
     with pytest.raises(ConfigError) as err:
-        load_config(BASE, [overlay])
+        load_config(BASE, [overlay], experiments=EXPERIMENTS)
     message = str(err.value)
     assert f"Invalid configuration ({overlay})" in message, message   # the file that set the key
     return message
@@ -49,10 +50,12 @@ def test_an_experiment_none_of_whose_requests_fits_the_context_is_refused(tmp_pa
 def test_lengths_that_partly_fit_stay_failed_rows_of_the_run(tmp_path):
     """A length past the context is one failed row with its reason (E1's documented behaviour),
     and an experiment the config does not set is not judged on its defaults (a small model)."""
-    config = load_config(BASE, [_overlay(tmp_path, {"experiments": {"e1": {"prompt_tokens": [128, 4000]}}})])
+    config = load_config(BASE, [_overlay(tmp_path, {"experiments": {"e1": {"prompt_tokens": [128, 4000]}}})],
+                         experiments=EXPERIMENTS)
     assert config["experiments"]["e1"]["prompt_tokens"] == [128, 4000]
     small = load_config(BASE, [_overlay(tmp_path, {"models": {"embedded": {"max_model_len": 256}},
-                                                   "experiments": {"e0": {"prompt_tokens": 64, "max_tokens": 16}}})])
+                                                   "experiments": {"e0": {"prompt_tokens": 64, "max_tokens": 16}}})],
+                        experiments=EXPERIMENTS)
     assert small["experiments"]["e5"]["prompt_tokens"] == [256, 1024, 1920]   # defaults, not run here
 
 
@@ -64,17 +67,20 @@ def test_a_model_path_where_nothing_is_is_refused(tmp_path, source):
 
 def test_a_hub_id_and_an_existing_folder_pass(tmp_path, tiny_model):
     for source in ("Qwen/NotCachedHere-0B", str(tiny_model)):
-        validate_config({"model_profile": "m", "models": {"m": {"source": source, "max_model_len": 512}}})
+        validate_config({"model_profile": "m", "models": {"m": {"source": source, "max_model_len": 512}}},
+                        experiments=EXPERIMENTS)
 
 
 def test_a_truncated_tokenizer_is_refused_naming_the_file(tmp_path, tiny_model):
     tok = tiny_model / "tokenizer.json"
     tok.write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, ')
     with pytest.raises(ConfigError) as err:
-        validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}}})
+        validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}}},
+                        experiments=EXPERIMENTS)
     assert "config key 'models.m.source'" in str(err.value) and f"{tok} does not parse" in str(err.value)
     tok.write_text("{}")
-    validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}}})
+    validate_config({"model_profile": "m", "models": {"m": {"source": str(tiny_model), "max_model_len": 512}}},
+                    experiments=EXPERIMENTS)
 
 
 @pytest.mark.parametrize("lines, says", [
@@ -94,9 +100,10 @@ def test_a_bad_trace_file_is_refused(tmp_path, lines, says):
 
 
 def test_the_example_trace_passes():
-    load_config(BASE, [])
+    load_config(BASE, [], experiments=EXPERIMENTS)
     validate_config({**yaml.safe_load(BASE.read_text()),
-                     "experiments": {"e2": {"trace_file": str(REPO / "config" / "traces" / "example.jsonl")}}})
+                     "experiments": {"e2": {"trace_file": str(REPO / "config" / "traces" / "example.jsonl")}}},
+                    experiments=EXPERIMENTS)
 
 
 def test_a_run_refuses_before_any_engine_starts(tmp_path, monkeypatch, capsys):
@@ -105,7 +112,7 @@ def test_a_run_refuses_before_any_engine_starts(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(vllm_server.VllmServerBackend, "start",
                         lambda self: pytest.fail("an engine was started"))
-    config = validate_config(yaml.safe_load(BASE.read_text()))
+    config = validate_config(yaml.safe_load(BASE.read_text()), experiments=EXPERIMENTS)
     config["experiments"] = {"e1": {**config["experiments"]["e1"], "max_tokens": 100000}}
     code = cli.main(["run", "e1", "--outdir", str(tmp_path / "e1"), "--config-json", json.dumps(config)])
     err = capsys.readouterr().err

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from context_research.analysis import integrity
-from context_research.analysis.integrity import (Findings, apply_status, check_latency, check_point_row,
-                                                 check_records, check_request_row, floors_ms)
+from context_research.analysis.findings import Findings
+from context_research.analysis.integrity import (apply_status, check_latency, check_point_row, check_records,
+                                                 check_request_row, floors_ms)
 
 REPO = Path(__file__).resolve().parents[2]
 QWEN3_8B = json.loads((REPO / "config" / "models" / "qwen3-8b" / "config.json").read_text())
@@ -319,12 +320,18 @@ def test_apply_status():
     row = apply_status({"status": "ok", "reason": ""}, bad)
     assert row["status"] == "implausible" and row["reason"] == bad.reasons[0]
     assert row[integrity.NOTE_COLUMN].startswith("implausible: client TPOT 2.6 ms")
+    assert row[integrity.DELIVERY_ONLY_COLUMN] is False  # a TPOT below the engine's ITL: not delivery
     kept = apply_status({"status": "ok", "reason": "earlier remark"}, bad)
     assert kept["reason"] == "earlier remark; " + bad.reasons[0]
     assert apply_status({"status": "ok", "reason": math.nan}, bad)["reason"] == bad.reasons[0]
     failed = apply_status({"status": "failed", "reason": "1 of 3 requests failed"}, bad)
     assert failed["status"] == "failed" and failed["reason"] == "1 of 3 requests failed"
     assert "implausible" in failed[integrity.NOTE_COLUMN]
+    assert failed[integrity.DELIVERY_ONLY_COLUMN] is False  # failed, whatever the findings
+    late = integrity.Findings(reasons=[integrity.CLIENT_DELIVERY + ": 3 of 3 streams arrived whole"])
+    assert apply_status({"status": "ok", "reason": ""}, late)[integrity.DELIVERY_ONLY_COLUMN] is True
+    mixed = integrity.Findings(reasons=[*late.reasons, *bad.reasons])
+    assert apply_status({"status": "ok", "reason": ""}, mixed)[integrity.DELIVERY_ONLY_COLUMN] is False
     ok = apply_status({"status": "ok", "reason": ""}, check_point_row(E1_1K), note_column=None)
     assert ok == {"status": "ok", "reason": ""}
 

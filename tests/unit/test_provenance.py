@@ -14,7 +14,7 @@ from context_research.config import REPO_ROOT, analysis_config, experiment_view,
 from context_research.experiments.catalog import EXPERIMENTS, get
 from context_research.hashing import sha256_obj
 
-CONFIG = load_config(REPO_ROOT / "config" / "config.yaml")
+CONFIG = load_config(REPO_ROOT / "config" / "config.yaml", experiments=EXPERIMENTS)
 
 
 def test_analysis_keys_are_not_run_keys_where_an_analysis_step_reads_them():
@@ -99,6 +99,7 @@ def test_code_files_are_the_shared_run_code_and_the_declared_code():
     # A comparison of saved runs is not run code: fixing its statistics reruns no experiment.
     assert "analysis/compare.py" not in files and "compare_report.py" not in files
     assert "analysis/compare.py" in provenance.comparison_files(EXPERIMENTS)
+    assert "analysis/compare_io.py" not in files and "analysis/compare_io.py" in provenance.comparison_files(EXPERIMENTS)
     assert "cli.py" not in provenance.comparison_files(EXPERIMENTS) and "cli.py" not in files
 
 
@@ -199,8 +200,12 @@ def test_an_experiment_declares_exactly_the_code_its_modules_reach(name):
     run = {f for f in _declared(exp.code) if not _shared(f)}
     data = {f for f in run if not f.endswith(".py")}
     assert run - data == _reached(_module_file(exp.body.__module__))
-    reached = _reached(_module_file(exp.report_module), stop=provenance.REPORT_CODE, skip=("experiments/catalog.py",))
+    # the experiments its figures join: their code is in its figures rule's digest (``joined``)
+    joined = _declared([p for other in exp.figure_joins for p in get(other).code])
+    reached = _reached(_module_file(exp.report_module), stop=(*provenance.REPORT_CODE, *joined),
+                       skip=("experiments/catalog.py",))
     assert _declared(exp.report_code) == reached - run
+    assert joined <= set(provenance.code_files(exp, reports=True, joined=[get(o) for o in exp.figure_joins]))
 
 
 def test_the_data_and_model_rules_declare_the_code_they_run():
@@ -285,10 +290,10 @@ def test_revision_is_a_valid_profile_key():
     config["models"]["qwen3-8b"]["revision"] = "main"
     from context_research.config import validate_config
 
-    validate_config(config)
+    validate_config(config, experiments=EXPERIMENTS)
     config["models"]["qwen3-8b"]["revision"] = ""
     with pytest.raises(Exception, match="revision"):
-        validate_config(config)
+        validate_config(config, experiments=EXPERIMENTS)
 
 
 def _run_folder(root: Path, name: str, **changes) -> Path:

@@ -15,7 +15,7 @@ from context_research.columns import (SOURCES, UNITS, Column, Table, UndeclaredC
 from context_research.disagg.broker import Handoff
 from context_research.experiments.catalog import EXPERIMENTS, get
 from context_research.records import RequestRecord
-from context_research.workload import engine_columns, request_rows, ttft_gap_columns
+from context_research.workload.columns import engine_columns, request_rows, ttft_gap_columns
 
 # Every table the experiments declare, by "<experiment>/<file>"; the CSVs among them are the files.
 TABLES = result_tables.tables(EXPERIMENTS)
@@ -217,7 +217,7 @@ def test_shared_groups_match_the_code():
     from context_research.experiments.runner import RunContext
 
     ctx = RunContext(experiment="e1", run_id="r", config_hash="h", backend_mode="real", weights="real",
-                     model_id="m", outdir=Path("."))
+                     model_id="m", outdir=Path("."), files={})
     assert stamp_names == list(ctx.stamp()) == STAMP
     assert [c.name for c in result_tables.latency_stat_columns()] == list(LATENCY_COLUMNS)
     assert [c.name for c in result_tables.engine_point_columns()] == list(engine_columns({}))

@@ -17,7 +17,8 @@ from test_rerun_triggers import VENV_BIN, copy_workflow, jobs
 
 CONFIGS = ["config/config.yaml", "config/qwen3-8b.yaml", "config/e3-kv-paths.yaml"]
 CALLS = {  # the documented calls: targets -> the engine rule and its way names
-    "cuda-ipc": (["results/variants/cuda-ipc/e3/transfer.svg"], "variant_e3", "variant_e3_figures"),
+    "get-zcopy": (["results/variants/get-zcopy/e3/transfer.svg"], "variant_e3", "variant_e3_figures"),
+    "push": (["results/variants/push/e3/transfer.svg"], "variant_e3", "variant_e3_figures"),
     "shipped": (["reports/e3.md", "results/e3/transfer.svg"], "e3", "e3_figures"),
 }
 
@@ -45,7 +46,7 @@ def run_configs(proc: subprocess.CompletedProcess) -> list[dict]:
 
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("two_gpus", [False, True])
-def test_each_call_schedules_one_e3_run_of_its_two_ways(work, call, two_gpus):
+def test_each_call_schedules_one_e3_run_of_its_ways(work, call, two_gpus):
     targets, engine_rule, figures_rule = CALLS[call]
     proc = dry_run(work, targets, *(["config/e3-two-gpus.yaml"] if two_gpus else []))
     scheduled = jobs(proc)
@@ -57,6 +58,7 @@ def test_each_call_schedules_one_e3_run_of_its_two_ways(work, call, two_gpus):
     (cfg,) = run_configs(proc)
     e3 = cfg["experiments"]["e3"]
     names = [w["name"] for w in e3["kv_paths"]]
-    assert names == (["nixl-pull-get-zcopy", "nixl-push"] if call == "cuda-ipc" else ["example", "nixl-pull"])
+    assert names == {"get-zcopy": ["nixl-pull-get-zcopy"], "push": ["nixl-push"],
+                     "shipped": ["example", "nixl-pull"]}[call]
     assert cfg["model_profile"] == "qwen3-8b" and e3["prompt_tokens"] == [4096, 16384]
     assert (e3["prefill_visible_devices"], e3["decode_visible_devices"]) == (("0", "1") if two_gpus else (None, None))

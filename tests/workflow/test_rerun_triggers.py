@@ -75,7 +75,7 @@ def _outputs_by_command() -> dict[str, list[str]]:
         out[f"run {name}"] = list(exp.run_paths().values())
         out[f"analyse {name}"] = list(exp.analysis_paths().values())
         out[f"plots {name}"] = list(exp.figure_paths().values())
-    e4 = specs.datasets(load_config(REPO / "config" / "config.yaml")["experiments"]["e4"])
+    e4 = specs.datasets(load_config(REPO / "config" / "config.yaml", experiments=EXPERIMENTS)["experiments"]["e4"])
     out["materialize"] = [str(p) for ds in e4 for p in (ds.data_path(), ds.manifest_path())]
     return out
 
@@ -327,7 +327,7 @@ def test_a_simulated_run_records_the_rules_hash_and_a_new_threshold_only_reanaly
     the one the DAG computed, and a new cv_threshold rewrites summary.json from measured.json
     without running e0 again."""
     from context_research.config import experiment_hash, load_config
-    from context_research.experiments.catalog import get
+    from context_research.experiments.catalog import EXPERIMENTS
     from context_research.hashing import sha256_obj
 
     work = copy_workflow(tmp_path / "sim")
@@ -341,8 +341,8 @@ def test_a_simulated_run_records_the_rules_hash_and_a_new_threshold_only_reanaly
     built = snakemake(work, "results/e0/summary.json")
     assert built.returncode == 0, built.stderr[-4000:]
     meta = json.loads((work / "results/e0/run_metadata.json").read_text())
-    config = load_config(work / "config/config.yaml", [work / "local.yaml"])
-    assert meta["config_hash"] == sha256_obj(meta["hash_inputs"]) == experiment_hash(config, get("e0"))
+    config = load_config(work / "config/config.yaml", [work / "local.yaml"], experiments=EXPERIMENTS)
+    assert meta["config_hash"] == sha256_obj(meta["hash_inputs"]) == experiment_hash(config, EXPERIMENTS["e0"])
     measured = (work / "results/e0/measured.json").stat().st_mtime_ns
     overlay = tmp_path / "cv.yaml"
     overlay.write_text("experiments:\n  e0:\n    cv_threshold: 0.9\n")

@@ -27,9 +27,9 @@ try:
     # names the file that set the bad key last (the schema's defaults belong to no file).
     _CONFIG_SOURCE, _CONFIG_ORIGINS = snakemake_config_origins(workflow)
     _SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-    validate_config(config, _SCHEMA, source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS)
+    validate_config(config, _SCHEMA, source=_CONFIG_SOURCE, origins=_CONFIG_ORIGINS, experiments=EXPERIMENTS)
     # {name: merged config} of every variant, baseline first, each validated like the main config
-    VARIANT_CONFIGS = variant_configs(config, _SCHEMA)
+    VARIANT_CONFIGS = variant_configs(config, _SCHEMA, experiments=EXPERIMENTS)
 except ConfigError as exc:
     sys.exit(f"context-research: {exc}")
 
@@ -122,9 +122,11 @@ def config_hash(experiment, variant=BASELINE):
 
 def report_code(experiment):
     """sha256 of the code the figures and report rules of ``experiment`` run (its run code, its
-    declared report code and the shared report code): a param, so a fixed figure is redrawn
+    declared report code, the shared report code and the code of the experiments its figures
+    join): a param, so a fixed figure is redrawn
     without a new run, and a figure-only edit reruns no engine."""
-    return code_digest(EXPERIMENTS[experiment], reports=True)
+    declared = EXPERIMENTS[experiment]
+    return code_digest(declared, reports=True, joined=[EXPERIMENTS[n] for n in declared.figure_joins])
 
 
 def analysis_config_json(experiment, variant=BASELINE):

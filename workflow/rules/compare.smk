@@ -67,4 +67,4 @@ else:
         localrule: True
         shell:
             "echo 'context-research: no variants configured: add one under variants: in the config "
-            "(README, Variants and comparisons)' >&2; exit 1"
+            "(docs/comparisons.md)' >&2; exit 1"

@@ -11,12 +11,14 @@
 # variant's job carries that variant's merged config and hash, and no other variant's.
 
 # Snakemake evaluates a `shell:` expression again when the job runs, after this loop has ended:
-# it must be a constant, never built from _exp or _set. The baseline's command names its
-# experiment through {rule} (Snakemake's code trigger compares this text, so it stays as it was);
-# a variant's rule (variant_eN) through params.experiment.
-ENGINE_RUN = ("context-research run {rule} --outdir {params.outdir} --config-json {params.config:q} > {log} 2>&1 "
-              "|| {{ tail -n 30 {log} >&2; exit 1; }}")
-VARIANT_ENGINE_RUN = ENGINE_RUN.replace("{rule}", "{params.experiment}")
+# it must be a constant, never built from _exp or _set. The command names its experiment through
+# params.experiment: the rule's name ({rule}) is eN or variant_eN.
+#
+# One rule statement serves both rule sets: `use rule eN as variant_eN with:` cannot be written
+# here, because Snakemake looks the inherited rule up by the literal name after `use rule`, and
+# these names come from the catalog.
+ENGINE_RUN = ("context-research run {params.experiment} --outdir {params.outdir} --config-json {params.config:q} "
+              "> {log} 2>&1 || {{ tail -n 30 {log} >&2; exit 1; }}")
 
 for _exp in EXPERIMENTS.values():
     for _set in RULE_SETS:
@@ -24,52 +26,27 @@ for _exp in EXPERIMENTS.values():
         # No `message:` here: Snakemake would print it instead of the rule's resources (SLURM dry runs).
         # On failure the log's end (the reason, the engine log's tail, where the measured rows and
         # engine logs were kept) goes to the console: Snakemake deletes the outputs.
-        if _set.is_baseline:
-
-            rule:
-                name:
-                    _exp.name
-                input:
-                    model_inputs,
-                    data_inputs(_exp),
-                output:
-                    **_exp.run_paths(),
-                params:
-                    config=experiment_config_json(_exp.name),
-                    config_hash=config_hash(_exp.name),
-                    outdir=str(_exp.results_dir()),
-                log:
-                    _set.log(_exp.name),
-                resources:
-                    engine=1,
-                conda:
-                    ENGINE_ENV
-                shell:
-                    ENGINE_RUN
-
-        else:
-
-            rule:
-                name:
-                    _set.rule(_exp.name)
-                input:
-                    model_inputs,
-                    data_inputs(_exp),
-                output:
-                    **_exp.run_paths(_set.root),
-                params:
-                    config=_set.param(experiment_config_json, _exp.name),
-                    config_hash=_set.param(config_hash, _exp.name),
-                    outdir=str(_exp.results_dir(_set.root)),
-                    experiment=_exp.name,
-                log:
-                    _set.log(_exp.name),
-                resources:
-                    engine=1,
-                conda:
-                    ENGINE_ENV
-                shell:
-                    VARIANT_ENGINE_RUN
+        rule:
+            name:
+                _set.rule(_exp.name)
+            input:
+                model_inputs,
+                data_inputs(_exp),
+            output:
+                **_exp.run_paths(_set.root),
+            params:
+                config=_set.param(experiment_config_json, _exp.name),
+                config_hash=_set.param(config_hash, _exp.name),
+                outdir=str(_exp.results_dir(_set.root)),
+                experiment=_exp.name,
+            log:
+                _set.log(_exp.name),
+            resources:
+                engine=1,
+            conda:
+                ENGINE_ENV
+            shell:
+                ENGINE_RUN
 
         if _exp.analyse:
 

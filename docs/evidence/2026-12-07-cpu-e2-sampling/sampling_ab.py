@@ -12,19 +12,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from context_research.backends.vllm_server import VllmServerBackend
-from context_research.config import load_config, model_profile
-from context_research.device_lock import RunDeviceGuard
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
-from context_research.models import resolve_model
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
 
 REPO = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench_e2_vs_vllm_bench.py")
@@ -50,18 +45,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    config = load_config(args.configfile[0], args.configfile[1:])
-    model = resolve_model(model_profile(config))
-    serving = dict(config["serving"])
-    backend = VllmServerBackend(model, serving, args.out + ".engine.log")
-    guard = RunDeviceGuard(serving, experiment="sampling_ab", run_id=f"sampling-ab-{os.getpid()}")
-    guard.engine(backend.device, serving)
-    factory = PromptFactory(model, args.seed)
     names = list(CLIENTS)
     runs = {str(c): {n: [] for n in names} for c in args.concurrency}
     t0 = time.perf_counter()
-    try:
-        backend.start()
+    with bench.engine_for(args.configfile, args.out + ".engine.log", "sampling_ab") as (model, backend, guard):
+        factory = PromptFactory(model, args.seed)
         for c in args.concurrency:  # warm every path
             bench.run_ours(backend, model, args, factory, 16, concurrency=c, **CLIENTS["full_scrape"])
         for k in range(args.repeats):
@@ -72,9 +60,6 @@ def main() -> int:
                     runs[str(c)][name].append(r)
                     print(f"c={c} k={k} {name:<12} {r['output_throughput_tok_s']:8.1f} tok/s  TTFT "
                           f"{r['mean_ttft_ms']:8.2f} ms", file=sys.stderr, flush=True)
-    finally:
-        backend.stop()
-        guard.close()
     summary = {}
     for c, by in runs.items():
         summary[c] = {}

@@ -22,18 +22,21 @@ import statistics
 import sys
 import threading
 import time
+import importlib.util
 import urllib.request
+from pathlib import Path
 
 from context_research.backends.client import auth_headers
-from context_research.backends.vllm_server import VllmServerBackend
-from context_research.config import load_config, model_profile
-from context_research.device_lock import RunDeviceGuard
 from context_research.engine_metrics import MetricsSnapshot, gauge_path, parse_gauges
-from context_research.experiments.session import EngineSession
+from context_research.backends.session import EngineSession
 from context_research.io import write_json
 from context_research.metadata import engine_distribution, git_commit, hardware, hardware_label
-from context_research.models import resolve_model
-from context_research.workload import PromptFactory
+from context_research.workload.prompts import PromptFactory
+
+REPO = Path(__file__).resolve().parents[3]
+_spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench_e2_vs_vllm_bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -113,25 +116,15 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    config = load_config(args.configfile[0], args.configfile[1:])
-    model = resolve_model(model_profile(config))
-    serving = dict(config["serving"])
-    backend = VllmServerBackend(model, serving, args.out + ".engine.log")
-    guard = RunDeviceGuard(serving, experiment="scrape_cost", run_id=f"scrape-cost-{os.getpid()}")
-    guard.engine(backend.device, serving)
-    out = {"commit": git_commit(), "engine": engine_distribution(), "hardware": hardware_label(hardware()),
-           "model": model["path"], "weights": model["weights"], "idle": {}, "load": {}}
-    try:
-        backend.start()
+    with bench.engine_for(args.configfile, args.out + ".engine.log", "scrape_cost") as (model, backend, guard):
+        out = {"commit": git_commit(), "engine": engine_distribution(), "hardware": hardware_label(hardware()),
+               "model": model["path"], "weights": model["weights"], "idle": {}, "load": {}}
         for way in ("full", "gauges", "full", "gauges"):
             out["idle"].setdefault(way, []).append(idle(backend, way, args.samples))
         for way in ("full", "gauges", "full", "gauges"):
             out["load"].setdefault(way, []).append(under_load(backend, model, way, args.concurrency,
                                                               args.requests, args))
             print(way, out["load"][way][-1], file=sys.stderr, flush=True)
-    finally:
-        backend.stop()
-        guard.close()
     out["contention"] = guard.metadata().get("contention")
     write_json(args.out, out)
     for way, rows in out["idle"].items():

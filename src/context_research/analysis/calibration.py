@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from scipy import stats as st
@@ -77,10 +77,11 @@ class Bimodal:
 DISTRIBUTIONS = (LogNormal(), Bimodal())
 
 
-def config_sample_sizes(root: str | Path | None = None) -> dict[int, list[str]]:
+def config_sample_sizes(root: str | Path | None = None, *, experiments: Mapping[str, Any]) -> dict[int, list[str]]:
     """Sample size -> where the configs use it: E1's trials per length, E0's requests per start
     (repeats x requests per repeat), E2's requests per point (closed loop: at least min_waves x
-    concurrency), E3's requests per point; for config/config.yaml alone and with each overlay."""
+    concurrency), E3's requests per point; for config/config.yaml alone and with each overlay,
+    validated against the declared ``experiments`` (``config.load_config``)."""
     from ..config import load_config  # noqa: PLC0415
 
     base = Path(root) if root is not None else Path(__file__).resolve().parents[3]
@@ -88,7 +89,8 @@ def config_sample_sizes(root: str | Path | None = None) -> dict[int, list[str]]:
                 "qwen3-8b+h200-compare": ["qwen3-8b.yaml", "h200-compare.yaml"]}
     out: dict[int, list[str]] = {}
     for label, overlays in profiles.items():
-        cfg = load_config(base / "config" / "config.yaml", [base / "config" / o for o in overlays])["experiments"]
+        cfg = load_config(base / "config" / "config.yaml", [base / "config" / o for o in overlays],
+                          experiments=experiments)["experiments"]
         e2 = cfg["e2"]
         uses = [(cfg["e1"]["trials"], "E1 trials"),
                 (cfg["e0"]["repeats"] * cfg["e0"]["requests_per_repeat"], "E0 requests per start"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -79,8 +80,8 @@ def _student_t(x: np.ndarray) -> dict[str, tuple]:
     return {"mean": (m - t * se, m + t * se)}
 
 
-def interval_rows(sims: int, seed: int) -> list[dict]:
-    uses = config_sample_sizes()
+def interval_rows(sims: int, seed: int, experiments: Mapping[str, Any]) -> list[dict]:
+    uses = config_sample_sizes(experiments=experiments)
     rows = []
     for dist in EVIDENCE_DISTRIBUTIONS:
         for n, where in uses.items():
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comparison-sims", type=int, default=500, help="simulated comparisons per family")
     parser.add_argument("--seed", type=int, default=20261207)
     args = parser.parse_args(argv)
-    intervals = pd.DataFrame(interval_rows(args.sims, args.seed))
+    from ..experiments.catalog import EXPERIMENTS  # an entry point: it reads the suite's configs
+
+    intervals = pd.DataFrame(interval_rows(args.sims, args.seed, EXPERIMENTS))
     write_csv(args.out / "interval_coverage.csv", intervals)
     coverage_figure(intervals, args.out / "interval_coverage.svg")
     write_csv(args.out / "comparison_calibration.csv", pd.DataFrame(comparison_rows(args.comparison_sims, args.seed)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -31,11 +31,13 @@ SETTINGS = {"default (CPU)": [], "qwen3-8b": ["config/qwen3-8b.yaml"]}
 SEARCHES = {"new": "this code (analysis.probe verdicts)", "old": "bf77132 (attainment >= target, short probes)"}
 
 
-def coverage_table(seeds: int, root: Path = Path(".")) -> pd.DataFrame:
-    """A row per settings x server x search: the shares test_calibration asserts, with more seeds."""
+def coverage_table(seeds: int, root: Path = Path("."), *, experiments: Mapping[str, Any]) -> pd.DataFrame:
+    """A row per settings x server x search: the shares test_calibration asserts, with more seeds
+    (each settings' config validated against the declared ``experiments``)."""
     rows = []
     for settings, overlays in SETTINGS.items():
-        cfg = load_config(root / "config/config.yaml", [root / o for o in overlays])["experiments"]["e2"]
+        cfg = load_config(root / "config/config.yaml", [root / o for o in overlays],
+                          experiments=experiments)["experiments"]["e2"]
         for server in calibration_servers(cfg):
             for rule, search in SEARCHES.items():
                 runs = calibrate(server, cfg, seeds, rule=rule)
@@ -90,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1000)
     parser.add_argument("--out", type=Path, required=True, help="folder for capacity_coverage.csv and .svg")
     args = parser.parse_args(argv)
-    table = coverage_table(args.seeds)
+    from ..experiments.catalog import EXPERIMENTS  # an entry point: it reads the suite's configs
+
+    table = coverage_table(args.seeds, experiments=EXPERIMENTS)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "capacity_coverage.csv", table[list(CALIBRATION_CAPACITY.names)])
     coverage_figure(table, args.out / "capacity_coverage.svg")

@@ -1,7 +1,7 @@
 """The statistics of ``context-research compare``: the test of a difference of medians, the
 between-run noise, Holm's adjustment, the verdict and the smallest change a test could detect.
 
-Pure functions of arrays (``analysis.compare`` reads the result folders and calls ``judge``;
+Pure functions of arrays (``analysis.compare`` calls ``judge`` on the runs ``analysis.compare_io`` read;
 ``analysis.calibration`` drives the same ``judge`` with simulated runs of known truth).
 
 The model, per test (a metric at a point), on the log scale of the pooled medians m_A, m_B of

@@ -37,11 +37,11 @@ What is compared, and why these statistics:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .findings import IMPLAUSIBLE, Findings
 from .hardware import lookup_gpu
 from .model_math import tpot_floor_s, ttft_floor_s
 from ..records import read_whole
@@ -89,43 +89,9 @@ FLOOR_MARGIN = 0.05
 SEND_LAG_QUANTILE = 0.9
 
 NOTE_COLUMN = "integrity_note"
-IMPLAUSIBLE = "implausible"
+# Set with the note: the row is implausible for client delivery only (``delivery_only``).
+DELIVERY_ONLY_COLUMN = "client_delivery_only"
 _MS = 1000.0
-
-
-@dataclass
-class Findings:
-    """What the checks of one row found: ``reasons`` make it implausible; ``checked`` and
-    ``not_checked`` (each "what: why") say what was and was not compared."""
-
-    reasons: list[str] = field(default_factory=list)
-    checked: list[str] = field(default_factory=list)
-    not_checked: list[str] = field(default_factory=list)
-    # Client slower than the engine beyond the tolerance: real latency outside the engine (API
-    # server, HTTP, a starved client), said on the row, but no reason to distrust the number.
-    outside_engine: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return IMPLAUSIBLE if self.reasons else "ok"
-
-    def merge(self, other: "Findings") -> "Findings":
-        for mine, theirs in ((self.reasons, other.reasons), (self.checked, other.checked),
-                             (self.not_checked, other.not_checked), (self.outside_engine, other.outside_engine)):
-            mine.extend(x for x in theirs if x not in mine)
-        return self
-
-    def note(self) -> str:
-        """One line for the row: what was checked, what was not and why, what failed."""
-        parts = []
-        if self.reasons:
-            parts.append("implausible: " + "; ".join(self.reasons))
-        parts.append("checked: " + (", ".join(self.checked) if self.checked else "nothing"))
-        if self.not_checked:
-            parts.append("not checked: " + "; ".join(self.not_checked))
-        if self.outside_engine:
-            parts.append("time outside the engine: " + "; ".join(self.outside_engine))
-        return " | ".join(parts)
 
 
 def _num(value: Any) -> float | None:
@@ -501,7 +467,8 @@ def apply_status(row: dict[str, Any], findings: Findings, note_column: str | Non
     An ``ok`` row with a finding becomes ``implausible`` and its ``reason`` gets the findings
     appended ("; "-joined). A ``failed`` (or any other non-ok) row keeps its status and reason.
     ``note_column`` (default ``integrity_note``; None for no note) gets ``findings.note()``: what
-    was checked, what was not and why, and the findings, on every row, failed ones included.
+    was checked, what was not and why, and the findings, on every row, failed ones included;
+    ``client_delivery_only`` is set with it (``delivery_only``).
     """
     status = row.get("status", "ok")
     if findings.reasons and status == "ok":
@@ -511,4 +478,11 @@ def apply_status(row: dict[str, Any], findings: Findings, note_column: str | Non
         row["reason"] = "; ".join(keep + findings.reasons)
     if note_column:
         row[note_column] = findings.note()
+        row[DELIVERY_ONLY_COLUMN] = row.get("status") == IMPLAUSIBLE and delivery_only(findings.reasons)
     return row
+
+
+def delivery_only(reasons: Sequence[str]) -> bool:
+    """True when there are reasons and every one is client delivery: the engine's own timings
+    stand, only the client's include the delay (``DELIVERY_ONLY_COLUMN``)."""
+    return bool(reasons) and all(r.startswith(CLIENT_DELIVERY) for r in reasons)

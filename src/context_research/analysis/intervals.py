@@ -158,13 +158,18 @@ def pooled_mean_interval(groups: list[np.ndarray], level: float = LEVEL) -> tupl
     if g < 2:
         return math.nan, math.nan
     totals, counts = _cluster_totals(groups)
-    r = totals.sum() / counts.sum()
+    r, half = _ratio_half_width(totals, counts, level)
+    return (r - half, r + half) if half > 0 else (math.nan, math.nan)
+
+
+def _ratio_half_width(totals: np.ndarray, counts: np.ndarray, level: float) -> tuple[float, float]:
+    """The ratio sum(totals) / sum(counts) and its Student-t half-width on groups - 1 degrees of
+    freedom from the cluster-robust (linearised) standard error; half-width 0 with no spread."""
+    g = len(totals)
+    r = float(totals.sum() / counts.sum())
     resid = totals - r * counts
     se = math.sqrt(g / (g - 1.0) * float((resid ** 2).sum())) / counts.sum()
-    if not se > 0:
-        return math.nan, math.nan
-    t = st.t.ppf(0.5 + level / 2.0, g - 1)
-    return r - t * se, r + t * se
+    return r, (float(st.t.ppf(0.5 + level / 2.0, g - 1) * se) if se > 0 else 0.0)
 
 
 def pooled_quantile_interval(groups: list[np.ndarray], q: float, level: float = LEVEL) -> tuple[float, float]:
@@ -179,14 +184,9 @@ def pooled_quantile_interval(groups: list[np.ndarray], q: float, level: float = 
     point = float(np.percentile(pooled, 100.0 * q))
     below = np.array([np.count_nonzero(x <= point) for x in groups], dtype=float)
     counts = np.array([len(x) for x in groups], dtype=float)
-    share = below.sum() / counts.sum()
-    resid = below - share * counts
-    se = math.sqrt(g / (g - 1.0) * float((resid ** 2).sum())) / counts.sum()
-    if not se > 0:
-        return math.nan, math.nan
-    t = st.t.ppf(0.5 + level / 2.0, g - 1)
-    lo_p, hi_p = q - t * se, q + t * se
-    if lo_p <= 0.0 or hi_p >= 1.0:
+    _, half = _ratio_half_width(below, counts, level)  # the share of pooled values at or below it
+    lo_p, hi_p = q - half, q + half
+    if not half > 0 or lo_p <= 0.0 or hi_p >= 1.0:
         return math.nan, math.nan
     low, high = np.percentile(pooled, [100.0 * lo_p, 100.0 * hi_p])
     return float(low), float(high)

@@ -81,20 +81,3 @@ def backend_mode(serving: dict[str, Any]) -> str:
     except KeyError:
         raise ConfigError(f"config key 'serving.backend': unknown backend {kind!r}; "
                           f"known: {', '.join(BACKEND_MODES)}") from None
-
-
-def make_backend(model: dict[str, Any], serving: dict[str, Any], log_path: str | os.PathLike) -> ServingBackend:
-    """The backend the (validated) config asks for."""
-    kind = serving.get("backend", "vllm")
-    if kind == "vllm":
-        from .vllm_server import VllmServerBackend
-
-        return VllmServerBackend(model, serving, log_path)
-    if kind == "simulated":
-        from ..config import SIMULATED_OPT_IN_ENV
-        from .simulated import SimulatedBackend
-
-        if os.environ.get(SIMULATED_OPT_IN_ENV) != "1":
-            raise ConfigError(f"serving.backend is 'simulated' but {SIMULATED_OPT_IN_ENV}=1 is not set")
-        return SimulatedBackend(model, serving, log_path)
-    raise ConfigError(f"config key 'serving.backend': unknown backend {kind!r}")

@@ -83,7 +83,7 @@ def cpu_binding_leaving_a_core(cpus: list[int] | None = None) -> dict[str, str]:
     (seen in E1 on CI: a client TPOT of 0.01 ms against the engine's 1.7 ms). Empty on one core.
     The binding pins only the Worker process: vLLM's EngineCore process shares the last core too,
     which is why a CPU engine's EngineCore is also lowered in priority (``lower_engine_core_priority``)."""
-    from ..disagg.gpus import usable_cpus
+    from ..metadata import usable_cpus
 
     cpus = usable_cpus() if cpus is None else sorted(cpus)
     return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus[:-1]))} if len(cpus) >= 2 else {}

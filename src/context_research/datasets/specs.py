@@ -148,7 +148,8 @@ def qa_records_problem(e4: dict) -> str | None:
 def explicit_file_problems(e4: dict) -> list[tuple[str, str]]:
     """(config key, message) for every file the E4 config names explicitly that cannot be read:
     ``benchmarks.<b>.files.<task>`` of a configured task, RULER's ``qa_records`` for its ``qa``
-    task. Never replaced by the fixtures; ``config.validate_config`` refuses them up front."""
+    task. Never replaced by the fixtures: E4 declares this as its ``config_problems``, so
+    ``config.validate_config`` refuses them up front."""
     out: list[tuple[str, str]] = []
     qa = qa_records_problem(e4)
     if qa is not None and (e4.get("ruler") or {}).get("context_lengths"):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..metadata import usable_cpus
 
 
 @dataclass
@@ -90,15 +91,6 @@ def discover_gpus() -> list[str]:
 
 def _id_list(ids: list[int]) -> str:
     return ",".join(str(i) for i in ids)
-
-
-def usable_cpus() -> list[int]:
-    import os
-
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
 
 
 def assign_gpus(device: str, gpu_names: list[str], cfg: dict[str, Any], full_utilization: float,

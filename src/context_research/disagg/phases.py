@@ -24,10 +24,11 @@ from ..analysis.stats import ms, percentile
 from ..backends.base import ServingBackend
 from ..engine_metrics import cache_config_info, engine_summary, nixl_telemetry
 from ..errors import ConfigError, EngineStartError
-from ..experiments.session import EngineSession
+from ..backends.session import EngineSession
 from ..io import write_text
+from ..metadata import engine_gpu_name
 from ..tables import fmt
-from ..workload import died_in_flight, engine_gpu_name
+from ..workload.checks import died_in_flight
 from . import connectors
 from .broker import DEFAULT_TOLERANCE, Handoff, KvBroker, served_kv_dtype
 from .gpus import GpuAssignment
@@ -267,21 +268,16 @@ def _disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: dict[
                    storage: Path | None, baselines: dict[int, float | None], ledger_dir: Path | None,
                    kv_path: str | None, handoff_ids: Iterator[int] | None) -> ModeOutcome:
     connector = cfg["connector"]
-    points, warm_reqs = workload.points, workload.warmup
-    route_log = RouteLog("disaggregated", kv_path)
-    outcome = ModeOutcome(rows=[], requests=[], route_log=route_log, engines={})
+    outcome = ModeOutcome(rows=[], requests=[], route_log=RouteLog("disaggregated", kv_path), engines={})
     gpus = assignment.gpus_used("disaggregated")
-    ledger, tail = Ledger(), LedgerTail(ledger_dir)
     engines = {pool: new_engine(model, without_private_keys(servings[pool]), ENGINE_LOGS[pool])
                for pool in ("prefill", "decode")}
     outcome.log_paths = {pool: b.log_path for pool, b in engines.items()}
-    prefill_be, decode_be = engines["prefill"], engines["decode"]
-    if prefill_be.mode != "real":
-        reason = f"the {prefill_be.mode} backend has no KV connector: disaggregation needs the real engine"
-        outcome.start_error = reason
-        outcome.rows = [failed_row(p, "disaggregated", cfg, reason, gpus) for p in points]
+    if engines["prefill"].mode != "real":
+        _fail_every_point(outcome, workload.points, cfg, gpus, f"the {engines['prefill'].mode} backend has no KV "
+                          f"connector: disaggregation needs the real engine")
         for b in engines.values():
-            write_text(b.log_path, f"# not started: {reason}\n")
+            write_text(b.log_path, f"# not started: {outcome.start_error}\n")
         return outcome
     try:
         # Two engines on one GPU start one after the other: vLLM's memory profiling of one start
@@ -292,87 +288,136 @@ def _disaggregated(new_engine: NewEngine, model: dict[str, Any], servings: dict[
         errors = start_engines(engines, parallel=parallel)
         if errors:
             name, err = next(iter(errors.items()))
-            outcome.start_error = f"{name} engine did not start: {first_line(err)}"
-            outcome.rows = [failed_row(p, "disaggregated", cfg, outcome.start_error, gpus) for p in points]
+            _fail_every_point(outcome, workload.points, cfg, gpus, f"{name} engine did not start: {first_line(err)}")
             for b in engines.values():
                 if not b.log_path.exists() or not b.log_path.stat().st_size:
                     write_text(b.log_path, f"# not started: {outcome.start_error}\n")
             return outcome
-        prefill = EngineSession(prefill_be, model, progress=False)
-        decode = EngineSession(decode_be, model, progress=False)
-        gpu_name = engine_gpu_name(decode)
-        info = cache_config_info(decode.snapshot())
-        block_size = int(cfg.get("block_size") or info.get("block_size") or 0) or None
-        kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
-        per_token = kv_bytes_per_token(model["hf_config"], kv_dtype)
-        tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
-        broker = KvBroker(connector, per_token, block_size, storage if connector == "ExampleConnector" else None,
-                          kv_path=kv_path, ids=handoff_ids)
-        outcome.broker = broker
-        outcome.transfer_setup.update({
-            "block_size": block_size,
-            "block_size_source": "config" if cfg.get("block_size") else "engine /metrics cache_config_info",
-            "kv_dtype": kv_dtype, "kv_dtype_source": kv_dtype_source, "kv_bytes_per_token": per_token,
-            "cache_config_info": info})
-        sched = DisaggregatedScheduler(prefill, decode, broker, cfg, route_log,
-                                       float(servings["decode"].get("request_timeout_s", 900)))
-        direction = connectors.transfer_direction(connector, cfg)
-        common = {"connector": connector, "block_size": block_size, "kv_dtype": kv_dtype,
-                  "kv_bytes_per_token": per_token}
-
-        def refused(p: Point) -> str | None:
-            return refusal_reason(p, "disaggregated", max_tokens=cfg["max_tokens"],
-                                  max_model_len=int(model["max_model_len"]), budget=budget, connector=connector,
-                                  block_size=block_size)
-
-        async def main() -> None:
-            try:
-                valid_warm = [r for r in warm_reqs if not refused(Point(-1, r.prompt_tokens_target, 1))]
-                if valid_warm:
-                    warm = await sched.serve(valid_warm, 1, warmup_point(valid_warm), label="warmup")
-                    join_ledger(warm.handoffs, ledger, tail)
-                    outcome.requests.extend(request_rows(warm.records, "disaggregated", None, "warmup", warm.handoffs))
-                for p in points:
-                    reason = outcome.engine_died or refused(p)
-                    if reason:
-                        row = failed_row(p, "disaggregated", cfg, reason, gpus)
-                        row.update(common)
-                        outcome.rows.append(row)
-                        continue
-                    d_before, p_before = decode.snapshot(), prefill.snapshot()
-                    served: ServeResult = await sched.serve(workload.requests[p.key], p.concurrency, p.as_dict(),
-                                                            baseline_prefill_s=baselines.get(p.prompt_tokens))
-                    d_after, p_after = decode.snapshot(), prefill.snapshot()
-                    d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
-                    join_ledger(served.handoffs, ledger, tail)
-                    row = empty_row(p, "disaggregated", cfg)
-                    row.update(common)
-                    latency_columns(row, served.records, served.duration_s, cfg, gpus)
-                    telemetry, counter = ({}, None) if not connectors.is_nixl(connector) else nixl_counter(
-                        direction, nixl_telemetry(d_before, d_after), nixl_telemetry(p_before, p_after))
-                    transfer_columns(row, served.handoffs, d_eng, tolerance, telemetry, counter)
-                    if d_eng:
-                        row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
-                    apply_status(row, check_point_row(row, gpu_name, model.get("hf_config"), served.records))
-                    outcome.engine_died = engine_died(engines)
-                    outcome.rows.append(died_in_flight(row, served.records, outcome.engine_died))
-                    outcome.requests.extend(request_rows(served.records, "disaggregated", p, "measured",
-                                                         served.handoffs))
-                    log(f"disaggregated {p.label}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}"
-                        f", TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, KV save / wait / load p50 "
-                        f"{fmt(row['kv_save_ms_p50'], 2)} / {fmt(row['kv_wait_ms_p50'], 2)} / "
-                        f"{fmt(row['kv_load_ms_p50'], 2)} ms, {fmt(row['external_kv_tokens'], 0)} of "
-                        f"{fmt(row['consumer_expected_kv_tokens'], 0)} tokens loaded")
-            finally:
-                await sched.aclose()
-                await prefill.aclose()
-                await decode.aclose()
-
-        asyncio.run(main())
-        outcome.transfer_setup["storage_total_bytes"] = broker.storage_total_bytes()
-        outcome.transfer_setup["consumer_kv_layout"] = ledger.add(tail.read_new()).consumer_layout
+        pair = _open_pair(engines, model, servings, cfg, workload, budget, storage, baselines, ledger_dir, kv_path,
+                          handoff_ids, outcome, gpus)
+        asyncio.run(pair.serve())
+        outcome.transfer_setup["storage_total_bytes"] = pair.broker.storage_total_bytes()
+        outcome.transfer_setup["consumer_kv_layout"] = pair.ledger.add(pair.tail.read_new()).consumer_layout
     finally:
         for b in engines.values():
             b.stop()
         outcome.engines.update({pool: b.info() for pool, b in engines.items()})
     return outcome
+
+
+def _fail_every_point(outcome: ModeOutcome, points: list[Point], cfg: dict[str, Any], gpus: Any, reason: str) -> None:
+    """The mode could not serve: every point is a failed row with ``reason``."""
+    outcome.start_error = reason
+    outcome.rows = [failed_row(p, "disaggregated", cfg, reason, gpus) for p in points]
+
+
+@dataclass
+class _Pair:
+    """The started prefill and decode engines of one way of moving the KV, what serves them, and
+    what every row of the mode shares (``common``: connector, block size, KV dtype, bytes per token)."""
+    engines: dict[str, ServingBackend]
+    prefill: EngineSession
+    decode: EngineSession
+    sched: DisaggregatedScheduler
+    broker: KvBroker
+    ledger: Ledger
+    tail: LedgerTail
+    model: dict[str, Any]
+    cfg: dict[str, Any]
+    workload: Workload
+    budget: int
+    baselines: dict[int, float | None]
+    outcome: ModeOutcome
+    gpus: Any
+    gpu_name: str | None
+    tolerance: float
+    direction: Any
+    common: dict[str, Any]
+
+    def refused(self, p: Point) -> str | None:
+        return refusal_reason(p, "disaggregated", max_tokens=self.cfg["max_tokens"],
+                              max_model_len=int(self.model["max_model_len"]), budget=self.budget,
+                              connector=self.common["connector"], block_size=self.common["block_size"])
+
+    async def serve(self) -> None:
+        """The warm-up (the requests the pair can serve), then every point; the sessions close after."""
+        outcome = self.outcome
+        try:
+            valid_warm = [r for r in self.workload.warmup if not self.refused(Point(-1, r.prompt_tokens_target, 1))]
+            if valid_warm:
+                warm = await self.sched.serve(valid_warm, 1, warmup_point(valid_warm), label="warmup")
+                join_ledger(warm.handoffs, self.ledger, self.tail)
+                outcome.requests.extend(request_rows(warm.records, "disaggregated", None, "warmup", warm.handoffs))
+            for p in self.workload.points:
+                reason = outcome.engine_died or self.refused(p)
+                if reason:
+                    row = failed_row(p, "disaggregated", self.cfg, reason, self.gpus)
+                    row.update(self.common)
+                    outcome.rows.append(row)
+                    continue
+                await self.measure(p)
+        finally:
+            await self.sched.aclose()
+            await self.prefill.aclose()
+            await self.decode.aclose()
+
+    async def measure(self, p: Point) -> None:
+        """One point through the pair: its row (latency, KV transfer, checks) and request rows."""
+        outcome, cfg = self.outcome, self.cfg
+        d_before, p_before = self.decode.snapshot(), self.prefill.snapshot()
+        served: ServeResult = await self.sched.serve(self.workload.requests[p.key], p.concurrency, p.as_dict(),
+                                                     baseline_prefill_s=self.baselines.get(p.prompt_tokens))
+        d_after, p_after = self.decode.snapshot(), self.prefill.snapshot()
+        d_eng = engine_summary(d_before, d_after) if d_before and d_after else None
+        join_ledger(served.handoffs, self.ledger, self.tail)
+        row = empty_row(p, "disaggregated", cfg)
+        row.update(self.common)
+        latency_columns(row, served.records, served.duration_s, cfg, self.gpus)
+        telemetry, counter = ({}, None) if not connectors.is_nixl(self.common["connector"]) else nixl_counter(
+            self.direction, nixl_telemetry(d_before, d_after), nixl_telemetry(p_before, p_after))
+        transfer_columns(row, served.handoffs, d_eng, self.tolerance, telemetry, counter)
+        if d_eng:
+            row["engine_ttft_ms_mean"] = ms(d_eng.get("engine_ttft_mean_s"))
+        apply_status(row, check_point_row(row, self.gpu_name, self.model.get("hf_config"), served.records))
+        outcome.engine_died = engine_died(self.engines)
+        outcome.rows.append(died_in_flight(row, served.records, outcome.engine_died))
+        outcome.requests.extend(request_rows(served.records, "disaggregated", p, "measured", served.handoffs))
+        log(f"disaggregated {p.label}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}"
+            f", TTFT p50 {fmt(row['ttft_ms_p50'], 1)} ms, KV save / wait / load p50 "
+            f"{fmt(row['kv_save_ms_p50'], 2)} / {fmt(row['kv_wait_ms_p50'], 2)} / "
+            f"{fmt(row['kv_load_ms_p50'], 2)} ms, {fmt(row['external_kv_tokens'], 0)} of "
+            f"{fmt(row['consumer_expected_kv_tokens'], 0)} tokens loaded")
+
+
+def _open_pair(engines: dict[str, ServingBackend], model: dict[str, Any], servings: dict[str, dict[str, Any]],
+               cfg: dict[str, Any], workload: Workload, budget: int, storage: Path | None,
+               baselines: dict[int, float | None], ledger_dir: Path | None, kv_path: str | None,
+               handoff_ids: Iterator[int] | None, outcome: ModeOutcome, gpus: Any) -> _Pair:
+    """Sessions on the started engines and the transfer setup the decode engine reports: block
+    size, KV dtype and bytes per token (each with its source, in ``outcome.transfer_setup``), and
+    the broker that accounts every handoff."""
+    connector = cfg["connector"]
+    prefill_be, decode_be = engines["prefill"], engines["decode"]
+    prefill = EngineSession(prefill_be, model, progress=False)
+    decode = EngineSession(decode_be, model, progress=False)
+    gpu_name = engine_gpu_name(decode)
+    info = cache_config_info(decode.snapshot())
+    block_size = int(cfg.get("block_size") or info.get("block_size") or 0) or None
+    kv_dtype, kv_dtype_source = served_kv_dtype(info, prefill_be.log_text(), model.get("hf_config"))
+    per_token = kv_bytes_per_token(model["hf_config"], kv_dtype)
+    tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
+    broker = KvBroker(connector, per_token, block_size, storage if connector == "ExampleConnector" else None,
+                      kv_path=kv_path, ids=handoff_ids)
+    outcome.broker = broker
+    outcome.transfer_setup.update({
+        "block_size": block_size,
+        "block_size_source": "config" if cfg.get("block_size") else "engine /metrics cache_config_info",
+        "kv_dtype": kv_dtype, "kv_dtype_source": kv_dtype_source, "kv_bytes_per_token": per_token,
+        "cache_config_info": info})
+    sched = DisaggregatedScheduler(prefill, decode, broker, cfg, outcome.route_log,
+                                   float(servings["decode"].get("request_timeout_s", 900)))
+    common = {"connector": connector, "block_size": block_size, "kv_dtype": kv_dtype,
+              "kv_bytes_per_token": per_token}
+    return _Pair(engines, prefill, decode, sched, broker, Ledger(), LedgerTail(ledger_dir), model, cfg, workload,
+                 budget, baselines, outcome, gpus, gpu_name, tolerance, connectors.transfer_direction(connector, cfg),
+                 common)

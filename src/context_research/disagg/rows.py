@@ -12,9 +12,9 @@ from typing import Any, Sequence
 from ..analysis.latency import goodput, latency_row
 from ..analysis.stats import mean, ms, percentile
 from ..records import RequestRecord
-from ..experiments.e3_tables import E3_MODE_COMPARISON
+from .tables import E3_MODE_COMPARISON
 from ..result_tables import data_columns
-from ..workload import point_status
+from ..workload.checks import point_status
 from .broker import Handoff
 from .plan import Point
 from .connectors import NIXL_CONNECTORS

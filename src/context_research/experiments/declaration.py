@@ -107,6 +107,9 @@ class Experiment:
     # ... and a re-judgement of the whole results folder with today's verdict (E0: passed), which
     # returns one line per judgement that changed.
     rejudge: Callable[[Path], list[str]] | None = None
+    # (config key, message) for each thing its validated block names that no run could use (E4: a
+    # data file that cannot be read); ``config.validate_config`` refuses the first before any rule runs.
+    config_problems: Callable[[dict], list[tuple[str, str]]] | None = None
 
     def __post_init__(self):
         if self.engines not in (ONE_ENGINE, SEVERAL_ENGINES):

@@ -23,6 +23,7 @@ from ..analysis.stats import (coefficient_of_variation, interval_part, mean, ms,
                               summarize_with_ci)
 from ..backends.client import auth_headers
 from ..columns import Column, Table
+from ..backends.session import EngineSession
 from ..errors import EngineDiedError
 from ..hashing import sha256_obj
 from ..io import read_json, write_json
@@ -31,10 +32,9 @@ from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord, read_whole
 from ..result_tables import request_record_columns, stamp_columns
 from ..warmup import WarmupRule, warm_session
-from ..workload import prompt_length_mismatches
+from ..workload.checks import prompt_length_mismatches
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .runner import ExperimentRun
-from .session import EngineSession
 
 
 def _requests(prefix: str, n: int, prompt: list[int], cfg: dict, seed: int,
@@ -245,12 +245,22 @@ def run(run: ExperimentRun) -> dict:
         else first.info()
     run.metadata_extra["warmup"] = warmups
 
-    from ..engine_metrics import engine_summary, per_request_summary
+    variability = _variability(cfg, measured["per_repeat"], per_start)
+    measured_summary = _measured_summary(run, measured, variability, restart_records, rows, warmups)
+    ctx.write_table("requests", ctx.frame(rows))
+    # Everything but the judgement against cv_threshold (an analysis key): rule e0_analysis
+    # writes summary.json with the verdict.
+    ctx.write_json("measured", measured_summary)
+    across = variability["across_restarts"]
+    return {"all_identical": measured["determinism"]["all_identical"],
+            "cv_ttft": variability["cv_ttft"], "cv_tpot": variability["cv_tpot"],
+            "cv_ttft_across_restarts": across.get("cv_ttft"), "cv_tpot_across_restarts": across.get("cv_tpot")}
 
-    before, after = measured["before"], measured["after"]
-    determinism, per_repeat = measured["determinism"], measured["per_repeat"]
-    all_repeat_records = measured["records"]
-    variability = {
+
+def _variability(cfg: dict, per_repeat: list[dict[str, Any]], per_start: list[dict[str, Any]]) -> dict[str, Any]:
+    """measured.json's ``variability``: CVs of the repeats' means within the first engine start,
+    and of the starts' means across restarts (none with a single start)."""
+    return {
         "repeats": cfg["repeats"],
         "requests_per_repeat": cfg["requests_per_repeat"],
         "per_repeat": per_repeat,
@@ -266,14 +276,24 @@ def run(run: ExperimentRun) -> dict:
             "measured_on": "client",
         },
     }
+
+
+def _measured_summary(run: ExperimentRun, measured: dict[str, Any], variability: dict[str, Any],
+                      restart_records: list[RequestRecord], rows: list[dict], warmups: list[dict]) -> dict[str, Any]:
+    """measured.json: the determinism check, the variability, the latencies and their checks."""
+    from ..engine_metrics import engine_summary, per_request_summary
+
+    cfg = run.cfg
+    before, after = measured["before"], measured["after"]
+    all_repeat_records = measured["records"]
     identical = measured["identical"]
     prompt_mismatch = [r.request_id for r in
                        prompt_length_mismatches(identical + all_repeat_records + restart_records)]
     integrity = check_records([*all_repeat_records, *restart_records])
-    measured_summary = {
-        **ctx.stamp(),
+    return {
+        **run.ctx.stamp(),
         "strict_backend": measured["strict_backend"],
-        "determinism": determinism,
+        "determinism": measured["determinism"],
         "variability": variability,
         # The client had no TPOT for these (records.read_whole): its TPOT figures rest on the others.
         "streams_read_whole": {"read_whole": sum(read_whole(r) for r in all_repeat_records + restart_records),
@@ -292,14 +312,6 @@ def run(run: ExperimentRun) -> dict:
                                              "warmup_max_requests", "warmup_window", "warmup_tolerance",
                                              "identical_requests", "repeats", "requests_per_repeat", "engine_starts")},
     }
-    ctx.write_table("requests", ctx.frame(rows))
-    # Everything but the judgement against cv_threshold (an analysis key): rule e0_analysis
-    # writes summary.json with the verdict.
-    ctx.write_json("measured", measured_summary)
-    across = variability["across_restarts"]
-    return {"all_identical": determinism["all_identical"],
-            "cv_ttft": variability["cv_ttft"], "cv_tpot": variability["cv_tpot"],
-            "cv_ttft_across_restarts": across.get("cv_ttft"), "cv_tpot_across_restarts": across.get("cv_tpot")}
 
 
 def client_latency(records: list[RequestRecord]) -> dict[str, Any]:
@@ -413,7 +425,7 @@ EXPERIMENT = Experiment(
     figures=(Figure("variability", "variability.svg", "e0_variability.rst"),
              Figure("repeats", "repeats.html", "e0_repeats.rst")),
     report_module="context_research.experiments.e0_report",
-    code=("experiments/e0.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
+    code=("experiments/e0.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
     report_code=("experiments/e0_report.py",),
     tables=(E0_REQUESTS, E0_REPEATS, E0_STARTS),
     comparison=Layout("requests.csv", (), CLIENT_METRICS + ENGINE_METRICS, keep=repeat_requests),

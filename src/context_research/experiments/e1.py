@@ -21,19 +21,21 @@ from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
 from ..columns import Column, Table
+from ..backends.session import EngineSession
 from ..errors import ConfigError
+from ..metadata import engine_gpu_name
 from ..records import RequestRecord
-from ..result_tables import (engine_point_columns, integrity_note_column, latency_stat_columns, measured_on_column,
+from ..result_tables import (engine_point_columns, integrity_columns, latency_stat_columns, measured_on_column,
                              point_check_columns, request_record_columns, stamp_columns, status_columns,
                              ttft_gap_columns as declared_ttft_gap_columns)
 from ..tables import fmt as _fmt
-from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_columns,
-                        engine_gpu_name, point_status, prompt_length_mismatches, request_rows, sweep_summary,
-                        ttft_gap_columns)
+from ..workload.checks import died_in_flight, point_status, prompt_length_mismatches
+from ..workload.columns import engine_columns, request_rows, sweep_summary, ttft_gap_columns
+from ..workload.progress import PointProgress
+from ..workload.prompts import PromptFactory, context_overflow
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
-from .session import EngineSession
 
 _MS = 1000.0
 
@@ -192,7 +194,7 @@ E1_LATENCY = Table("e1/latency.csv", (
                                                  "warmup_window TTFTs within warmup_tolerance of their median)"),
     C("warmup_settled", "bool", "client", "whether that warm-up settled; False: it stopped at warmup_max_requests "
                                           "and the trials may still drift"),
-    integrity_note_column(),
+    *integrity_columns(),
     measured_on_column("client; engine_* columns: engine /metrics"),
     *stamp_columns(),
 ), "one row per prompt length, batch 1")
@@ -214,7 +216,7 @@ EXPERIMENT = Experiment(
     figures=(Figure("ttft", "ttft.svg", "e1_ttft.rst"), Figure("tpot", "tpot.svg", "e1_tpot.rst"),
              Figure("table", "latency.html", "e1_latency.rst")),
     report_module="context_research.experiments.e1_report",
-    code=("experiments/e1.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py"),
+    code=("experiments/e1.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py"),
     report_code=("experiments/e1_report.py",),
     tables=(E1_LATENCY, E1_REQUESTS),
     comparison=Layout("requests.csv", ("prompt_tokens_point",), CLIENT_METRICS + ENGINE_METRICS, keep=not_warmup("phase"),

@@ -10,13 +10,11 @@ import pandas as pd
 from ..analysis.stats import format_with_ci
 from ..analysis.plots import line_plot
 from ..io import read_json, write_text
-from ..records import TPOT_DEFINITION
 from ..report import provenance_line
 from . import e1  # the declaration (its module never imports this one)
 from ..tables import fmt as _fmt, html_table, markdown_table
 
-CLIENT = "our HTTP client, send -> first streamed token"
-ENGINE = "vLLM's vllm:time_to_first_token_seconds histogram"
+GLOSSARY = "docs/columns.md"
 
 # latency.csv's columns the report shows, headed by their declared labels and units (e1.E1_LATENCY).
 TABLE_COLUMNS = ("prompt_tokens", "status", "n_ok", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "engine_ttft_ms_mean",
@@ -72,20 +70,22 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         lo, hi = ok.iloc[0], ok.iloc[-1]
         findings.append(
             f"TTFT p50 grows from {_fmt(lo['ttft_ms_p50'])} ms at {int(lo['prompt_tokens'])} prompt tokens to "
-            f"{_fmt(hi['ttft_ms_p50'])} ms at {int(hi['prompt_tokens'])} ({_fmt(hi['ttft_ms_p50'] / lo['ttft_ms_p50'], 1)}x "
-            f"for {_fmt(hi['prompt_tokens'] / lo['prompt_tokens'], 1)}x the tokens); TPOT p50 goes from "
-            f"{_fmt(lo['tpot_ms_p50'])} to {_fmt(hi['tpot_ms_p50'])} ms ({TPOT_DEFINITION}).")
+            f"{_fmt(hi['ttft_ms_p50'])} ms at {int(hi['prompt_tokens'])}: {_fmt(hi['ttft_ms_p50'] / lo['ttft_ms_p50'], 1)}x "
+            f"for {_fmt(hi['prompt_tokens'] / lo['prompt_tokens'], 1)}x the tokens. TPOT p50 goes from "
+            f"{_fmt(lo['tpot_ms_p50'])} to {_fmt(hi['tpot_ms_p50'])} ms. TPOT is the client's time per token once "
+            f"the stream runs at the engine's pace (tpot_s in the glossary, {GLOSSARY}).")
     gap = s.get("ttft_client_minus_engine_ms_mean")
     if gap is not None:
         findings.append(
-            f"Client-side TTFT ({CLIENT}) {'exceeds' if gap >= 0 else 'is below'} engine-side TTFT ({ENGINE}, whose clock starts when the API "
-            f"server hands the request to the engine) by {_fmt(abs(gap))} ms on average (range "
-            f"{_fmt(s['ttft_client_minus_engine_ms_min'])} to {_fmt(s['ttft_client_minus_engine_ms_max'])} ms across "
-            f"lengths): the HTTP, request-parsing and streaming path outside the engine's clock. In the figures, "
-            f"'client' lines are client-side percentiles and 'engine' lines are engine-side means (exact: histogram "
-            f"sum / count). The engine TTFT percentiles in latency.csv are over the requests' own per-request "
-            f"engine TTFTs (vLLM --enable-per-request-metrics: first token - scheduled), never interpolated from "
-            f"histogram buckets; empty where the server sent no per-request metrics.")
+            f"Client-side TTFT {'exceeds' if gap >= 0 else 'is below'} engine-side TTFT by {_fmt(abs(gap))} ms on "
+            f"average (range {_fmt(s['ttft_client_minus_engine_ms_min'])} to "
+            f"{_fmt(s['ttft_client_minus_engine_ms_max'])} ms across lengths). The client's clock runs from send to "
+            f"the first streamed token. The engine's clock (vLLM's vllm:time_to_first_token_seconds histogram) "
+            f"starts when the API server hands the request to the engine. The gap is the HTTP, request-parsing and "
+            f"streaming path outside the engine's clock. In the figures, 'client' lines are client-side percentiles "
+            f"and 'engine' lines are engine-side means (exact: histogram sum / count). The engine TTFT percentiles "
+            f"in latency.csv come from each request's own engine TTFT, never from histogram buckets "
+            f"(engine_ttft_ms in the glossary, {GLOSSARY}).")
     else:
         findings.append("Engine-side TTFT was not available (no /metrics histogram), so no client/engine gap.")
     hits = s.get("local_cache_hit_tokens")

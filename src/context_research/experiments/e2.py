@@ -25,16 +25,21 @@ which points are measured. The run writes ``concurrency.csv``, ``capacity.csv`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..analysis.capacity import CapacitySearch, search_from_config
 from ..analysis.compare_layout import CLIENT_METRICS, ENGINE_METRICS, Layout, not_warmup
 from ..analysis.integrity import check_point_row
 from ..analysis.probe import ProbeRules, probe_requests
+from ..backends.session import EngineSession
+from ..metadata import engine_gpu_name
 from ..traces import read_trace
 from ..tables import fmt as _f
-from ..workload import (PointProgress, PromptFactory, context_overflow, died_in_flight, engine_gpu_name, request_rows,
-                        sweep_summary)
+from ..workload.checks import died_in_flight
+from ..workload.columns import request_rows, sweep_summary
+from ..workload.progress import PointProgress
+from ..workload.prompts import PromptFactory, context_overflow
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .e2_tables import E2_CONCURRENCY, E2_CAPACITY, E2_REQUESTS
@@ -42,7 +47,6 @@ from .e2_tables import E2_CONCURRENCY, E2_CAPACITY, E2_REQUESTS
 from .e2_points import (MODES, OPEN_LOOP, capacity_verdict, failed_point_row, measure_point,  # noqa: F401
                         point_requests, point_row, requests_for_point, sweep_points)
 from .runner import RunContext
-from .session import EngineSession
 
 
 def capacity_row(prompt_tokens: int, search: CapacitySearch | None, cfg: dict[str, Any],
@@ -92,6 +96,66 @@ def trace_overflow(cfg: dict[str, Any], max_model_len: int) -> str | None:
     return None
 
 
+@dataclass
+class _Sweep:
+    """One E2 run: its engine session and settings, and every row measured so far (kept on an
+    interrupt by ``ctx.keep_on_failure``)."""
+    session: EngineSession
+    cfg: dict
+    ctx: RunContext
+    factory: PromptFactory
+    prefix_caching: bool
+    gpu_name: str | None
+    progress: PointProgress
+    rows: list[dict] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)
+    capacity: list[dict] = field(default_factory=list)
+
+    async def point(self, mode, level, prompt_tokens, index, not_measurable=None, length=1.0):
+        """Measure one point (or record why it cannot be measured); returns its row and records."""
+        session, cfg = self.session, self.cfg
+        not_measurable = not_measurable or session.exit_reason()
+        label = f"{mode}={level:.3g}" + (f" @{prompt_tokens} tokens" if mode == "capacity" else "")
+        if not_measurable:
+            self.rows.append(failed_point_row(mode, level, not_measurable, cfg, self.prefix_caching, prompt_tokens))
+            self.progress.point(label, "failed: " + not_measurable)
+            return self.rows[-1], []
+        row, records = await measure_point(session, self.factory, mode, level, cfg, index, self.prefix_caching,
+                                           gpu_name=self.gpu_name, prompt_tokens=prompt_tokens, length=length)
+        self.rows.append(died_in_flight(row, records, session.exit_reason()))
+        self.requests.extend(request_rows(records, phase="measured", mode=mode, level=level,
+                                          prompt_tokens_point=prompt_tokens))
+        self.progress.point(label, f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, attainment "
+                                   f"{_f(row['slo_attainment'])}, TTFT p99 {_f(row['ttft_ms_p99'])} ms"
+                                   + (", stopped early: saturated" if row.get("stopped_early") else ""))
+        self.ctx.checkpoint()
+        return row, records
+
+    async def warm_up(self) -> dict | None:
+        """Warm-up until steady, in rounds of warmup_requests at the highest concurrency level."""
+        cfg = self.cfg
+        if not cfg["warmup_requests"]:
+            return None
+        top = max(cfg["concurrency_levels"], default=1)
+        warm, warmup = await warm_session(
+            self.session,
+            lambda k: self.factory.requests(f"warmup{k}", cfg["warmup_requests"], cfg["prompt_tokens"],
+                                            cfg["max_tokens"]),
+            WarmupRule.from_cfg(cfg), max_concurrency=top, desc="e2 warmup", label="e2")
+        self.requests += request_rows(warm, phase="warmup", mode=None, level=None)
+        return warmup
+
+    async def search(self, prompt_tokens: int, max_len: int, profile: str) -> None:
+        """The capacity search at one prompt length: its probes are rows, its result a capacity row."""
+        overflow = context_overflow(prompt_tokens, self.cfg["max_tokens"], max_len, profile)
+        if overflow:
+            self.capacity.append(capacity_row(prompt_tokens, None, self.cfg, overflow))
+            return
+        search = await search_capacity(self.cfg, prompt_tokens, lambda mode, rate, tokens, length: self.point(
+            mode, rate, tokens, len(self.rows), length=length))
+        self.capacity.append(capacity_row(prompt_tokens, search, self.cfg))
+
+
 async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     model = session.model
     prefix_caching = bool(session.backend.serving.get("enable_prefix_caching"))
@@ -101,56 +165,35 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
     capacity_lengths = list(cfg.get("capacity_prompt_tokens") or [cfg["prompt_tokens"]]) \
         if cfg.get("capacity_max_probes", 0) else []
     fixed = planned_points(cfg)
-    rows: list[dict] = []
-    requests: list[dict] = []
-    capacity: list[dict] = []
-    progress = PointProgress("e2", len(fixed) + len(capacity_lengths) * cfg.get("capacity_max_probes", 0))
-    for key, kept in (("concurrency", rows), ("requests", requests), ("capacity", capacity)):
+    sweep = _Sweep(session, cfg, ctx, factory, prefix_caching, gpu_name,
+                   PointProgress("e2", len(fixed) + len(capacity_lengths) * cfg.get("capacity_max_probes", 0)))
+    for key, kept in (("concurrency", sweep.rows), ("requests", sweep.requests), ("capacity", sweep.capacity)):
         ctx.keep_on_failure(key, kept)   # the points finished before an interrupt are kept
     too_long = context_overflow(cfg["prompt_tokens"], cfg["max_tokens"], max_len, profile)
-    warmup = None
-    if not too_long and cfg["warmup_requests"]:
-        # Warm-up until steady, in rounds of warmup_requests at the highest concurrency level.
-        top = max(cfg["concurrency_levels"], default=1)
-        warm, warmup = await warm_session(
-            session,
-            lambda k: factory.requests(f"warmup{k}", cfg["warmup_requests"], cfg["prompt_tokens"], cfg["max_tokens"]),
-            WarmupRule.from_cfg(cfg), max_concurrency=top, desc="e2 warmup", label="e2")
-        requests += request_rows(warm, phase="warmup", mode=None, level=None)
-
-    async def point(mode, level, prompt_tokens, index, not_measurable=None, length=1.0):
-        not_measurable = not_measurable or session.exit_reason()
-        label = f"{mode}={level:.3g}" + (f" @{prompt_tokens} tokens" if mode == "capacity" else "")
-        if not_measurable:
-            rows.append(failed_point_row(mode, level, not_measurable, cfg, prefix_caching, prompt_tokens))
-            progress.point(label, "failed: " + not_measurable)
-            return rows[-1], []
-        row, records = await measure_point(session, factory, mode, level, cfg, index, prefix_caching,
-                                           gpu_name=gpu_name, prompt_tokens=prompt_tokens, length=length)
-        rows.append(died_in_flight(row, records, session.exit_reason()))
-        requests.extend(request_rows(records, phase="measured", mode=mode, level=level, prompt_tokens_point=prompt_tokens))
-        progress.point(label, f"{row['status']}, {_f(row['request_throughput_rps'])} req/s, attainment "
-                              f"{_f(row['slo_attainment'])}, TTFT p99 {_f(row['ttft_ms_p99'])} ms"
-                              + (", stopped early: saturated" if row.get("stopped_early") else ""))
-        ctx.checkpoint()
-        return row, records
-
+    warmup = None if too_long else await sweep.warm_up()
     for i, (mode, level, prompt_tokens) in enumerate(fixed):
-        await point(mode, level, prompt_tokens, i,
-                    not_measurable=too_long if mode != "trace" else trace_overflow(cfg, max_len))
+        await sweep.point(mode, level, prompt_tokens, i,
+                          not_measurable=too_long if mode != "trace" else trace_overflow(cfg, max_len))
     for prompt_tokens in capacity_lengths:
-        overflow = context_overflow(prompt_tokens, cfg["max_tokens"], max_len, profile)
-        if overflow:
-            capacity.append(capacity_row(prompt_tokens, None, cfg, overflow))
-            continue
-        search = await search_capacity(cfg, prompt_tokens, lambda mode, rate, tokens, length: point(
-            mode, rate, tokens, len(rows), length=length))
-        capacity.append(capacity_row(prompt_tokens, search, cfg))
+        await sweep.search(prompt_tokens, max_len, profile)
+    rows, capacity = sweep.rows, sweep.capacity
     ctx.write_table("concurrency", ctx.frame(rows))
-    ctx.write_table("requests", ctx.frame(requests))
+    ctx.write_table("requests", ctx.frame(sweep.requests))
     ctx.write_table("capacity", ctx.frame(capacity))
+    summary = _summary(cfg, ctx, rows, capacity, prefix_caching, warmup)
+    ctx.write_json("summary", summary)
+    session.raise_if_died()
+    return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
+            "capacity": [{k: c.get(k) for k in ("prompt_tokens", "capacity_rps", "capacity_low_rps", "capacity_high_rps")}
+                         for c in capacity],
+            "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
+
+
+def _summary(cfg: dict, ctx: RunContext, rows: list[dict], capacity: list[dict], prefix_caching: bool,
+             warmup: dict | None) -> dict:
+    """summary.json: the workload, the SLOs, the capacity rows and the sweep's totals and bests."""
     sweep = sweep_summary(rows, lambda r: {"mode": r["mode"], "level": r["level"], "prompt_tokens": r["prompt_tokens"]})
-    summary = {
+    return {
         **ctx.stamp(),
         "workload": {k: cfg.get(k) for k in ("seed", "prompt_tokens", "max_tokens", "concurrency_levels", "request_rates",
                                              "rate_max_concurrency", "requests_per_point", "min_waves", "warmup_requests",
@@ -178,12 +221,6 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
         "kv_cache_usage_peak": max((r["engine_kv_cache_usage_peak"] for r in rows
                                     if r["engine_kv_cache_usage_peak"] is not None), default=None),
     }
-    ctx.write_json("summary", summary)
-    session.raise_if_died()
-    return {"points": summary["points"], "points_ok": summary["points_ok"], "best_goodput": summary["best_goodput"],
-            "capacity": [{k: c.get(k) for k in ("prompt_tokens", "capacity_rps", "capacity_low_rps", "capacity_high_rps")}
-                         for c in capacity],
-            "prompt_tokens_mismatches": summary["prompt_tokens_mismatches"]}
 
 
 def _best(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
@@ -209,7 +246,7 @@ EXPERIMENT = Experiment(
              Figure("table", "concurrency.html", "e2_concurrency.rst")),
     report_module="context_research.experiments.e2_report",
     code=("experiments/e2.py", "experiments/e2_tables.py", "experiments/e2_points.py", "experiments/e2_load.py",
-          "analysis/capacity.py", "analysis/probe.py", "analysis/saturation.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py",
+          "analysis/capacity.py", "analysis/probe.py", "analysis/saturation.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py",
           "traces.py"),
     report_code=("experiments/e2_report.py", "experiments/e2_figures.py"),
     tables=(E2_CONCURRENCY, E2_CAPACITY, E2_REQUESTS),

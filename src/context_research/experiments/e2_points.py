@@ -7,16 +7,18 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
-from ..analysis.integrity import (CLIENT_DELIVERY, SEND_LAG_QUANTILE, apply_status, check_point_row, check_send_lag,
+from ..analysis.integrity import (SEND_LAG_QUANTILE, apply_status, check_point_row, check_send_lag,
                                   send_lag_stats)
 from ..analysis.latency import THROUGHPUT_CI_METRICS, goodput, latency_row, meets_slo, poisson_schedule
 from ..analysis.probe import ProbeRules, ProbeSample, Verdict, probe_requests, probe_schedule, probe_verdict
 from ..analysis.saturation import SaturationMonitor
+from ..backends.session import EngineSession
 from ..records import GenerationRequest, RequestRecord
 from ..traces import read_trace
-from ..workload import PromptFactory, engine_columns, point_status, prompt_length_mismatches, ttft_gap_columns
+from ..workload.checks import point_status, prompt_length_mismatches
+from ..workload.columns import engine_columns, ttft_gap_columns
+from ..workload.prompts import PromptFactory
 from .e2_load import LOAD_COLUMNS, energy_reading, point_load_columns
-from .session import EngineSession
 
 MODES = ("concurrency", "rate", "capacity", "trace")
 OPEN_LOOP = ("rate", "capacity", "trace")
@@ -87,7 +89,6 @@ def point_row(mode: str, level: float, records: Sequence[RequestRecord], duratio
     findings = check_point_row(row, gpu_name, hf_config, records)
     if mode in OPEN_LOOP:
         findings.merge(check_send_lag([r.send_lag_s for r in records], schedule_mean_gap_s(records)))
-    row["client_delivery_only"] = bool(findings.reasons) and all(r.startswith(CLIENT_DELIVERY) for r in findings.reasons)
     return apply_status(row, findings)
 
 

@@ -266,11 +266,12 @@ def capacity_finding(c: dict[str, Any], target: float) -> str:
     high = c.get("capacity_high_rps")
     probes = f"{c['probes']} probe(s)" + "".join(f", {c[k]} {k.split('_')[0]}" for k in ("inconclusive_probes",
                                                                                        "invalid_probes") if c.get(k))
-    return (f"{head} (DistServe goodput: the highest Poisson rate whose probe passed, i.e. at least {target * 100:g} % "
-            f"of its requests meeting both SLOs at a one-sided 95 % lower bound, completions keeping pace with the "
-            f"sends): {_fmt(c['capacity_rps'], 3)} req/s, its probe completing {_fmt(c.get('capacity_achieved_rps'), 3)} "
-            f"req/s with attainment's lower bound {_fmt(c.get('attainment_lower_bound'), 3)}"
+    return (f"{head} (DistServe goodput): {_fmt(c['capacity_rps'], 3)} req/s, its probe completing "
+            f"{_fmt(c.get('capacity_achieved_rps'), 3)} req/s with attainment's lower bound "
+            f"{_fmt(c.get('attainment_lower_bound'), 3)}"
             + ("" if c.get("confirmed") else " (passed once: not confirmed by a second probe)")
+            + f". It is the highest Poisson rate whose probe passed: at least {target * 100:g} % of its requests met "
+            f"both SLOs at a one-sided 95 % lower bound, and completions kept pace with the sends"
             + f". Bracket from probes (not a confidence interval): [{_fmt(c['capacity_low_rps'], 3)}, "
             f"{_fmt(high, 3) if high is not None and high == high else 'none failed'}) after {probes}; "
             f"{c['stop_reason']}" + (f"; {c['non_monotonic_note']}" if c.get("non_monotonic_note") else "") + ".")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..analysis.stats import MIN_SAMPLES
 from ..columns import Column, Table
-from ..result_tables import (engine_point_columns, goodput_columns, integrity_note_column, latency_stat_columns,
+from ..result_tables import (engine_point_columns, goodput_columns, integrity_columns, latency_stat_columns,
                              measured_on_column, point_check_columns, request_record_columns, stamp_columns,
                              stat_ci_columns, status_columns, ttft_gap_columns)
 
@@ -126,16 +126,12 @@ E2_CONCURRENCY = Table("e2/concurrency.csv", (
                                          "kept); empty for closed-loop points"),
     C("send_lag_ms_max", "ms", "client", "largest send lag of the point's open-loop requests; empty for closed-loop "
                                          "points"),
-    C("client_delivery_only", "bool", "derived", "true when client delivery (the client got tokens later than the engine "
-                                                 "made them) is the only reason the point is implausible; its "
-                                                 "client-side latencies then overstate the engine's, so a capacity probe "
-                                                 "that passes on them stands (docs/statistics.md, Capacity)"),
     *point_check_columns(),
     *engine_point_columns(),
     *ttft_gap_columns(),
     *e2_load_columns(),
     *probe_verdict_columns(),
-    integrity_note_column(),
+    *integrity_columns(),
     measured_on_column("client; engine_* columns: engine /metrics; energy_*: NVML"),
     *stamp_columns(),
 ), "one row per point (mode, level, prompt length), every capacity probe included")

@@ -51,7 +51,7 @@ from ..disagg.summary import build_summary, result_summary
 from ..disagg.transport import measure_link_ceiling
 from ..errors import ConfigError, EngineDiedError
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
-from .e3_tables import E3_MODE_COMPARISON, E3_REQUESTS, E3_TRANSFERS
+from ..disagg.tables import E3_MODE_COMPARISON, E3_REQUESTS, E3_TRANSFERS
 from .runner import ExperimentRun
 
 
@@ -82,13 +82,19 @@ def run(run: ExperimentRun) -> dict[str, Any]:
 
     agg, baselines = run_aggregated(run.backend, model, aggregated_serving(run.config, cfg, model, assignment), cfg,
                                     workload, assignment, budget)
-    # the aggregated points are kept if a way's pair is interrupted
-    ctx.keep_on_failure("comparison", lambda: sort_rows(agg.rows), POINT_COLUMNS)
-    ctx.keep_on_failure("requests", agg.requests)
+    outs: list[PathOutcome] = []
+    # The points of the aggregated engine and of every way finished so far are kept if a later
+    # way's pair is interrupted or dies (checkpointed after each phase).
+    ctx.keep_on_failure("comparison", lambda: sort_rows(agg.rows + [r for o in outs for r in o.outcome.rows],
+                                                        [o.path.name for o in outs]), POINT_COLUMNS)
+    ctx.keep_on_failure("requests", lambda: agg.requests + [r for o in outs for r in o.outcome.requests])
+    ctx.keep_on_failure("transfers", lambda: ctx.frame(_handoff_rows(cfg, outs), handoff_columns()))
     ctx.checkpoint()
     ids = itertools.count()  # handoff ids unique across the ways
-    outs = [run_path(run, path, cfg, workload, assignment, budget, baselines, several=len(paths) > 1,
-                     handoff_ids=ids, ceiling=ceiling) for path in paths]
+    for path in paths:
+        outs.append(run_path(run, path, cfg, workload, assignment, budget, baselines, several=len(paths) > 1,
+                             handoff_ids=ids, ceiling=ceiling))
+        ctx.checkpoint()
     summary = write_artifacts(run, agg, outs, assignment, budget, ceiling)
     died = agg.engine_died or next((o.outcome.engine_died for o in outs if o.outcome.engine_died), None)
     if died:  # the rows are written; the points after the death are failed rows with its reason
@@ -111,14 +117,13 @@ def write_artifacts(run: ExperimentRun, agg: Any, outs: list[PathOutcome], assig
                     ceiling: dict[str, Any]) -> dict[str, Any]:
     """Every declared file: the tables (one row set per way), route logs, ledger, summary, logs."""
     cfg, ctx = run.cfg, run.ctx
-    tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
     # The engines' raw events, kept beside the tables they were joined into.
     ctx.write_jsonl("kv_ledger", [e for o in outs for e in o.events])
     rows = sort_rows(agg.rows + [r for o in outs for r in o.outcome.rows], [o.path.name for o in outs])
     add_deltas(rows)
     ctx.write_table("comparison", ctx.frame(rows, POINT_COLUMNS))
     ctx.write_table("requests", ctx.frame(agg.requests + [r for o in outs for r in o.outcome.requests]))
-    handoff_rows = [h.as_row(tolerance) for o in outs if o.outcome.broker for h in o.outcome.broker.handoffs]
+    handoff_rows = _handoff_rows(cfg, outs)
     ctx.write_table("transfers", ctx.frame(handoff_rows, handoff_columns()))
     ctx.write_jsonl("routes_aggregated", agg.route_log.rows)
     ctx.write_jsonl("routes_disaggregated", [r for o in outs for r in o.outcome.route_log.rows])
@@ -133,6 +138,12 @@ def write_artifacts(run: ExperimentRun, agg: Any, outs: list[PathOutcome], assig
     summary = build_summary(ctx.stamp(), cfg, rows, agg, outs, assignment, handoff_rows, budget, ceiling)
     ctx.write_json("summary", summary)
     return {"rows_list": rows, "json": summary}
+
+
+def _handoff_rows(cfg: dict[str, Any], outs: list[PathOutcome]) -> list[dict[str, Any]]:
+    """transfers.csv: one row per handoff of every way run so far."""
+    tolerance = float(cfg.get("bytes_tolerance", DEFAULT_TOLERANCE))
+    return [h.as_row(tolerance) for o in outs if o.outcome.broker for h in o.outcome.broker.handoffs]
 
 
 EXPERIMENT = Experiment(
@@ -150,7 +161,8 @@ EXPERIMENT = Experiment(
              Figure("transfer", "transfer.svg", "e3_transfer.rst"),
              Figure("table", "mode_comparison.html", "e3_mode_comparison.rst")),
     report_module="context_research.experiments.e3_report",
-    code=("experiments/e3.py", "experiments/e3_tables.py", "disagg/", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py"),
+    code=("experiments/e3.py", "disagg/", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py",
+          "analysis/model_math.py", "tables.py"),
     report_code=("experiments/e3_report.py", "experiments/e3_figures.py"),
     tables=(E3_MODE_COMPARISON, E3_REQUESTS, E3_TRANSFERS),
     comparison=Layout("requests.csv", ("point_prompt_tokens", "concurrency", "mode"), CLIENT_METRICS + ENGINE_METRICS,

@@ -16,7 +16,7 @@ from ..tables import fmt, html_table
 from . import e3  # the declaration (its module never imports this one)
 from .e3_figures import (WATERFALL_SEGMENTS, goodput_figure, latency_figure, num as _num, series_labels,
                          transfer_figure, waterfall_requests, way_of)
-from .e3_tables import E3_MODE_COMPARISON
+from ..disagg.tables import E3_MODE_COMPARISON
 
 # mode_comparison.csv's columns the report shows, headed by their declared labels and units
 # (E3_MODE_COMPARISON).
@@ -132,12 +132,12 @@ def transfer_verdicts(frame: pd.DataFrame, way: dict) -> list[str]:
         if delta is None:
             continue
         where = f"at {int(n):,} tokens (concurrency {int(row['concurrency'])})"
-        timed = (f"engine-timed p50: KV save {fmt(_num(row.get('kv_save_ms_p50')), 2, grouped=True)} ms on the "
+        timed = (f"Engine-timed p50: KV save {fmt(_num(row.get('kv_save_ms_p50')), 2, grouped=True)} ms on the "
                  f"producer, KV wait {fmt(_num(row.get('kv_wait_ms_p50')), 2, grouped=True)} ms and load "
                  f"{fmt(_num(row.get('kv_load_ms_p50')), 2, grouped=True)} ms on the consumer")
         word, verb = ("higher", "costs more than it saves") if delta > 0 else ("lower", "saves more than it costs")
         out.append(f"The handoff {verb} {where}: disaggregated TTFT p50 is {abs(delta):,.1f} ms {word} than "
-                   f"aggregated through {_via(way)} ({timed}).")
+                   f"aggregated through {_via(way)}. {timed}.")
     return out
 
 
@@ -169,8 +169,8 @@ def byte_sentences(dis_ok: pd.DataFrame) -> list[str]:
         out.append(
             f"{int(r.prompt_tokens):,} tokens, concurrency {int(r.concurrency)}: KV bytes: {check} "
             f"({n(r.analytical_bytes_per_request)} analytical bytes per request = {n(r.stored_tokens)} tokens x "
-            f"{n(r.kv_bytes_per_token)} B); over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
-            f"{n(r.external_kv_tokens)} of {n(r.consumer_expected_kv_tokens)} expected prompt tokens; stall ratio "
+            f"{n(r.kv_bytes_per_token)} B). Over the point's {int(r.handoffs_ok)} handoffs the consumer loaded "
+            f"{n(r.external_kv_tokens)} of {n(r.consumer_expected_kv_tokens)} expected prompt tokens. Stall ratio "
             f"{n(r.kv_stall_ratio_p50, 2)} (engine-timed), Δ TPOT p50 {n(r.delta_tpot_ms_p50, 2)} ms, "
             f"Δ goodput {n(r.delta_goodput_rps, 2)} req/s.")
     return out
@@ -188,7 +188,7 @@ def waterfall_sentences(transfers: pd.DataFrame) -> list[str]:
         biggest = max(known, key=lambda kv: kv[1])
         out.append(f"{int(r.prompt_tokens):,} tokens, c={int(r.concurrency)} (handoff {r.handoff_id}): "
                    + ", ".join(f"{label} {v:,.1f} ms" for label, v in known)
-                   + f"; largest: {biggest[0]} ({biggest[1] / total:.0%} of {total:,.1f} ms).")
+                   + f". Largest: {biggest[0]} ({biggest[1] / total:.0%} of {total:,.1f} ms).")
     return out
 
 

@@ -13,7 +13,7 @@ from ..report import provenance_line
 from ..tables import fmt, html_table, markdown_table
 from ..quality import beside_speed
 from . import e4  # the declaration (its module never imports this one)
-from .e4_tables import E4_BESIDE_SPEED, E4_QUALITY
+from ..quality.tables import E4_BESIDE_SPEED, E4_QUALITY
 
 # quality.csv's columns the report shows, headed by their declared labels and units (E4_QUALITY).
 TABLE_COLUMNS = ("benchmark", "task", "context_tokens", "n_ok", "metric", "score", "mean_input_tokens", "truncated",
@@ -68,11 +68,10 @@ def make_figures(results_dir: Path) -> None:
                       meaningful=bool(summary.get("meaningful")), provenance=f"{prov}; {joined_prov}")
 
 
-def _sibling(results_dir: Path, name: str, key: str) -> tuple[pd.DataFrame | None, str]:
-    """Another experiment's table beside E4's results (``results/<name>/``), and a note of its run."""
-    from .catalog import EXPERIMENTS
-
-    exp = EXPERIMENTS[name]
+def _sibling(results_dir: Path, exp: Any, key: str) -> tuple[pd.DataFrame | None, str]:
+    """Another declared experiment's table beside E4's results (``results/<name>/``), and a note of
+    its run."""
+    name = exp.name
     path = exp.path(Path(results_dir).parent / name, key)
     if not path.is_file():
         return None, f"{name.upper()} not run"
@@ -84,9 +83,11 @@ def _sibling(results_dir: Path, name: str, key: str) -> tuple[pd.DataFrame | Non
 def beside_speed_frame(results_dir: Path) -> tuple[pd.DataFrame, str]:
     """E4's quality by length joined with E1 latency and E5 memory at the same lengths, and where
     the E1 and E5 numbers came from."""
+    from . import e1, e5  # E4's figure_joins; not the catalog, which imports this module's experiment
+
     by_length = pd.read_csv(e4.EXPERIMENT.path(results_dir, "by_length"))
-    e1_frame, e1_note = _sibling(results_dir, "e1", "latency")
-    e5_frame, e5_note = _sibling(results_dir, "e5", "memory")
+    e1_frame, e1_note = _sibling(results_dir, e1.EXPERIMENT, "latency")
+    e5_frame, e5_note = _sibling(results_dir, e5.EXPERIMENT, "memory")
     return beside_speed.join_by_length(by_length, e1_frame, e5_frame), f"{e1_note}; {e5_note}"
 
 

@@ -31,15 +31,16 @@ from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
 from ..columns import Column, Table
+from ..backends.session import EngineSession
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
+from ..metadata import engine_gpu_name
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
-from ..result_tables import integrity_note_column, stamp_columns
-from ..workload import died_in_flight, engine_gpu_name
+from ..result_tables import integrity_columns, stamp_columns
+from ..workload.checks import died_in_flight
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
 from .runner import RunContext
-from .session import EngineSession
 
 
 # -- the KV check and the row ------------------------------------------------------------------
@@ -356,7 +357,7 @@ E5_MEMORY = Table("e5/memory.csv", (
     C("e2e_s", "s", "client", "E2E of the (last) attempt's request"),
     C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the (last) attempt"),
     C("attempts", "count", "client", "requests sent for the point (a gauge that missed the last block is retried)"),
-    integrity_note_column(),
+    *integrity_columns(),
     *stamp_columns(),
 ), "one row per prompt length and mode (one request in flight)")
 
@@ -368,7 +369,7 @@ EXPERIMENT = Experiment(
     figures=(Figure("memory", "memory.svg", "e5_memory.rst"),
              Figure("table", "memory.html", "e5_memory_table.rst")),
     report_module="context_research.experiments.e5_report",
-    code=("experiments/e5.py", "analysis/memory.py", "memory_probe.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
+    code=("experiments/e5.py", "analysis/memory.py", "memory_probe.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
     report_code=("experiments/e5_report.py",),
     tables=(E5_MEMORY,),
     # One request per point: the point table is the record.

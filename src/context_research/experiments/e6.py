@@ -32,19 +32,19 @@ from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..backends.base import ServingBackend
 from ..columns import Column, Table
+from ..backends.session import EngineSession
 from ..engine_log import engine_error_lines
 from ..engine_metrics import engine_summary
 from ..errors import ContextResearchError, EngineDiedError
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
+from ..metadata import engine_gpu_name
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
-from ..result_tables import TPOT_MEANING, integrity_note_column, stamp_columns
-from ..workload import engine_gpu_name
+from ..result_tables import TPOT_MEANING, integrity_columns, stamp_columns
 from ..warmup import WarmupRule, warm_session
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .e6_model import derive_rope_config, model_source_dir, write_derived_model
 from .runner import ExperimentRun
-from .session import EngineSession
 
 # Failure kinds a smaller KV cache can fix: these are retried with kv_cache_dtype_fallback.
 MEMORY_FAILURES = {"oom", "kv_cache_capacity", "engine_died"}
@@ -325,7 +325,7 @@ E6_STRESS = Table("e6/stress.csv", (
     C("nvml_peak_used_gib", "GiB", "nvml", "sum over every GPU NVML sees of its peak used memory during the request; "
                                            "empty on CPU", "NVML peak"),
     C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees"),
-    integrity_note_column(),
+    *integrity_columns(),
 ), "one row per target length and engine pass (one request each)")
 
 
@@ -340,13 +340,15 @@ EXPERIMENT = Experiment(
              Figure("table", "stress.html", "e6_stress_table.rst")),
     report_module="context_research.experiments.e6_report",
     code=("experiments/e6.py", "experiments/e6_model.py", "analysis/memory.py", "analysis/rope.py", "memory_probe.py",
-          "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
+          "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
     report_code=("experiments/e6_report.py",),
     tables=(E6_STRESS,),
     # One request per point: the point table is the record.
     comparison=Layout("stress.csv", ("target_prompt_tokens", "pass"),
-                      CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms"),
-                                        Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms")),
+                      CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms",
+                                               engine_side=True),
+                                        Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms",
+                                               engine_side=True)),
                       keep=ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
                       single=True),
     row_checks=(("stress", check_request_row),),

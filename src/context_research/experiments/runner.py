@@ -20,11 +20,13 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import pandas as pd
 
 from .. import io
+from ..backends.base import ServingBackend, backend_mode
+from ..backends.factory import make_backend
+from ..backends.session import EngineSession
 from ..columns import Table, find_table, write_table
-from ..backends.base import ServingBackend, backend_mode, make_backend
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
-from ..device_lock import RunDeviceGuard
+from ..device_lock.guard import RunDeviceGuard
 from .. import watchdog
 from ..gpu_stats import NvmlSampler
 from ..io import write_json
@@ -33,7 +35,6 @@ from ..models import resolve_model
 from ..provenance import resolved_model
 from . import partial
 from .declaration import ONE_ENGINE, Experiment, Prepared
-from .session import EngineSession
 
 
 @dataclass
@@ -47,10 +48,10 @@ class RunContext:
     weights: str
     model_id: str
     outdir: Path
+    # output key -> file name: the declaration's ``all_files``; its declared tables
+    files: Mapping[str, str]
+    tables: Sequence[Table] = ()
     notes: list[str] = field(default_factory=list)
-    # output key -> file name, and the declared tables; by default the catalog's declaration's
-    files: Mapping[str, str] | None = None
-    tables: Sequence[Table] | None = None
     # output keys written (or diverted) so far; files the results folder refused (partial.Diverted);
     # rows to keep if the run fails before writing them (keep_on_failure)
     written: set[str] = field(default_factory=set)
@@ -64,10 +65,6 @@ class RunContext:
     def path(self, key: str, *name_args: Any) -> Path:
         """The declared output ``key`` of this run (e.g. ``ctx.path("latency")``); ``name_args``
         fill a numbered optional output's name (``ctx.path("engine_restart", 2)``)."""
-        if self.files is None:
-            from .catalog import get
-
-            self.files = get(self.experiment).all_files
         try:
             return self.outdir / self.files[key].format(*name_args)
         except KeyError:
@@ -75,10 +72,6 @@ class RunContext:
 
     def table(self, filename: str) -> Table:
         """The declared table of the run's file ``filename``."""
-        if self.tables is None:
-            from .catalog import get
-
-            self.tables = get(self.experiment).tables
         return find_table(self.tables, self.experiment, filename)
 
     def write_table(self, key: str, frame: pd.DataFrame) -> Path:
@@ -256,7 +249,7 @@ class ExperimentRun:
         self.gpu_stats_extra: dict[str, Any] = {}
         self.result_summary: Any = None
         self.metadata: dict[str, Any] | None = None
-        # The run's device locks and contention record (device_lock.py); taken by backend().
+        # The run's device locks and contention record (device_lock/); taken by backend().
         self.device_guard = RunDeviceGuard(self.serving, experiment=experiment.name, run_id=self.ctx.run_id)
 
     def backend(self, model: dict[str, Any], serving: dict[str, Any], log_key: str = "engine_log",

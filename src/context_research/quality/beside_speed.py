@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.plots import SVG_RC, check_provenance
-from ..experiments.e4_tables import E4_BESIDE_SPEED
+from .tables import E4_BESIDE_SPEED
 
 # Declared once with E4's tables (the report heads them with their labels).
 JOINED_COLUMNS = E4_BESIDE_SPEED.names

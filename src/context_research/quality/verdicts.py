@@ -7,11 +7,11 @@ otherwise each row says ``meaningful = false`` and the summary says why.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..analysis.stats import mean
-from ..datasets.specs import Dataset
-from ..experiments.e4_tables import E4_BY_LENGTH, E4_QUALITY
 from ..result_tables import data_columns
+from .tables import E4_BY_LENGTH, E4_QUALITY
 
 PERCENT = "percent"
 PERPLEXITY = "perplexity"
@@ -54,9 +54,10 @@ def score_of(metric: str, ok: list[dict]) -> tuple[float | None, str, float | No
     return math.exp(mean_nll), PERPLEXITY, mean_nll / math.log(2), tokens
 
 
-def dataset_row(ds: Dataset, metric: str, preds: list[dict], *, weights: str, backend_mode: str,
+def dataset_row(ds: Any, metric: str, preds: list[dict], *, weights: str, backend_mode: str,
                 data_source: str) -> dict:
-    """One quality.csv row from the dataset's prediction lines."""
+    """One quality.csv row from the prediction lines of ``ds`` (a ``datasets.specs.Dataset``: its
+    benchmark, name, task and context length; not imported, since ``datasets`` imports ``quality``)."""
     ok = [p for p in preds if p["status"] == "ok"]
     score, scale, bits, scored = score_of(metric, ok)
     failed = [p for p in preds if p["status"] != "ok"]

@@ -48,7 +48,9 @@ def stamp_columns() -> tuple[Column, ...]:
 TPOT_MEANING = ("decode time per output token: (last chunk - anchor chunk) / (output tokens after the anchor); the anchor "
          "is the second token-carrying chunk or, after an opening burst (opening_burst_tokens > 0), the first chunk "
          "after it, moved past chunks that were waiting behind it, so a late chunk does not shorten it "
-         "(records.finalize_timing); empty when no token followed the anchor or the per-chunk counts were not exact")
+         "(records.finalize_timing); empty when no token followed the anchor or the per-chunk counts were not exact. "
+         "Unlike vllm bench serve's (E2E - TTFT) / (output tokens - 1), it counts neither the opening burst's "
+         "tokens nor the first chunk's delay as decode time")
 
 
 def per_request_engine_columns(**meaning: str) -> tuple[Column, ...]:
@@ -300,6 +302,16 @@ def point_check_columns() -> tuple[Column, ...]:
 
 def measured_on_column(text: str) -> Column:
     return C("measured_on", "", "label", f"where the row's numbers come from ({text})")
+
+
+def integrity_columns() -> tuple[Column, ...]:
+    """``analysis.integrity.apply_status``'s note and delivery flag, for a table whose rows go
+    through the checks."""
+    return (integrity_note_column(), C(
+        "client_delivery_only", "bool", "derived", "true when client delivery (the client got tokens later than the "
+                                                   "engine made them) is the only reason the row is implausible: its "
+                                                   "engine-side timings stand and are compared; its client-side "
+                                                   "latencies overstate the engine's (docs/statistics.md)"))
 
 
 def integrity_note_column() -> Column:

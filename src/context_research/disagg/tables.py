@@ -1,13 +1,14 @@
 """E3's result tables, column by column: unit, source, meaning and, for the columns its report
-shows, a label (``docs/columns.md``). Beside ``e3.py``, which declares them, so that ``disagg.rows``
-can take its column order from here without importing the experiment.
+shows, a label (``docs/columns.md``). ``experiments/e3.py`` declares them (``tables=``); they live
+here, below the experiments, so that ``disagg.rows`` takes its column order from them without
+importing the experiment.
 """
 
 from __future__ import annotations
 
 from ..analysis.latency import STAT_SUFFIXES
 from ..columns import Column, Table
-from ..result_tables import (METRIC_LABEL, STAT_MEANING, TPOT_MEANING, goodput_columns, integrity_note_column,
+from ..result_tables import (METRIC_LABEL, STAT_MEANING, TPOT_MEANING, goodput_columns, integrity_columns,
                              latency_stat_columns, measured_on_column, per_request_engine_columns,
                              request_record_columns, stamp_columns, status_columns)
 
@@ -153,7 +154,7 @@ E3_MODE_COMPARISON = Table("e3/mode_comparison.csv", (
     *(C(f"delta_{m}", _DELTA_UNIT.get(m, "ms"), "derived",
         f"disaggregated {m} - aggregated {m} at the same point (ok disaggregated rows only)", f"Δ {_delta_label(m)}")
       for m in _DELTA),
-    integrity_note_column(),
+    *integrity_columns(),
     measured_on_column("client; kv_* columns: engine (measuring connector); consumer_* and engine_* and "
                        "nixl_* columns: engine /metrics; bytes: shared folder or NIXL's counter"),
     *stamp_columns(),

@@ -1,7 +1,7 @@
 """E4's result tables, column by column: unit, source, meaning and, for the columns its report
-shows, a label (``docs/columns.md``). Beside ``e4.py``, which declares them, so that
-``quality.verdicts`` and ``quality.beside_speed`` take their column order from here without
-importing the experiment.
+shows, a label (``docs/columns.md``). ``experiments/e4.py`` declares them (``tables=``); they
+live here, below the experiments, so that ``quality.verdicts`` and ``quality.beside_speed`` take
+their column order from them without importing the experiment.
 """
 
 from __future__ import annotations

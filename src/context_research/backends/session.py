@@ -7,10 +7,10 @@ import sys
 import time
 from typing import Any, Iterable
 
-from ..backends.base import ServingBackend
 from ..engine_metrics import WATCHED_GAUGES, MetricsSnapshot, engine_summary
 from ..errors import EngineDiedError
 from ..records import GenerationRequest, RequestRecord
+from .base import ServingBackend
 
 
 # How often a running E2 point samples the engine's gauges. Up to bf77132 each sample was a full
