@@ -123,8 +123,8 @@ def config_hash(experiment, variant=BASELINE):
 def report_code(experiment):
     """sha256 of the code the figures and report rules of ``experiment`` run (its run code, its
     declared report code, the shared report code and the code of the experiments its figures
-    join): a param, so a fixed figure is redrawn
-    without a new run, and a figure-only edit reruns no engine."""
+    join): a param, so a fixed figure is redrawn without a new run, and a figure-only edit reruns
+    no engine."""
     declared = EXPERIMENTS[experiment]
     return code_digest(declared, reports=True, joined=[EXPERIMENTS[n] for n in declared.figure_joins])
 
