@@ -5,8 +5,8 @@ rule embedded_model:
     params:
         model_config=json.dumps(config["embedded_model"], sort_keys=True),
         outdir=lambda w, output: os.path.dirname(output.manifest),
-        # its code (embedded_model.py) and word lists: an edit rebuilds the model, and so reruns
-        # every engine rule on the new one
+        # its code (embedded_model.py, embedded_tokenizer.py) and word lists: an edit rebuilds the
+        # model, and so reruns every engine rule on the new one
         code=build_digest("embedded_model"),
     log:
         "logs/embedded_model.log",
