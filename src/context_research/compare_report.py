@@ -197,8 +197,8 @@ def method_lines(comp: Comparison) -> list[str]:
             "One run per side: a host that drifts between runs (minutes apart) beyond E0's back-to-back starts "
             "is not covered; compare.runs_per_side >= 2 measures that drift."),
         "Compared: points whose status is ok in both runs, successful requests only; the engine's own metrics "
-        "(engine_*) also where a run is implausible for client delivery only (its client-side metrics are not "
-        "compared there); other points are listed as not compared with the reason.",
+        "(engine_*) also where every finding of a run is the client's (client delivery, a client TPOT below the "
+        "engine's ITL; the client-side metrics are not compared there); other points are listed as not compared with the reason.",
     ]
 
 def report_context(comp: Comparison, figures: dict[str, Path]) -> dict[str, Any]:

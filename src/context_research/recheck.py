@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from .analysis.integrity import DELIVERY_ONLY_COLUMN, NOTE_COLUMN, apply_status
+from .analysis.integrity import DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN, NOTE_COLUMN, apply_status
 from .io import read_json, write_csv, write_text
 from .metadata import git_commit, utc_now
 
@@ -45,9 +45,13 @@ def recheck_table(path: Path, check: Callable[..., Any], gpu: str | None, hf_con
         row = {k: _plain(v) for k, v in raw.items()}
         before = row.get("status")
         apply_status(row, check(row, gpu, hf_config))
-        for key in ("status", "reason", NOTE_COLUMN, DELIVERY_ONLY_COLUMN):
-            if key not in text.columns and key == DELIVERY_ONLY_COLUMN:
-                continue  # a table written before the column existed keeps its columns
+        # The flags follow the findings that made the row implausible: new ones when this recheck
+        # made it so; a row implausible before keeps its flags (the run's record-level findings,
+        # which a table row alone cannot redo, are among its reasons).
+        flags = (DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN)
+        for key in ("status", "reason", NOTE_COLUMN, *(f for f in flags if f in text.columns)):
+            if key in flags and row.get("status") == before and before != "ok":
+                continue
             text.loc[i, key] = "" if row.get(key) is None else str(row[key])
         if row.get("status") != before:
             changes.append(f"{path.parent.name}/{path.name} row {i}: {before} -> {row['status']}: {row['reason']}")

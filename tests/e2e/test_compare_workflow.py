@@ -74,7 +74,8 @@ def test_a_b_comparison_calls_chunked_prefill_worse_at_the_longest_prompt(compar
     assert row["ci_low"] > 0 and row["delta"] > 0 and row["p_holm"] <= 0.05
     assert "better" not in set(compared_rows["verdict"])
     client = ab[(ab["metric"] == "ttft_ms") & (ab["point"] == row["point"])].iloc[0]
-    assert client["delta"] > 0 and client["verdict"] != "better"
+    if client["verdict"] != "not compared":  # refused where a run's findings were the client's
+        assert client["delta"] > 0 and client["verdict"] != "better"
 
 
 def test_the_index_and_reports_are_written(compared):

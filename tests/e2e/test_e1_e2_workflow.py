@@ -51,9 +51,9 @@ def test_e1_latency_csv_has_one_exact_row_per_length(workflow_dir, config):
     fits = [n + cfg["max_tokens"] <= config["models"][config["model_profile"]]["max_model_len"]
             for n in cfg["prompt_tokens"]]
     ok = frame[fits]
-    # ok, or implausible for client delivery only (a stream this 2-core host delivered late; the
-    # engine's own timings stand): never for anything else
-    delivered_late = (ok["status"] == "implausible") & ok["client_delivery_only"].astype(bool)
+    # ok, or implausible only for the client's findings (a stream this 2-core host delivered late or
+    # bunched; the engine's own timings stand): never for anything else
+    delivered_late = (ok["status"] == "implausible") & ok["engine_timings_stand"].astype(bool)
     assert ((ok["status"] == "ok") | delivered_late).all(), ok["reason"].tolist()
     assert (frame.loc[[not f for f in fits], "status"] == "failed").all()
     assert (ok["n"] == cfg["trials"]).all() and (ok["n_ok"] == cfg["trials"]).all()
@@ -96,11 +96,14 @@ def test_e1_requests_csv_matches_the_workload(workflow_dir, config):
     # vLLM's per-request timings beside the client's, for every request
     assert req[["engine_ttft_ms", "engine_itl_ms", "engine_queue_ms"]].notna().all().all()
     assert (req["engine_ttft_ms"] > 0).all() and (req["first_chunk_tokens"] >= 1).all()
-    # A request without a client TPOT received its whole output in the opening burst, or all but
-    # the anchor chunk (a stalled API server flushed it at once): the client's clock saw no decode
-    # pace, and says so.
+    # A request without a client TPOT showed the client no decode pace, and says so: its whole output
+    # came in the opening burst (or all but the anchor chunk), or every chunk after the second came as
+    # one backlog, faster than half the engine's own ITL (a stalled reader, then the waiting tokens).
     no_tpot = req[req["tpot_s"].isna()]
-    assert (no_tpot["opening_burst_tokens"] >= no_tpot["output_tokens"] - 1).all()  # no token after the anchor
+    burst = no_tpot["opening_burst_tokens"] >= no_tpot["output_tokens"] - 1
+    later = no_tpot["itl_s"].map(lambda gaps: [float(g) for g in str(gaps).split(",")][1:])
+    backlog = [sum(g) < 0.5 * itl / 1000.0 * len(g) for g, itl in zip(later, no_tpot["engine_itl_ms"])]
+    assert (burst | backlog).all(), no_tpot[~(burst | backlog)].to_dict("records")
 
 
 def test_e2_concurrency_csv(workflow_dir, config):
@@ -156,8 +159,11 @@ def test_e2_capacity_is_a_rate_the_engine_sustained(workflow_dir, config):
         probes = frame[(frame["mode"] == "capacity") & (frame["prompt_tokens"] == c["prompt_tokens"])]
         assert len(probes) == c["probes"] <= cfg["capacity_max_probes"]
         assert probes["probe_verdict"].isin(["pass", "fail", "inconclusive", "invalid"]).all()
-        # a failed or implausible row is never judged: it neither passed nor failed
-        assert (probes.loc[probes["status"] != "ok", "probe_verdict"] == "invalid").all()
+        # a failed or implausible row is never judged (invalid), except that a probe implausible only for
+        # client delivery keeps a pass (its client latencies overstate the engine's)
+        not_ok = probes[probes["status"] != "ok"]
+        kept_pass = not_ok["client_delivery_only"].astype(bool) & (not_ok["probe_verdict"] == "pass")
+        assert ((not_ok["probe_verdict"] == "invalid") | kept_pass).all(), not_ok["probe_verdict_reason"].tolist()
         assert texts(probes["probe_verdict_reason"]).str.len().gt(0).all()
         judged = probes[probes["probe_verdict"] != "invalid"]
         assert (judged["probe_window_s"] >= c["probe_min_window_s"] - 1e-6).all()

@@ -50,3 +50,21 @@ def test_packet_lists_failed_and_implausible_rows(workflow_dir):
     for table in POINT_TABLES:
         frame = pd.read_csv(workflow_dir / "results" / table)
         assert str(int((frame["status"] == "implausible").sum())) in summary
+
+
+def test_no_interval_in_the_packet_has_zero_width(workflow_dir):
+    """An interval that cannot vary is not an interval: every stated CI of every result table has
+    its high end above its low end (a statistic without spread gets no interval, with a note)."""
+    stated, flat = 0, []
+    for path in sorted((workflow_dir / "results").rglob("*.csv")):
+        frame = pd.read_csv(path, low_memory=False)
+        for low in (c for c in frame.columns if c.endswith("_ci_low")):
+            high = low.removesuffix("_ci_low") + "_ci_high"
+            if high not in frame.columns:
+                continue
+            lo, hi = pd.to_numeric(frame[low], errors="coerce"), pd.to_numeric(frame[high], errors="coerce")
+            both = lo.notna() & hi.notna()
+            stated += int(both.sum())
+            flat += [f"{path.name} row {i}: {low} = {lo[i]}, {high} = {hi[i]}" for i in frame.index[both & ~(hi > lo)]]
+    assert stated > 0  # the packet states intervals at all
+    assert not flat, flat

@@ -293,35 +293,38 @@ def test_a_point_not_ok_in_either_run_is_not_compared_with_its_reason(tmp_path):
 
 def _mark(root: Path, length: int, reason: str, flag: bool | None) -> None:
     """Make ``length``'s point implausible in ``root``'s latency.csv with ``reason``; ``flag``: its
-    client_delivery_only cell (None: a table from before the column)."""
+    engine_timings_stand cell (None: a table from before the column, read from the reason)."""
     path = root / "e1" / "latency.csv"
     table = pd.read_csv(path, keep_default_na=False)
     table.loc[table["prompt_tokens"] == length, ["status", "reason"]] = ["implausible", reason]
     if flag is not None:
-        table["client_delivery_only"] = [flag if n == length else False for n in table["prompt_tokens"]]
+        table["engine_timings_stand"] = [flag if n == length else False for n in table["prompt_tokens"]]
     table.to_csv(path, index=False)
 
 
 DELIVERY = "client delivery: client TTFT 72.1 ms exceeds engine queue + TTFT 9.5 ms by 62.6 ms"
 
 
-@pytest.mark.parametrize("flag", [True, None])
-def test_a_point_implausible_for_client_delivery_only_compares_the_engines_timings(tmp_path, flag):
+TPOT_BELOW = "client TPOT 1.73 ms is below 0.8 x engine ITL 2.33 ms (request len512-44): bunched"
+FLOOR = "TTFT 0.1 ms is below the physical floor 2.0 ms"
+
+
+@pytest.mark.parametrize("reason, flag", [(DELIVERY, True), (DELIVERY, None), (TPOT_BELOW, True),
+                                          (TPOT_BELOW, None), (TPOT_BELOW + "; " + DELIVERY, None)])
+def test_a_point_whose_findings_are_all_the_clients_compares_the_engines_timings(tmp_path, reason, flag):
     a = write_run(tmp_path / "a", seed=1)
     b = write_run(tmp_path / "b", seed=2, ttft_ms=(100.0, 520.0))  # 30 % slower at 4K
-    _mark(b, 4096, DELIVERY, flag)
+    _mark(b, 4096, reason, flag)
     comp = compare(a, b)
-    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):  # the client's timings carry the delay: refused
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):  # the client's timings are in doubt: refused
         row = _row(comp, metric, 4096)
         assert row["verdict"] == "not compared" and row["note"].startswith("not compared: status implausible in B")
     assert _row(comp, "engine_ttft_ms", 4096)["verdict"] == "worse"  # the engine's own timings stand
     assert _row(comp, "engine_itl_ms", 4096)["verdict"] == "no significant change"
 
 
-@pytest.mark.parametrize("reason, flag", [("client TPOT 1.0 ms is below the engine ITL 5.0 ms", False),
-                                          (DELIVERY + "; TTFT under the physical floor", False),
-                                          ("client TPOT 1.0 ms is below the engine ITL 5.0 ms", None),
-                                          (DELIVERY + "; TTFT 0.1 ms under the physical floor", None)])
+@pytest.mark.parametrize("reason, flag", [(FLOOR, False), (DELIVERY + "; " + FLOOR, False), (FLOOR, None),
+                                          (DELIVERY + "; " + FLOOR, None), (TPOT_BELOW + "; " + FLOOR, None)])
 def test_any_other_finding_keeps_the_engines_timings_out_too(tmp_path, reason, flag):
     a = write_run(tmp_path / "a", seed=1)
     b = write_run(tmp_path / "b", seed=2)

@@ -272,3 +272,18 @@ def test_no_way_paying_off_is_said_plainly(two_ways):
     assert e3_report.report_section(two_ways)["findings"][0] == (
         "No way of moving the KV made disaggregation pay off at any measured point: the smallest cost is +12.0 ms "
         "TTFT p50 (nixl-push, 256 tokens, c=1).")
+
+
+def test_kv_bytes_moved_names_what_counted_them_and_is_never_a_silent_zero():
+    from context_research.disagg.summary import _bytes_moved
+
+    files = _bytes_moved([{"bytes_moved": 100}, {"bytes_moved": 50}], [{"nixl_bytes_transferred": None}])
+    assert files == {"bytes_moved_total": 150, "bytes_moved_source": "files, every handoff (warm-ups included)"}
+    # NIXL writes no files: its own counter, summed over the measured points (was a total of 0)
+    nixl = _bytes_moved([{"bytes_moved": None}] * 3, [{"nixl_bytes_transferred": 7_000}, {"nixl_bytes_transferred": 9}])
+    assert nixl["bytes_moved_total"] == 7_009 and nixl["bytes_moved_source"].startswith("NIXL's counter")
+    assert _bytes_moved([{"bytes_moved": None}], []) == {"bytes_moved_total": None, "bytes_moved_source": "not counted"}
+    way = {"name": "nixl", "connector": {"connector": "NixlConnector", "direction": "READ"},
+           "transfer": {"handoffs": 3, "handoffs_ok": 3, **nixl}}
+    facts = dict(e3_report.way_facts(way, several=False))
+    assert facts["KV bytes moved"] == "7,009 (NIXL's counter, measured points (warm-ups not counted))"

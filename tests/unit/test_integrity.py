@@ -320,18 +320,22 @@ def test_apply_status():
     row = apply_status({"status": "ok", "reason": ""}, bad)
     assert row["status"] == "implausible" and row["reason"] == bad.reasons[0]
     assert row[integrity.NOTE_COLUMN].startswith("implausible: client TPOT 2.6 ms")
-    assert row[integrity.DELIVERY_ONLY_COLUMN] is False  # a TPOT below the engine's ITL: not delivery
+    # a TPOT below the engine's ITL: the client's finding (the engine's timings stand), not late delivery
+    assert row[integrity.DELIVERY_ONLY_COLUMN] is False and row[integrity.ENGINE_STANDS_COLUMN] is True
     kept = apply_status({"status": "ok", "reason": "earlier remark"}, bad)
     assert kept["reason"] == "earlier remark; " + bad.reasons[0]
     assert apply_status({"status": "ok", "reason": math.nan}, bad)["reason"] == bad.reasons[0]
     failed = apply_status({"status": "failed", "reason": "1 of 3 requests failed"}, bad)
     assert failed["status"] == "failed" and failed["reason"] == "1 of 3 requests failed"
     assert "implausible" in failed[integrity.NOTE_COLUMN]
-    assert failed[integrity.DELIVERY_ONLY_COLUMN] is False  # failed, whatever the findings
+    assert failed[integrity.DELIVERY_ONLY_COLUMN] is False is failed[integrity.ENGINE_STANDS_COLUMN]  # failed
     late = integrity.Findings(reasons=[integrity.CLIENT_DELIVERY + ": 3 of 3 streams arrived whole"])
-    assert apply_status({"status": "ok", "reason": ""}, late)[integrity.DELIVERY_ONLY_COLUMN] is True
-    mixed = integrity.Findings(reasons=[*late.reasons, *bad.reasons])
-    assert apply_status({"status": "ok", "reason": ""}, mixed)[integrity.DELIVERY_ONLY_COLUMN] is False
+    late_row = apply_status({"status": "ok", "reason": ""}, late)
+    assert late_row[integrity.DELIVERY_ONLY_COLUMN] is True and late_row[integrity.ENGINE_STANDS_COLUMN] is True
+    mixed = apply_status({"status": "ok", "reason": ""}, integrity.Findings(reasons=[*late.reasons, *bad.reasons]))
+    assert mixed[integrity.DELIVERY_ONLY_COLUMN] is False and mixed[integrity.ENGINE_STANDS_COLUMN] is True
+    floor = integrity.Findings(reasons=[*late.reasons, "TTFT 0.1 ms is below the physical floor 2 ms"])
+    assert apply_status({"status": "ok", "reason": ""}, floor)[integrity.ENGINE_STANDS_COLUMN] is False
     ok = apply_status({"status": "ok", "reason": ""}, check_point_row(E1_1K), note_column=None)
     assert ok == {"status": "ok", "reason": ""}
 

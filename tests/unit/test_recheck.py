@@ -68,7 +68,7 @@ def test_recheck_applies_the_checks_each_declaration_names(tmp_path):
     E5's table, and an experiment that declares none is left alone."""
     import dataclasses
 
-    from context_research.analysis.integrity import Findings
+    from context_research.analysis.findings import Findings
     from context_research.experiments.catalog import get
     from context_research.recheck import recheck
 
@@ -82,3 +82,21 @@ def test_recheck_applies_the_checks_each_declaration_names(tmp_path):
     assert ok_before and len(changes) == len(ok_before)
     assert all(r["status"] != "ok" for r in rows) and any("toy check" in r["reason"] for r in rows)
     assert _rows(root / "e6/stress.csv") == before
+
+
+def test_a_row_implausible_before_keeps_its_flags_and_a_newly_implausible_one_gets_them(tmp_path):
+    from context_research.analysis.findings import Findings
+    import pandas as pd
+
+    from context_research.recheck import recheck_table
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"status": ["implausible", "ok"], "reason": ["client delivery: 3 of 5 streams arrived whole", ""],
+                  "client_delivery_only": [True, False], "engine_timings_stand": [True, False],
+                  "integrity_note": ["", ""]}).to_csv(path, index=False)
+    # a table row alone cannot redo the record-level delivery check: the recheck finds only this
+    found = lambda row, gpu, hf: Findings(reasons=["client TPOT 1 ms is below 0.8 x engine ITL 2 ms (row)"])
+    recheck_table(path, found, None, None)
+    out = pd.read_csv(path)
+    assert list(out["status"]) == ["implausible", "implausible"]
+    assert list(out["client_delivery_only"]) == [True, False] and list(out["engine_timings_stand"]) == [True, True]

@@ -368,14 +368,14 @@ def _judge_pending(found: _Found, noise: StartNoise, opts: Options, resamples: i
 
 def _not_compared_reason(point, pa, pb, status_a, status_b, engine_side: bool = False) -> str | None:
     """Why ``point`` is not compared (None: it is). A point is compared when it is ``ok`` in both
-    runs; an engine-side metric also where a run's only finding is client delivery (the client got
-    its tokens later than the engine made them: the engine's timings stand, the client's do not)."""
+    runs; an engine-side metric also where every finding of a run is the client's (client delivery,
+    a client TPOT below the engine's ITL: the engine's timings stand, the client's do not)."""
     for side, points, status in (("A", pa, status_a), ("B", pb, status_b)):
         if status is not None:
             if point not in status:
                 return f"point not in {side}'s point table"
             state = status[point]
-            if state.status != "ok" and not (engine_side and state.delivery_only):
+            if state.status != "ok" and not (engine_side and state.engine_stands):
                 return f"status {state.status} in {side}" + (f" ({state.reason})" if state.reason else "")
         elif point not in points:
             return f"no successful request at this point in {side}"

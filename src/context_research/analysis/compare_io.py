@@ -19,7 +19,7 @@ from ..evidence import packed_under
 from ..io import read_json
 from ..provenance import flatten
 from .findings import IMPLAUSIBLE
-from .integrity import DELIVERY_ONLY_COLUMN, delivery_only
+from .integrity import ENGINE_STANDS_COLUMN, engine_timings_stand
 
 # -- finding the runs ------------------------------------------------------------------------------
 
@@ -183,10 +183,10 @@ def point_label(columns: Sequence[str], values: Sequence[Any]) -> str:
 
 class PointState(NamedTuple):
     """A point's row in its run's point table: its status, reason (the start of it), and whether
-    client delivery is its only finding (the engine's own timings stand)."""
+    every finding is the client's (``integrity.engine_timings_stand``: the engine's timings stand)."""
     status: str
     reason: str
-    delivery_only: bool = False
+    engine_stands: bool = False
 
 
 def point_status(folder: Path, layout: Any) -> dict[str, PointState] | None:
@@ -202,10 +202,11 @@ def point_status(folder: Path, layout: Any) -> dict[str, PointState] | None:
         reason = row.get("reason")
         reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) else " ".join(
             str(reason).split())
-        flag = row.get(DELIVERY_ONLY_COLUMN)
+        flag = row.get(ENGINE_STANDS_COLUMN)
         if flag is None or (isinstance(flag, float) and math.isnan(flag)):
-            # a table from before the column: the reasons say it ("; "-joined, each naming its check)
-            only = delivery_only(reason.split("; ")) if reason else False
+            # a table from before the column: the reasons say it ("; "-joined, each naming its check;
+            # a reason with "; " inside reads as not the client's: the safe side)
+            only = engine_timings_stand(reason.split("; ")) if reason else False
         else:
             only = str(flag).lower() in ("true", "1", "1.0")
         # a reason can hold a whole server reply: the note keeps its start

@@ -23,7 +23,7 @@ class Metric:
     lower_is_better: bool = True
     # The E0 metric whose between-start SD applies (``compare.start_noise``), or None (none applies).
     noise: str | None = None
-    # vLLM's own per-request timing: it stands at a point implausible only for client delivery.
+    # vLLM's own per-request timing: it stands at a point whose findings are all the client's.
     engine_side: bool = False
 
 

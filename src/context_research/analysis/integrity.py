@@ -41,7 +41,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .findings import IMPLAUSIBLE, Findings
+from .findings import (CLIENT_DELIVERY, CLIENT_TPOT_BELOW, DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN,  # noqa: F401
+                       IMPLAUSIBLE, NOTE_COLUMN, Findings, apply_status, delivery_only, engine_timings_stand)
 from .hardware import lookup_gpu
 from .model_math import tpot_floor_s, ttft_floor_s
 from ..records import read_whole
@@ -78,8 +79,6 @@ DELIVERY_MARGIN_MS = 50.0
 DELIVERY_MARGIN_REL = 0.25
 DELIVERY_MARGIN_MS_UNDER_LOAD = 100.0
 DELIVERY_MARGIN_REL_UNDER_LOAD = 1.0
-# Every reason of the client-delivery checks starts with this.
-CLIENT_DELIVERY = "client delivery"
 # A measured value may fall below its physical floor by at most 5 %: the floor is already optimistic
 # (datasheet peak, matmul FLOPs / weight + KV bytes only); the margin absorbs datasheet rounding.
 FLOOR_MARGIN = 0.05
@@ -88,9 +87,6 @@ FLOOR_MARGIN = 0.05
 # inter-arrival gap after their planned time; beyond that the offered rate is not the one named.
 SEND_LAG_QUANTILE = 0.9
 
-NOTE_COLUMN = "integrity_note"
-# Set with the note: the row is implausible for client delivery only (``delivery_only``).
-DELIVERY_ONLY_COLUMN = "client_delivery_only"
 _MS = 1000.0
 
 
@@ -459,30 +455,3 @@ def check_request_row(row: Mapping[str, Any], gpu_name: str | None = None,
             _check_tpot_vs_itl(per, ms("tpot_s"), _num(row.get("engine_itl_ms")), "per-request metrics")
         f.merge(per)
     return f
-
-
-def apply_status(row: dict[str, Any], findings: Findings, note_column: str | None = NOTE_COLUMN) -> dict[str, Any]:
-    """Put ``findings`` on ``row`` (in place; returned too).
-
-    An ``ok`` row with a finding becomes ``implausible`` and its ``reason`` gets the findings
-    appended ("; "-joined). A ``failed`` (or any other non-ok) row keeps its status and reason.
-    ``note_column`` (default ``integrity_note``; None for no note) gets ``findings.note()``: what
-    was checked, what was not and why, and the findings, on every row, failed ones included;
-    ``client_delivery_only`` is set with it (``delivery_only``).
-    """
-    status = row.get("status", "ok")
-    if findings.reasons and status == "ok":
-        row["status"] = IMPLAUSIBLE
-        previous = row.get("reason")
-        keep = [previous.strip()] if isinstance(previous, str) and previous.strip() else []  # not None / NaN
-        row["reason"] = "; ".join(keep + findings.reasons)
-    if note_column:
-        row[note_column] = findings.note()
-        row[DELIVERY_ONLY_COLUMN] = row.get("status") == IMPLAUSIBLE and delivery_only(findings.reasons)
-    return row
-
-
-def delivery_only(reasons: Sequence[str]) -> bool:
-    """True when there are reasons and every one is client delivery: the engine's own timings
-    stand, only the client's include the delay (``DELIVERY_ONLY_COLUMN``)."""
-    return bool(reasons) and all(r.startswith(CLIENT_DELIVERY) for r in reasons)

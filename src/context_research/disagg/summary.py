@@ -63,7 +63,7 @@ def path_block(po: PathOutcome, rows: list[dict[str, Any]], handoff_rows: list[d
         "transfer": {
             "handoffs": len(handoff_rows),
             "handoffs_ok": len(ok_handoffs),
-            "bytes_moved_total": sum(h["bytes_moved"] or 0 for h in ok_handoffs),
+            **_bytes_moved(ok_handoffs, measured_points),
             "storage_total_bytes": setup.get("storage_total_bytes"),
             # Every file in the shared folder belongs to a handoff (warmups included).
             "storage_matches_handoffs": (setup.get("storage_total_bytes") == all_moved
@@ -81,6 +81,20 @@ def path_block(po: PathOutcome, rows: list[dict[str, Any]], handoff_rows: list[d
             "consumer_kv_layout": setup.get("consumer_kv_layout"),
         },
     }
+
+
+def _bytes_moved(ok_handoffs: list[dict[str, Any]], measured_points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The KV bytes a way moved and what counted them: the connector's files (every handoff,
+    warm-ups included) or NIXL's own counter (summed over the measured points; warm-ups not
+    counted); None where neither counted anything (never a 0 that reads as nothing moved)."""
+    files = [h["bytes_moved"] for h in ok_handoffs if h.get("bytes_moved") is not None]
+    if files:
+        return {"bytes_moved_total": sum(files), "bytes_moved_source": "files, every handoff (warm-ups included)"}
+    nixl = [r["nixl_bytes_transferred"] for r in measured_points if r.get("nixl_bytes_transferred") is not None]
+    if nixl:
+        return {"bytes_moved_total": sum(nixl),
+                "bytes_moved_source": "NIXL's counter, measured points (warm-ups not counted)"}
+    return {"bytes_moved_total": None, "bytes_moved_source": "not counted"}
 
 
 def build_summary(stamp: dict[str, Any], cfg: dict[str, Any], rows: list[dict[str, Any]], agg: ModeOutcome,

@@ -273,7 +273,8 @@ def way_facts(way: dict, several: bool) -> list[tuple[str, Any]]:
                                   f"{conn.get('kv_dtype')} ({conn.get('kv_dtype_source')})"),
         ("analytical KV bytes per token", fmt(conn.get("kv_bytes_per_token"), 0, grouped=True)),
         ("handoffs (ok / all)", f"{tr['handoffs_ok']} / {tr['handoffs']}"),
-        ("KV bytes moved, all handoffs", fmt(tr["bytes_moved_total"], 0, grouped=True)),
+        ("KV bytes moved", f"{fmt(tr['bytes_moved_total'], 0, grouped=True)} "
+                           f"({tr.get('bytes_moved_source', 'files, every handoff (warm-ups included)')})"),
         ("shared folder bytes = sum of handoffs", str(tr.get("storage_matches_handoffs"))),
         ("handoffs whose KV moved", f"{tr.get('handoffs_kv_moved')} / {tr['handoffs']}"),
         ("KV transport (UCX)", _availability(conn.get("kv_transport"), lambda t: ", ".join(t["transports"]))),

@@ -305,13 +305,17 @@ def measured_on_column(text: str) -> Column:
 
 
 def integrity_columns() -> tuple[Column, ...]:
-    """``analysis.integrity.apply_status``'s note and delivery flag, for a table whose rows go
-    through the checks."""
-    return (integrity_note_column(), C(
-        "client_delivery_only", "bool", "derived", "true when client delivery (the client got tokens later than the "
-                                                   "engine made them) is the only reason the row is implausible: its "
-                                                   "engine-side timings stand and are compared; its client-side "
-                                                   "latencies overstate the engine's (docs/statistics.md)"))
+    """``analysis.integrity.apply_status``'s note and flags, for a table whose rows go through the
+    checks."""
+    return (integrity_note_column(),
+            C("client_delivery_only", "bool", "derived",
+              "true when client delivery (the client got tokens later than the engine made them) is the only "
+              "reason the row is implausible: its client-side latencies overstate the engine's, so a capacity "
+              "probe that passes on them stands (docs/statistics.md)"),
+            C("engine_timings_stand", "bool", "derived",
+              "true when every reason the row is implausible is the client's (client delivery, or a client TPOT "
+              "below the engine's ITL: bunched tokens): vLLM's per-request timings, the checks' reference, stand "
+              "and are compared (engine_* metrics); the client-side ones are not"))
 
 
 def integrity_note_column() -> Column:
