@@ -57,9 +57,10 @@ def cmd_materialize(args) -> int:
 
 
 def cmd_recheck(args) -> int:
+    from .experiments.catalog import EXPERIMENTS
     from .recheck import recheck
 
-    changes = recheck(args.results)
+    changes = recheck(args.results, EXPERIMENTS)
     print("\n".join(changes) if changes else "no judgement changed")
     print(f"written: {Path(args.results) / 'RECHECKED.md'}")
     return 0
@@ -88,8 +89,11 @@ def cmd_provenance(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare_report import compare_runs
+    from .experiments.catalog import EXPERIMENTS
+    from .experiments.declaration import comparison_layouts
 
-    path = compare_runs(args.a, args.b, args.out, min_effect=args.min_effect, alpha=args.alpha, seed=args.seed,
+    path = compare_runs(args.a, args.b, args.out, comparison_layouts(EXPERIMENTS),
+                        min_effect=args.min_effect, alpha=args.alpha, seed=args.seed,
                         resamples=args.resamples, allow_different_hardware=args.allow_different_hardware,
                         use_e0_start_noise=not args.no_e0_start_noise)
     print(f"written: {path} (and compare.csv, compare.md beside it)")

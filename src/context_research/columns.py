@@ -1,14 +1,15 @@
-"""Result-table column declarations: each column's name, unit, where it was measured, meaning.
+"""Result-table column declarations: each column's name, unit, where it was measured, meaning
+and the short label a report shows.
 
 Like a metric declaration in AIPerf, a ``Column`` says once what a CSV column is; a ``Table``
 lists a result file's columns. ``write_table`` refuses a frame with a column its table does not
-declare, the reports read units and sources from here, and ``docs/columns.md`` (the README's
-column glossary) is rendered from the same declarations.
+declare, the reports head their tables with the declared labels and units (``Table.shown``), and
+``docs/columns.md`` (the README's column glossary) is rendered from the same declarations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -35,6 +36,8 @@ SOURCES = tuple(SOURCE_MEANINGS)
 # Units a column may declare ("" = none: a label, an id, free text, or a mixed unit the meaning explains).
 UNITS = ("", "ms", "s", "tokens", "count", "blocks", "bytes", "bytes/token", "bytes/s", "MB/s", "GB/s", "GiB",
          "req/s", "tok/s", "ratio", "%", "bool", "bits/token", "J", "J/token", "W")
+# Units a header leaves out: a count, a fraction or a flag reads plainly from its label.
+UNITS_NOT_SHOWN = ("", "count", "ratio", "bool")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Column:
     unit: str  # one of UNITS: "ms", "s", "tokens", "bytes", "GiB", "req/s", "tok/s", "ratio", "count", "" ...
     source: str  # one of SOURCES
     meaning: str  # one line: what the code computes, not what the name suggests
+    label: str = ""  # short display label of report tables ("TTFT p50"); ``header`` adds the unit
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -51,6 +55,21 @@ class Column:
             raise ValueError(f"column {self.name!r}: unit must be one of {UNITS}, not {self.unit!r}")
         if not self.meaning.strip() or "\n" in self.meaning:
             raise ValueError(f"column {self.name!r}: meaning must be one non-empty line")
+        if "\n" in self.label or self.label != self.label.strip():
+            raise ValueError(f"column {self.name!r}: label must be one line without outer spaces")
+
+    @property
+    def header(self) -> str:
+        """What a report table shows atop the column: the label and, in parentheses, the unit
+        (not for a count, a fraction or a flag, nor when the label ends in it)."""
+        if not self.label:
+            raise UnlabelledColumnError(f"column {self.name!r} has no label: declare one to show it in a report table")
+        if self.unit in UNITS_NOT_SHOWN or self.label.endswith(self.unit):
+            return self.label
+        return f"{self.label} ({self.unit})"
+
+    def with_meaning(self, meaning: str) -> "Column":
+        return replace(self, meaning=meaning)
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,20 @@ class Table:
                 return c
         raise KeyError(f"{self.file} declares no column {name!r}")
 
+    def headers(self, names: Iterable[str]) -> dict[str, str]:
+        """Column name -> report header (label and unit) for ``names``, each declared and labelled."""
+        out = {name: self.column(name).header for name in names}
+        clash = sorted({h for h in out.values() if list(out.values()).count(h) > 1})
+        if clash:
+            raise ValueError(f"{self.file}: columns share the header(s) {clash}; give them distinct labels")
+        return out
+
+    def shown(self, frame: pd.DataFrame, names: Iterable[str] | None = None) -> pd.DataFrame:
+        """A report table: the columns of ``frame`` among ``names`` (default: every declared one),
+        in that order, headed by their declared labels and units."""
+        present = [n for n in (self.names if names is None else names) if n in frame.columns]
+        return frame[present].rename(columns=self.headers(present))
+
     def undeclared(self, columns: Iterable[str], allow_retired: bool = False) -> list[str]:
         """Columns this table does not declare (``allow_retired``: retired ones count as declared,
         for reading earlier evidence; a new table never writes them)."""
@@ -90,6 +123,25 @@ class UndeclaredColumnError(ContextResearchError):
     pass
 
 
+class UnknownTableError(ContextResearchError):
+    pass
+
+
+class UnlabelledColumnError(ContextResearchError):
+    pass
+
+
+def find_table(tables: Iterable[Table], experiment: str, filename: str) -> Table:
+    """The table among ``tables`` declared for ``results/<experiment>/<filename>``."""
+    key = f"{experiment}/{filename}"
+    tables = list(tables)
+    for t in tables:
+        if t.file == key:
+            return t
+    raise UnknownTableError(f"no column declaration for {key!r}; declared tables: "
+                            f"{', '.join(t.file for t in tables) or 'none'} (declare it in the experiment's tables)")
+
+
 def write_table(path: str | Path, frame: pd.DataFrame, table: Table) -> Path:
     """Write ``frame`` as CSV, its columns in their declared order, after checking that ``table``
     declares every one of them."""
@@ -97,5 +149,5 @@ def write_table(path: str | Path, frame: pd.DataFrame, table: Table) -> Path:
     if extra:
         raise UndeclaredColumnError(
             f"{path}: column(s) {', '.join(extra)} are not declared in the {table.file} table "
-            "(context_research.result_tables); declare them with their unit and source")
+            "(its experiment's table declarations); declare them with their unit and source")
     return write_csv(path, frame[[c for c in table.names if c in frame.columns]])

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .analysis.compare import (COMPARE_COLUMNS, MIN_REQUESTS, Comparison, Options, compare,  # noqa: E402
+from .analysis.compare import (COMPARE_COLUMNS, MIN_REQUESTS, Comparison, Layouts, Options, compare,  # noqa: E402
                                significant)
 from .analysis.compare_stats import POWER  # noqa: E402
 from .analysis.plots import SVG_RC, check_provenance  # noqa: E402
@@ -261,11 +261,12 @@ def write_comparison(comp: Comparison, out: str | Path) -> Path:
     return html_path
 
 
-def compare_runs(a: str | Path, b: str | Path, out: str | Path = "reports/compare", **options: Any) -> Path:
+def compare_runs(a: str | Path, b: str | Path, out: str | Path, layouts: Layouts, **options: Any) -> Path:
     """``context-research compare A B --out OUT`` as a function: compare, write the report, return
-    the path of ``compare.html``. ``options`` are ``analysis.compare.Options`` fields
-    (min_effect, alpha, seed, resamples, allow_different_hardware, use_e0_start_noise)."""
-    return write_comparison(compare(a, b, Options(**options)), out)
+    the path of ``compare.html``. ``layouts``: the experiments' comparison layouts (the CLI passes
+    the catalog's). ``options`` are ``analysis.compare.Options`` fields (min_effect, alpha, seed,
+    resamples, allow_different_hardware, use_e0_start_noise)."""
+    return write_comparison(compare(a, b, Options(**options), layouts=layouts), out)
 
 
 def write_index(out_dir: str | Path, index: str | Path | None = None) -> Path:

@@ -333,20 +333,20 @@ def experiment_config(config: dict, experiment: str) -> dict:
 
 
 def run_config(config: dict, experiment: Any) -> dict:
-    """``experiments.<name>`` of the declared ``experiment`` without the keys only its analysis
-    step reads (``separated_analysis_keys``): what the engine run depends on."""
-    dropped = experiment.separated_analysis_keys
-    return {k: v for k, v in experiment_config(config, experiment.name).items() if k not in dropped}
+    """``experiments.<name>`` of ``experiment`` (its declaration) without its analysis keys, which
+    only its analysis step reads: what the engine run depends on."""
+    return {k: v for k, v in experiment_config(config, experiment.name).items() if k not in experiment.analysis_keys}
 
 
 def analysis_config(config: dict, experiment: Any) -> dict:
-    """The analysis keys of the declared ``experiment``'s block (what rule eN_analysis passes)."""
+    """The analysis keys of ``experiments.<name>`` (what rule eN_analysis passes)."""
     block = experiment_config(config, experiment.name)
-    return {k: block[k] for k in experiment.separated_analysis_keys if k in block}
+    return {k: block[k] for k in experiment.analysis_keys if k in block}
 
 
 def experiment_view(config: dict, experiment: Any) -> dict:
-    """The part of the config one experiment's run depends on, itself a valid config.
+    """The part of the config one experiment's run (``experiment``: its declaration) depends on,
+    itself a valid config.
 
     Rules pass this (not the whole config) to the engine, so that a change elsewhere in the
     config (another experiment's block, an analysis key of this one) does not alter the rule's
@@ -366,24 +366,25 @@ def experiment_view(config: dict, experiment: Any) -> dict:
 
 
 def hash_inputs(config: dict, experiment: Any, dataset_manifest_sha256: str | None = None) -> dict:
-    """Everything the declared ``experiment``'s run depends on, as a canonical mapping: its run keys,
-    model profile, serving settings and dataset manifest, plus what the config does not say
-    (``provenance.machine_facts``: engine and torch versions, package code, model files, engine
-    environment, GPU model)."""
+    """Everything an experiment's run (``experiment``: its declaration) depends on, as a canonical
+    mapping: its run keys, model profile, serving settings (but those that change no number,
+    ``provenance.UNHASHED_SERVING_KEYS``) and dataset manifest, plus what the config does not say
+    (``provenance.machine_facts``: engine and torch versions, its declared code, model files,
+    engine environment, GPU model)."""
     from .models import dummy_model_dir
-    from .provenance import machine_facts
+    from .provenance import hashed_serving, machine_facts
 
     model = model_profile(config)
     inputs = {
         "experiment": experiment.name,
         "experiment_config": run_config(config, experiment),
         "model": model,
-        "serving": config["serving"],
+        "serving": hashed_serving(config["serving"]),
         "dataset_manifest_sha256": dataset_manifest_sha256,
     }
     if model["source"] == "embedded":
         inputs["embedded_model"] = config.get("embedded_model", {})
-    inputs.update(machine_facts(experiment.name, model, config["serving"],
+    inputs.update(machine_facts(experiment, model, config["serving"],
                                 built_by_workflow=dummy_model_dir(model) is not None))
     return inputs
 

@@ -1,10 +1,19 @@
-"""What a run's numbers depend on beyond the config: engine and torch versions, the package code,
-the model files, the engine's environment and the GPU model; and ``context-research provenance``.
+"""What a run's numbers depend on beyond the config: engine and torch versions, the code and data
+files the run reads, the model files, the engine's environment and the GPU model; and
+``context-research provenance``.
 
 Everything here is cheap enough to compute while Snakemake builds its DAG (``common.smk`` puts
 the digest of these facts into each engine rule's ``config_hash`` param, so a change of any of
 them reruns the rule): versions come from ``importlib.metadata`` (neither torch nor vLLM is
 imported), the GPU from NVML when ``pynvml`` is installed, each fact once per process.
+
+Code by declaration: a run's digest covers ``SHARED_RUN_CODE`` and the files its experiment
+declares (``Experiment.code``: its modules, and the data files they read). The figures and report
+rules add ``REPORT_CODE`` and the experiment's ``report_code``; the comparison rule adds
+``COMPARE_CODE``; the model and dataset rules have digests of their own (``build_digest``,
+``data_digest``). A module in none of them (``cli.py``, ``evidence.py`` for packing,
+``result_tables/__main__.py``) reruns nothing. ``tests/unit/test_provenance.py`` holds every
+list equal to what the code imports.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import functools
 import importlib.metadata as _md
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .hashing import sha256_file, sha256_obj
 
@@ -34,13 +43,51 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
 # Sources the workflow builds itself (rule embedded_model, rule dummy_model): their files are rule
 # inputs, so Snakemake's mtime/input triggers cover them; the hash covers their recipe.
 WORKFLOW_BUILT = "built by the workflow (its manifest is an input of the rule; the recipe is hashed)"
-# Modules only the figures and report rules run (an experiment's ``eN_report.py``, E2's
-# ``e2_figures.py``): left out of the run's code digest, in the figures/report rules' digest.
-REPORT_ONLY_SUFFIXES = ("_report.py", "_figures.py")
-# Modules that read saved runs and never run one (comparisons of two result folders).
-ANALYSIS_ONLY_MODULES = ("analysis/compare.py", "analysis/compare_io.py")
-# Modules no rule runs (packing evidence folders): in no digest, so editing them reruns nothing.
-TOOL_ONLY_MODULES = ("evidence.py",)
+# The code every run executes, whatever the experiment (paths relative to the package; a folder
+# is every file under it): the lifecycle, the engines and their client, the requests and records,
+# the config, hashing and provenance, the shared columns and statistics, and the declaration
+# (with the comparison layout it may hold). vllm_server pins GPUs with disagg.gpus, so that module
+# is here too.
+SHARED_RUN_CODE = (
+    "__init__.py", "experiments/__init__.py", "experiments/declaration.py", "experiments/runner.py",
+    "experiments/partial.py",
+    "backends/", "engine_log.py", "engine_metrics.py", "gpu_stats.py", "device_lock/", "watchdog.py",
+    "disagg/__init__.py", "disagg/gpus.py",
+    "records.py", "workload/", "warmup.py", "prompts.py",
+    "config.py", "models.py", "hashing.py", "provenance.py", "metadata.py", "errors.py", "io.py",
+    "columns.py", "result_tables/__init__.py",
+    "analysis/__init__.py", "analysis/stats.py", "analysis/intervals.py", "analysis/latency.py",
+    "analysis/compare_layout.py",
+)
+# Modules the shared run code imports that change no number, so in no run digest: config
+# validation (refuses a config or passes it on before any engine starts) and the registry the
+# validation and a RunContext built without its declaration read.
+NOT_RUN_CODE = {
+    "input_checks.py": "refuses a config no run could serve, before any engine starts",
+    "datasets/__init__.py": "config validation checks E4's data files with datasets.specs",
+    "datasets/specs.py": "config validation checks E4's data files (E4's own run declares it)",
+    "experiments/catalog.py": "the registry: validation lists the experiments; each run has its declaration",
+}
+# What every figures and report rule runs besides the experiment's code and its ``report_code``.
+REPORT_CODE = ("report.py", "tables.py", "analysis/plots.py", "templates/")
+# What the comparison rule runs besides the experiments' code (their declarations hold the layouts).
+COMPARE_CODE = ("analysis/compare.py", "analysis/compare_io.py", "analysis/compare_stats.py", "analysis/compare_layout.py",
+                "compare_report.py", "evidence.py", "experiments/catalog.py")
+# Rules that build inputs: the code each runs and the distributions whose data it uses (the
+# embedded model's tokenizer is trained on wonderwords' word lists, RULER's haystacks drawn from them).
+BUILD_BASE = ("__init__.py", "errors.py", "hashing.py", "io.py", "watchdog.py")
+BUILD_CODE = {
+    "embedded_model": (("embedded_model.py", "embedded_tokenizer.py"),
+                       ("numpy", "safetensors", "tokenizers", "wonderwords")),
+    "dummy_model": (("dummy_model.py",), ("tokenizers",)),
+}
+# Serving keys that cannot change a number, left out of the run's hash (and so of what reruns
+# it): they say how long to wait for an engine or a device, never what is measured.
+UNHASHED_SERVING_KEYS = {
+    "startup_timeout_s": "how long to wait for the server's health: the run starts, or fails saying so",
+    "device_lock": "whether to wait for the device or fail at once, and how long: the run either holds "
+                   "the device alone or does not run",
+}
 
 
 def _version(name: str) -> str | None:
@@ -89,30 +136,39 @@ def gpu_model() -> str:
             pass
 
 
-def _is_other_experiment_module(rel: str, experiment: str | None) -> bool:
-    """``experiments/eK*.py`` of an experiment other than ``experiment``."""
-    parts = rel.split("/")
-    if experiment is None or len(parts) != 2 or parts[0] != "experiments":
-        return False
-    stem = parts[1][:-3]
-    own = stem == experiment or stem.startswith(experiment + "_")
-    return stem[:1] == "e" and stem[1:2].isdigit() and not own
+def _expand(paths: Iterable[str], package_dir: Path) -> list[str]:
+    """``paths`` (files, or folders ending in "/") as the sorted files they name; a path that
+    names nothing is an error, so a renamed module cannot drop out of a digest unnoticed."""
+    files: set[str] = set()
+    for rel in paths:
+        if rel.endswith("/"):
+            found = [p.relative_to(package_dir).as_posix() for p in (package_dir / rel).rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts]
+        else:
+            found = [rel] if (package_dir / rel).is_file() else []
+        if not found:
+            raise ValueError(f"declared code {rel!r} names no file under {package_dir}")
+        files.update(found)
+    return sorted(files)
 
 
-def code_files(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> list[str]:
-    """The package's ``.py`` files a run of ``experiment`` executes: all of them but the other
-    experiments' own modules (``experiments/eK.py``, ``eK_*.py``) and (unless ``reports``: what the
-    figures, report and comparison rules run too) the figures/report-only modules, ``*_report.py``
-    and ``*_figures.py``, and ``ANALYSIS_ONLY_MODULES``."""
-    files = []
-    for path in sorted(package_dir.rglob("*.py")):
-        rel = path.relative_to(package_dir).as_posix()
-        if "__pycache__" in rel or rel in TOOL_ONLY_MODULES or _is_other_experiment_module(rel, experiment):
-            continue
-        if (rel.endswith(REPORT_ONLY_SUFFIXES) or rel in ANALYSIS_ONLY_MODULES) and not reports:
-            continue
-        files.append(rel)
-    return files
+def code_files(experiment: Any, package_dir: Path = PACKAGE_DIR, reports: bool = False,
+               joined: Iterable[Any] = ()) -> list[str]:
+    """The files a run of ``experiment`` (its declaration) reads: ``SHARED_RUN_CODE`` and its
+    declared ``code``; with ``reports``, what its figures and report rules run as well
+    (``REPORT_CODE``, its ``report_code`` and the code of the ``joined`` declarations: the
+    experiments its figures join, whose modules its report imports for their file names)."""
+    paths = [*SHARED_RUN_CODE, *experiment.code]
+    if reports:
+        paths += [*REPORT_CODE, *experiment.report_code, *(path for exp in joined for path in exp.code)]
+    return _expand(paths, package_dir)
+
+
+def comparison_files(experiments: Mapping[str, Any], package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """What ``context-research compare`` runs: ``COMPARE_CODE``, the report code and every
+    experiment's code (its declaration, with its layout, is in it)."""
+    return _expand([*SHARED_RUN_CODE, *REPORT_CODE, *COMPARE_CODE,
+                    *(path for exp in experiments.values() for path in exp.code)], package_dir)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,15 +176,41 @@ def _file_sha(path: str, mtime_ns: int, size: int) -> str:
     return sha256_file(path)
 
 
-def code_digest(experiment: str | None = None, package_dir: Path = PACKAGE_DIR, reports: bool = False) -> str:
-    """sha256 over (path, sha256) of ``code_files``: the code a run (``reports``: its figures and
-    report too) executes. The sha256 over the package's ``.py`` files, not over what Python
-    imported: a file the run never imports still counts."""
+def files_digest(files: Iterable[str], package_dir: Path = PACKAGE_DIR) -> str:
+    """sha256 over (path, sha256) of ``files`` (relative to ``package_dir``): the bytes of every
+    file named, not what Python imported."""
     digests = []
-    for rel in code_files(experiment, package_dir, reports):
+    for rel in files:
         stat = (package_dir / rel).stat()
         digests.append([rel, _file_sha(str(package_dir / rel), stat.st_mtime_ns, stat.st_size)])
     return sha256_obj(digests)
+
+
+def code_digest(experiment: Any, package_dir: Path = PACKAGE_DIR, reports: bool = False,
+                joined: Iterable[Any] = ()) -> str:
+    """The digest of ``code_files``: the code and data a run (``reports``: its figures and report
+    too, with the ``joined`` experiments' code) reads."""
+    return files_digest(code_files(experiment, package_dir, reports, joined), package_dir)
+
+
+def build_digest(rule: str, package_dir: Path = PACKAGE_DIR) -> str:
+    """The digest of what a model rule (``BUILD_CODE``: embedded_model, dummy_model) runs: its
+    code and the versions of the distributions whose data it uses."""
+    files, dists = BUILD_CODE[rule]
+    return sha256_obj([files_digest(_expand([*BUILD_BASE, *files], package_dir), package_dir),
+                       {d: _version(d) for d in dists}])
+
+
+def data_digest(experiment: Any, package_dir: Path = PACKAGE_DIR) -> str:
+    """The digest of what the rule making ``experiment``'s data inputs runs (E4's ``e4_data``:
+    its declared ``data_code``, with the prompt templates) and of the distributions it uses."""
+    return sha256_obj([files_digest(_expand([*BUILD_BASE, *experiment.data_code], package_dir), package_dir),
+                       {d: _version(d) for d in experiment.data_packages}])
+
+
+def hashed_serving(serving: Mapping[str, Any]) -> dict[str, Any]:
+    """``serving`` without ``UNHASHED_SERVING_KEYS``: the settings that can change a number."""
+    return {k: v for k, v in serving.items() if k not in UNHASHED_SERVING_KEYS}
 
 
 def engine_environment(serving: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -207,9 +289,10 @@ def resolved_model(model: dict[str, Any], path: str | None = None) -> dict[str, 
     return out
 
 
-def machine_facts(experiment: str, model: dict[str, Any], serving: dict[str, Any],
+def machine_facts(experiment: Any, model: dict[str, Any], serving: dict[str, Any],
                   built_by_workflow: bool = False) -> dict[str, Any]:
-    """The hash inputs that are not in the config: engine, torch, code, model files, env, GPU."""
+    """The hash inputs that are not in the config: engine, torch, code (``experiment``'s
+    declared code and the shared run code), model files, env, GPU."""
     return {
         "engine": engine_version(),
         "torch": torch_version(),

@@ -2,30 +2,22 @@
 
 The checks of ``analysis.integrity`` and E0's verdict are functions of saved records, so results
 measured before they existed (an older evidence packet, say) can be judged by them without
-measuring again. Only judgements change (``status``, ``reason``, ``integrity_note``; E0's
-``passed`` and ``failed_because``); every measured number stays as it was. ``RECHECKED.md``
+measuring again; each experiment's declaration names its checks (``row_checks``, ``rejudge``).
+Only judgements change (``status``, ``reason``, ``integrity_note``; E0's ``passed`` and
+``failed_because``); every measured number stays as it was. ``RECHECKED.md``
 beside the results gets a section per re-judgement: which rows changed and why.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from .analysis.integrity import DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN, NOTE_COLUMN, apply_status, check_point_row, check_request_row
-from .io import read_json, write_csv, write_json, write_text
+from .analysis.integrity import DELIVERY_ONLY_COLUMN, ENGINE_STANDS_COLUMN, NOTE_COLUMN, apply_status
+from .io import read_json, write_csv, write_text
 from .metadata import git_commit, utc_now
-
-# (experiment, table file, row check): the point tables whose rows the integrity checks judge.
-ROW_CHECKS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
-    ("e1", "latency.csv", check_point_row),
-    ("e2", "concurrency.csv", check_point_row),
-    ("e3", "mode_comparison.csv", check_point_row),
-    ("e5", "memory.csv", check_request_row),
-    ("e6", "stress.csv", check_request_row),
-)
 
 
 def _gpu_and_config(results_dir: Path) -> tuple[str | None, dict | None]:
@@ -67,34 +59,20 @@ def recheck_table(path: Path, check: Callable[..., Any], gpu: str | None, hf_con
     return changes
 
 
-def recheck_e0(results_dir: Path) -> list[str]:
-    from .experiments.e0 import verdict
-
-    path = results_dir / "summary.json"
-    summary = read_json(path)
-    variability = summary["variability"]
-    # A run from before restarts were measured has no across-restart block: nothing to judge there.
-    passed, reasons = verdict(summary["determinism"], variability, summary.get("prompt_tokens_mismatch") or [],
-                              summary.get("backend_mode", "real"))
-    changes = []
-    if passed != summary.get("passed"):
-        changes.append(f"e0/summary.json: passed {summary.get('passed')} -> {passed}: {'; '.join(reasons)}")
-    summary.update(passed=passed, failed_because=reasons)
-    write_json(path, summary)
-    return changes
-
-
-def recheck(results_root: str | Path) -> list[str]:
-    """Re-judge every experiment folder under ``results_root``; write RECHECKED.md there."""
+def recheck(results_root: str | Path, experiments: Mapping[str, Any]) -> list[str]:
+    """Re-judge every experiment folder under ``results_root`` with the checks its declaration
+    names (``experiments``: name -> ``Experiment``, the catalog's); write RECHECKED.md there."""
     root = Path(results_root)
     changes: list[str] = []
-    if (root / "e0" / "summary.json").exists():
-        changes += recheck_e0(root / "e0")
-    for experiment, name, check in ROW_CHECKS:
-        path = root / experiment / name
-        if path.exists():
-            gpu, hf_config = _gpu_and_config(root / experiment)
-            changes += recheck_table(path, check, gpu, hf_config)
+    for name, exp in experiments.items():
+        folder = root / name
+        if exp.rejudge is not None and folder.is_dir():
+            changes += exp.rejudge(folder)
+        for key, check in exp.row_checks:
+            path = exp.path(folder, key)
+            if path.exists():
+                gpu, hf_config = _gpu_and_config(folder)
+                changes += recheck_table(path, check, gpu, hf_config)
     commit = git_commit().get("commit")
     lines = [f"## Re-judged at commit {commit} ({utc_now()})", "",
              "`context-research recheck` applied the integrity checks (`analysis/integrity.py`) and E0's verdict "

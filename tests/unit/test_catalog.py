@@ -96,3 +96,44 @@ def test_snakemake_rules_come_from_the_catalog(tmp_path):
     for name, exp in EXPERIMENTS.items():
         assert {name, f"{name}_figures"} <= rules
         assert (f"{name}_analysis" in rules) == bool(exp.analyse)
+
+
+
+def test_a_declaration_alone_feeds_the_glossary_compare_recheck_and_provenance():
+    """Everything about an experiment is read from its declaration: a toy one, handed in beside the
+    catalog's, has its tables in the glossary, its layout in compare's, its checks in recheck's and
+    its code in its run digest. (tests/workflow/test_new_experiment.py adds a toy to a copy of the
+    workflow and runs it to a packet.)"""
+    from context_research import provenance, result_tables
+    from context_research.analysis.compare_layout import NotCompared
+    from context_research.columns import Column, Table
+    from context_research.experiments.declaration import Experiment, Figure, comparison_layouts
+
+    async def body(session, cfg, ctx):
+        return None
+
+    points = Table("e9/points.csv", (Column("request", "", "label", "the request's index", "request"),))
+    toy = Experiment(name="e9", title="E9", category="E9", engines=ONE_ENGINE, body=body,
+                     outputs={"points": "points.csv"}, figures=(Figure("points", "points.svg", "x.rst"),),
+                     report_module="toy_report", code=("experiments/e1.py",), tables=(points,),
+                     comparison=NotCompared("a toy"), row_checks=(("points", lambda row, gpu, cfg: None),))
+    declared = {**EXPERIMENTS, "e9": toy}
+    assert "## e9/points.csv" in result_tables.glossary_markdown(declared)
+    assert comparison_layouts(declared)["e9"] == NotCompared("a toy")
+    assert toy.table("points.csv") is points
+    assert "experiments/e1.py" in provenance.code_files(toy) and "experiments/runner.py" in provenance.code_files(toy)
+    with pytest.raises(ValueError, match="no table declares"):
+        Experiment(**{**toy.__dict__, "tables": ()})
+    with pytest.raises(ValueError, match="row checks name no output"):
+        Experiment(**{**toy.__dict__, "row_checks": (("nothing", None),)})
+
+
+def test_no_experiment_module_imports_its_report_module():
+    """The declaration names its report module; the report module imports the experiment (no circle)."""
+    import ast
+
+    for name, exp in EXPERIMENTS.items():
+        module = REPO_ROOT / "src" / "context_research" / "experiments" / f"{name}.py"
+        imported = {a.name for node in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
+                    if isinstance(node, ast.ImportFrom) for a in node.names}
+        assert f"{name}_report" not in imported and exp.report_module.endswith(f".{name}_report")

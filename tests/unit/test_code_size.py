@@ -11,14 +11,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "context_research"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
-# Over the module limit for now, each with why. Nothing else may be.
-MODULE_ALLOW = {
-    # The per-experiment result tables move into the experiment declarations (issue 28 item 1, the
-    # decl branch); remove this entry once that branch has landed.
-    "result_tables.py",
-}
-
-
 def _modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -58,15 +50,8 @@ def test_the_walk_finds_a_long_function_a_long_method_and_a_long_nested_function
 
 def test_no_module_over_the_limit():
     over = {p.relative_to(PACKAGE).as_posix(): _lines(p) for p in _modules() if _lines(p) > MAX_MODULE_LINES}
-    assert set(over) <= MODULE_ALLOW, f"modules over {MAX_MODULE_LINES} lines: " + ", ".join(
-        f"{name} ({n})" for name, n in sorted(over.items()) if name not in MODULE_ALLOW)
-
-
-def test_the_allow_list_names_only_modules_still_over_the_limit():
-    """An entry is removed once its module is back under the limit (or gone)."""
-    stale = [name for name in MODULE_ALLOW
-             if not (PACKAGE / name).is_file() or _lines(PACKAGE / name) <= MAX_MODULE_LINES]
-    assert stale == [], f"remove from MODULE_ALLOW: {stale}"
+    assert not over, f"modules over {MAX_MODULE_LINES} lines: " + ", ".join(
+        f"{name} ({n})" for name, n in sorted(over.items()))
 
 
 def test_no_function_over_the_limit():

@@ -12,10 +12,28 @@ import pandas as pd
 import pytest
 
 from context_research import cli
-from context_research.analysis.compare import COMPARE_COLUMNS, Options, compare, start_sds
+from context_research.analysis import compare as compare_module
+from context_research.analysis.compare import COMPARE_COLUMNS, Options
 from context_research.analysis.compare_stats import DeltaTest, between_run_sds, bootstrap_median_delta, holm, verdict
-from context_research.compare_report import compare_runs, write_index
+from context_research.compare_report import compare_runs as write_compared, write_index
 from context_research.errors import ContextResearchError
+from context_research.experiments.catalog import EXPERIMENTS
+from context_research.experiments.declaration import comparison_layouts
+
+# What the CLI hands compare: the catalog's declared layouts.
+LAYOUTS = comparison_layouts(EXPERIMENTS)
+
+
+def compare(a, b, options=None):
+    return compare_module.compare(a, b, options, layouts=LAYOUTS)
+
+
+def compare_runs(a, b, out, **options):
+    return write_compared(a, b, out, LAYOUTS, **options)
+
+
+def start_sds(records):
+    return compare_module.start_sds(records, LAYOUTS["e0"])
 
 LENGTHS = (1024, 4096)
 
@@ -230,6 +248,21 @@ def test_a_shift_inside_e0_between_start_noise_is_no_change_and_the_source_is_na
     without = compare(a, b, Options(use_e0_start_noise=False))
     assert _row(without, "ttft_ms", 4096)["verdict"] == "worse"
     assert "not included" in without.noise.source
+
+
+def test_compare_uses_the_layouts_it_is_handed(tmp_path):
+    """The layouts are the declarations', passed in: an experiment without one, or with a stated
+    reason, is listed as not compared; another layout changes what is compared."""
+    from context_research.analysis.compare_layout import CLIENT_METRICS, Layout, NotCompared, not_warmup
+
+    a, b = write_run(tmp_path / "a", seed=1, e0_starts=(1.0, 1.3)), write_run(tmp_path / "b", seed=2, e0_starts=(1.0, 1.3))
+    ttft_only = Layout("requests.csv", ("prompt_tokens_point",), CLIENT_METRICS[:1], keep=not_warmup("phase"))
+    comp = compare_module.compare(a, b, layouts={"e1": ttft_only, "e0": NotCompared("a toy reason")})
+    assert set(comp.table["metric"]) == {"ttft_ms"} and set(comp.table["experiment"]) == {"e1"}
+    assert comp.not_compared_experiments == {"e0": "a toy reason"}
+    assert "neither run" in comp.noise.source  # E0 declared not compared: no between-start noise from it
+    with pytest.raises(ContextResearchError, match="share no comparable experiment"):
+        compare_module.compare(a, b, layouts={})
 
 
 def test_one_runs_e0_serves_both_and_the_report_says_so(tmp_path):

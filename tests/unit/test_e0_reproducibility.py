@@ -90,7 +90,7 @@ def test_every_engine_start_serves_the_same_requests(tiny_model, tmp_path, monke
     assert [w["requests"] for w in meta["warmup"]] == [w["requests"] for w in summary["warmup"]]
     phases = (out / "requests.csv").read_text()
     assert "start2-repeat-1" in phases and "identical" in phases
-    section = e0.e0_report.report_section(out)
+    section = e0.EXPERIMENT.report.report_section(out)
     assert section["findings"][0].startswith("Verdict: FAIL: backend is simulated")
     assert any(f.startswith("Across 3 engine starts serving the same 4 requests") for f in section["findings"])
     assert [t["caption"] for t in section["tables"]][1].startswith("Engine starts")

@@ -193,7 +193,7 @@ CFG = {"seed": 0, "prompt_tokens": [128, 256, 4096], "max_tokens": 16, "trials":
 def _ctx(tmp_path, exp):
     return RunContext(experiment=exp, run_id="20260101T000000Z-test0001", config_hash="h" * 64,
                       backend_mode="real", weights="random-embedded", model_id="embedded", outdir=tmp_path,
-                      files=EXPERIMENTS[exp].all_files)
+                      files=EXPERIMENTS[exp].all_files, tables=EXPERIMENTS[exp].tables)
 
 
 def _meta(tmp_path, ctx):

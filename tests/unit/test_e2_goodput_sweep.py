@@ -168,7 +168,7 @@ def test_capacity_probes_last_long_enough_to_overload_the_engine():
 def _ctx(outdir):
     return RunContext(experiment="e2", run_id="20260101T000000Z-test0002", config_hash="h" * 64,
                       backend_mode="real", weights="random-embedded", model_id="embedded", outdir=outdir,
-                      files=e2.EXPERIMENT.all_files)
+                      files=e2.EXPERIMENT.all_files, tables=e2.EXPERIMENT.tables)
 
 
 def test_run_body_rows_and_summary(tmp_path):

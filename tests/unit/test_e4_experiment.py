@@ -510,7 +510,7 @@ class _Session:
 
 def _run_context(outdir):
     return RunContext(experiment="e4", run_id="r", config_hash="h", backend_mode="real", weights="real",
-                      model_id="m", outdir=outdir, files=e4.EXPERIMENT.files)
+                      model_id="m", outdir=outdir, files=e4.EXPERIMENT.files, tables=e4.EXPERIMENT.tables)
 
 
 def _materialized(tmp_path, monkeypatch):

@@ -212,8 +212,12 @@ def test_the_command_line_exits_non_zero_on_a_problem(tmp_path, capsys):
 
 
 def test_the_tool_is_in_no_run_digest():
-    assert "evidence.py" not in provenance.code_files("e1")
-    assert "evidence.py" not in provenance.code_files(None, reports=True)
+    from context_research.experiments.catalog import EXPERIMENTS
+
+    for exp in EXPERIMENTS.values():
+        assert "evidence.py" not in provenance.code_files(exp, reports=True)
+    # the comparison reads result folders through it (find_run refuses packed records)
+    assert "evidence.py" in provenance.comparison_files(EXPERIMENTS)
 
 
 def test_a_comparison_refuses_a_results_folder_whose_records_are_packed(tmp_path):

@@ -33,16 +33,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "report", "compare_report")),
     ("experiments", ("experiments", "experiments.*")),
     # Entry points: the command line and the scripts run with ``python -m`` that load the suite's config.
-    ("entry points", ("cli", "recheck", "analysis.capacity_evidence", "analysis.calibration_report")),
+    ("entry points", ("cli", "recheck", "analysis.capacity_evidence", "analysis.calibration_report",
+                      "result_tables.__main__")),
 )
-
-# TEMPORARY, until the decl branch (issue 28 item 1) is merged: each eN.py imports its eN_report for
-# the declaration's ``report=``, and each eN_report imports eN back for the declared file names. The
-# decl engineer removes these cycles; the lead deletes this allow-list after merging. An entry that
-# no longer closes a cycle fails ``test_no_import_cycle_inside_the_package``, so none outlives its need.
-ALLOWED_UNTIL_DECL_MERGES = frozenset(
-    (f"experiments.{n}_report", f"experiments.{n}") for n in ("e0", "e1", "e2", "e3", "e4", "e5", "e6"))
-
 
 def package_modules() -> dict[str, tuple[Path, bool]]:
     """{module name relative to the package ("" for the package itself): (file, is a package)}."""
@@ -130,10 +123,6 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return found
 
 
-def without(graph: dict[str, dict[str, int]], edges) -> dict[str, dict[str, int]]:
-    return {a: {b: line for b, line in targets.items() if (a, b) not in edges} for a, targets in graph.items()}
-
-
 def describe(component: list[str], graph: dict[str, dict[str, int]], modules: dict) -> str:
     inside = set(component)
     lines = [f"  {_absolute(a)} -> {_absolute(b)}  ({modules[a][0].relative_to(PACKAGE_DIR.parent)}:{line})"
@@ -153,13 +142,10 @@ def layer_of(name: str) -> int | None:
 
 def test_no_import_cycle_inside_the_package():
     graph, modules = import_graph()
-    found = cycles(without(graph, ALLOWED_UNTIL_DECL_MERGES))
+    found = cycles(graph)
     assert not found, "import cycles inside the package (fix: pass what the lower module needs as an " \
                       "argument, or move the shared piece down):\n" + \
                       "\n".join(describe(c, graph, modules) for c in found)
-    stale = sorted(f"{a} -> {b}" for a, b in ALLOWED_UNTIL_DECL_MERGES
-                   if b not in graph.get(a, {}) or not any({a, b} <= set(c) for c in cycles(graph)))
-    assert not stale, f"ALLOWED_UNTIL_DECL_MERGES lists edges that no longer close a cycle; delete them: {stale}"
 
 
 def test_every_module_imports_only_its_own_layer_or_lower():
@@ -168,7 +154,7 @@ def test_every_module_imports_only_its_own_layer_or_lower():
     assert not unplaced, f"modules in no layer of LAYERS (place them, and in docs/CONVENTIONS.md): {unplaced}"
     upward = [f"  {_absolute(a)} ({LAYERS[layer_of(a)][0]}) imports {_absolute(b)} ({LAYERS[layer_of(b)][0]}) "
               f"at {modules[a][0].relative_to(PACKAGE_DIR.parent)}:{line}"
-              for a, targets in sorted(without(graph, ALLOWED_UNTIL_DECL_MERGES).items())
+              for a, targets in sorted(graph.items())
               for b, line in sorted(targets.items()) if layer_of(b) > layer_of(a)]
     assert not upward, "imports pointing up a layer:\n" + "\n".join(upward)
 
@@ -200,7 +186,7 @@ CONFIG_ALONE = textwrap.dedent("""
 
     root = config.REPO_ROOT
     names = sorted(p.name.split(".")[0] for p in (root / "workflow/schemas/experiments").glob("*.schema.yaml"))
-    declared = {n: types.SimpleNamespace(name=n, separated_analysis_keys=(), config_problems=None) for n in names}
+    declared = {n: types.SimpleNamespace(name=n, analysis_keys=(), config_problems=None) for n in names}
     loaded = config.load_config(root / "config/config.yaml", experiments=declared)
     for n in names:
         config.experiment_view(loaded, declared[n])

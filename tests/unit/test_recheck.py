@@ -63,6 +63,27 @@ def test_the_committed_h200_packet_agrees_with_todays_checks(tmp_path):
         assert [r["status"] for r in _rows(H200 / table)] == [r["status"] for r in _rows(root / table)]
 
 
+def test_recheck_applies_the_checks_each_declaration_names(tmp_path):
+    """recheck receives the declarations: a row check declared on a toy copy of E5 is applied to
+    E5's table, and an experiment that declares none is left alone."""
+    import dataclasses
+
+    from context_research.analysis.findings import Findings
+    from context_research.experiments.catalog import get
+    from context_research.recheck import recheck
+
+    root = tmp_path / "results"
+    shutil.copytree(H200, root)
+    flag = dataclasses.replace(get("e5"), row_checks=(("memory", lambda row, gpu, cfg: Findings(["toy check"])),))
+    before = _rows(root / "e6/stress.csv")
+    changes = recheck(root, {"e5": flag, "e6": dataclasses.replace(get("e6"), row_checks=())})
+    rows = _rows(root / "e5/memory.csv")
+    ok_before = [r for r in _rows(H200 / "e5/memory.csv") if r["status"] == "ok"]
+    assert ok_before and len(changes) == len(ok_before)
+    assert all(r["status"] != "ok" for r in rows) and any("toy check" in r["reason"] for r in rows)
+    assert _rows(root / "e6/stress.csv") == before
+
+
 def test_a_row_implausible_before_keeps_its_flags_and_a_newly_implausible_one_gets_them(tmp_path):
     from context_research.analysis.findings import Findings
     import pandas as pd

@@ -10,11 +10,20 @@ import pytest
 from context_research import evidence, result_tables
 from context_research.analysis.latency import LATENCY_COLUMNS
 from context_research.analysis.memory import MEMORY_COLUMNS
-from context_research.columns import SOURCES, UNITS, Column, Table, UndeclaredColumnError, write_table
+from context_research.columns import (SOURCES, UNITS, Column, Table, UndeclaredColumnError, UnknownTableError,
+                                      UnlabelledColumnError, find_table, write_table)
 from context_research.disagg.broker import Handoff
+from context_research.experiments.catalog import EXPERIMENTS, get
 from context_research.records import RequestRecord
-from context_research.result_tables import TABLES, UnknownTableError, glossary_markdown, table_for
 from context_research.workload.columns import engine_columns, request_rows, ttft_gap_columns
+
+# Every table the experiments declare, by "<experiment>/<file>"; the CSVs among them are the files.
+TABLES = result_tables.tables(EXPERIMENTS)
+CSV_TABLES = {key: table for key, table in TABLES.items() if key.endswith(".csv")}
+
+
+def table_for(experiment: str, filename: str) -> Table:
+    return find_table(TABLES.values(), experiment, filename)
 
 REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = REPO / "docs" / "evidence"
@@ -83,29 +92,38 @@ def test_every_evidence_comparison_has_the_declared_columns(path):
 
 
 def test_tables_cover_every_experiment_csv():
-    assert sorted(TABLES) == ["e0/requests.csv", "e1/latency.csv", "e1/requests.csv", "e2/capacity.csv",
-                              "e2/concurrency.csv", "e2/requests.csv", "e3/mode_comparison.csv", "e3/requests.csv",
-                              "e3/transfers.csv", "e4/quality.csv", "e4/quality_by_length.csv", "e5/memory.csv",
-                              "e6/stress.csv"]
+    assert sorted(CSV_TABLES) == ["e0/requests.csv", "e1/latency.csv", "e1/requests.csv", "e2/capacity.csv",
+                                  "e2/concurrency.csv", "e2/requests.csv", "e3/mode_comparison.csv", "e3/requests.csv",
+                                  "e3/transfers.csv", "e4/quality.csv", "e4/quality_by_length.csv", "e5/memory.csv",
+                                  "e6/stress.csv"]
     for key, table in TABLES.items():
         assert table.file == key
-        assert set(STAMP) <= set(table.names), f"{key} lacks the run stamp"
+        assert set(STAMP) <= set(table.names) or not key.endswith(".csv"), f"{key} lacks the run stamp"
         for c in table.columns:
             assert c.source in SOURCES and c.unit in UNITS and c.meaning.strip()
 
 
+def test_each_experiment_declares_its_own_tables():
+    """The declaration owns its tables: one per CSV it writes, each keyed under its name."""
+    for name, exp in EXPERIMENTS.items():
+        csvs = {f for f in exp.all_files.values() if f.endswith(".csv")}
+        assert {t.file for t in exp.tables if t.file.endswith(".csv")} == {f"{name}/{f}" for f in csvs}
+        for f in csvs:
+            assert exp.table(f).file == f"{name}/{f}"
+
+
 def test_glossary_file_is_current():
     text = (REPO / "docs" / "columns.md").read_text(encoding="utf-8")
-    assert text == glossary_markdown(), \
+    assert text == result_tables.glossary_markdown(EXPERIMENTS), \
         "docs/columns.md is stale: python -m context_research.result_tables > docs/columns.md"
 
 
 def test_glossary_lists_every_column():
-    text = glossary_markdown()
+    text = result_tables.glossary_markdown(EXPERIMENTS)
     for key, table in TABLES.items():
         section = text.split(f"## {key}\n", 1)[1].split("\n## ", 1)[0]
         for c in table.columns:
-            assert f"| `{c.name}` | {c.unit} | {c.source} |" in section
+            assert f"| `{c.name}` | {c.label} | {c.unit} | {c.source} |" in section
 
 
 def test_unknown_table_names_the_declared_ones():
@@ -115,8 +133,8 @@ def test_unknown_table_names_the_declared_ones():
     assert "'e9/latency.csv'" in msg
     for key in TABLES:
         assert key in msg
-    with pytest.raises(UnknownTableError):
-        table_for("e1", "summary.json")
+    with pytest.raises(UnknownTableError, match="e1/requests.csv"):
+        get("e1").table("summary.json")
 
 
 def test_write_table_refuses_undeclared_and_writes_atomically(tmp_path):
@@ -142,6 +160,47 @@ def test_column_and_table_declarations_are_checked():
         Column("x", "ms", "client", "two\nlines")
     with pytest.raises(ValueError, match="declared twice"):
         Table("t.csv", (Column("x", "", "label", "a"), Column("x", "", "label", "b")))
+    with pytest.raises(ValueError, match="label"):
+        Column("x", "ms", "client", "meaning", "two\nlines")
+
+
+def test_a_report_heads_a_column_with_its_declared_label_and_unit():
+    table = Table("t.csv", (Column("ttft_ms_p50", "ms", "client", "median", "TTFT p50"),
+                            Column("n_ok", "count", "client", "ok requests", "ok"),
+                            Column("prompt_tokens", "tokens", "config", "prompt length", "prompt tokens"),
+                            Column("score", "", "derived", "a score", "score"),
+                            Column("bare", "ms", "client", "no label")))
+    frame = pd.DataFrame({"score": [1.0], "ttft_ms_p50": [2.0], "n_ok": [3], "prompt_tokens": [4], "extra": [5]})
+    shown = table.shown(frame, ["ttft_ms_p50", "n_ok", "prompt_tokens", "score", "missing"])
+    # the unit in parentheses unless the label ends in it or it is a count, ratio or flag
+    assert list(shown.columns) == ["TTFT p50 (ms)", "ok", "prompt tokens", "score"]
+    assert shown.iloc[0].tolist() == [2.0, 3, 4, 1.0]
+    with pytest.raises(UnlabelledColumnError, match="bare"):
+        table.shown(pd.DataFrame({"bare": [1.0]}), ["bare"])
+    with pytest.raises(KeyError, match="extra"):
+        table.shown(frame, ["extra"])
+    clash = Table("c.csv", (Column("a", "ms", "client", "a", "x"), Column("b", "ms", "client", "b", "x")))
+    with pytest.raises(ValueError, match="share the header"):
+        clash.shown(pd.DataFrame({"a": [1], "b": [2]}))
+
+
+# Which declared table each report's column list heads (report module constant -> table key).
+REPORT_TABLES = {"e1": {"TABLE_COLUMNS": "e1/latency.csv"}, "e2": {"TABLE_COLUMNS": "e2/concurrency.csv"},
+                 "e3": {"TABLE_COLUMNS": "e3/mode_comparison.csv", "PATH_COLUMNS": "e3/mode_comparison.csv"},
+                 "e4": {"TABLE_COLUMNS": "e4/quality.csv"}, "e5": {"TABLE_COLUMNS": "e5/memory.csv"},
+                 "e6": {"TABLE_COLUMNS": "e6/stress.csv"}}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_column_a_report_shows_is_declared_with_a_label(name):
+    """The reports' tables take their headers from the declarations: every column a report shows is
+    declared with a label (its report's column lists, every column of a report-only table)."""
+    report = get(name).report
+    shown = [(key, getattr(report, constant)) for constant, key in REPORT_TABLES.get(name, {}).items()]
+    shown += [(t.file, t.names) for t in get(name).tables if not t.file.endswith(".csv")]
+    assert shown, f"{name}'s report shows no declared table"
+    for key, names in shown:
+        assert len(TABLES[key].headers(names)) == len(names), key
 
 
 # -- the code's own row builders write only declared columns ---------------------------------------

@@ -10,8 +10,13 @@ thing and reads the dry run's job counts:
   engine rule and everything after it;
 * package code: one line added to the copied package's ``experiments/e2.py`` or ``e2_points.py``
   (the code digest is over the package the workflow imports: ``PYTHONPATH`` points at the copy),
-  to ``e2_report.py`` or ``e2_figures.py`` (figures and section only), or to shared code (every
-  experiment);
+  to ``e2_report.py`` or ``e2_figures.py`` (figures and section only), to ``analysis/plots.py``
+  (every figure, no engine), or to shared code (every experiment);
+* a data file: E4's prompt templates (``data/upstream_prompts.json``) rematerialize E4's datasets
+  and rerun E4, nothing else;
+* the model's recipe: ``embedded_model.py`` rebuilds the embedded model first, then every engine
+  rule runs on the new one;
+* an operational serving key (``startup_timeout_s``, the device lock's mode): nothing;
 * a model file: the local model folder's ``config.json``;
 * the engine version: a fake ``vllm`` distribution (a ``.dist-info`` folder) put first on
   ``PYTHONPATH``, which ``importlib.metadata`` then reports, as a different install would.
@@ -46,6 +51,10 @@ outputs = json.loads(Path(os.environ["STUB_OUTPUTS"]).read_text())
 command = args[0]
 if command in ("run", "analyse", "plots"):
     files = outputs[f"{{command}} {{args[1]}}"]
+elif command == "materialize":
+    files = outputs["materialize"]
+elif command == "embedded-model":
+    files = [os.path.join(args[args.index("--out") + 1], "manifest.json")]
 elif command == "report":
     files = [args[args.index(flag) + 1] for flag in ("--markdown", "--packet") if flag in args]
 else:
@@ -57,6 +66,8 @@ for f in files:
 
 
 def _outputs_by_command() -> dict[str, list[str]]:
+    from context_research.config import load_config
+    from context_research.datasets import specs
     from context_research.experiments.catalog import EXPERIMENTS
 
     out: dict[str, list[str]] = {}
@@ -64,6 +75,8 @@ def _outputs_by_command() -> dict[str, list[str]]:
         out[f"run {name}"] = list(exp.run_paths().values())
         out[f"analyse {name}"] = list(exp.analysis_paths().values())
         out[f"plots {name}"] = list(exp.figure_paths().values())
+    e4 = specs.datasets(load_config(REPO / "config" / "config.yaml", experiments=EXPERIMENTS)["experiments"]["e4"])
+    out["materialize"] = [str(p) for ds in e4 for p in (ds.data_path(), ds.manifest_path())]
     return out
 
 
@@ -110,9 +123,10 @@ def merged(*parts: dict[str, int]) -> dict[str, int]:
 
 
 def copy_workflow(work: Path) -> Path:
-    """The workflow and a copy of the package (the one the rules import, via PYTHONPATH)."""
+    """The workflow and a copy of the package (the one the rules import, via PYTHONPATH), with
+    E4's fixture datasets (its default sources)."""
     work.mkdir(parents=True, exist_ok=True)
-    for rel in ("Snakefile", "workflow", "config", "profiles", "envs"):
+    for rel in ("Snakefile", "workflow", "config", "profiles", "envs", "tests/fixtures/e4"):
         src = REPO / rel
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / rel)
     shutil.copytree(REPO / "src" / "context_research", work / "src" / "context_research",
@@ -120,16 +134,18 @@ def copy_workflow(work: Path) -> Path:
     return work
 
 
-def stubbed_workflow(work: Path, stub: str, outputs: dict, extra_config: str = "") -> Path:
-    """``copy_workflow`` plus a local model folder (config.json, tokenizer.json) as the profile, and
-    a stub ``context-research`` that only writes the outputs ``outputs`` names per command."""
+def stubbed_workflow(work: Path, stub: str, outputs: dict, extra_config: str = "", local_model: bool = True) -> Path:
+    """``copy_workflow`` plus a local model folder (config.json, tokenizer.json) as the profile (or,
+    without ``local_model``, the config's embedded model), and a stub ``context-research`` that
+    only writes the outputs ``outputs`` names per command."""
     copy_workflow(work)
     model = work / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 64,
                                                    "num_hidden_layers": 2, "vocab_size": 3072}))
     (model / "tokenizer.json").write_text("{}")
-    (work / "local.yaml").write_text(f"model_profile: local\nmodels:\n  local:\n    source: {model}\n" + extra_config)
+    profile = f"model_profile: local\nmodels:\n  local:\n    source: {model}\n" if local_model else ""
+    (work / "local.yaml").write_text(profile + extra_config or "{}\n")
     (work / "bin").mkdir()
     command = work / "bin" / "context-research"
     command.write_text(stub.format(python=sys.executable))
@@ -138,12 +154,39 @@ def stubbed_workflow(work: Path, stub: str, outputs: dict, extra_config: str = "
     return work
 
 
+E4_TARGETS = ["reports/e4.md"]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     work = stubbed_workflow(tmp_path_factory.mktemp("rerun"), STUB, _outputs_by_command())
+    built = snakemake(work, *TARGETS, *E4_TARGETS)
+    assert built.returncode == 0, built.stderr[-4000:]
+    return work
+
+
+@pytest.fixture(scope="module")
+def embedded_workdir(tmp_path_factory) -> Path:
+    """The same, serving the config's embedded model, which the workflow builds (rule embedded_model)."""
+    work = stubbed_workflow(tmp_path_factory.mktemp("embedded"), STUB, _outputs_by_command(), local_model=False)
     built = snakemake(work, *TARGETS)
     assert built.returncode == 0, built.stderr[-4000:]
     return work
+
+
+def edited(path: Path, addition: str):
+    """A context manager: ``addition`` appended to ``path`` inside it, the original back after."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def manager():
+        original = path.read_text()
+        try:
+            path.write_text(original + addition)
+            yield path
+        finally:
+            path.write_text(original)
+    return manager()
 
 
 def test_nothing_changed_nothing_reruns(workdir):
@@ -205,6 +248,47 @@ def test_a_change_in_a_report_module_redraws_without_a_run(workdir, name):
         assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged({"e2_figures": 1})
     finally:
         module.write_text(original)
+
+
+def test_a_plot_edit_redraws_every_figure_and_reruns_no_engine(workdir):
+    """analysis/plots.py is figures code only: on a GPU a plot fix must not cost a packet of runs."""
+    with edited(workdir / "src" / "context_research" / "analysis" / "plots.py", "\n# a fixed axis label\n"):
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == merged(
+            *({f"{e}_figures": 1} for e in ("e0", "e1", "e2", "e3")))
+
+
+def test_an_e4_prompt_template_edit_rematerializes_and_reruns_e4_only(workdir):
+    templates = workdir / "src" / "context_research" / "data" / "upstream_prompts.json"
+    data = json.loads(templates.read_text())
+    original = templates.read_text()
+    try:
+        data["longbench"]["tasks"]["qasper"]["prompt"] += " Answer briefly."
+        templates.write_text(json.dumps(data))
+        assert jobs(snakemake(workdir, "-n", *E4_TARGETS)) == merged({"e4_data": 1, "e4": 1, "e4_figures": 1})
+        assert jobs(snakemake(workdir, "-n", *TARGETS)) == {}
+    finally:
+        templates.write_text(original)
+
+
+def test_an_operational_serving_key_reruns_nothing(workdir, tmp_path):
+    """startup_timeout_s and the device lock's mode change how long a run waits, never a number."""
+    overlay = tmp_path / "ops.yaml"
+    overlay.write_text("serving:\n  startup_timeout_s: 12345\n  device_lock:\n    mode: fail\n    timeout_s: 5\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, *E4_TARGETS, overlay=overlay)) == {}
+    timeout = tmp_path / "timeout.yaml"  # a request timeout can fail a request: a run key
+    timeout.write_text("serving:\n  request_timeout_s: 12345\n")
+    assert jobs(snakemake(workdir, "-n", *TARGETS, overlay=timeout)) == merged(
+        *(downstream(e, engine=True) for e in ("e0", "e1", "e2", "e3")))
+
+
+def test_an_embedded_model_recipe_edit_rebuilds_the_model_first_then_reruns_every_engine(embedded_workdir):
+    with edited(embedded_workdir / "src" / "context_research" / "embedded_model.py", "\n# a new recipe\n"):
+        proc = snakemake(embedded_workdir, "-n", *TARGETS)
+        assert jobs(proc) == {"embedded_model": 1, **merged(*(downstream(e, engine=True)
+                                                                for e in ("e0", "e1", "e2", "e3")))}
+        order = [m.group(1) for m in re.finditer(r"^rule (\w+):", proc.stdout + proc.stderr, re.M)]
+        assert order[0] == "embedded_model", order
+    assert jobs(snakemake(embedded_workdir, "-n", *TARGETS)) == {}
 
 
 def test_a_change_in_shared_code_reruns_every_experiment(workdir):

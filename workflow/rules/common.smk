@@ -10,7 +10,7 @@ from context_research.config import (analysis_config, experiment_hash, experimen
 from context_research.errors import ConfigError
 from context_research.experiments.catalog import EXPERIMENTS
 from context_research.models import dummy_model_dir
-from context_research.provenance import code_digest
+from context_research.provenance import build_digest, code_digest, comparison_files, data_digest, files_digest
 from context_research.variants import (BASELINE, other_variants, results_root, side_runs, variant_configs,
                                        variant_rule, variant_runs)
 
@@ -98,19 +98,35 @@ class RuleSet:
 RULE_SETS = [RuleSet(BASELINE)] + ([RuleSet("{variant}")] if VARIANTS else [])
 
 
+class Untracked:
+    """A param Snakemake hands to the command but does not record: its params trigger compares
+    only values of built-in types, so a change of this one alone reruns nothing. The engine rules
+    pass their config this way; every part of it that can change a number is in config_hash,
+    which Snakemake does record (provenance.UNHASHED_SERVING_KEYS says what is left out, and why)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
 @functools.cache
 def config_hash(experiment, variant=BASELINE):
     """The run's hash: its run keys, model, serving settings and the machine facts (engine and
-    torch versions, package code, model files, engine environment, GPU model), computed here while
-    the DAG is built, from the variant's merged config. A param, so any change of them reruns the
-    engine rule."""
+    torch versions, the experiment's declared code and the shared run code, model files, engine
+    environment, GPU model), computed here while the DAG is built, from the variant's merged
+    config. A param, so any change of them reruns the engine rule."""
     return experiment_hash(VARIANT_CONFIGS[variant], EXPERIMENTS[experiment])
 
 
 def report_code(experiment):
-    """sha256 of the package code the figures and report rules of ``experiment`` run (its
-    ``eN_report.py`` included): a param, so a fixed figure is redrawn without a new run."""
-    return code_digest(experiment, reports=True)
+    """sha256 of the code the figures and report rules of ``experiment`` run (its run code, its
+    declared report code, the shared report code and the code of the experiments its figures
+    join): a param, so a fixed figure is redrawn without a new run, and a figure-only edit reruns
+    no engine."""
+    declared = EXPERIMENTS[experiment]
+    return code_digest(declared, reports=True, joined=[EXPERIMENTS[n] for n in declared.figure_joins])
 
 
 def analysis_config_json(experiment, variant=BASELINE):
@@ -124,10 +140,10 @@ def analysis_outputs(experiment, root="results"):
 
 
 def experiment_config_json(experiment, variant=BASELINE):
-    """What an engine rule passes to `context-research run`: only the config its hash covers,
-    so changing another experiment's block (or another variant) leaves this rule's params (and
-    outputs) alone."""
-    return json.dumps(experiment_view(VARIANT_CONFIGS[variant], EXPERIMENTS[experiment]), sort_keys=True)
+    """What an engine rule passes to `context-research run`: only the config its run reads, so
+    changing another experiment's block (or another variant) leaves this rule alone. Untracked:
+    config_hash covers all of it but the serving keys that change no number."""
+    return Untracked(json.dumps(experiment_view(VARIANT_CONFIGS[variant], EXPERIMENTS[experiment]), sort_keys=True))
 
 
 def data_inputs(experiment):

@@ -34,8 +34,9 @@ if VARIANTS:
             baseline=side_roots(BASELINE),
             variant=lambda wildcards: side_roots(wildcards.variant),
             outdir=compare_dir("{variant}"),
-            # The comparison's code (statistics, report): a fix redraws it without rerunning a run.
-            code=code_digest(None, reports=True),
+            # The comparison's code (statistics, report, the declared layouts): a fix redraws it
+            # without rerunning a run.
+            code=files_digest(comparison_files(EXPERIMENTS)),
         log:
             "logs/compare/{variant}.log",
         localrule: True

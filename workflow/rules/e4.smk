@@ -20,6 +20,8 @@ if E4_DATASETS:
         params:
             # only what the datasets depend on, so other config changes do not rematerialize them
             specs=json.dumps(E4_SPECS.dataset_specs(config), sort_keys=True),
+            # the code, prompt templates and word lists E4 declares for its data (data_code)
+            code=data_digest(EXPERIMENTS["e4"]),
         log:
             "logs/e4_data.log",
         conda:

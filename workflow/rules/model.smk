@@ -5,6 +5,9 @@ rule embedded_model:
     params:
         model_config=json.dumps(config["embedded_model"], sort_keys=True),
         outdir=lambda w, output: os.path.dirname(output.manifest),
+        # its code (embedded_model.py, embedded_tokenizer.py) and word lists: an edit rebuilds the
+        # model, and so reruns every engine rule on the new one
+        code=build_digest("embedded_model"),
     log:
         "logs/embedded_model.log",
     conda:
@@ -22,6 +25,7 @@ rule dummy_model:
         manifest="resources/models/{profile}-dummy/manifest.json",
     params:
         outdir=lambda w, output: os.path.dirname(output.manifest),
+        code=build_digest("dummy_model"),
     log:
         "logs/dummy_model_{profile}.log",
     shell:

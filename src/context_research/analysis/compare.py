@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ContextResearchError
+from .compare_layout import Layout, Metric, NotCompared
 from .compare_io import (Run, check_comparable, e0_folder, find_run, is_ok, point_status, points_of, provenance_diff,
                          read_records)
 from .compare_stats import BOOTSTRAP_RESAMPLES, DeltaTest, Pair, judge
@@ -79,92 +80,12 @@ COMPARE_COLUMNS: dict[str, str] = {
 COMPARE_COLUMNS_ADDED = ("mde_pct", "df")
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A per-request value compared between runs: ``column`` of the records times ``scale``."""
-    name: str
-    column: str
-    scale: float = 1.0
-    lower_is_better: bool = True
-    # The E0 metric whose between-start SD applies (``start_noise``), or None (none applies).
-    noise: str | None = None
-    # vLLM's own per-request timing: it stands at a point whose findings are all the client's.
-    engine_side: bool = False
-
-
 # E0 sends a short prompt and many output tokens: these three measure the same decode pace, so
 # their between-start SDs are pooled (three estimates from E0's few starts instead of one).
 DECODE_PACE = ("tpot_ms", "engine_itl_ms", "e2e_ms")
-CLIENT_METRICS = (
-    Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"),
-    Metric("tpot_ms", "tpot_s", 1000.0, noise="tpot_ms"),
-    Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
-)
-ENGINE_METRICS = (
-    Metric("engine_ttft_ms", "engine_ttft_ms", noise="engine_ttft_ms", engine_side=True),
-    Metric("engine_itl_ms", "engine_itl_ms", noise="engine_itl_ms", engine_side=True),
-)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where an experiment keeps its per-request records and how a record names its point."""
-    records: str                        # file of one row per request
-    point_columns: tuple[str, ...]      # columns of ``records`` naming the point (empty: the whole run)
-    metrics: tuple[Metric, ...]
-    keep: Callable[[pd.DataFrame], pd.Series] | None = None   # measured rows (warm-ups dropped)
-    points_table: str | None = None     # the table carrying each point's status
-    points_table_columns: tuple[str, ...] = ()                # the same point columns there
-    single: bool = False                # one request per point: a difference, never a CI
-    # Point column -> the column older records carry instead (results written before the point
-    # column existed: their requests' own target length).
-    fallbacks: tuple[tuple[str, str], ...] = (("prompt_tokens_point", "prompt_tokens_target"),
-                                              ("point_prompt_tokens", "prompt_tokens_target"))
-
-
-def _not_warmup(column: str) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda f: f[column].astype(str) != "warmup" if column in f.columns else pd.Series(True, f.index)
-
-
-def _e0_repeats(frame: pd.DataFrame) -> pd.Series:
-    # repeat-<k> and start<s>-repeat-<k>: the variability requests (not warm-ups, not the
-    # determinism check's identical prompts)
-    return frame["phase"].astype(str).str.contains(r"(?:^|-)repeat-\d+$", regex=True)
-
-
-def _ok_status(frame: pd.DataFrame) -> pd.Series:
-    return frame["status"].astype(str) == "ok"
-
-
-LAYOUTS: dict[str, Layout] = {
-    "e0": Layout("requests.csv", (), CLIENT_METRICS + ENGINE_METRICS, keep=_e0_repeats),
-    "e1": Layout("requests.csv", ("prompt_tokens_point",), CLIENT_METRICS + ENGINE_METRICS,
-                 keep=_not_warmup("phase"), points_table="latency.csv", points_table_columns=("prompt_tokens",)),
-    "e2": Layout("requests.csv", ("mode", "level", "prompt_tokens_point"), CLIENT_METRICS + ENGINE_METRICS,
-                 keep=_not_warmup("phase"), points_table="concurrency.csv",
-                 points_table_columns=("mode", "level", "prompt_tokens")),
-    "e3": Layout("requests.csv", ("point_prompt_tokens", "concurrency", "mode"), CLIENT_METRICS + ENGINE_METRICS,
-                 keep=_not_warmup("label"), points_table="mode_comparison.csv",
-                 points_table_columns=("prompt_tokens", "concurrency", "mode")),
-    # E5 and E6 send one request per point: the point table is the record.
-    "e5": Layout("memory.csv", ("prompt_tokens_target", "mode"),
-                 (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"), Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
-                  Metric("kv_cache_allocated_gib", "kv_cache_allocated_gib", lower_is_better=False),
-                  Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib"),
-                  # what a KV format changes: bytes per token (vLLM's pool / its token capacity) and
-                  # the pool's capacity in blocks at the same memory budget
-                  Metric("kv_bytes_per_token_engine", "kv_bytes_per_token_engine"),
-                  Metric("num_kv_blocks", "num_kv_blocks", lower_is_better=False)),
-                 keep=_ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
-                 single=True),
-    "e6": Layout("stress.csv", ("target_prompt_tokens", "pass"),
-                 CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms", engine_side=True),
-                                   Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms",
-                                          engine_side=True)),
-                 keep=_ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
-                 single=True),
-}
-NOT_COMPARED_EXPERIMENTS = {"e4": "quality scores, not per-request latencies (not compared yet)"}
+# Experiment name -> its comparison layout, or why it is not compared (each declaration's
+# ``comparison``, handed in by the caller: ``experiments.declaration.comparison_layouts``).
+Layouts = Mapping[str, "Layout | NotCompared"]
 
 
 # -- between-start noise ---------------------------------------------------------------------------
@@ -174,17 +95,17 @@ def _engine_start(phase: pd.Series) -> pd.Series:
     return phase.astype(str).str.extract(r"^start(\d+)-", expand=False).fillna("0")
 
 
-def start_sds(records: pd.DataFrame) -> tuple[dict[str, float], int]:
+def start_sds(records: pd.DataFrame, layout: Layout) -> tuple[dict[str, float], int]:
     """E0's between-start noise: per metric, the SD (ddof 1) of the log of each engine start's
     median over its repeat requests; the decode-pace metrics (``DECODE_PACE``) each at least
     their pooled SD (root mean square). Returns (metric name -> SD, engine starts); no SDs with
-    fewer than two starts."""
-    frame = records[_e0_repeats(records)]
+    fewer than two starts. ``layout``: E0's (its ``keep`` picks the repeat requests)."""
+    frame = records[layout.keep(records)] if layout.keep is not None else records
     if "ok" in frame.columns:
         frame = frame[is_ok(frame["ok"])]
     starts = _engine_start(frame["phase"])
     sds: dict[str, float] = {}
-    for metric in LAYOUTS["e0"].metrics:
+    for metric in layout.metrics:
         if metric.column not in frame.columns:
             continue
         medians = (pd.to_numeric(frame[metric.column], errors="coerce") * metric.scale).groupby(starts).median()
@@ -208,19 +129,19 @@ class StartNoise:
         return self.sds.get(metric.noise, 0.0) if metric.noise else 0.0
 
 
-def start_noise(a: Run, b: Run, use_e0: bool = True) -> StartNoise:
+def start_noise(a: Run, b: Run, use_e0: bool = True, layout: Layout | NotCompared | None = None) -> StartNoise:
     """The between-start SDs of the comparison: per metric the larger of the two runs' E0 (either
     run's noise can make a difference); one run's where only one has an E0 with several starts;
-    none otherwise, which the report states."""
+    none otherwise, which the report states. ``layout``: E0's comparison layout."""
     if not use_e0:
         return StartNoise({}, "not included (E0's between-start variation not used, as asked): the CI covers "
                               "request-to-request variation only")
     measured = {}
     for run in (a, b):
-        folder = e0_folder(run, LAYOUTS["e0"].records)
+        folder = e0_folder(run, layout.records) if isinstance(layout, Layout) else None
         if folder is None:
             continue
-        sds, starts = start_sds(read_records(folder, LAYOUTS["e0"]))
+        sds, starts = start_sds(read_records(folder, layout), layout)
         if sds:
             measured[run.label] = (sds, starts, folder)
     if not measured:
@@ -311,7 +232,7 @@ def _sides(a_path: str | Path | Sequence[str | Path],
     return side_a, side_b
 
 
-def _comparable(side_a: list[Run], side_b: list[Run]) -> tuple[list[str], dict[str, str]]:
+def _comparable(side_a: list[Run], side_b: list[Run], layouts: Layouts) -> tuple[list[str], dict[str, str]]:
     """The experiments every run of both sides holds and a layout compares, and why each other one
     is not compared."""
     in_a = set.intersection(*(set(r.experiments) for r in side_a))
@@ -319,9 +240,11 @@ def _comparable(side_a: list[Run], side_b: list[Run]) -> tuple[list[str], dict[s
     common = sorted(in_a & in_b)
     not_compared = {e: f"only in {'A' if e in in_a else 'B'}" for e in sorted(in_a ^ in_b)}
     for e in list(common):
-        if e not in LAYOUTS:
-            not_compared[e] = NOT_COMPARED_EXPERIMENTS.get(e, "no comparison layout for this experiment")
-    comparable = [e for e in common if e in LAYOUTS]
+        layout = layouts.get(e)
+        if not isinstance(layout, Layout):
+            not_compared[e] = layout.reason if isinstance(layout, NotCompared) else \
+                "no comparison layout for this experiment"
+    comparable = [e for e in common if isinstance(layouts.get(e), Layout)]
     if not comparable:
         raise ContextResearchError(f"{side_a[0].root} and {side_b[0].root} share no comparable experiment "
                                    f"(A: {', '.join(sorted(in_a))}; B: {', '.join(sorted(in_b))})")
@@ -340,25 +263,26 @@ class _Found:
 
 
 def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequence[str | Path],
-            options: Options | None = None) -> Comparison:
+            options: Options | None = None, *, layouts: Layouts) -> Comparison:
     """Compare the runs in ``a_path`` and ``b_path`` (see ``find_run``); either side may be
     several runs of the same settings (comma-separated), whose requests are pooled and whose
-    medians' spread is the between-run noise. Raise ContextResearchError when they may not be
-    compared (``check_comparable``, also between the runs of one side)."""
+    medians' spread is the between-run noise. ``layouts`` are the experiments' declared
+    comparison layouts (E0's gives the between-start noise). Raise ContextResearchError when they
+    may not be compared (``check_comparable``, also between the runs of one side)."""
     opts = options or Options()
     _check_options(opts)
     side_a, side_b = _sides(a_path, b_path)
     a, b = side_a[0], side_b[0]
-    comparable, not_compared = _comparable(side_a, side_b)
-    layouts = {e: LAYOUTS[e] for e in comparable}
-    allowed = check_comparable(a, b, layouts, opts.allow_different_hardware)
+    comparable, not_compared = _comparable(side_a, side_b, layouts)
+    compared = {e: layouts[e] for e in comparable}
+    allowed = check_comparable(a, b, compared, opts.allow_different_hardware)
     for first, more in ((a, side_a[1:]), (b, side_b[1:])):
         for run in more:  # the runs of one side must be the same settings on the same hardware
-            check_comparable(first, run, layouts, False)
-    noise = start_noise(a, b, opts.use_e0_start_noise)
+            check_comparable(first, run, compared, False)
+    noise = start_noise(a, b, opts.use_e0_start_noise, layouts.get("e0"))
     found = _Found()
     for exp in comparable:
-        _walk_experiment(found, exp, side_a, side_b, opts)
+        _walk_experiment(found, exp, compared[exp], side_a, side_b, opts)
     resamples = opts.resamples or BOOTSTRAP_RESAMPLES
     _judge_pending(found, noise, opts, resamples)
     table = pd.DataFrame(found.rows, columns=list(COMPARE_COLUMNS))
@@ -366,9 +290,9 @@ def compare(a_path: str | Path | Sequence[str | Path], b_path: str | Path | Sequ
                       resamples, len(found.pending), not_compared)
 
 
-def _walk_experiment(found: _Found, exp: str, side_a: list[Run], side_b: list[Run], opts: Options) -> None:
+def _walk_experiment(found: _Found, exp: str, layout: Layout, side_a: list[Run], side_b: list[Run],
+                     opts: Options) -> None:
     """Every point either side measured (or lists in its point table), every metric of the layout."""
-    layout = LAYOUTS[exp]
     points_a = [points_of(r.experiments[exp], layout) for r in side_a]
     points_b = [points_of(r.experiments[exp], layout) for r in side_b]
     status_a = [point_status(r.experiments[exp], layout) for r in side_a]

@@ -1,6 +1,6 @@
 """The inputs of a comparison, read from saved result folders: the runs of each side (``find_run``),
 the refusals (``check_comparable``), what differs in their provenance (``provenance_diff``), and each
-experiment's per-request records and point statuses, read through its ``compare.Layout``.
+experiment's per-request records and point statuses, read through its ``compare_layout.Layout``.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def check_comparable(a: Run, b: Run, layouts: Mapping[str, Any],
     """Raise ContextResearchError naming what differs when the runs may not be compared: simulated
     against real rows (always), a different GPU / hardware or model (unless
     ``allow_different_hardware``), in every experiment of ``layouts`` (name -> its
-    ``compare.Layout``). Returns the differences allowed, for the report."""
+    ``compare_layout.Layout``). Returns the differences allowed, for the report."""
     refusals, allowed = [], []
     for name, layout in layouts.items():
         ma, mb = a.metadata[name], b.metadata[name]

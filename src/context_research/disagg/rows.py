@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from ..analysis.latency import goodput, latency_row
 from ..analysis.stats import mean, ms, percentile
 from ..records import RequestRecord
+from .tables import E3_MODE_COMPARISON
 from ..result_tables import data_columns
 from ..workload.checks import point_status
 from .broker import Handoff
@@ -25,8 +26,8 @@ DELTA_METRICS = ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "tpot_ms_p95", "e2
                  "goodput_rps")
 # The connector's own telemetry (NIXL's vllm:nixl_* histograms), Δ over the point on the decode engine.
 NIXL_COLUMNS = ("nixl_bytes_transferred", "nixl_transfers", "nixl_xfer_ms_mean", "nixl_failed_transfers")
-# Column order of mode_comparison.csv, declared once in result_tables.
-POINT_COLUMNS = data_columns("e3/mode_comparison.csv")
+# Column order of mode_comparison.csv, declared once with E3's tables.
+POINT_COLUMNS = data_columns(E3_MODE_COMPARISON)
 
 
 def empty_row(point: Point, mode: str, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Every experiment of the suite, from explicit imports of their declarations.
 
-Adding an experiment: write its module (ending in ``EXPERIMENT = Experiment(...)``), import it
-here, and add ``workflow/rules/<name>.smk``. ``tests/unit/test_catalog.py`` holds the CLI, the
-packet, the config schema and the rules in agreement with this mapping.
+Adding an experiment is five things: its module (ending in ``EXPERIMENT = Experiment(...)``,
+which declares its tables, comparison layout, row checks and code), its report module, its
+config schema (``workflow/schemas/experiments/<name>.schema.yaml``), its figure captions
+(``workflow/report/``) and one line here. The Snakemake rules, the CLI, the packet, the config
+schema's experiment list, the glossary, ``compare`` and ``recheck`` all read this mapping;
+``tests/unit/test_catalog.py`` holds them in agreement with it.
 """
 
 from __future__ import annotations

@@ -12,19 +12,25 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from ..analysis.compare_layout import CLIENT_METRICS, ENGINE_METRICS, Layout
 from ..analysis.integrity import check_records
 from ..analysis.stats import (coefficient_of_variation, interval_part, mean, ms, small_sample_note, small_sample_part,
                               summarize_with_ci)
 from ..backends.client import auth_headers
+from ..columns import Column, Table
 from ..backends.session import EngineSession
 from ..errors import EngineDiedError
 from ..hashing import sha256_obj
-from ..io import write_json
+from ..io import read_json, write_json
 from ..metadata import engine_distribution
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest, RequestRecord, read_whole
+from ..result_tables import request_record_columns, stamp_columns
 from ..warmup import WarmupRule, warm_session
 from ..workload.checks import prompt_length_mismatches
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
@@ -349,7 +355,64 @@ def analyse(results_dir, analysis_cfg: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-from . import e0_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+# -- tables (docs/columns.md) ---------------------------------------------------------------------
+
+C = Column
+
+E0_REQUESTS = Table("e0/requests.csv", (
+    C("phase", "", "label", "warmup, identical (the determinism check) or repeat-<k> (the variability repeats)"),
+    *request_record_columns(token_ids=True),
+    *stamp_columns(),
+), "one row per request")
+
+
+def _mean_columns(what: str) -> tuple[Column, ...]:
+    return (C("ok", "count", "client", f"requests of the {what} that succeeded", "ok requests"),
+            C("ttft_ms_mean", "ms", "client", f"mean client TTFT of the {what}'s requests", "TTFT mean"),
+            C("tpot_ms_mean", "ms", "client", f"mean client TPOT of the {what}'s requests (those with a TPOT)",
+              "TPOT mean"))
+
+
+# Rows of summary.json the report shows as tables (not files of their own).
+E0_REPEATS = Table("e0/summary.json variability.per_repeat", (
+    C("repeat", "", "label", "index of the repeat within the first engine start", "repeat"),
+    C("duration_s", "s", "client", "wall time of the repeat: first send to last completion", "duration"),
+    *_mean_columns("repeat"),
+), "not a file: the report's table of summary.json's variability.per_repeat, one row per repeat")
+E0_STARTS = Table("e0/summary.json variability.across_restarts.per_start", (
+    C("start", "", "label", "index of the engine start (0: the first, which also checked determinism)",
+      "engine start"),
+    C("ok", "count", "client", "requests of the start that succeeded", "ok requests"),
+    C("startup_s", "s", "client", "seconds from the engine process start until its server answered", "startup"),
+    *_mean_columns("start")[1:],
+), "not a file: the report's table of summary.json's variability.across_restarts.per_start, one row per engine "
+   "start")
+
+
+def repeat_requests(frame: pd.DataFrame) -> pd.Series:
+    """The variability requests of ``requests.csv`` (repeat-<k>, start<s>-repeat-<k>): not the
+    warm-ups, not the determinism check's identical prompts. What ``compare`` compares, and whose
+    per-start medians give its between-start noise."""
+    return frame["phase"].astype(str).str.contains(r"(?:^|-)repeat-\d+$", regex=True)
+
+
+def rejudge(results_dir: Path) -> list[str]:
+    """``context-research recheck``: today's verdict over the saved summary (passed and
+    failed_because), no number measured again; one line if the verdict changed."""
+    path = EXPERIMENT.path(results_dir, "summary")
+    if not path.exists():
+        return []
+    summary = read_json(path)
+    # A run from before restarts were measured has no across-restart block: nothing to judge there.
+    passed, reasons = verdict(summary["determinism"], summary["variability"],
+                              summary.get("prompt_tokens_mismatch") or [], summary.get("backend_mode", "real"))
+    changes = []
+    if passed != summary.get("passed"):
+        changes.append(f"e0/summary.json: passed {summary.get('passed')} -> {passed}: {'; '.join(reasons)}")
+    summary.update(passed=passed, failed_because=reasons)
+    write_json(path, summary)
+    return changes
+
 
 EXPERIMENT = Experiment(
     name="e0", title="E0 — smoke and reproducibility", category="E0 smoke and reproducibility",
@@ -361,6 +424,11 @@ EXPERIMENT = Experiment(
     optional_outputs={"engine_restart": "engine_restart{}.log"},
     figures=(Figure("variability", "variability.svg", "e0_variability.rst"),
              Figure("repeats", "repeats.html", "e0_repeats.rst")),
-    report=e0_report,
+    report_module="context_research.experiments.e0_report",
+    code=("experiments/e0.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
+    report_code=("experiments/e0_report.py",),
+    tables=(E0_REQUESTS, E0_REPEATS, E0_STARTS),
+    comparison=Layout("requests.csv", (), CLIENT_METRICS + ENGINE_METRICS, keep=repeat_requests),
+    rejudge=rejudge,
     analysis_keys=("cv_threshold",),
 )

@@ -11,16 +11,8 @@ from ..io import read_json, write_text
 from ..analysis.plots import line_plot
 from ..analysis.stats import format_with_ci, ms
 from ..report import provenance_line
-from . import e0  # the declaration (bottom-imported by e0; resolved at call time)
+from . import e0  # the declaration (its module never imports this one)
 from ..tables import fmt as _fmt, html_table, markdown_table
-
-REPEAT_COLUMNS = {"repeat": "repeat", "duration_s": "duration (s)", "ok": "ok requests",
-                  "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"}
-
-
-START_COLUMNS = {"start": "engine start", "startup_s": "startup (s)", "ok": "ok requests",
-                 "ttft_ms_mean": "TTFT mean (ms)", "tpot_ms_mean": "TPOT mean (ms)"}
-
 
 def repeats_frame(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(summary["variability"]["per_repeat"])
@@ -37,7 +29,7 @@ def make_figures(results_dir: Path) -> None:
 
 
 def table_frame(summary: dict) -> pd.DataFrame:
-    return repeats_frame(summary).rename(columns=REPEAT_COLUMNS)
+    return e0.E0_REPEATS.shown(repeats_frame(summary))
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:
@@ -81,7 +73,7 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         ("prompt-length mismatches", len(s["prompt_tokens_mismatch"])),
     ]
     table = table_frame(s)
-    starts = pd.DataFrame(across.get("per_start") or []).rename(columns=START_COLUMNS)
+    starts = e0.E0_STARTS.shown(pd.DataFrame(across.get("per_start") or []))
     return {
         "findings": findings,
         "facts": facts,

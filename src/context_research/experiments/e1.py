@@ -15,14 +15,19 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..analysis.compare_layout import CLIENT_METRICS, ENGINE_METRICS, Layout, not_warmup
 from ..analysis.hardware import lookup_gpu
 from ..analysis.integrity import apply_status, check_point_row
 from ..analysis.latency import latency_row
 from ..analysis.model_math import efficiency, tpot_floor_s, ttft_floor_s
+from ..columns import Column, Table
 from ..backends.session import EngineSession
 from ..errors import ConfigError
 from ..metadata import engine_gpu_name
 from ..records import RequestRecord
+from ..result_tables import (engine_point_columns, integrity_columns, latency_stat_columns, measured_on_column,
+                             point_check_columns, request_record_columns, stamp_columns, status_columns,
+                             ttft_gap_columns as declared_ttft_gap_columns)
 from ..tables import fmt as _fmt
 from ..workload.checks import died_in_flight, point_status, prompt_length_mismatches
 from ..workload.columns import engine_columns, request_rows, sweep_summary, ttft_gap_columns
@@ -160,8 +165,48 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
             "local_cache_hit_tokens": summary["local_cache_hit_tokens"]}
 
 
+# -- tables (docs/columns.md) ---------------------------------------------------------------------
 
-from . import e1_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+C = Column
+
+E1_LATENCY = Table("e1/latency.csv", (
+    C("prompt_tokens", "tokens", "config", "the point's prompt length (exact token-id prompts)", "prompt tokens"),
+    C("max_tokens", "tokens", "config", "output tokens per request (ignore_eos)"),
+    *status_columns(),
+    *latency_stat_columns(),
+    C("prompt_tokens_min", "tokens", "engine", "smallest server-counted prompt length among the successful requests"),
+    C("prompt_tokens_max", "tokens", "engine", "largest server-counted prompt length among the successful requests"),
+    *point_check_columns(),
+    *engine_point_columns(),
+    *declared_ttft_gap_columns(),
+    C("gpu", "", "label", "NVML name of GPU index 0 of the host when the engine runs on CUDA (not read from the "
+                          "engine's own device); empty on CPU"),
+    C("gpu_spec", "", "label", "analysis.hardware.GPU_SPECS entry matched to gpu (datasheet figures the floors use)"),
+    C("ttft_floor_ms", "ms", "analytical", "prefill FLOPs of the prompt (config.json) / the datasheet's dense BF16 "
+                                           "peak: a lower bound, never measured", "TTFT floor"),
+    C("ttft_efficiency", "ratio", "derived", "ttft_floor_ms / ttft_ms_p50 (client TTFT, HTTP included)", "TTFT eff."),
+    C("tpot_floor_ms", "ms", "analytical", "bytes of the first decode step (all weights + the prompt's KV) / datasheet "
+                                           "memory bandwidth", "TPOT floor"),
+    C("tpot_efficiency", "ratio", "derived", "tpot_floor_ms / tpot_ms_p50 (client TPOT)", "TPOT eff."),
+    C("floor_note", "", "label", "datasheet used for the floors, or why there is none"),
+    C("warmup_requests_sent", "count", "client", "unmeasured requests of this length sent before its trials, until "
+                                                 "the engine was steady (context_research.warmup: the last "
+                                                 "warmup_window TTFTs within warmup_tolerance of their median)"),
+    C("warmup_settled", "bool", "client", "whether that warm-up settled; False: it stopped at warmup_max_requests "
+                                          "and the trials may still drift"),
+    *integrity_columns(),
+    measured_on_column("client; engine_* columns: engine /metrics"),
+    *stamp_columns(),
+), "one row per prompt length, batch 1")
+
+E1_REQUESTS = Table("e1/requests.csv", (
+    C("phase", "", "label", "warmup (unmeasured, outside the /metrics window) or measured"),
+    C("prompt_tokens_point", "tokens", "config", "prompt length of the point the request belongs to"),
+    *request_record_columns(),
+    C("prompt_tokens_match", "bool", "derived", "server-counted prompt tokens == target; empty for a failed request"),
+    *stamp_columns(),
+), "one row per request")
+
 
 EXPERIMENT = Experiment(
     name="e1", title="E1 — prompt-length latency sweep", category="E1 prompt-length latency",
@@ -170,5 +215,11 @@ EXPERIMENT = Experiment(
              "engine_log": "engine.log"},
     figures=(Figure("ttft", "ttft.svg", "e1_ttft.rst"), Figure("tpot", "tpot.svg", "e1_tpot.rst"),
              Figure("table", "latency.html", "e1_latency.rst")),
-    report=e1_report,
+    report_module="context_research.experiments.e1_report",
+    code=("experiments/e1.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py"),
+    report_code=("experiments/e1_report.py",),
+    tables=(E1_LATENCY, E1_REQUESTS),
+    comparison=Layout("requests.csv", ("prompt_tokens_point",), CLIENT_METRICS + ENGINE_METRICS, keep=not_warmup("phase"),
+                      points_table="latency.csv", points_table_columns=("prompt_tokens",)),
+    row_checks=(("latency", check_point_row),),
 )

@@ -11,19 +11,15 @@ from ..analysis.stats import format_with_ci
 from ..analysis.plots import line_plot
 from ..io import read_json, write_text
 from ..report import provenance_line
-from . import e1  # the declaration (bottom-imported by e1; resolved at call time)
+from . import e1  # the declaration (its module never imports this one)
 from ..tables import fmt as _fmt, html_table, markdown_table
 
 GLOSSARY = "docs/columns.md"
 
-TABLE_COLUMNS = {
-    "prompt_tokens": "prompt tokens", "status": "status", "n_ok": "ok / n",
-    "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95", "ttft_ms_p99": "TTFT p99",
-    "engine_ttft_ms_mean": "engine TTFT mean", "ttft_client_minus_engine_ms": "client - engine TTFT",
-    "tpot_ms_p50": "TPOT p50 (ms)", "tpot_ms_p95": "TPOT p95", "tpot_ms_p99": "TPOT p99",
-    "e2e_ms_p50": "E2E p50 (ms)", "ttft_floor_ms": "TTFT floor", "ttft_efficiency": "TTFT eff.",
-    "tpot_floor_ms": "TPOT floor", "tpot_efficiency": "TPOT eff.", "reason": "reason",
-}
+# latency.csv's columns the report shows, headed by their declared labels and units (e1.E1_LATENCY).
+TABLE_COLUMNS = ("prompt_tokens", "status", "n_ok", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "engine_ttft_ms_mean",
+                 "ttft_client_minus_engine_ms", "tpot_ms_p50", "tpot_ms_p95", "tpot_ms_p99", "e2e_ms_p50",
+                 "ttft_floor_ms", "ttft_efficiency", "tpot_floor_ms", "tpot_efficiency", "reason")
 
 
 def load(results_dir: Path) -> pd.DataFrame:
@@ -37,7 +33,7 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in TABLE_COLUMNS if c in out.columns]
     if out[["ttft_floor_ms", "tpot_floor_ms"]].isna().all().all():
         cols = [c for c in cols if "floor" not in c and "efficiency" not in c]
-    return out[cols].rename(columns=TABLE_COLUMNS)
+    return e1.E1_LATENCY.shown(out, cols)
 
 
 def make_figures(results_dir: Path) -> None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..analysis.capacity import CapacitySearch, search_from_config
+from ..analysis.compare_layout import CLIENT_METRICS, ENGINE_METRICS, Layout, not_warmup
+from ..analysis.integrity import check_point_row
 from ..analysis.probe import ProbeRules, probe_requests
 from ..backends.session import EngineSession
 from ..metadata import engine_gpu_name
@@ -40,6 +42,7 @@ from ..workload.progress import PointProgress
 from ..workload.prompts import PromptFactory, context_overflow
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
+from .e2_tables import E2_CONCURRENCY, E2_CAPACITY, E2_REQUESTS
 # The point functions are E2's API too (benchmarks/ measures one point with measure_point).
 from .e2_points import (MODES, OPEN_LOOP, capacity_verdict, failed_point_row, measure_point,  # noqa: F401
                         point_requests, point_row, requests_for_point, sweep_points)
@@ -228,9 +231,6 @@ def _best(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return {"mode": best["mode"], "level": best["level"], "prompt_tokens": best["prompt_tokens"], key: best[key]}
 
 
-
-from . import e2_report  # noqa: E402  (bottom import: the report reads this module's declaration)
-
 EXPERIMENT = Experiment(
     name="e2", title="E2 — load: concurrency / rate sweep, capacity under SLOs, trace replay",
     category="E2 concurrency and goodput",
@@ -244,7 +244,16 @@ EXPERIMENT = Experiment(
              Figure("timeline", "timeline.svg", "e2_timeline.rst"),
              Figure("pareto", "pareto.svg", "e2_pareto.rst"),
              Figure("table", "concurrency.html", "e2_concurrency.rst")),
-    report=e2_report,
+    report_module="context_research.experiments.e2_report",
+    code=("experiments/e2.py", "experiments/e2_tables.py", "experiments/e2_points.py", "experiments/e2_load.py",
+          "analysis/capacity.py", "analysis/probe.py", "analysis/saturation.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py", "tables.py",
+          "traces.py"),
+    report_code=("experiments/e2_report.py", "experiments/e2_figures.py"),
+    tables=(E2_CONCURRENCY, E2_CAPACITY, E2_REQUESTS),
+    comparison=Layout("requests.csv", ("mode", "level", "prompt_tokens_point"), CLIENT_METRICS + ENGINE_METRICS,
+                      keep=not_warmup("phase"), points_table="concurrency.csv",
+                      points_table_columns=("mode", "level", "prompt_tokens")),
+    row_checks=(("concurrency", check_point_row),),
     # No analysis keys: the SLOs and attainment_target steer the capacity search (which rates are
     # probed), so they are run keys, in the run's config and hash; a new SLO reruns the engine rule.
     analysis_keys=(),

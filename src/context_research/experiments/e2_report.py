@@ -21,26 +21,22 @@ from ..analysis.stats import format_with_ci
 from ..analysis.plots import SVG_RC, check_provenance  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line
-from . import e2  # the declaration (bottom-imported by e2; resolved at call time)  # noqa: E402
+from . import e2  # the declaration (its module never imports this one)
 from ..tables import fmt as _fmt, html_table, markdown_table  # noqa: E402
 from .e2_figures import attainment_figure, pareto_figure, timeline_figure  # noqa: E402
+from .e2_tables import E2_CONCURRENCY  # noqa: E402
 
 # The sweep figures' panels: capacity probes and the trace have their own figures.
 MODES = ("concurrency", "rate")
 XLABEL = {"concurrency": "max requests in flight (closed loop)", "rate": "offered Poisson rate (requests/s)"}
 
-TABLE_COLUMNS = {
-    "mode": "mode", "level": "level", "prompt_tokens": "prompt tokens", "status": "status", "n_ok": "ok / n",
-    "request_throughput_rps": "req/s", "output_throughput_tok_s": "output tok/s",
-    "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95", "ttft_ms_p99": "TTFT p99",
-    "engine_ttft_ms_mean": "engine TTFT mean", "ttft_client_minus_engine_ms": "client - engine TTFT",
-    "tpot_ms_p50": "TPOT p50 (ms)", "tpot_ms_p95": "TPOT p95", "tpot_ms_p99": "TPOT p99",
-    "e2e_ms_p50": "E2E p50 (ms)", "e2e_ms_p99": "E2E p99",
-    "slo_attainment": "SLO attainment", "goodput_rps": "per-run goodput (req/s)",
-    "steady_slo_attainment": "steady attainment", "steady_output_throughput_tok_s": "steady output tok/s",
-    "saturated": "saturated", "stopped_early": "stopped early", "energy_j_per_output_token": "J / output token",
-    "engine_preemptions": "preemptions", "engine_kv_cache_usage_peak": "peak KV usage", "reason": "reason",
-}
+# concurrency.csv's columns the report shows, headed by their declared labels and units (E2_CONCURRENCY).
+TABLE_COLUMNS = ("mode", "level", "prompt_tokens", "status", "n_ok", "request_throughput_rps",
+                 "output_throughput_tok_s", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "engine_ttft_ms_mean",
+                 "ttft_client_minus_engine_ms", "tpot_ms_p50", "tpot_ms_p95", "tpot_ms_p99", "e2e_ms_p50", "e2e_ms_p99",
+                 "slo_attainment", "goodput_rps", "steady_slo_attainment", "steady_output_throughput_tok_s",
+                 "saturated", "stopped_early", "energy_j_per_output_token", "engine_preemptions",
+                 "engine_kv_cache_usage_peak", "reason")
 
 
 def load(results_dir: Path) -> pd.DataFrame:
@@ -127,7 +123,7 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     for flag in ("saturated", "stopped_early"):  # a CSV bool (or empty for a closed loop) as words
         if flag in out.columns:
             out[flag] = [("yes" if str(v).lower() == "true" else "no") if pd.notna(v) else "" for v in out[flag]]
-    return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
+    return E2_CONCURRENCY.shown(out, TABLE_COLUMNS)
 
 
 def make_figures(results_dir: Path) -> None:

@@ -13,32 +13,23 @@ from ..analysis.stats import format_with_ci
 from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import fmt, html_table
-from . import e3  # noqa: E402  (the declaration; e3 bottom-imports this module, resolved at call time)
+from . import e3  # the declaration (its module never imports this one)
 from .e3_figures import (WATERFALL_SEGMENTS, goodput_figure, latency_figure, num as _num, series_labels,
                          transfer_figure, waterfall_requests, way_of)
+from ..disagg.tables import E3_MODE_COMPARISON
 
-TABLE_COLUMNS = {
-    "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "mode": "mode", "kv_path": "KV path",
-    "status": "status",
-    "ttft_ms_p50": "TTFT p50 (ms)", "ttft_ms_p95": "TTFT p95 (ms)", "tpot_ms_p50": "TPOT p50 (ms)",
-    "tpot_ms_p95": "TPOT p95 (ms)", "e2e_ms_p50": "E2E p50 (ms)", "goodput_rps": "goodput (req/s)",
-    "transfer_bytes_per_request": "KV bytes moved / req", "analytical_bytes_per_request": "analytical bytes / req",
-    "bytes_agree": "bytes agree", "kv_moved": "KV moved", "kv_save_ms_p50": "KV save p50 (ms)",
-    "kv_wait_ms_p50": "KV wait p50 (ms)", "kv_load_ms_p50": "KV load p50 (ms)",
-    "kv_step_requests_max": "requests per step (max)",
-    "kv_load_gb_s_derived_p50": "load GB/s (derived)", "kv_stall_ratio_p50": "stall ratio",
-    "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "delta_tpot_ms_p50": "Δ TPOT p50 (ms)", "delta_goodput_rps": "Δ goodput",
-    "reason": "reason",
-}
+# mode_comparison.csv's columns the report shows, headed by their declared labels and units
+# (E3_MODE_COMPARISON).
+TABLE_COLUMNS = ("prompt_tokens", "concurrency", "mode", "kv_path", "status", "ttft_ms_p50", "ttft_ms_p95",
+                 "tpot_ms_p50", "tpot_ms_p95", "e2e_ms_p50", "goodput_rps", "transfer_bytes_per_request",
+                 "analytical_bytes_per_request", "bytes_agree", "kv_moved", "kv_save_ms_p50", "kv_wait_ms_p50",
+                 "kv_load_ms_p50", "kv_step_requests_max", "kv_load_gb_s_derived_p50", "kv_stall_ratio_p50",
+                 "delta_ttft_ms_p50", "delta_tpot_ms_p50", "delta_goodput_rps", "reason")
 # The ways compared (item 4 of issue 27): one row per way and point.
-PATH_COLUMNS = {
-    "kv_path": "KV path", "prompt_tokens": "prompt tokens", "concurrency": "concurrency", "connector": "connector",
-    "kv_transfer_direction": "direction", "ucx_env": "UCX env", "kv_transport": "transport",
-    "kv_transport_slow": "transport slow", "kv_load_gb_s_derived_p50": "load GB/s (derived)",
-    "nixl_gb_s": "NIXL GB/s", "kv_load_share_of_ceiling": "load / link ceiling", "kv_wait_ms_p50": "KV wait p50 (ms)",
-    "kv_stall_ratio_p50": "stall ratio", "delta_ttft_ms_p50": "Δ TTFT p50 (ms)", "bytes_agree": "bytes agree",
-    "status": "status",
-}
+PATH_COLUMNS = ("kv_path", "prompt_tokens", "concurrency", "connector", "kv_transfer_direction", "ucx_env",
+                "kv_transport", "kv_transport_slow", "kv_load_gb_s_derived_p50", "nixl_gb_s",
+                "kv_load_share_of_ceiling", "kv_wait_ms_p50", "kv_stall_ratio_p50", "delta_ttft_ms_p50", "bytes_agree",
+                "status")
 
 
 def _frame(results_dir: Path) -> pd.DataFrame:
@@ -102,10 +93,9 @@ def _cell(value: Any, column: str) -> str:
     return str(value)
 
 
-def _table_frame(frame: pd.DataFrame, columns: dict[str, str] = TABLE_COLUMNS) -> pd.DataFrame:
+def _table_frame(frame: pd.DataFrame, columns: tuple[str, ...] = TABLE_COLUMNS) -> pd.DataFrame:
     cols = [c for c in columns if c in frame.columns]
-    shown = pd.DataFrame({c: [_cell(v, c) for v in frame[c]] for c in cols})
-    return shown.rename(columns=columns)
+    return E3_MODE_COMPARISON.shown(pd.DataFrame({c: [_cell(v, c) for v in frame[c]] for c in cols}), cols)
 
 
 def _table_html(frame: pd.DataFrame) -> str:

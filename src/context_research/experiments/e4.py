@@ -27,6 +27,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from ..analysis.compare_layout import NotCompared
 from ..backends.client import http_session
 from ..backends.session import EngineSession
 from ..datasets.materialize import load_materialized
@@ -40,6 +41,7 @@ from ..quality.verdicts import (BY_LENGTH_COLUMNS, PERPLEXITY, QUALITY_COLUMNS, 
 from ..records import GenerationRequest
 from ..workload.checks import prompt_length_mismatches
 from .declaration import ONE_ENGINE, Experiment, Figure, Prepared
+from ..quality.tables import E4_BESIDE_SPEED, E4_BY_LENGTH, E4_QUALITY
 from .runner import RunContext
 
 Loaded = list[tuple[Dataset, dict, list[dict]]]  # load_materialized: (dataset, manifest, samples)
@@ -286,8 +288,6 @@ def data_inputs(config: dict) -> list[str]:
     return [str(ds.data_path()) for ds in dss] + [str(ds.manifest_path()) for ds in dss]
 
 
-from . import e4_report  # noqa: E402  (bottom import: the report reads this module's declaration)
-
 EXPERIMENT = Experiment(
     name="e4", title="E4 — long-context quality", category="E4 long-context quality",
     engines=ONE_ENGINE, body=run, prepare=prepare, data_inputs=data_inputs,
@@ -299,8 +299,18 @@ EXPERIMENT = Experiment(
              Figure("table", "quality.html", "e4_table.rst"),
              Figure("beside_speed", "beside_speed.svg", "e4_beside_speed.rst")),
     figure_joins=("e1", "e5"),
+    report_module="context_research.experiments.e4_report",
+    code=("experiments/e4.py", "datasets/", "data/upstream_prompts.json", "quality/__init__.py",
+          "quality/perplexity.py", "quality/prompting.py", "quality/scorers.py", "quality/tables.py", "quality/verdicts.py"),
+    report_code=("experiments/e4_report.py", "quality/beside_speed.py"),
+    # rule e4_data: materializes the datasets with the served model's tokenizer (RULER's haystacks
+    # from wonderwords' word lists); a change of any of these rematerializes them, and so reruns E4
+    data_code=("datasets/", "data/upstream_prompts.json", "quality/__init__.py", "quality/prompting.py",
+               "quality/scorers.py", "config.py", "models.py", "metadata.py", "provenance.py"),
+    data_packages=("tokenizers", "transformers", "wonderwords"),
+    tables=(E4_QUALITY, E4_BY_LENGTH, E4_BESIDE_SPEED),
+    comparison=NotCompared("quality scores, not per-request latencies (not compared yet)"),
     config_problems=explicit_file_problems,  # E4's data files: never a silent fixture
-    report=e4_report,
     # every key of experiments.e4 shapes the datasets, the prompts or the decoding; the scorers
     # are fixed per sample (its ``metric``), so no key only analyses saved predictions
     analysis_keys=(),

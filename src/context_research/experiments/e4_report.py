@@ -12,13 +12,12 @@ from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import fmt, html_table, markdown_table
 from ..quality import beside_speed
-from . import e4  # the declaration (bottom-imported by e4; resolved at call time)
+from . import e4  # the declaration (its module never imports this one)
+from ..quality.tables import E4_BESIDE_SPEED, E4_QUALITY
 
-TABLE_COLUMNS = {
-    "benchmark": "benchmark", "task": "task", "context_tokens": "context", "n_ok": "ok / n",
-    "metric": "metric", "score": "score", "mean_input_tokens": "mean input tokens", "truncated": "truncated",
-    "status": "status", "meaningful": "meaningful", "data_source": "data", "reason": "reason",
-}
+# quality.csv's columns the report shows, headed by their declared labels and units (E4_QUALITY).
+TABLE_COLUMNS = ("benchmark", "task", "context_tokens", "n_ok", "metric", "score", "mean_input_tokens", "truncated",
+                 "status", "meaningful", "data_source", "reason")
 NOT_MEANINGFUL = "NOT a quality measurement"
 
 
@@ -39,7 +38,7 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out["metric"] = [f"{m} ({'perplexity' if s == 'perplexity' else '0-100'})"
                      for m, s in zip(out["metric"], out["score_scale"])]
     out["reason"] = out["reason"].fillna("")
-    return out[[c for c in TABLE_COLUMNS if c in out.columns]].rename(columns=TABLE_COLUMNS)
+    return E4_QUALITY.shown(out, TABLE_COLUMNS)
 
 
 def _provenance(meta: dict, summary: dict) -> str:
@@ -151,7 +150,8 @@ def report_section(results_dir: Path) -> dict[str, Any]:
         joined, joined_prov = beside_speed_frame(results_dir)
         tables.append({"caption": "Quality beside speed at the same context length (" + joined_prov + ")"
                                   + ("" if s["meaningful"] else f"; quality {NOT_MEANINGFUL}"),
-                       "html": html_table(joined, 2), "markdown": markdown_table(joined, 2)})
+                       "html": html_table(E4_BESIDE_SPEED.shown(joined), 2),
+                       "markdown": markdown_table(E4_BESIDE_SPEED.shown(joined), 2)})
     return {"findings": findings, "facts": facts, "tables": tables}
 
 

@@ -26,14 +26,17 @@ from typing import Any, Awaitable, Callable
 
 import pandas as pd
 
+from ..analysis.compare_layout import Layout, Metric, ok_status
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, check_kv_usage, kv_used_bytes, memory_components_row, parse_vllm_memory_log
 from ..analysis.model_math import kv_bytes_per_token, weight_bytes
+from ..columns import Column, Table
 from ..backends.session import EngineSession
 from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tokens_held
 from ..metadata import engine_gpu_name
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
+from ..result_tables import integrity_columns, stamp_columns
 from ..workload.checks import died_in_flight
 from ..warmup import WarmupRule, warm_session
 from .declaration import ONE_ENGINE, Experiment, Figure
@@ -281,7 +284,83 @@ async def run(session: EngineSession, cfg: dict, ctx: RunContext) -> dict:
             "kv_cache_source": parsed.get("kv_cache_source")}
 
 
-from . import e5_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+# -- tables (docs/columns.md) ---------------------------------------------------------------------
+
+C = Column
+
+_LOG = "engine log (vLLM's memory profile, 2-decimal GiB)"
+
+E5_MEMORY = Table("e5/memory.csv", (
+    C("mode", "", "config", "serving mode (aggregated; disaggregated rows are status unsupported)", "mode"),
+    C("status", "", "label", "ok, failed (the request failed), unsupported (mode not wired) or implausible (a "
+                             "latency breaks a floor or disagrees with the engine: analysis.integrity)", "status"),
+    C("reason", "", "label", "why the row is not ok", "reason"),
+    C("prompt_tokens_target", "tokens", "config", "prompt length asked for", "prompt tokens"),
+    C("prompt_tokens", "tokens", "engine", "server-counted prompt tokens of the (last) attempt"),
+    C("output_tokens", "tokens", "engine", "server-counted output tokens of the (last) attempt"),
+    C("weights_gib", "GiB", "engine", f"model weights: the '... for weight' figure, else 'Model loading took X GiB' "
+                                      f"({_LOG}; weights_source says which)", "vLLM weights"),
+    C("peak_activation_gib", "GiB", "engine", f"peak activation memory of the profiling run ({_LOG})",
+      "peak activation"),
+    C("non_torch_gib", "GiB", "engine", f"non-torch memory ({_LOG}; vLLM >= 0.27: the consumed figure minus weights)",
+      "non-torch"),
+    C("cuda_graph_gib", "GiB", "engine", f"CUDA-graph memory: profile figure, else graph pool (actual), else capture "
+                                         f"size ({_LOG})", "CUDA graphs"),
+    C("kv_cache_allocated_gib", "GiB", "engine", f"KV pool: 'Current kv cache memory in use', else 'Available KV cache "
+                                                 f"memory', else the CPU worker's KV space ({_LOG})", "KV allocated"),
+    C("kv_used_analytical_gib", "GiB", "analytical", "KV bytes/token (config.json, engine KV dtype) x tokens held "
+                                                     "(prompt + output - 1), not block-rounded", "KV used, analytical"),
+    C("nvml_peak_used_gib", "GiB", "nvml", "sum over EVERY GPU NVML sees of its peak used memory during the point "
+                                           "(other processes included; max over attempts); empty on CPU", "NVML peak"),
+    C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees", "NVML total"),
+    C("process_rss_gib", "GiB", "process", "PEAK resident set size of the engine's process tree during the point (max "
+                                           "over attempts; shared pages counted per process)", "engine RSS peak"),
+    C("weights_plus_non_torch_gib", "GiB", "engine",
+      f"vLLM >= 0.27's 'consumed memory (weights + non-torch)' ({_LOG})"),
+    C("cpu_non_kv_gib", "GiB", "engine", "vLLM-CPU's 'memory was consumed by non-kv usages' (engine log)"),
+    C("weights_source", "", "label", "profile or model_loading: the log line weights_gib came from"),
+    C("kv_cache_source", "", "label", "the log line kv_cache_allocated_gib came from"),
+    C("weights_analytical_gib", "GiB", "analytical", "parameter count (config.json) x bytes of the engine's model "
+                                                     "dtype", "analytical weights"),
+    C("kv_used_block_rounded_gib", "GiB", "analytical", "kv_used_analytical rounded up to whole KV blocks, as the "
+                                                        "paged allocator holds them", "KV used, block-rounded"),
+    C("kv_used_gauge_gib", "GiB", "derived", "kv_usage_peak x kv_pool_bytes", "KV used, gauge"),
+    C("kv_usage_peak", "ratio", "engine", "peak of vllm:kv_cache_usage_perc (a fraction 0-1) sampled every "
+                                          "poll_interval_s while the request ran"),
+    C("kv_tokens_held", "tokens", "derived", "server-counted prompt + output - 1 (the last sampled token is never "
+                                             "cached)"),
+    C("kv_blocks_analytical", "blocks", "analytical", "ceil(kv_tokens_held / block_size)"),
+    C("kv_blocks_gauge", "blocks", "derived", "gauge bytes / (block_size x analytical bytes/token)"),
+    C("kv_gauge_relative_error", "ratio", "derived", "(gauge bytes - block-rounded analytical) / block-rounded "
+                                                     "analytical (unrounded when the block size is unknown)"),
+    C("kv_check_agree", "bool", "derived", "|kv_gauge_relative_error| <= kv_check_tolerance"),
+    C("kv_check_verdict", "", "derived", "agree, partial, inconclusive, not_observed, disagree or request_failed "
+                                         "(kv_check_note explains)", "KV check"),
+    C("kv_check_tolerance", "ratio", "config", "experiments.e5.kv_check_tolerance"),
+    C("kv_check_note", "", "label", "the verdict's explanation"),
+    C("kv_pool_bytes", "bytes", "engine", "KV pool: cache_config_info kv_cache_memory_bytes when exported (exact), "
+                                          "else the log's GiB x 2^30"),
+    C("kv_pool_source", "", "label", "where kv_pool_bytes came from"),
+    C("kv_bytes_per_token_analytical", "bytes/token", "analytical", "2 x layers x kv_heads x head_dim x KV dtype bytes "
+                                                                    "(config.json, engine KV dtype)"),
+    C("kv_bytes_per_token_engine", "bytes/token", "derived", "the log's KV pool GiB / the log's KV cache tokens "
+                                                             "(2-decimal GiB rounding)"),
+    C("kv_cache_tokens", "tokens", "engine", "'KV cache size: N tokens' from the engine log"),
+    C("kv_cache_device", "", "engine", "device word of that log line (GPU, CPU, ...)"),
+    C("kv_dtype", "", "engine", "effective KV dtype from the engine's config log line (kv_cache_dtype, or the model "
+                                "dtype when auto)"),
+    C("block_size", "tokens", "engine", "KV block size (cache_config_info)"),
+    C("num_kv_blocks", "blocks", "engine", "cache_config_info num_gpu_blocks, else kv_cache_tokens // block_size"),
+    C("cpu_kv_cache_gib", "GiB", "engine", "vLLM-CPU's KV space 'set (X/Y) GiB for KV cache' (engine log)"),
+    C("cpu_kvcache_space_env_gib", "GiB", "config", "VLLM_CPU_KVCACHE_SPACE the engine was started with"),
+    C("ttft_s", "s", "client", "TTFT of the (last) attempt's request"),
+    C("e2e_s", "s", "client", "E2E of the (last) attempt's request"),
+    C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the (last) attempt"),
+    C("attempts", "count", "client", "requests sent for the point (a gauge that missed the last block is retried)"),
+    *integrity_columns(),
+    *stamp_columns(),
+), "one row per prompt length and mode (one request in flight)")
+
 
 EXPERIMENT = Experiment(
     name="e5", title="E5 — peak-memory decomposition", category="E5 peak-memory decomposition",
@@ -289,7 +368,22 @@ EXPERIMENT = Experiment(
     outputs={"memory": "memory.csv", "summary": "summary.json", "engine_log": "engine.log"},
     figures=(Figure("memory", "memory.svg", "e5_memory.rst"),
              Figure("table", "memory.html", "e5_memory_table.rst")),
-    report=e5_report,
+    report_module="context_research.experiments.e5_report",
+    code=("experiments/e5.py", "analysis/memory.py", "memory_probe.py", "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
+    report_code=("experiments/e5_report.py",),
+    tables=(E5_MEMORY,),
+    # One request per point: the point table is the record.
+    comparison=Layout("memory.csv", ("prompt_tokens_target", "mode"),
+                      (Metric("ttft_ms", "ttft_s", 1000.0, noise="ttft_ms"), Metric("e2e_ms", "e2e_s", 1000.0, noise="e2e_ms"),
+                       Metric("kv_cache_allocated_gib", "kv_cache_allocated_gib", lower_is_better=False),
+                       Metric("peak_activation_gib", "peak_activation_gib"), Metric("weights_gib", "weights_gib"),
+                       # what a KV format changes: bytes per token (vLLM's pool / its token capacity) and
+                       # the pool's capacity in blocks at the same memory budget
+                       Metric("kv_bytes_per_token_engine", "kv_bytes_per_token_engine"),
+                       Metric("num_kv_blocks", "num_kv_blocks", lower_is_better=False)),
+                      keep=ok_status, points_table="memory.csv", points_table_columns=("prompt_tokens_target", "mode"),
+                      single=True),
+    row_checks=(("memory", check_request_row),),
     # kv_check_tolerance is no analysis-only key: the verdict it gives decides whether a point
     # is re-sent to the engine (kv_gauge_attempts), so it changes what is served.
     analysis_keys=(),

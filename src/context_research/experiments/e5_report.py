@@ -11,7 +11,7 @@ from ..analysis.plots import stacked_bar
 from ..io import read_json, write_text
 from ..report import provenance_line
 from ..tables import fmt, html_table, markdown_table
-from . import e5  # the declaration (e5 imports this module at its bottom; read at call time)
+from . import e5  # the declaration (its module never imports this one)
 
 # Stacked components (GiB) in drawing order, with the legend label each gets. A value that was
 # calculated rather than measured has its own component and label, so the legend never shows it
@@ -28,15 +28,11 @@ COMPONENTS = {
     "rss_rest": "rest of engine RSS (CPU hosts)",
 }
 
-TABLE_COLUMNS = {
-    "mode": "mode", "prompt_tokens_target": "prompt tokens", "status": "status",
-    "weights_gib": "weights (vLLM)", "weights_analytical_gib": "weights (analytical)",
-    "peak_activation_gib": "peak activation", "non_torch_gib": "non-torch", "cuda_graph_gib": "CUDA graphs",
-    "kv_cache_allocated_gib": "KV allocated", "kv_used_analytical_gib": "KV used (analytical)",
-    "kv_used_block_rounded_gib": "KV used (block-rounded)", "kv_used_gauge_gib": "KV used (gauge)",
-    "kv_check_verdict": "KV check", "nvml_peak_used_gib": "NVML peak", "nvml_total_gib": "NVML total",
-    "process_rss_gib": "engine RSS peak", "reason": "reason",
-}
+# memory.csv's columns the report shows, headed by their declared labels and units (e5.E5_MEMORY).
+TABLE_COLUMNS = ("mode", "prompt_tokens_target", "status", "weights_gib", "weights_analytical_gib",
+                 "peak_activation_gib", "non_torch_gib", "cuda_graph_gib", "kv_cache_allocated_gib",
+                 "kv_used_analytical_gib", "kv_used_block_rounded_gib", "kv_used_gauge_gib", "kv_check_verdict",
+                 "nvml_peak_used_gib", "nvml_total_gib", "process_rss_gib", "reason")
 
 
 def bar_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -83,8 +79,7 @@ def make_figures(results_dir: Path) -> None:
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in TABLE_COLUMNS if c in frame.columns]
-    return frame[cols].rename(columns=TABLE_COLUMNS)
+    return e5.E5_MEMORY.shown(frame, TABLE_COLUMNS)
 
 
 def report_section(results_dir: Path) -> dict[str, Any]:

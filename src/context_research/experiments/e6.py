@@ -27,9 +27,11 @@ from typing import Any
 
 import pandas as pd
 
+from ..analysis.compare_layout import CLIENT_METRICS, Layout, Metric, ok_status
 from ..analysis.integrity import apply_status, check_request_row
 from ..analysis.memory import GIB, kv_used_bytes, parse_vllm_memory_log
 from ..backends.base import ServingBackend
+from ..columns import Column, Table
 from ..backends.session import EngineSession
 from ..engine_log import engine_error_lines
 from ..engine_metrics import engine_summary
@@ -38,6 +40,7 @@ from ..memory_probe import MemoryProbe, allocated_kv_bytes, engine_facts, kv_tok
 from ..metadata import engine_gpu_name
 from ..prompts import token_id_prompt
 from ..records import GenerationRequest
+from ..result_tables import TPOT_MEANING, integrity_columns, stamp_columns
 from ..warmup import WarmupRule, warm_session
 from .declaration import SEVERAL_ENGINES, Experiment, Figure
 from .e6_model import derive_rope_config, model_source_dir, write_derived_model
@@ -278,7 +281,53 @@ def final_outcomes(rows: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
-from . import e6_report  # noqa: E402  (bottom import: the report reads this module's declaration)
+# -- tables (docs/columns.md) ---------------------------------------------------------------------
+
+C = Column
+
+E6_STRESS = Table("e6/stress.csv", (
+    C("target_prompt_tokens", "tokens", "config", "prompt length asked for", "target tokens"),
+    C("pass", "", "label", "primary, or fallback-<dtype> (retry of memory failures with a smaller KV dtype)",
+      "engine pass"),
+    C("kv_cache_dtype", "", "engine", "kv_cache_dtype from the engine's config log line (auto = model dtype); the "
+                                      "requested value when the engine did not start", "KV dtype"),
+    C("status", "", "label", "ok, failed, unsupported (the engine refused the configuration) or implausible (client "
+                             "TPOT/TTFT disagree with the engine's own view or break a floor: analysis.integrity)",
+      "status"),
+    C("failure_kind", "", "label", "kv_cache_capacity, oom, over_length_limit, unsupported, timeout, client_error, "
+                                   "engine_died or server_error", "failure"),
+    C("reason", "", "label", "the request's error and the engine's error lines", "reason"),
+    C("rope_type", "", "config", "RoPE scaling written into the derived config.json (yarn)"),
+    C("rope_factor", "ratio", "config", "RoPE scaling factor"),
+    C("original_max_position_embeddings", "tokens", "config", "the model's native (pre-scaling) context"),
+    C("max_model_len", "tokens", "config", "max_model_len the engine was started with (experiments.e6.max_model_len)"),
+    *stamp_columns(),
+    C("beyond_native", "bool", "derived", "target_prompt_tokens > original_max_position_embeddings"),
+    C("extension_vs_native", "ratio", "derived", "target_prompt_tokens / original_max_position_embeddings"),
+    C("prompt_tokens", "tokens", "engine", "server-counted prompt tokens", "prompt tokens served"),
+    C("output_tokens", "tokens", "engine", "server-counted output tokens"),
+    C("ttft_s", "s", "client", "time to first token, send to first token-carrying streamed chunk", "client TTFT"),
+    C("tpot_s", "s", "client", TPOT_MEANING, "client TPOT"),
+    C("e2e_s", "s", "client", "send to last token-carrying streamed chunk"),
+    C("engine_ttft_s", "s", "engine", "vLLM TTFT histogram mean over the point (its one request)", "engine TTFT"),
+    C("engine_prefill_s", "s", "engine", "vLLM request prefill-time histogram mean over the point"),
+    C("engine_itl_s", "s", "engine", "vLLM inter-token-latency histogram mean over the point", "engine ITL"),
+    C("engine_decode_s", "s", "engine", "vLLM request decode-time histogram mean over the point"),
+    C("kv_used_analytical_gib", "GiB", "analytical", "KV bytes/token (derived config.json, engine KV dtype) x (prompt "
+                                                     "+ output - 1), not block-rounded", "KV held"),
+    C("kv_usage_peak", "ratio", "engine", "peak of vllm:kv_cache_usage_perc (a fraction 0-1) sampled while the request "
+                                          "ran", "KV gauge peak"),
+    C("kv_gauge_samples", "count", "client", "/metrics scrapes that returned the KV gauge during the request"),
+    C("kv_used_gauge_gib", "GiB", "derived", "kv_usage_peak x KV pool"),
+    C("kv_pool_gib", "GiB", "engine", "KV pool: cache_config_info kv_cache_memory_bytes, else the engine log's figure"),
+    C("process_rss_peak_gib", "GiB", "process", "peak resident set size of the engine's process tree (shared pages "
+                                                "counted per process)", "engine RSS peak"),
+    C("nvml_peak_used_gib", "GiB", "nvml", "sum over every GPU NVML sees of its peak used memory during the request; "
+                                           "empty on CPU", "NVML peak"),
+    C("nvml_total_gib", "GiB", "nvml", "sum of the total memory of every GPU NVML sees"),
+    *integrity_columns(),
+), "one row per target length and engine pass (one request each)")
+
 
 EXPERIMENT = Experiment(
     name="e6", title="E6 — YaRN long-context stress", category="E6 YaRN long-context stress",
@@ -289,7 +338,20 @@ EXPERIMENT = Experiment(
     optional_outputs={"engine_fallback": "engine_fallback.log"},
     figures=(Figure("stress", "stress.svg", "e6_stress.rst"),
              Figure("table", "stress.html", "e6_stress_table.rst")),
-    report=e6_report,
+    report_module="context_research.experiments.e6_report",
+    code=("experiments/e6.py", "experiments/e6_model.py", "analysis/memory.py", "analysis/rope.py", "memory_probe.py",
+          "analysis/findings.py", "analysis/integrity.py", "analysis/hardware.py", "analysis/model_math.py"),
+    report_code=("experiments/e6_report.py",),
+    tables=(E6_STRESS,),
+    # One request per point: the point table is the record.
+    comparison=Layout("stress.csv", ("target_prompt_tokens", "pass"),
+                      CLIENT_METRICS + (Metric("engine_ttft_ms", "engine_ttft_s", 1000.0, noise="engine_ttft_ms",
+                                               engine_side=True),
+                                        Metric("engine_itl_ms", "engine_itl_s", 1000.0, noise="engine_itl_ms",
+                                               engine_side=True)),
+                      keep=ok_status, points_table="stress.csv", points_table_columns=("target_prompt_tokens", "pass"),
+                      single=True),
+    row_checks=(("stress", check_request_row),),
     # Every experiments.e6 key shapes the derived model or what is served: none is analysis-only.
     analysis_keys=(),
 )

@@ -15,16 +15,13 @@ from ..analysis.plots import SVG_RC  # noqa: E402
 from ..io import read_json, write_figure, write_text  # noqa: E402
 from ..report import provenance_line  # noqa: E402
 from ..tables import fmt, html_table, markdown_table  # noqa: E402
-from . import e6  # noqa: E402  (the declaration: e6 imports this module at its bottom; read at call time)
+from . import e6  # the declaration (its module never imports this one)
 
 
-TABLE_COLUMNS = {
-    "target_prompt_tokens": "target tokens", "pass": "engine pass", "kv_cache_dtype": "KV dtype",
-    "status": "status", "failure_kind": "failure", "prompt_tokens": "prompt tokens served",
-    "ttft_s": "TTFT (s, client)", "engine_ttft_s": "TTFT (s, engine)", "tpot_s": "TPOT (s, client)",
-    "engine_itl_s": "ITL (s, engine)", "kv_usage_peak": "KV gauge peak", "kv_used_analytical_gib": "KV held (GiB)",
-    "process_rss_peak_gib": "engine RSS peak (GiB)", "nvml_peak_used_gib": "NVML peak (GiB)", "reason": "reason",
-}
+# stress.csv's columns the report shows, headed by their declared labels and units (e6.E6_STRESS).
+TABLE_COLUMNS = ("target_prompt_tokens", "pass", "kv_cache_dtype", "status", "failure_kind", "prompt_tokens", "ttft_s",
+                 "engine_ttft_s", "tpot_s", "engine_itl_s", "kv_usage_peak", "kv_used_analytical_gib",
+                 "process_rss_peak_gib", "nvml_peak_used_gib", "reason")
 
 
 def _num(frame: pd.DataFrame, col: str) -> pd.Series:
@@ -75,8 +72,7 @@ def make_figures(results_dir: Path) -> None:
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in TABLE_COLUMNS if c in frame.columns]
-    return frame[cols].rename(columns=TABLE_COLUMNS)
+    return e6.E6_STRESS.shown(frame, TABLE_COLUMNS)
 
 
 def _ms(seconds: Any) -> float | None:

@@ -84,7 +84,6 @@ def write_pending(ctx, dest: Path) -> list[str]:
     """Write the rows registered with ``keep_on_failure`` whose table the run has not written into
     ``dest``; returns the problems (a table that could not be framed or written)."""
     from ..columns import write_table
-    from ..result_tables import table_for
 
     problems = []
     for key, (rows, columns) in ctx.pending.items():
@@ -96,7 +95,7 @@ def write_pending(ctx, dest: Path) -> list[str]:
             if frame.empty:
                 continue
             with kept_files():
-                write_table(target, frame, table_for(ctx.experiment, target.name))
+                write_table(target, frame, ctx.table(target.name))
         except Exception as err:  # the rows could not be framed or written: say so, keep the rest
             problems.append(f"could not write the rows of {target.name}: {why(err)}")
     return problems

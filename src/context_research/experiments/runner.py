@@ -23,7 +23,7 @@ from .. import io
 from ..backends.base import ServingBackend, backend_mode
 from ..backends.factory import make_backend
 from ..backends.session import EngineSession
-from ..columns import write_table
+from ..columns import Table, find_table, write_table
 from ..config import hash_inputs, model_profile, run_config
 from ..hashing import sha256_obj
 from ..device_lock.guard import RunDeviceGuard
@@ -48,8 +48,9 @@ class RunContext:
     weights: str
     model_id: str
     outdir: Path
-    # output key -> file name: the declaration's ``all_files``
+    # output key -> file name: the declaration's ``all_files``; its declared tables
     files: Mapping[str, str]
+    tables: Sequence[Table] = ()
     notes: list[str] = field(default_factory=list)
     # output keys written (or diverted) so far; files the results folder refused (partial.Diverted);
     # rows to keep if the run fails before writing them (keep_on_failure)
@@ -69,12 +70,14 @@ class RunContext:
         except KeyError:
             raise KeyError(f"{self.experiment} declares no output {key!r}; it declares {', '.join(self.files)}") from None
 
+    def table(self, filename: str) -> Table:
+        """The declared table of the run's file ``filename``."""
+        return find_table(self.tables, self.experiment, filename)
+
     def write_table(self, key: str, frame: pd.DataFrame) -> Path:
         """Write the declared CSV output ``key``, checked against its column declarations."""
-        from ..result_tables import table_for
-
         path = self.path(key)
-        table = table_for(self.experiment, path.name)
+        table = self.table(path.name)
         return self._write(key, path, lambda p: write_table(p, frame, table), f"{len(frame)} rows")
 
     def write_json(self, key: str, obj: Any) -> Path:
@@ -236,7 +239,8 @@ class ExperimentRun:
         chash = sha256_obj(self.hash_inputs)
         self.ctx = RunContext(experiment=experiment.name, run_id=make_run_id(chash), config_hash=chash,
                               backend_mode=backend_mode(self.serving), weights=self.model["weights"],
-                              model_id=self.model["source"], outdir=self.outdir, files=experiment.all_files)
+                              model_id=self.model["source"], outdir=self.outdir, files=experiment.all_files,
+                              tables=experiment.tables)
         self.backends: list[ServingBackend] = []
         self.engine_info: dict[str, Any] | None = None
         self.metadata_model: dict[str, Any] | None = None  # the model actually served, if not the profile's

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..analysis.plots import SVG_RC, check_provenance
+from .tables import E4_BESIDE_SPEED
 
-JOINED_COLUMNS = ["length_tokens", "e4_score", "e4_n", "e4_meaningful", "pg19_perplexity", "pg19_bits_per_token",
-                  "e1_ttft_ms_p50", "e1_tpot_ms_p50", "e5_kv_used_gib", "e5_nvml_peak_used_gib",
-                  "e5_process_rss_gib"]
+# Declared once with E4's tables (the report heads them with their labels).
+JOINED_COLUMNS = E4_BESIDE_SPEED.names
 NOT_MEANINGFUL = "NOT a quality measurement"
 
 

@@ -11,13 +11,14 @@ from typing import Any
 
 from ..analysis.stats import mean
 from ..result_tables import data_columns
+from .tables import E4_BY_LENGTH, E4_QUALITY
 
 PERCENT = "percent"
 PERPLEXITY = "perplexity"
 OVERALL = "overall"
 
-# Column order of quality.csv, declared once in result_tables.
-QUALITY_COLUMNS = data_columns("e4/quality.csv")
+# Column order of quality.csv, declared once with E4's tables.
+QUALITY_COLUMNS = data_columns(E4_QUALITY)
 
 
 def meaningful_verdict(weights: str, backend_mode: str, data_source: str | None = None) -> tuple[bool, str]:
@@ -100,7 +101,7 @@ def overall_row(rows: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- by context length
 
-BY_LENGTH_COLUMNS = data_columns("e4/quality_by_length.csv")
+BY_LENGTH_COLUMNS = data_columns(E4_BY_LENGTH)
 ALL = "all"
 
 
