@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import csv
 import json
 import os
 import secrets
@@ -80,10 +81,24 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 
 def write_csv(path: str | os.PathLike, frame) -> Path:
-    """Write a pandas DataFrame as CSV atomically."""
+    """Write a pandas DataFrame as CSV atomically.
+
+    A text cell holding a bare carriage return (a model's generated text can) is not quoted by
+    the csv module's minimal quoting, and pandas' reader then splits the row there (or fails:
+    "Buffer overflow caught"). Such a frame is written with every non-number quoted, which
+    reads back the same; any other frame keeps minimal quoting."""
+    quoting = csv.QUOTE_NONNUMERIC if _has_carriage_return(frame) else csv.QUOTE_MINIMAL
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, quoting=quoting)
     return Path(path)
+
+
+def _has_carriage_return(frame) -> bool:
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object and values.map(lambda v: isinstance(v, str) and "\r" in v).any():
+            return True
+    return False
 
 
 def write_figure(path: str | os.PathLike, fig) -> Path:

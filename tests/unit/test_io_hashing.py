@@ -36,3 +36,18 @@ def test_figures_are_byte_stable(tmp_path):
              tmp_path / f"f{i}.svg" for i in range(2)]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert b"<svg" in paths[0].read_bytes()
+
+
+def test_a_generated_text_with_a_bare_carriage_return_reads_back_as_one_row(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"request_id": ["a", "b", "c"], "ttft_s": [0.5, None, 0.25], "n": [1, 2, 3],
+                          "text": ["one\rtwo", "plain, with a comma", ""]})
+    frame.to_csv(tmp_path / "plain.csv", index=False)  # pandas' default: the row splits at the \r
+    assert len(pd.read_csv(tmp_path / "plain.csv")) != 3
+    io.write_csv(tmp_path / "t.csv", frame)
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert back["text"].tolist()[:2] == ["one\rtwo", "plain, with a comma"] and pd.isna(back["text"][2])
+    assert back["ttft_s"].tolist()[0] == 0.5 and pd.isna(back["ttft_s"][1]) and back["n"].tolist() == [1, 2, 3]
+    io.write_csv(tmp_path / "u.csv", frame.drop(columns="text"))  # no \r: minimal quoting, as before
+    assert (tmp_path / "u.csv").read_text().splitlines()[0] == "request_id,ttft_s,n"
