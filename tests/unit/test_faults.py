@@ -120,7 +120,14 @@ def _signal_after_first_point(monkeypatch, signum: int, again: int | None = None
 
 @pytest.fixture
 def restore_signals():
+    """The signals as a terminal gives them, put back afterwards. A run leaves a signal its
+    process was started with ignored as it is (``nohup``), and a shell without job control starts
+    its background jobs (``cmd &``) with SIGINT ignored: without this, such a test session would
+    see no Ctrl-C at all."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
