@@ -2,13 +2,14 @@
 call nothing a change, and an A/B pair that must differ (prefill split into 16-token chunks) must
 show E1's engine TTFT at the longest prompt as worse, with a CI excluding zero.
 
-Both variants run E1 only (``compare.experiments``), and every side three times
-(``compare.runs_per_side: 3``): the baseline's first run is the shared packet's, made some ten
+Both variants run E1 only (``compare.experiments``), and every side five times
+(``compare.runs_per_side: 5``): the baseline's first run is the shared packet's, made some ten
 minutes before the others. On the 2-core CI host runs minutes apart differ by 20-45% in every
 engine metric while E0's back-to-back starts agree within a few per cent (the CI run of 7f1672e,
 one run per side, called 4 of 25 A/A tests); the runs' own spread, pooled over the points,
 measures that drift, with runs - 1 degrees of freedom per side (two runs per side could not call
-even the A/B pair's 8.7x change: docs/statistics.md).
+even the A/B pair's 8.7x change, and three missed it when the runs drifted by a log-SD of 0.33:
+docs/statistics.md).
 """
 
 import pandas as pd
@@ -19,7 +20,7 @@ from .conftest import run_snakemake
 pytestmark = pytest.mark.e2e
 
 # The comparison command for the CPU in docs/comparisons.md: config/compare-cpu.yaml (A/A and 16-token prefill
-# chunks, E1 only, three runs per side).
+# chunks, E1 only, five runs per side).
 OVERLAY = "config/compare-cpu.yaml"
 
 
@@ -47,7 +48,7 @@ def test_a_a_comparison_calls_no_change(compared):
     assert (tested["start_sd"] > 0).all()
     assert tested[tested["metric"] == "engine_ttft_ms"]["note"].str.contains("the runs' own").all()
     engine = tested[tested["metric"] == "engine_ttft_ms"]
-    assert (engine["n_a"] == 15).all() and (engine["n_b"] == 15).all()  # the three runs' 5 trials pooled
+    assert (engine["n_a"] == 25).all() and (engine["n_b"] == 25).all()  # the five runs' 5 trials pooled
     # no significant change says what it could have seen
     assert tested["mde_pct"].notna().all() and (tested["df"] > 0).all()
     calls = aa[aa["verdict"].isin(["better", "worse"])]

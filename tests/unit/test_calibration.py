@@ -83,7 +83,7 @@ def test_rate_intervals_cover_a_queues_long_run_throughput(model):
 # -- comparisons -----------------------------------------------------------------------------------
 
 def test_comparisons_call_no_drift_a_change_and_see_twice_their_stated_mde():
-    """E1's CPU comparison (config/compare-cpu.yaml): 5 lengths x 5 metrics, 2 runs per side of 5
+    """E1's CPU comparison (config/compare-cpu.yaml's 5 lengths x 5 metrics), 2 runs per side of 5
     requests, every run drifting by log-SD 0.1. Through ``compare_stats.judge``: A/A calls anything
     in <= 5 % of comparisons (family-wise, Holm over 25 tests), and a change of 2 x the mde_pct a
     row states is called in >= 80 %; at 1 x mde_pct, near the promised 80 %."""
